@@ -1,0 +1,152 @@
+//! The `pikett-agent` command line: parse, build, run, map errors to exit codes.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use pikett_agent::config::AgentConfig;
+use pikett_agent::probes::{self, MemoryState, SharedState};
+
+#[derive(Parser)]
+#[command(
+    name = "pikett-agent",
+    version,
+    about = "pikett's host agent: probes, durable spool, stream to the collector"
+)]
+struct Cli {
+    /// The agent's configuration file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/etc/pikett/agent.toml",
+        env = "PIKETT_AGENT_CONFIG"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The daemon: poll every probe on its interval, spool, stream.
+    Run,
+    /// Poll every (or one) probe once and print each result as a JSON line; sends nothing.
+    Test {
+        /// Only this probe (host, redfish, services, checks, patches).
+        #[arg(long)]
+        probe: Option<String>,
+    },
+    /// Validate the configuration: exit 0, or print each error with line and column and exit 2.
+    CheckConfig,
+    /// Obtain the agent's client certificate from the collector (SPEC.md section 5).
+    Enroll {
+        #[arg(long)]
+        collector: String,
+        #[arg(long)]
+        ticket: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let config = match AgentConfig::load(&cli.config) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pikett-agent: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::CheckConfig => {
+                println!("{}: OK", cli.config.display());
+                Ok(())
+            }
+            Command::Test { probe } => test(&config, probe.as_deref()).await,
+            Command::Run => {
+                let host_id = config.resolved_host_id().map_err(anyhow::Error::msg)?;
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("shutting down");
+                    let _ = tx.send(true);
+                });
+                pikett_agent::runtime::run(config, host_id, rx).await
+            }
+            Command::Enroll { collector, .. } => Err(anyhow::anyhow!(
+                "enroll: this build has no enrollment service yet ({collector}); place the certificate and key \
+                 issued by your collector's CA at [tls] cert_file / key_file"
+            )),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pikett-agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn test(config: &AgentConfig, only: Option<&str>) -> anyhow::Result<()> {
+    let state: SharedState = Arc::new(MemoryState::default());
+    let probes = probes::from_config(config, state).map_err(anyhow::Error::msg)?;
+    let names: Vec<String> = probes.iter().map(|p| p.name().to_string()).collect();
+    if let Some(only) = only
+        && !names.iter().any(|n| n == only)
+    {
+        anyhow::bail!(
+            "no probe {only:?} is configured (configured: {})",
+            names.join(", ")
+        );
+    }
+    let mut stdout = std::io::stdout().lock();
+    for mut probe in probes {
+        if only.is_some_and(|o| o != probe.name()) {
+            continue;
+        }
+        for o in probe.poll().await {
+            writeln!(stdout, "{}", serde_json::to_string(&o)?)?;
+        }
+        probe.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,66 @@
+//! Probes: each one a source of observations, behind the [`Probe`] trait.
+//!
+//! A probe owns its config section (serde, unknown keys rejected), validates it
+//! in its constructor, and returns observations from `poll`. The scheduler
+//! (`crate::scheduler`) knows nothing else about it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::observation::Observation;
+
+pub mod host;
+
+/// A source of observations, polled on its own interval by its own task.
+#[async_trait::async_trait]
+pub trait Probe: Send {
+    /// The probe's name as `test --probe NAME` takes it ("host", "redfish", ...).
+    fn name(&self) -> &str;
+    /// How often `poll` is called.
+    fn interval(&self) -> Duration;
+    /// One poll. Never fails: a failure is reported as an UNKNOWN check whose
+    /// summary says why, so a broken target never stops the agent.
+    async fn poll(&mut self) -> Vec<Observation>;
+    /// Called once when the agent stops (e.g. to delete a BMC session).
+    async fn shutdown(&mut self) {}
+}
+
+/// Small persistent key/value state for probes (log cursors, restart counters),
+/// kept in the agent's spool database so it survives restarts.
+pub trait StateStore: Send + Sync {
+    fn load(&self, key: &str) -> Option<Vec<u8>>;
+    fn save(&self, key: &str, value: &[u8]) -> Result<(), String>;
+}
+
+/// A [`StateStore`] in memory, for `test` runs and unit tests.
+#[derive(Default)]
+pub struct MemoryState(std::sync::Mutex<std::collections::HashMap<String, Vec<u8>>>);
+
+impl StateStore for MemoryState {
+    fn load(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.lock().ok()?.get(key).cloned()
+    }
+    fn save(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.0
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(key.to_string(), value.to_vec());
+        Ok(())
+    }
+}
+
+pub type SharedState = Arc<dyn StateStore>;
+
+/// Builds every probe the config enables. The `host` probe always runs
+/// (with defaults when `[host]` is absent).
+pub fn from_config(
+    config: &crate::config::AgentConfig,
+    _state: SharedState,
+) -> Result<Vec<Box<dyn Probe>>, String> {
+    let mut probes: Vec<Box<dyn Probe>> = Vec::new();
+    let host = config.host.clone().unwrap_or_default();
+    probes.push(Box::new(
+        host::HostProbe::new(host).map_err(|e| format!("[host]: {e}"))?,
+    ));
+    Ok(probes)
+}

@@ -1,0 +1,331 @@
+//! The durable spool: every batch is written here (and flushed) before it is
+//! sent, and removed only when the collector acknowledges it.
+//!
+//! Layout in one sled tree, so that a batch and the sequence counter change
+//! atomically: `b` + seq (big-endian u64) → encoded `pikett.v1.Batch`;
+//! `m/next_seq`, `m/dropped_samples`, `m/dropped_other` → u64.
+//! Probe state (log cursors, counters) lives in a second tree.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use pikett_proto::v1 as pb;
+use prost::Message;
+
+use crate::probes::StateStore;
+
+const NEXT_SEQ: &[u8] = b"m/next_seq";
+const DROPPED_SAMPLES: &[u8] = b"m/dropped_samples";
+const DROPPED_OTHER: &[u8] = b"m/dropped_other";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool_dir {dir}: cannot open the spool database: {source}")]
+    Open { dir: PathBuf, source: sled::Error },
+    #[error("spool_dir {dir}: not writable: {source}")]
+    NotWritable {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("spool: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("spool: batch {seq} is corrupt: {source}")]
+    Corrupt {
+        seq: u64,
+        source: prost::DecodeError,
+    },
+}
+
+pub struct Spool {
+    db: sled::Db,
+    tree: sled::Tree,
+    state: sled::Tree,
+    max_bytes: u64,
+    /// Serialises appends and the cap enforcement (seq assignment must not race).
+    inner: Mutex<Accounting>,
+}
+
+struct Accounting {
+    used_bytes: u64,
+}
+
+fn batch_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'b';
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[1..9]);
+    u64::from_be_bytes(b)
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, sled::Error> {
+    Ok(tree.get(key)?.map_or(0, |v| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&v[..8.min(v.len())]);
+        u64::from_be_bytes(b)
+    }))
+}
+
+impl Spool {
+    /// Opens (or creates) the spool under `dir`, checking that it is writable.
+    pub fn open(dir: &Path, max_bytes: u64, cache_bytes: u64) -> Result<Spool, SpoolError> {
+        std::fs::create_dir_all(dir).map_err(|source| SpoolError::NotWritable {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        // sled may open a read-only directory and fail only at the first flush: probe it now.
+        let probe = dir.join(".write-test");
+        std::fs::write(&probe, b"ok").map_err(|source| SpoolError::NotWritable {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        let _ = std::fs::remove_file(&probe);
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|source| SpoolError::Open {
+                dir: dir.to_owned(),
+                source,
+            })?;
+        let tree = db.open_tree("spool")?;
+        let state = db.open_tree("probe_state")?;
+        let mut used = 0u64;
+        for item in tree.scan_prefix(b"b") {
+            let (_, v) = item?;
+            used += v.len() as u64;
+        }
+        Ok(Spool {
+            db,
+            tree,
+            state,
+            max_bytes,
+            inner: Mutex::new(Accounting { used_bytes: used }),
+        })
+    }
+
+    /// Assigns the next sequence number, stores the batch durably (flushed) and
+    /// returns its sequence number. Enforces `spool_max_bytes` afterwards.
+    pub async fn append(&self, mut batch: pb::Batch) -> Result<u64, SpoolError> {
+        let seq = {
+            let mut acc = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let seq = read_u64(&self.tree, NEXT_SEQ)?.max(1);
+            batch.seq = seq;
+            batch.dropped_samples += read_u64(&self.tree, DROPPED_SAMPLES)?;
+            batch.dropped_other += read_u64(&self.tree, DROPPED_OTHER)?;
+            let bytes = batch.encode_to_vec();
+            let mut w = sled::Batch::default();
+            w.insert(&batch_key(seq), bytes.as_slice());
+            w.insert(NEXT_SEQ, &(seq + 1).to_be_bytes());
+            w.insert(DROPPED_SAMPLES, &0u64.to_be_bytes());
+            w.insert(DROPPED_OTHER, &0u64.to_be_bytes());
+            self.tree.apply_batch(w)?;
+            acc.used_bytes += bytes.len() as u64;
+            if acc.used_bytes > self.max_bytes {
+                self.enforce_cap(&mut acc, seq)?;
+            }
+            seq
+        };
+        self.db.flush_async().await?;
+        Ok(seq)
+    }
+
+    /// Drops the oldest samples first; then, if still over the cap, whole
+    /// batches (checks, events) from the oldest, never the newest batch.
+    fn enforce_cap(&self, acc: &mut Accounting, newest: u64) -> Result<(), SpoolError> {
+        let mut dropped_samples = 0u64;
+        let mut dropped_other = 0u64;
+        for item in self.tree.scan_prefix(b"b") {
+            if acc.used_bytes <= self.max_bytes {
+                break;
+            }
+            let (k, v) = item?;
+            let seq = seq_of(&k);
+            let mut batch = pb::Batch::decode(v.as_ref())
+                .map_err(|source| SpoolError::Corrupt { seq, source })?;
+            if batch.samples.is_empty() {
+                continue;
+            }
+            dropped_samples += batch.samples.len() as u64;
+            batch.samples.clear();
+            let bytes = batch.encode_to_vec();
+            acc.used_bytes = acc.used_bytes - v.len() as u64 + bytes.len() as u64;
+            self.tree.insert(k, bytes)?;
+        }
+        for item in self.tree.scan_prefix(b"b") {
+            if acc.used_bytes <= self.max_bytes {
+                break;
+            }
+            let (k, v) = item?;
+            if seq_of(&k) == newest {
+                break;
+            }
+            let batch = pb::Batch::decode(v.as_ref()).unwrap_or_default();
+            dropped_other +=
+                (batch.checks.len() + batch.events.len() + batch.inventory.len()) as u64;
+            acc.used_bytes -= v.len() as u64;
+            self.tree.remove(k)?;
+        }
+        if dropped_samples + dropped_other > 0 {
+            tracing::warn!(
+                dropped_samples,
+                dropped_other,
+                "spool full (spool_max_bytes): dropped the oldest data"
+            );
+            let mut w = sled::Batch::default();
+            w.insert(
+                DROPPED_SAMPLES,
+                &(read_u64(&self.tree, DROPPED_SAMPLES)? + dropped_samples).to_be_bytes(),
+            );
+            w.insert(
+                DROPPED_OTHER,
+                &(read_u64(&self.tree, DROPPED_OTHER)? + dropped_other).to_be_bytes(),
+            );
+            self.tree.apply_batch(w)?;
+        }
+        Ok(())
+    }
+
+    /// The first stored batch with a sequence number above `after`, encoded.
+    pub fn next_after(&self, after: u64) -> Result<Option<(u64, pb::Batch)>, SpoolError> {
+        let start = batch_key(after.saturating_add(1));
+        match self.tree.range(start..).next() {
+            Some(item) => {
+                let (k, v) = item?;
+                if k.first() != Some(&b'b') {
+                    return Ok(None);
+                }
+                let seq = seq_of(&k);
+                let batch = pb::Batch::decode(v.as_ref())
+                    .map_err(|source| SpoolError::Corrupt { seq, source })?;
+                Ok(Some((seq, batch)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The collector has stored `seq`: forget it. Not flushed at once: if the
+    /// agent dies first, the batch is re-sent and the collector ignores it.
+    pub fn ack(&self, seq: u64) -> Result<(), SpoolError> {
+        let mut acc = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = self.tree.remove(batch_key(seq))? {
+            acc.used_bytes = acc.used_bytes.saturating_sub(old.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Batches waiting for an acknowledgement.
+    pub fn pending(&self) -> usize {
+        self.tree.scan_prefix(b"b").count()
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .used_bytes
+    }
+
+    /// The sequence number the next batch will get.
+    pub fn next_seq(&self) -> Result<u64, SpoolError> {
+        Ok(read_u64(&self.tree, NEXT_SEQ)?.max(1))
+    }
+
+    /// Probe state kept beside the spool.
+    pub fn state_store(&self) -> SledState {
+        SledState(self.state.clone())
+    }
+
+    pub async fn flush(&self) -> Result<(), SpoolError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+}
+
+/// [`StateStore`] on a sled tree of the spool database.
+pub struct SledState(sled::Tree);
+
+impl StateStore for SledState {
+    fn load(&self, key: &str) -> Option<Vec<u8>> {
+        self.0.get(key).ok().flatten().map(|v| v.to_vec())
+    }
+    fn save(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.0
+            .insert(key, value)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_with_samples(n: usize) -> pb::Batch {
+        pb::Batch {
+            samples: (0..n)
+                .map(|i| pb::Sample {
+                    name: format!("s{i}"),
+                    value: i as f64,
+                    ..Default::default()
+                })
+                .collect(),
+            checks: vec![pb::CheckResult {
+                name: "c".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn sequence_numbers_survive_reopen_and_acks_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+            assert_eq!(spool.append(batch_with_samples(1)).await.unwrap(), 1);
+            assert_eq!(spool.append(batch_with_samples(1)).await.unwrap(), 2);
+            spool.ack(1).unwrap();
+        }
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        assert_eq!(spool.pending(), 1);
+        assert_eq!(spool.next_after(0).unwrap().unwrap().0, 2);
+        assert_eq!(spool.append(batch_with_samples(1)).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn cap_drops_oldest_samples_first_and_reports_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = batch_with_samples(100).encoded_len() as u64;
+        let spool = Spool::open(dir.path(), one * 3, 1 << 20).unwrap();
+        for _ in 0..4 {
+            spool.append(batch_with_samples(100)).await.unwrap();
+        }
+        assert!(spool.used_bytes() <= one * 3);
+        // The oldest batch lost its samples but kept its check.
+        let (seq, first) = spool.next_after(0).unwrap().unwrap();
+        assert_eq!(seq, 1);
+        assert!(first.samples.is_empty());
+        assert_eq!(first.checks.len(), 1);
+        // The next batch reports how many were dropped.
+        let seq5 = spool.append(pb::Batch::default()).await.unwrap();
+        let (_, fifth) = spool.next_after(seq5 - 1).unwrap().unwrap();
+        assert_eq!(fifth.dropped_samples, 100);
+    }
+
+    #[test]
+    fn unwritable_dir_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let err = Spool::open(&file.join("spool"), 1 << 20, 1 << 20)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not writable"), "{err}");
+    }
+}

@@ -1,0 +1,184 @@
+//! The collector's configuration file (`/etc/pikett/collector.toml`), SPEC.md section 3.
+//!
+//! An API boundary: key names are public; unknown keys are errors naming
+//! file, line and column.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "default_http_listen")]
+    pub http_listen: SocketAddr,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// No batch for this long → host down. Default: 3 × the host's shortest probe interval.
+    #[serde(default, with = "humantime_serde")]
+    pub host_timeout: Option<Duration>,
+    /// sled page cache (its default of 1 GiB is more than a collector needs).
+    #[serde(default = "default_store_cache_bytes")]
+    pub store_cache_bytes: u64,
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub customers: BTreeMap<String, CustomerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, agents must present a certificate signed by this CA, whose
+    /// subject common name is their host id.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerConfig {
+    pub sla: Option<String>,
+    #[serde(default)]
+    pub copy_alerts: bool,
+    #[serde(default)]
+    pub contacts: Vec<Contact>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    pub email: Option<String>,
+    pub sms: Option<String>,
+    pub phone: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9740))
+}
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9741))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/pikett-collector")
+}
+fn default_store_cache_bytes() -> u64 {
+    64 << 20
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("the empty config is valid")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl CollectorConfig {
+    pub fn load(path: &Path) -> Result<CollectorConfig, Vec<ConfigError>> {
+        let text = std::fs::read_to_string(path).map_err(|source| {
+            vec![ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }]
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<CollectorConfig, Vec<ConfigError>> {
+        let config: CollectorConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map_or((0, 0), |s| line_column(text, s.start));
+            vec![ConfigError::Parse {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }]
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(problems
+                .into_iter()
+                .map(|message| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    message,
+                })
+                .collect())
+        }
+    }
+
+    fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.tls.is_none() && !self.listen.ip().is_loopback() {
+            problems.push(format!(
+                "listen = \"{}\" is not a loopback address: plaintext is allowed on loopback only; configure [tls]",
+                self.listen
+            ));
+        }
+        if let Some(t) = self.host_timeout
+            && t < Duration::from_secs(1)
+        {
+            problems.push("host_timeout: must be at least 1s".into());
+        }
+        problems
+    }
+}
+
+/// 1-based line and column of a byte offset.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typo_is_reported_with_line_and_column() {
+        let errs = CollectorConfig::parse(
+            Path::new("c.toml"),
+            "listen = \"127.0.0.1:1\"\n\nhost_timout = \"5s\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            errs[0]
+                .to_string()
+                .starts_with("c.toml:3:1: unknown field `host_timout`"),
+            "{}",
+            errs[0]
+        );
+    }
+
+    #[test]
+    fn plaintext_off_loopback_is_refused() {
+        let errs =
+            CollectorConfig::parse(Path::new("c.toml"), "listen = \"0.0.0.0:9740\"\n").unwrap_err();
+        assert!(errs[0].to_string().contains("loopback"));
+    }
+}

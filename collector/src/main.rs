@@ -1,0 +1,109 @@
+//! The `pikett-collector` command line: parse, build, run, map errors to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pikett_collector::config::CollectorConfig;
+
+const DEFAULT_CONFIG: &str = "/etc/pikett/collector.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "pikett-collector",
+    version,
+    about = "pikett's central collector"
+)]
+struct Cli {
+    /// The configuration file. Without it, and with no file at the default
+    /// path, embedded defaults apply (loopback, sled under data_dir).
+    #[arg(long, global = true, env = "PIKETT_COLLECTOR_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The service: gRPC on `listen`, HTTP (/metrics, /healthz, /readyz) on `http_listen`.
+    Serve,
+    /// Validate the configuration: exit 0, or print each error and exit 2.
+    CheckConfig,
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<(String, CollectorConfig), Vec<String>> {
+    match path {
+        Some(p) => CollectorConfig::load(p)
+            .map(|c| (p.display().to_string(), c))
+            .map_err(|errs| errs.iter().map(ToString::to_string).collect()),
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            load_config(Some(&PathBuf::from(DEFAULT_CONFIG)))
+        }
+        None => Ok((
+            "(embedded defaults)".to_string(),
+            CollectorConfig::default(),
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let (source, config) = match load_config(cli.config.as_ref()) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::CheckConfig => {
+            println!("{source}: OK");
+            Ok(())
+        }
+        Command::Serve => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(async move {
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("shutting down");
+                    let _ = tx.send(true);
+                });
+                tracing::info!(config = %source, "starting");
+                pikett_collector::server::serve(config, rx).await
+            }),
+            Err(e) => Err(anyhow::anyhow!("cannot start the runtime: {e}")),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pikett-collector: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

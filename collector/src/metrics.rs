@@ -1,0 +1,89 @@
+//! The collector's own Prometheus metrics (prometheus-client), served on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub batches_total: Counter,
+    pub duplicate_batches_total: Counter,
+    pub samples_total: Counter,
+    pub agent_dropped_samples_total: Counter,
+    pub streams: Gauge,
+    pub rejected_streams_total: Family<ReasonLabel, Counter>,
+    pub store_commit_seconds: Histogram,
+    pub hosts: Family<StatusLabel, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("pikett");
+        let m = Metrics {
+            batches_total: Counter::default(),
+            duplicate_batches_total: Counter::default(),
+            samples_total: Counter::default(),
+            agent_dropped_samples_total: Counter::default(),
+            streams: Gauge::default(),
+            rejected_streams_total: Family::default(),
+            store_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            hosts: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("ingest_batches", "Batches stored", m.batches_total.clone());
+        registry.register(
+            "ingest_duplicate_batches",
+            "Batches received again and ignored (already stored)",
+            m.duplicate_batches_total.clone(),
+        );
+        registry.register("ingest_samples", "Samples stored", m.samples_total.clone());
+        registry.register(
+            "agent_dropped_samples",
+            "Samples agents dropped because their spool was full",
+            m.agent_dropped_samples_total.clone(),
+        );
+        registry.register(
+            "ingest_streams",
+            "Agent streams connected now",
+            m.streams.clone(),
+        );
+        registry.register(
+            "ingest_rejected_streams",
+            "Agent streams refused",
+            m.rejected_streams_total.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Time to store and flush one group of batches",
+            m.store_commit_seconds.clone(),
+        );
+        registry.register("hosts", "Known hosts by status", m.hosts.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,138 @@
+//! `pikett-collector serve`: opens the store, starts the writer, the gRPC
+//! services (with TLS when configured) and the HTTP endpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use pikett_proto::v1::admin_server::AdminServer;
+use pikett_proto::v1::ingest_server::IngestServer;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::admin::AdminService;
+use crate::config::CollectorConfig;
+use crate::hosts::{HostStatus, host_status};
+use crate::ingest::IngestService;
+use crate::metrics::{Metrics, StatusLabel};
+use crate::store::{Store, spawn_writer};
+
+/// Largest message accepted from an agent (a batch).
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+pub async fn serve(
+    config: CollectorConfig,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let store = Arc::new(Store::open(&config.data_dir, config.store_cache_bytes)?);
+    let metrics = Arc::new(Metrics::new());
+    let writer = spawn_writer(store.clone(), metrics.clone());
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .with_context(|| format!("http_listen {}: cannot listen", config.http_listen))?;
+    let app = crate::http::router(crate::http::HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    let mut http_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let r = axum::serve(http_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP endpoint failed");
+        }
+    });
+
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true);
+    let mut require_client_cert = false;
+    if let Some(tls) = &config.tls {
+        let cert = std::fs::read(&tls.cert_file)
+            .with_context(|| format!("tls.cert_file {}", tls.cert_file.display()))?;
+        let key = std::fs::read(&tls.key_file)
+            .with_context(|| format!("tls.key_file {}", tls.key_file.display()))?;
+        let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &tls.client_ca_file {
+            let ca = std::fs::read(ca)
+                .with_context(|| format!("tls.client_ca_file {}", ca.display()))?;
+            // Optional at the TLS layer so the staff CLI can connect without one;
+            // the ingest service itself insists on it.
+            tls_config = tls_config
+                .client_ca_root(Certificate::from_pem(ca))
+                .client_auth_optional(true);
+            require_client_cert = true;
+        }
+        builder = builder
+            .tls_config(tls_config)
+            .context("TLS configuration")?;
+    }
+    let ingest = IngestService {
+        store: store.clone(),
+        writer,
+        metrics: metrics.clone(),
+        require_client_cert,
+    };
+    let admin = AdminService {
+        store: store.clone(),
+        host_timeout: config.host_timeout,
+    };
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen {}: cannot listen", config.listen))?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+
+    // Host status gauges, refreshed every few seconds.
+    {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        let timeout = config.host_timeout;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                let now = jiff::Timestamp::now().as_millisecond();
+                let hosts = store.hosts();
+                let up = hosts
+                    .iter()
+                    .filter(|h| host_status(h, now, timeout) == HostStatus::Up)
+                    .count();
+                metrics
+                    .hosts
+                    .get_or_create(&StatusLabel {
+                        status: "up".into(),
+                    })
+                    .set(up as i64);
+                metrics
+                    .hosts
+                    .get_or_create(&StatusLabel {
+                        status: "down".into(),
+                    })
+                    .set((hosts.len() - up) as i64);
+            }
+        });
+    }
+
+    ready.store(true, Ordering::Release);
+    tracing::info!(listen = %config.listen, http = %config.http_listen, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "collector serving");
+    builder
+        .add_service(IngestServer::new(ingest).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .add_service(AdminServer::new(admin))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = shutdown.changed().await;
+        })
+        .await
+        .context("gRPC server")?;
+    ready.store(false, Ordering::Release);
+    store.flush().await?;
+    tracing::info!("collector stopped");
+    Ok(())
+}

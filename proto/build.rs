@@ -1,0 +1,19 @@
+//! Generates the gRPC code from `proto/pikett/v1/*.proto`. Uses the vendored
+//! `protoc` unless `PROTOC` is set, so a fresh machine needs no system protoc.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("PROTOC").is_none() {
+        let protoc = protoc_bin_vendored::protoc_bin_path()?;
+        // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
+        unsafe { std::env::set_var("PROTOC", protoc) };
+    }
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "proto/pikett/v1/ingest.proto",
+            "proto/pikett/v1/admin.proto",
+        ],
+        &["proto"],
+    )?;
+    Ok(())
+}
