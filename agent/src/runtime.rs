@@ -17,6 +17,8 @@ use crate::wire;
 
 /// Observations gathered into one batch at most (a batch is also cut every `batch_interval`).
 const MAX_BATCH_OBSERVATIONS: usize = 5_000;
+/// How long a stopping agent keeps sending what is spooled.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub async fn run(
     config: AgentConfig,
@@ -69,14 +71,24 @@ pub async fn run(
         spool: spool.clone(),
         wake,
     };
-    let uplink_task = tokio::spawn(uplink.run(shutdown.clone()));
+    let (uplink_stop, uplink_stop_rx) = watch::channel(false);
+    let uplink_task = tokio::spawn(uplink.run(uplink_stop_rx));
 
-    // Probe tasks end on shutdown; the batcher ends when they all have (and spools what is left).
+    // Probe tasks end on shutdown; the batcher ends when they all have (and spools what is left);
+    // then the uplink sends what is spooled, for a bounded time.
     for t in probe_tasks {
         let _ = t.await;
     }
     let batcher_result = batcher.await;
-    let _ = uplink_task.await;
+    let _ = uplink_stop.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, uplink_task)
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            "collector did not take the rest of the spool in time; it is sent after restart"
+        );
+    }
     spool.flush().await?;
     tracing::info!(pending = spool.pending(), "agent stopped");
     match batcher_result {

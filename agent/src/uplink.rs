@@ -47,7 +47,8 @@ fn jittered(d: Duration) -> Duration {
 }
 
 impl Uplink {
-    /// Runs until `shutdown` turns true.
+    /// Runs until `shutdown` turns true; then sends what is left in the spool
+    /// while connected (the caller bounds that drain with a timeout).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut backoff = BACKOFF_START;
         let mut index = 0usize;
@@ -132,6 +133,7 @@ impl Uplink {
     ) -> Result<(), SessionError> {
         let mut last_sent = 0u64;
         let mut in_flight = BTreeSet::new();
+        let mut draining = *shutdown.borrow();
         loop {
             while in_flight.len() < WINDOW {
                 let Some((seq, batch)) = self.spool.next_after(last_sent)? else {
@@ -146,6 +148,9 @@ impl Uplink {
                 in_flight.insert(seq);
                 last_sent = seq;
             }
+            if draining && in_flight.is_empty() {
+                return Ok(());
+            }
             tokio::select! {
                 msg = inbound.message() => match msg? {
                     Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Ack(ack)) }) => {
@@ -156,7 +161,13 @@ impl Uplink {
                     None => return Err(SessionError::Protocol("collector closed the stream".into())),
                 },
                 _ = self.wake.notified() => {}
-                _ = shutdown.changed() => return Ok(()),
+                r = shutdown.changed(), if !draining => {
+                    // Shutting down: keep streaming until the spool is empty.
+                    draining = true;
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                }
             }
         }
     }

@@ -1,1 +1,314 @@
-//! Harness for the end-to-end tests.
+//! Harness for the end-to-end tests: a test PKI, free ports, and the real
+//! `pikett-collector`, `pikett-agent` and `pikett` binaries as child processes.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// Builds the binaries once per test process and returns the directory they are in.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "pikett-agent",
+                "-p",
+                "pikett-collector",
+                "--bins",
+            ])
+            .current_dir(workspace_root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+        target.join("debug")
+    })
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// A test CA with a collector certificate (localhost, 127.0.0.1) and client certificates.
+pub struct Pki {
+    pub dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    pub fn new(dir: &Path) -> Pki {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "pikett test CA");
+        let cert = params.self_signed(&key).expect("CA certificate");
+        std::fs::write(dir.join("ca.pem"), cert.pem()).expect("write ca.pem");
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+            issuer: Issuer::new(params, key),
+        };
+        pki.issue(
+            "collector",
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        pki
+    }
+
+    /// Writes `<name>.pem` and `<name>.key`, subject CN = name.
+    pub fn issue(&self, name: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose) {
+        let key = KeyPair::generate().expect("key");
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &self.issuer).expect("sign");
+        std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).expect("write cert");
+        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem())
+            .expect("write key");
+    }
+
+    /// A client certificate for an agent whose host id is `host_id`.
+    pub fn agent_cert(&self, host_id: &str) {
+        self.issue(host_id, &[], ExtendedKeyUsagePurpose::ClientAuth);
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `limit` for a clean exit; returns the exit status code.
+    pub fn sigterm(&mut self, limit: Duration) -> Option<i32> {
+        // SAFETY: kill(2) with a pid we own and a valid signal number.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.sigkill();
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a binary with `--config FILE ARGS...`, its stderr and stdout going to `log`.
+pub fn spawn(binary: &str, config: &Path, args: &[&str], log: &Path) -> Proc {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open log");
+    let err = out.try_clone().expect("clone log handle");
+    let child = Command::new(bin(binary))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+    Proc {
+        child,
+        log: log.to_path_buf(),
+    }
+}
+
+/// Runs a binary to completion.
+pub fn run(binary: &str, args: &[&str]) -> Output {
+    Command::new(bin(binary))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {binary}: {e}"))
+}
+
+/// Polls `f` until it returns Some or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// GET over plain HTTP/1.1 on loopback; returns (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// A collector with TLS (and client-certificate checks) on free loopback ports.
+pub struct CollectorSetup {
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub log: PathBuf,
+}
+
+impl CollectorSetup {
+    pub fn new(dir: &Path, pki: &Pki, extra: &str) -> CollectorSetup {
+        let grpc_port = free_port();
+        let http_port = free_port();
+        let data_dir = dir.join("collector-data");
+        let config = dir.join("collector.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{grpc_port}\"\nhttp_listen = \"127.0.0.1:{http_port}\"\ndata_dir = \"{}\"\n{extra}\n\
+                 [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nclient_ca_file = \"{}\"\n",
+                data_dir.display(),
+                pki.path("collector.pem"),
+                pki.path("collector.key"),
+                pki.path("ca.pem"),
+            ),
+        )
+        .expect("write collector.toml");
+        CollectorSetup {
+            config,
+            data_dir,
+            grpc_port,
+            http_port,
+            log: dir.join("collector.log"),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.grpc_port)
+    }
+
+    /// Starts `pikett-collector serve` and waits until `/readyz` answers 200.
+    pub fn start(&self) -> Proc {
+        let p = spawn("pikett-collector", &self.config, &["serve"], &self.log);
+        let ready = wait_for(Duration::from_secs(20), || {
+            http_get(self.http_port, "/readyz")
+                .filter(|(s, _)| *s == 200)
+                .map(|_| ())
+        });
+        assert!(
+            ready.is_some(),
+            "collector did not become ready; log:\n{}",
+            p.log_text()
+        );
+        p
+    }
+
+    /// Runs the `pikett` CLI against this collector.
+    pub fn pikett(&self, args: &[&str], ca_file: &str) -> Output {
+        let url = self.url();
+        let mut all = vec!["--collector", &url, "--ca-file", ca_file];
+        all.extend_from_slice(args);
+        run("pikett", &all)
+    }
+}
+
+/// An agent config for `host_id` talking TLS to `collector_url`.
+pub fn agent_config(
+    dir: &Path,
+    pki: &Pki,
+    host_id: &str,
+    collector_url: &str,
+    extra: &str,
+) -> PathBuf {
+    pki.agent_cert(host_id);
+    let path = dir.join(format!("{host_id}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "host_id = \"{host_id}\"\ncustomer = \"acme\"\ncollectors = [\"{collector_url}\"]\n\
+             spool_dir = \"{}\"\nbatch_interval = \"200ms\"\n{extra}\n\
+             [tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.join(format!("{host_id}-spool")).display(),
+            pki.path("ca.pem"),
+            pki.path(&format!("{host_id}.pem")),
+            pki.path(&format!("{host_id}.key")),
+        ),
+    )
+    .expect("write agent config");
+    path
+}
+
+/// Parses JSON lines.
+pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
