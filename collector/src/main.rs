@@ -70,7 +70,7 @@ fn main() -> ExitCode {
             println!("{source}: OK");
             Ok(())
         }
-        Command::Serve => match tokio::runtime::Runtime::new() {
+        Command::Serve => match raise_nofile().and(tokio::runtime::Runtime::new()) {
             Ok(rt) => rt.block_on(async move {
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
@@ -106,4 +106,20 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// One connection per agent: lift the soft descriptor limit to the hard one.
+fn raise_nofile() -> std::io::Result<()> {
+    // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,213 @@
+//! Shared helpers of the xtasks, and `demo` and `test`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ is inside the workspace")
+        .to_path_buf()
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Builds the pikett binaries in `profile` ("dev" or "release"); returns their directory.
+pub fn build(profile: &str) -> anyhow::Result<PathBuf> {
+    let status = cargo()
+        .args([
+            "build",
+            "--profile",
+            profile,
+            "-p",
+            "pikett-agent",
+            "-p",
+            "pikett-collector",
+            "--bins",
+        ])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    Ok(target_dir().join(if profile == "dev" { "debug" } else { profile }))
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Waits until a TCP port accepts connections.
+pub fn wait_port(port: u16, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after {limit:?}")
+}
+
+pub struct Killed(pub Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child with a valid signal.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+pub fn demo(seconds: u64, keep: bool) -> anyhow::Result<()> {
+    let bin = build("dev")?;
+    let dir = target_dir().join("demo");
+    std::fs::create_dir_all(&dir)?;
+    let (grpc, http) = (free_port()?, free_port()?);
+    let collector_cfg = dir.join("collector.toml");
+    std::fs::write(
+        &collector_cfg,
+        format!(
+            "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\ndata_dir = \"{}\"\n",
+            dir.join("collector-data").display()
+        ),
+    )?;
+    let agent_cfg = dir.join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "host_id = \"demo-host\"\ncustomer = \"demo\"\ncollectors = [\"http://127.0.0.1:{grpc}\"]\n\
+             spool_dir = \"{}\"\n\n[host]\ninterval = \"2s\"\n",
+            dir.join("agent-spool").display()
+        ),
+    )?;
+    println!("demo: configs in {}", dir.display());
+    let log =
+        |name: &str| -> anyhow::Result<Stdio> { Ok(std::fs::File::create(dir.join(name))?.into()) };
+    let _collector = Killed(
+        Command::new(bin.join("pikett-collector"))
+            .arg("--config")
+            .arg(&collector_cfg)
+            .arg("serve")
+            .stderr(log("collector.log")?)
+            .spawn()?,
+    );
+    wait_port(grpc, Duration::from_secs(10))?;
+    let _agent = Killed(
+        Command::new(bin.join("pikett-agent"))
+            .arg("--config")
+            .arg(&agent_cfg)
+            .arg("run")
+            .stderr(log("agent.log")?)
+            .spawn()?,
+    );
+    println!(
+        "demo: collector on 127.0.0.1:{grpc} (metrics: http://127.0.0.1:{http}/metrics), agent running; waiting {seconds}s"
+    );
+    std::thread::sleep(Duration::from_secs(seconds));
+    let url = format!("http://127.0.0.1:{grpc}");
+    for args in [&["status"][..], &["hosts"][..]] {
+        println!("\n$ pikett {}", args.join(" "));
+        let status = Command::new(bin.join("pikett"))
+            .args(["--collector", &url])
+            .args(args)
+            .status()?;
+        if !status.success() {
+            bail!("pikett {} failed", args.join(" "));
+        }
+    }
+    if keep {
+        println!("\ndemo: running; logs in {}; Ctrl-C to stop", dir.display());
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+    Ok(())
+}
+
+/// Debian packages the tests use, with a file each one provides.
+const TEST_PACKAGES: &[(&str, &str)] = &[
+    (
+        "monitoring-plugins-basic",
+        "/usr/lib/nagios/plugins/check_tcp",
+    ),
+    ("prometheus", "/usr/bin/promtool"),
+    (
+        "python3-aiosmtpd",
+        "/usr/lib/python3/dist-packages/aiosmtpd",
+    ),
+    ("rpm", "/usr/bin/rpm"),
+];
+
+pub fn test(args: &[String]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!(
+                "the tests need these Debian packages: {}; install them (as root: apt-get install {})",
+                missing.join(" "),
+                missing.join(" ")
+            );
+        }
+        println!("xtask test: installing {}", missing.join(" "));
+        let ok = Command::new("apt-get")
+            .arg("update")
+            .arg("-qq")
+            .status()?
+            .success()
+            && Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()?
+                .success();
+        if !ok {
+            bail!("apt-get install {} failed", missing.join(" "));
+        }
+    }
+    let status = cargo().args(["test", "--workspace"]).args(args).status()?;
+    if !status.success() {
+        bail!("cargo test failed");
+    }
+    Ok(())
+}
+
+/// Peak and current RSS (KiB) and CPU seconds (user+system) of a process, from /proc.
+pub fn proc_usage(pid: u32) -> anyhow::Result<(u64, u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
+        / ticks;
+    Ok((field("VmHWM:"), field("VmRSS:"), cpu))
+}
