@@ -10,7 +10,11 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::probes::checks::CheckConfig;
 use crate::probes::host::HostConfig;
+use crate::probes::patches::PatchesConfig;
+use crate::probes::redfish::RedfishConfig;
+use crate::probes::services::ServicesConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +38,11 @@ pub struct AgentConfig {
     pub spool_cache_bytes: ByteSize,
     pub tls: Option<TlsConfig>,
     pub host: Option<HostConfig>,
+    pub redfish: Option<RedfishConfig>,
+    pub services: Option<ServicesConfig>,
+    #[serde(default)]
+    pub checks: Vec<CheckConfig>,
+    pub patches: Option<PatchesConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,9 +128,8 @@ impl AgentConfig {
             problems.push("collectors: at least one collector URL is needed".to_string());
         }
         for url in &self.collectors {
-            match collector_url_problem(url) {
-                Some(p) => problems.push(format!("collectors: {url:?}: {p}")),
-                None => {}
+            if let Some(p) = collector_url_problem(url) {
+                problems.push(format!("collectors: {url:?}: {p}"));
             }
         }
         if let Some(host) = &self.host {
@@ -151,10 +159,15 @@ impl AgentConfig {
 
     /// The shortest probe interval: the collector derives its default host timeout from it.
     pub fn min_interval(&self) -> Duration {
-        let mut intervals = Vec::new();
-        if let Some(h) = &self.host {
-            intervals.push(h.interval);
-        }
+        let mut intervals = vec![
+            self.host
+                .as_ref()
+                .map_or(Duration::from_secs(30), |h| h.interval),
+        ];
+        intervals.extend(self.redfish.as_ref().map(|r| r.interval));
+        intervals.extend(self.services.as_ref().map(|s| s.interval));
+        intervals.extend(self.patches.as_ref().map(|p| p.interval));
+        intervals.extend(self.checks.iter().map(|c| c.interval));
         intervals
             .into_iter()
             .min()

@@ -82,10 +82,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::CheckConfig => {
+                // Building the probes validates what serde cannot (files, per-check keys).
+                let state: SharedState = Arc::new(MemoryState::default());
+                if let Err(e) = probes::from_config(&config, state) {
+                    eprintln!("{}: {e}", cli.config.display());
+                    return Ok(ExitCode::from(2));
+                }
                 println!("{}: OK", cli.config.display());
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
-            Command::Test { probe } => test(&config, probe.as_deref()).await,
+            Command::Test { probe } => test(&config, probe.as_deref()).await.map(|()| ExitCode::SUCCESS),
             Command::Run => {
                 let host_id = config.resolved_host_id().map_err(anyhow::Error::msg)?;
                 let (tx, rx) = tokio::sync::watch::channel(false);
@@ -94,7 +100,7 @@ fn main() -> ExitCode {
                     tracing::info!("shutting down");
                     let _ = tx.send(true);
                 });
-                pikett_agent::runtime::run(config, host_id, rx).await
+                pikett_agent::runtime::run(config, host_id, rx).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Enroll { collector, .. } => Err(anyhow::anyhow!(
                 "enroll: this build has no enrollment service yet ({collector}); place the certificate and key \
@@ -103,7 +109,7 @@ fn main() -> ExitCode {
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("pikett-agent: {e:#}");
             ExitCode::from(1)

@@ -70,7 +70,7 @@ impl Uplink {
                 }
             }
             // Sleep before the next attempt only once every collector has been tried.
-            if index % self.collectors.len() == 0 || self.collectors.len() == 1 {
+            if index.is_multiple_of(self.collectors.len()) || self.collectors.len() == 1 {
                 let delay = jittered(backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 tokio::select! {

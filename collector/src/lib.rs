@@ -8,5 +8,7 @@ pub mod hosts;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod patchday;
 pub mod server;
+pub mod sla;
 pub mod store;

@@ -1,6 +1,6 @@
 //! The `pikett-collector` command line: parse, build, run, map errors to exit codes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +29,56 @@ enum Command {
     Serve,
     /// Validate the configuration: exit 0, or print each error and exit 2.
     CheckConfig,
+    /// SLA availability of one month from files, offline (SPEC.md section 3.4).
+    Sla {
+        /// TOML with the keys of one `[sla.NAME]` table at its top level.
+        #[arg(long)]
+        contract: PathBuf,
+        /// CSV `host,start,end,cause`.
+        #[arg(long)]
+        outages: PathBuf,
+        /// CSV `host,start,end,announced`.
+        #[arg(long)]
+        maintenance: Option<PathBuf>,
+        /// The calendar month in the contract's time zone, `YYYY-MM`.
+        #[arg(long)]
+        month: String,
+        #[arg(long, value_enum, default_value_t = SlaOutput::Table)]
+        output: SlaOutput,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SlaOutput {
+    Table,
+    Json,
+    Csv,
+}
+
+/// The offline SLA report: needs no config and no running collector.
+fn sla(
+    contract: &Path,
+    outages: &Path,
+    maintenance: Option<&Path>,
+    month: &str,
+    output: SlaOutput,
+) -> ExitCode {
+    use pikett_collector::sla;
+    match sla::run_offline_files(contract, outages, maintenance, month) {
+        Ok(rows) => {
+            let text = match output {
+                SlaOutput::Table => sla::render_table(&rows),
+                SlaOutput::Json => sla::render_json_lines(&rows),
+                SlaOutput::Csv => sla::render_csv(&rows),
+            };
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pikett-collector sla: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<(String, CollectorConfig), Vec<String>> {
@@ -48,6 +98,16 @@ fn load_config(path: Option<&PathBuf>) -> Result<(String, CollectorConfig), Vec<
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Sla {
+        contract,
+        outages,
+        maintenance,
+        month,
+        output,
+    } = &cli.command
+    {
+        return sla(contract, outages, maintenance.as_deref(), month, *output);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -66,6 +126,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Sla { .. } => Ok(()),
         Command::CheckConfig => {
             println!("{source}: OK");
             Ok(())
