@@ -31,10 +31,7 @@ async fn measure(bmc: &TestBmc, expand: ExpandMode) -> (f64, f64, f64, usize) {
         let obs = probe.poll().await;
         let wall = t.elapsed().as_secs_f64();
         let n = bmc.seen().len();
-        checks = obs
-            .iter()
-            .filter(|o| matches!(o, Observation::Check(_)))
-            .count();
+        checks = obs.iter().filter(|o| matches!(o, Observation::Check(_))).count();
         if round == 0 {
             first = wall;
             println!("  first poll (with login): {n} requests, {wall:.2} s");
@@ -50,10 +47,7 @@ async fn measure(bmc: &TestBmc, expand: ExpandMode) -> (f64, f64, f64, usize) {
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         let bmc = TestBmc::start(R750).await;
         bmc.set_latency(LATENCY);

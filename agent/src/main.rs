@@ -17,12 +17,7 @@ use pikett_agent::probes::{self, MemoryState, SharedState};
 )]
 struct Cli {
     /// The agent's configuration file.
-    #[arg(
-        long,
-        global = true,
-        default_value = "/etc/pikett/agent.toml",
-        env = "PIKETT_AGENT_CONFIG"
-    )]
+    #[arg(long, global = true, default_value = "/etc/pikett/agent.toml", env = "PIKETT_AGENT_CONFIG")]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -52,9 +47,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -68,11 +61,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pikett-agent: cannot start the runtime: {e}");
@@ -124,10 +113,7 @@ async fn test(config: &AgentConfig, only: Option<&str>) -> anyhow::Result<()> {
     if let Some(only) = only
         && !names.iter().any(|n| n == only)
     {
-        anyhow::bail!(
-            "no probe {only:?} is configured (configured: {})",
-            names.join(", ")
-        );
+        anyhow::bail!("no probe {only:?} is configured (configured: {})", names.join(", "));
     }
     let mut stdout = std::io::stdout().lock();
     for mut probe in probes {
@@ -144,10 +130,7 @@ async fn test(config: &AgentConfig, only: Option<&str>) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         std::future::pending::<()>().await;
         return;
     };

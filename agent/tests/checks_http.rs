@@ -15,23 +15,9 @@ use pikett_agent::observation::State;
 async fn http_server() -> SocketAddr {
     let app = Router::new()
         .route("/health", get(|| async { "status: ok" }))
-        .route(
-            "/error",
-            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "status: ok but failing") }),
-        )
-        .route(
-            "/redirect",
-            get(|| async {
-                (
-                    StatusCode::MOVED_PERMANENTLY,
-                    [(header::LOCATION, "/health")],
-                )
-            }),
-        )
-        .route(
-            "/teapot",
-            get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }),
-        );
+        .route("/error", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "status: ok but failing") }))
+        .route("/redirect", get(|| async { (StatusCode::MOVED_PERMANENTLY, [(header::LOCATION, "/health")]) }))
+        .route("/teapot", get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -45,10 +31,7 @@ fn http_check(url: &str, extra: &str) -> String {
 #[tokio::test]
 async fn healthy_endpoint_is_ok_with_latency() {
     let addr = http_server().await;
-    let mut p = probe(&http_check(
-        &format!("http://{addr}/health"),
-        "expect_body = \"ok\"",
-    ));
+    let mut p = probe(&http_check(&format!("http://{addr}/health"), "expect_body = \"ok\""));
     let (c, samples) = poll(&mut p).await;
     assert_eq!(c.name, "http/web");
     assert_eq!(c.state, State::Ok, "{}", c.summary);
@@ -57,10 +40,7 @@ async fn healthy_endpoint_is_ok_with_latency() {
     assert_eq!(d.labels["check"], "http/web");
     assert_eq!(d.unit, "s");
     assert!(d.value > 0.0 && d.value < 2.0, "{}", d.value);
-    assert!(
-        sample(&samples, "pikett_check_cert_days_left").is_none(),
-        "plain http has no certificate"
-    );
+    assert!(sample(&samples, "pikett_check_cert_days_left").is_none(), "plain http has no certificate");
 }
 
 #[tokio::test]
@@ -69,24 +49,14 @@ async fn wrong_status_is_critical() {
     let mut p = probe(&http_check(&format!("http://{addr}/error"), ""));
     let (c, samples) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical);
-    assert!(
-        c.summary.starts_with("HTTP 500 in ") && c.summary.contains("expected 200"),
-        "{}",
-        c.summary
-    );
-    assert!(
-        sample(&samples, "pikett_check_duration_seconds").is_some(),
-        "latency is measured for any answer"
-    );
+    assert!(c.summary.starts_with("HTTP 500 in ") && c.summary.contains("expected 200"), "{}", c.summary);
+    assert!(sample(&samples, "pikett_check_duration_seconds").is_some(), "latency is measured for any answer");
 }
 
 #[tokio::test]
 async fn expected_non_200_status_is_ok() {
     let addr = http_server().await;
-    let mut p = probe(&http_check(
-        &format!("http://{addr}/teapot"),
-        "expect_status = 418\nexpect_body = \"stout\"",
-    ));
+    let mut p = probe(&http_check(&format!("http://{addr}/teapot"), "expect_status = 418\nexpect_body = \"stout\""));
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Ok, "{}", c.summary);
 }
@@ -94,26 +64,16 @@ async fn expected_non_200_status_is_ok() {
 #[tokio::test]
 async fn missing_body_substring_is_critical() {
     let addr = http_server().await;
-    let mut p = probe(&http_check(
-        &format!("http://{addr}/health"),
-        "expect_body = \"healthy\"",
-    ));
+    let mut p = probe(&http_check(&format!("http://{addr}/health"), "expect_body = \"healthy\""));
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical);
-    assert!(
-        c.summary.contains("does not contain \"healthy\""),
-        "{}",
-        c.summary
-    );
+    assert!(c.summary.contains("does not contain \"healthy\""), "{}", c.summary);
 }
 
 #[tokio::test]
 async fn redirect_is_not_followed_by_default() {
     let addr = http_server().await;
-    let mut p = probe(&http_check(
-        &format!("http://{addr}/redirect"),
-        "expect_body = \"ok\"",
-    ));
+    let mut p = probe(&http_check(&format!("http://{addr}/redirect"), "expect_body = \"ok\""));
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical);
     assert!(
@@ -122,16 +82,10 @@ async fn redirect_is_not_followed_by_default() {
         c.summary
     );
 
-    let mut p = probe(&http_check(
-        &format!("http://{addr}/redirect"),
-        "expect_status = 301",
-    ));
+    let mut p = probe(&http_check(&format!("http://{addr}/redirect"), "expect_status = 301"));
     assert_eq!(poll(&mut p).await.0.state, State::Ok);
 
-    let mut p = probe(&http_check(
-        &format!("http://{addr}/redirect"),
-        "follow_redirects = true\nexpect_body = \"ok\"",
-    ));
+    let mut p = probe(&http_check(&format!("http://{addr}/redirect"), "follow_redirects = true\nexpect_body = \"ok\""));
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Ok, "{}", c.summary);
 }
@@ -147,40 +101,23 @@ async fn server_that_never_answers_is_critical_at_the_timeout() {
             held.push(s);
         }
     });
-    let mut p = probe(&format!(
-        "name = \"stuck\"\nkind = \"http\"\nurl = \"http://{addr}/\"\ntimeout = \"1s\""
-    ));
+    let mut p = probe(&format!("name = \"stuck\"\nkind = \"http\"\nurl = \"http://{addr}/\"\ntimeout = \"1s\""));
     let started = Instant::now();
     let (c, samples) = poll(&mut p).await;
     let took = started.elapsed();
     assert_eq!(c.state, State::Critical);
-    assert!(
-        c.summary.contains("no response") && c.summary.contains("within 1s"),
-        "{}",
-        c.summary
-    );
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
-        "took {took:?}"
-    );
+    assert!(c.summary.contains("no response") && c.summary.contains("within 1s"), "{}", c.summary);
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "took {took:?}");
     assert!(samples.is_empty());
 }
 
 #[tokio::test]
 async fn refused_connection_is_critical() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut p = probe(&http_check(&format!("http://127.0.0.1:{port}/"), ""));
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical);
-    assert!(
-        c.summary.to_lowercase().contains("refused"),
-        "{}",
-        c.summary
-    );
+    assert!(c.summary.to_lowercase().contains("refused"), "{}", c.summary);
 }
 
 #[tokio::test]
@@ -191,36 +128,20 @@ async fn https_certificate_expiring_in_5_days_is_warning_with_days_left() {
     let addr = https_server(chain, key).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write_pem(dir.path());
-    let extra = format!(
-        "expect_body = \"ok\"\ncert_warn_days = 21\nca_file = {:?}",
-        ca_file.to_str().unwrap()
-    );
-    let mut p = probe(&http_check(
-        &format!("https://127.0.0.1:{}/health", addr.port()),
-        &extra,
-    ));
+    let extra = format!("expect_body = \"ok\"\ncert_warn_days = 21\nca_file = {:?}", ca_file.to_str().unwrap());
+    let mut p = probe(&http_check(&format!("https://127.0.0.1:{}/health", addr.port()), &extra));
     let (c, samples) = poll(&mut p).await;
     assert_eq!(c.state, State::Warning, "{}", c.summary);
     assert!(c.summary.starts_with("HTTP 200"), "{}", c.summary);
-    assert!(
-        c.summary.contains("in 5.0 days") || c.summary.contains("in 4.9 days"),
-        "{}",
-        c.summary
-    );
+    assert!(c.summary.contains("in 5.0 days") || c.summary.contains("in 4.9 days"), "{}", c.summary);
     let days = sample(&samples, "pikett_check_cert_days_left").expect("days-left sample");
     assert_eq!(days.unit, "d");
     assert_eq!(days.labels["check"], "http/web");
     assert!((4.9..=5.0).contains(&days.value), "{}", days.value);
 
     // With a lower threshold the same certificate is fine.
-    let extra = format!(
-        "cert_warn_days = 3\nca_file = {:?}",
-        ca_file.to_str().unwrap()
-    );
-    let mut p = probe(&http_check(
-        &format!("https://localhost:{}/", addr.port()),
-        &extra,
-    ));
+    let extra = format!("cert_warn_days = 3\nca_file = {:?}", ca_file.to_str().unwrap());
+    let mut p = probe(&http_check(&format!("https://localhost:{}/", addr.port()), &extra));
     let (c, _) = poll(&mut p).await;
     // localhost may resolve to ::1 first; the server listens on 127.0.0.1 only and reqwest falls back.
     assert_eq!(c.state, State::Ok, "{}", c.summary);
@@ -232,17 +153,10 @@ async fn https_with_untrusted_certificate_is_critical() {
     let ca = TestCa::new();
     let (chain, key) = ca.leaf(90 * DAY);
     let addr = https_server(chain, key).await;
-    let mut p = probe(&http_check(
-        &format!("https://127.0.0.1:{}/", addr.port()),
-        "",
-    ));
+    let mut p = probe(&http_check(&format!("https://127.0.0.1:{}/", addr.port()), ""));
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical);
-    assert!(
-        c.summary.contains("certificate"),
-        "the summary should say the certificate is the problem: {}",
-        c.summary
-    );
+    assert!(c.summary.contains("certificate"), "the summary should say the certificate is the problem: {}", c.summary);
 }
 
 #[tokio::test]
@@ -254,15 +168,8 @@ async fn https_with_expired_certificate_is_critical() {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write_pem(dir.path());
     let extra = format!("ca_file = {:?}", ca_file.to_str().unwrap());
-    let mut p = probe(&http_check(
-        &format!("https://127.0.0.1:{}/", addr.port()),
-        &extra,
-    ));
+    let mut p = probe(&http_check(&format!("https://127.0.0.1:{}/", addr.port()), &extra));
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical);
-    assert!(
-        c.summary.to_lowercase().contains("expired"),
-        "{}",
-        c.summary
-    );
+    assert!(c.summary.to_lowercase().contains("expired"), "{}", c.summary);
 }

@@ -19,9 +19,7 @@ use pikett_agent::probes::checks::{CheckConfig, CheckProbe};
 async fn tcp_open_port_is_ok_with_latency() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut p = probe(&format!(
-        "name = \"mysql-port\"\nkind = \"tcp\"\naddress = \"{addr}\""
-    ));
+    let mut p = probe(&format!("name = \"mysql-port\"\nkind = \"tcp\"\naddress = \"{addr}\""));
     let (c, samples) = poll(&mut p).await;
     assert_eq!(c.name, "tcp/mysql-port");
     assert_eq!(c.state, State::Ok, "{}", c.summary);
@@ -33,14 +31,8 @@ async fn tcp_open_port_is_ok_with_latency() {
 
 #[tokio::test]
 async fn tcp_closed_port_is_critical() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut p = probe(&format!(
-        "name = \"db\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{port}\""
-    ));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut p = probe(&format!("name = \"db\"\nkind = \"tcp\"\naddress = \"127.0.0.1:{port}\""));
     let (c, samples) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical);
     assert!(c.summary.contains("refused"), "{}", c.summary);
@@ -50,8 +42,7 @@ async fn tcp_closed_port_is_critical() {
 #[tokio::test]
 async fn tcp_unroutable_address_is_critical_within_the_timeout() {
     // TEST-NET-1: either dropped (timeout) or unreachable, never connected.
-    let mut p =
-        probe("name = \"far\"\nkind = \"tcp\"\naddress = \"192.0.2.1:80\"\ntimeout = \"1s\"");
+    let mut p = probe("name = \"far\"\nkind = \"tcp\"\naddress = \"192.0.2.1:80\"\ntimeout = \"1s\"");
     let started = Instant::now();
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical, "{}", c.summary);
@@ -60,9 +51,7 @@ async fn tcp_unroutable_address_is_critical_within_the_timeout() {
 
 #[tokio::test]
 async fn tcp_unresolvable_host_is_unknown() {
-    let mut p = probe(
-        "name = \"typo\"\nkind = \"tcp\"\naddress = \"no-such-host.invalid:80\"\ntimeout = \"3s\"",
-    );
+    let mut p = probe("name = \"typo\"\nkind = \"tcp\"\naddress = \"no-such-host.invalid:80\"\ntimeout = \"3s\"");
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Unknown, "{}", c.summary);
     assert!(c.summary.contains("no-such-host.invalid"), "{}", c.summary);
@@ -109,9 +98,7 @@ async fn dns_server() -> SocketAddr {
 }
 
 fn dns_check(query: &str, server: SocketAddr, extra: &str) -> String {
-    format!(
-        "name = \"shop-dns\"\nkind = \"dns\"\nquery = {query:?}\nserver = \"{server}\"\ntimeout = \"2s\"\n{extra}"
-    )
+    format!("name = \"shop-dns\"\nkind = \"dns\"\nquery = {query:?}\nserver = \"{server}\"\ntimeout = \"2s\"\n{extra}")
 }
 
 #[tokio::test]
@@ -142,11 +129,7 @@ async fn dns_nxdomain_is_critical() {
     let mut p = probe(&dns_check("gone.test", server, ""));
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical);
-    assert!(
-        c.summary.contains("gone.test does not exist (NXDOMAIN"),
-        "{}",
-        c.summary
-    );
+    assert!(c.summary.contains("gone.test does not exist (NXDOMAIN"), "{}", c.summary);
 }
 
 #[tokio::test]
@@ -161,17 +144,13 @@ async fn dns_silent_server_is_critical_at_the_timeout() {
     let (c, _) = poll(&mut p).await;
     let took = started.elapsed();
     assert_eq!(c.state, State::Critical, "{}", c.summary);
-    assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
-        "took {took:?}"
-    );
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(3), "took {took:?}");
     drop(silent);
 }
 
 #[tokio::test]
 async fn dns_system_resolver_resolves_localhost() {
-    let mut p =
-        probe("name = \"local\"\nkind = \"dns\"\nquery = \"localhost\"\nexpect = \"127.0.0.1\"");
+    let mut p = probe("name = \"local\"\nkind = \"dns\"\nquery = \"localhost\"\nexpect = \"127.0.0.1\"");
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Ok, "{}", c.summary);
     assert!(c.summary.contains("127.0.0.1"), "{}", c.summary);
@@ -191,18 +170,11 @@ async fn tls_days_left_warns_for_a_certificate_expiring_in_5_days() {
     let addr = https_server(chain, key).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write_pem(dir.path());
-    let mut p = probe(&tls_check(
-        addr,
-        &format!("ca_file = {:?}", ca_file.to_str().unwrap()),
-    ));
+    let mut p = probe(&tls_check(addr, &format!("ca_file = {:?}", ca_file.to_str().unwrap())));
     let (c, samples) = poll(&mut p).await;
     assert_eq!(c.name, "tls/smtps");
     assert_eq!(c.state, State::Warning, "{}", c.summary);
-    assert!(
-        c.summary.contains("CN=localhost") && c.summary.contains("warn below 21"),
-        "{}",
-        c.summary
-    );
+    assert!(c.summary.contains("CN=localhost") && c.summary.contains("warn below 21"), "{}", c.summary);
     let days = sample(&samples, "pikett_check_cert_days_left").expect("days-left sample");
     assert_eq!(days.unit, "d");
     assert!((4.9..=5.0).contains(&days.value), "{}", days.value);
@@ -217,10 +189,7 @@ async fn tls_long_lived_certificate_is_ok() {
     let addr = https_server(chain, key).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write_pem(dir.path());
-    let extra = format!(
-        "ca_file = {:?}\nserver_name = \"localhost\"",
-        ca_file.to_str().unwrap()
-    );
+    let extra = format!("ca_file = {:?}\nserver_name = \"localhost\"", ca_file.to_str().unwrap());
     let mut p = probe(&tls_check(addr, &extra));
     let (c, samples) = poll(&mut p).await;
     assert_eq!(c.state, State::Ok, "{}", c.summary);
@@ -237,17 +206,8 @@ async fn tls_untrusted_certificate_is_critical_but_still_reports_days_left() {
     let mut p = probe(&tls_check(addr, ""));
     let (c, samples) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical);
-    assert!(
-        c.summary.contains("not trusted") && c.summary.contains("UnknownIssuer"),
-        "{}",
-        c.summary
-    );
-    assert!(
-        sample(&samples, "pikett_check_cert_days_left")
-            .unwrap()
-            .value
-            > 89.0
-    );
+    assert!(c.summary.contains("not trusted") && c.summary.contains("UnknownIssuer"), "{}", c.summary);
+    assert!(sample(&samples, "pikett_check_cert_days_left").unwrap().value > 89.0);
 }
 
 #[tokio::test]
@@ -258,10 +218,7 @@ async fn tls_name_mismatch_is_critical() {
     let addr = https_server(chain, key).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write_pem(dir.path());
-    let extra = format!(
-        "ca_file = {:?}\nserver_name = \"mail.example.net\"",
-        ca_file.to_str().unwrap()
-    );
+    let extra = format!("ca_file = {:?}\nserver_name = \"mail.example.net\"", ca_file.to_str().unwrap());
     let mut p = probe(&tls_check(addr, &extra));
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical);
@@ -276,23 +233,11 @@ async fn tls_expired_certificate_is_critical() {
     let addr = https_server(chain, key).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = ca.write_pem(dir.path());
-    let mut p = probe(&tls_check(
-        addr,
-        &format!("ca_file = {:?}", ca_file.to_str().unwrap()),
-    ));
+    let mut p = probe(&tls_check(addr, &format!("ca_file = {:?}", ca_file.to_str().unwrap())));
     let (c, samples) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical);
-    assert!(
-        c.summary.starts_with("certificate CN=localhost expired"),
-        "{}",
-        c.summary
-    );
-    assert!(
-        sample(&samples, "pikett_check_cert_days_left")
-            .unwrap()
-            .value
-            < -2.9
-    );
+    assert!(c.summary.starts_with("certificate CN=localhost expired"), "{}", c.summary);
+    assert!(sample(&samples, "pikett_check_cert_days_left").unwrap().value < -2.9);
 }
 
 #[tokio::test]
@@ -306,9 +251,7 @@ async fn tls_plain_tcp_server_is_critical_at_the_timeout() {
             held.push(s);
         }
     });
-    let mut p = probe(&format!(
-        "name = \"x\"\nkind = \"tls\"\naddress = \"{addr}\"\ntimeout = \"1s\""
-    ));
+    let mut p = probe(&format!("name = \"x\"\nkind = \"tls\"\naddress = \"{addr}\"\ntimeout = \"1s\""));
     let (c, _) = poll(&mut p).await;
     assert_eq!(c.state, State::Critical);
     assert!(c.summary.contains("within 1s"), "{}", c.summary);
@@ -337,15 +280,9 @@ async fn each_check_is_its_own_probe_with_its_own_interval() {
         .unwrap();
     let probes: Vec<CheckProbe> = pikett_agent::probes::checks::probes_from_config(cfgs).unwrap();
     use pikett_agent::probes::Probe;
-    let names: Vec<_> = probes
-        .iter()
-        .map(|p| (p.name(), p.check_name(), p.interval()))
-        .collect();
+    let names: Vec<_> = probes.iter().map(|p| (p.name(), p.check_name(), p.interval())).collect();
     assert_eq!(
         names,
-        [
-            ("checks", "tcp/a", Duration::from_secs(5)),
-            ("checks", "command/raid", Duration::from_secs(60))
-        ]
+        [("checks", "tcp/a", Duration::from_secs(5)), ("checks", "command/raid", Duration::from_secs(60))]
     );
 }

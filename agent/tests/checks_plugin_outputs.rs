@@ -14,16 +14,11 @@ fn recorded(name: &str) -> String {
 fn items(name: &str) -> (String, Vec<(String, String)>) {
     let out = parse_plugin_output(&recorded(name));
     assert!(out.perf_errors.is_empty(), "{name}: {:?}", out.perf_errors);
-    (
-        out.summary,
-        out.perfdata.into_iter().map(|d| (d.label, d.uom)).collect(),
-    )
+    (out.summary, out.perfdata.into_iter().map(|d| (d.label, d.uom)).collect())
 }
 
 fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
-    v.iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect()
+    v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
 }
 
 #[test]
@@ -32,12 +27,7 @@ fn check_disk() {
     assert!(summary.starts_with("DISK OK - free space: / "), "{summary}");
     assert_eq!(perf, pairs(&[("/", "B")]));
     let d = &parse_plugin_output(&recorded("check_disk_root.out")).perfdata[0];
-    assert!(
-        d.warn.is_some()
-            && d.crit.is_some()
-            && d.min == Some(0.0)
-            && d.max.unwrap() > d.value.unwrap()
-    );
+    assert!(d.warn.is_some() && d.crit.is_some() && d.min == Some(0.0) && d.max.unwrap() > d.value.unwrap());
 }
 
 #[test]
@@ -49,10 +39,7 @@ fn check_http_and_tcp() {
     assert!(summary.starts_with("TCP OK"), "{summary}");
     assert_eq!(perf, pairs(&[("time", "s")]));
     let (summary, perf) = items("check_tcp_refused.out");
-    assert_eq!(
-        summary,
-        "connect to address 127.0.0.1 and port 1: Connection refused"
-    );
+    assert_eq!(summary, "connect to address 127.0.0.1 and port 1: Connection refused");
     assert!(perf.is_empty());
 }
 
@@ -87,22 +74,11 @@ fn recorded_disk_output_becomes_byte_samples() {
         b"",
         now,
     );
-    let Observation::Check(c) = &obs[0] else {
-        panic!("{obs:?}")
-    };
+    let Observation::Check(c) = &obs[0] else { panic!("{obs:?}") };
     assert_eq!(c.state, State::Ok);
-    let Observation::Sample(s) = &obs[1] else {
-        panic!("{obs:?}")
-    };
-    assert_eq!(
-        (s.name.as_str(), s.unit.as_str()),
-        ("pikett_check_perfdata", "By")
-    );
+    let Observation::Sample(s) = &obs[1] else { panic!("{obs:?}") };
+    assert_eq!((s.name.as_str(), s.unit.as_str()), ("pikett_check_perfdata", "By"));
     assert_eq!(s.labels["label"], "/");
     assert_eq!(s.labels["min"], "0");
-    assert!(
-        s.labels.contains_key("warn")
-            && s.labels.contains_key("crit")
-            && s.labels.contains_key("max")
-    );
+    assert!(s.labels.contains_key("warn") && s.labels.contains_key("crit") && s.labels.contains_key("max"));
 }

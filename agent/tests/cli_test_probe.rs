@@ -11,25 +11,12 @@ use serde_json::Value;
 
 fn run_test(config: &Path, probe: &str, path_prefix: Option<&Path>) -> Vec<Value> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pikett-agent"));
-    cmd.arg("--config")
-        .arg(config)
-        .args(["test", "--probe", probe]);
+    cmd.arg("--config").arg(config).args(["test", "--probe", probe]);
     if let Some(dir) = path_prefix {
-        cmd.env(
-            "PATH",
-            format!(
-                "{}:{}",
-                dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        );
+        cmd.env("PATH", format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default()));
     }
     let out = cmd.output().expect("run pikett-agent");
-    assert!(
-        out.status.success(),
-        "pikett-agent test --probe {probe} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "pikett-agent test --probe {probe} failed: {}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
@@ -37,35 +24,20 @@ fn run_test(config: &Path, probe: &str, path_prefix: Option<&Path>) -> Vec<Value
     assert!(!lines.is_empty(), "no output for {probe}");
     for l in &lines {
         let t = l["type"].as_str().unwrap_or_default();
-        assert!(
-            ["check", "sample", "event", "inventory"].contains(&t),
-            "unknown type in {l}"
-        );
+        assert!(["check", "sample", "event", "inventory"].contains(&t), "unknown type in {l}");
         if t == "check" {
-            assert!(
-                ["OK", "WARNING", "CRITICAL", "UNKNOWN"].contains(&l["state"].as_str().unwrap()),
-                "{l}"
-            );
-            assert!(
-                l["name"].is_string() && l["summary"].is_string() && l["time"].is_string(),
-                "{l}"
-            );
+            assert!(["OK", "WARNING", "CRITICAL", "UNKNOWN"].contains(&l["state"].as_str().unwrap()), "{l}");
+            assert!(l["name"].is_string() && l["summary"].is_string() && l["time"].is_string(), "{l}");
         }
         if t == "sample" {
-            assert!(
-                l["value"].is_number() && l["unit"].is_string() && l["labels"].is_object(),
-                "{l}"
-            );
+            assert!(l["value"].is_number() && l["unit"].is_string() && l["labels"].is_object(), "{l}");
         }
     }
     lines
 }
 
 fn check<'a>(lines: &'a [Value], name: &str) -> &'a Value {
-    lines
-        .iter()
-        .find(|l| l["type"] == "check" && l["name"] == name)
-        .unwrap_or_else(|| panic!("no check {name}"))
+    lines.iter().find(|l| l["type"] == "check" && l["name"] == name).unwrap_or_else(|| panic!("no check {name}"))
 }
 
 #[test]
@@ -93,17 +65,9 @@ fn redfish_probe_prints_checks_samples_and_inventory() {
         .find(|l| l["type"] == "sample" && l["name"] == "pikett_redfish_temperature_celsius")
         .expect("a temperature sample");
     assert_eq!(temp["unit"], "Cel");
-    let hw = lines
-        .iter()
-        .find(|l| l["type"] == "inventory" && l["name"] == "hardware")
-        .expect("hardware inventory");
+    let hw = lines.iter().find(|l| l["type"] == "inventory" && l["name"] == "hardware").expect("hardware inventory");
     assert_eq!(hw["data"]["vendor"], "Dell Inc.");
-    assert!(
-        hw["data"]["service_tag"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty()),
-        "{hw}"
-    );
+    assert!(hw["data"]["service_tag"].as_str().is_some_and(|s| !s.is_empty()), "{hw}");
     // The session was deleted when the probe shut down.
     assert_eq!(bmc.sessions(), 0);
 }
@@ -126,10 +90,7 @@ fn checks_probe_prints_tcp_and_plugin_results() {
     assert_eq!(check(&lines, "tcp/port")["state"], "OK");
     let plugin = check(&lines, "command/plugin");
     assert_eq!(plugin["state"], "OK", "{plugin}");
-    assert!(
-        plugin["summary"].as_str().unwrap().contains("TCP OK"),
-        "{plugin}"
-    );
+    assert!(plugin["summary"].as_str().unwrap().contains("TCP OK"), "{plugin}");
     assert!(
         lines.iter().any(|l| l["type"] == "sample"
             && l["name"] == "pikett_check_perfdata"
@@ -151,11 +112,7 @@ fn services_probe_prints_unit_states_from_systemctl() {
     .unwrap();
     redfish_support::set_mode(&fake, 0o755);
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        "host_id = \"h\"\n[services]\nunits = [\"sshd.service\", \"nginx.service\"]\n",
-    )
-    .unwrap();
+    std::fs::write(&cfg, "host_id = \"h\"\n[services]\nunits = [\"sshd.service\", \"nginx.service\"]\n").unwrap();
     let lines = run_test(&cfg, "services", Some(&bin));
     assert_eq!(check(&lines, "service/sshd.service")["state"], "OK");
     assert_eq!(check(&lines, "service/nginx.service")["state"], "CRITICAL");
@@ -166,18 +123,11 @@ fn patches_probe_prints_a_patches_check_from_apt() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
     // refresh = false: use the package lists as they are (no network needed).
-    std::fs::write(
-        &cfg,
-        "host_id = \"h\"\n[patches]\nmanager = \"apt\"\nrefresh = false\n",
-    )
-    .unwrap();
+    std::fs::write(&cfg, "host_id = \"h\"\n[patches]\nmanager = \"apt\"\nrefresh = false\n").unwrap();
     let lines = run_test(&cfg, "patches", None);
     let patches = check(&lines, "patches");
     assert_ne!(patches["state"], "UNKNOWN", "{patches}");
-    let inv = lines
-        .iter()
-        .find(|l| l["type"] == "inventory" && l["name"] == "patches")
-        .expect("patches inventory");
+    let inv = lines.iter().find(|l| l["type"] == "inventory" && l["name"] == "patches").expect("patches inventory");
     assert_eq!(inv["data"]["manager"], "apt");
     assert!(inv["data"]["updates"].is_array());
 }
@@ -188,11 +138,7 @@ fn host_probe_prints_filesystems_and_memory() {
     let cfg = dir.path().join("agent.toml");
     std::fs::write(&cfg, "host_id = \"h\"\n").unwrap();
     let lines = run_test(&cfg, "host", None);
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["type"] == "check" && l["name"].as_str().unwrap().starts_with("host/disk:"))
-    );
+    assert!(lines.iter().any(|l| l["type"] == "check" && l["name"].as_str().unwrap().starts_with("host/disk:")));
     check(&lines, "host/memory");
 }
 
@@ -200,11 +146,7 @@ fn host_probe_prints_filesystems_and_memory() {
 fn check_config_rejects_a_check_with_a_key_of_another_kind() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        "[[checks]]\nname = \"db\"\nkind = \"tcp\"\nurl = \"http://x\"\n",
-    )
-    .unwrap();
+    std::fs::write(&cfg, "[[checks]]\nname = \"db\"\nkind = \"tcp\"\nurl = \"http://x\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_pikett-agent"))
         .arg("--config")
         .arg(&cfg)

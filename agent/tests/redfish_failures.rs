@@ -24,17 +24,10 @@ async fn stalled_bmc_times_out_with_unknown() {
     let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
     let t = Instant::now();
     let obs = p.poll().await;
-    assert!(
-        t.elapsed() < Duration::from_secs(3),
-        "poll took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(3), "poll took {:?}", t.elapsed());
     let (state, summary) = system(&obs);
     assert_eq!(state, State::Unknown);
-    assert!(
-        summary.contains("timeout") && summary.contains("/redfish/v1"),
-        "{summary}"
-    );
+    assert!(summary.contains("timeout") && summary.contains("/redfish/v1"), "{summary}");
 }
 
 #[tokio::test]
@@ -46,11 +39,7 @@ async fn slow_resources_hit_the_poll_budget() {
     let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
     let t = Instant::now();
     let obs = p.poll().await;
-    assert!(
-        t.elapsed() < Duration::from_millis(2500),
-        "poll took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_millis(2500), "poll took {:?}", t.elapsed());
     let (state, summary) = system(&obs);
     assert_eq!(state, State::Unknown);
     assert!(summary.contains("poll_timeout"), "{summary}");
@@ -59,10 +48,7 @@ async fn slow_resources_hit_the_poll_budget() {
 #[tokio::test]
 async fn http_500_on_the_root_is_unknown_with_the_status() {
     let bmc = TestBmc::start(R750).await;
-    bmc.set_override(
-        "/redfish/v1",
-        Override::Status(500, "{\"error\":\"internal\"}".into()),
-    );
+    bmc.set_override("/redfish/v1", Override::Status(500, "{\"error\":\"internal\"}".into()));
     let (state, summary) = system(&poll_once(&bmc).await);
     assert_eq!(state, State::Unknown);
     assert!(summary.contains("HTTP 500"), "{summary}");
@@ -76,27 +62,16 @@ async fn http_500_on_one_resource_keeps_the_rest_and_names_it() {
     let obs = poll_once(&bmc).await;
     let all = checks(&obs);
     assert_eq!(all["redfish/system"].state, State::Ok);
-    assert_eq!(
-        all["redfish/thermal/CPU1 Temp"].state,
-        State::Ok,
-        "new-schema sensors still read"
-    );
+    assert_eq!(all["redfish/thermal/CPU1 Temp"].state, State::Ok, "new-schema sensors still read");
     let bmc_check = &all["redfish/bmc"];
     assert_eq!(bmc_check.state, State::Unknown);
-    assert!(
-        bmc_check.summary.contains("HTTP 500") && bmc_check.summary.contains(thermal),
-        "{}",
-        bmc_check.summary
-    );
+    assert!(bmc_check.summary.contains("HTTP 500") && bmc_check.summary.contains(thermal), "{}", bmc_check.summary);
 }
 
 #[tokio::test]
 async fn malformed_json_is_unknown_and_says_so() {
     let bmc = TestBmc::start(R750).await;
-    bmc.set_override(
-        "/redfish/v1",
-        Override::Raw(b"{\"RedfishVersion\": \"1.13.1\", \"Systems\": {".to_vec()),
-    );
+    bmc.set_override("/redfish/v1", Override::Raw(b"{\"RedfishVersion\": \"1.13.1\", \"Systems\": {".to_vec()));
     let (state, summary) = system(&poll_once(&bmc).await);
     assert_eq!(state, State::Unknown);
     assert!(summary.contains("malformed JSON"), "{summary}");
@@ -123,21 +98,10 @@ async fn rejected_credentials_give_one_clear_error_and_no_retry_storm() {
     let obs = p.poll().await;
     let (state, summary) = system(&obs);
     assert_eq!(state, State::Unknown);
-    assert!(
-        summary.contains("credentials rejected") && summary.contains("password_file"),
-        "{summary}"
-    );
-    assert!(
-        !summary.contains("wrong-password"),
-        "secret leaked into summary"
-    );
+    assert!(summary.contains("credentials rejected") && summary.contains("password_file"), "{summary}");
+    assert!(!summary.contains("wrong-password"), "secret leaked into summary");
     assert_eq!(bmc.count("POST"), 1, "{:?}", bmc.seen());
-    assert_eq!(
-        bmc.seen().len(),
-        2,
-        "only the root and one login: {:?}",
-        bmc.seen()
-    );
+    assert_eq!(bmc.seen().len(), 2, "only the root and one login: {:?}", bmc.seen());
     // The next poll tries once more, no more.
     p.poll().await;
     assert_eq!(bmc.count("POST"), 2);
@@ -155,14 +119,8 @@ async fn certificate_from_an_unknown_ca_is_unknown_with_the_reason() {
     let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
     let (state, summary) = system(&p.poll().await);
     assert_eq!(state, State::Unknown);
-    assert!(
-        summary.contains("invalid peer certificate") && summary.contains("ca_file"),
-        "{summary}"
-    );
-    assert!(
-        bmc.seen().is_empty(),
-        "a request got through an unverified connection"
-    );
+    assert!(summary.contains("invalid peer certificate") && summary.contains("ca_file"), "{summary}");
+    assert!(bmc.seen().is_empty(), "a request got through an unverified connection");
 }
 
 #[tokio::test]
@@ -198,22 +156,15 @@ async fn config_errors_name_the_file_or_field() {
     let mut cfg = bmc.config();
     cfg.password_file = bmc.dir.path().join("missing.pass");
     let e = RedfishProbe::new(cfg, memory_state()).err().unwrap();
-    assert!(
-        matches!(e, RedfishError::PasswordFile { .. }) && e.to_string().contains("missing.pass"),
-        "{e}"
-    );
+    assert!(matches!(e, RedfishError::PasswordFile { .. }) && e.to_string().contains("missing.pass"), "{e}");
 
     set_mode(&bmc.password_file, 0o644);
-    let e = RedfishProbe::new(bmc.config(), memory_state())
-        .err()
-        .unwrap();
+    let e = RedfishProbe::new(bmc.config(), memory_state()).err().unwrap();
     assert!(matches!(e, RedfishError::WorldReadable { .. }), "{e}");
     set_mode(&bmc.password_file, 0o600);
 
     std::fs::write(&bmc.password_file, "\n").unwrap();
-    let e = RedfishProbe::new(bmc.config(), memory_state())
-        .err()
-        .unwrap();
+    let e = RedfishProbe::new(bmc.config(), memory_state()).err().unwrap();
     assert!(matches!(e, RedfishError::EmptyPassword { .. }), "{e}");
 
     let mut cfg = bmc.config();

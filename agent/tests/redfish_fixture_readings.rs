@@ -26,19 +26,11 @@ fn members(set: &str, v: &Value, key: &str) -> Vec<Value> {
 }
 
 fn num_text(v: f64) -> String {
-    if v.fract() == 0.0 {
-        format!("{}", v as i64)
-    } else {
-        format!("{v}")
-    }
+    if v.fract() == 0.0 { format!("{}", v as i64) } else { format!("{v}") }
 }
 
 /// Expected state, written independently of the probe: SPEC.md's mapping.
-fn expected_state(
-    reading: Option<f64>,
-    th: &HashMap<&str, Option<f64>>,
-    health: Option<&str>,
-) -> State {
+fn expected_state(reading: Option<f64>, th: &HashMap<&str, Option<f64>>, health: Option<&str>) -> State {
     let health_state = match health {
         Some("Warning") => State::Warning,
         Some("Critical") => State::Critical,
@@ -95,15 +87,10 @@ fn classic_thresholds(s: &Value) -> HashMap<&'static str, Option<f64>> {
 
 fn assert_reading(obs: &[Observation], e: &Expect) {
     let checks = checks(obs);
-    let c = checks
-        .get(&e.check)
-        .unwrap_or_else(|| panic!("no check {}", e.check));
+    let c = checks.get(&e.check).unwrap_or_else(|| panic!("no check {}", e.check));
     let want = expected_state(e.value, &e.thresholds, e.health.as_deref());
     // A voltage without reading and thresholds is a discrete signal: its health is its state.
-    let want = if e.value.is_none()
-        && e.unit == "V"
-        && e.thresholds.values().all(Option::is_none)
-        && e.health.is_some()
+    let want = if e.value.is_none() && e.unit == "V" && e.thresholds.values().all(Option::is_none) && e.health.is_some()
     {
         expected_state(Some(0.0), &HashMap::new(), e.health.as_deref())
     } else {
@@ -112,17 +99,11 @@ fn assert_reading(obs: &[Observation], e: &Expect) {
     assert_eq!(c.state, want, "{}: {}", e.check, c.summary);
     match e.value {
         Some(v) => {
-            let (got, unit) = sample(obs, e.metric, "sensor", &e.label)
-                .unwrap_or_else(|| panic!("no sample for {}", e.check));
+            let (got, unit) =
+                sample(obs, e.metric, "sensor", &e.label).unwrap_or_else(|| panic!("no sample for {}", e.check));
             assert_eq!(got, v, "{}", e.check);
             assert_eq!(unit, e.unit, "{}", e.check);
-            assert!(
-                c.summary
-                    .starts_with(&format!("{} {}", num_text(v), e.unit)),
-                "{}: {}",
-                e.check,
-                c.summary
-            );
+            assert!(c.summary.starts_with(&format!("{} {}", num_text(v), e.unit)), "{}: {}", e.check, c.summary);
             for (label, t) in &e.thresholds {
                 if let Some(t) = t {
                     let needle = format!("{label} {}", num_text(*t));
@@ -135,22 +116,13 @@ fn assert_reading(obs: &[Observation], e: &Expect) {
                 }
             }
         }
-        None => assert!(
-            sample(obs, e.metric, "sensor", &e.label).is_none(),
-            "{}",
-            e.check
-        ),
+        None => assert!(sample(obs, e.metric, "sensor", &e.label).is_none(), "{}", e.check),
     }
 }
 
 /// Walks the fixture (not the probe) and lists what must be reported.
 /// Readings to check in full, drives, PSUs with their metrics, and check names that must merely exist.
-type Expectations = (
-    Vec<Expect>,
-    Vec<Value>,
-    Vec<(Value, Option<Value>)>,
-    BTreeSet<String>,
-);
+type Expectations = (Vec<Expect>, Vec<Value>, Vec<(Value, Option<Value>)>, BTreeSet<String>);
 
 fn expectations(set: &str) -> Expectations {
     let root = fixture_json(set, "/redfish/v1");
@@ -173,21 +145,14 @@ fn expectations(set: &str) -> Expectations {
         let psu_sources: BTreeSet<String> = psu_list
             .iter()
             .filter_map(|(_, m)| m.as_ref())
-            .flat_map(|m| {
-                [
-                    &m["InputPowerWatts"]["DataSourceUri"],
-                    &m["OutputPowerWatts"]["DataSourceUri"],
-                ]
-            })
+            .flat_map(|m| [&m["InputPowerWatts"]["DataSourceUri"], &m["OutputPowerWatts"]["DataSourceUri"]])
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect();
         let sensors = members(set, &ch, "Sensors");
         let mut name_count: HashMap<(String, String), usize> = HashMap::new();
         for s in &sensors {
             let rt = s["ReadingType"].as_str().unwrap_or("").to_string();
-            *name_count
-                .entry((rt, s["Name"].as_str().unwrap().to_string()))
-                .or_default() += 1;
+            *name_count.entry((rt, s["Name"].as_str().unwrap().to_string())).or_default() += 1;
         }
         for s in &sensors {
             let rt = s["ReadingType"].as_str().unwrap_or("");
@@ -232,25 +197,13 @@ fn expectations(set: &str) -> Expectations {
                 ));
             }
             for x in t["Fans"].as_array().into_iter().flatten() {
-                classic.push((
-                    "fan",
-                    "pikett_redfish_fan_speed_rpm",
-                    "RPM",
-                    x.clone(),
-                    x["Reading"].as_f64(),
-                ));
+                classic.push(("fan", "pikett_redfish_fan_speed_rpm", "RPM", x.clone(), x["Reading"].as_f64()));
             }
         }
         if let Some(p) = link(&ch, "Power") {
             let p = fixture_json(set, &p);
             for x in p["Voltages"].as_array().into_iter().flatten() {
-                classic.push((
-                    "voltage",
-                    "pikett_redfish_voltage_volts",
-                    "V",
-                    x.clone(),
-                    x["ReadingVolts"].as_f64(),
-                ));
+                classic.push(("voltage", "pikett_redfish_voltage_volts", "V", x.clone(), x["ReadingVolts"].as_f64()));
             }
             for x in p["PowerSupplies"].as_array().into_iter().flatten() {
                 names_only.insert(format!("redfish/psu/{}", x["Name"].as_str().unwrap()));
@@ -274,10 +227,7 @@ fn expectations(set: &str) -> Expectations {
         }
         if let Some(t) = link(&ch, "ThermalSubsystem") {
             for f in members(set, &fixture_json(set, &t), "Fans") {
-                let label = f["Location"]["PartLocation"]["ServiceLabel"]
-                    .as_str()
-                    .or(f["Name"].as_str())
-                    .unwrap();
+                let label = f["Location"]["PartLocation"]["ServiceLabel"].as_str().or(f["Name"].as_str()).unwrap();
                 names_only.insert(format!("redfish/fan/{label}"));
             }
         }
@@ -296,11 +246,7 @@ fn expectations(set: &str) -> Expectations {
 #[tokio::test]
 async fn every_reading_of_every_fixture_set_matches_the_fixture() {
     let sets = fixture_sets();
-    assert!(
-        !sets.is_empty(),
-        "no fixture sets under {}",
-        fixtures_dir().display()
-    );
+    assert!(!sets.is_empty(), "no fixture sets under {}", fixtures_dir().display());
     for set in sets {
         let bmc = TestBmc::start(&set).await;
         let obs = poll_once(&bmc).await;
@@ -324,11 +270,7 @@ async fn every_reading_of_every_fixture_set_matches_the_fixture() {
                     ("pikett_redfish_psu_output_watts", "OutputPowerWatts"),
                 ] {
                     if let Some(v) = m[key]["Reading"].as_f64() {
-                        assert_eq!(
-                            sample(&obs, metric, "psu", name),
-                            Some((v, "W".to_string())),
-                            "{name} {key}"
-                        );
+                        assert_eq!(sample(&obs, metric, "psu", name), Some((v, "W".to_string())), "{name} {key}");
                     }
                 }
             }
@@ -336,28 +278,17 @@ async fn every_reading_of_every_fixture_set_matches_the_fixture() {
         for d in &drives {
             let id = d["Id"].as_str().unwrap();
             let short = id.split(':').next().unwrap();
-            let c = all
-                .get(&format!("redfish/drive/{short}"))
-                .unwrap_or_else(|| panic!("{set}: no drive {short}"));
+            let c = all.get(&format!("redfish/drive/{short}")).unwrap_or_else(|| panic!("{set}: no drive {short}"));
             let want = expected_state(Some(0.0), &HashMap::new(), d["Status"]["Health"].as_str());
             assert_eq!(c.state, want, "{id}: {}", c.summary);
             for k in ["SerialNumber", "Model"] {
                 if let Some(s) = d[k].as_str() {
-                    assert!(
-                        c.summary.contains(s.trim()),
-                        "{id}: summary {:?} lacks {k} {s}",
-                        c.summary
-                    );
+                    assert!(c.summary.contains(s.trim()), "{id}: summary {:?} lacks {k} {s}", c.summary);
                 }
             }
             if let Some(life) = d["PredictedMediaLifeLeftPercent"].as_f64() {
                 assert_eq!(
-                    sample(
-                        &obs,
-                        "pikett_redfish_drive_life_left_percent",
-                        "drive",
-                        short
-                    ),
+                    sample(&obs, "pikett_redfish_drive_life_left_percent", "drive", short),
                     Some((life, "%".into()))
                 );
             }
@@ -393,13 +324,7 @@ async fn system_health_power_state_and_inventory_come_from_the_fixture() {
     assert_eq!(system.state, State::Ok);
     let tag = root["Oem"]["Dell"]["ServiceTag"].as_str().unwrap();
     assert!(system.summary.contains(tag), "{}", system.summary);
-    assert!(
-        system
-            .summary
-            .contains(&format!("power {}", sys["PowerState"].as_str().unwrap())),
-        "{}",
-        system.summary
-    );
+    assert!(system.summary.contains(&format!("power {}", sys["PowerState"].as_str().unwrap())), "{}", system.summary);
     assert_eq!(all["redfish/memory"].state, State::Ok);
     assert_eq!(all["redfish/processor"].state, State::Ok);
     assert_eq!(all["redfish/faults"].summary, "no active faults");
@@ -429,12 +354,7 @@ async fn expand_cuts_requests_and_changes_nothing_else() {
     let bmc = TestBmc::start(R750).await;
     let with = poll_once(&bmc).await;
     let with_requests = bmc.seen().len();
-    assert!(
-        bmc.seen()
-            .iter()
-            .any(|s| s.target.contains("$expand=.($levels=1)")),
-        "expand not used"
-    );
+    assert!(bmc.seen().iter().any(|s| s.target.contains("$expand=.($levels=1)")), "expand not used");
     bmc.reset_seen();
     let mut cfg = bmc.config();
     cfg.expand = pikett_agent::probes::redfish::ExpandMode::Off;
@@ -444,16 +364,9 @@ async fn expand_cuts_requests_and_changes_nothing_else() {
     p.shutdown().await;
     let without_requests = bmc.seen().len();
     assert!(!bmc.seen().iter().any(|s| s.target.contains("$expand")));
-    assert!(
-        with_requests * 2 < without_requests,
-        "expand {with_requests} vs plain {without_requests} requests"
-    );
+    assert!(with_requests * 2 < without_requests, "expand {with_requests} vs plain {without_requests} requests");
     let strip = |obs: &[Observation]| -> Vec<(String, State, String)> {
-        checks(obs)
-            .into_values()
-            .filter(|c| c.name != "redfish/bmc")
-            .map(|c| (c.name, c.state, c.summary))
-            .collect()
+        checks(obs).into_values().filter(|c| c.name != "redfish/bmc").map(|c| (c.name, c.state, c.summary)).collect()
     };
     assert_eq!(strip(&with), strip(&without));
 }

@@ -11,14 +11,7 @@ use serde_json::{Value, json};
 const SEL: &str = "/redfish/v1/Managers/iDRAC.Embedded.1/LogServices/Sel/Entries";
 const LC: &str = "/redfish/v1/Managers/iDRAC.Embedded.1/LogServices/Lclog/Entries";
 
-fn entry(
-    base: &str,
-    id: u64,
-    created: &str,
-    severity: &str,
-    message_id: &str,
-    message: &str,
-) -> Value {
+fn entry(base: &str, id: u64, created: &str, severity: &str, message_id: &str, message: &str) -> Value {
     json!({
         "@odata.id": format!("{base}/{id}"), "Id": id.to_string(), "Created": created,
         "EntryType": "SEL", "Severity": severity, "MessageId": message_id, "Message": message
@@ -40,27 +33,13 @@ async fn first_poll_does_not_replay_history_and_new_entries_come_once() {
     let bmc = TestBmc::start(R750).await;
     let state = memory_state();
     let mut p = RedfishProbe::new(bmc.config(), state.clone()).unwrap();
-    assert!(
-        events(&p.poll().await).is_empty(),
-        "history replayed on first poll"
-    );
+    assert!(events(&p.poll().await).is_empty(), "history replayed on first poll");
 
-    let newest_sel: u64 = fixture_json(R750, SEL)["Members"][0]["Id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let newest_sel: u64 = fixture_json(R750, SEL)["Members"][0]["Id"].as_str().unwrap().parse().unwrap();
     prepend(
         &bmc,
         SEL,
-        vec![entry(
-            SEL,
-            newest_sel + 1,
-            "2026-11-23T09:00:00-06:00",
-            "Critical",
-            "PSU0003",
-            "Power supply 2 lost AC.",
-        )],
+        vec![entry(SEL, newest_sel + 1, "2026-11-23T09:00:00-06:00", "Critical", "PSU0003", "Power supply 2 lost AC.")],
     );
     let ev = events(&p.poll().await);
     assert_eq!(ev.len(), 1, "{ev:?}");
@@ -69,51 +48,23 @@ async fn first_poll_does_not_replay_history_and_new_entries_come_once() {
     assert_eq!(ev[0].message_id, "PSU0003");
     assert_eq!(ev[0].message, "Power supply 2 lost AC.");
     assert_eq!(ev[0].time.to_string(), "2026-11-23T15:00:00Z");
-    assert!(
-        events(&p.poll().await).is_empty(),
-        "same entry reported twice"
-    );
+    assert!(events(&p.poll().await).is_empty(), "same entry reported twice");
     p.shutdown().await;
 
     // "Restart": a new probe with the same state store neither replays nor misses.
-    let newest_lc: u64 = fixture_json(R750, LC)["Members"][0]["Id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let newest_lc: u64 = fixture_json(R750, LC)["Members"][0]["Id"].as_str().unwrap().parse().unwrap();
     prepend(
         &bmc,
         LC,
         vec![
-            entry(
-                LC,
-                newest_lc + 2,
-                "2026-11-23T10:00:05-06:00",
-                "Warning",
-                "IDRAC.2.9.SYS1003",
-                "second",
-            ),
-            entry(
-                LC,
-                newest_lc + 1,
-                "2026-11-23T10:00:00-06:00",
-                "OK",
-                "IDRAC.2.9.USR0030",
-                "first",
-            ),
+            entry(LC, newest_lc + 2, "2026-11-23T10:00:05-06:00", "Warning", "IDRAC.2.9.SYS1003", "second"),
+            entry(LC, newest_lc + 1, "2026-11-23T10:00:00-06:00", "OK", "IDRAC.2.9.USR0030", "first"),
         ],
     );
     let mut p = RedfishProbe::new(bmc.config(), state.clone()).unwrap();
     let ev = events(&p.poll().await);
-    let got: Vec<(&str, &str)> = ev
-        .iter()
-        .map(|e| (e.source.as_str(), e.message.as_str()))
-        .collect();
-    assert_eq!(
-        got,
-        [("redfish/lclog", "first"), ("redfish/lclog", "second")],
-        "oldest first, nothing replayed"
-    );
+    let got: Vec<(&str, &str)> = ev.iter().map(|e| (e.source.as_str(), e.message.as_str())).collect();
+    assert_eq!(got, [("redfish/lclog", "first"), ("redfish/lclog", "second")], "oldest first, nothing replayed");
     p.shutdown().await;
 }
 
@@ -125,45 +76,18 @@ async fn cleared_log_resynchronises() {
     // Cleared: ids start again at 1; only entries after the old cursor's time are new.
     bmc.edit(SEL, |v| {
         v["Members"] = json!([
-            entry(
-                SEL,
-                2,
-                "2026-11-23T11:00:00Z",
-                "Critical",
-                "CPU0000",
-                "after clear"
-            ),
-            entry(
-                SEL,
-                1,
-                "2026-11-23T10:59:00Z",
-                "OK",
-                "SEL0001",
-                "Log cleared."
-            ),
+            entry(SEL, 2, "2026-11-23T11:00:00Z", "Critical", "CPU0000", "after clear"),
+            entry(SEL, 1, "2026-11-23T10:59:00Z", "OK", "SEL0001", "Log cleared."),
         ]);
         v["Members@odata.count"] = json!(2);
     });
-    let ev: Vec<_> = events(&p.poll().await)
-        .into_iter()
-        .filter(|e| e.source == "redfish/sel")
-        .collect();
+    let ev: Vec<_> = events(&p.poll().await).into_iter().filter(|e| e.source == "redfish/sel").collect();
     let msgs: Vec<&str> = ev.iter().map(|e| e.message.as_str()).collect();
     assert_eq!(msgs, ["Log cleared.", "after clear"]);
     // And the cursor follows the new ids.
-    prepend(
-        &bmc,
-        SEL,
-        vec![entry(SEL, 3, "2026-11-23T11:05:00Z", "OK", "X", "third")],
-    );
-    let ev: Vec<_> = events(&p.poll().await)
-        .into_iter()
-        .filter(|e| e.source == "redfish/sel")
-        .collect();
-    assert_eq!(
-        ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
-        ["third"]
-    );
+    prepend(&bmc, SEL, vec![entry(SEL, 3, "2026-11-23T11:05:00Z", "OK", "X", "third")]);
+    let ev: Vec<_> = events(&p.poll().await).into_iter().filter(|e| e.source == "redfish/sel").collect();
+    assert_eq!(ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["third"]);
     p.shutdown().await;
 }
 
@@ -190,14 +114,8 @@ async fn next_link_pages_are_followed_until_the_cursor() {
     ];
     second.extend(old);
     bmc.set_override(&page2, Override::Json(json!({"Members": second})));
-    let ev: Vec<_> = events(&p.poll().await)
-        .into_iter()
-        .filter(|e| e.source == "redfish/lclog")
-        .collect();
-    assert_eq!(
-        ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
-        ["e1", "e2", "e3", "e4"]
-    );
+    let ev: Vec<_> = events(&p.poll().await).into_iter().filter(|e| e.source == "redfish/lclog").collect();
+    assert_eq!(ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["e1", "e2", "e3", "e4"]);
     assert!(bmc.seen().iter().any(|s| s.target.contains("$skip=2")));
     p.shutdown().await;
 }

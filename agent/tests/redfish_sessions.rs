@@ -22,15 +22,9 @@ async fn one_session_serves_many_polls_and_is_deleted_on_shutdown() {
     assert_eq!(bmc.sessions(), 1);
     assert!(p.has_session().await);
     let seen = bmc.seen();
-    let authed: Vec<_> = seen
-        .iter()
-        .filter(|s| s.method == "GET" && s.target != "/redfish/v1")
-        .collect();
+    let authed: Vec<_> = seen.iter().filter(|s| s.method == "GET" && s.target != "/redfish/v1").collect();
     assert!(!authed.is_empty());
-    assert!(
-        authed.iter().all(|s| s.token.is_some() && !s.basic),
-        "every GET carries the token, never Basic"
-    );
+    assert!(authed.iter().all(|s| s.token.is_some() && !s.basic), "every GET carries the token, never Basic");
     let tokens: std::collections::BTreeSet<_> = authed.iter().map(|s| s.token.clone()).collect();
     assert_eq!(tokens.len(), 1);
 
@@ -48,12 +42,7 @@ async fn expired_session_is_recreated_once_on_401() {
     bmc.expire_sessions();
     let obs = p.poll().await;
     let all = checks(&obs);
-    assert_eq!(
-        all["redfish/bmc"].state,
-        State::Ok,
-        "{}",
-        all["redfish/bmc"].summary
-    );
+    assert_eq!(all["redfish/bmc"].state, State::Ok, "{}", all["redfish/bmc"].summary);
     assert_eq!(all["redfish/system"].state, State::Ok);
     assert_eq!(
         bmc.count("POST"),
@@ -72,19 +61,10 @@ async fn basic_auth_is_the_fallback_without_sessions() {
     bmc.state.sessions_disabled.store(true, Ordering::SeqCst);
     let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
     let obs = p.poll().await;
-    assert_eq!(
-        checks(&obs)["redfish/bmc"].state,
-        State::Ok,
-        "{}",
-        checks(&obs)["redfish/bmc"].summary
-    );
+    assert_eq!(checks(&obs)["redfish/bmc"].state, State::Ok, "{}", checks(&obs)["redfish/bmc"].summary);
     p.poll().await;
     assert_eq!(bmc.count("POST"), 1, "sessions probed once, then Basic");
-    let gets: Vec<_> = bmc
-        .seen()
-        .into_iter()
-        .filter(|s| s.method == "GET" && s.target != "/redfish/v1")
-        .collect();
+    let gets: Vec<_> = bmc.seen().into_iter().filter(|s| s.method == "GET" && s.target != "/redfish/v1").collect();
     assert!(gets.iter().all(|s| s.basic && s.token.is_none()));
     p.shutdown().await;
     assert_eq!(bmc.count("DELETE"), 0);
@@ -95,16 +75,10 @@ async fn sessions_url_comes_from_the_service_root_links() {
     let bmc = TestBmc::start(R750).await;
     // An iDRAC8-like root: the sessions collection somewhere else.
     let other = "/redfish/v1/Sessions";
-    bmc.edit("/redfish/v1", |v| {
-        v["Links"]["Sessions"]["@odata.id"] = serde_json::json!(other)
-    });
+    bmc.edit("/redfish/v1", |v| v["Links"]["Sessions"]["@odata.id"] = serde_json::json!(other));
     let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
     p.poll().await;
-    let posts: Vec<_> = bmc
-        .seen()
-        .into_iter()
-        .filter(|s| s.method == "POST")
-        .collect();
+    let posts: Vec<_> = bmc.seen().into_iter().filter(|s| s.method == "POST").collect();
     assert_eq!(posts.len(), 1);
     assert_eq!(posts[0].target, other);
     p.shutdown().await;
@@ -150,10 +124,7 @@ async fn session_is_given_back_when_a_poll_fails_and_recreated_after() {
     let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
     p.poll().await;
     assert_eq!(bmc.sessions(), 1);
-    bmc.set_override(
-        "/redfish/v1",
-        Override::Stall(std::time::Duration::from_secs(2)),
-    );
+    bmc.set_override("/redfish/v1", Override::Stall(std::time::Duration::from_secs(2)));
     let obs = p.poll().await;
     assert_eq!(checks(&obs)["redfish/system"].state, State::Unknown);
     for _ in 0..50 {

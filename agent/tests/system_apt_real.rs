@@ -17,10 +17,7 @@ use pikett_agent::probes::patches::{Manager, PatchTools, PatchesConfig, PatchesP
 use pikett_agent::probes::{MemoryState, Probe, SharedState};
 
 fn apt_get() -> Option<PathBuf> {
-    ["/usr/bin/apt-get", "/bin/apt-get"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    ["/usr/bin/apt-get", "/bin/apt-get"].iter().map(PathBuf::from).find(|p| p.exists())
 }
 
 fn the_check(obs: &[Observation]) -> (State, String) {
@@ -41,23 +38,14 @@ fn inventory(obs: &[Observation]) -> Option<&serde_json::Value> {
 
 fn sample(obs: &[Observation], kind: &str) -> Option<f64> {
     obs.iter().find_map(|o| match o {
-        Observation::Sample(s)
-            if s.name == "pikett_patches_pending" && s.labels["type"] == kind =>
-        {
-            Some(s.value)
-        }
+        Observation::Sample(s) if s.name == "pikett_patches_pending" && s.labels["type"] == kind => Some(s.value),
         _ => None,
     })
 }
 
 fn probe(tools: PatchTools, refresh: bool) -> PatchesProbe {
     let state: SharedState = Arc::new(MemoryState::default());
-    let cfg = PatchesConfig {
-        manager: Manager::Apt,
-        refresh,
-        timeout: Duration::from_secs(120),
-        ..Default::default()
-    };
+    let cfg = PatchesConfig { manager: Manager::Apt, refresh, timeout: Duration::from_secs(120), ..Default::default() };
     PatchesProbe::with_tools(cfg, state, tools).unwrap()
 }
 
@@ -72,26 +60,12 @@ async fn real_apt_pending_updates_match_apt_gets_own_report() {
         .env("LC_ALL", "C")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
-    let summary_line = text
-        .lines()
-        .find(|l| l.contains(" upgraded, "))
-        .expect("apt-get's summary line");
-    let upgraded: usize = summary_line
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let security = text
-        .lines()
-        .filter(|l| l.starts_with("Inst ") && l.contains(" [") && l.contains("-security"))
-        .count();
+    let summary_line = text.lines().find(|l| l.contains(" upgraded, ")).expect("apt-get's summary line");
+    let upgraded: usize = summary_line.split_whitespace().next().unwrap().parse().unwrap();
+    let security =
+        text.lines().filter(|l| l.starts_with("Inst ") && l.contains(" [") && l.contains("-security")).count();
     eprintln!("apt-get reports {upgraded} upgrades, {security} from a -security suite");
 
     let reboot_file = tempfile::NamedTempFile::new().unwrap();
@@ -105,24 +79,14 @@ async fn real_apt_pending_updates_match_apt_gets_own_report() {
     let (state, summary) = the_check(&obs);
     eprintln!("probe: {state} {summary}");
 
-    let expected_state = if security > 0 {
-        State::Warning
-    } else {
-        State::Ok
-    };
+    let expected_state = if security > 0 { State::Warning } else { State::Ok };
     assert_eq!(state, expected_state, "{summary}");
     if upgraded == 0 {
         assert!(summary.starts_with("no updates pending"), "{summary}");
     } else {
-        assert!(
-            summary.starts_with(&format!("{upgraded} updates pending: {security} security")),
-            "{summary}"
-        );
+        assert!(summary.starts_with(&format!("{upgraded} updates pending: {security} security")), "{summary}");
     }
-    assert!(
-        summary.ends_with("; reboot required"),
-        "the flag file exists: {summary}"
-    );
+    assert!(summary.ends_with("; reboot required"), "the flag file exists: {summary}");
     let inv = inventory(&obs).expect("an inventory");
     assert_eq!(inv["manager"], "apt");
     assert_eq!(inv["reboot_required"], true);
@@ -135,24 +99,15 @@ async fn real_apt_pending_updates_match_apt_gets_own_report() {
     // every update names a package, both versions and a first-seen time
     for u in updates {
         assert!(u["package"].as_str().is_some_and(|s| !s.is_empty()), "{u}");
-        assert!(
-            u["current_version"].as_str().is_some() && u["new_version"].as_str().is_some(),
-            "{u}"
-        );
+        assert!(u["current_version"].as_str().is_some() && u["new_version"].as_str().is_some(), "{u}");
         assert_ne!(u["current_version"], u["new_version"], "{u}");
         assert!(u["first_seen"].as_str().is_some(), "{u}");
     }
     // an installed package apt would upgrade has its installed version from dpkg
     if let Some(u) = updates.first() {
         let pkg = u["package"].as_str().unwrap();
-        let dpkg = Command::new("dpkg-query")
-            .args(["-W", "-f=${Version}", pkg])
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&dpkg.stdout),
-            u["current_version"].as_str().unwrap()
-        );
+        let dpkg = Command::new("dpkg-query").args(["-W", "-f=${Version}", pkg]).output().unwrap();
+        assert_eq!(String::from_utf8_lossy(&dpkg.stdout), u["current_version"].as_str().unwrap());
     }
 }
 
@@ -209,31 +164,21 @@ fn is_root() -> bool {
 
 #[tokio::test]
 async fn real_apt_update_with_unreachable_mirror_is_unknown_not_zero_pending() {
-    let Some(apt) = apt_get() else {
-        panic!("apt-get not found")
-    };
+    let Some(apt) = apt_get() else { panic!("apt-get not found") };
     if !is_root() {
         eprintln!("skipped: apt-get update needs root");
         return;
     }
     // A port nothing listens on: connection refused, as with a dead mirror.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let apt_dirs = PrivateApt::new(port);
     let mut probe = probe(apt_dirs.tools(&apt), true);
     let obs = probe.poll().await;
     let (state, summary) = the_check(&obs);
     assert_eq!(state, State::Unknown, "{summary}");
+    assert!(summary.contains("repository metadata unreachable"), "{summary}");
     assert!(
-        summary.contains("repository metadata unreachable"),
-        "{summary}"
-    );
-    assert!(
-        summary.contains("Some index files failed to download")
-            || summary.contains("Failed to fetch"),
+        summary.contains("Some index files failed to download") || summary.contains("Failed to fetch"),
         "{summary}"
     );
     assert!(inventory(&obs).is_none());
@@ -242,9 +187,7 @@ async fn real_apt_update_with_unreachable_mirror_is_unknown_not_zero_pending() {
 
 #[tokio::test]
 async fn real_apt_lists_lock_held_by_another_apt_get_is_unknown() {
-    let Some(apt) = apt_get() else {
-        panic!("apt-get not found")
-    };
+    let Some(apt) = apt_get() else { panic!("apt-get not found") };
     if !is_root() {
         eprintln!("skipped: apt-get update needs root");
         return;
@@ -274,9 +217,7 @@ async fn real_apt_lists_lock_held_by_another_apt_get_is_unknown() {
         .spawn()
         .unwrap();
     let waited = Instant::now();
-    accepted_rx
-        .recv_timeout(Duration::from_secs(15))
-        .expect("the first apt-get connects to the stalled mirror");
+    accepted_rx.recv_timeout(Duration::from_secs(15)).expect("the first apt-get connects to the stalled mirror");
     assert!(waited.elapsed() < Duration::from_secs(15));
 
     let mut probe = probe(apt_dirs.tools(&apt), true);
@@ -286,10 +227,7 @@ async fn real_apt_lists_lock_held_by_another_apt_get_is_unknown() {
 
     let (state, summary) = the_check(&obs);
     assert_eq!(state, State::Unknown, "{summary}");
-    assert!(
-        summary.contains("package manager lock held by another process: E: Could not get lock"),
-        "{summary}"
-    );
+    assert!(summary.contains("package manager lock held by another process: E: Could not get lock"), "{summary}");
     assert!(summary.contains("apt-get"), "names the holder: {summary}");
     assert!(inventory(&obs).is_none());
 }

@@ -36,19 +36,10 @@ interval = "6h"
 
 #[test]
 fn mistakes_are_reported_with_the_key() {
-    let err = toml::from_str::<Agent>("[services]\nunit = []\n[patches]\n")
-        .err()
-        .unwrap()
-        .to_string();
+    let err = toml::from_str::<Agent>("[services]\nunit = []\n[patches]\n").err().unwrap().to_string();
     assert!(err.contains("unit"), "{err}");
-    let err = toml::from_str::<Agent>("[services]\n[patches]\nmanager = \"zypper\"\n")
-        .err()
-        .unwrap()
-        .to_string();
+    let err = toml::from_str::<Agent>("[services]\n[patches]\nmanager = \"zypper\"\n").err().unwrap().to_string();
     assert!(err.contains("zypper"), "{err}");
-    let err = toml::from_str::<Agent>("[services]\n[patches]\ninterval = \"often\"\n")
-        .err()
-        .unwrap()
-        .to_string();
+    let err = toml::from_str::<Agent>("[services]\n[patches]\ninterval = \"often\"\n").err().unwrap().to_string();
     assert!(err.contains("interval") || err.contains("often"), "{err}");
 }

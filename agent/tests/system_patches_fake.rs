@@ -47,13 +47,7 @@ impl Tool {
         Tool { dir }
     }
     fn path(&self) -> PathBuf {
-        let name = self
-            .dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .trim_end_matches(".d")
-            .to_string();
+        let name = self.dir.file_name().unwrap().to_string_lossy().trim_end_matches(".d").to_string();
         self.dir.join(name)
     }
     /// Answer `step` with a recorded file on stdout (or stderr) and an exit code.
@@ -71,11 +65,7 @@ impl Tool {
         std::fs::write(self.dir.join(format!("{step}.sleep")), secs.to_string()).unwrap();
     }
     fn calls(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join("calls"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        std::fs::read_to_string(self.dir.join("calls")).unwrap_or_default().lines().map(str::to_string).collect()
     }
 }
 
@@ -116,16 +106,8 @@ impl Fakes {
     }
     fn probe(&self, manager: Manager, refresh: bool) -> (PatchesProbe, SharedState) {
         let state: SharedState = Arc::new(MemoryState::default());
-        let cfg = PatchesConfig {
-            manager,
-            refresh,
-            timeout: Duration::from_secs(10),
-            ..Default::default()
-        };
-        (
-            PatchesProbe::with_tools(cfg, state.clone(), self.tools()).unwrap(),
-            state,
-        )
+        let cfg = PatchesConfig { manager, refresh, timeout: Duration::from_secs(10), ..Default::default() };
+        (PatchesProbe::with_tools(cfg, state.clone(), self.tools()).unwrap(), state)
     }
 }
 
@@ -151,11 +133,7 @@ fn inventory(obs: &[Observation]) -> Option<&serde_json::Value> {
 
 fn pending_sample(obs: &[Observation], kind: &str) -> Option<f64> {
     obs.iter().find_map(|o| match o {
-        Observation::Sample(s)
-            if s.name == "pikett_patches_pending" && s.labels["type"] == kind =>
-        {
-            Some(s.value)
-        }
+        Observation::Sample(s) if s.name == "pikett_patches_pending" && s.labels["type"] == kind => Some(s.value),
         _ => None,
     })
 }
@@ -172,14 +150,12 @@ fn assert_unknown_without_counts(obs: &[Observation], reason: &str) {
 #[tokio::test]
 async fn dnf_el9_critical_security_update_with_reboot_required() {
     let f = Fakes::new();
-    f.dnf
-        .answer("check-update", Some("dnf-check-update-el9.txt"), None, 100)
-        .answer(
-            "updateinfo",
-            Some("dnf-updateinfo-list-el9-verbose.txt"),
-            None,
-            0,
-        );
+    f.dnf.answer("check-update", Some("dnf-check-update-el9.txt"), None, 100).answer(
+        "updateinfo",
+        Some("dnf-updateinfo-list-el9-verbose.txt"),
+        None,
+        0,
+    );
     f.rpm.answer("-qa", Some("rpm-qa-el9.txt"), None, 0);
     f.nr.answer("-r", None, None, 1);
     let (mut probe, state) = f.probe(Manager::Dnf, true);
@@ -209,30 +185,17 @@ async fn dnf_el9_critical_security_update_with_reboot_required() {
     assert_eq!(expat["new_version"], "2.5.0-1.el9_3.1");
     assert_eq!(expat["released"], "2024-03-28 15:02:11");
     let first_seen = expat["first_seen"].as_str().unwrap().to_string();
-    assert!(
-        first_seen.parse::<jiff::Timestamp>().is_ok(),
-        "{first_seen}"
-    );
+    assert!(first_seen.parse::<jiff::Timestamp>().is_ok(), "{first_seen}");
 
     // dnf is never left waiting for another dnf's lock
     let calls = f.dnf.calls();
-    assert!(
-        calls
-            .iter()
-            .all(|c| c.contains("--setopt=exit_on_lock=True") && !c.contains("-C")),
-        "{calls:?}"
-    );
+    assert!(calls.iter().all(|c| c.contains("--setopt=exit_on_lock=True") && !c.contains("-C")), "{calls:?}");
 
     // first_seen stays put across polls and is in the state store
     tokio::time::sleep(Duration::from_millis(20)).await;
     let obs = probe.poll().await;
     let inv = inventory(&obs).unwrap();
-    let expat = inv["updates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["package"] == "expat")
-        .unwrap();
+    let expat = inv["updates"].as_array().unwrap().iter().find(|u| u["package"] == "expat").unwrap();
     assert_eq!(expat["first_seen"].as_str().unwrap(), first_seen);
     assert!(state.load("patches/first_seen").is_some());
 }
@@ -244,10 +207,7 @@ async fn dnf_without_updates_is_ok_with_zero_counts() {
     f.nr.answer("-r", None, None, 0);
     let (mut probe, _) = f.probe(Manager::Dnf, false);
     let obs = probe.poll().await;
-    assert_eq!(
-        the_check(&obs),
-        (State::Ok, "no updates pending".to_string())
-    );
+    assert_eq!(the_check(&obs), (State::Ok, "no updates pending".to_string()));
     assert_eq!(pending_sample(&obs, "security"), Some(0.0));
     assert_eq!(inventory(&obs).unwrap()["reboot_required"], false);
     // refresh = false: cache only, and no updateinfo call needed
@@ -259,8 +219,7 @@ async fn dnf_without_updates_is_ok_with_zero_counts() {
 #[tokio::test]
 async fn dnf_lock_held_is_unknown_not_zero_pending() {
     let f = Fakes::new();
-    f.dnf
-        .answer("check-update", None, Some("dnf-lock-held-el9.txt"), 200);
+    f.dnf.answer("check-update", None, Some("dnf-lock-held-el9.txt"), 200);
     let (mut probe, _) = f.probe(Manager::Dnf, true);
     assert_unknown_without_counts(
         &probe.poll().await,
@@ -271,12 +230,7 @@ async fn dnf_lock_held_is_unknown_not_zero_pending() {
 #[tokio::test]
 async fn dnf_metadata_unreachable_is_unknown() {
     let f = Fakes::new();
-    f.dnf.answer(
-        "check-update",
-        None,
-        Some("dnf-metadata-unreachable-el8.txt"),
-        1,
-    );
+    f.dnf.answer("check-update", None, Some("dnf-metadata-unreachable-el8.txt"), 1);
     let (mut probe, _) = f.probe(Manager::Dnf, true);
     assert_unknown_without_counts(
         &probe.poll().await,
@@ -287,17 +241,10 @@ async fn dnf_metadata_unreachable_is_unknown() {
 #[tokio::test]
 async fn dnf_other_error_is_unknown_with_its_last_line() {
     let f = Fakes::new();
-    std::fs::write(
-        f.dnf.dir.join("check-update.err"),
-        "Error: rpmdb open failed\n",
-    )
-    .unwrap();
+    std::fs::write(f.dnf.dir.join("check-update.err"), "Error: rpmdb open failed\n").unwrap();
     f.dnf.answer("check-update", None, None, 1);
     let (mut probe, _) = f.probe(Manager::Dnf, true);
-    assert_unknown_without_counts(
-        &probe.poll().await,
-        "exited with 1: Error: rpmdb open failed",
-    );
+    assert_unknown_without_counts(&probe.poll().await, "exited with 1: Error: rpmdb open failed");
 }
 
 #[tokio::test]
@@ -306,11 +253,7 @@ async fn a_hung_package_manager_is_killed_at_the_timeout() {
     f.dnf.answer("check-update", None, None, 0);
     f.dnf.sleep("check-update", 30);
     let state: SharedState = Arc::new(MemoryState::default());
-    let cfg = PatchesConfig {
-        manager: Manager::Dnf,
-        timeout: Duration::from_millis(500),
-        ..Default::default()
-    };
+    let cfg = PatchesConfig { manager: Manager::Dnf, timeout: Duration::from_millis(500), ..Default::default() };
     let mut probe = PatchesProbe::with_tools(cfg, state, f.tools()).unwrap();
     let started = std::time::Instant::now();
     let obs = probe.poll().await;
@@ -321,65 +264,36 @@ async fn a_hung_package_manager_is_killed_at_the_timeout() {
 #[tokio::test]
 async fn yum_centos7_security_updates_are_a_warning() {
     let f = Fakes::new();
-    f.yum
-        .answer(
-            "check-update",
-            Some("yum-check-update-centos7.txt"),
-            None,
-            100,
-        )
-        .answer(
-            "updateinfo",
-            Some("yum-updateinfo-list-centos7.txt"),
-            None,
-            0,
-        );
+    f.yum.answer("check-update", Some("yum-check-update-centos7.txt"), None, 100).answer(
+        "updateinfo",
+        Some("yum-updateinfo-list-centos7.txt"),
+        None,
+        0,
+    );
     f.rpm.answer("-qa", None, None, 1); // no current versions: still works
     f.nr.answer("-r", None, None, 0);
     let (mut probe, _) = f.probe(Manager::Yum, true);
     let obs = probe.poll().await;
     let (s, summary) = the_check(&obs);
     assert_eq!(s, State::Warning, "{summary}");
-    assert_eq!(
-        summary,
-        "6 updates pending: 2 security (1 Important, 1 Moderate), 2 bugfix, 0 enhancement, 2 other"
-    );
+    assert_eq!(summary, "6 updates pending: 2 security (1 Important, 1 Moderate), 2 bugfix, 0 enhancement, 2 other");
     let inv = inventory(&obs).unwrap();
     assert_eq!(inv["manager"], "yum");
-    let kernel = inv["updates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|u| u["package"] == "kernel")
-        .unwrap();
+    let kernel = inv["updates"].as_array().unwrap().iter().find(|u| u["package"] == "kernel").unwrap();
     assert_eq!(kernel["advisory"], "RHSA-2024:1249");
     assert!(kernel["current_version"].is_null());
-    assert!(
-        f.yum
-            .calls()
-            .iter()
-            .any(|c| c.ends_with("updateinfo list updates"))
-    );
+    assert!(f.yum.calls().iter().any(|c| c.ends_with("updateinfo list updates")));
 }
 
 #[tokio::test]
 async fn yum_lock_and_metadata_failures_are_unknown() {
     let f = Fakes::new();
-    f.yum
-        .answer("check-update", None, Some("yum-lock-held-centos7.txt"), 200);
+    f.yum.answer("check-update", None, Some("yum-lock-held-centos7.txt"), 200);
     let (mut probe, _) = f.probe(Manager::Yum, true);
-    assert_unknown_without_counts(
-        &probe.poll().await,
-        "lock held by another process: Existing lock /var/run/yum.pid",
-    );
+    assert_unknown_without_counts(&probe.poll().await, "lock held by another process: Existing lock /var/run/yum.pid");
 
     let f = Fakes::new();
-    f.yum.answer(
-        "check-update",
-        None,
-        Some("yum-metadata-unreachable-centos7.txt"),
-        1,
-    );
+    f.yum.answer("check-update", None, Some("yum-metadata-unreachable-centos7.txt"), 1);
     let (mut probe, _) = f.probe(Manager::Yum, true);
     assert_unknown_without_counts(
         &probe.poll().await,
@@ -390,80 +304,36 @@ async fn yum_lock_and_metadata_failures_are_unknown() {
 #[tokio::test]
 async fn apt_recorded_debian12_with_reboot_flag() {
     let f = Fakes::new();
-    f.apt.answer("update", None, None, 0).answer(
-        "dist-upgrade",
-        Some("apt-get-s-dist-upgrade-debian12.txt"),
-        None,
-        0,
-    );
+    f.apt.answer("update", None, None, 0).answer("dist-upgrade", Some("apt-get-s-dist-upgrade-debian12.txt"), None, 0);
     std::fs::write(&f.reboot_file, "*** System restart required ***\n").unwrap();
     let (mut probe, _) = f.probe(Manager::Apt, true);
     let obs = probe.poll().await;
     let (s, summary) = the_check(&obs);
     assert_eq!(s, State::Warning);
-    assert!(
-        summary.starts_with("80 updates pending: 20 security (20 of unknown severity), 60 bugfix"),
-        "{summary}"
-    );
+    assert!(summary.starts_with("80 updates pending: 20 security (20 of unknown severity), 60 bugfix"), "{summary}");
     assert!(summary.ends_with("; reboot required"), "{summary}");
     let inv = inventory(&obs).unwrap();
     assert_eq!(inv["manager"], "apt");
     assert_eq!(inv["reboot_required"], true);
     let calls = f.apt.calls();
-    assert_eq!(
-        calls,
-        vec![
-            "-q update".to_string(),
-            "-s -o Debug::NoLocking=1 dist-upgrade".to_string()
-        ]
-    );
+    assert_eq!(calls, vec!["-q update".to_string(), "-s -o Debug::NoLocking=1 dist-upgrade".to_string()]);
 }
 
 #[tokio::test]
 async fn apt_update_lock_held_and_unreachable_lists_are_unknown() {
     let f = Fakes::new();
-    f.apt.answer(
-        "update",
-        Some("apt-get-update-lock-held-debian12.txt"),
-        None,
-        100,
-    );
-    f.apt.answer(
-        "dist-upgrade",
-        Some("apt-get-s-dist-upgrade-debian12.txt"),
-        None,
-        0,
-    );
+    f.apt.answer("update", Some("apt-get-update-lock-held-debian12.txt"), None, 100);
+    f.apt.answer("dist-upgrade", Some("apt-get-s-dist-upgrade-debian12.txt"), None, 0);
     let (mut probe, _) = f.probe(Manager::Apt, true);
-    assert_unknown_without_counts(
-        &probe.poll().await,
-        "lock held by another process: E: Could not get lock",
-    );
+    assert_unknown_without_counts(&probe.poll().await, "lock held by another process: E: Could not get lock");
 
     let f = Fakes::new();
     // apt-get update exits 0 even when it could not reach a mirror
-    f.apt.answer(
-        "update",
-        None,
-        Some("apt-get-update-no-dns-debian12.txt"),
-        0,
-    );
-    f.apt.answer(
-        "dist-upgrade",
-        Some("apt-get-s-dist-upgrade-debian12.txt"),
-        None,
-        0,
-    );
+    f.apt.answer("update", None, Some("apt-get-update-no-dns-debian12.txt"), 0);
+    f.apt.answer("dist-upgrade", Some("apt-get-s-dist-upgrade-debian12.txt"), None, 0);
     let (mut probe, _) = f.probe(Manager::Apt, true);
-    assert_unknown_without_counts(
-        &probe.poll().await,
-        "metadata unreachable: W: Some index files failed to download",
-    );
-    assert_eq!(
-        f.apt.calls().len(),
-        1,
-        "no simulation after a failed update"
-    );
+    assert_unknown_without_counts(&probe.poll().await, "metadata unreachable: W: Some index files failed to download");
+    assert_eq!(f.apt.calls().len(), 1, "no simulation after a failed update");
 }
 
 #[tokio::test]
@@ -475,8 +345,7 @@ async fn auto_picks_the_first_manager_present_or_says_none_is() {
     let mut tools = f.tools();
     tools.dnf = PathBuf::from("/nonexistent/dnf");
     tools.apt_get = PathBuf::from("/nonexistent/apt-get");
-    let mut probe =
-        PatchesProbe::with_tools(PatchesConfig::default(), state.clone(), tools.clone()).unwrap();
+    let mut probe = PatchesProbe::with_tools(PatchesConfig::default(), state.clone(), tools.clone()).unwrap();
     let obs = probe.poll().await;
     assert_eq!(the_check(&obs).0, State::Ok);
     assert_eq!(inventory(&obs).unwrap()["manager"], "yum");
@@ -489,28 +358,10 @@ async fn auto_picks_the_first_manager_present_or_says_none_is() {
 #[test]
 fn zero_interval_or_timeout_is_rejected() {
     let state: SharedState = Arc::new(MemoryState::default());
-    let cfg = PatchesConfig {
-        interval: Duration::ZERO,
-        ..Default::default()
-    };
-    assert!(
-        PatchesProbe::new(cfg, state.clone())
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("interval")
-    );
-    let cfg = PatchesConfig {
-        timeout: Duration::ZERO,
-        ..Default::default()
-    };
-    assert!(
-        PatchesProbe::new(cfg, state)
-            .err()
-            .unwrap()
-            .to_string()
-            .contains("timeout")
-    );
+    let cfg = PatchesConfig { interval: Duration::ZERO, ..Default::default() };
+    assert!(PatchesProbe::new(cfg, state.clone()).err().unwrap().to_string().contains("interval"));
+    let cfg = PatchesConfig { timeout: Duration::ZERO, ..Default::default() };
+    assert!(PatchesProbe::new(cfg, state).err().unwrap().to_string().contains("timeout"));
 }
 
 #[tokio::test]
@@ -523,10 +374,7 @@ async fn apt_simulation_errors_and_misread_output_are_unknown() {
     .unwrap();
     f.apt.answer("dist-upgrade", None, None, 100);
     let (mut probe, _) = f.probe(Manager::Apt, false);
-    assert_unknown_without_counts(
-        &probe.poll().await,
-        "dist-upgrade failed: E: dpkg was interrupted",
-    );
+    assert_unknown_without_counts(&probe.poll().await, "dist-upgrade failed: E: dpkg was interrupted");
 
     // apt says 3 upgrades, only 2 lines are readable: never under-count
     let f = Fakes::new();
@@ -540,8 +388,5 @@ async fn apt_simulation_errors_and_misread_output_are_unknown() {
     .unwrap();
     f.apt.answer("dist-upgrade", None, None, 0);
     let (mut probe, _) = f.probe(Manager::Apt, false);
-    assert_unknown_without_counts(
-        &probe.poll().await,
-        "reports 3 upgrades but only 2 could be read",
-    );
+    assert_unknown_without_counts(&probe.poll().await, "reports 3 upgrades but only 2 could be read");
 }

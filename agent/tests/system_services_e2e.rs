@@ -69,10 +69,7 @@ impl Fake {
     }
 
     fn unit(&self, name: &str, active: &str, sub: &str, restarts: u64, since: Timestamp) {
-        let ts = since
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .strftime("%a %Y-%m-%d %H:%M:%S UTC")
-            .to_string();
+        let ts = since.to_zoned(jiff::tz::TimeZone::UTC).strftime("%a %Y-%m-%d %H:%M:%S UTC").to_string();
         let body = format!(
             "NRestarts={restarts}\nId={name}\nLoadState=loaded\nActiveState={active}\nSubState={sub}\nStateChangeTimestamp={ts}\nStateChangeTimestampMonotonic=123456789\n"
         );
@@ -80,19 +77,12 @@ impl Fake {
     }
 
     fn failed(&self, units: &[&str]) {
-        let text: String = units
-            .iter()
-            .map(|u| format!("{u} loaded failed failed Some service\n"))
-            .collect();
+        let text: String = units.iter().map(|u| format!("{u} loaded failed failed Some service\n")).collect();
         std::fs::write(self.path.join("failed"), text).unwrap();
     }
 
     fn calls(&self) -> Vec<String> {
-        std::fs::read_to_string(self.path.join("calls"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        std::fs::read_to_string(self.path.join("calls")).unwrap_or_default().lines().map(str::to_string).collect()
     }
 }
 
@@ -135,13 +125,7 @@ async fn unit_states_map_to_check_states_in_one_show_call() {
     fake.unit("backup.service", "failed", "failed", 0, ago(3600));
     fake.failed(&["mariadb.service", "backup.service"]);
     let state: SharedState = Arc::new(MemoryState::default());
-    let units = [
-        "sshd.service",
-        "nginx.service",
-        "php-fpm.service",
-        "mariadb.service",
-        "ghost.service",
-    ];
+    let units = ["sshd.service", "nginx.service", "php-fpm.service", "mariadb.service", "ghost.service"];
     let mut probe = ServicesProbe::new(cfg(&fake, &units), state).unwrap();
     assert_eq!(probe.name(), "services");
     assert_eq!(probe.interval(), Duration::from_secs(30));
@@ -154,32 +138,20 @@ async fn unit_states_map_to_check_states_in_one_show_call() {
     assert_eq!(check(&obs, "service/php-fpm.service").unwrap().0, State::Ok);
     let (s, summary) = check(&obs, "service/mariadb.service").unwrap();
     assert_eq!(s, State::Critical);
-    assert!(
-        summary.contains("failed (failed)") && summary.contains("2 restart(s)"),
-        "{summary}"
-    );
-    assert_eq!(
-        check(&obs, "service/ghost.service").unwrap(),
-        (State::Critical, "unit not found")
-    );
+    assert!(summary.contains("failed (failed)") && summary.contains("2 restart(s)"), "{summary}");
+    assert_eq!(check(&obs, "service/ghost.service").unwrap(), (State::Critical, "unit not found"));
     // the failed unit nobody configured is reported too
-    assert_eq!(
-        check(&obs, "service/backup.service").unwrap().0,
-        State::Critical
-    );
+    assert_eq!(check(&obs, "service/backup.service").unwrap().0, State::Critical);
     // the configured failed unit is not reported twice
-    let mariadb_checks = obs
-        .iter()
-        .filter(|o| matches!(o, Observation::Check(c) if c.name == "service/mariadb.service"))
-        .count();
+    let mariadb_checks =
+        obs.iter().filter(|o| matches!(o, Observation::Check(c) if c.name == "service/mariadb.service")).count();
     assert_eq!(mariadb_checks, 1);
 
     let restarts = obs
         .iter()
         .find_map(|o| match o {
             Observation::Sample(s)
-                if s.name == "pikett_service_restarts_total"
-                    && s.labels["unit"] == "mariadb.service" =>
+                if s.name == "pikett_service_restarts_total" && s.labels["unit"] == "mariadb.service" =>
             {
                 Some(s.value)
             }
@@ -187,21 +159,18 @@ async fn unit_states_map_to_check_states_in_one_show_call() {
         })
         .unwrap();
     assert_eq!(restarts, 2.0);
-    assert!(
-        events(&obs).is_empty(),
-        "first poll has nothing to compare with"
-    );
+    assert!(events(&obs).is_empty(), "first poll has nothing to compare with");
 
     let calls = fake.calls();
     let shows: Vec<&String> = calls.iter().filter(|c| c.starts_with("show")).collect();
     assert_eq!(shows.len(), 1, "{calls:?}");
-    assert!(shows[0].ends_with("-- sshd.service nginx.service php-fpm.service mariadb.service ghost.service backup.service"), "{}", shows[0]);
     assert!(
-        calls
-            .iter()
-            .any(|c| c.starts_with("list-units --state=failed")),
-        "{calls:?}"
+        shows[0]
+            .ends_with("-- sshd.service nginx.service php-fpm.service mariadb.service ghost.service backup.service"),
+        "{}",
+        shows[0]
     );
+    assert!(calls.iter().any(|c| c.starts_with("list-units --state=failed")), "{calls:?}");
 }
 
 #[tokio::test]
@@ -220,10 +189,7 @@ async fn a_growing_restart_counter_is_an_event_and_survives_a_probe_restart() {
     assert_eq!(ev[0].source, "service/nginx.service");
     assert_eq!(ev[0].message_id, "ServiceRestarted");
     assert!(ev[0].message.contains("1 -> 3"), "{}", ev[0].message);
-    assert!(
-        events(&probe.poll().await).is_empty(),
-        "unchanged counter, no event"
-    );
+    assert!(events(&probe.poll().await).is_empty(), "unchanged counter, no event");
 
     // A new probe (agent restart) remembers the last count from the state store.
     drop(probe);
@@ -242,12 +208,7 @@ async fn a_failed_unit_not_configured_is_cleared_once_it_recovers() {
     fake.failed(&["backup.service"]);
     let state: SharedState = Arc::new(MemoryState::default());
     let mut probe = ServicesProbe::new(cfg(&fake, &[]), state).unwrap();
-    assert_eq!(
-        check(&probe.poll().await, "service/backup.service")
-            .unwrap()
-            .0,
-        State::Critical
-    );
+    assert_eq!(check(&probe.poll().await, "service/backup.service").unwrap().0, State::Critical);
 
     fake.unit("backup.service", "inactive", "dead", 0, ago(1));
     fake.failed(&[]);
@@ -278,36 +239,22 @@ async fn without_systemd_every_unit_is_unknown_and_it_is_logged_once() {
     std::fs::write(fake.path.join("nosystemd"), "").unwrap();
     let logs = LogBuf::default();
     let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
+    let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let state: SharedState = Arc::new(MemoryState::default());
-    let mut probe =
-        ServicesProbe::new(cfg(&fake, &["sshd.service", "nginx.service"]), state).unwrap();
+    let mut probe = ServicesProbe::new(cfg(&fake, &["sshd.service", "nginx.service"]), state).unwrap();
     for _ in 0..3 {
         let obs = probe.poll().await;
-        let checks: Vec<_> = obs
-            .iter()
-            .filter(|o| matches!(o, Observation::Check(_)))
-            .collect();
+        let checks: Vec<_> = obs.iter().filter(|o| matches!(o, Observation::Check(_))).collect();
         assert_eq!(checks.len(), 2);
         let (s, summary) = check(&obs, "service/nginx.service").unwrap();
         assert_eq!(s, State::Unknown);
         assert!(summary.contains("systemd is not running"), "{summary}");
-        assert!(
-            summary.contains("has not been booted with systemd")
-                || summary.contains("Failed to connect to bus")
-        );
+        assert!(summary.contains("has not been booted with systemd") || summary.contains("Failed to connect to bus"));
     }
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert_eq!(
-        text.matches("systemd is not running on this host").count(),
-        1,
-        "{text}"
-    );
+    assert_eq!(text.matches("systemd is not running on this host").count(), 1, "{text}");
 }
 
 #[tokio::test]
@@ -318,10 +265,7 @@ async fn the_real_systemctl_on_this_machine_gives_unknown_not_a_crash() {
         return;
     }
     let state: SharedState = Arc::new(MemoryState::default());
-    let cfg = ServicesConfig {
-        units: vec!["pikett-test-nonexistent.service".into()],
-        ..Default::default()
-    };
+    let cfg = ServicesConfig { units: vec!["pikett-test-nonexistent.service".into()], ..Default::default() };
     let mut probe = ServicesProbe::new(cfg, state).unwrap();
     let obs = probe.poll().await;
     let (s, summary) = check(&obs, "service/pikett-test-nonexistent.service").unwrap();

@@ -55,8 +55,8 @@ fn generate() -> (Vec<Outage>, Vec<Maintenance>) {
             let month_start = year_start + SignedDuration::from_hours(m * 30 * 24);
             for k in 0..OUTAGES_PER_MONTH as i64 {
                 let len = match rng.below(10) {
-                    0..=4 => 30 + rng.below(270) as i64,    // short: under 5 minutes
-                    5..=8 => 300 + rng.below(7_200) as i64, // 5 minutes to 2 hours
+                    0..=4 => 30 + rng.below(270) as i64,      // short: under 5 minutes
+                    5..=8 => 300 + rng.below(7_200) as i64,   // 5 minutes to 2 hours
                     _ => 7_200 + rng.below(20 * 3600) as i64, // 2 to 22 hours
                 };
                 let offset = rng.below((slot - len) as u64) as i64;
@@ -66,12 +66,7 @@ fn generate() -> (Vec<Outage>, Vec<Maintenance>) {
                     1 => Cause::Customer,
                     _ => Cause::None,
                 };
-                outages.push(Outage {
-                    host: host.clone(),
-                    start,
-                    end: start + SignedDuration::from_secs(len),
-                    cause,
-                });
+                outages.push(Outage { host: host.clone(), start, end: start + SignedDuration::from_secs(len), cause });
             }
             for k in 0..2i64 {
                 let start = month_start + SignedDuration::from_hours(100 + k * 300);
@@ -129,10 +124,7 @@ fn main() {
     let counted: u64 = rows.iter().map(|r| r.counted_seconds).sum();
     let breached = rows.iter().filter(|r| !r.met).count();
     println!("group + sort + overlap check: {t_group:.2?}");
-    println!(
-        "12 months x {HOSTS} hosts x 2 windows = {} rows: {t_compute:.2?}",
-        rows.len()
-    );
+    println!("12 months x {HOSTS} hosts x 2 windows = {} rows: {t_compute:.2?}", rows.len());
     println!("pure year computation total: {t_total:.2?} (goal < 5 s)");
     println!("  (checksum: {counted} counted seconds, {breached} breached rows)");
 
@@ -152,9 +144,5 @@ fn main() {
     // What one `pikett-collector sla --month` run does on these files: parse, check, compute.
     let t = Instant::now();
     let rows = run_offline(CONTRACT, &ocsv, Some(&mcsv), "2026-06").unwrap();
-    println!(
-        "offline run for one month from the year's CSV ({} rows out): {:.2?}",
-        rows.len(),
-        t.elapsed()
-    );
+    println!("offline run for one month from the year's CSV ({} rows out): {:.2?}", rows.len(), t.elapsed());
 }

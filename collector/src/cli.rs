@@ -24,19 +24,13 @@ impl Client {
         if url.starts_with("https://") {
             let mut tls = ClientTlsConfig::new().with_webpki_roots();
             if let Some(ca) = ca_file {
-                let pem =
-                    std::fs::read(ca).with_context(|| format!("--ca-file {}", ca.display()))?;
+                let pem = std::fs::read(ca).with_context(|| format!("--ca-file {}", ca.display()))?;
                 tls = tls.ca_certificate(Certificate::from_pem(pem));
             }
             endpoint = endpoint.tls_config(tls).context("TLS setup")?;
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the collector at {url}"))?;
-        Ok(Client {
-            admin: AdminClient::new(channel),
-        })
+        let channel = endpoint.connect().await.with_context(|| format!("cannot reach the collector at {url}"))?;
+        Ok(Client { admin: AdminClient::new(channel) })
     }
 }
 
@@ -45,10 +39,8 @@ fn rpc_error(status: tonic::Status) -> anyhow::Error {
 }
 
 pub fn format_time(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms).map_or_else(
-        |_| "-".into(),
-        |t| t.round(jiff::Unit::Second).map_or(t, |x| x).to_string(),
-    )
+    jiff::Timestamp::from_millisecond(ms)
+        .map_or_else(|_| "-".into(), |t| t.round(jiff::Unit::Second).map_or(t, |x| x).to_string())
 }
 
 fn ago(now_ms: i64, then_ms: i64) -> String {
@@ -57,24 +49,13 @@ fn ago(now_ms: i64, then_ms: i64) -> String {
 }
 
 pub async fn status(client: &mut Client, json: bool) -> anyhow::Result<String> {
-    let s = client
-        .admin
-        .status(pb::StatusRequest {})
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let s = client.admin.status(pb::StatusRequest {}).await.map_err(rpc_error)?.into_inner();
     let mut out = String::new();
     if json {
-        let faults: serde_json::Map<String, serde_json::Value> = s
-            .open_faults
-            .iter()
-            .map(|f| (f.severity.clone(), json!(f.count)))
-            .collect();
-        let oncall: serde_json::Map<String, serde_json::Value> = s
-            .on_call
-            .iter()
-            .map(|o| (o.role.clone(), json!(o.person)))
-            .collect();
+        let faults: serde_json::Map<String, serde_json::Value> =
+            s.open_faults.iter().map(|f| (f.severity.clone(), json!(f.count))).collect();
+        let oncall: serde_json::Map<String, serde_json::Value> =
+            s.on_call.iter().map(|o| (o.role.clone(), json!(o.person))).collect();
         let v = json!({
             "hosts_up": s.hosts_up, "hosts_down": s.hosts_down, "batches_stored": s.batches_stored,
             "open_faults": faults, "on_call": oncall, "collector_version": s.collector_version,
@@ -83,22 +64,13 @@ pub async fn status(client: &mut Client, json: bool) -> anyhow::Result<String> {
         writeln!(out, "{v}")?;
         return Ok(out);
     }
-    writeln!(
-        out,
-        "pikett collector {}  ({})",
-        s.collector_version,
-        format_time(s.now_unix_ms)
-    )?;
+    writeln!(out, "pikett collector {}  ({})", s.collector_version, format_time(s.now_unix_ms))?;
     writeln!(out, "hosts:       {} up, {} down", s.hosts_up, s.hosts_down)?;
     writeln!(out, "batches:     {} stored", s.batches_stored)?;
     if s.open_faults.is_empty() {
         writeln!(out, "open faults: none")?;
     } else {
-        let parts: Vec<String> = s
-            .open_faults
-            .iter()
-            .map(|f| format!("{} {}", f.count, f.severity))
-            .collect();
+        let parts: Vec<String> = s.open_faults.iter().map(|f| format!("{} {}", f.count, f.severity)).collect();
         writeln!(out, "open faults: {}", parts.join(", "))?;
     }
     if s.on_call.is_empty() {
@@ -112,12 +84,7 @@ pub async fn status(client: &mut Client, json: bool) -> anyhow::Result<String> {
 }
 
 pub async fn hosts(client: &mut Client, json: bool) -> anyhow::Result<String> {
-    let r = client
-        .admin
-        .list_hosts(pb::ListHostsRequest {})
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let r = client.admin.list_hosts(pb::ListHostsRequest {}).await.map_err(rpc_error)?.into_inner();
     let mut out = String::new();
     if json {
         for h in &r.hosts {

@@ -4,10 +4,17 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod escalation;
+pub mod exposition;
+pub mod fault_service;
+pub mod faults;
 pub mod hosts;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod notify;
+pub mod oncall;
+pub mod pager;
 pub mod patchday;
 pub mod server;
 pub mod sla;

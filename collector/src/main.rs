@@ -9,11 +9,7 @@ use pikett_collector::config::CollectorConfig;
 const DEFAULT_CONFIG: &str = "/etc/pikett/collector.toml";
 
 #[derive(Parser)]
-#[command(
-    name = "pikett-collector",
-    version,
-    about = "pikett's central collector"
-)]
+#[command(name = "pikett-collector", version, about = "pikett's central collector")]
 struct Cli {
     /// The configuration file. Without it, and with no file at the default
     /// path, embedded defaults apply (loopback, sled under data_dir).
@@ -56,13 +52,7 @@ enum SlaOutput {
 }
 
 /// The offline SLA report: needs no config and no running collector.
-fn sla(
-    contract: &Path,
-    outages: &Path,
-    maintenance: Option<&Path>,
-    month: &str,
-    output: SlaOutput,
-) -> ExitCode {
+fn sla(contract: &Path, outages: &Path, maintenance: Option<&Path>, month: &str, output: SlaOutput) -> ExitCode {
     use pikett_collector::sla;
     match sla::run_offline_files(contract, outages, maintenance, month) {
         Ok(rows) => {
@@ -86,32 +76,18 @@ fn load_config(path: Option<&PathBuf>) -> Result<(String, CollectorConfig), Vec<
         Some(p) => CollectorConfig::load(p)
             .map(|c| (p.display().to_string(), c))
             .map_err(|errs| errs.iter().map(ToString::to_string).collect()),
-        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
-            load_config(Some(&PathBuf::from(DEFAULT_CONFIG)))
-        }
-        None => Ok((
-            "(embedded defaults)".to_string(),
-            CollectorConfig::default(),
-        )),
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => load_config(Some(&PathBuf::from(DEFAULT_CONFIG))),
+        None => Ok(("(embedded defaults)".to_string(), CollectorConfig::default())),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Sla {
-        contract,
-        outages,
-        maintenance,
-        month,
-        output,
-    } = &cli.command
-    {
+    if let Command::Sla { contract, outages, maintenance, month, output } = &cli.command {
         return sla(contract, outages, maintenance.as_deref(), month, *output);
     }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -156,10 +132,7 @@ fn main() -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         std::future::pending::<()>().await;
         return;
     };
@@ -173,10 +146,7 @@ async fn wait_for_signal() {
 fn raise_nofile() -> std::io::Result<()> {
     // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local struct.
     unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);

@@ -25,9 +25,7 @@ use crate::sla::contract::weekday_from_name;
 /// Errors of patch-day arithmetic.
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {
-    #[error(
-        "invalid patch_day {0:?}: expected \"<1st|2nd|3rd|4th|last> <weekday>\", e.g. \"2nd tue\""
-    )]
+    #[error("invalid patch_day {0:?}: expected \"<1st|2nd|3rd|4th|last> <weekday>\", e.g. \"2nd tue\"")]
     Parse(String),
     #[error("patch day computation out of range: {0}")]
     Time(#[from] jiff::Error),
@@ -78,8 +76,7 @@ impl fmt::Display for PatchDay {
             4 => "4th",
             _ => "last",
         };
-        let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-            [self.weekday.to_monday_zero_offset() as usize];
+        let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][self.weekday.to_monday_zero_offset() as usize];
         write!(f, "{ord} {day}")
     }
 }
@@ -115,10 +112,7 @@ impl Default for PatchPolicy {
 }
 
 fn default_patch_day() -> PatchDay {
-    PatchDay {
-        nth: 2,
-        weekday: Weekday::Tuesday,
-    }
+    PatchDay { nth: 2, weekday: Weekday::Tuesday }
 }
 
 fn default_critical_patch_days() -> u32 {
@@ -126,11 +120,7 @@ fn default_critical_patch_days() -> u32 {
 }
 
 /// The most recent patch day on or before `now`'s local date in `tz`.
-pub fn last_patch_day(
-    patch_day: PatchDay,
-    now: Timestamp,
-    tz: &TimeZone,
-) -> Result<Date, PatchError> {
+pub fn last_patch_day(patch_day: PatchDay, now: Timestamp, tz: &TimeZone) -> Result<Date, PatchError> {
     let today = tz.to_datetime(now).date();
     let this_month = patch_day.in_month(today.year(), today.month())?;
     if this_month <= today {
@@ -156,15 +146,10 @@ pub struct PendingUpdate {
 impl PendingUpdate {
     /// The earlier of release and first sight.
     pub fn available_since(&self) -> Timestamp {
-        self.released
-            .map_or(self.first_seen, |r| r.min(self.first_seen))
+        self.released.map_or(self.first_seen, |r| r.min(self.first_seen))
     }
     pub fn is_critical_security(&self) -> bool {
-        self.security
-            && self
-                .severity
-                .as_deref()
-                .is_some_and(|s| s.eq_ignore_ascii_case("critical"))
+        self.security && self.severity.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("critical"))
     }
 }
 
@@ -242,17 +227,11 @@ pub fn classify(
 
 /// Critical security updates pending longer than `critical_patch_days` days (24 h each): the
 /// warning fault for out-of-cycle installation.
-pub fn critical_overdue(
-    updates: &[PendingUpdate],
-    critical_patch_days: u32,
-    now: Timestamp,
-) -> Vec<&PendingUpdate> {
+pub fn critical_overdue(updates: &[PendingUpdate], critical_patch_days: u32, now: Timestamp) -> Vec<&PendingUpdate> {
     let limit = i64::from(critical_patch_days) * 86_400;
     updates
         .iter()
-        .filter(|u| {
-            u.is_critical_security() && now.as_second() - u.available_since().as_second() > limit
-        })
+        .filter(|u| u.is_critical_security() && now.as_second() - u.available_since().as_second() > limit)
         .collect()
 }
 
@@ -300,36 +279,20 @@ mod tests {
     #[test]
     fn policy_defaults_and_unknown_keys() {
         let p: PatchPolicy = toml::from_str("").unwrap();
-        assert_eq!(
-            (p.patch_day.to_string(), p.critical_patch_days),
-            ("2nd tue".into(), 3)
-        );
-        let p: PatchPolicy = toml::from_str(
-            "patch_day = \"last fri\"\ncritical_patch_days = 5\ntimezone = \"Europe/Berlin\"",
-        )
-        .unwrap();
+        assert_eq!((p.patch_day.to_string(), p.critical_patch_days), ("2nd tue".into(), 3));
+        let p: PatchPolicy =
+            toml::from_str("patch_day = \"last fri\"\ncritical_patch_days = 5\ntimezone = \"Europe/Berlin\"").unwrap();
         assert_eq!(p.patch_day.to_string(), "last fri");
         assert_eq!(p.timezone.unwrap().name(), "Europe/Berlin");
-        let err = toml::from_str::<PatchPolicy>("patchday = \"2nd tue\"")
-            .unwrap_err()
-            .to_string();
+        let err = toml::from_str::<PatchPolicy>("patchday = \"2nd tue\"").unwrap_err().to_string();
         assert!(err.contains("patchday"), "{err}");
-        let err = toml::from_str::<PatchPolicy>("patch_day = \"2nd tuesdy\"")
-            .unwrap_err()
-            .to_string();
+        let err = toml::from_str::<PatchPolicy>("patch_day = \"2nd tuesdy\"").unwrap_err().to_string();
         assert!(err.contains("2nd tuesdy"), "{err}");
     }
 
     #[test]
     fn bad_patch_days_are_rejected() {
-        for bad in [
-            "2nd",
-            "5th tue",
-            "2nd tues",
-            "",
-            "2nd tue extra",
-            "every tue",
-        ] {
+        for bad in ["2nd", "5th tue", "2nd tues", "", "2nd tue extra", "every tue"] {
             let err = bad.parse::<PatchDay>().unwrap_err().to_string();
             assert!(err.contains("2nd tue"), "{err}");
         }
@@ -340,20 +303,11 @@ mod tests {
         let p: PatchDay = "2nd tue".parse().unwrap();
         let tz = berlin();
         // 2026-11-09T23:30Z is 2026-11-10 00:30 in Berlin (CET, +1): the patch day itself.
-        assert_eq!(
-            last_patch_day(p, ts("2026-11-09T23:30:00Z"), &tz).unwrap(),
-            date(2026, 11, 10)
-        );
+        assert_eq!(last_patch_day(p, ts("2026-11-09T23:30:00Z"), &tz).unwrap(), date(2026, 11, 10));
         // 2026-11-09T22:30Z is still Nov 9 in Berlin: the October patch day (Oct 13).
-        assert_eq!(
-            last_patch_day(p, ts("2026-11-09T22:30:00Z"), &tz).unwrap(),
-            date(2026, 10, 13)
-        );
+        assert_eq!(last_patch_day(p, ts("2026-11-09T22:30:00Z"), &tz).unwrap(), date(2026, 10, 13));
         // Early January → December's (2025-12-09).
-        assert_eq!(
-            last_patch_day(p, ts("2026-01-05T12:00:00Z"), &tz).unwrap(),
-            date(2025, 12, 9)
-        );
+        assert_eq!(last_patch_day(p, ts("2026-01-05T12:00:00Z"), &tz).unwrap(), date(2025, 12, 9));
     }
 
     #[test]
@@ -367,44 +321,19 @@ mod tests {
         assert_eq!(none.state, Compliance::Compliant);
         assert_eq!(none.last_patch_day, date(2026, 11, 10));
         // Released after the patch day: waits for December → compliant.
-        let fresh = update(
-            "kernel",
-            "2026-11-11T08:00:00Z",
-            Some("2026-11-10T20:00:00Z"),
-        );
-        assert_eq!(
-            classify(std::slice::from_ref(&fresh), p, &tz, now)
-                .unwrap()
-                .state,
-            Compliance::Compliant
-        );
+        let fresh = update("kernel", "2026-11-11T08:00:00Z", Some("2026-11-10T20:00:00Z"));
+        assert_eq!(classify(std::slice::from_ref(&fresh), p, &tz, now).unwrap().state, Compliance::Compliant);
         // Seen since Nov 1 (before Nov 10), grace week not over (ends Nov 17) → due.
         let due = update("openssl", "2026-11-01T08:00:00Z", None);
         let s = classify(&[fresh.clone(), due.clone()], p, &tz, now).unwrap();
-        assert_eq!(
-            (s.state, s.due.clone(), s.pending),
-            (Compliance::Due, vec!["openssl".to_string()], 2)
-        );
+        assert_eq!((s.state, s.due.clone(), s.pending), (Compliance::Due, vec!["openssl".to_string()], 2));
         // Released Oct 1, before the October patch day (Oct 13), whose grace week ended Oct 20 → overdue,
         // even though first seen only yesterday (new host).
-        let old = update(
-            "glibc",
-            "2026-11-11T08:00:00Z",
-            Some("2026-10-01T00:00:00Z"),
-        );
+        let old = update("glibc", "2026-11-11T08:00:00Z", Some("2026-10-01T00:00:00Z"));
         let s = classify(&[fresh.clone(), due.clone(), old], p, &tz, now).unwrap();
-        assert_eq!(
-            (s.state, s.overdue),
-            (Compliance::Overdue, vec!["glibc".to_string()])
-        );
+        assert_eq!((s.state, s.overdue), (Compliance::Overdue, vec!["glibc".to_string()]));
         // A week after the November patch day (Nov 17 00:00 Berlin = Nov 16 23:00Z) the due one is overdue.
-        let s = classify(
-            std::slice::from_ref(&due),
-            p,
-            &tz,
-            ts("2026-11-16T22:59:59Z"),
-        )
-        .unwrap();
+        let s = classify(std::slice::from_ref(&due), p, &tz, ts("2026-11-16T22:59:59Z")).unwrap();
         assert_eq!(s.state, Compliance::Due);
         let s = classify(&[due], p, &tz, ts("2026-11-16T23:00:00Z")).unwrap();
         assert_eq!(s.state, Compliance::Overdue);

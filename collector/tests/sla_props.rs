@@ -3,9 +3,7 @@
 use jiff::Timestamp;
 use jiff::civil::Weekday;
 use jiff::tz::TimeZone;
-use pikett_collector::sla::{
-    Cause, Contract, Maintenance, Month, Outage, ReportRow, compute_month,
-};
+use pikett_collector::sla::{Cause, Contract, Maintenance, Month, Outage, ReportRow, compute_month};
 use proptest::prelude::*;
 
 /// The SPEC.md example (covers the whole day, crosses midnight).
@@ -110,12 +108,7 @@ fn build(s: &Scenario) -> Built {
     let mut last_end = i64::MIN;
     for (start, len, c) in sorted {
         if start >= last_end {
-            outages.push(Outage {
-                host: "h1".into(),
-                start: at(b, start),
-                end: at(b, start + len),
-                cause: cause(c),
-            });
+            outages.push(Outage { host: "h1".into(), start: at(b, start), end: at(b, start + len), cause: cause(c) });
             last_end = start + len;
         }
     }
@@ -130,19 +123,8 @@ fn build(s: &Scenario) -> Built {
         })
         .collect();
     let (start, len, c) = s.extra;
-    let extra = Outage {
-        host: "h1".into(),
-        start: at(b, start),
-        end: at(b, start + len),
-        cause: cause(c),
-    };
-    Built {
-        contract,
-        month,
-        outages,
-        maintenance,
-        extra,
-    }
+    let extra = Outage { host: "h1".into(), start: at(b, start), end: at(b, start + len), cause: cause(c) };
+    Built { contract, month, outages, maintenance, extra }
 }
 
 /// Whether the minute starting at `t` lies in the window, judged from local wall-clock time

@@ -8,9 +8,7 @@
 use jiff::Timestamp;
 use jiff::civil::DateTime;
 use jiff::tz::TimeZone;
-use pikett_collector::sla::{
-    Cause, Contract, Ledger, Maintenance, Month, Outage, Reason, ReportRow, compute_month,
-};
+use pikett_collector::sla::{Cause, Contract, Ledger, Maintenance, Month, Outage, Reason, ReportRow, compute_month};
 
 const CONTRACT: &str = r#"
 timezone = "Europe/Berlin"
@@ -33,19 +31,11 @@ fn contract() -> Contract {
 /// Berlin local time `YYYY-MM-DD HH:MM` as an instant.
 fn t(local: &str) -> Timestamp {
     let dt: DateTime = local.replace(' ', "T").parse().unwrap();
-    TimeZone::get("Europe/Berlin")
-        .unwrap()
-        .to_timestamp(dt)
-        .unwrap()
+    TimeZone::get("Europe/Berlin").unwrap().to_timestamp(dt).unwrap()
 }
 
 fn outage(host: &str, from: &str, to: &str) -> Outage {
-    Outage {
-        host: host.into(),
-        start: t(from),
-        end: t(to),
-        cause: Cause::None,
-    }
+    Outage { host: host.into(), start: t(from), end: t(to), cause: Cause::None }
 }
 
 fn month(s: &str) -> Month {
@@ -53,17 +43,11 @@ fn month(s: &str) -> Month {
 }
 
 fn row<'a>(rows: &'a [ReportRow], host: &str, window: &str) -> &'a ReportRow {
-    rows.iter()
-        .find(|r| r.host == host && r.window == window)
-        .unwrap()
+    rows.iter().find(|r| r.host == host && r.window == window).unwrap()
 }
 
 fn check_sum(r: &ReportRow) {
-    assert_eq!(
-        r.outage_seconds,
-        r.counted_seconds + r.excused_seconds.total(),
-        "{r:?}"
-    );
+    assert_eq!(r.outage_seconds, r.counted_seconds + r.excused_seconds.total(), "{r:?}");
 }
 
 #[test]
@@ -102,11 +86,7 @@ fn outage_from_1750_to_0710_is_split_at_the_window_boundaries() {
     // off: 18:00–07:00 = 13 h = 46,800 s counted; (1,447,200 − 46,800) / 1,447,200 = 0.96766 ≥ 90%.
     let off = row(&rows, "web1", "off");
     assert_eq!((off.outage_seconds, off.counted_seconds), (46_800, 46_800));
-    assert!(
-        (off.availability - 0.967_661_691).abs() < 1e-9,
-        "{}",
-        off.availability
-    );
+    assert!((off.availability - 0.967_661_691).abs() < 1e-9, "{}", off.availability);
     assert!(off.met);
     check_sum(core);
     check_sum(off);
@@ -131,11 +111,7 @@ fn third_short_outage_of_a_day_counts() {
     check_sum(core);
     // Ranked by start, not input order: the 14:00 one (input #1) is the one that counts.
     let explain = ledger.explain("web1", month("2026-03")).unwrap();
-    let counted: Vec<usize> = explain
-        .iter()
-        .filter(|a| a.reason == Reason::Counted)
-        .map(|a| a.outage)
-        .collect();
+    let counted: Vec<usize> = explain.iter().filter(|a| a.reason == Reason::Counted).map(|a| a.outage).collect();
     assert_eq!(counted, vec![1]);
 }
 
@@ -236,21 +212,12 @@ fn force_majeure_and_customer_outages_are_excused_whole() {
     let c = contract();
     let outages = [
         // Thu 19 March 12:00–15:00, force majeure: 3 h = 10,800 s core, excused.
-        Outage {
-            cause: Cause::ForceMajeure,
-            ..outage("web1", "2026-03-19 12:00", "2026-03-19 15:00")
-        },
+        Outage { cause: Cause::ForceMajeure, ..outage("web1", "2026-03-19 12:00", "2026-03-19 15:00") },
         // Fri 20 March 20:00–21:00 by the customer's instruction: 3,600 s off, excused.
-        Outage {
-            cause: Cause::Customer,
-            ..outage("web1", "2026-03-20 20:00", "2026-03-20 21:00")
-        },
+        Outage { cause: Cause::Customer, ..outage("web1", "2026-03-20 20:00", "2026-03-20 21:00") },
         // A 2-minute force-majeure blip is not "short" and takes no short allowance:
         // the next two short ones on 23 March are both excused.
-        Outage {
-            cause: Cause::ForceMajeure,
-            ..outage("web1", "2026-03-23 09:00", "2026-03-23 09:02")
-        },
+        Outage { cause: Cause::ForceMajeure, ..outage("web1", "2026-03-23 09:00", "2026-03-23 09:02") },
         outage("web1", "2026-03-23 10:00", "2026-03-23 10:02"),
         outage("web1", "2026-03-23 11:00", "2026-03-23 11:02"),
     ];
@@ -261,10 +228,7 @@ fn force_majeure_and_customer_outages_are_excused_whole() {
     assert_eq!(core.counted_seconds, 0);
     assert_eq!(core.availability, 1.0);
     let off = row(&rows, "web1", "off");
-    assert_eq!(
-        (off.excused_seconds.customer, off.counted_seconds),
-        (3_600, 0)
-    );
+    assert_eq!((off.excused_seconds.customer, off.counted_seconds), (3_600, 0));
     check_sum(core);
     check_sum(off);
 }
@@ -304,13 +268,8 @@ fn overlapping_outages_are_an_error_naming_both() {
         outage("web2", "2026-03-10 09:30", "2026-03-10 10:30"),
         outage("web1", "2026-03-10 09:30", "2026-03-10 10:30"),
     ];
-    let err = compute_month(&c, month("2026-03"), &outages, &[])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("web1") && err.contains("#0") && err.contains("#2"),
-        "{err}"
-    );
+    let err = compute_month(&c, month("2026-03"), &outages, &[]).unwrap_err().to_string();
+    assert!(err.contains("web1") && err.contains("#0") && err.contains("#2"), "{err}");
 }
 
 #[test]
@@ -324,17 +283,9 @@ fn year_view_lists_each_month_per_window() {
     assert_eq!(off.months.len(), 12);
     assert_eq!(off.months[2].month, "2026-03");
     assert!(off.months[2].availability < 1.0);
-    assert!(
-        off.months
-            .iter()
-            .enumerate()
-            .all(|(i, m)| i == 2 || m.availability == 1.0)
-    );
+    assert!(off.months.iter().enumerate().all(|(i, m)| i == 2 || m.availability == 1.0));
     let table = pikett_collector::sla::render_year_table(&year);
-    assert!(
-        table.contains("96.766%") && table.contains("2026-12"),
-        "{table}"
-    );
+    assert!(table.contains("96.766%") && table.contains("2026-12"), "{table}");
 }
 
 #[test]

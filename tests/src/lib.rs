@@ -7,16 +7,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
 }
 
 /// Builds the binaries once per test process and returns the directory they are in.
@@ -25,21 +20,13 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "pikett-agent",
-                "-p",
-                "pikett-collector",
-                "--bins",
-            ])
+            .args(["build", "--quiet", "-p", "pikett-agent", "-p", "pikett-collector", "--bins"])
             .current_dir(workspace_root())
             .status()
             .expect("running cargo build");
         assert!(status.success(), "cargo build of the binaries failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
         target.join("debug")
     })
 }
@@ -50,11 +37,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
 }
 
 /// A test CA with a collector certificate (localhost, 127.0.0.1) and client certificates.
@@ -68,20 +51,11 @@ impl Pki {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "pikett test CA");
+        params.distinguished_name.push(DnType::CommonName, "pikett test CA");
         let cert = params.self_signed(&key).expect("CA certificate");
         std::fs::write(dir.join("ca.pem"), cert.pem()).expect("write ca.pem");
-        let pki = Pki {
-            dir: dir.to_path_buf(),
-            issuer: Issuer::new(params, key),
-        };
-        pki.issue(
-            "collector",
-            &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
+        let pki = Pki { dir: dir.to_path_buf(), issuer: Issuer::new(params, key) };
+        pki.issue("collector", &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
         pki
     }
 
@@ -89,14 +63,12 @@ impl Pki {
     pub fn issue(&self, name: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose) {
         let key = KeyPair::generate().expect("key");
         let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("params");
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![usage];
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).expect("write cert");
-        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem())
-            .expect("write key");
+        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).expect("write key");
     }
 
     /// A client certificate for an agent whose host id is `host_id`.
@@ -150,11 +122,7 @@ impl Drop for Proc {
 
 /// Starts a binary with `--config FILE ARGS...`, its stderr and stdout going to `log`.
 pub fn spawn(binary: &str, config: &Path, args: &[&str], log: &Path) -> Proc {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("open log");
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
     let err = out.try_clone().expect("clone log handle");
     let child = Command::new(bin(binary))
         .arg("--config")
@@ -165,18 +133,12 @@ pub fn spawn(binary: &str, config: &Path, args: &[&str], log: &Path) -> Proc {
         .stderr(Stdio::from(err))
         .spawn()
         .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
-    Proc {
-        child,
-        log: log.to_path_buf(),
-    }
+    Proc { child, log: log.to_path_buf() }
 }
 
 /// Runs a binary to completion.
 pub fn run(binary: &str, args: &[&str]) -> Output {
-    Command::new(bin(binary))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {binary}: {e}"))
+    Command::new(bin(binary)).args(args).output().unwrap_or_else(|e| panic!("running {binary}: {e}"))
 }
 
 /// Polls `f` until it returns Some or `limit` passes.
@@ -198,18 +160,11 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
 
@@ -240,13 +195,7 @@ impl CollectorSetup {
             ),
         )
         .expect("write collector.toml");
-        CollectorSetup {
-            config,
-            data_dir,
-            grpc_port,
-            http_port,
-            log: dir.join("collector.log"),
-        }
+        CollectorSetup { config, data_dir, grpc_port, http_port, log: dir.join("collector.log") }
     }
 
     pub fn url(&self) -> String {
@@ -257,15 +206,9 @@ impl CollectorSetup {
     pub fn start(&self) -> Proc {
         let p = spawn("pikett-collector", &self.config, &["serve"], &self.log);
         let ready = wait_for(Duration::from_secs(20), || {
-            http_get(self.http_port, "/readyz")
-                .filter(|(s, _)| *s == 200)
-                .map(|_| ())
+            http_get(self.http_port, "/readyz").filter(|(s, _)| *s == 200).map(|_| ())
         });
-        assert!(
-            ready.is_some(),
-            "collector did not become ready; log:\n{}",
-            p.log_text()
-        );
+        assert!(ready.is_some(), "collector did not become ready; log:\n{}", p.log_text());
         p
     }
 
@@ -279,13 +222,7 @@ impl CollectorSetup {
 }
 
 /// An agent config for `host_id` talking TLS to `collector_url`.
-pub fn agent_config(
-    dir: &Path,
-    pki: &Pki,
-    host_id: &str,
-    collector_url: &str,
-    extra: &str,
-) -> PathBuf {
+pub fn agent_config(dir: &Path, pki: &Pki, host_id: &str, collector_url: &str, extra: &str) -> PathBuf {
     pki.agent_cert(host_id);
     let path = dir.join(format!("{host_id}.toml"));
     std::fs::write(

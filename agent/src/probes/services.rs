@@ -73,9 +73,7 @@ impl Default for ServicesConfig {
 /// A config value the probe cannot work with.
 #[derive(Debug, thiserror::Error)]
 pub enum ServicesConfigError {
-    #[error(
-        "[services] units: {0:?} is not a valid unit name (empty, whitespace or a leading '-')"
-    )]
+    #[error("[services] units: {0:?} is not a valid unit name (empty, whitespace or a leading '-')")]
     BadUnitName(String),
     #[error("[services] interval must be greater than zero")]
     ZeroInterval,
@@ -122,9 +120,8 @@ pub struct Systemctl {
 
 impl Systemctl {
     async fn run(&self, args: Vec<OsString>) -> Result<String, SystemdError> {
-        let out = exec::run(&self.program, &args, self.timeout)
-            .await
-            .map_err(|e| SystemdError::Failed(e.to_string()))?;
+        let out =
+            exec::run(&self.program, &args, self.timeout).await.map_err(|e| SystemdError::Failed(e.to_string()))?;
         if out.code == Some(0) {
             return Ok(out.stdout);
         }
@@ -135,8 +132,7 @@ impl Systemctl {
         Err(SystemdError::Failed(format!(
             "{} exited with {}: {}",
             self.program.display(),
-            out.code
-                .map_or_else(|| "a signal".to_string(), |c| c.to_string()),
+            out.code.map_or_else(|| "a signal".to_string(), |c| c.to_string()),
             exec::last_line(&text)
         )))
     }
@@ -165,15 +161,7 @@ impl SystemdSource for Systemctl {
     }
 
     async fn failed_units(&self) -> Result<Vec<String>, SystemdError> {
-        let text = self
-            .run(exec::args([
-                "list-units",
-                "--state=failed",
-                "--all",
-                "--plain",
-                "--no-legend",
-            ]))
-            .await?;
+        let text = self.run(exec::args(["list-units", "--state=failed", "--all", "--plain", "--no-legend"])).await?;
         Ok(parse_failed_units(&text))
     }
 }
@@ -242,11 +230,7 @@ pub fn parse_systemd_timestamp(value: &str) -> Option<Timestamp> {
 pub fn parse_failed_units(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|line| {
-            let line = line
-                .trim_start()
-                .trim_start_matches('●')
-                .trim_start_matches('*')
-                .trim_start();
+            let line = line.trim_start().trim_start_matches('●').trim_start_matches('*').trim_start();
             line.split_whitespace().next().map(str::to_string)
         })
         .filter(|u| u.contains('.'))
@@ -257,32 +241,19 @@ pub fn parse_failed_units(text: &str) -> Vec<String> {
 ///
 /// `since` is when the unit entered its current state (from systemd, or
 /// when this probe first saw it there).
-pub fn evaluate_unit(
-    unit: &UnitStatus,
-    since: Option<Timestamp>,
-    now: Timestamp,
-    grace: Duration,
-) -> (State, String) {
+pub fn evaluate_unit(unit: &UnitStatus, since: Option<Timestamp>, now: Timestamp, grace: Duration) -> (State, String) {
     let restarts = match unit.n_restarts {
         Some(n) if n > 0 => format!(", {n} restart(s)"),
         _ => String::new(),
     };
-    let since_txt = since
-        .map(|t| format!(" since {}", t.strftime("%Y-%m-%dT%H:%M:%SZ")))
-        .unwrap_or_default();
+    let since_txt = since.map(|t| format!(" since {}", t.strftime("%Y-%m-%dT%H:%M:%SZ"))).unwrap_or_default();
     match unit.load_state.as_str() {
         "not-found" => return (State::Critical, "unit not found".to_string()),
         "masked" => {
-            return (
-                State::Critical,
-                format!("unit is masked ({})", unit.active_state),
-            );
+            return (State::Critical, format!("unit is masked ({})", unit.active_state));
         }
         "error" | "bad-setting" => {
-            return (
-                State::Critical,
-                format!("unit file cannot be loaded (LoadState={})", unit.load_state),
-            );
+            return (State::Critical, format!("unit file cannot be loaded (LoadState={})", unit.load_state));
         }
         _ => {}
     }
@@ -290,30 +261,19 @@ pub fn evaluate_unit(
     match unit.active_state.as_str() {
         "active" => (State::Ok, format!("{state_txt}{since_txt}{restarts}")),
         "activating" | "reloading" | "deactivating" | "refreshing" => {
-            let elapsed = since
-                .map(|s| now.duration_since(s).unsigned_abs())
-                .unwrap_or_default();
+            let elapsed = since.map(|s| now.duration_since(s).unsigned_abs()).unwrap_or_default();
             let for_txt = format!("for {}s", elapsed.as_secs());
             if elapsed > grace {
                 (
                     State::Warning,
-                    format!(
-                        "{state_txt} {for_txt}, longer than the grace time of {}s{restarts}",
-                        grace.as_secs()
-                    ),
+                    format!("{state_txt} {for_txt}, longer than the grace time of {}s{restarts}", grace.as_secs()),
                 )
             } else {
                 (State::Ok, format!("{state_txt} {for_txt}{restarts}"))
             }
         }
         "failed" | "inactive" => (State::Critical, format!("{state_txt}{since_txt}{restarts}")),
-        other => (
-            State::Unknown,
-            format!(
-                "unexpected ActiveState={other:?} (SubState={})",
-                unit.sub_state
-            ),
-        ),
+        other => (State::Unknown, format!("unexpected ActiveState={other:?} (SubState={})", unit.sub_state)),
     }
 }
 
@@ -338,10 +298,7 @@ pub struct ServicesProbe {
 impl ServicesProbe {
     /// The probe reading systemd through `cfg.systemctl`.
     pub fn new(cfg: ServicesConfig, state: SharedState) -> Result<Self, ServicesConfigError> {
-        let source = Box::new(Systemctl {
-            program: cfg.systemctl.clone(),
-            timeout: cfg.timeout,
-        });
+        let source = Box::new(Systemctl { program: cfg.systemctl.clone(), timeout: cfg.timeout });
         Self::with_source(cfg, state, source)
     }
 
@@ -377,25 +334,15 @@ impl ServicesProbe {
     }
 
     fn unknown_for_all(&self, units: &[String], why: &str, now: Timestamp) -> Vec<Observation> {
-        units
-            .iter()
-            .map(|u| Observation::check(format!("service/{u}"), State::Unknown, why, now))
-            .collect()
+        units.iter().map(|u| Observation::check(format!("service/{u}"), State::Unknown, why, now)).collect()
     }
 
     /// When the unit entered its state: systemd's time, or for a transitional
     /// state systemd gives no time for, when this probe first saw it there
     /// (so the grace time still runs out).
-    fn since_for(
-        &mut self,
-        unit_name: &str,
-        unit: &UnitStatus,
-        now: Timestamp,
-    ) -> Option<Timestamp> {
-        let transitional = matches!(
-            unit.active_state.as_str(),
-            "activating" | "reloading" | "deactivating" | "refreshing"
-        );
+    fn since_for(&mut self, unit_name: &str, unit: &UnitStatus, now: Timestamp) -> Option<Timestamp> {
+        let transitional =
+            matches!(unit.active_state.as_str(), "activating" | "reloading" | "deactivating" | "refreshing");
         if unit.state_change.is_some() || !transitional {
             self.first_seen_transitional.remove(unit_name);
             return unit.state_change;
@@ -487,13 +434,7 @@ impl Probe for ServicesProbe {
                     still_failed.insert(name.clone());
                     evaluate_unit(unit, since, now, self.cfg.activating_grace)
                 } else {
-                    (
-                        State::Ok,
-                        format!(
-                            "no longer failed: {} ({})",
-                            unit.active_state, unit.sub_state
-                        ),
-                    )
+                    (State::Ok, format!("no longer failed: {} ({})", unit.active_state, unit.sub_state))
                 }
             } else {
                 evaluate_unit(unit, since, now, self.cfg.activating_grace)
@@ -548,17 +489,10 @@ impl Probe for ServicesProbe {
 impl ServicesProbe {
     fn no_systemd(&mut self, units: &[String], why: &str, now: Timestamp) -> Vec<Observation> {
         if !self.warned_no_systemd {
-            tracing::warn!(
-                reason = why,
-                "systemd is not running on this host; service checks report UNKNOWN"
-            );
+            tracing::warn!(reason = why, "systemd is not running on this host; service checks report UNKNOWN");
             self.warned_no_systemd = true;
         }
-        self.unknown_for_all(
-            units,
-            &format!("systemd is not running on this host ({why})"),
-            now,
-        )
+        self.unknown_for_all(units, &format!("systemd is not running on this host ({why})"), now)
     }
 }
 
@@ -567,11 +501,7 @@ mod tests {
     use super::*;
 
     fn read(name: &str) -> String {
-        std::fs::read_to_string(format!(
-            "{}/testdata/system/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
+        std::fs::read_to_string(format!("{}/testdata/system/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
 
     fn unit(active: &str, sub: &str) -> UnitStatus {
@@ -593,10 +523,7 @@ mod tests {
         assert_eq!(units[0].active_state, "active");
         assert_eq!(units[0].sub_state, "running");
         assert_eq!(units[0].n_restarts, Some(0));
-        assert_eq!(
-            units[0].state_change,
-            Some("2026-11-20T08:14:03Z".parse().unwrap())
-        );
+        assert_eq!(units[0].state_change, Some("2026-11-20T08:14:03Z".parse().unwrap()));
         assert_eq!(units[1].active_state, "failed");
         assert_eq!(units[1].n_restarts, Some(5));
         assert_eq!(units[2].load_state, "not-found");
@@ -619,15 +546,9 @@ mod tests {
     fn parses_failed_unit_list() {
         assert_eq!(
             parse_failed_units(&read("systemctl-list-units-failed.txt")),
-            vec![
-                "mariadb.service".to_string(),
-                "systemd-networkd-wait-online.service".to_string()
-            ]
+            vec!["mariadb.service".to_string(), "systemd-networkd-wait-online.service".to_string()]
         );
-        assert_eq!(
-            parse_failed_units("● foo.service loaded failed failed Foo\n"),
-            vec!["foo.service".to_string()]
-        );
+        assert_eq!(parse_failed_units("● foo.service loaded failed failed Foo\n"), vec!["foo.service".to_string()]);
         assert!(parse_failed_units("").is_empty());
     }
 
@@ -637,10 +558,7 @@ mod tests {
             parse_systemd_timestamp("Mon 2026-11-23 10:00:00 UTC"),
             Some("2026-11-23T10:00:00Z".parse().unwrap())
         );
-        assert_eq!(
-            parse_systemd_timestamp("@1763892000"),
-            Some(Timestamp::from_second(1763892000).unwrap())
-        );
+        assert_eq!(parse_systemd_timestamp("@1763892000"), Some(Timestamp::from_second(1763892000).unwrap()));
         assert_eq!(parse_systemd_timestamp(""), None);
         assert_eq!(parse_systemd_timestamp("n/a"), None);
     }
@@ -651,51 +569,25 @@ mod tests {
         let grace = Duration::from_secs(60);
         let recent = Some(now - jiff::SignedDuration::from_secs(10));
         let old = Some(now - jiff::SignedDuration::from_secs(300));
-        assert_eq!(
-            evaluate_unit(&unit("active", "running"), old, now, grace).0,
-            State::Ok
-        );
-        assert_eq!(
-            evaluate_unit(&unit("activating", "start"), recent, now, grace).0,
-            State::Ok
-        );
+        assert_eq!(evaluate_unit(&unit("active", "running"), old, now, grace).0, State::Ok);
+        assert_eq!(evaluate_unit(&unit("activating", "start"), recent, now, grace).0, State::Ok);
         let (s, summary) = evaluate_unit(&unit("activating", "start"), old, now, grace);
         assert_eq!(s, State::Warning);
         assert!(summary.contains("for 300s"), "{summary}");
-        assert_eq!(
-            evaluate_unit(&unit("reloading", "reload"), old, now, grace).0,
-            State::Warning
-        );
-        assert_eq!(
-            evaluate_unit(&unit("deactivating", "stop-sigterm"), recent, now, grace).0,
-            State::Ok
-        );
-        assert_eq!(
-            evaluate_unit(&unit("failed", "failed"), old, now, grace).0,
-            State::Critical
-        );
-        assert_eq!(
-            evaluate_unit(&unit("inactive", "dead"), old, now, grace).0,
-            State::Critical
-        );
+        assert_eq!(evaluate_unit(&unit("reloading", "reload"), old, now, grace).0, State::Warning);
+        assert_eq!(evaluate_unit(&unit("deactivating", "stop-sigterm"), recent, now, grace).0, State::Ok);
+        assert_eq!(evaluate_unit(&unit("failed", "failed"), old, now, grace).0, State::Critical);
+        assert_eq!(evaluate_unit(&unit("inactive", "dead"), old, now, grace).0, State::Critical);
         let mut nf = unit("inactive", "dead");
         nf.load_state = "not-found".into();
-        assert_eq!(
-            evaluate_unit(&nf, None, now, grace),
-            (State::Critical, "unit not found".to_string())
-        );
-        assert_eq!(
-            evaluate_unit(&unit("weird", "x"), None, now, grace).0,
-            State::Unknown
-        );
+        assert_eq!(evaluate_unit(&nf, None, now, grace), (State::Critical, "unit not found".to_string()));
+        assert_eq!(evaluate_unit(&unit("weird", "x"), None, now, grace).0, State::Unknown);
     }
 
     #[test]
     fn recognises_no_systemd_messages() {
         assert!(systemd_missing(&read("systemctl-no-systemd.txt")));
-        assert!(!systemd_missing(
-            "Failed to get properties: Unit name a b is not valid."
-        ));
+        assert!(!systemd_missing("Failed to get properties: Unit name a b is not valid."));
     }
 
     #[test]
@@ -705,8 +597,7 @@ mod tests {
         assert_eq!(cfg.interval, Duration::from_secs(30));
         assert_eq!(cfg.activating_grace, Duration::from_secs(60));
         assert!(serde_json::from_str::<ServicesConfig>(r#"{"unit":["x"]}"#).is_err());
-        let cfg: ServicesConfig =
-            serde_json::from_str(r#"{"interval":"2m","activating_grace":"90s"}"#).unwrap();
+        let cfg: ServicesConfig = serde_json::from_str(r#"{"interval":"2m","activating_grace":"90s"}"#).unwrap();
         assert_eq!(cfg.interval, Duration::from_secs(120));
         assert_eq!(cfg.activating_grace, Duration::from_secs(90));
     }
@@ -714,10 +605,7 @@ mod tests {
     #[test]
     fn rejects_unit_names_that_would_be_options() {
         let state: SharedState = std::sync::Arc::new(crate::probes::MemoryState::default());
-        let cfg = ServicesConfig {
-            units: vec!["--all".into()],
-            ..Default::default()
-        };
+        let cfg = ServicesConfig { units: vec!["--all".into()], ..Default::default() };
         let err = ServicesProbe::new(cfg, state).err().unwrap();
         assert!(err.to_string().contains("--all"));
     }

@@ -7,8 +7,7 @@ use pikett_agent::probes::checks::{CheckConfig, CheckProbe};
 
 /// Builds a probe from one `[[checks]]` table written as TOML.
 pub fn probe(toml_text: &str) -> CheckProbe {
-    let cfg: CheckConfig =
-        toml::from_str(toml_text).unwrap_or_else(|e| panic!("bad test config: {e}\n{toml_text}"));
+    let cfg: CheckConfig = toml::from_str(toml_text).unwrap_or_else(|e| panic!("bad test config: {e}\n{toml_text}"));
     CheckProbe::new(cfg).unwrap_or_else(|e| panic!("probe refused: {e}"))
 }
 
@@ -24,15 +23,8 @@ pub async fn poll(p: &mut CheckProbe) -> (CheckResult, Vec<Sample>) {
             other => panic!("unexpected observation {other:?}"),
         }
     }
-    assert_eq!(
-        checks.len(),
-        1,
-        "exactly one check result expected: {checks:?}"
-    );
-    eprintln!(
-        "{} {}: {}",
-        checks[0].name, checks[0].state, checks[0].summary
-    );
+    assert_eq!(checks.len(), 1, "exactly one check result expected: {checks:?}");
+    eprintln!("{} {}: {}", checks[0].name, checks[0].state, checks[0].summary);
     (checks.remove(0), samples)
 }
 
@@ -44,8 +36,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,9 +54,7 @@ impl TestCa {
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "pikett test CA");
         params.distinguished_name = dn;
-        TestCa {
-            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
-        }
+        TestCa { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
     }
 
     /// Writes the CA certificate as PEM into `dir`, returning the path.
@@ -76,14 +66,9 @@ impl TestCa {
 
     /// A server certificate for `localhost` and 127.0.0.1 that expires `secs_from_now`
     /// seconds from now (negative: already expired).
-    pub fn leaf(
-        &self,
-        secs_from_now: i64,
-    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    pub fn leaf(&self, secs_from_now: i64) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        params
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "localhost");
@@ -98,25 +83,16 @@ impl TestCa {
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
+        (vec![cert.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
     }
 }
 
 pub const DAY: i64 = 86_400;
 
 /// A real HTTPS server on 127.0.0.1:0: answers every request with 200 and `status: ok`.
-pub async fn https_server(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> SocketAddr {
+pub async fn https_server(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> SocketAddr {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
+    let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

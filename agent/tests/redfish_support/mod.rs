@@ -25,10 +25,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 /// Where the fixture sets live. The ONE place to change when the fixtures move
 /// (main repo: `<repo>/tests/fixtures/redfish`, i.e. `../tests/fixtures/redfish` from `agent/`).
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/redfish"
-    ))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/redfish"))
 }
 
 /// The Dell R750 iDRAC9 set.
@@ -117,21 +114,14 @@ pub fn test_pki() -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'stati
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "pikett test CA");
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "pikett test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let leaf_params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
     let key = PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap();
-    (
-        ca_cert.pem(),
-        vec![leaf.der().clone(), ca_cert.der().clone()],
-        key,
-    )
+    (ca_cert.pem(), vec![leaf.der().clone(), ca_cert.der().clone()], key)
 }
 
 impl TestBmc {
@@ -139,10 +129,8 @@ impl TestBmc {
     pub async fn start(set: &str) -> TestBmc {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (ca_pem, chain, key) = test_pki();
-        let cfg = tokio_rustls::rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
+        let cfg =
+            tokio_rustls::rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap();
         let acceptor = TlsAcceptor::from(Arc::new(cfg));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -173,9 +161,7 @@ impl TestBmc {
                         return;
                     };
                     let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
                 });
             }
         });
@@ -185,13 +171,7 @@ impl TestBmc {
         let password_file = dir.path().join("idrac.pass");
         std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
         set_mode(&password_file, 0o600);
-        TestBmc {
-            addr,
-            state,
-            dir,
-            ca_file,
-            password_file,
-        }
+        TestBmc { addr, state, dir, ca_file, password_file }
     }
 
     pub fn endpoint(&self) -> String {
@@ -208,11 +188,7 @@ impl TestBmc {
     }
 
     pub fn set_override(&self, path: &str, o: Override) {
-        self.state
-            .overrides
-            .lock()
-            .unwrap()
-            .insert(path.to_string(), o);
+        self.state.overrides.lock().unwrap().insert(path.to_string(), o);
     }
 
     pub fn clear_override(&self, path: &str) {
@@ -321,8 +297,8 @@ impl BmcState {
             Some(Override::Huge(n)) => {
                 let chunk = Bytes::from(vec![b' '; 64 * 1024]);
                 let chunks = n.div_ceil(chunk.len());
-                let stream = futures::stream::iter(0..chunks)
-                    .map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
+                let stream =
+                    futures::stream::iter(0..chunks).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
                 let resp = Response::builder()
                     .status(StatusCode::OK)
                     .header("Content-Type", "application/json")
@@ -335,10 +311,7 @@ impl BmcState {
         let file = fixture_file(&self.set, path);
         match std::fs::read(&file) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                Box::new(full(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("bad fixture {}: {e}", file.display()),
-                ))
+                Box::new(full(StatusCode::INTERNAL_SERVER_ERROR, format!("bad fixture {}: {e}", file.display())))
             }),
             Err(_) => Ok(None),
         }
@@ -407,25 +380,11 @@ async fn handle(st: Arc<BmcState>, req: Request<Incoming>) -> Result<Response<Bo
         tokio::time::sleep(latency).await;
     }
     let method = req.method().clone();
-    let target = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_default();
-    let path = percent_decode(req.uri().path())
-        .trim_end_matches('/')
-        .to_string();
+    let target = req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let path = percent_decode(req.uri().path()).trim_end_matches('/').to_string();
     let query = req.uri().query().map(percent_decode).unwrap_or_default();
-    let token = req
-        .headers()
-        .get("X-Auth-Token")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let basic = req
-        .headers()
-        .get("Authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(decode_basic);
+    let token = req.headers().get("X-Auth-Token").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let basic = req.headers().get("Authorization").and_then(|v| v.to_str().ok()).and_then(decode_basic);
     st.seen.lock().unwrap().push(Seen {
         method: method.to_string(),
         target: target.clone(),
@@ -447,20 +406,11 @@ async fn handle(st: Arc<BmcState>, req: Request<Incoming>) -> Result<Response<Bo
         if st.sessions_disabled.load(Ordering::SeqCst) {
             return Ok(full(StatusCode::METHOD_NOT_ALLOWED, "{}"));
         }
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         let creds: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let ok = creds["UserName"] == st.username.as_str()
-            && creds["Password"] == st.password.lock().unwrap().as_str();
+        let ok = creds["UserName"] == st.username.as_str() && creds["Password"] == st.password.lock().unwrap().as_str();
         if !ok {
-            return Ok(json_response(
-                StatusCode::UNAUTHORIZED,
-                &json!({"error":{"message":"bad credentials"}}),
-            ));
+            return Ok(json_response(StatusCode::UNAUTHORIZED, &json!({"error":{"message":"bad credentials"}})));
         }
         let n = st.next_session.fetch_add(1, Ordering::SeqCst);
         let tok = format!("token-{n}-{}", n * 7919);
@@ -470,26 +420,19 @@ async fn handle(st: Arc<BmcState>, req: Request<Incoming>) -> Result<Response<Bo
             StatusCode::CREATED,
             &json!({"@odata.id": loc, "Id": n.to_string(), "UserName": st.username}),
         );
-        resp.headers_mut()
-            .insert("X-Auth-Token", tok.parse().unwrap());
+        resp.headers_mut().insert("X-Auth-Token", tok.parse().unwrap());
         resp.headers_mut().insert("Location", loc.parse().unwrap());
         return Ok(resp);
     }
 
     let is_root = path == "/redfish/v1" || path == "/redfish";
     if !is_root && st.require_auth.load(Ordering::SeqCst) && !st.authorised(&token, &basic) {
-        return Ok(json_response(
-            StatusCode::UNAUTHORIZED,
-            &json!({"error":{"message":"unauthorised"}}),
-        ));
+        return Ok(json_response(StatusCode::UNAUTHORIZED, &json!({"error":{"message":"unauthorised"}})));
     }
 
     if method == Method::DELETE {
         let mut sessions = st.sessions.lock().unwrap();
-        let key = sessions
-            .iter()
-            .find(|(_, loc)| **loc == path)
-            .map(|(k, _)| k.clone());
+        let key = sessions.iter().find(|(_, loc)| **loc == path).map(|(k, _)| k.clone());
         return Ok(match key {
             Some(k) => {
                 sessions.remove(&k);
@@ -516,11 +459,7 @@ async fn handle(st: Arc<BmcState>, req: Request<Incoming>) -> Result<Response<Bo
         && let Some(members) = v.get_mut("Members").and_then(Value::as_array_mut)
     {
         for m in members.iter_mut() {
-            let Some(p) = m
-                .get("@odata.id")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-            else {
+            let Some(p) = m.get("@odata.id").and_then(Value::as_str).map(str::to_string) else {
                 continue;
             };
             if let Ok(Some(full)) = st.load(&p, &p) {
@@ -542,39 +481,24 @@ pub fn checks(obs: &[Observation]) -> std::collections::BTreeMap<String, CheckRe
     let mut out = std::collections::BTreeMap::new();
     for o in obs {
         if let Observation::Check(c) = o {
-            assert!(
-                out.insert(c.name.clone(), c.clone()).is_none(),
-                "check {} reported twice",
-                c.name
-            );
+            assert!(out.insert(c.name.clone(), c.clone()).is_none(), "check {} reported twice", c.name);
         }
     }
     out
 }
 
 /// The value of the sample `metric` with `label=value`, if exactly one exists.
-pub fn sample(
-    obs: &[Observation],
-    metric: &str,
-    label: &str,
-    value: &str,
-) -> Option<(f64, String)> {
+pub fn sample(obs: &[Observation], metric: &str, label: &str, value: &str) -> Option<(f64, String)> {
     let found: Vec<(f64, String)> = obs
         .iter()
         .filter_map(|o| match o {
-            Observation::Sample(s)
-                if s.name == metric && s.labels.get(label).map(String::as_str) == Some(value) =>
-            {
+            Observation::Sample(s) if s.name == metric && s.labels.get(label).map(String::as_str) == Some(value) => {
                 Some((s.value, s.unit.clone()))
             }
             _ => None,
         })
         .collect();
-    assert!(
-        found.len() <= 1,
-        "sample {metric}{{{label}={value}}} reported {} times",
-        found.len()
-    );
+    assert!(found.len() <= 1, "sample {metric}{{{label}={value}}} reported {} times", found.len());
     found.into_iter().next()
 }
 

@@ -12,12 +12,7 @@ use pikett_collector::cli;
 #[command(name = "pikett", version, about = "pikett staff CLI")]
 struct Cli {
     /// The collector's gRPC address.
-    #[arg(
-        long,
-        global = true,
-        env = "PIKETT_COLLECTOR",
-        default_value = "http://127.0.0.1:9740"
-    )]
+    #[arg(long, global = true, env = "PIKETT_COLLECTOR", default_value = "http://127.0.0.1:9740")]
     collector: String,
     /// CA certificate that signed the collector's certificate (for https://).
     #[arg(long, global = true, env = "PIKETT_CA_FILE")]
@@ -46,10 +41,7 @@ enum Command {
 fn main() -> ExitCode {
     let args = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pikett: cannot start the runtime: {e}");

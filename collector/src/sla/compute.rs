@@ -94,12 +94,7 @@ pub fn year_rows(rows: &[ReportRow]) -> Vec<YearRow> {
     let mut index: HashMap<(&str, &str), usize> = HashMap::new();
     for r in rows {
         let i = *index.entry((&r.host, &r.window)).or_insert_with(|| {
-            out.push(YearRow {
-                host: r.host.clone(),
-                window: r.window.clone(),
-                target: r.target,
-                months: Vec::new(),
-            });
+            out.push(YearRow { host: r.host.clone(), window: r.window.clone(), target: r.target, months: Vec::new() });
             out.len() - 1
         });
         out[i].months.push(MonthCell {
@@ -183,29 +178,14 @@ impl<'c> Ledger<'c> {
             list.sort_by_key(|(_, o)| o.start);
             for pair in list.windows(2) {
                 if pair[1].1.start < pair[0].1.end {
-                    return Err(SlaError::Overlapping {
-                        host: host.to_string(),
-                        first: pair[0].0,
-                        second: pair[1].0,
-                    });
+                    return Err(SlaError::Overlapping { host: host.to_string(), first: pair[0].0, second: pair[1].0 });
                 }
             }
             let prepared = list
                 .iter()
-                .map(|(i, o)| Prepared {
-                    s: o.start.as_second(),
-                    e: o.end.as_second(),
-                    cause: o.cause,
-                    idx: *i,
-                })
+                .map(|(i, o)| Prepared { s: o.start.as_second(), e: o.end.as_second(), cause: o.cause, idx: *i })
                 .collect();
-            hosts.insert(
-                host.to_string(),
-                HostData {
-                    outages: prepared,
-                    maint: Vec::new(),
-                },
-            );
+            hosts.insert(host.to_string(), HostData { outages: prepared, maint: Vec::new() });
         }
         let notice = i64::try_from(contract.maintenance_notice.as_secs()).unwrap_or(i64::MAX);
         let mut maint: BTreeMap<&str, Vec<Interval>> = BTreeMap::new();
@@ -221,10 +201,7 @@ impl<'c> Ledger<'c> {
             let list = maint.entry(&m.host).or_default();
             // Announced at least `maintenance_notice` before the maintenance's start.
             if m.start.as_second().saturating_sub(m.announced.as_second()) >= notice {
-                list.push(Interval {
-                    start: m.start,
-                    end: m.end,
-                });
+                list.push(Interval { start: m.start, end: m.end });
             }
         }
         for (host, list) in maint {
@@ -254,30 +231,16 @@ impl<'c> Ledger<'c> {
 
     /// Rows of several months, month by month.
     pub fn months(&self, months: &[Month]) -> Result<Vec<ReportRow>, SlaError> {
-        let mut rows =
-            Vec::with_capacity(months.len() * self.hosts.len() * self.contract.windows.len());
+        let mut rows = Vec::with_capacity(months.len() * self.hosts.len() * self.contract.windows.len());
         for &month in months {
             let frame = MonthFrame::new(self.contract, month)?;
             let label = month.to_string();
             let mut totals = vec![ExcusedTotals::default(); frame.windows.len()];
             let mut scratch = Scratch::default();
             for (host, data) in &self.hosts {
-                totals
-                    .iter_mut()
-                    .for_each(|t| *t = ExcusedTotals::default());
-                attribute(
-                    self.contract,
-                    &frame,
-                    data,
-                    &mut scratch,
-                    |_, w, reason, secs| totals[w].add(reason, secs),
-                )?;
-                for (spec, (wf, t)) in self
-                    .contract
-                    .windows
-                    .iter()
-                    .zip(frame.windows.iter().zip(&totals))
-                {
+                totals.iter_mut().for_each(|t| *t = ExcusedTotals::default());
+                attribute(self.contract, &frame, data, &mut scratch, |_, w, reason, secs| totals[w].add(reason, secs))?;
+                for (spec, (wf, t)) in self.contract.windows.iter().zip(frame.windows.iter().zip(&totals)) {
                     let ws = wf.seconds;
                     let good = ws - t.counted.min(ws);
                     rows.push(ReportRow {
@@ -288,11 +251,7 @@ impl<'c> Ledger<'c> {
                         outage_seconds: t.counted + t.excused.total(),
                         counted_seconds: t.counted,
                         excused_seconds: t.excused,
-                        availability: if ws == 0 {
-                            1.0
-                        } else {
-                            good as f64 / ws as f64
-                        },
+                        availability: if ws == 0 { 1.0 } else { good as f64 / ws as f64 },
                         target: spec.target.as_fraction(),
                         met: spec.target.is_met(good, ws),
                     });
@@ -316,24 +275,12 @@ impl<'c> Ledger<'c> {
         let frame = MonthFrame::new(self.contract, month)?;
         let mut out: Vec<Attribution> = Vec::new();
         let windows = &self.contract.windows;
-        attribute(
-            self.contract,
-            &frame,
-            data,
-            &mut Scratch::default(),
-            |o, w, reason, secs| match out
-                .iter_mut()
-                .find(|a| a.outage == o && a.window == windows[w].name && a.reason == reason)
-            {
+        attribute(self.contract, &frame, data, &mut Scratch::default(), |o, w, reason, secs| {
+            match out.iter_mut().find(|a| a.outage == o && a.window == windows[w].name && a.reason == reason) {
                 Some(a) => a.seconds += secs,
-                None => out.push(Attribution {
-                    outage: o,
-                    window: windows[w].name.clone(),
-                    reason,
-                    seconds: secs,
-                }),
-            },
-        )?;
+                None => out.push(Attribution { outage: o, window: windows[w].name.clone(), reason, seconds: secs }),
+            }
+        })?;
         Ok(out)
     }
 }
@@ -385,9 +332,7 @@ impl MonthFrame {
         let tz = contract.timezone.tz().clone();
         let first = month.first_day();
         let next_first = month.next().first_day();
-        let midnight = |d: Date| -> Result<i64, SlaError> {
-            Ok(tz.to_timestamp(d.at(0, 0, 0, 0))?.as_second())
-        };
+        let midnight = |d: Date| -> Result<i64, SlaError> { Ok(tz.to_timestamp(d.at(0, 0, 0, 0))?.as_second()) };
         let start = midnight(first)?;
         let end = midnight(next_first)?;
         let short = contract.short_outage.as_secs() as i64;
@@ -399,11 +344,7 @@ impl MonthFrame {
         let mut windows: Vec<WindowFrame> = contract
             .windows
             .iter()
-            .map(|w| WindowFrame {
-                occ: Vec::with_capacity(48),
-                seconds: 0,
-                cap: contract.cap_seconds(&w.name),
-            })
+            .map(|w| WindowFrame { occ: Vec::with_capacity(48), seconds: 0, cap: contract.cap_seconds(&w.name) })
             .collect();
         while day <= last {
             for (spec, wf) in contract.windows.iter().zip(windows.iter_mut()) {
@@ -411,11 +352,7 @@ impl MonthFrame {
                     continue;
                 }
                 let s = tz.to_timestamp(spec.from.on(day)?)?.as_second();
-                let end_day = if spec.to <= spec.from {
-                    day.tomorrow()?
-                } else {
-                    day
-                };
+                let end_day = if spec.to <= spec.from { day.tomorrow()? } else { day };
                 let e = tz.to_timestamp(spec.to.on(end_day)?)?.as_second();
                 if e > s {
                     wf.seconds += overlap(s, e, start, end);
@@ -424,13 +361,7 @@ impl MonthFrame {
             }
             day = day.tomorrow()?;
         }
-        Ok(MonthFrame {
-            tz,
-            start,
-            end,
-            rank_from,
-            windows,
-        })
+        Ok(MonthFrame { tz, start, end, rank_from, windows })
     }
 }
 
@@ -505,9 +436,7 @@ fn attribute(
         let (ms, me) = (o.s.max(frame.start), o.e.min(frame.end));
         let attribute_all = |reason: Reason, sink: &mut dyn FnMut(usize, usize, Reason, u64)| {
             for (w, wf) in frame.windows.iter().enumerate() {
-                pieces(&wf.occ, ms, me, |a, b| {
-                    sink(o.idx, w, reason, (b - a) as u64)
-                });
+                pieces(&wf.occ, ms, me, |a, b| sink(o.idx, w, reason, (b - a) as u64));
             }
         };
         match o.cause {
@@ -517,9 +446,7 @@ fn attribute(
                 let in_maintenance = !host.maint.is_empty()
                     && frame.windows.iter().any(|wf| {
                         let mut hit = false;
-                        pieces(&wf.occ, o.s, o.e, |a, b| {
-                            hit |= wf.cap > 0 && covered(&host.maint, a, b) > 0
-                        });
+                        pieces(&wf.occ, o.s, o.e, |a, b| hit |= wf.cap > 0 && covered(&host.maint, a, b) > 0);
                         hit
                     });
                 if in_maintenance {
@@ -540,12 +467,7 @@ fn attribute(
                     continue;
                 }
                 let mut reason = Reason::Counted;
-                if o.e - o.s < short
-                    && frame
-                        .windows
-                        .iter()
-                        .any(|wf| covered(&wf.occ, o.s, o.e) > 0)
-                {
+                if o.e - o.s < short && frame.windows.iter().any(|wf| covered(&wf.occ, o.s, o.e) > 0) {
                     let date = frame.tz.to_datetime(Timestamp::from_second(o.s)?).date();
                     let week = date.iso_week_date();
                     let day_rank = bump(&mut scratch.day_ranks, date);
@@ -571,10 +493,7 @@ mod tests {
 
     #[test]
     fn merge_joins_overlapping_and_touching_and_drops_empty() {
-        let i = |a: &str, b: &str| Interval {
-            start: ts(a),
-            end: ts(b),
-        };
+        let i = |a: &str, b: &str| Interval { start: ts(a), end: ts(b) };
         let merged = merge_overlapping(vec![
             i("2026-03-01T10:20:00Z", "2026-03-01T10:40:00Z"),
             i("2026-03-01T10:00:00Z", "2026-03-01T10:30:00Z"),
@@ -584,10 +503,7 @@ mod tests {
         ]);
         assert_eq!(
             merged,
-            vec![
-                i("2026-03-01T10:00:00Z", "2026-03-01T10:50:00Z"),
-                i("2026-03-01T13:00:00Z", "2026-03-01T13:05:00Z")
-            ]
+            vec![i("2026-03-01T10:00:00Z", "2026-03-01T10:50:00Z"), i("2026-03-01T13:00:00Z", "2026-03-01T13:05:00Z")]
         );
     }
 

@@ -107,19 +107,14 @@ impl Contract {
             }
         }
         if self.short_outage >= Duration::from_secs(86_400) {
-            return err(format!(
-                "short_outage {} is not below 1 day",
-                humantime::format_duration(self.short_outage)
-            ));
+            return err(format!("short_outage {} is not below 1 day", humantime::format_duration(self.short_outage)));
         }
         Ok(())
     }
 
     /// The monthly maintenance cap of a window in whole seconds (0 when the window has none).
     pub fn cap_seconds(&self, window: &str) -> u64 {
-        self.maintenance_cap
-            .get(window)
-            .map_or(0, |d| d.into_inner().as_secs())
+        self.maintenance_cap.get(window).map_or(0, |d| d.into_inner().as_secs())
     }
 }
 
@@ -133,10 +128,7 @@ pub struct Timezone {
 impl Timezone {
     pub fn new(name: &str) -> Result<Timezone, String> {
         let tz = TimeZone::get(name).map_err(|e| format!("unknown time zone {name:?}: {e}"))?;
-        Ok(Timezone {
-            name: name.to_string(),
-            tz,
-        })
+        Ok(Timezone { name: name.to_string(), tz })
     }
     pub fn name(&self) -> &str {
         &self.name
@@ -185,18 +177,12 @@ impl FromStr for LocalTime {
         if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.len() != 2) {
             return Err(bad());
         }
-        let nums: Vec<u32> = parts
-            .iter()
-            .map(|p| p.parse::<u32>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad())?;
+        let nums: Vec<u32> = parts.iter().map(|p| p.parse::<u32>()).collect::<Result<_, _>>().map_err(|_| bad())?;
         let (h, m, sec) = (nums[0], nums[1], nums.get(2).copied().unwrap_or(0));
         if m > 59 || sec > 59 || h > 24 || (h == 24 && (m, sec) != (0, 0)) {
             return Err(bad());
         }
-        Ok(LocalTime {
-            seconds: h * 3600 + m * 60 + sec,
-        })
+        Ok(LocalTime { seconds: h * 3600 + m * 60 + sec })
     }
 }
 
@@ -247,10 +233,7 @@ fn parse_weekday(s: &str) -> Option<i8> {
         ("sun", "sunday"),
     ];
     let s = s.trim().to_ascii_lowercase();
-    NAMES
-        .iter()
-        .position(|(short, long)| s == *short || s == *long)
-        .map(|i| i as i8)
+    NAMES.iter().position(|(short, long)| s == *short || s == *long).map(|i| i as i8)
 }
 
 /// Parses a weekday name (`tue`, `Tuesday`) into jiff's [`Weekday`].
@@ -261,11 +244,8 @@ pub(crate) fn weekday_from_name(s: &str) -> Option<Weekday> {
 impl FromStr for Days {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = |part: &str| {
-            format!(
-                "invalid days {s:?} at {part:?}: expected weekdays like \"mon-fri\" or \"sat,sun\""
-            )
-        };
+        let bad =
+            |part: &str| format!("invalid days {s:?} at {part:?}: expected weekdays like \"mon-fri\" or \"sat,sun\"");
         let mut mask = 0u8;
         for part in s.split(',') {
             let (a, b) = match part.split_once('-') {
@@ -306,8 +286,7 @@ impl Target {
     }
     /// Whether `good / total` reaches the target (an empty window always does).
     pub fn is_met(self, good: u64, total: u64) -> bool {
-        total == 0
-            || u128::from(good) * u128::from(self.den) >= u128::from(self.num) * u128::from(total)
+        total == 0 || u128::from(good) * u128::from(self.den) >= u128::from(self.num) * u128::from(total)
     }
 
     fn from_decimal(digits: &str, percent: bool) -> Option<Target> {
@@ -333,9 +312,7 @@ impl FromStr for Target {
             None => Target::from_decimal(t, false),
         };
         parsed.ok_or_else(|| {
-            format!(
-                "invalid target {s:?}: expected a percentage like \"98%\" or \"99.9%\" (0% to 100%)"
-            )
+            format!("invalid target {s:?}: expected a percentage like \"98%\" or \"99.9%\" (0% to 100%)")
         })
     }
 }
@@ -366,22 +343,14 @@ impl<'de> Deserialize<'de> for Target {
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Target, E> {
                 if !(0.0..=1.0).contains(&v) {
-                    return Err(E::custom(format!(
-                        "target {v} is not a fraction between 0 and 1"
-                    )));
+                    return Err(E::custom(format!("target {v} is not a fraction between 0 and 1")));
                 }
                 let den = 1_000_000_000u64;
-                Ok(Target {
-                    num: (v * den as f64).round() as u64,
-                    den,
-                })
+                Ok(Target { num: (v * den as f64).round() as u64, den })
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Target, E> {
                 match v {
-                    0 | 1 => Ok(Target {
-                        num: v as u64,
-                        den: 1,
-                    }),
+                    0 | 1 => Ok(Target { num: v as u64, den: 1 }),
                     _ => Err(E::custom(format!(
                         "target {v} is not a fraction between 0 and 1 (write \"{v}%\" for a percentage)"
                     ))),
@@ -431,13 +400,8 @@ response_target = "60m"
     #[test]
     fn unknown_key_is_rejected_with_its_name_and_line() {
         let text = SPEC_EXAMPLE.replace("response_target", "respons_target");
-        let err = Contract::from_toml(&text, "c.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("c.toml") && err.contains("respons_target"),
-            "{err}"
-        );
+        let err = Contract::from_toml(&text, "c.toml").unwrap_err().to_string();
+        assert!(err.contains("c.toml") && err.contains("respons_target"), "{err}");
         assert!(err.contains("line 12"), "{err}");
     }
 
@@ -456,19 +420,16 @@ windows = [{ name = "core", from = "7:00", to = "18:00", target = "98%" }]"#,
             let text = if text.contains("windows") {
                 text
             } else {
-                format!(
-                    "{text}windows = [{{ name = \"a\", from = \"07:00\", to = \"18:00\", target = \"98%\" }}]\n"
-                )
+                format!("{text}windows = [{{ name = \"a\", from = \"07:00\", to = \"18:00\", target = \"98%\" }}]\n")
             };
-            let err = Contract::from_toml(&text, "c.toml")
-                .unwrap_err()
-                .to_string();
+            let err = Contract::from_toml(&text, "c.toml").unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         }
         let text = "timezone = \"UTC\"\nwindows = [{ name = \"a\", from = \"07:00\", to = \"18:00\", days = \"mon-fry\", target = \"98%\" }]";
         let err = Contract::from_toml(text, "c.toml").unwrap_err().to_string();
         assert!(err.contains("mon-fry"), "{err}");
-        let text = "timezone = \"UTC\"\nwindows = [{ name = \"a\", from = \"07:00\", to = \"18:00\", target = \"101%\" }]";
+        let text =
+            "timezone = \"UTC\"\nwindows = [{ name = \"a\", from = \"07:00\", to = \"18:00\", target = \"101%\" }]";
         let err = Contract::from_toml(text, "c.toml").unwrap_err().to_string();
         assert!(err.contains("101%"), "{err}");
     }
@@ -482,10 +443,7 @@ windows = [{ name = "core", from = "7:00", to = "18:00", target = "98%" }]"#,
                 "windows = [{ name = \"a\", from = \"07:00\", to = \"18:00\", target = \"98%\" }, { name = \"a\", from = \"18:00\", to = \"07:00\", target = \"98%\" }]",
                 "used twice",
             ),
-            (
-                "windows = [{ name = \"a\", from = \"07:00\", to = \"07:00\", target = \"98%\" }]",
-                "24:00",
-            ),
+            ("windows = [{ name = \"a\", from = \"07:00\", to = \"07:00\", target = \"98%\" }]", "24:00"),
             (
                 "windows = [{ name = \"a\", from = \"07:00\", to = \"18:00\", target = \"98%\" }]\nmaintenance_cap = { core = \"2h\" }",
                 "\"core\"",
@@ -531,10 +489,7 @@ windows = [{ name = "core", from = "7:00", to = "18:00", target = "98%" }]"#,
 
     #[test]
     fn local_times() {
-        assert_eq!(
-            "07:30".parse::<LocalTime>().unwrap().seconds_of_day(),
-            27_000
-        );
+        assert_eq!("07:30".parse::<LocalTime>().unwrap().seconds_of_day(), 27_000);
         assert!("24:00".parse::<LocalTime>().unwrap().is_end_of_day());
         for bad in ["24:01", "7:00", "07:60", "x", "07"] {
             assert!(bad.parse::<LocalTime>().is_err(), "{bad}");

@@ -27,8 +27,7 @@ use jiff::civil::Date;
 use serde::Serialize;
 
 pub use compute::{
-    Attribution, Interval, Ledger, MonthCell, Reason, YearRow, compute_month, merge_overlapping,
-    year_rows, year_view,
+    Attribution, Interval, Ledger, MonthCell, Reason, YearRow, compute_month, merge_overlapping, year_rows, year_view,
 };
 pub use contract::{Contract, Days, LocalTime, Target, Timezone, WindowSpec};
 pub use offline::{run_offline, run_offline_files};
@@ -54,9 +53,7 @@ impl FromStr for Cause {
             "" | "none" => Ok(Cause::None),
             "force-majeure" => Ok(Cause::ForceMajeure),
             "customer" => Ok(Cause::Customer),
-            other => Err(format!(
-                "unknown cause {other:?} (expected empty, \"force-majeure\" or \"customer\")"
-            )),
+            other => Err(format!("unknown cause {other:?} (expected empty, \"force-majeure\" or \"customer\")")),
         }
     }
 }
@@ -107,15 +104,9 @@ impl Month {
     /// The following month (December → January of the next year).
     pub fn next(self) -> Month {
         if self.month == 12 {
-            Month {
-                year: self.year + 1,
-                month: 1,
-            }
+            Month { year: self.year + 1, month: 1 }
         } else {
-            Month {
-                year: self.year,
-                month: self.month + 1,
-            }
+            Month { year: self.year, month: self.month + 1 }
         }
     }
     /// The twelve months of `year`.
@@ -182,50 +173,25 @@ pub struct ReportRow {
 #[derive(Debug, thiserror::Error)]
 pub enum SlaError {
     #[error("{source_name}: {message}")]
-    ContractToml {
-        source_name: String,
-        message: String,
-    },
+    ContractToml { source_name: String, message: String },
     #[error("SLA contract: {0}")]
     Contract(String),
     #[error("invalid month {0:?}: expected YYYY-MM")]
     Month(String),
     #[error("{source_name}: {}", format_row_errors(.errors))]
-    Csv {
-        source_name: String,
-        errors: Vec<RowError>,
-    },
-    #[error(
-        "{source_name}: outages of host {host:?} overlap: line {first_line} and line {second_line}"
-    )]
-    OverlappingRows {
-        source_name: String,
-        host: String,
-        first_line: u64,
-        second_line: u64,
-    },
+    Csv { source_name: String, errors: Vec<RowError> },
+    #[error("{source_name}: outages of host {host:?} overlap: line {first_line} and line {second_line}")]
+    OverlappingRows { source_name: String, host: String, first_line: u64, second_line: u64 },
     #[error(
         "outages of host {host:?} overlap: outage #{first} and outage #{second} (0-based input positions); merge them first"
     )]
-    Overlapping {
-        host: String,
-        first: usize,
-        second: usize,
-    },
+    Overlapping { host: String, first: usize, second: usize },
     #[error("{what} of host {host:?}: end {end} is not after start {start}")]
-    EmptyInterval {
-        what: &'static str,
-        host: String,
-        start: Timestamp,
-        end: Timestamp,
-    },
+    EmptyInterval { what: &'static str, host: String, start: Timestamp, end: Timestamp },
     #[error("time computation out of range: {0}")]
     Time(String),
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
 }
 
 /// A malformed CSV row: its 1-based line number and what is wrong with it.
@@ -236,10 +202,7 @@ pub struct RowError {
 }
 
 fn format_row_errors(errors: &[RowError]) -> String {
-    let parts: Vec<String> = errors
-        .iter()
-        .map(|e| format!("line {}: {}", e.line, e.message))
-        .collect();
+    let parts: Vec<String> = errors.iter().map(|e| format!("line {}: {}", e.line, e.message)).collect();
     parts.join("; ")
 }
 
@@ -259,10 +222,7 @@ mod tests {
         assert_eq!((m.year(), m.month()), (2026, 3));
         assert_eq!(m.to_string(), "2026-03");
         assert_eq!(m.next().to_string(), "2026-04");
-        assert_eq!(
-            "2026-12".parse::<Month>().unwrap().next().to_string(),
-            "2027-01"
-        );
+        assert_eq!("2026-12".parse::<Month>().unwrap().next().to_string(), "2027-01");
         for bad in ["2026-13", "2026-3", "26-03", "2026/03", "", "2026-00"] {
             assert!(bad.parse::<Month>().is_err(), "{bad} accepted");
         }
@@ -271,10 +231,7 @@ mod tests {
     #[test]
     fn cause_parses_csv_values() {
         assert_eq!("".parse::<Cause>().unwrap(), Cause::None);
-        assert_eq!(
-            "force-majeure".parse::<Cause>().unwrap(),
-            Cause::ForceMajeure
-        );
+        assert_eq!("force-majeure".parse::<Cause>().unwrap(), Cause::ForceMajeure);
         assert_eq!("customer".parse::<Cause>().unwrap(), Cause::Customer);
         let err = "act-of-god".parse::<Cause>().unwrap_err();
         assert!(err.contains("act-of-god"), "{err}");

@@ -38,26 +38,14 @@ pub fn run_offline_files(
     maintenance: Option<&Path>,
     month: &str,
 ) -> Result<Vec<ReportRow>, SlaError> {
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).map_err(|source| SlaError::Io {
-            path: p.display().to_string(),
-            source,
-        })
-    };
+    let read =
+        |p: &Path| std::fs::read_to_string(p).map_err(|source| SlaError::Io { path: p.display().to_string(), source });
     let contract_text = read(contract)?;
     let outages_text = read(outages)?;
     let maintenance_text = maintenance.map(read).transpose()?;
-    let (cn, on) = (
-        contract.display().to_string(),
-        outages.display().to_string(),
-    );
+    let (cn, on) = (contract.display().to_string(), outages.display().to_string());
     let mn = maintenance.map(|p| p.display().to_string());
-    run_named(
-        (&cn, &contract_text),
-        (&on, &outages_text),
-        mn.as_deref().zip(maintenance_text.as_deref()),
-        month,
-    )
+    run_named((&cn, &contract_text), (&on, &outages_text), mn.as_deref().zip(maintenance_text.as_deref()), month)
 }
 
 fn run_named(
@@ -84,12 +72,7 @@ pub fn parse_outages(text: &str, source_name: &str) -> Result<(Vec<Outage>, Vec<
     parse_rows(text, source_name, &OUTAGES_HEADER, |line, f| {
         let (host, start, end) = interval_fields(f)?;
         let cause: Cause = f[3].parse()?;
-        out.push(Outage {
-            host,
-            start,
-            end,
-            cause,
-        });
+        out.push(Outage { host, start, end, cause });
         lines.push(line);
         Ok(())
     })?;
@@ -102,21 +85,14 @@ pub fn parse_maintenance(text: &str, source_name: &str) -> Result<Vec<Maintenanc
     parse_rows(text, source_name, &MAINTENANCE_HEADER, |_, f| {
         let (host, start, end) = interval_fields(f)?;
         let announced = time_field("announced", f[3])?;
-        out.push(Maintenance {
-            host,
-            start,
-            end,
-            announced,
-        });
+        out.push(Maintenance { host, start, end, announced });
         Ok(())
     })?;
     Ok(out)
 }
 
 fn time_field(name: &str, value: &str) -> Result<Timestamp, String> {
-    value.parse().map_err(|e| {
-        format!("{name} {value:?} is not an RFC 3339 time like 2026-03-01T10:00:00Z: {e}")
-    })
+    value.parse().map_err(|e| format!("{name} {value:?} is not an RFC 3339 time like 2026-03-01T10:00:00Z: {e}"))
 }
 
 fn interval_fields(f: &[&str]) -> Result<(String, Timestamp, Timestamp), String> {
@@ -139,11 +115,8 @@ fn parse_rows(
     header: &[&str],
     mut row: impl FnMut(u64, &[&str]) -> Result<(), String>,
 ) -> Result<(), SlaError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
+    let mut reader =
+        csv::ReaderBuilder::new().has_headers(false).flexible(true).trim(csv::Trim::All).from_reader(text.as_bytes());
     let mut errors = Vec::new();
     let mut saw_header = false;
     let mut record = csv::StringRecord::new();
@@ -160,10 +133,7 @@ fn parse_rows(
             byte += 1;
         }
         if byte >= seen_byte {
-            seen_line += text.as_bytes()[seen_byte..byte]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count() as u64;
+            seen_line += text.as_bytes()[seen_byte..byte].iter().filter(|&&b| b == b'\n').count() as u64;
             seen_byte = byte;
         }
         seen_line
@@ -178,10 +148,7 @@ fn parse_rows(
                 if !saw_header {
                     saw_header = true;
                     let matches = fields.len() == header.len()
-                        && fields
-                            .iter()
-                            .zip(header)
-                            .all(|(a, b)| a.eq_ignore_ascii_case(b));
+                        && fields.iter().zip(header).all(|(a, b)| a.eq_ignore_ascii_case(b));
                     if !matches {
                         errors.push(RowError {
                             line,
@@ -196,12 +163,7 @@ fn parse_rows(
                     continue;
                 }
                 let result = if fields.len() != header.len() {
-                    Err(format!(
-                        "expected {} fields ({}), found {}",
-                        header.len(),
-                        header.join(","),
-                        fields.len()
-                    ))
+                    Err(format!("expected {} fields ({}), found {}", header.len(), header.join(","), fields.len()))
                 } else {
                     row(line, &fields)
                 };
@@ -211,10 +173,7 @@ fn parse_rows(
             }
             Err(e) => {
                 let line = line_at(e.position(), line_hint);
-                errors.push(RowError {
-                    line,
-                    message: format!("unreadable CSV: {e}"),
-                });
+                errors.push(RowError { line, message: format!("unreadable CSV: {e}") });
                 if !matches!(e.kind(), csv::ErrorKind::Utf8 { .. }) {
                     break;
                 }
@@ -222,19 +181,9 @@ fn parse_rows(
         }
     }
     if !saw_header && errors.is_empty() {
-        errors.push(RowError {
-            line: 1,
-            message: format!("empty file: expected the header {:?}", header.join(",")),
-        });
+        errors.push(RowError { line: 1, message: format!("empty file: expected the header {:?}", header.join(",")) });
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(SlaError::Csv {
-            source_name: source_name.to_string(),
-            errors,
-        })
-    }
+    if errors.is_empty() { Ok(()) } else { Err(SlaError::Csv { source_name: source_name.to_string(), errors }) }
 }
 
 /// Rejects overlapping outages of one host, naming both lines.
@@ -285,42 +234,23 @@ mod tests {
                     web1,2026-03-02T13:00:00Z\n\
                     ,2026-03-02T14:00:00Z,2026-03-02T14:03:00Z,\n";
         let err = parse_outages(text, "o.csv").unwrap_err();
-        let SlaError::Csv {
-            source_name,
-            errors,
-        } = &err
-        else {
-            panic!("{err}")
-        };
+        let SlaError::Csv { source_name, errors } = &err else { panic!("{err}") };
         assert_eq!(source_name, "o.csv");
         let lines: Vec<u64> = errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, vec![3, 4, 5, 6, 7], "{err}");
         let msg = err.to_string();
-        for needle in [
-            "yesterday",
-            "not after start",
-            "act-of-god",
-            "expected 4 fields",
-            "host is empty",
-        ] {
+        for needle in ["yesterday", "not after start", "act-of-god", "expected 4 fields", "host is empty"] {
             assert!(msg.contains(needle), "{msg} lacks {needle}");
         }
     }
 
     #[test]
     fn wrong_header_and_empty_file_are_errors() {
-        let err = parse_outages("host,begin,end,cause\n", "o.csv")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("line 1") && err.contains("host,start,end,cause"),
-            "{err}"
-        );
+        let err = parse_outages("host,begin,end,cause\n", "o.csv").unwrap_err().to_string();
+        assert!(err.contains("line 1") && err.contains("host,start,end,cause"), "{err}");
         let err = parse_outages("", "o.csv").unwrap_err().to_string();
         assert!(err.contains("empty file"), "{err}");
-        let err = parse_maintenance("host,start,end,cause\n", "m.csv")
-            .unwrap_err()
-            .to_string();
+        let err = parse_maintenance("host,start,end,cause\n", "m.csv").unwrap_err().to_string();
         assert!(err.contains("m.csv") && err.contains("announced"), "{err}");
     }
 

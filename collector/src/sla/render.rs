@@ -32,13 +32,7 @@ fn table(header: &[&str], rows: &[Vec<String>], right_from: usize) -> String {
             .iter()
             .zip(&width)
             .enumerate()
-            .map(|(i, (c, &w))| {
-                if i >= right_from {
-                    format!("{c:>w$}")
-                } else {
-                    format!("{c:<w$}")
-                }
-            })
+            .map(|(i, (c, &w))| if i >= right_from { format!("{c:>w$}") } else { format!("{c:<w$}") })
             .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
@@ -80,11 +74,7 @@ pub fn render_table(rows: &[ReportRow]) -> String {
                 minutes(r.excused_seconds.customer),
                 percent(r.availability, 3),
                 target(r.target),
-                if r.met {
-                    "met".into()
-                } else {
-                    "BREACHED".into()
-                },
+                if r.met { "met".into() } else { "BREACHED".into() },
             ]
         })
         .collect();
@@ -147,9 +137,8 @@ pub fn render_csv(rows: &[ReportRow]) -> String {
 /// The year view: one line per host and window, each month's availability (3 decimals,
 /// `!` after a breached month).
 pub fn render_year_table(rows: &[YearRow]) -> String {
-    let months: Vec<String> = rows.first().map_or_else(Vec::new, |r| {
-        r.months.iter().map(|m| m.month.clone()).collect()
-    });
+    let months: Vec<String> =
+        rows.first().map_or_else(Vec::new, |r| r.months.iter().map(|m| m.month.clone()).collect());
     let mut header: Vec<&str> = vec!["HOST", "WINDOW", "TARGET"];
     header.extend(months.iter().map(String::as_str));
     let cells: Vec<Vec<String>> = rows
@@ -158,11 +147,7 @@ pub fn render_year_table(rows: &[YearRow]) -> String {
             let mut c = vec![r.host.clone(), r.window.clone(), target(r.target)];
             for m in &months {
                 c.push(match r.months.iter().find(|x| &x.month == m) {
-                    Some(x) => format!(
-                        "{}{}",
-                        percent(x.availability, 3),
-                        if x.met { " " } else { "!" }
-                    ),
+                    Some(x) => format!("{}{}", percent(x.availability, 3), if x.met { " " } else { "!" }),
                     None => "-".into(),
                 });
             }
@@ -185,10 +170,7 @@ mod tests {
             window_seconds: 1_227_600,
             outage_seconds: counted + 240,
             counted_seconds: counted,
-            excused_seconds: ExcusedSeconds {
-                short: 240,
-                ..Default::default()
-            },
+            excused_seconds: ExcusedSeconds { short: 240, ..Default::default() },
             availability: (1_227_600 - counted) as f64 / 1_227_600.0,
             target: 0.98,
             met,
@@ -202,15 +184,9 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("HOST"));
         // 1_227_600 s = 20460.0 min; (1_227_600-1200)/1_227_600 = 99.902%.
-        assert!(
-            lines[1].contains("20460.0") && lines[1].contains("99.902%"),
-            "{t}"
-        );
+        assert!(lines[1].contains("20460.0") && lines[1].contains("99.902%"), "{t}");
         assert!(lines[1].contains("98%") && lines[1].ends_with("met"), "{t}");
-        assert!(
-            lines[2].ends_with("BREACHED") && lines[2].contains("97.556%"),
-            "{t}"
-        );
+        assert!(lines[2].ends_with("BREACHED") && lines[2].contains("97.556%"), "{t}");
     }
 
     #[test]
@@ -246,17 +222,7 @@ mod tests {
         r.host = "web,1".into();
         let c = render_csv(&[r]);
         let mut lines = c.lines();
-        assert!(
-            lines
-                .next()
-                .unwrap()
-                .starts_with("host,month,window,window_seconds")
-        );
-        assert!(
-            lines
-                .next()
-                .unwrap()
-                .starts_with("\"web,1\",2026-03,core,1227600,300,60,240,0,0,0,")
-        );
+        assert!(lines.next().unwrap().starts_with("host,month,window,window_seconds"));
+        assert!(lines.next().unwrap().starts_with("\"web,1\",2026-03,core,1227600,300,60,240,0,0,0,"));
     }
 }

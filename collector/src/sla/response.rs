@@ -65,11 +65,7 @@ mod tests {
     #[test]
     fn counts_within_target_and_finds_worst() {
         let t = |s: &str| s.parse::<Timestamp>().unwrap();
-        let e = |id: &str, o: &str, a: Option<&str>| Emergency {
-            id: id.into(),
-            opened: t(o),
-            acked: a.map(t),
-        };
+        let e = |id: &str, o: &str, a: Option<&str>| Emergency { id: id.into(), opened: t(o), acked: a.map(t) };
         let list = [
             // 59 min: within.
             e("E1", "2026-03-02T10:00:00Z", Some("2026-03-02T10:59:00Z")),
@@ -80,10 +76,7 @@ mod tests {
             e("E4", "2026-03-05T10:00:00Z", None),
         ];
         let s = response_summary(&list, Duration::from_secs(3600));
-        assert_eq!(
-            (s.total, s.acknowledged, s.within_target, s.unacknowledged),
-            (4, 3, 2, 1)
-        );
+        assert_eq!((s.total, s.acknowledged, s.within_target, s.unacknowledged), (4, 3, 2, 1));
         assert_eq!(s.worst_seconds, Some(95 * 60));
         assert_eq!(s.worst_id.as_deref(), Some("E3"));
         let empty = response_summary(&[], Duration::from_secs(3600));

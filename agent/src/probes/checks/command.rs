@@ -37,10 +37,7 @@ pub(crate) struct CommandCheck {
 
 impl CommandCheck {
     pub fn from_config(cfg: &CheckConfig) -> Result<CommandCheck, String> {
-        let argv = cfg
-            .command
-            .clone()
-            .ok_or("`command` ([\"/path/to/plugin\", \"args\"...]) is required")?;
+        let argv = cfg.command.clone().ok_or("`command` ([\"/path/to/plugin\", \"args\"...]) is required")?;
         match argv.first() {
             None => return Err("`command` is empty; it needs at least the program".into()),
             Some(p) if p.is_empty() => return Err("`command`'s program is an empty string".into()),
@@ -49,10 +46,7 @@ impl CommandCheck {
         if argv.iter().any(|a| a.contains('\0')) {
             return Err("`command` contains a NUL byte".into());
         }
-        Ok(CommandCheck {
-            argv,
-            timeout: cfg.timeout,
-        })
+        Ok(CommandCheck { argv, timeout: cfg.timeout })
     }
 
     pub async fn run(&self, check: &str, now: Timestamp) -> Vec<Observation> {
@@ -78,24 +72,14 @@ impl CommandCheck {
             }
         };
         let Some(pid) = child.id() else {
-            return vec![Observation::check(
-                check,
-                State::Unknown,
-                format!("{program} vanished at start"),
-                now,
-            )];
+            return vec![Observation::check(check, State::Unknown, format!("{program} vanished at start"), now)];
         };
         // The child leads its own group, so its pid is the group id.
         let mut group = GroupGuard::new(pid);
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        let io = async {
-            tokio::join!(
-                read_capped(stdout, OUTPUT_LIMIT),
-                read_capped(stderr, STDERR_LIMIT),
-                child.wait()
-            )
-        };
+        let io =
+            async { tokio::join!(read_capped(stdout, OUTPUT_LIMIT), read_capped(stderr, STDERR_LIMIT), child.wait()) };
         let outcome = tokio::time::timeout(self.timeout, io).await;
         let elapsed = started.elapsed();
         let ((out, truncated), (err, _), status) = match outcome {
@@ -107,16 +91,8 @@ impl CommandCheck {
                 group.kill();
                 // Reap the leader so no zombie is left behind.
                 let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-                tracing::warn!(
-                    check,
-                    program,
-                    pid,
-                    "plugin timed out; killed its process group"
-                );
-                let msg = format!(
-                    "{program} timed out after {}, process group killed",
-                    fmt_duration(self.timeout)
-                );
+                tracing::warn!(check, program, pid, "plugin timed out; killed its process group");
+                let msg = format!("{program} timed out after {}, process group killed", fmt_duration(self.timeout));
                 return vec![Observation::check(check, State::Unknown, msg, now)];
             }
         };
@@ -174,12 +150,7 @@ pub fn evaluate(
     }
     truncate_chars(&mut summary, SUMMARY_LIMIT);
     let mut obs = vec![Observation::check(check, state, summary, now)];
-    obs.extend(
-        parsed
-            .perfdata
-            .iter()
-            .filter_map(|d| perf_sample(check, d, now)),
-    );
+    obs.extend(parsed.perfdata.iter().filter_map(|d| perf_sample(check, d, now)));
     obs
 }
 
@@ -189,14 +160,8 @@ pub fn perf_sample(check: &str, d: &PerfDatum, now: Timestamp) -> Option<Observa
     let (unit, factor) = perfdata::ucum_unit(&d.uom);
     let conv = |v: f64| perfdata::convert(v, factor);
     let mut labels = vec![("check", check.to_string()), ("label", d.label.clone())];
-    let scale = |r: perfdata::Range| {
-        perfdata::Range {
-            start: conv(r.start),
-            end: conv(r.end),
-            inside: r.inside,
-        }
-        .to_string()
-    };
+    let scale =
+        |r: perfdata::Range| perfdata::Range { start: conv(r.start), end: conv(r.end), inside: r.inside }.to_string();
     if let Some(w) = d.warn {
         labels.push(("warn", scale(w)));
     }
@@ -209,13 +174,7 @@ pub fn perf_sample(check: &str, d: &PerfDatum, now: Timestamp) -> Option<Observa
     if let Some(m) = d.max {
         labels.push(("max", conv(m).to_string()));
     }
-    Some(Observation::sample(
-        "pikett_check_perfdata",
-        labels,
-        conv(value),
-        unit,
-        now,
-    ))
+    Some(Observation::sample("pikett_check_perfdata", labels, conv(value), unit, now))
 }
 
 fn truncate_chars(s: &mut String, max: usize) {
@@ -260,10 +219,7 @@ impl GroupGuard {
     fn new(pid: u32) -> GroupGuard {
         // A pgid of 0 or 1 would address our own group or every process: never signal those.
         let pgid = libc::pid_t::try_from(pid).unwrap_or(0);
-        GroupGuard {
-            pgid,
-            armed: pgid > 1,
-        }
+        GroupGuard { pgid, armed: pgid > 1 }
     }
 
     fn disarm(&mut self) {
@@ -316,22 +272,8 @@ mod tests {
     #[test]
     fn perfdata_becomes_converted_samples_with_threshold_labels() {
         let out = b"TCP OK - 0.000 second response time on 127.0.0.1 port 22|time=0.000123s;;;0.000000;10.000000\n";
-        let obs = evaluate(
-            "command/ssh",
-            "check_tcp",
-            Exit::Code(0),
-            out,
-            false,
-            b"",
-            now(),
-        );
-        assert_eq!(
-            check(&obs),
-            (
-                State::Ok,
-                "TCP OK - 0.000 second response time on 127.0.0.1 port 22".into()
-            )
-        );
+        let obs = evaluate("command/ssh", "check_tcp", Exit::Code(0), out, false, b"", now());
+        assert_eq!(check(&obs), (State::Ok, "TCP OK - 0.000 second response time on 127.0.0.1 port 22".into()));
         let s = samples(&obs);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].name, "pikett_check_perfdata");
@@ -358,51 +300,16 @@ mod tests {
 
     #[test]
     fn odd_exits_are_unknown_and_say_why() {
-        let (s, m) = check(&evaluate(
-            "c",
-            "/bin/x",
-            Exit::Code(127),
-            b"",
-            false,
-            b"sh: foo: not found\n",
-            now(),
-        ));
+        let (s, m) = check(&evaluate("c", "/bin/x", Exit::Code(127), b"", false, b"sh: foo: not found\n", now()));
         assert_eq!(s, State::Unknown);
-        assert!(
-            m.contains("/bin/x") && m.contains("127") && m.contains("foo: not found"),
-            "{m}"
-        );
-        let (s, m) = check(&evaluate(
-            "c",
-            "p",
-            Exit::Code(42),
-            b"weird\n",
-            false,
-            b"",
-            now(),
-        ));
+        assert!(m.contains("/bin/x") && m.contains("127") && m.contains("foo: not found"), "{m}");
+        let (s, m) = check(&evaluate("c", "p", Exit::Code(42), b"weird\n", false, b"", now()));
         assert_eq!(s, State::Unknown);
         assert!(m.contains("42") && m.contains("weird"), "{m}");
-        let (s, m) = check(&evaluate(
-            "c",
-            "p",
-            Exit::Signal(11),
-            b"",
-            false,
-            b"",
-            now(),
-        ));
+        let (s, m) = check(&evaluate("c", "p", Exit::Signal(11), b"", false, b"", now()));
         assert_eq!(s, State::Unknown);
         assert!(m.contains("SIGSEGV") && m.contains("(no output)"), "{m}");
-        let (s, _) = check(&evaluate(
-            "c",
-            "p",
-            Exit::Code(2),
-            b"CRIT\n",
-            false,
-            b"",
-            now(),
-        ));
+        let (s, _) = check(&evaluate("c", "p", Exit::Code(2), b"CRIT\n", false, b"", now()));
         assert_eq!(s, State::Critical);
     }
 
@@ -413,25 +320,14 @@ mod tests {
         let (_, m) = check(&obs);
         assert!(m.contains("cut at 64 KiB"), "{m}");
         // The cut last line (b, c) is dropped; a survives.
-        let labels: Vec<_> = samples(&obs)
-            .iter()
-            .map(|s| s.labels["label"].clone())
-            .collect();
+        let labels: Vec<_> = samples(&obs).iter().map(|s| s.labels["label"].clone()).collect();
         assert_eq!(labels, ["a"]);
     }
 
     #[test]
     fn summary_is_capped() {
         let long = "x".repeat(5000);
-        let (_, m) = check(&evaluate(
-            "c",
-            "p",
-            Exit::Code(0),
-            long.as_bytes(),
-            false,
-            b"",
-            now(),
-        ));
+        let (_, m) = check(&evaluate("c", "p", Exit::Code(0), long.as_bytes(), false, b"", now()));
         assert_eq!(m.chars().count(), SUMMARY_LIMIT + 1);
     }
 

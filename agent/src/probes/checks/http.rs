@@ -29,19 +29,14 @@ impl HttpCheck {
         let url_text = cfg.url.as_deref().ok_or("`url` is required")?;
         let url = Url::parse(url_text).map_err(|e| format!("url {url_text:?}: {e}"))?;
         if url.scheme() != "http" && url.scheme() != "https" {
-            return Err(format!(
-                "url {url_text:?}: scheme must be http or https, not {}",
-                url.scheme()
-            ));
+            return Err(format!("url {url_text:?}: scheme must be http or https, not {}", url.scheme()));
         }
         let method_text = cfg.method.as_deref().unwrap_or("GET");
         let method = Method::from_bytes(method_text.as_bytes())
             .map_err(|_| format!("method {method_text:?} is not a valid HTTP method"))?;
         let expect_status = cfg.expect_status.unwrap_or(200);
         if !(100..=599).contains(&expect_status) {
-            return Err(format!(
-                "expect_status {expect_status} is not an HTTP status (100-599)"
-            ));
+            return Err(format!("expect_status {expect_status} is not an HTTP status (100-599)"));
         }
         let extra = match &cfg.ca_file {
             Some(path) => tls::load_ca_file(path)?,
@@ -79,21 +74,14 @@ impl HttpCheck {
     pub async fn run(&self, check: &str, now: Timestamp) -> Vec<Observation> {
         let started = Instant::now();
         let exchange = async {
-            let mut resp = self
-                .client
-                .request(self.method.clone(), self.url.clone())
-                .send()
-                .await?;
+            let mut resp = self.client.request(self.method.clone(), self.url.clone()).send().await?;
             let status = resp.status();
             let location = resp
                 .headers()
                 .get(reqwest::header::LOCATION)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            let cert = resp
-                .extensions()
-                .get::<reqwest::tls::TlsInfo>()
-                .and_then(|t| t.peer_certificate())
-                .map(<[u8]>::to_vec);
+            let cert =
+                resp.extensions().get::<reqwest::tls::TlsInfo>().and_then(|t| t.peer_certificate()).map(<[u8]>::to_vec);
             let mut body = Vec::new();
             if self.expect_body.is_some() {
                 while body.len() < BODY_LIMIT {
@@ -105,24 +93,19 @@ impl HttpCheck {
             }
             Ok::<_, reqwest::Error>((status, location, cert, body))
         };
-        let (status, location, cert, body) =
-            match tokio::time::timeout(self.timeout, exchange).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    // reqwest's top-level text only repeats the URL; its causes say what went wrong.
-                    let why = e.source().map_or_else(|| e.to_string(), error_chain);
-                    let msg = format!("{} {} failed: {why}", self.method, self.url);
-                    return vec![Observation::check(check, State::Critical, msg, now)];
-                }
-                Err(_) => {
-                    let msg = format!(
-                        "no response from {} within {}",
-                        self.url,
-                        fmt_duration(self.timeout)
-                    );
-                    return vec![Observation::check(check, State::Critical, msg, now)];
-                }
-            };
+        let (status, location, cert, body) = match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                // reqwest's top-level text only repeats the URL; its causes say what went wrong.
+                let why = e.source().map_or_else(|| e.to_string(), error_chain);
+                let msg = format!("{} {} failed: {why}", self.method, self.url);
+                return vec![Observation::check(check, State::Critical, msg, now)];
+            }
+            Err(_) => {
+                let msg = format!("no response from {} within {}", self.url, fmt_duration(self.timeout));
+                return vec![Observation::check(check, State::Critical, msg, now)];
+            }
+        };
         let elapsed = started.elapsed();
         let mut summary = format!("HTTP {} in {}", status.as_str(), fmt_secs(elapsed));
         let mut state = if status.as_u16() != self.expect_status {
@@ -131,11 +114,7 @@ impl HttpCheck {
                 summary.push_str(&format!(" (redirect to {loc} not followed)"));
             }
             State::Critical
-        } else if let Some(want) = self
-            .expect_body
-            .as_deref()
-            .filter(|w| !contains(&body, w.as_bytes()))
-        {
+        } else if let Some(want) = self.expect_body.as_deref().filter(|w| !contains(&body, w.as_bytes())) {
             summary.push_str(&format!(", but the body does not contain {want:?}"));
             State::Critical
         } else {

@@ -107,9 +107,7 @@ pub struct CheckConfig {
 pub enum CheckError {
     #[error("check {check:?}: {reason}")]
     Invalid { check: String, reason: String },
-    #[error(
-        "check {check:?}: duplicate check name (another [[checks]] entry has the same kind and name)"
-    )]
+    #[error("check {check:?}: duplicate check name (another [[checks]] entry has the same kind and name)")]
     Duplicate { check: String },
 }
 
@@ -133,31 +131,17 @@ pub struct CheckProbe {
 impl CheckProbe {
     /// Validates one `[[checks]]` table and prepares it to run.
     pub fn new(cfg: CheckConfig) -> Result<CheckProbe, CheckError> {
-        let label = if cfg.name.is_empty() {
-            format!("{}/<no name>", cfg.kind.as_str())
-        } else {
-            check_name(&cfg)
-        };
-        let invalid = |reason: String| CheckError::Invalid {
-            check: label.clone(),
-            reason,
-        };
+        let label = if cfg.name.is_empty() { format!("{}/<no name>", cfg.kind.as_str()) } else { check_name(&cfg) };
+        let invalid = |reason: String| CheckError::Invalid { check: label.clone(), reason };
         validate_common(&cfg).map_err(&invalid)?;
         let runner = match cfg.kind {
             CheckKind::Http => Runner::Http(http::HttpCheck::from_config(&cfg).map_err(&invalid)?),
             CheckKind::Tcp => Runner::Tcp(tcp::TcpCheck::from_config(&cfg).map_err(&invalid)?),
             CheckKind::Dns => Runner::Dns(dns::DnsCheck::from_config(&cfg).map_err(&invalid)?),
             CheckKind::Tls => Runner::Tls(tls_from_config(&cfg).map_err(&invalid)?),
-            CheckKind::Command => {
-                Runner::Command(command::CommandCheck::from_config(&cfg).map_err(&invalid)?)
-            }
+            CheckKind::Command => Runner::Command(command::CommandCheck::from_config(&cfg).map_err(&invalid)?),
         };
-        Ok(CheckProbe {
-            check: label,
-            interval: cfg.interval,
-            timeout: cfg.timeout,
-            runner,
-        })
+        Ok(CheckProbe { check: label, interval: cfg.interval, timeout: cfg.timeout, runner })
     }
 
     /// The result name, `<kind>/<name>`.
@@ -231,15 +215,9 @@ fn check_name(cfg: &CheckConfig) -> String {
 /// Which optional keys each kind accepts (the rest must be absent).
 fn allowed_keys(kind: CheckKind) -> &'static [&'static str] {
     match kind {
-        CheckKind::Http => &[
-            "url",
-            "method",
-            "expect_status",
-            "expect_body",
-            "follow_redirects",
-            "cert_warn_days",
-            "ca_file",
-        ],
+        CheckKind::Http => {
+            &["url", "method", "expect_status", "expect_body", "follow_redirects", "cert_warn_days", "ca_file"]
+        }
         CheckKind::Tcp => &["address"],
         CheckKind::Dns => &["query", "expect", "server"],
         CheckKind::Tls => &["address", "server_name", "cert_warn_days", "ca_file"],
@@ -290,26 +268,16 @@ fn validate_common(cfg: &CheckConfig) -> Result<(), String> {
 
 /// `address` as `host:port`, checked for shape (resolution happens at run time).
 pub(crate) fn require_address(cfg: &CheckConfig) -> Result<String, String> {
-    let address = cfg
-        .address
-        .as_deref()
-        .ok_or("`address` (\"host:port\") is required")?;
+    let address = cfg.address.as_deref().ok_or("`address` (\"host:port\") is required")?;
     host_port(address)?;
     Ok(address.to_string())
 }
 
 /// Splits `host:port` / `[v6]:port`.
 pub(crate) fn host_port(address: &str) -> Result<(&str, u16), String> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| format!("address {address:?} must be \"host:port\""))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("address {address:?}: port {port:?} is not a number 0-65535"))?;
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| format!("address {address:?} must be \"host:port\""))?;
+    let port: u16 = port.parse().map_err(|_| format!("address {address:?}: port {port:?} is not a number 0-65535"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     if host.is_empty() {
         return Err(format!("address {address:?} has no host"));
     }
@@ -384,10 +352,7 @@ mod tests {
 
     #[test]
     fn durations_are_humantime() {
-        let c = parse(
-            "name = \"x\"\nkind = \"tcp\"\naddress = \"a:1\"\ninterval = \"30s\"\ntimeout = \"1m\"",
-        )
-        .unwrap();
+        let c = parse("name = \"x\"\nkind = \"tcp\"\naddress = \"a:1\"\ninterval = \"30s\"\ntimeout = \"1m\"").unwrap();
         assert_eq!(c.interval, Duration::from_secs(30));
         assert_eq!(c.timeout, Duration::from_secs(60));
     }
@@ -406,13 +371,8 @@ mod tests {
 
     #[test]
     fn key_of_another_kind_is_rejected_naming_check_and_key() {
-        let e = build("name = \"db\"\nkind = \"tcp\"\naddress = \"a:1\"\nurl = \"http://x\"")
-            .err()
-            .unwrap();
-        assert!(
-            e.contains("tcp/db") && e.contains("`url`") && e.contains("tcp"),
-            "{e}"
-        );
+        let e = build("name = \"db\"\nkind = \"tcp\"\naddress = \"a:1\"\nurl = \"http://x\"").err().unwrap();
+        assert!(e.contains("tcp/db") && e.contains("`url`") && e.contains("tcp"), "{e}");
     }
 
     #[test]
@@ -425,9 +385,7 @@ mod tests {
         assert!(e.contains("dns/d") && e.contains("query"), "{e}");
         let e = build("name = \"c\"\nkind = \"command\"").err().unwrap();
         assert!(e.contains("command/c") && e.contains("command"), "{e}");
-        let e = build("name = \"c\"\nkind = \"command\"\ncommand = []")
-            .err()
-            .unwrap();
+        let e = build("name = \"c\"\nkind = \"command\"\ncommand = []").err().unwrap();
         assert!(e.contains("empty"), "{e}");
         let e = build("name = \"t\"\nkind = \"tls\"").err().unwrap();
         assert!(e.contains("tls/t") && e.contains("address"), "{e}");
@@ -435,52 +393,32 @@ mod tests {
 
     #[test]
     fn bad_values_are_explained() {
-        let e = build("name = \"db\"\nkind = \"tcp\"\naddress = \"localhost\"")
-            .err()
-            .unwrap();
+        let e = build("name = \"db\"\nkind = \"tcp\"\naddress = \"localhost\"").err().unwrap();
         assert!(e.contains("host:port"), "{e}");
-        let e = build("name = \"db\"\nkind = \"tcp\"\naddress = \"h:99999\"")
-            .err()
-            .unwrap();
+        let e = build("name = \"db\"\nkind = \"tcp\"\naddress = \"h:99999\"").err().unwrap();
         assert!(e.contains("99999"), "{e}");
-        let e = build("name = \"w\"\nkind = \"http\"\nurl = \"ftp://x/\"")
-            .err()
-            .unwrap();
+        let e = build("name = \"w\"\nkind = \"http\"\nurl = \"ftp://x/\"").err().unwrap();
         assert!(e.contains("http/w") && e.contains("ftp"), "{e}");
-        let e = build("name = \"w\"\nkind = \"http\"\nurl = \"not a url\"")
-            .err()
-            .unwrap();
+        let e = build("name = \"w\"\nkind = \"http\"\nurl = \"not a url\"").err().unwrap();
         assert!(e.contains("not a url"), "{e}");
-        let e = build("name = \"w\"\nkind = \"http\"\nurl = \"http://x/\"\nmethod = \"GE T\"")
-            .err()
-            .unwrap();
+        let e = build("name = \"w\"\nkind = \"http\"\nurl = \"http://x/\"\nmethod = \"GE T\"").err().unwrap();
         assert!(e.contains("method"), "{e}");
-        let e = build("name = \"d\"\nkind = \"dns\"\nquery = \"a.b\"\nserver = \"nameserver\"")
-            .err()
-            .unwrap();
+        let e = build("name = \"d\"\nkind = \"dns\"\nquery = \"a.b\"\nserver = \"nameserver\"").err().unwrap();
         assert!(e.contains("server"), "{e}");
-        let e = build("name = \"\"\nkind = \"tcp\"\naddress = \"a:1\"")
-            .err()
-            .unwrap();
+        let e = build("name = \"\"\nkind = \"tcp\"\naddress = \"a:1\"").err().unwrap();
         assert!(e.contains("name"), "{e}");
-        let e = build("name = \"x\"\nkind = \"tcp\"\naddress = \"a:1\"\ntimeout = \"0s\"")
+        let e = build("name = \"x\"\nkind = \"tcp\"\naddress = \"a:1\"\ntimeout = \"0s\"").err().unwrap();
+        assert!(e.contains("timeout"), "{e}");
+        let e = build("name = \"t\"\nkind = \"tls\"\naddress = \"a:443\"\nca_file = \"/nonexistent/ca.pem\"")
             .err()
             .unwrap();
-        assert!(e.contains("timeout"), "{e}");
-        let e = build(
-            "name = \"t\"\nkind = \"tls\"\naddress = \"a:443\"\nca_file = \"/nonexistent/ca.pem\"",
-        )
-        .err()
-        .unwrap();
         assert!(e.contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]
     fn duplicates_are_refused() {
         let a = parse("name = \"db\"\nkind = \"tcp\"\naddress = \"a:1\"").unwrap();
-        let e = probes_from_config(vec![a.clone(), a.clone()])
-            .err()
-            .unwrap();
+        let e = probes_from_config(vec![a.clone(), a.clone()]).err().unwrap();
         assert!(e.to_string().contains("tcp/db"), "{e}");
         // Same name under another kind is a different check.
         let b = parse("name = \"db\"\nkind = \"tls\"\naddress = \"a:1\"").unwrap();

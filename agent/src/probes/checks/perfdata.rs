@@ -52,12 +52,7 @@ pub fn parse_plugin_output(stdout: &str) -> PluginOutput {
         }
     }
     let (perfdata, perf_errors) = parse_perfdata(&perf_text);
-    PluginOutput {
-        summary,
-        long_output,
-        perfdata,
-        perf_errors,
-    }
+    PluginOutput { summary, long_output, perfdata, perf_errors }
 }
 
 /// One perfdata item: `'label'=value[UOM];[warn];[crit];[min];[max]`.
@@ -143,10 +138,7 @@ pub fn parse_perfdata(text: &str) -> (Vec<PerfDatum>, Vec<PerfError>) {
             while i < chars.len() && !chars[i].is_whitespace() {
                 i += 1;
             }
-            errors.push(PerfError {
-                item: chars[start..i].iter().collect(),
-                reason: "expected label=value".into(),
-            });
+            errors.push(PerfError { item: chars[start..i].iter().collect(), reason: "expected label=value".into() });
             continue;
         }
         i += 1;
@@ -157,10 +149,7 @@ pub fn parse_perfdata(text: &str) -> (Vec<PerfDatum>, Vec<PerfError>) {
         let value_text: String = chars[value_start..i].iter().collect();
         match parse_datum_value(label, &value_text) {
             Ok(d) => data.push(d),
-            Err(reason) => errors.push(PerfError {
-                item: chars[start..i].iter().collect(),
-                reason,
-            }),
+            Err(reason) => errors.push(PerfError { item: chars[start..i].iter().collect(), reason }),
         }
     }
     (data, errors)
@@ -175,8 +164,7 @@ fn parse_datum_value(label: String, text: &str) -> Result<PerfDatum, String> {
     let (value, uom) = if first == "U" {
         (None, String::new())
     } else {
-        let (num, rest) =
-            split_number(first).ok_or_else(|| format!("value {first:?} is not a number"))?;
+        let (num, rest) = split_number(first).ok_or_else(|| format!("value {first:?} is not a number"))?;
         (Some(num), rest.to_string())
     };
     let threshold = |f: Option<&str>| -> Result<Option<Range>, String> {
@@ -198,24 +186,12 @@ fn parse_datum_value(label: String, text: &str) -> Result<PerfDatum, String> {
     let crit = threshold(fields.next())?;
     let min = number(fields.next(), "min")?;
     let max = number(fields.next(), "max")?;
-    Ok(PerfDatum {
-        label,
-        value,
-        uom,
-        warn,
-        crit,
-        min,
-        max,
-    })
+    Ok(PerfDatum { label, value, uom, warn, crit, min, max })
 }
 
 /// Thresholds should carry no unit, but some plugins repeat it: tolerate that.
 fn strip_uom<'a>(s: &'a str, uom: &str) -> &'a str {
-    if uom.is_empty() {
-        s
-    } else {
-        s.strip_suffix(uom).unwrap_or(s)
-    }
+    if uom.is_empty() { s } else { s.strip_suffix(uom).unwrap_or(s) }
 }
 
 /// Splits a leading decimal number (sign, digits, point, exponent) from the rest.
@@ -281,11 +257,7 @@ impl Range {
 
     /// The same range with both ends multiplied by `factor` (> 0), for unit conversion.
     pub fn scaled(&self, factor: f64) -> Range {
-        Range {
-            start: self.start * factor,
-            end: self.end * factor,
-            inside: self.inside,
-        }
+        Range { start: self.start * factor, end: self.end * factor, inside: self.inside }
     }
 }
 
@@ -365,11 +337,7 @@ pub fn ucum_unit(uom: &str) -> (String, f64) {
 
 /// Converts a value by a unit factor; small factors divide, so `100 ms` is exactly `0.1 s`.
 pub fn convert(value: f64, factor: f64) -> f64 {
-    if factor < 1.0 {
-        value / (1.0 / factor).round()
-    } else {
-        value * factor
-    }
+    if factor < 1.0 { value / (1.0 / factor).round() } else { value * factor }
 }
 
 /// How a plugin's process ended.
@@ -383,25 +351,10 @@ pub enum Exit {
 pub fn state_from_exit(exit: Exit) -> (State, Option<String>) {
     match exit {
         Exit::Code(c @ 0..=3) => (State::from_exit_code(c), None),
-        Exit::Code(126) => (
-            State::Unknown,
-            Some("plugin is not executable (exit 126)".into()),
-        ),
-        Exit::Code(127) => (
-            State::Unknown,
-            Some("plugin or a program it runs was not found (exit 127)".into()),
-        ),
-        Exit::Code(c) => (
-            State::Unknown,
-            Some(format!("plugin exited with code {c}, not 0-3")),
-        ),
-        Exit::Signal(s) => (
-            State::Unknown,
-            Some(format!(
-                "plugin was killed by signal {s} ({})",
-                signal_name(s)
-            )),
-        ),
+        Exit::Code(126) => (State::Unknown, Some("plugin is not executable (exit 126)".into())),
+        Exit::Code(127) => (State::Unknown, Some("plugin or a program it runs was not found (exit 127)".into())),
+        Exit::Code(c) => (State::Unknown, Some(format!("plugin exited with code {c}, not 0-3"))),
+        Exit::Signal(s) => (State::Unknown, Some(format!("plugin was killed by signal {s} ({})", signal_name(s)))),
     }
 }
 
@@ -440,22 +393,8 @@ mod tests {
         assert_eq!(d.label, "time");
         assert_eq!(d.value, Some(0.012345));
         assert_eq!(d.uom, "s");
-        assert_eq!(
-            d.warn,
-            Some(Range {
-                start: 0.0,
-                end: 1.0,
-                inside: false
-            })
-        );
-        assert_eq!(
-            d.crit,
-            Some(Range {
-                start: 0.0,
-                end: 2.0,
-                inside: false
-            })
-        );
+        assert_eq!(d.warn, Some(Range { start: 0.0, end: 1.0, inside: false }));
+        assert_eq!(d.crit, Some(Range { start: 0.0, end: 2.0, inside: false }));
         assert_eq!(d.min, Some(0.0));
         assert_eq!(d.max, Some(10.0));
     }
@@ -499,10 +438,7 @@ mod tests {
     #[test]
     fn bad_item_is_skipped_and_reported() {
         let (d, e) = parse_perfdata("good=1 bad=abc other=2c junk");
-        assert_eq!(
-            d.iter().map(|x| x.label.as_str()).collect::<Vec<_>>(),
-            ["good", "other"]
-        );
+        assert_eq!(d.iter().map(|x| x.label.as_str()).collect::<Vec<_>>(), ["good", "other"]);
         assert_eq!(d[1].uom, "c");
         assert_eq!(e.len(), 2);
         assert!(e[0].reason.contains("not a number"), "{:?}", e[0]);
@@ -534,46 +470,11 @@ mod tests {
 
     #[test]
     fn ranges_per_guidelines() {
-        assert_eq!(
-            parse_range("10").unwrap(),
-            Range {
-                start: 0.0,
-                end: 10.0,
-                inside: false
-            }
-        );
-        assert_eq!(
-            parse_range("10:").unwrap(),
-            Range {
-                start: 10.0,
-                end: f64::INFINITY,
-                inside: false
-            }
-        );
-        assert_eq!(
-            parse_range("~:10").unwrap(),
-            Range {
-                start: f64::NEG_INFINITY,
-                end: 10.0,
-                inside: false
-            }
-        );
-        assert_eq!(
-            parse_range("10:20").unwrap(),
-            Range {
-                start: 10.0,
-                end: 20.0,
-                inside: false
-            }
-        );
-        assert_eq!(
-            parse_range("@10:20").unwrap(),
-            Range {
-                start: 10.0,
-                end: 20.0,
-                inside: true
-            }
-        );
+        assert_eq!(parse_range("10").unwrap(), Range { start: 0.0, end: 10.0, inside: false });
+        assert_eq!(parse_range("10:").unwrap(), Range { start: 10.0, end: f64::INFINITY, inside: false });
+        assert_eq!(parse_range("~:10").unwrap(), Range { start: f64::NEG_INFINITY, end: 10.0, inside: false });
+        assert_eq!(parse_range("10:20").unwrap(), Range { start: 10.0, end: 20.0, inside: false });
+        assert_eq!(parse_range("@10:20").unwrap(), Range { start: 10.0, end: 20.0, inside: true });
         assert!(parse_range("20:10").is_err());
         assert!(parse_range("x").is_err());
         assert!(parse_range("1:y").is_err());
@@ -595,9 +496,7 @@ mod tests {
 
     #[test]
     fn range_display_round_trips_examples() {
-        for s in [
-            "10", "10:", "~:10", "10:20", "@10:20", "@~:5", "@0:5", "-5:-1", "~:",
-        ] {
+        for s in ["10", "10:", "~:10", "10:20", "@10:20", "@~:5", "@0:5", "-5:-1", "~:"] {
             let r = parse_range(s).unwrap();
             assert_eq!(parse_range(&r.to_string()).unwrap(), r, "{s} -> {r}");
         }
@@ -613,10 +512,7 @@ mod tests {
                    /home=69357MB;253404;253409;0;253414 \n";
         let p = parse_plugin_output(out);
         assert_eq!(p.summary, "DISK OK - free space");
-        assert_eq!(
-            p.long_output,
-            vec!["/ 15272 MB (77% inode=-):", "/boot 68 MB (69% inode=99%):"]
-        );
+        assert_eq!(p.long_output, vec!["/ 15272 MB (77% inode=-):", "/boot 68 MB (69% inode=99%):"]);
         let labels: Vec<_> = p.perfdata.iter().map(|d| d.label.as_str()).collect();
         assert_eq!(labels, ["/", "/boot", "/home"]);
         assert!(p.perf_errors.is_empty());
@@ -624,12 +520,8 @@ mod tests {
 
     #[test]
     fn plugin_output_without_perfdata_or_output() {
-        let p =
-            parse_plugin_output("connect to address 127.0.0.1 and port 1: Connection refused\n");
-        assert_eq!(
-            p.summary,
-            "connect to address 127.0.0.1 and port 1: Connection refused"
-        );
+        let p = parse_plugin_output("connect to address 127.0.0.1 and port 1: Connection refused\n");
+        assert_eq!(p.summary, "connect to address 127.0.0.1 and port 1: Connection refused");
         assert!(p.perfdata.is_empty());
         let p = parse_plugin_output("");
         assert_eq!(p.summary, "");

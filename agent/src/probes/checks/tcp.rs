@@ -16,36 +16,28 @@ pub(crate) struct TcpCheck {
 
 impl TcpCheck {
     pub fn from_config(cfg: &CheckConfig) -> Result<TcpCheck, String> {
-        Ok(TcpCheck {
-            address: require_address(cfg)?,
-            timeout: cfg.timeout,
-        })
+        Ok(TcpCheck { address: require_address(cfg)?, timeout: cfg.timeout })
     }
 
     pub async fn run(&self, check: &str, now: Timestamp) -> Vec<Observation> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         // Resolve separately: a name that does not resolve is a config or DNS
         // problem (UNKNOWN), not the service being down.
-        let addrs: Vec<_> =
-            match tokio::time::timeout_at(deadline, tokio::net::lookup_host(&self.address)).await {
-                Ok(Ok(a)) => a.collect(),
-                Ok(Err(e)) => {
-                    return vec![Observation::check(
-                        check,
-                        State::Unknown,
-                        format!("cannot resolve {}: {e}", self.address),
-                        now,
-                    )];
-                }
-                Err(_) => {
-                    let msg = format!(
-                        "resolving {} took longer than {}",
-                        self.address,
-                        fmt_duration(self.timeout)
-                    );
-                    return vec![Observation::check(check, State::Unknown, msg, now)];
-                }
-            };
+        let addrs: Vec<_> = match tokio::time::timeout_at(deadline, tokio::net::lookup_host(&self.address)).await {
+            Ok(Ok(a)) => a.collect(),
+            Ok(Err(e)) => {
+                return vec![Observation::check(
+                    check,
+                    State::Unknown,
+                    format!("cannot resolve {}: {e}", self.address),
+                    now,
+                )];
+            }
+            Err(_) => {
+                let msg = format!("resolving {} took longer than {}", self.address, fmt_duration(self.timeout));
+                return vec![Observation::check(check, State::Unknown, msg, now)];
+            }
+        };
         if addrs.is_empty() {
             let msg = format!("{} resolves to no address", self.address);
             return vec![Observation::check(check, State::Unknown, msg, now)];
@@ -54,18 +46,10 @@ impl TcpCheck {
         match tokio::time::timeout_at(deadline, TcpStream::connect(&addrs[..])).await {
             Ok(Ok(stream)) => {
                 let elapsed = started.elapsed();
-                let peer = stream
-                    .peer_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_else(|_| self.address.clone());
+                let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_else(|_| self.address.clone());
                 drop(stream);
                 vec![
-                    Observation::check(
-                        check,
-                        State::Ok,
-                        format!("connected to {peer} in {}", fmt_secs(elapsed)),
-                        now,
-                    ),
+                    Observation::check(check, State::Ok, format!("connected to {peer} in {}", fmt_secs(elapsed)), now),
                     duration_sample(check, elapsed, now),
                 ]
             }
@@ -78,11 +62,7 @@ impl TcpCheck {
                 )]
             }
             Err(_) => {
-                let msg = format!(
-                    "no connection to {} within {}",
-                    self.address,
-                    fmt_duration(self.timeout)
-                );
+                let msg = format!("no connection to {} within {}", self.address, fmt_duration(self.timeout));
                 vec![Observation::check(check, State::Critical, msg, now)]
             }
         }

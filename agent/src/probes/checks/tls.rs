@@ -25,11 +25,8 @@ pub struct CertInfo {
 
 /// Reads subject and validity from a DER certificate.
 pub fn cert_info(der: &[u8]) -> Result<CertInfo, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("cannot parse certificate: {e}"))?;
-    let ts = |t: i64| {
-        Timestamp::from_second(t).map_err(|e| format!("certificate time out of range: {e}"))
-    };
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| format!("cannot parse certificate: {e}"))?;
+    let ts = |t: i64| Timestamp::from_second(t).map_err(|e| format!("certificate time out of range: {e}"));
     Ok(CertInfo {
         subject: cert.subject().to_string(),
         not_before: ts(cert.validity().not_before.timestamp())?,
@@ -46,28 +43,15 @@ pub fn days_left(not_after: Timestamp, now: Timestamp) -> f64 {
 pub fn cert_state(info: &CertInfo, now: Timestamp, warn_days: u32) -> (State, String) {
     let left = days_left(info.not_after, now);
     if now < info.not_before {
-        return (
-            State::Critical,
-            format!(
-                "certificate {} is not valid before {}",
-                info.subject, info.not_before
-            ),
-        );
+        return (State::Critical, format!("certificate {} is not valid before {}", info.subject, info.not_before));
     }
     if left <= 0.0 {
         return (
             State::Critical,
-            format!(
-                "certificate {} expired {} ({:.1} days ago)",
-                info.subject, info.not_after, -left
-            ),
+            format!("certificate {} expired {} ({:.1} days ago)", info.subject, info.not_after, -left),
         );
     }
-    let state = if left < f64::from(warn_days) {
-        State::Warning
-    } else {
-        State::Ok
-    };
+    let state = if left < f64::from(warn_days) { State::Warning } else { State::Ok };
     (
         state,
         format!(
@@ -140,13 +124,7 @@ impl ServerCertVerifier for RecordingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let r = self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        );
+        let r = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
         if let Ok(mut v) = self.verdict.lock() {
             *v = Some(r.map(|_| ()));
         }
@@ -197,10 +175,7 @@ pub(crate) struct TlsCheck {
 
 impl TlsCheck {
     pub async fn run(&self, check: &str, now: Timestamp) -> Vec<Observation> {
-        let recorder = Arc::new(RecordingVerifier {
-            inner: self.verifier.clone(),
-            verdict: Mutex::new(None),
-        });
+        let recorder = Arc::new(RecordingVerifier { inner: self.verifier.clone(), verdict: Mutex::new(None) });
         let config = match client_config(recorder.clone()) {
             Ok(c) => c,
             Err(e) => return vec![Observation::check(check, State::Unknown, e, now)],
@@ -220,27 +195,13 @@ impl TlsCheck {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return vec![Observation::check(check, State::Critical, e, now)],
             Err(_) => {
-                let msg = format!(
-                    "no TLS handshake with {} within {}",
-                    self.address,
-                    fmt_duration(self.timeout)
-                );
+                let msg = format!("no TLS handshake with {} within {}", self.address, fmt_duration(self.timeout));
                 return vec![Observation::check(check, State::Critical, msg, now)];
             }
         };
         let elapsed = started.elapsed();
-        let Some(leaf) = stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-        else {
-            return vec![Observation::check(
-                check,
-                State::Unknown,
-                "server sent no certificate",
-                now,
-            )];
+        let Some(leaf) = stream.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
+            return vec![Observation::check(check, State::Unknown, "server sent no certificate", now)];
         };
         let info = match cert_info(leaf) {
             Ok(i) => i,
@@ -279,46 +240,29 @@ mod tests {
         let now = Timestamp::from_second(1_000_000_000).unwrap();
         let day = 86_400;
         let base = 1_000_000_000 - 100 * day;
-        assert_eq!(
-            cert_state(&info(base, 1_000_000_000 + 30 * day), now, 21).0,
-            State::Ok
-        );
+        assert_eq!(cert_state(&info(base, 1_000_000_000 + 30 * day), now, 21).0, State::Ok);
         let (s, msg) = cert_state(&info(base, 1_000_000_000 + 5 * day), now, 21);
         assert_eq!(s, State::Warning);
         assert!(msg.contains("in 5.0 days"), "{msg}");
         let (s, msg) = cert_state(&info(base, 1_000_000_000 - day), now, 21);
         assert_eq!(s, State::Critical);
         assert!(msg.contains("expired"), "{msg}");
-        let (s, msg) = cert_state(
-            &info(1_000_000_000 + day, 1_000_000_000 + 30 * day),
-            now,
-            21,
-        );
+        let (s, msg) = cert_state(&info(1_000_000_000 + day, 1_000_000_000 + 30 * day), now, 21);
         assert_eq!(s, State::Critical);
         assert!(msg.contains("not valid before"), "{msg}");
         // warn_days = 0 never warns.
-        assert_eq!(
-            cert_state(&info(base, 1_000_000_000 + 60), now, 0).0,
-            State::Ok
-        );
+        assert_eq!(cert_state(&info(base, 1_000_000_000 + 60), now, 0).0, State::Ok);
     }
 
     #[test]
     fn days_left_is_fractional_and_signed() {
         let now = Timestamp::from_second(0).unwrap();
         assert_eq!(days_left(Timestamp::from_second(43_200).unwrap(), now), 0.5);
-        assert_eq!(
-            days_left(Timestamp::from_second(-86_400).unwrap(), now),
-            -1.0
-        );
+        assert_eq!(days_left(Timestamp::from_second(-86_400).unwrap(), now), -1.0);
     }
 
     #[test]
     fn garbage_certificate_is_an_error() {
-        assert!(
-            cert_info(b"not a certificate")
-                .unwrap_err()
-                .contains("cannot parse")
-        );
+        assert!(cert_info(b"not a certificate").unwrap_err().contains("cannot parse"));
     }
 }

@@ -33,10 +33,8 @@ pub struct AdvisoryLine {
     pub updated: Option<String>,
 }
 
-const ARCHES: &[&str] = &[
-    "x86_64", "noarch", "i686", "i586", "i386", "aarch64", "ppc64le", "ppc64", "s390x", "armv7hl",
-    "src",
-];
+const ARCHES: &[&str] =
+    &["x86_64", "noarch", "i686", "i586", "i386", "aarch64", "ppc64le", "ppc64", "s390x", "armv7hl", "src"];
 
 /// Splits `name.arch` when `arch` is a known rpm architecture.
 pub fn split_name_arch(s: &str) -> Option<(&str, &str)> {
@@ -127,9 +125,8 @@ pub fn parse_updateinfo_list(text: &str) -> Vec<AdvisoryLine> {
         let Some((name, arch, evr)) = split_nevra(tokens[2]) else {
             continue;
         };
-        let updated =
-            (tokens.len() >= 5 && tokens[3].len() == 10 && tokens[3].as_bytes()[4] == b'-')
-                .then(|| format!("{} {}", tokens[3], tokens[4]));
+        let updated = (tokens.len() >= 5 && tokens[3].len() == 10 && tokens[3].as_bytes()[4] == b'-')
+            .then(|| format!("{} {}", tokens[3], tokens[4]));
         out.push(AdvisoryLine {
             id: tokens[0].to_string(),
             kind,
@@ -197,18 +194,12 @@ pub(super) struct RpmFlow<'a> {
 }
 
 impl RpmFlow<'_> {
-    pub async fn run(
-        &self,
-        tools: &PatchTools,
-        timeout: std::time::Duration,
-    ) -> Result<Vec<Pending>, Failure> {
+    pub async fn run(&self, tools: &PatchTools, timeout: std::time::Duration) -> Result<Vec<Pending>, Failure> {
         let program = self.tool.to_path_buf();
         let name = self.tool.display().to_string();
         let mut args = self.base_args.clone();
         args.push("check-update".into());
-        let out = exec::run(&program, &args, timeout)
-            .await
-            .map_err(|e| Failure::Other(e.to_string()))?;
+        let out = exec::run(&program, &args, timeout).await.map_err(|e| Failure::Other(e.to_string()))?;
         let text = out.combined();
         // A skipped repository still gives exit 0/100: never trust that list.
         if let Some(f) = classify_failure(&text) {
@@ -233,9 +224,7 @@ impl RpmFlow<'_> {
 
         let mut args = self.base_args.clone();
         args.extend(self.updateinfo_args.iter().cloned());
-        let out = exec::run(&program, &args, timeout)
-            .await
-            .map_err(|e| Failure::Other(e.to_string()))?;
+        let out = exec::run(&program, &args, timeout).await.map_err(|e| Failure::Other(e.to_string()))?;
         let text = out.combined();
         if let Some(f) = classify_failure(&text) {
             return Err(f);
@@ -250,9 +239,7 @@ impl RpmFlow<'_> {
         let advisories = parse_updateinfo_list(&out.stdout);
 
         // Installed versions are for display only: go on without them.
-        let installed = match exec::run(&tools.rpm, &exec::args(["-qa", "--qf", RPM_QF]), timeout)
-            .await
-        {
+        let installed = match exec::run(&tools.rpm, &exec::args(["-qa", "--qf", RPM_QF]), timeout).await {
             Ok(o) if o.code == Some(0) => parse_rpm_qa(&o.stdout),
             Ok(o) => {
                 tracing::debug!(stderr = %exec::last_line(&o.stderr), "rpm -qa failed; current versions unknown");
@@ -287,11 +274,7 @@ mod tests {
     use super::*;
 
     fn read(name: &str) -> String {
-        std::fs::read_to_string(format!(
-            "{}/testdata/system/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
+        std::fs::read_to_string(format!("{}/testdata/system/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
 
     #[test]
@@ -304,10 +287,7 @@ mod tests {
             split_nevra("kernel-3.10.0-1160.119.1.el7.x86_64"),
             Some(("kernel", "x86_64", "3.10.0-1160.119.1.el7"))
         );
-        assert_eq!(
-            split_nevra("tzdata-2024a-1.el9.noarch"),
-            Some(("tzdata", "noarch", "2024a-1.el9"))
-        );
+        assert_eq!(split_nevra("tzdata-2024a-1.el9.noarch"), Some(("tzdata", "noarch", "2024a-1.el9")));
         assert_eq!(split_nevra("updateinfo"), None);
         assert_eq!(split_nevra("foo-1.0.x86_64"), None);
     }
@@ -325,10 +305,7 @@ mod tests {
                 repo: "baseos".into()
             }
         );
-        let wrapped = rows
-            .iter()
-            .find(|r| r.name == "python3-dnf-plugin-post-transaction-actions")
-            .unwrap();
+        let wrapped = rows.iter().find(|r| r.name == "python3-dnf-plugin-post-transaction-actions").unwrap();
         assert_eq!(wrapped.evr, "4.0.21-25.el8");
         assert_eq!(wrapped.repo, "baseos");
         // the obsoleting section is not read twice
@@ -356,10 +333,7 @@ mod tests {
     fn updateinfo_el9_verbose_has_dates_and_critical() {
         let advs = parse_updateinfo_list(&read("dnf-updateinfo-list-el9-verbose.txt"));
         assert_eq!(advs.len(), 6, "{advs:#?}");
-        let critical = advs
-            .iter()
-            .find(|a| a.severity == Some(Severity::Critical))
-            .unwrap();
+        let critical = advs.iter().find(|a| a.severity == Some(Severity::Critical)).unwrap();
         assert_eq!(critical.id, "RLSA-2024:1530");
         assert_eq!(critical.name, "expat");
         assert_eq!(critical.updated.as_deref(), Some("2024-03-28 15:02:11"));
@@ -377,14 +351,8 @@ mod tests {
         assert_eq!(expat.severity, Some(Severity::Critical));
         assert_eq!(expat.current_version.as_deref(), Some("2.5.0-1.el9"));
         assert_eq!(expat.new_version, "2.5.0-1.el9_3.1");
-        let no_adv = pending
-            .iter()
-            .find(|p| p.package == "google-chrome-stable")
-            .unwrap();
-        assert_eq!(
-            (no_adv.kind, no_adv.advisory.as_deref()),
-            (UpdateType::Unknown, None)
-        );
+        let no_adv = pending.iter().find(|p| p.package == "google-chrome-stable").unwrap();
+        assert_eq!((no_adv.kind, no_adv.advisory.as_deref()), (UpdateType::Unknown, None));
         let curl = pending.iter().find(|p| p.package == "curl").unwrap();
         assert_eq!(curl.severity, Some(Severity::Moderate));
     }
@@ -392,9 +360,6 @@ mod tests {
     #[test]
     fn rpm_qa_parsing() {
         let m = parse_rpm_qa("bash.x86_64 5.1.8-6.el9_1\nopenssl-libs.x86_64 1:3.0.7-24.el9\n");
-        assert_eq!(
-            m.get("openssl-libs.x86_64").map(String::as_str),
-            Some("1:3.0.7-24.el9")
-        );
+        assert_eq!(m.get("openssl-libs.x86_64").map(String::as_str), Some("1:3.0.7-24.el9"));
     }
 }

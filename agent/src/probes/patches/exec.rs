@@ -34,10 +34,7 @@ impl Output {
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     #[error("cannot run {program}: {source}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
+    Spawn { program: String, source: std::io::Error },
     #[error("{program} did not finish within {timeout:?} and was killed")]
     Timeout { program: String, timeout: Duration },
 }
@@ -45,11 +42,7 @@ pub enum ExecError {
 /// Runs `program args...` and waits at most `timeout`; on timeout its whole
 /// process group is killed, so a hung package manager (or the helpers it
 /// started) never piles up.
-pub async fn run(
-    program: &PathBuf,
-    args: &[OsString],
-    timeout: Duration,
-) -> Result<Output, ExecError> {
+pub async fn run(program: &PathBuf, args: &[OsString], timeout: Duration) -> Result<Output, ExecError> {
     let name = program.display().to_string();
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
@@ -60,10 +53,7 @@ pub async fn run(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let child = cmd.spawn().map_err(|source| ExecError::Spawn {
-        program: name.clone(),
-        source,
-    })?;
+    let child = cmd.spawn().map_err(|source| ExecError::Spawn { program: name.clone(), source })?;
     let pgid = child.id().and_then(|id| i32::try_from(id).ok());
     match tokio::time::timeout(timeout, child.wait_with_output()).await {
         Ok(Ok(out)) => Ok(Output {
@@ -71,10 +61,7 @@ pub async fn run(
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         }),
-        Ok(Err(source)) => Err(ExecError::Spawn {
-            program: name,
-            source,
-        }),
+        Ok(Err(source)) => Err(ExecError::Spawn { program: name, source }),
         Err(_) => {
             if let Some(pgid) = pgid {
                 // SAFETY: kill(2) with a negative pid signals the group we created
@@ -83,10 +70,7 @@ pub async fn run(
                     libc::kill(-pgid, libc::SIGKILL);
                 }
             }
-            Err(ExecError::Timeout {
-                program: name,
-                timeout,
-            })
+            Err(ExecError::Timeout { program: name, timeout })
         }
     }
 }
@@ -102,10 +86,7 @@ where
 
 /// The last non-empty line of a tool's output, to quote in a summary.
 pub fn last_line(text: &str) -> &str {
-    text.lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or("")
+    text.lines().map(str::trim).rfind(|l| !l.is_empty()).unwrap_or("")
 }
 
 /// Finds `name` in `$PATH` as an executable file (for `manager = "auto"`).
@@ -114,11 +95,7 @@ pub fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
-        .find(|p| {
-            std::fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+        .find(|p| std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
 }
 
 #[cfg(test)]
@@ -127,13 +104,9 @@ mod tests {
 
     #[tokio::test]
     async fn captures_exit_code_and_both_streams() {
-        let out = run(
-            &PathBuf::from("sh"),
-            &args(["-c", "echo out; echo err >&2; exit 100"]),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
+        let out = run(&PathBuf::from("sh"), &args(["-c", "echo out; echo err >&2; exit 100"]), Duration::from_secs(5))
+            .await
+            .unwrap();
         assert_eq!(out.code, Some(100));
         assert_eq!(out.stdout, "out\n");
         assert_eq!(out.stderr, "err\n");
@@ -146,24 +119,15 @@ mod tests {
         let pidfile = dir.path().join("child.pid");
         let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
         let started = std::time::Instant::now();
-        let err = run(
-            &PathBuf::from("sh"),
-            &args(["-c", script.as_str()]),
-            Duration::from_millis(500),
-        )
-        .await
-        .unwrap_err();
+        let err =
+            run(&PathBuf::from("sh"), &args(["-c", script.as_str()]), Duration::from_millis(500)).await.unwrap_err();
         assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
-        let child_pid = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .to_string();
+        let child_pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
         // the grandchild `sleep` is gone too (give the kernel a moment to reap it)
         let mut alive = true;
         for _ in 0..50 {
-            let stat =
-                std::fs::read_to_string(format!("/proc/{child_pid}/stat")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{child_pid}/stat")).unwrap_or_default();
             // a zombie (state Z) awaiting its reaper counts as dead
             if stat.is_empty() || stat.split(") ").nth(1).is_some_and(|r| r.starts_with('Z')) {
                 alive = false;
@@ -176,13 +140,7 @@ mod tests {
 
     #[tokio::test]
     async fn missing_program_is_a_spawn_error_naming_it() {
-        let err = run(
-            &PathBuf::from("/nonexistent/dnf"),
-            &[],
-            Duration::from_secs(1),
-        )
-        .await
-        .unwrap_err();
+        let err = run(&PathBuf::from("/nonexistent/dnf"), &[], Duration::from_secs(1)).await.unwrap_err();
         assert!(err.to_string().contains("/nonexistent/dnf"), "{err}");
     }
 

@@ -260,18 +260,12 @@ const METADATA_PATTERNS: &[&str] = &[
 pub fn classify_failure(text: &str) -> Option<Failure> {
     let find = |pattern: &str| {
         let needle = pattern.to_ascii_lowercase();
-        text.lines()
-            .map(str::trim)
-            .find(|l| l.to_ascii_lowercase().contains(&needle))
-            .map(str::to_string)
+        text.lines().map(str::trim).find(|l| l.to_ascii_lowercase().contains(&needle)).map(str::to_string)
     };
     if let Some(line) = LOCK_PATTERNS.iter().find_map(|p| find(p)) {
         return Some(Failure::LockHeld(line));
     }
-    METADATA_PATTERNS
-        .iter()
-        .find_map(|p| find(p))
-        .map(Failure::MetadataUnreachable)
+    METADATA_PATTERNS.iter().find_map(|p| find(p)).map(Failure::MetadataUnreachable)
 }
 
 /// Counts by type and security severity.
@@ -296,30 +290,19 @@ pub fn count(pending: &[Pending]) -> Counts {
 /// WARNING for any other security update, OK otherwise; the summary counts
 /// them and says whether a reboot is required.
 pub fn evaluate(pending: &[Pending], reboot_required: Option<bool>) -> (State, String) {
-    let reboot = if reboot_required == Some(true) {
-        "; reboot required"
-    } else {
-        ""
-    };
+    let reboot = if reboot_required == Some(true) { "; reboot required" } else { "" };
     if pending.is_empty() {
         return (State::Ok, format!("no updates pending{reboot}"));
     }
     let c = count(pending);
     let n = |t| c.by_type.get(&t).copied().unwrap_or(0);
     let security = n(UpdateType::Security);
-    let mut sev_parts: Vec<String> = c
-        .security_by_severity
-        .iter()
-        .filter_map(|(s, k)| s.map(|s| format!("{k} {}", s.as_str())))
-        .collect();
+    let mut sev_parts: Vec<String> =
+        c.security_by_severity.iter().filter_map(|(s, k)| s.map(|s| format!("{k} {}", s.as_str()))).collect();
     if let Some(k) = c.security_by_severity.get(&None) {
         sev_parts.push(format!("{k} of unknown severity"));
     }
-    let sev = if sev_parts.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", sev_parts.join(", "))
-    };
+    let sev = if sev_parts.is_empty() { String::new() } else { format!(" ({})", sev_parts.join(", ")) };
     let summary = format!(
         "{} updates pending: {security} security{sev}, {} bugfix, {} enhancement, {} other{reboot}",
         pending.len(),
@@ -327,10 +310,7 @@ pub fn evaluate(pending: &[Pending], reboot_required: Option<bool>) -> (State, S
         n(UpdateType::Enhancement),
         n(UpdateType::Unknown),
     );
-    let state = if c
-        .security_by_severity
-        .contains_key(&Some(Severity::Critical))
-    {
+    let state = if c.security_by_severity.contains_key(&Some(Severity::Critical)) {
         State::Critical
     } else if security > 0 {
         State::Warning
@@ -342,11 +322,7 @@ pub fn evaluate(pending: &[Pending], reboot_required: Option<bool>) -> (State, S
 
 /// Keeps first-seen times of the pending updates: new ones get `now`, gone
 /// ones are dropped. Returns whether the map changed.
-pub fn update_first_seen(
-    first_seen: &mut BTreeMap<String, Timestamp>,
-    pending: &[Pending],
-    now: Timestamp,
-) -> bool {
+pub fn update_first_seen(first_seen: &mut BTreeMap<String, Timestamp>, pending: &[Pending], now: Timestamp) -> bool {
     let before = first_seen.clone();
     let keys: std::collections::BTreeSet<String> = pending.iter().map(Pending::key).collect();
     first_seen.retain(|k, _| keys.contains(k));
@@ -373,11 +349,7 @@ impl PatchesProbe {
     }
 
     /// The probe using the given programs and files.
-    pub fn with_tools(
-        cfg: PatchesConfig,
-        state: SharedState,
-        tools: PatchTools,
-    ) -> Result<Self, PatchesConfigError> {
+    pub fn with_tools(cfg: PatchesConfig, state: SharedState, tools: PatchTools) -> Result<Self, PatchesConfigError> {
         if cfg.interval.is_zero() {
             return Err(PatchesConfigError::ZeroInterval);
         }
@@ -394,12 +366,7 @@ impl PatchesProbe {
                 }
             })
             .unwrap_or_default();
-        Ok(PatchesProbe {
-            cfg,
-            state,
-            tools,
-            first_seen,
-        })
+        Ok(PatchesProbe { cfg, state, tools, first_seen })
     }
 
     /// The manager to use: the configured one, or the first found.
@@ -417,36 +384,23 @@ impl PatchesProbe {
 
     /// One full look: the pending updates and whether a reboot is required.
     pub async fn collect(&self) -> Result<(Manager, Vec<Pending>, Option<bool>), Failure> {
-        let manager = self.manager().ok_or_else(|| {
-            Failure::Other("no supported package manager found (dnf, yum, apt-get)".to_string())
-        })?;
+        let manager = self
+            .manager()
+            .ok_or_else(|| Failure::Other("no supported package manager found (dnf, yum, apt-get)".to_string()))?;
         let timeout = self.cfg.timeout;
         let refresh = self.cfg.refresh;
         let (pending, reboot) = match manager {
             Manager::Dnf | Manager::Auto => {
-                let pending = dnf::flow(&self.tools, refresh)
-                    .run(&self.tools, timeout)
-                    .await?;
-                (
-                    pending,
-                    reboot::needs_restarting(&self.tools.needs_restarting, timeout).await,
-                )
+                let pending = dnf::flow(&self.tools, refresh).run(&self.tools, timeout).await?;
+                (pending, reboot::needs_restarting(&self.tools.needs_restarting, timeout).await)
             }
             Manager::Yum => {
-                let pending = yum::flow(&self.tools, refresh)
-                    .run(&self.tools, timeout)
-                    .await?;
-                (
-                    pending,
-                    reboot::needs_restarting(&self.tools.needs_restarting, timeout).await,
-                )
+                let pending = yum::flow(&self.tools, refresh).run(&self.tools, timeout).await?;
+                (pending, reboot::needs_restarting(&self.tools.needs_restarting, timeout).await)
             }
             Manager::Apt => {
                 let pending = apt::run(&self.tools, refresh, timeout).await?;
-                (
-                    pending,
-                    Some(reboot::flag_file(&self.tools.reboot_required_file)),
-                )
+                (pending, Some(reboot::flag_file(&self.tools.reboot_required_file)))
             }
         };
         Ok((manager, pending, reboot))
@@ -457,22 +411,11 @@ impl PatchesProbe {
 /// apt; on Debian/Ubuntu apt first, since Debian also packages dnf.
 pub fn auto_manager(debian: bool, dnf: bool, yum: bool, apt: bool) -> Option<Manager> {
     let order = if debian {
-        [
-            (Manager::Apt, apt),
-            (Manager::Dnf, dnf),
-            (Manager::Yum, yum),
-        ]
+        [(Manager::Apt, apt), (Manager::Dnf, dnf), (Manager::Yum, yum)]
     } else {
-        [
-            (Manager::Dnf, dnf),
-            (Manager::Yum, yum),
-            (Manager::Apt, apt),
-        ]
+        [(Manager::Dnf, dnf), (Manager::Yum, yum), (Manager::Apt, apt)]
     };
-    order
-        .into_iter()
-        .find(|(_, present)| *present)
-        .map(|(m, _)| m)
+    order.into_iter().find(|(_, present)| *present).map(|(m, _)| m)
 }
 
 /// A program path: as given when it has a slash, else looked up in `PATH`.
@@ -500,12 +443,7 @@ impl Probe for PatchesProbe {
             Err(f) => {
                 tracing::warn!(reason = %f, "cannot tell pending updates");
                 let summary = format!("cannot tell pending updates: {f}");
-                return vec![Observation::check(
-                    "patches",
-                    State::Unknown,
-                    summary,
-                    Timestamp::now(),
-                )];
+                return vec![Observation::check("patches", State::Unknown, summary, Timestamp::now())];
             }
         };
         let now = Timestamp::now();
@@ -522,12 +460,7 @@ impl Probe for PatchesProbe {
         let (state, summary) = evaluate(&pending, reboot);
         let counts = count(&pending);
         let mut out = vec![Observation::check("patches", state, summary, now)];
-        for t in [
-            UpdateType::Security,
-            UpdateType::Bugfix,
-            UpdateType::Enhancement,
-            UpdateType::Unknown,
-        ] {
+        for t in [UpdateType::Security, UpdateType::Bugfix, UpdateType::Enhancement, UpdateType::Unknown] {
             let n = counts.by_type.get(&t).copied().unwrap_or(0);
             out.push(Observation::sample(
                 "pikett_patches_pending",
@@ -551,10 +484,7 @@ impl Probe for PatchesProbe {
             .map(|p| {
                 let mut v = serde_json::to_value(p).unwrap_or(serde_json::Value::Null);
                 if let (Some(obj), Some(t)) = (v.as_object_mut(), self.first_seen.get(&p.key())) {
-                    obj.insert(
-                        "first_seen".to_string(),
-                        serde_json::Value::String(t.to_string()),
-                    );
+                    obj.insert("first_seen".to_string(), serde_json::Value::String(t.to_string()));
                 }
                 v
             })
@@ -601,56 +531,28 @@ mod tests {
 
     #[test]
     fn nothing_pending_is_ok() {
-        assert_eq!(
-            evaluate(&[], Some(false)),
-            (State::Ok, "no updates pending".to_string())
-        );
-        assert_eq!(
-            evaluate(&[], Some(true)).1,
-            "no updates pending; reboot required"
-        );
+        assert_eq!(evaluate(&[], Some(false)), (State::Ok, "no updates pending".to_string()));
+        assert_eq!(evaluate(&[], Some(true)).1, "no updates pending; reboot required");
     }
 
     #[test]
     fn only_bugfixes_are_ok_with_counts() {
-        let (s, summary) = evaluate(
-            &[
-                p("a", UpdateType::Bugfix, None),
-                p("b", UpdateType::Enhancement, None),
-            ],
-            None,
-        );
+        let (s, summary) = evaluate(&[p("a", UpdateType::Bugfix, None), p("b", UpdateType::Enhancement, None)], None);
         assert_eq!(s, State::Ok);
-        assert_eq!(
-            summary,
-            "2 updates pending: 0 security, 1 bugfix, 1 enhancement, 0 other"
-        );
+        assert_eq!(summary, "2 updates pending: 0 security, 1 bugfix, 1 enhancement, 0 other");
     }
 
     #[test]
     fn security_is_warning_and_critical_is_critical() {
         let important = p("a", UpdateType::Security, Some(Severity::Important));
         let unknown_sev = p("c", UpdateType::Security, None);
-        let (s, summary) = evaluate(
-            &[
-                important.clone(),
-                unknown_sev,
-                p("b", UpdateType::Bugfix, None),
-            ],
-            Some(true),
-        );
+        let (s, summary) = evaluate(&[important.clone(), unknown_sev, p("b", UpdateType::Bugfix, None)], Some(true));
         assert_eq!(s, State::Warning);
         assert_eq!(
             summary,
             "3 updates pending: 2 security (1 Important, 1 of unknown severity), 1 bugfix, 0 enhancement, 0 other; reboot required"
         );
-        let (s, summary) = evaluate(
-            &[
-                important,
-                p("k", UpdateType::Security, Some(Severity::Critical)),
-            ],
-            None,
-        );
+        let (s, summary) = evaluate(&[important, p("k", UpdateType::Security, Some(Severity::Critical))], None);
         assert_eq!(s, State::Critical);
         assert!(summary.contains("(1 Critical, 1 Important)"), "{summary}");
     }
@@ -673,51 +575,29 @@ mod tests {
     }
 
     fn read(name: &str) -> String {
-        std::fs::read_to_string(format!(
-            "{}/testdata/system/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
+        std::fs::read_to_string(format!("{}/testdata/system/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
 
     #[test]
     fn recorded_failures_are_classified() {
         let cases = [
             ("dnf-lock-held-el9.txt", "already locked by"),
-            (
-                "dnf-metadata-unreachable-el8.txt",
-                "Failed to download metadata for repo 'baseos'",
-            ),
-            (
-                "apt-get-update-lock-held-debian12.txt",
-                "Could not get lock",
-            ),
-            (
-                "apt-get-update-unreachable-debian12.txt",
-                "Some index files failed to download",
-            ),
-            (
-                "apt-get-update-no-dns-debian12.txt",
-                "Some index files failed to download",
-            ),
+            ("dnf-metadata-unreachable-el8.txt", "Failed to download metadata for repo 'baseos'"),
+            ("apt-get-update-lock-held-debian12.txt", "Could not get lock"),
+            ("apt-get-update-unreachable-debian12.txt", "Some index files failed to download"),
+            ("apt-get-update-no-dns-debian12.txt", "Some index files failed to download"),
         ];
         for (file, want) in cases {
-            let f =
-                classify_failure(&read(file)).unwrap_or_else(|| panic!("{file}: not classified"));
+            let f = classify_failure(&read(file)).unwrap_or_else(|| panic!("{file}: not classified"));
             let line = match &f {
-                Failure::LockHeld(l) | Failure::MetadataUnreachable(l) | Failure::Other(l) => {
-                    l.clone()
-                }
+                Failure::LockHeld(l) | Failure::MetadataUnreachable(l) | Failure::Other(l) => l.clone(),
             };
             assert!(line.contains(want), "{file}: {f:?}");
             let is_lock = matches!(f, Failure::LockHeld(_));
             assert_eq!(is_lock, want.contains("lock"), "{file}: {f:?}");
         }
         assert_eq!(classify_failure(&read("dnf-check-update-el8.txt")), None);
-        assert_eq!(
-            classify_failure(&read("apt-get-s-dist-upgrade-debian12.txt")),
-            None
-        );
+        assert_eq!(classify_failure(&read("apt-get-s-dist-upgrade-debian12.txt")), None);
     }
 
     #[test]
@@ -726,8 +606,7 @@ mod tests {
         assert_eq!(cfg, PatchesConfig::default());
         assert_eq!(cfg.interval, Duration::from_secs(6 * 3600));
         assert_eq!(cfg.timeout, Duration::from_secs(600));
-        let cfg: PatchesConfig =
-            serde_json::from_str(r#"{"manager":"yum","interval":"1h","timeout":"2m"}"#).unwrap();
+        let cfg: PatchesConfig = serde_json::from_str(r#"{"manager":"yum","interval":"1h","timeout":"2m"}"#).unwrap();
         assert_eq!(cfg.manager, Manager::Yum);
         assert!(serde_json::from_str::<PatchesConfig>(r#"{"manager":"zypper"}"#).is_err());
         assert!(serde_json::from_str::<PatchesConfig>(r#"{"managr":"apt"}"#).is_err());

@@ -51,23 +51,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pikett-reboot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let script = dir.join("needs-restarting");
-        std::fs::write(&script, "#!/bin/sh\n[ \"$1\" = -r ] || exit 9\necho 'Reboot is required to fully utilize these updates.'\nexit 1\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(
-            needs_restarting(&script, Duration::from_secs(5)).await,
-            Some(true)
-        );
-        assert_eq!(
-            needs_restarting(&dir.join("missing"), Duration::from_secs(5)).await,
-            None
-        );
-        assert!(!flag_file(&dir.join("reboot-required")));
         std::fs::write(
-            dir.join("reboot-required"),
-            "*** System restart required ***\n",
+            &script,
+            "#!/bin/sh\n[ \"$1\" = -r ] || exit 9\necho 'Reboot is required to fully utilize these updates.'\nexit 1\n",
         )
         .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(needs_restarting(&script, Duration::from_secs(5)).await, Some(true));
+        assert_eq!(needs_restarting(&dir.join("missing"), Duration::from_secs(5)).await, None);
+        assert!(!flag_file(&dir.join("reboot-required")));
+        std::fs::write(dir.join("reboot-required"), "*** System restart required ***\n").unwrap();
         assert!(flag_file(&dir.join("reboot-required")));
         std::fs::remove_dir_all(&dir).unwrap();
     }

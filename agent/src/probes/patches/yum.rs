@@ -14,11 +14,7 @@ pub(super) fn flow(tools: &PatchTools, refresh: bool) -> RpmFlow<'_> {
     if !refresh {
         base_args.push("-C".into());
     }
-    RpmFlow {
-        tool: &tools.yum,
-        base_args,
-        updateinfo_args: exec::args(["updateinfo", "list", "updates"]),
-    }
+    RpmFlow { tool: &tools.yum, base_args, updateinfo_args: exec::args(["updateinfo", "list", "updates"]) }
 }
 
 #[cfg(test)]
@@ -27,20 +23,16 @@ mod tests {
     use super::super::{Failure, Severity, UpdateType, classify_failure};
 
     fn read(name: &str) -> String {
-        std::fs::read_to_string(format!(
-            "{}/testdata/system/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .unwrap()
+        std::fs::read_to_string(format!("{}/testdata/system/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
     }
 
     #[test]
     fn centos7_check_update_with_plugin_chatter() {
         let rows = parse_check_update(&read("yum-check-update-centos7.txt"));
         assert_eq!(rows.len(), 6, "{rows:#?}");
-        assert!(rows.iter().any(|r| r.name == "bind-libs"
-            && r.evr == "32:9.11.4-26.P2.el7_9.16"
-            && r.repo == "updates"));
+        assert!(
+            rows.iter().any(|r| r.name == "bind-libs" && r.evr == "32:9.11.4-26.P2.el7_9.16" && r.repo == "updates")
+        );
         assert!(rows.iter().any(|r| r.name == "NetworkManager-libnm"));
     }
 
@@ -49,10 +41,7 @@ mod tests {
         let advs = parse_updateinfo_list(&read("yum-updateinfo-list-centos7.txt"));
         assert_eq!(advs.len(), 4, "{advs:#?}");
         let k = advs.iter().find(|a| a.name == "kernel").unwrap();
-        assert_eq!(
-            (k.kind, k.severity),
-            (UpdateType::Security, Some(Severity::Important))
-        );
+        assert_eq!((k.kind, k.severity), (UpdateType::Security, Some(Severity::Important)));
         assert_eq!(k.evr, "3.10.0-1160.119.1.el7");
         assert!(advs.iter().any(|a| a.kind == UpdateType::Bugfix));
     }

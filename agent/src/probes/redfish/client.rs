@@ -16,10 +16,7 @@ pub enum Auth {
     /// Not logged in yet (the service root needs no credentials).
     None,
     /// A SessionService session: token and the session's URL (for DELETE).
-    Session {
-        token: String,
-        location: Option<String>,
-    },
+    Session { token: String, location: Option<String> },
     /// HTTP Basic on every request (BMCs without sessions).
     Basic,
 }
@@ -130,15 +127,9 @@ impl Client {
             .permits
             .acquire()
             .await
-            .map_err(|_| RedfishError::Transport {
-                url: url.to_string(),
-                reason: "client is shut down".into(),
-            })?;
+            .map_err(|_| RedfishError::Transport { url: url.to_string(), reason: "client is shut down".into() })?;
         self.requests.fetch_add(1, Ordering::Relaxed);
-        let mut req = self
-            .http
-            .request(method.clone(), url)
-            .header("Accept", "application/json");
+        let mut req = self.http.request(method.clone(), url).header("Accept", "application/json");
         req = match auth {
             Auth::Session { token, .. } => req.header("X-Auth-Token", token),
             Auth::Basic => req.basic_auth(&self.username, Some(&self.password)),
@@ -148,66 +139,37 @@ impl Client {
             req = req.json(j);
         }
         let fut = async {
-            let mut resp = req
-                .send()
-                .await
-                .map_err(|e| self.transport(&method, url, e))?;
+            let mut resp = req.send().await.map_err(|e| self.transport(&method, url, e))?;
             let status = resp.status();
-            let header = |name: &str| {
-                resp.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
+            let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
             let token = header("X-Auth-Token");
             let location = header("Location");
             if let Some(len) = resp.content_length()
                 && len > self.max_bytes
             {
-                return Err(RedfishError::TooLarge {
-                    url: url.to_string(),
-                    limit: self.max_bytes,
-                });
+                return Err(RedfishError::TooLarge { url: url.to_string(), limit: self.max_bytes });
             }
             let mut body = Vec::new();
-            while let Some(chunk) = resp
-                .chunk()
-                .await
-                .map_err(|e| self.transport(&method, url, e))?
-            {
+            while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport(&method, url, e))? {
                 if (body.len() + chunk.len()) as u64 > self.max_bytes {
-                    return Err(RedfishError::TooLarge {
-                        url: url.to_string(),
-                        limit: self.max_bytes,
-                    });
+                    return Err(RedfishError::TooLarge { url: url.to_string(), limit: self.max_bytes });
                 }
                 body.extend_from_slice(&chunk);
             }
-            Ok(Response {
-                status,
-                token,
-                location,
-                body,
-            })
+            Ok(Response { status, token, location, body })
         };
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r,
-            Err(_) => Err(RedfishError::Timeout {
-                method: method.to_string(),
-                url: url.to_string(),
-                after: self.timeout,
-            }),
+            Err(_) => {
+                Err(RedfishError::Timeout { method: method.to_string(), url: url.to_string(), after: self.timeout })
+            }
         }
     }
 
     /// Classifies a reqwest error: its own timeout reads like ours.
     fn transport(&self, method: &Method, url: &str, e: reqwest::Error) -> RedfishError {
         if e.is_timeout() {
-            RedfishError::Timeout {
-                method: method.to_string(),
-                url: url.to_string(),
-                after: self.timeout,
-            }
+            RedfishError::Timeout { method: method.to_string(), url: url.to_string(), after: self.timeout }
         } else {
             let mut reason = error_chain(&e);
             if reason.contains("certificate") {
@@ -216,10 +178,7 @@ impl Client {
                      set ca_file to the CA that signed it, or tls_insecure = true)",
                 );
             }
-            RedfishError::Transport {
-                url: url.to_string(),
-                reason,
-            }
+            RedfishError::Transport { url: url.to_string(), reason }
         }
     }
 
@@ -246,10 +205,7 @@ impl Client {
                     body: snippet(&resp.body),
                 });
             }
-            return serde_json::from_slice(&resp.body).map_err(|e| RedfishError::Json {
-                url,
-                reason: e.to_string(),
-            });
+            return serde_json::from_slice(&resp.body).map_err(|e| RedfishError::Json { url, reason: e.to_string() });
         }
     }
 
@@ -281,20 +237,14 @@ impl Client {
         };
         let url = self.url(&sessions);
         let body = serde_json::json!({"UserName": self.username, "Password": self.password});
-        let resp = self
-            .send(Method::POST, &url, &Auth::None, Some(&body))
-            .await?;
+        let resp = self.send(Method::POST, &url, &Auth::None, Some(&body)).await?;
         match resp.status {
             s if s.is_success() => match resp.token {
                 Some(token) => {
                     let location = resp.location.or_else(|| {
                         serde_json::from_slice::<Value>(&resp.body)
                             .ok()
-                            .and_then(|v| {
-                                v.get("@odata.id")
-                                    .and_then(Value::as_str)
-                                    .map(str::to_string)
-                            })
+                            .and_then(|v| v.get("@odata.id").and_then(Value::as_str).map(str::to_string))
                     });
                     tracing::debug!(endpoint = %self.base, "redfish session created");
                     Ok(Auth::Session { token, location })
@@ -304,32 +254,21 @@ impl Client {
                     Ok(Auth::Basic)
                 }
             },
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                Err(RedfishError::Unauthorized { url })
-            }
-            StatusCode::NOT_FOUND
-            | StatusCode::METHOD_NOT_ALLOWED
-            | StatusCode::NOT_IMPLEMENTED => {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(RedfishError::Unauthorized { url }),
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED => {
                 tracing::info!(endpoint = %self.base, status = resp.status.as_u16(), "sessions unsupported; using HTTP Basic auth");
                 Ok(Auth::Basic)
             }
-            s => Err(RedfishError::Status {
-                method: "POST".into(),
-                url,
-                status: s.as_u16(),
-                body: snippet(&resp.body),
-            }),
+            s => {
+                Err(RedfishError::Status { method: "POST".into(), url, status: s.as_u16(), body: snippet(&resp.body) })
+            }
         }
     }
 
     /// Deletes the session (best effort) and forgets it, so the BMC's session slots are not leaked.
     pub async fn logout(&self) {
         let old = std::mem::replace(&mut *self.auth.lock().await, Auth::None);
-        if let Auth::Session {
-            location: Some(location),
-            ..
-        } = &old
-        {
+        if let Auth::Session { location: Some(location), .. } = &old {
             let url = self.url(location);
             match self.send(Method::DELETE, &url, &old, None).await {
                 Ok(r) if r.status.is_success() || r.status == StatusCode::NOT_FOUND => {

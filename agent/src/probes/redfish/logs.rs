@@ -38,16 +38,11 @@ impl Entry {
     }
 
     pub fn time(&self) -> Option<Timestamp> {
-        self.created
-            .as_deref()
-            .and_then(|c| c.parse::<Timestamp>().ok())
+        self.created.as_deref().and_then(|c| c.parse::<Timestamp>().ok())
     }
 
     pub fn cursor(&self) -> Cursor {
-        Cursor {
-            id: self.id.clone(),
-            created: self.created.clone(),
-        }
+        Cursor { id: self.id.clone(), created: self.created.clone() }
     }
 }
 
@@ -57,10 +52,7 @@ pub enum Scan {
     /// No cursor yet (first poll after install): remember the newest, report nothing.
     Baseline,
     /// New entries, newest first; `reached_cursor` false means older new ones may be on the next page.
-    New {
-        entries: Vec<Entry>,
-        reached_cursor: bool,
-    },
+    New { entries: Vec<Entry>, reached_cursor: bool },
     /// The newest entry is older than the cursor (log cleared or ids reset):
     /// entries created after the cursor's time, newest first.
     Resync { entries: Vec<Entry> },
@@ -78,12 +70,7 @@ fn is_old(e: &Entry, c: &Cursor) -> bool {
     if let (Some(a), Some(b)) = (numeric(&e.id), numeric(&c.id)) {
         return a <= b;
     }
-    match (
-        e.time(),
-        c.created
-            .as_deref()
-            .and_then(|t| t.parse::<Timestamp>().ok()),
-    ) {
+    match (e.time(), c.created.as_deref().and_then(|t| t.parse::<Timestamp>().ok())) {
         (Some(a), Some(b)) => a < b,
         _ => false,
     }
@@ -95,20 +82,14 @@ pub fn scan(entries: &[Entry], cursor: Option<&Cursor>) -> Scan {
         return Scan::Baseline;
     };
     let Some(newest) = entries.first() else {
-        return Scan::New {
-            entries: vec![],
-            reached_cursor: true,
-        };
+        return Scan::New { entries: vec![], reached_cursor: true };
     };
     let went_back = match (numeric(&newest.id), numeric(&c.id)) {
         (Some(a), Some(b)) => a < b,
         _ => false,
     };
     if went_back {
-        let since = c
-            .created
-            .as_deref()
-            .and_then(|t| t.parse::<Timestamp>().ok());
+        let since = c.created.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
         let entries = entries
             .iter()
             .filter(|e| match (e.time(), since) {
@@ -123,17 +104,11 @@ pub fn scan(entries: &[Entry], cursor: Option<&Cursor>) -> Scan {
     let mut new = Vec::new();
     for e in entries {
         if is_old(e, c) {
-            return Scan::New {
-                entries: new,
-                reached_cursor: true,
-            };
+            return Scan::New { entries: new, reached_cursor: true };
         }
         new.push(e.clone());
     }
-    Scan::New {
-        entries: new,
-        reached_cursor: false,
-    }
+    Scan::New { entries: new, reached_cursor: false }
 }
 
 #[cfg(test)]
@@ -157,25 +132,12 @@ mod tests {
 
     #[test]
     fn entries_newer_than_cursor_are_new() {
-        let page = [
-            e(7, "2024-01-03T00:00:00Z"),
-            e(6, "2024-01-02T00:00:00Z"),
-            e(5, "2024-01-01T00:00:00Z"),
-        ];
-        let c = Cursor {
-            id: "5".into(),
-            created: Some("2024-01-01T00:00:00Z".into()),
-        };
+        let page = [e(7, "2024-01-03T00:00:00Z"), e(6, "2024-01-02T00:00:00Z"), e(5, "2024-01-01T00:00:00Z")];
+        let c = Cursor { id: "5".into(), created: Some("2024-01-01T00:00:00Z".into()) };
         match scan(&page, Some(&c)) {
-            Scan::New {
-                entries,
-                reached_cursor,
-            } => {
+            Scan::New { entries, reached_cursor } => {
                 assert!(reached_cursor);
-                assert_eq!(
-                    entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
-                    ["7", "6"]
-                );
+                assert_eq!(entries.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["7", "6"]);
             }
             other => panic!("{other:?}"),
         }
@@ -184,26 +146,14 @@ mod tests {
     #[test]
     fn page_without_cursor_asks_for_more() {
         let page = [e(9, "2024-01-03T00:00:00Z"), e(8, "2024-01-02T00:00:00Z")];
-        let c = Cursor {
-            id: "5".into(),
-            created: None,
-        };
-        assert!(matches!(
-            scan(&page, Some(&c)),
-            Scan::New {
-                reached_cursor: false,
-                ..
-            }
-        ));
+        let c = Cursor { id: "5".into(), created: None };
+        assert!(matches!(scan(&page, Some(&c)), Scan::New { reached_cursor: false, .. }));
     }
 
     #[test]
     fn ids_going_backwards_resync_by_time() {
         let page = [e(2, "2024-02-01T00:00:10Z"), e(1, "2024-02-01T00:00:00Z")];
-        let c = Cursor {
-            id: "900".into(),
-            created: Some("2024-02-01T00:00:05Z".into()),
-        };
+        let c = Cursor { id: "900".into(), created: Some("2024-02-01T00:00:05Z".into()) };
         match scan(&page, Some(&c)) {
             Scan::Resync { entries } => assert_eq!(entries.len(), 1),
             other => panic!("{other:?}"),

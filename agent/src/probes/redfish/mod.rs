@@ -40,9 +40,7 @@ use crate::probes::{Probe, SharedState};
 
 use client::{Auth, Client};
 use logs::{Cursor, Entry, Scan};
-use readings::{
-    Context, Kind, Reading, component_state, describe_component, fmt_num, normalise, num, text,
-};
+use readings::{Context, Kind, Reading, component_state, describe_component, fmt_num, normalise, num, text};
 
 pub use client::error_chain;
 
@@ -118,11 +116,7 @@ fn default_max_log_pages() -> usize {
 
 impl RedfishConfig {
     /// A config with every optional key at its default.
-    pub fn new(
-        endpoint: impl Into<String>,
-        username: impl Into<String>,
-        password_file: impl Into<PathBuf>,
-    ) -> Self {
+    pub fn new(endpoint: impl Into<String>, username: impl Into<String>, password_file: impl Into<PathBuf>) -> Self {
         RedfishConfig {
             endpoint: endpoint.into(),
             username: username.into(),
@@ -144,15 +138,10 @@ impl RedfishConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum RedfishError {
     #[error("redfish: cannot read password_file {path}: {source}")]
-    PasswordFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    PasswordFile { path: PathBuf, source: std::io::Error },
     #[error("redfish: password_file {path} is empty")]
     EmptyPassword { path: PathBuf },
-    #[error(
-        "redfish: password_file {path} is readable by everyone (mode {mode:o}); run `chmod 600 {path}`"
-    )]
+    #[error("redfish: password_file {path} is readable by everyone (mode {mode:o}); run `chmod 600 {path}`")]
     WorldReadable { path: PathBuf, mode: u32 },
     #[error("redfish: cannot read ca_file {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
@@ -161,18 +150,9 @@ pub enum RedfishError {
     #[error("redfish: cannot build the HTTP client: {0}")]
     Client(String),
     #[error("{method} {url}: no answer within {after:?} (timeout)")]
-    Timeout {
-        method: String,
-        url: String,
-        after: Duration,
-    },
+    Timeout { method: String, url: String, after: Duration },
     #[error("{method} {url}: HTTP {status} {body}")]
-    Status {
-        method: String,
-        url: String,
-        status: u16,
-        body: String,
-    },
+    Status { method: String, url: String, status: u16, body: String },
     #[error("{url}: credentials rejected by the BMC (HTTP 401); check username and password_file")]
     Unauthorized { url: String },
     #[error("GET {url}: response larger than max_response_bytes ({limit} bytes); refused")]
@@ -192,26 +172,18 @@ pub struct RedfishProbe {
 
 /// Reads the password file: refuses world-readable files, strips the trailing newline.
 fn read_password(path: &Path) -> Result<String, RedfishError> {
-    let meta = std::fs::metadata(path).map_err(|source| RedfishError::PasswordFile {
-        path: path.into(),
-        source,
-    })?;
+    let meta = std::fs::metadata(path).map_err(|source| RedfishError::PasswordFile { path: path.into(), source })?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o004 != 0 {
-            return Err(RedfishError::WorldReadable {
-                path: path.into(),
-                mode,
-            });
+            return Err(RedfishError::WorldReadable { path: path.into(), mode });
         }
     }
     let _ = meta;
-    let raw = std::fs::read_to_string(path).map_err(|source| RedfishError::PasswordFile {
-        path: path.into(),
-        source,
-    })?;
+    let raw =
+        std::fs::read_to_string(path).map_err(|source| RedfishError::PasswordFile { path: path.into(), source })?;
     let pw = raw.trim_end_matches(['\n', '\r']).to_string();
     if pw.is_empty() {
         return Err(RedfishError::EmptyPassword { path: path.into() });
@@ -222,10 +194,8 @@ fn read_password(path: &Path) -> Result<String, RedfishError> {
 impl RedfishProbe {
     /// Validates the config, reads the password and CA files and builds the HTTP client (no request is sent).
     pub fn new(cfg: RedfishConfig, state: SharedState) -> Result<RedfishProbe, RedfishError> {
-        let url = reqwest::Url::parse(&cfg.endpoint).map_err(|e| RedfishError::Config {
-            field: "endpoint",
-            reason: format!("{:?}: {e}", cfg.endpoint),
-        })?;
+        let url = reqwest::Url::parse(&cfg.endpoint)
+            .map_err(|e| RedfishError::Config { field: "endpoint", reason: format!("{:?}: {e}", cfg.endpoint) })?;
         if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
             return Err(RedfishError::Config {
                 field: "endpoint",
@@ -233,10 +203,7 @@ impl RedfishProbe {
             });
         }
         if cfg.max_concurrency == 0 {
-            return Err(RedfishError::Config {
-                field: "max_concurrency",
-                reason: "must be at least 1".into(),
-            });
+            return Err(RedfishError::Config { field: "max_concurrency", reason: "must be at least 1".into() });
         }
         if cfg.timeout.is_zero() || cfg.poll_timeout.is_zero() || cfg.interval.is_zero() {
             return Err(RedfishError::Config {
@@ -245,10 +212,7 @@ impl RedfishProbe {
             });
         }
         if cfg.max_response_bytes < 1024 {
-            return Err(RedfishError::Config {
-                field: "max_response_bytes",
-                reason: "must be at least 1024".into(),
-            });
+            return Err(RedfishError::Config { field: "max_response_bytes", reason: "must be at least 1024".into() });
         }
         if cfg.ca_file.is_some() && cfg.tls_insecure {
             return Err(RedfishError::Config {
@@ -266,20 +230,12 @@ impl RedfishProbe {
             .pool_max_idle_per_host(cfg.max_concurrency)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = &cfg.ca_file {
-            let pem = std::fs::read(ca).map_err(|e| RedfishError::CaFile {
-                path: ca.clone(),
-                reason: e.to_string(),
-            })?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| RedfishError::CaFile {
-                    path: ca.clone(),
-                    reason: e.to_string(),
-                })?;
+            let pem =
+                std::fs::read(ca).map_err(|e| RedfishError::CaFile { path: ca.clone(), reason: e.to_string() })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| RedfishError::CaFile { path: ca.clone(), reason: e.to_string() })?;
             if certs.is_empty() {
-                return Err(RedfishError::CaFile {
-                    path: ca.clone(),
-                    reason: "no PEM certificate in it".into(),
-                });
+                return Err(RedfishError::CaFile { path: ca.clone(), reason: "no PEM certificate in it".into() });
             }
             builder = builder.tls_certs_only(certs);
         }
@@ -290,9 +246,7 @@ impl RedfishProbe {
         if url.scheme() == "http" {
             tracing::warn!(endpoint = %cfg.endpoint, "redfish: plain http endpoint, the password crosses the network unencrypted");
         }
-        let http = builder
-            .build()
-            .map_err(|e| RedfishError::Client(error_chain(&e)))?;
+        let http = builder.build().map_err(|e| RedfishError::Client(error_chain(&e)))?;
         let base = format!("{}://{}", url.scheme(), url.authority());
         let client = Client::new(
             http,
@@ -319,26 +273,16 @@ impl RedfishProbe {
     async fn poll_inner(&self, now: Timestamp) -> Vec<Observation> {
         let started = Instant::now();
         let requests_before = self.client.request_count();
-        let poll = Poll {
-            client: &self.client,
-            expand: None,
-            errors: Mutex::new(Vec::new()),
-            fetched: Mutex::new(0),
-        };
+        let poll = Poll { client: &self.client, expand: None, errors: Mutex::new(Vec::new()), fetched: Mutex::new(0) };
         let root = match self.client.get("/redfish/v1").await {
             Ok(r) => r,
             Err(e) => return self.fatal(now, &e).await,
         };
-        self.client
-            .set_sessions_url(link(&root, "/Links/Sessions"))
-            .await;
+        self.client.set_sessions_url(link(&root, "/Links/Sessions")).await;
         if let Err(e) = self.client.ensure_login().await {
             return self.fatal(now, &e).await;
         }
-        let poll = Poll {
-            expand: expand_query(self.cfg.expand, &root),
-            ..poll
-        };
+        let poll = Poll { expand: expand_query(self.cfg.expand, &root), ..poll };
 
         let (systems, chassis, managers) = futures::join!(
             poll.members_of(&root, "Systems"),
@@ -348,25 +292,13 @@ impl RedfishProbe {
         // Without any system there is nothing to monitor: say why.
         if systems.is_empty() {
             let why = poll.errors.lock().map(|e| e.join("; ")).unwrap_or_default();
-            let summary = if why.is_empty() {
-                "the service root lists no ComputerSystem".to_string()
-            } else {
-                why
-            };
-            return vec![Observation::check(
-                "redfish/system",
-                State::Unknown,
-                summary,
-                now,
-            )];
+            let summary = if why.is_empty() { "the service root lists no ComputerSystem".to_string() } else { why };
+            return vec![Observation::check("redfish/system", State::Unknown, summary, now)];
         }
 
         let service_tag = service_tag(&root, &systems, &chassis);
         let power_state = text(systems[0].get("PowerState"));
-        let ctx = Context {
-            service_tag: service_tag.clone(),
-            power_off: power_state.clone().filter(|p| p != "On"),
-        };
+        let ctx = Context { service_tag: service_tag.clone(), power_off: power_state.clone().filter(|p| p != "On") };
         let multi = systems.len() > 1;
         let (system_obs, chassis_obs, manager_obs) = futures::join!(
             join_all(systems.iter().map(|s| poll.system(s, multi, &ctx, now))),
@@ -375,11 +307,7 @@ impl RedfishProbe {
             join_all(
                 managers
                     .iter()
-                    .chain(
-                        systems
-                            .iter()
-                            .filter(|s| s.get("LogServices").is_some_and(Value::is_object))
-                    )
+                    .chain(systems.iter().filter(|s| s.get("LogServices").is_some_and(Value::is_object)))
                     .map(|m| self.manager(&poll, m, &ctx, now))
             ),
         );
@@ -412,19 +340,11 @@ impl RedfishProbe {
         let requests = self.client.request_count() - requests_before;
         let took = started.elapsed().as_secs_f64();
         let (state, summary) = if errors.is_empty() {
-            (
-                State::Ok,
-                format!("read {fetched} resources with {requests} requests in {took:.1} s"),
-            )
+            (State::Ok, format!("read {fetched} resources with {requests} requests in {took:.1} s"))
         } else {
             (
                 State::Unknown,
-                format!(
-                    "{} of {} resources unreadable: {}",
-                    errors.len(),
-                    fetched + errors.len(),
-                    errors.join("; ")
-                ),
+                format!("{} of {} resources unreadable: {}", errors.len(), fetched + errors.len(), errors.join("; ")),
             )
         };
         out.push(Observation::check("redfish/bmc", state, summary, now));
@@ -435,10 +355,7 @@ impl RedfishProbe {
     async fn fatal(&self, now: Timestamp, e: &RedfishError) -> Vec<Observation> {
         tracing::warn!(endpoint = %self.cfg.endpoint, error = %e, "redfish poll failed");
         // The session's state is unknown after a transport failure: give its slot back.
-        if matches!(
-            e,
-            RedfishError::Timeout { .. } | RedfishError::Transport { .. }
-        ) {
+        if matches!(e, RedfishError::Timeout { .. } | RedfishError::Transport { .. }) {
             let c = self.client.clone();
             tokio::spawn(async move { c.logout().await });
         }
@@ -450,13 +367,7 @@ impl RedfishProbe {
     }
 
     /// A manager's (or system's) logs (new SEL and Lifecycle entries as events) and Dell's active-fault list.
-    async fn manager(
-        &self,
-        poll: &Poll<'_>,
-        m: &Value,
-        ctx: &Context,
-        now: Timestamp,
-    ) -> Vec<Observation> {
+    async fn manager(&self, poll: &Poll<'_>, m: &Value, ctx: &Context, now: Timestamp) -> Vec<Observation> {
         let services = match m.get("LogServices").filter(|l| l.is_object()) {
             Some(_) => poll.members_of(m, "LogServices").await,
             None => Vec::new(),
@@ -468,9 +379,7 @@ impl RedfishProbe {
             };
             match classify_log(svc) {
                 Some(LogKind::Faults) => out.extend(poll.faults(&entries, ctx, now).await),
-                Some(LogKind::Events(source)) => {
-                    out.extend(self.log_events(poll, source, &entries).await)
-                }
+                Some(LogKind::Events(source)) => out.extend(self.log_events(poll, source, &entries).await),
                 None => {}
             }
         }
@@ -478,27 +387,13 @@ impl RedfishProbe {
     }
 
     /// New entries of one log since the persisted cursor, oldest first.
-    async fn log_events(
-        &self,
-        poll: &Poll<'_>,
-        source: &str,
-        entries_path: &str,
-    ) -> Vec<Observation> {
-        let key = format!(
-            "redfish/cursor/{}{}",
-            self.cfg.endpoint.trim_end_matches('/'),
-            entries_path
-        );
-        let cursor: Option<Cursor> = self
-            .state
-            .load(&key)
-            .and_then(|b| serde_json::from_slice(&b).ok());
+    async fn log_events(&self, poll: &Poll<'_>, source: &str, entries_path: &str) -> Vec<Observation> {
+        let key = format!("redfish/cursor/{}{}", self.cfg.endpoint.trim_end_matches('/'), entries_path);
+        let cursor: Option<Cursor> = self.state.load(&key).and_then(|b| serde_json::from_slice(&b).ok());
         let Some(first) = poll.get(entries_path).await else {
             return Vec::new();
         };
-        let first_entries: Vec<Entry> = readings::array(&first, "Members")
-            .filter_map(Entry::from_json)
-            .collect();
+        let first_entries: Vec<Entry> = readings::array(&first, "Members").filter_map(Entry::from_json).collect();
         let newest = first_entries.first().map(Entry::cursor);
         let mut new: Vec<Entry> = Vec::new();
         match logs::scan(&first_entries, cursor.as_ref()) {
@@ -509,16 +404,10 @@ impl RedfishProbe {
                 );
             }
             Scan::Resync { entries } => {
-                tracing::info!(
-                    log = source,
-                    "redfish log went backwards (cleared or wrapped); resynchronising"
-                );
+                tracing::info!(log = source, "redfish log went backwards (cleared or wrapped); resynchronising");
                 new = entries;
             }
-            Scan::New {
-                entries,
-                reached_cursor,
-            } => {
+            Scan::New { entries, reached_cursor } => {
                 new = entries;
                 let mut reached = reached_cursor;
                 let mut next = text(first.get("Members@odata.nextLink"));
@@ -529,14 +418,9 @@ impl RedfishProbe {
                         break;
                     };
                     pages += 1;
-                    let es: Vec<Entry> = readings::array(&page, "Members")
-                        .filter_map(Entry::from_json)
-                        .collect();
+                    let es: Vec<Entry> = readings::array(&page, "Members").filter_map(Entry::from_json).collect();
                     match logs::scan(&es, cursor.as_ref()) {
-                        Scan::New {
-                            entries,
-                            reached_cursor,
-                        } => {
+                        Scan::New { entries, reached_cursor } => {
                             new.extend(entries);
                             reached = reached_cursor;
                         }
@@ -546,10 +430,7 @@ impl RedfishProbe {
                 }
             }
         }
-        let save = newest.or_else(|| cursor.clone()).unwrap_or(Cursor {
-            id: String::new(),
-            created: None,
-        });
+        let save = newest.or_else(|| cursor.clone()).unwrap_or(Cursor { id: String::new(), created: None });
         if cursor.as_ref() != Some(&save)
             && let Ok(bytes) = serde_json::to_vec(&save)
             && let Err(e) = self.state.save(&key, &bytes)
@@ -623,28 +504,12 @@ impl Drop for RedfishProbe {
 /// `$expand` query for collections, from the config and the root's `ProtocolFeaturesSupported`.
 pub fn expand_query(mode: ExpandMode, root: &Value) -> Option<String> {
     let q = root.pointer("/ProtocolFeaturesSupported/ExpandQuery");
-    let flag = |k: &str| {
-        q.and_then(|q| q.get(k))
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-    };
-    let levels = flag("Levels")
-        && q.and_then(|q| q.get("MaxLevels"))
-            .and_then(Value::as_u64)
-            .unwrap_or(1)
-            >= 1;
+    let flag = |k: &str| q.and_then(|q| q.get(k)).and_then(Value::as_bool).unwrap_or(false);
+    let levels = flag("Levels") && q.and_then(|q| q.get("MaxLevels")).and_then(Value::as_u64).unwrap_or(1) >= 1;
     let advertised = if flag("NoLinks") {
-        Some(if levels {
-            "$expand=.($levels=1)"
-        } else {
-            "$expand=."
-        })
+        Some(if levels { "$expand=.($levels=1)" } else { "$expand=." })
     } else if flag("ExpandAll") {
-        Some(if levels {
-            "$expand=*($levels=1)"
-        } else {
-            "$expand=*"
-        })
+        Some(if levels { "$expand=*($levels=1)" } else { "$expand=*" })
     } else {
         None
     };
@@ -657,31 +522,18 @@ pub fn expand_query(mode: ExpandMode, root: &Value) -> Option<String> {
 
 /// The `@odata.id` at a JSON pointer (`/Links/Sessions`), or of a property.
 fn link(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
-        .and_then(|l| l.get("@odata.id"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
+    v.pointer(pointer).and_then(|l| l.get("@odata.id")).and_then(Value::as_str).map(str::to_string)
 }
 
 /// Service tag: the root's OEM `ServiceTag` (Dell), else the system's SKU or serial number.
 fn service_tag(root: &Value, systems: &[Value], chassis: &[Value]) -> Option<String> {
-    let oem = root
-        .get("Oem")
-        .and_then(Value::as_object)
-        .and_then(|o| o.values().find_map(|v| text(v.get("ServiceTag"))));
+    let oem =
+        root.get("Oem").and_then(Value::as_object).and_then(|o| o.values().find_map(|v| text(v.get("ServiceTag"))));
     let nonempty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
     nonempty(oem)
         .or_else(|| systems.iter().find_map(|s| nonempty(text(s.get("SKU")))))
-        .or_else(|| {
-            systems
-                .iter()
-                .find_map(|s| nonempty(text(s.get("SerialNumber"))))
-        })
-        .or_else(|| {
-            chassis
-                .iter()
-                .find_map(|c| nonempty(text(c.get("SerialNumber"))))
-        })
+        .or_else(|| systems.iter().find_map(|s| nonempty(text(s.get("SerialNumber")))))
+        .or_else(|| chassis.iter().find_map(|c| nonempty(text(c.get("SerialNumber")))))
 }
 
 enum LogKind {
@@ -692,9 +544,7 @@ enum LogKind {
 /// Which of our sources a LogService is: `redfish/sel`, `redfish/lclog`, the fault list, or none.
 fn classify_log(svc: &Value) -> Option<LogKind> {
     let id = text(svc.get("Id")).unwrap_or_default().to_ascii_lowercase();
-    let name = text(svc.get("Name"))
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let name = text(svc.get("Name")).unwrap_or_default().to_ascii_lowercase();
     let kind = text(svc.get("LogEntryType")).unwrap_or_default();
     if id.contains("fault") || name.contains("fault") {
         Some(LogKind::Faults)
@@ -717,16 +567,11 @@ struct Poll<'a> {
 
 /// A collection member that is only a reference (`@odata.id`, maybe `@odata.type`), not the resource.
 fn is_bare_link(v: &Value) -> bool {
-    v.as_object()
-        .is_some_and(|o| o.keys().all(|k| k.starts_with("@odata.")))
+    v.as_object().is_some_and(|o| o.keys().all(|k| k.starts_with("@odata.")))
 }
 
 fn with_query(path: &str, query: &str) -> String {
-    if path.contains('?') {
-        format!("{path}&{query}")
-    } else {
-        format!("{path}?{query}")
-    }
+    if path.contains('?') { format!("{path}&{query}") } else { format!("{path}?{query}") }
 }
 
 impl Poll<'_> {
@@ -794,19 +639,9 @@ impl Poll<'_> {
     }
 
     /// `redfish/system`, `redfish/memory`, `redfish/processor`, storage controllers and drives of one system.
-    async fn system(
-        &self,
-        sys: &Value,
-        multi: bool,
-        ctx: &Context,
-        now: Timestamp,
-    ) -> Vec<Observation> {
+    async fn system(&self, sys: &Value, multi: bool, ctx: &Context, now: Timestamp) -> Vec<Observation> {
         let id = text(sys.get("Id")).unwrap_or_default();
-        let suffix = if multi {
-            format!("/{id}")
-        } else {
-            String::new()
-        };
+        let suffix = if multi { format!("/{id}") } else { String::new() };
         let mut out = Vec::new();
         let (state, health) = component_state(sys).unwrap_or((State::Unknown, "no Status".into()));
         let power = text(sys.get("PowerState")).unwrap_or_else(|| "unknown".into());
@@ -815,52 +650,27 @@ impl Poll<'_> {
         if power != "On" {
             summary.push_str(" (readings unavailable while powered off)");
         }
-        out.push(Observation::check(
-            format!("redfish/system{suffix}"),
-            state,
-            summary,
-            now,
-        ));
+        out.push(Observation::check(format!("redfish/system{suffix}"), state, summary, now));
 
         let (mem, cpu, storage) = futures::join!(
             self.rollup(sys, "MemorySummary", "Memory", "memory", ctx),
             self.rollup(sys, "ProcessorSummary", "Processors", "processor", ctx),
             self.storage(sys, ctx, now),
         );
-        out.push(Observation::check(
-            format!("redfish/memory{suffix}"),
-            mem.0,
-            mem.1,
-            now,
-        ));
-        out.push(Observation::check(
-            format!("redfish/processor{suffix}"),
-            cpu.0,
-            cpu.1,
-            now,
-        ));
+        out.push(Observation::check(format!("redfish/memory{suffix}"), mem.0, mem.1, now));
+        out.push(Observation::check(format!("redfish/processor{suffix}"), cpu.0, cpu.1, now));
         out.extend(storage);
         out
     }
 
     /// Memory or processor health from the system's summary roll-up; members are
     /// read only when the roll-up is not OK, to name the faulty parts.
-    async fn rollup(
-        &self,
-        sys: &Value,
-        summary_key: &str,
-        coll: &str,
-        what: &str,
-        ctx: &Context,
-    ) -> (State, String) {
+    async fn rollup(&self, sys: &Value, summary_key: &str, coll: &str, what: &str, ctx: &Context) -> (State, String) {
         let summary = sys.get(summary_key);
-        let rollup = summary.and_then(|s| {
-            text(s.pointer("/Status/HealthRollup")).or_else(|| text(s.pointer("/Status/Health")))
-        });
+        let rollup =
+            summary.and_then(|s| text(s.pointer("/Status/HealthRollup")).or_else(|| text(s.pointer("/Status/Health"))));
         let detail = match summary {
-            Some(s) if what == "memory" => {
-                num(s.get("TotalSystemMemoryGiB")).map(|g| format!("{} GiB", fmt_num(g)))
-            }
+            Some(s) if what == "memory" => num(s.get("TotalSystemMemoryGiB")).map(|g| format!("{} GiB", fmt_num(g))),
             Some(s) => match (num(s.get("Count")), text(s.get("Model"))) {
                 (Some(c), Some(m)) => Some(format!("{} x {m}", fmt_num(c))),
                 (Some(c), None) => Some(format!("{} processors", fmt_num(c))),
@@ -884,25 +694,13 @@ impl Poll<'_> {
             }
         }
         if members.is_empty() && rollup.is_none() {
-            return (
-                State::Unknown,
-                format!("no {what} health reported ({summary_key} and {coll} missing)"),
-            );
+            return (State::Unknown, format!("no {what} health reported ({summary_key} and {coll} missing)"));
         }
         if faulty.is_empty() {
             let r = rollup.unwrap_or_else(|| "not reported".into());
-            return (
-                worst,
-                format!(
-                    "{prefix}roll-up {r}, {} {what} members all OK",
-                    members.len()
-                ),
-            );
+            return (worst, format!("{prefix}roll-up {r}, {} {what} members all OK", members.len()));
         }
-        (
-            worst,
-            format!("{prefix}{}{}", faulty.join("; "), ctx.tag_suffix()),
-        )
+        (worst, format!("{prefix}{}{}", faulty.join("; "), ctx.tag_suffix()))
     }
 
     /// `redfish/storage/<id>` per Storage resource and `redfish/drive/<id>` per drive.
@@ -912,8 +710,7 @@ impl Poll<'_> {
         let mut drive_links: Vec<String> = Vec::new();
         for st in &storages {
             let id = text(st.get("Id")).unwrap_or_default();
-            let mut controllers: Vec<Value> =
-                readings::array(st, "StorageControllers").cloned().collect();
+            let mut controllers: Vec<Value> = readings::array(st, "StorageControllers").cloned().collect();
             if controllers.is_empty() && st.get("Controllers").is_some() {
                 controllers = self.members_of(st, "Controllers").await;
             }
@@ -930,25 +727,13 @@ impl Poll<'_> {
                 if matches!(state, State::Warning | State::Critical) {
                     summary.push_str(&ctx.tag_suffix());
                 }
-                out.push(Observation::check(
-                    format!("redfish/storage/{id}"),
-                    state,
-                    summary,
-                    now,
-                ));
+                out.push(Observation::check(format!("redfish/storage/{id}"), state, summary, now));
             }
-            drive_links
-                .extend(readings::array(st, "Drives").filter_map(|d| text(d.get("@odata.id"))));
+            drive_links.extend(readings::array(st, "Drives").filter_map(|d| text(d.get("@odata.id"))));
         }
-        let drives: Vec<Value> = join_all(drive_links.iter().map(|p| self.get(p)))
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
-        let ids: Vec<String> = drives
-            .iter()
-            .map(|d| text(d.get("Id")).unwrap_or_default())
-            .collect();
+        let drives: Vec<Value> =
+            join_all(drive_links.iter().map(|p| self.get(p))).await.into_iter().flatten().collect();
+        let ids: Vec<String> = drives.iter().map(|d| text(d.get("Id")).unwrap_or_default()).collect();
         let short = |id: &str| id.split(':').next().unwrap_or(id).to_string();
         for (d, id) in drives.iter().zip(&ids) {
             let Some((mut state, words)) = component_state(d) else {
@@ -977,12 +762,7 @@ impl Poll<'_> {
             if matches!(state, State::Warning | State::Critical) {
                 summary.push_str(&ctx.tag_suffix());
             }
-            out.push(Observation::check(
-                format!("redfish/drive/{name}"),
-                state,
-                summary,
-                now,
-            ));
+            out.push(Observation::check(format!("redfish/drive/{name}"), state, summary, now));
         }
         out
     }
@@ -1007,20 +787,13 @@ impl Poll<'_> {
             .iter()
             .filter_map(|(_, m)| m.as_ref())
             .flat_map(|m| {
-                [
-                    "/InputPowerWatts/DataSourceUri",
-                    "/OutputPowerWatts/DataSourceUri",
-                ]
-                .map(|p| text(m.pointer(p)))
+                ["/InputPowerWatts/DataSourceUri", "/OutputPowerWatts/DataSourceUri"].map(|p| text(m.pointer(p)))
             })
             .flatten()
             .collect();
         sensors.retain(|r| !psu_sources.contains(&r.odata_id));
         // The old PowerControl total is the same quantity as a new board-level power sensor.
-        if sensors
-            .iter()
-            .any(|r| r.kind == Kind::Power && r.context.as_deref() != Some("PowerSupply"))
-        {
+        if sensors.iter().any(|r| r.kind == Kind::Power && r.context.as_deref() != Some("PowerSupply")) {
             classic.retain(|r| r.field != "PowerConsumedWatts");
         }
         let mut out = Vec::new();
@@ -1033,41 +806,11 @@ impl Poll<'_> {
 
     async fn chassis_sources(&self, c: &Value) -> ChassisSources {
         let (sensors, thermal_sub, power_sub, thermal, power) = futures::join!(
-            async {
-                if c.get("Sensors").is_some() {
-                    self.members_of(c, "Sensors").await
-                } else {
-                    Vec::new()
-                }
-            },
-            async {
-                if c.get("ThermalSubsystem").is_some() {
-                    self.follow(c, "ThermalSubsystem").await
-                } else {
-                    None
-                }
-            },
-            async {
-                if c.get("PowerSubsystem").is_some() {
-                    self.follow(c, "PowerSubsystem").await
-                } else {
-                    None
-                }
-            },
-            async {
-                if c.get("Thermal").is_some() {
-                    self.follow(c, "Thermal").await
-                } else {
-                    None
-                }
-            },
-            async {
-                if c.get("Power").is_some() {
-                    self.follow(c, "Power").await
-                } else {
-                    None
-                }
-            },
+            async { if c.get("Sensors").is_some() { self.members_of(c, "Sensors").await } else { Vec::new() } },
+            async { if c.get("ThermalSubsystem").is_some() { self.follow(c, "ThermalSubsystem").await } else { None } },
+            async { if c.get("PowerSubsystem").is_some() { self.follow(c, "PowerSubsystem").await } else { None } },
+            async { if c.get("Thermal").is_some() { self.follow(c, "Thermal").await } else { None } },
+            async { if c.get("Power").is_some() { self.follow(c, "Power").await } else { None } },
         );
         let (fans, psus) = futures::join!(
             async {
@@ -1078,19 +821,13 @@ impl Poll<'_> {
             },
             async {
                 match &power_sub {
-                    Some(p) if p.get("PowerSupplies").is_some() => {
-                        self.members_of(p, "PowerSupplies").await
-                    }
+                    Some(p) if p.get("PowerSupplies").is_some() => self.members_of(p, "PowerSupplies").await,
                     _ => Vec::new(),
                 }
             },
         );
         let new_psus = join_all(psus.into_iter().map(|p| async move {
-            let metrics = if p.get("Metrics").is_some() {
-                self.follow(&p, "Metrics").await
-            } else {
-                None
-            };
+            let metrics = if p.get("Metrics").is_some() { self.follow(&p, "Metrics").await } else { None };
             (p, metrics)
         }))
         .await;
@@ -1117,16 +854,9 @@ impl Poll<'_> {
         let Some(page) = self.get(entries_path).await else {
             return Vec::new();
         };
-        let faults: Vec<Entry> = readings::array(&page, "Members")
-            .filter_map(Entry::from_json)
-            .collect();
+        let faults: Vec<Entry> = readings::array(&page, "Members").filter_map(Entry::from_json).collect();
         if faults.is_empty() {
-            return vec![Observation::check(
-                "redfish/faults",
-                State::Ok,
-                "no active faults",
-                now,
-            )];
+            return vec![Observation::check("redfish/faults", State::Ok, "no active faults", now)];
         }
         let state = faults
             .iter()
@@ -1136,19 +866,12 @@ impl Poll<'_> {
                 _ => State::Ok,
             })
             .fold(State::Ok, State::worst);
-        let list: Vec<String> = faults
-            .iter()
-            .map(|f| format!("{} {}: {}", f.severity, f.message_id, f.message))
-            .collect();
+        let list: Vec<String> =
+            faults.iter().map(|f| format!("{} {}: {}", f.severity, f.message_id, f.message)).collect();
         vec![Observation::check(
             "redfish/faults",
             state,
-            format!(
-                "{} active fault(s): {}{}",
-                faults.len(),
-                list.join("; "),
-                ctx.tag_suffix()
-            ),
+            format!("{} active fault(s): {}{}", faults.len(), list.join("; "), ctx.tag_suffix()),
             now,
         )]
     }
@@ -1178,20 +901,10 @@ fn reading_observations(r: &Reading, ctx: &Context, now: Timestamp) -> Vec<Obser
     let Some((state, summary)) = readings::evaluate(r, ctx) else {
         return Vec::new();
     };
-    let mut out = vec![Observation::check(
-        format!("redfish/{}/{}", r.kind.check_segment(), r.name),
-        state,
-        summary,
-        now,
-    )];
+    let mut out =
+        vec![Observation::check(format!("redfish/{}/{}", r.kind.check_segment(), r.name), state, summary, now)];
     if let Some(v) = r.value {
-        out.push(Observation::sample(
-            metric_name(r),
-            [("sensor", r.name.clone())],
-            v,
-            r.unit.clone(),
-            now,
-        ));
+        out.push(Observation::sample(metric_name(r), [("sensor", r.name.clone())], v, r.unit.clone(), now));
     }
     out
 }
@@ -1211,12 +924,8 @@ fn psu_observations(
     let mut psus: Vec<Psu> = new
         .into_iter()
         .map(|(v, m)| {
-            let input = m
-                .as_ref()
-                .and_then(|m| num(m.pointer("/InputPowerWatts/Reading")));
-            let output = m
-                .as_ref()
-                .and_then(|m| num(m.pointer("/OutputPowerWatts/Reading")));
+            let input = m.as_ref().and_then(|m| num(m.pointer("/InputPowerWatts/Reading")));
+            let output = m.as_ref().and_then(|m| num(m.pointer("/OutputPowerWatts/Reading")));
             Psu { v, input, output }
         })
         .collect();
@@ -1239,11 +948,7 @@ fn psu_observations(
     }
     let names: Vec<String> = psus
         .iter()
-        .map(|p| {
-            text(p.v.get("Name"))
-                .or_else(|| text(p.v.get("Id")))
-                .unwrap_or_else(|| "PSU".into())
-        })
+        .map(|p| text(p.v.get("Name")).or_else(|| text(p.v.get("Id"))).unwrap_or_else(|| "PSU".into()))
         .collect();
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for n in &names {
@@ -1255,9 +960,7 @@ fn psu_observations(
             continue;
         };
         let name = if counts[name.as_str()] > 1 {
-            text(p.v.get("Id"))
-                .or_else(|| text(p.v.get("MemberId")))
-                .unwrap_or_else(|| name.clone())
+            text(p.v.get("Id")).or_else(|| text(p.v.get("MemberId"))).unwrap_or_else(|| name.clone())
         } else {
             name.clone()
         };
@@ -1273,24 +976,12 @@ fn psu_observations(
         }
         let mut summary = parts.join(", ");
         if matches!(state, State::Warning | State::Critical) {
-            summary.push_str(&format!(
-                " — {}{}",
-                describe_component(&p.v),
-                ctx.tag_suffix()
-            ));
+            summary.push_str(&format!(" — {}{}", describe_component(&p.v), ctx.tag_suffix()));
         }
-        out.push(Observation::check(
-            format!("redfish/psu/{name}"),
-            state,
-            summary,
-            now,
-        ));
-        let labels =
-            |n: &str| -> BTreeMap<String, String> { [("psu".to_string(), n.to_string())].into() };
-        for (metric, v) in [
-            ("pikett_redfish_psu_input_watts", p.input),
-            ("pikett_redfish_psu_output_watts", p.output),
-        ] {
+        out.push(Observation::check(format!("redfish/psu/{name}"), state, summary, now));
+        let labels = |n: &str| -> BTreeMap<String, String> { [("psu".to_string(), n.to_string())].into() };
+        for (metric, v) in [("pikett_redfish_psu_input_watts", p.input), ("pikett_redfish_psu_output_watts", p.output)]
+        {
             if let Some(v) = v {
                 out.push(Observation::Sample(crate::observation::Sample {
                     name: metric.into(),
@@ -1312,22 +1003,13 @@ mod tests {
     #[test]
     fn expand_follows_protocol_features() {
         let root = json!({"ProtocolFeaturesSupported":{"ExpandQuery":{"ExpandAll":true,"Levels":true,"MaxLevels":1,"NoLinks":true}}});
-        assert_eq!(
-            expand_query(ExpandMode::Auto, &root).as_deref(),
-            Some("$expand=.($levels=1)")
-        );
+        assert_eq!(expand_query(ExpandMode::Auto, &root).as_deref(), Some("$expand=.($levels=1)"));
         assert_eq!(expand_query(ExpandMode::Off, &root), None);
         let plain = json!({});
         assert_eq!(expand_query(ExpandMode::Auto, &plain), None);
-        assert_eq!(
-            expand_query(ExpandMode::On, &plain).as_deref(),
-            Some("$expand=.($levels=1)")
-        );
+        assert_eq!(expand_query(ExpandMode::On, &plain).as_deref(), Some("$expand=.($levels=1)"));
         let all = json!({"ProtocolFeaturesSupported":{"ExpandQuery":{"ExpandAll":true}}});
-        assert_eq!(
-            expand_query(ExpandMode::Auto, &all).as_deref(),
-            Some("$expand=*")
-        );
+        assert_eq!(expand_query(ExpandMode::Auto, &all).as_deref(), Some("$expand=*"));
     }
 
     #[test]
@@ -1348,10 +1030,7 @@ mod tests {
             classify_log(&json!({"Id":"Lclog","LogEntryType":"OEM"})),
             Some(LogKind::Events("redfish/lclog"))
         ));
-        assert!(matches!(
-            classify_log(&json!({"Id":"FaultList","LogEntryType":"SEL"})),
-            Some(LogKind::Faults)
-        ));
+        assert!(matches!(classify_log(&json!({"Id":"FaultList","LogEntryType":"SEL"})), Some(LogKind::Faults)));
         assert!(classify_log(&json!({"Id":"Journal"})).is_none());
     }
 
@@ -1369,15 +1048,9 @@ max_concurrency = 2                  # iDRACs are slow and limit sessions
 "#,
         )
         .unwrap();
-        assert_eq!(
-            c.ca_file.as_deref(),
-            Some(Path::new("/etc/pikett/idrac-ca.pem"))
-        );
+        assert_eq!(c.ca_file.as_deref(), Some(Path::new("/etc/pikett/idrac-ca.pem")));
         assert!(!c.tls_insecure);
-        assert_eq!(
-            (c.interval, c.timeout),
-            (Duration::from_secs(60), Duration::from_secs(20))
-        );
+        assert_eq!((c.interval, c.timeout), (Duration::from_secs(60), Duration::from_secs(20)));
         assert_eq!(c.max_response_bytes, 16 * 1024 * 1024);
         let e = toml::from_str::<RedfishConfig>(
             "endpoint = \"x\"\nusername = \"u\"\npassword_file = \"/p\"\nexpand = \"maybe\"\n",

@@ -57,12 +57,7 @@ impl Thresholds {
 
     /// New-schema `Thresholds` object (`UpperCaution.Reading`, ...).
     pub fn from_sensor(v: &Value) -> Thresholds {
-        let t = |k: &str| {
-            num(v
-                .get("Thresholds")
-                .and_then(|t| t.get(k))
-                .and_then(|t| t.get("Reading")))
-        };
+        let t = |k: &str| num(v.get("Thresholds").and_then(|t| t.get(k)).and_then(|t| t.get("Reading")));
         Thresholds {
             upper_warn: t("UpperCaution"),
             upper_crit: t("UpperCritical"),
@@ -77,11 +72,7 @@ impl Thresholds {
     pub fn state_of(&self, value: f64) -> State {
         let ge = |t: Option<f64>| t.is_some_and(|t| value >= t);
         let le = |t: Option<f64>| t.is_some_and(|t| value <= t);
-        if ge(self.upper_crit)
-            || ge(self.upper_fatal)
-            || le(self.lower_crit)
-            || le(self.lower_fatal)
-        {
+        if ge(self.upper_crit) || ge(self.upper_fatal) || le(self.lower_crit) || le(self.lower_fatal) {
             State::Critical
         } else if ge(self.upper_warn) || le(self.lower_warn) {
             State::Warning
@@ -152,18 +143,12 @@ pub fn fmt_num(v: f64) -> String {
 
 /// Lower-case alphanumerics only, so `PS1 Voltage` and `PS1Voltage` compare equal.
 pub fn normalise(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_alphanumeric())
-        .flat_map(char::to_lowercase)
-        .collect()
+    s.chars().filter(|c| c.is_alphanumeric()).flat_map(char::to_lowercase).collect()
 }
 
 fn status(v: &Value) -> (Option<String>, Option<String>) {
     let st = v.get("Status");
-    (
-        text(st.and_then(|s| s.get("Health"))),
-        text(st.and_then(|s| s.get("State"))),
-    )
+    (text(st.and_then(|s| s.get("Health"))), text(st.and_then(|s| s.get("State"))))
 }
 
 fn odata_id(v: &Value) -> String {
@@ -172,9 +157,7 @@ fn odata_id(v: &Value) -> String {
 
 fn base_reading(kind: Kind, v: &Value, unit: &str, field: &str) -> Reading {
     let name = text(v.get("Name")).unwrap_or_default();
-    let id = text(v.get("Id"))
-        .or_else(|| text(v.get("MemberId")))
-        .unwrap_or_default();
+    let id = text(v.get("Id")).or_else(|| text(v.get("MemberId"))).unwrap_or_default();
     let (health, status_state) = status(v);
     let mut aliases = vec![normalise(&name)];
     if !id.is_empty() && v.get("Id").is_some() {
@@ -202,14 +185,7 @@ pub fn from_sensor(v: &Value) -> Option<Reading> {
         "Temperature" => (Kind::Temperature, "Cel".to_string()),
         "Rotational" => {
             let u = text(v.get("ReadingUnits")).unwrap_or_else(|| "RPM".into());
-            (
-                Kind::Fan,
-                if u == "%" || u.eq_ignore_ascii_case("percent") {
-                    "%".into()
-                } else {
-                    "RPM".into()
-                },
-            )
+            (Kind::Fan, if u == "%" || u.eq_ignore_ascii_case("percent") { "%".into() } else { "RPM".into() })
         }
         "Voltage" => (Kind::Voltage, "V".to_string()),
         "Power" => (Kind::Power, "W".to_string()),
@@ -266,9 +242,7 @@ pub fn from_fan_resource(v: &Value) -> Reading {
         }
     };
     // The service label is the name the other schemas use ("System Board Fan1A").
-    if let Some(label) =
-        text(v.pointer("/Location/PartLocation/ServiceLabel")).filter(|l| !l.is_empty())
-    {
+    if let Some(label) = text(v.pointer("/Location/PartLocation/ServiceLabel")).filter(|l| !l.is_empty()) {
         r.aliases.push(normalise(&label));
         r.name = label;
     }
@@ -292,9 +266,7 @@ pub fn from_power_control(v: &Value) -> Reading {
 
 /// Every reading of an old `Thermal` resource.
 pub fn classic_thermal(v: &Value) -> Vec<Reading> {
-    let mut out: Vec<Reading> = array(v, "Temperatures")
-        .map(from_classic_temperature)
-        .collect();
+    let mut out: Vec<Reading> = array(v, "Temperatures").map(from_classic_temperature).collect();
     out.extend(array(v, "Fans").map(from_classic_fan));
     out
 }
@@ -308,11 +280,7 @@ pub fn classic_power(v: &Value) -> Vec<Reading> {
 
 /// Members of a JSON array property (empty when absent or not an array).
 pub fn array<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
-    v.get(key)
-        .and_then(Value::as_array)
-        .map(|a| a.as_slice())
-        .unwrap_or(&[])
-        .iter()
+    v.get(key).and_then(Value::as_array).map(|a| a.as_slice()).unwrap_or(&[]).iter()
 }
 
 /// Merges readings from several schemas, preferred source first: a reading whose
@@ -324,10 +292,7 @@ pub fn merge(sources: Vec<Vec<Reading>>) -> Vec<Reading> {
     for source in sources {
         let mut added: Vec<Reading> = Vec::new();
         for r in source {
-            if r.aliases
-                .iter()
-                .any(|a| !a.is_empty() && seen.contains(&(r.kind, a.clone())))
-            {
+            if r.aliases.iter().any(|a| !a.is_empty() && seen.contains(&(r.kind, a.clone()))) {
                 continue;
             }
             added.push(r);
@@ -398,52 +363,31 @@ pub fn evaluate(r: &Reading, ctx: &Context) -> Option<(State, String)> {
             } else {
                 format!("{} {} ({t})", fmt_num(v), r.unit)
             };
-            (
-                r.thresholds.state_of(v).worst(health),
-                format!("{s}{health_note}"),
-            )
+            (r.thresholds.state_of(v).worst(health), format!("{s}{health_note}"))
         }
         // A voltage "reading" without value or thresholds is a discrete power-good
         // signal on iDRACs: only its health means anything.
-        None if r.kind == Kind::Voltage && r.thresholds.is_empty() && r.health.is_some() => (
-            health,
-            format!(
-                "discrete sensor (no reading), health {}",
-                r.health.as_deref().unwrap_or("")
-            ),
-        ),
+        None if r.kind == Kind::Voltage && r.thresholds.is_empty() && r.health.is_some() => {
+            (health, format!("discrete sensor (no reading), health {}", r.health.as_deref().unwrap_or("")))
+        }
         None => {
             let why = match &ctx.power_off {
-                Some(p) => format!(
-                    "no reading: {} is null (server power state {p}, readings unavailable)",
-                    r.field
-                ),
+                Some(p) => format!("no reading: {} is null (server power state {p}, readings unavailable)", r.field),
                 None => format!("no reading: {} is null or missing", r.field),
             };
-            let state = if health.severity_rank() > State::Unknown.severity_rank() {
-                health
-            } else {
-                State::Unknown
-            };
+            let state = if health.severity_rank() > State::Unknown.severity_rank() { health } else { State::Unknown };
             (state, format!("{why}{health_note}"))
         }
     };
     if matches!(state, State::Warning | State::Critical) {
-        summary.push_str(&format!(
-            " — {} ({}){}",
-            r.name,
-            r.odata_id,
-            ctx.tag_suffix()
-        ));
+        summary.push_str(&format!(" — {} ({}){}", r.name, r.odata_id, ctx.tag_suffix()));
     }
     Some((state, summary))
 }
 
 /// Names a hardware component for a fault summary: name, `@odata.id`, serial and part number.
 pub fn describe_component(v: &Value) -> String {
-    let name = text(v.get("Name"))
-        .or_else(|| text(v.get("Id")))
-        .unwrap_or_else(|| "component".into());
+    let name = text(v.get("Name")).or_else(|| text(v.get("Id"))).unwrap_or_else(|| "component".into());
     let mut parts = vec![odata_id(v)];
     if let Some(m) = text(v.get("Model")).filter(|s| !s.trim().is_empty()) {
         parts.push(m.trim().to_string());
@@ -510,11 +454,7 @@ mod tests {
         assert_eq!(t.state_of(45.0), State::Critical);
         assert_eq!(t.state_of(2.5), State::Warning);
         assert_eq!(t.state_of(-8.0), State::Critical);
-        let fatal = Thresholds {
-            upper_fatal: Some(100.0),
-            lower_fatal: Some(1.0),
-            ..Default::default()
-        };
+        let fatal = Thresholds { upper_fatal: Some(100.0), lower_fatal: Some(1.0), ..Default::default() };
         assert_eq!(fatal.state_of(100.0), State::Critical);
         assert_eq!(fatal.state_of(0.0), State::Critical);
     }
@@ -524,17 +464,11 @@ mod tests {
         let v = json!({"@odata.id":"/x/Sensors/T","Id":"T","Name":"Inlet","ReadingType":"Temperature",
             "Reading":20.5,"Status":{"Health":"Critical","State":"Enabled"}});
         let r = from_sensor(&v).unwrap();
-        let ctx = Context {
-            service_tag: Some("ABC1234".into()),
-            power_off: None,
-        };
+        let ctx = Context { service_tag: Some("ABC1234".into()), power_off: None };
         let (s, sum) = evaluate(&r, &ctx).unwrap();
         assert_eq!(s, State::Critical);
         assert!(sum.starts_with("20.5 Cel; health Critical"), "{sum}");
-        assert!(
-            sum.contains("/x/Sensors/T") && sum.contains("service tag ABC1234"),
-            "{sum}"
-        );
+        assert!(sum.contains("/x/Sensors/T") && sum.contains("service tag ABC1234"), "{sum}");
     }
 
     #[test]
@@ -544,10 +478,7 @@ mod tests {
         let (s, sum) = evaluate(&r, &Context::default()).unwrap();
         assert_eq!(s, State::Unknown);
         assert!(sum.contains("Reading is null"), "{sum}");
-        let off = Context {
-            service_tag: None,
-            power_off: Some("Off".into()),
-        };
+        let off = Context { service_tag: None, power_off: Some("Off".into()) };
         assert!(evaluate(&r, &off).unwrap().1.contains("power state Off"));
         let absent = json!({"Name":"Fan2","Reading":null,"Status":{"State":"Absent"}});
         assert!(evaluate(&from_classic_fan(&absent), &Context::default()).is_none());
@@ -564,29 +495,24 @@ mod tests {
     #[test]
     fn merge_prefers_first_source_and_renames_collisions() {
         let new = vec![
-            from_sensor(&json!({"Id":"CPU1Temp","Name":"CPU1 Temp","ReadingType":"Temperature","Reading":37.0})).unwrap(),
-            from_sensor(&json!({"Id":"PSU.Slot.1_InputPower","Name":"InputPowerSensor","ReadingType":"Power","Reading":3.0})).unwrap(),
-            from_sensor(&json!({"Id":"PSU.Slot.2_InputPower","Name":"InputPowerSensor","ReadingType":"Power","Reading":4.0})).unwrap(),
+            from_sensor(&json!({"Id":"CPU1Temp","Name":"CPU1 Temp","ReadingType":"Temperature","Reading":37.0}))
+                .unwrap(),
+            from_sensor(
+                &json!({"Id":"PSU.Slot.1_InputPower","Name":"InputPowerSensor","ReadingType":"Power","Reading":3.0}),
+            )
+            .unwrap(),
+            from_sensor(
+                &json!({"Id":"PSU.Slot.2_InputPower","Name":"InputPowerSensor","ReadingType":"Power","Reading":4.0}),
+            )
+            .unwrap(),
         ];
         let old = vec![
-            from_classic_temperature(
-                &json!({"MemberId":"0","Name":"CPU1 Temp","ReadingCelsius":37}),
-            ),
-            from_classic_temperature(
-                &json!({"MemberId":"1","Name":"CPU2 Temp","ReadingCelsius":39}),
-            ),
+            from_classic_temperature(&json!({"MemberId":"0","Name":"CPU1 Temp","ReadingCelsius":37})),
+            from_classic_temperature(&json!({"MemberId":"1","Name":"CPU2 Temp","ReadingCelsius":39})),
         ];
         let merged = merge(vec![new, old]);
         let names: Vec<&str> = merged.iter().map(|r| r.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "CPU1 Temp",
-                "PSU.Slot.1_InputPower",
-                "PSU.Slot.2_InputPower",
-                "CPU2 Temp"
-            ]
-        );
+        assert_eq!(names, ["CPU1 Temp", "PSU.Slot.1_InputPower", "PSU.Slot.2_InputPower", "CPU2 Temp"]);
     }
 
     #[test]
@@ -594,10 +520,7 @@ mod tests {
         let v = json!({"Id":"Fan.Embedded.1A","Name":"Fan 1A","SpeedPercent":{"SpeedRPM":18600},
             "Location":{"PartLocation":{"ServiceLabel":"System Board Fan1A"}},"Status":{"Health":"OK","State":"Enabled"}});
         let r = from_fan_resource(&v);
-        assert_eq!(
-            (r.name.as_str(), r.value, r.unit.as_str()),
-            ("System Board Fan1A", Some(18600.0), "RPM")
-        );
+        assert_eq!((r.name.as_str(), r.value, r.unit.as_str()), ("System Board Fan1A", Some(18600.0), "RPM"));
     }
 
     #[test]
