@@ -249,3 +249,132 @@ pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
 }
+
+/// One request received by a [`Receiver`].
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: String,
+    pub at: std::time::SystemTime,
+}
+
+/// A local HTTP/1.1 receiver standing in for an SMS or voice gateway: records
+/// every request and answers with a status the test sets.
+pub struct Receiver {
+    pub port: u16,
+    pub status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub fn start(status: u16) -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        let port = listener.local_addr().expect("addr").port();
+        let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(status));
+        let received: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
+        let (st, rec) = (status.clone(), received.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let (st, rec) = (st.clone(), rec.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() || line.is_empty() {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let mut headers = std::collections::HashMap::new();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                        }
+                    }
+                    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    let _ = reader.read_exact(&mut body);
+                    let code = st.load(std::sync::atomic::Ordering::SeqCst);
+                    rec.lock().expect("lock").push(Received {
+                        path,
+                        headers,
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                        at: std::time::SystemTime::now(),
+                    });
+                    let _ = write!(stream, "HTTP/1.1 {code} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                });
+            }
+        });
+        Receiver { port, status, received }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/send", self.port)
+    }
+
+    pub fn set_status(&self, code: u16) {
+        self.status.store(code, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+}
+
+/// A `command` check whose exit code the test sets by writing `state`.
+pub struct ControlledCheck {
+    pub script: PathBuf,
+    pub state: PathBuf,
+}
+
+impl ControlledCheck {
+    pub fn new(dir: &Path) -> ControlledCheck {
+        use std::os::unix::fs::PermissionsExt;
+        let state = dir.join("check-state");
+        std::fs::write(&state, "0").expect("write state");
+        let script = dir.join("check_controlled");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ncode=$(cat {})\ncase $code in 0) echo \"OK - fine|v=1\";; 1) echo \"WARNING - degraded\";; 2) echo \"CRITICAL - broken\";; esac\nexit $code\n",
+                state.display()
+            ),
+        )
+        .expect("write script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        ControlledCheck { script, state }
+    }
+
+    pub fn set(&self, code: u8) {
+        std::fs::write(&self.state, code.to_string()).expect("write state");
+    }
+
+    /// The `[[checks]]` table for the agent config (check name `command/ctl`).
+    pub fn toml(&self) -> String {
+        format!(
+            "[[checks]]\nname = \"ctl\"\nkind = \"command\"\ncommand = [\"{}\"]\ninterval = \"500ms\"\ntimeout = \"5s\"\n",
+            self.script.display()
+        )
+    }
+}
+
+/// `pikett faults --all --output json` as values.
+pub fn faults(collector: &CollectorSetup, ca: &str) -> Vec<serde_json::Value> {
+    json_lines(&collector.pikett(&["faults", "--all", "--output", "json"], ca).stdout)
+}
+
+/// The fault of `check` on `host` in state `state`, if any.
+pub fn find_fault(
+    collector: &CollectorSetup,
+    ca: &str,
+    host: &str,
+    check: &str,
+    state: &str,
+) -> Option<serde_json::Value> {
+    faults(collector, ca).into_iter().find(|f| f["host"] == host && f["check"] == check && f["state"] == state)
+}
