@@ -70,7 +70,7 @@ fn fault_json(f: &pb::Fault) -> serde_json::Value {
     json!({
         "id": f.id, "host": f.host, "customer": f.customer, "check": f.check,
         "severity": f.severity, "state": f.state,
-        "opened": format_time(f.opened_unix_ms), "acked": opt_time(f.acked_unix_ms),
+        "opened": format_time(f.opened_unix_ms), "opened_unix_ms": f.opened_unix_ms, "acked": opt_time(f.acked_unix_ms),
         "acked_by": (!f.acked_by.is_empty()).then_some(&f.acked_by),
         "resolved": opt_time(f.resolved_unix_ms),
         "resolved_by": (!f.resolved_by.is_empty()).then_some(&f.resolved_by),

@@ -257,6 +257,8 @@ pub struct Received {
     pub headers: std::collections::HashMap<String, String>,
     pub body: String,
     pub at: std::time::SystemTime,
+    /// The status the receiver answered with.
+    pub status: u16,
 }
 
 /// A local HTTP/1.1 receiver standing in for an SMS or voice gateway: records
@@ -305,6 +307,7 @@ impl Receiver {
                         headers,
                         body: String::from_utf8_lossy(&body).into_owned(),
                         at: std::time::SystemTime::now(),
+                        status: code,
                     });
                     let _ = write!(stream, "HTTP/1.1 {code} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
                 });
@@ -377,4 +380,41 @@ pub fn find_fault(
     state: &str,
 ) -> Option<serde_json::Value> {
     faults(collector, ca).into_iter().find(|f| f["host"] == host && f["check"] == check && f["state"] == state)
+}
+
+/// A real SMTP server (Python's aiosmtpd, Debian's python3-aiosmtpd) writing a Maildir.
+pub struct Smtp {
+    child: Child,
+    pub port: u16,
+    pub maildir: tempfile::TempDir,
+}
+
+impl Smtp {
+    pub fn start() -> Smtp {
+        let port = free_port();
+        let maildir = tempfile::tempdir().expect("maildir");
+        let python = if Path::new("/usr/bin/python3").exists() { "/usr/bin/python3" } else { "python3" };
+        let child = Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir.path().join("mail"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m aiosmtpd (Debian package python3-aiosmtpd)");
+        let up = wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+        assert!(up.is_some(), "aiosmtpd did not start; is python3-aiosmtpd installed?");
+        Smtp { child, port, maildir }
+    }
+
+    pub fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.maildir.path().join("mail").join("new")) else { return vec![] };
+        entries.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
