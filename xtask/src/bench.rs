@@ -28,6 +28,23 @@ pub enum Which {
         /// Measured seconds (after every agent is connected).
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        /// Collector-side `[[rules]]` on the samples (the fault engine always runs).
+        #[arg(long, default_value_t = 5)]
+        rules: usize,
+    },
+    /// Fault opened → first SMS request received, over many faults.
+    Paging {
+        #[arg(long, default_value_t = 1000)]
+        faults: usize,
+    },
+    /// One agent with many `tcp` and `command` checks: RSS and CPU seconds per minute.
+    Checks {
+        #[arg(long, default_value_t = 200)]
+        tcp: usize,
+        #[arg(long, default_value_t = 50)]
+        command: usize,
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
     },
     /// A release agent with the host probe at 30 s: RSS and CPU seconds per hour.
     Agent {
@@ -39,8 +56,12 @@ pub enum Which {
 pub fn run(which: Which) -> anyhow::Result<()> {
     raise_nofile();
     match which {
-        Which::Ingest { agents, samples, interval_ms, seconds } => ingest(agents, samples, interval_ms, seconds),
+        Which::Ingest { agents, samples, interval_ms, seconds, rules } => {
+            ingest(agents, samples, interval_ms, seconds, rules)
+        }
         Which::Agent { seconds } => agent(seconds),
+        Which::Paging { faults } => crate::bench_more::paging(faults),
+        Which::Checks { tcp, command, seconds } => crate::bench_more::checks(tcp, command, seconds),
     }
 }
 
@@ -56,7 +77,11 @@ fn raise_nofile() {
     }
 }
 
-fn start_collector(bin: &std::path::Path, name: &str) -> anyhow::Result<(Killed, u16, std::path::PathBuf)> {
+pub(crate) fn start_collector(
+    bin: &std::path::Path,
+    name: &str,
+    extra_config: &str,
+) -> anyhow::Result<(Killed, u16, std::path::PathBuf)> {
     let dir = target_dir().join("bench").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -65,7 +90,7 @@ fn start_collector(bin: &std::path::Path, name: &str) -> anyhow::Result<(Killed,
     std::fs::write(
         &cfg,
         format!(
-            "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\ndata_dir = \"{}\"\n",
+            "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\ndata_dir = \"{}\"\n{extra_config}\n",
             dir.join("data").display()
         ),
     )?;
@@ -172,7 +197,7 @@ async fn simulated_agent(
     Ok(stats)
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -180,9 +205,18 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-fn ingest(agents: usize, samples: usize, interval_ms: u64, seconds: u64) -> anyhow::Result<()> {
+fn ingest(agents: usize, samples: usize, interval_ms: u64, seconds: u64, rules: usize) -> anyhow::Result<()> {
     let bin = build("release")?;
-    let (collector, port, _dir) = start_collector(&bin, "ingest")?;
+    // Rules that look at every sample of the benchmark (none fires: values stay below).
+    let rules_toml: String = (0..rules)
+        .map(|i| {
+            format!(
+                "[[rules]]\nname = \"hot-{i}\"\nmetric = \"pikett_redfish_temperature_celsius\"\nop = \">\"\nthreshold = {}\nfor = \"1m\"\n",
+                90 + i
+            )
+        })
+        .collect();
+    let (collector, port, _dir) = start_collector(&bin, "ingest", &rules_toml)?;
     let pid = collector.0.id();
     let url = format!("http://127.0.0.1:{port}");
     let interval = Duration::from_millis(interval_ms);
@@ -235,7 +269,7 @@ fn ingest(agents: usize, samples: usize, interval_ms: u64, seconds: u64) -> anyh
 
 fn agent(seconds: u64) -> anyhow::Result<()> {
     let bin = build("release")?;
-    let (_collector, port, dir) = start_collector(&bin, "agent")?;
+    let (_collector, port, dir) = start_collector(&bin, "agent", "")?;
     let cfg = dir.join("agent.toml");
     std::fs::write(
         &cfg,

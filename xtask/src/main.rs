@@ -5,6 +5,7 @@
 //! - `bench ingest|agent`: the benchmarks whose figures go in BENCHMARKS.md.
 
 mod bench;
+mod bench_more;
 mod util;
 
 use clap::{Parser, Subcommand};
