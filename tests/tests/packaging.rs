@@ -338,6 +338,8 @@ impl ScratchRoot {
         self.dir.path().join(p.trim_start_matches('/'))
     }
 
+    /// `rpm --root`. Installs pass `--nodeps`: this root's rpm database does
+    /// not know the shell and tools copied in for the scriptlets.
     fn rpm(&self, args: &[&OsStr]) -> String {
         stdout(
             Command::new("rpm")
@@ -537,7 +539,11 @@ fn packaged_binaries_are_static_and_run_here() {
     let built = built();
     let root = ScratchRoot::new();
     for name in ["pikett-agent", "pikett-collector"] {
-        root.rpm(&["-i".as_ref(), built.rpm(name).as_os_str()]);
+        root.rpm(&[
+            "-i".as_ref(),
+            "--nodeps".as_ref(),
+            built.rpm(name).as_os_str(),
+        ]);
     }
     for bin_name in ["pikett-agent", "pikett-collector", "pikett"] {
         let binary = root.path(&format!("/usr/bin/{bin_name}"));
@@ -602,7 +608,11 @@ fn upgrade_keeps_an_edited_config_and_leaves_rpmnew() {
     let built = built();
     let root = ScratchRoot::new();
     for name in ["pikett-agent", "pikett-collector"] {
-        root.rpm(&["-i".as_ref(), built.rpm(name).as_os_str()]);
+        root.rpm(&[
+            "-i".as_ref(),
+            "--nodeps".as_ref(),
+            built.rpm(name).as_os_str(),
+        ]);
     }
 
     // The pre-install scriptlets created the users; the files got their owners.
@@ -636,7 +646,11 @@ fn upgrade_keeps_an_edited_config_and_leaves_rpmnew() {
     std::fs::write(&agent_toml, &edited).unwrap();
 
     for name in ["pikett-agent", "pikett-collector"] {
-        root.rpm(&["-U".as_ref(), built.upgrade_rpm(name).as_os_str()]);
+        root.rpm(&[
+            "-U".as_ref(),
+            "--nodeps".as_ref(),
+            built.upgrade_rpm(name).as_os_str(),
+        ]);
     }
     assert_eq!(
         root.rpm(&["-q".as_ref(), "pikett-agent".as_ref()]).trim(),
@@ -659,7 +673,7 @@ fn upgrade_keeps_an_edited_config_and_leaves_rpmnew() {
     assert_eq!(mode_owner(&agent_toml), (0o640, 0, agent_gid));
 
     // Removal keeps the edited config as .rpmsave, and the user (files may remain).
-    root.rpm(&["-e".as_ref(), "pikett-agent".as_ref()]);
+    root.rpm(&["-e".as_ref(), "--nodeps".as_ref(), "pikett-agent".as_ref()]);
     assert!(!root.path("/usr/bin/pikett-agent").exists());
     assert_eq!(
         std::fs::read_to_string(root.path("/etc/pikett/agent.toml.rpmsave")).unwrap(),
