@@ -10,7 +10,11 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::probes::checks::CheckConfig;
 use crate::probes::host::HostConfig;
+use crate::probes::patches::PatchesConfig;
+use crate::probes::redfish::RedfishConfig;
+use crate::probes::services::ServicesConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +38,11 @@ pub struct AgentConfig {
     pub spool_cache_bytes: ByteSize,
     pub tls: Option<TlsConfig>,
     pub host: Option<HostConfig>,
+    pub redfish: Option<RedfishConfig>,
+    pub services: Option<ServicesConfig>,
+    #[serde(default)]
+    pub checks: Vec<CheckConfig>,
+    pub patches: Option<PatchesConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,17 +77,9 @@ fn default_batch_interval() -> Duration {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -86,29 +87,18 @@ pub enum ConfigError {
 impl AgentConfig {
     /// Reads, parses and validates the file; every error names the file (and line/column where known).
     pub fn load(path: &Path) -> Result<AgentConfig, Vec<ConfigError>> {
-        let text = std::fs::read_to_string(path).map_err(|source| {
-            vec![ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            }]
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| vec![ConfigError::Read { path: path.to_owned(), source }])?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<AgentConfig, Vec<ConfigError>> {
-        let config: AgentConfig =
-            toml::from_str(text).map_err(|e| vec![toml_error(path, text, &e)])?;
+        let config: AgentConfig = toml::from_str(text).map_err(|e| vec![toml_error(path, text, &e)])?;
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(problems
-                .into_iter()
-                .map(|message| ConfigError::Invalid {
-                    path: path.to_owned(),
-                    message,
-                })
-                .collect())
+            Err(problems.into_iter().map(|message| ConfigError::Invalid { path: path.to_owned(), message }).collect())
         }
     }
 
@@ -119,9 +109,8 @@ impl AgentConfig {
             problems.push("collectors: at least one collector URL is needed".to_string());
         }
         for url in &self.collectors {
-            match collector_url_problem(url) {
-                Some(p) => problems.push(format!("collectors: {url:?}: {p}")),
-                None => {}
+            if let Some(p) = collector_url_problem(url) {
+                problems.push(format!("collectors: {url:?}: {p}"));
             }
         }
         if let Some(host) = &self.host {
@@ -142,23 +131,18 @@ impl AgentConfig {
         }
         match std::fs::read_to_string("/etc/machine-id") {
             Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-            _ => Err(
-                "host_id is not set and /etc/machine-id is missing or empty: set host_id"
-                    .to_string(),
-            ),
+            _ => Err("host_id is not set and /etc/machine-id is missing or empty: set host_id".to_string()),
         }
     }
 
     /// The shortest probe interval: the collector derives its default host timeout from it.
     pub fn min_interval(&self) -> Duration {
-        let mut intervals = Vec::new();
-        if let Some(h) = &self.host {
-            intervals.push(h.interval);
-        }
-        intervals
-            .into_iter()
-            .min()
-            .unwrap_or(Duration::from_secs(30))
+        let mut intervals = vec![self.host.as_ref().map_or(Duration::from_secs(30), |h| h.interval)];
+        intervals.extend(self.redfish.as_ref().map(|r| r.interval));
+        intervals.extend(self.services.as_ref().map(|s| s.interval));
+        intervals.extend(self.patches.as_ref().map(|p| p.interval));
+        intervals.extend(self.checks.iter().map(|c| c.interval));
+        intervals.into_iter().min().unwrap_or(Duration::from_secs(30))
     }
 }
 
@@ -174,31 +158,17 @@ fn collector_url_problem(url: &str) -> Option<String> {
     match scheme {
         "https" => None,
         "http" => {
-            let loopback = host == "localhost"
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback());
-            (!loopback).then(|| {
-                "plaintext (http://) is allowed only to loopback; use https://".to_string()
-            })
+            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            (!loopback).then(|| "plaintext (http://) is allowed only to loopback; use https://".to_string())
         }
-        other => Some(format!(
-            "unknown scheme {other:?}: use https:// (or http:// to loopback)"
-        )),
+        other => Some(format!("unknown scheme {other:?}: use https:// (or http:// to loopback)")),
     }
 }
 
 /// Turns a TOML error into one naming file, line and column.
 pub fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let (line, column) = e
-        .span()
-        .map_or((0, 0), |span| line_column(text, span.start));
-    ConfigError::Parse {
-        path: path.to_owned(),
-        line,
-        column,
-        message: e.message().trim().to_string(),
-    }
+    let (line, column) = e.span().map_or((0, 0), |span| line_column(text, span.start));
+    ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_string() }
 }
 
 /// 1-based line and column of a byte offset.
@@ -211,19 +181,9 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// Parses "85%" into 85.0.
 pub fn parse_percent(s: &str) -> Result<f64, String> {
-    let n = s
-        .trim()
-        .strip_suffix('%')
-        .ok_or_else(|| format!("{s:?}: expected a percentage like \"85%\""))?;
-    let v: f64 = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a percentage like \"85%\""))?;
-    if (0.0..=100.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{s:?}: must be between 0% and 100%"))
-    }
+    let n = s.trim().strip_suffix('%').ok_or_else(|| format!("{s:?}: expected a percentage like \"85%\""))?;
+    let v: f64 = n.trim().parse().map_err(|_| format!("{s:?}: expected a percentage like \"85%\""))?;
+    if (0.0..=100.0).contains(&v) { Ok(v) } else { Err(format!("{s:?}: must be between 0% and 100%")) }
 }
 
 #[cfg(test)]
@@ -235,10 +195,7 @@ mod tests {
         let text = "customer = \"acme\"\nhots_id = \"x\"\n";
         let errs = AgentConfig::parse(Path::new("agent.toml"), text).unwrap_err();
         let msg = errs[0].to_string();
-        assert!(
-            msg.starts_with("agent.toml:2:1: unknown field `hots_id`"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("agent.toml:2:1: unknown field `hots_id`"), "{msg}");
     }
 
     #[test]

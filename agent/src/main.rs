@@ -17,12 +17,7 @@ use pikett_agent::probes::{self, MemoryState, SharedState};
 )]
 struct Cli {
     /// The agent's configuration file.
-    #[arg(
-        long,
-        global = true,
-        default_value = "/etc/pikett/agent.toml",
-        env = "PIKETT_AGENT_CONFIG"
-    )]
+    #[arg(long, global = true, default_value = "/etc/pikett/agent.toml", env = "PIKETT_AGENT_CONFIG")]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -52,9 +47,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -68,11 +61,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pikett-agent: cannot start the runtime: {e}");
@@ -82,10 +71,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::CheckConfig => {
+                // Building the probes validates what serde cannot (files, per-check keys).
+                let state: SharedState = Arc::new(MemoryState::default());
+                if let Err(e) = probes::from_config(&config, state) {
+                    eprintln!("{}: {e}", cli.config.display());
+                    return Ok(ExitCode::from(2));
+                }
                 println!("{}: OK", cli.config.display());
-                Ok(())
+                Ok(ExitCode::SUCCESS)
             }
-            Command::Test { probe } => test(&config, probe.as_deref()).await,
+            Command::Test { probe } => test(&config, probe.as_deref()).await.map(|()| ExitCode::SUCCESS),
             Command::Run => {
                 let host_id = config.resolved_host_id().map_err(anyhow::Error::msg)?;
                 let (tx, rx) = tokio::sync::watch::channel(false);
@@ -94,7 +89,7 @@ fn main() -> ExitCode {
                     tracing::info!("shutting down");
                     let _ = tx.send(true);
                 });
-                pikett_agent::runtime::run(config, host_id, rx).await
+                pikett_agent::runtime::run(config, host_id, rx).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Enroll { collector, .. } => Err(anyhow::anyhow!(
                 "enroll: this build has no enrollment service yet ({collector}); place the certificate and key \
@@ -103,7 +98,7 @@ fn main() -> ExitCode {
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("pikett-agent: {e:#}");
             ExitCode::from(1)
@@ -118,10 +113,7 @@ async fn test(config: &AgentConfig, only: Option<&str>) -> anyhow::Result<()> {
     if let Some(only) = only
         && !names.iter().any(|n| n == only)
     {
-        anyhow::bail!(
-            "no probe {only:?} is configured (configured: {})",
-            names.join(", ")
-        );
+        anyhow::bail!("no probe {only:?} is configured (configured: {})", names.join(", "));
     }
     let mut stdout = std::io::stdout().lock();
     for mut probe in probes {
@@ -138,10 +130,7 @@ async fn test(config: &AgentConfig, only: Option<&str>) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         std::future::pending::<()>().await;
         return;
     };

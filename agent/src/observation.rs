@@ -40,11 +40,7 @@ impl State {
     }
 
     pub fn worst(self, other: State) -> State {
-        if other.severity_rank() > self.severity_rank() {
-            other
-        } else {
-            self
-        }
+        if other.severity_rank() > self.severity_rank() { other } else { self }
     }
 
     pub fn as_str(self) -> &'static str {
@@ -111,18 +107,8 @@ pub enum Observation {
 }
 
 impl Observation {
-    pub fn check(
-        name: impl Into<String>,
-        state: State,
-        summary: impl Into<String>,
-        time: Timestamp,
-    ) -> Self {
-        Observation::Check(CheckResult {
-            name: name.into(),
-            state,
-            summary: summary.into(),
-            time,
-        })
+    pub fn check(name: impl Into<String>, state: State, summary: impl Into<String>, time: Timestamp) -> Self {
+        Observation::Check(CheckResult { name: name.into(), state, summary: summary.into(), time })
     }
 
     pub fn sample<'a>(
@@ -134,10 +120,7 @@ impl Observation {
     ) -> Self {
         Observation::Sample(Sample {
             name: name.into(),
-            labels: labels
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            labels: labels.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             value,
             unit: unit.into(),
             time,

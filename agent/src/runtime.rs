@@ -20,16 +20,9 @@ const MAX_BATCH_OBSERVATIONS: usize = 5_000;
 /// How long a stopping agent keeps sending what is spooled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub async fn run(
-    config: AgentConfig,
-    host_id: String,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let spool = Arc::new(Spool::open(
-        &config.spool_dir,
-        config.spool_max_bytes.as_u64(),
-        config.spool_cache_bytes.as_u64(),
-    )?);
+pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let spool =
+        Arc::new(Spool::open(&config.spool_dir, config.spool_max_bytes.as_u64(), config.spool_cache_bytes.as_u64())?);
     let state: SharedState = Arc::new(spool.state_store());
     let probes = probes::from_config(&config, state).map_err(anyhow::Error::msg)?;
     let capabilities: Vec<String> = {
@@ -42,21 +35,12 @@ pub async fn run(
     let (obs_tx, obs_rx) = mpsc::channel::<Vec<Observation>>(1024);
     let mut probe_tasks = Vec::new();
     for probe in probes {
-        probe_tasks.push(tokio::spawn(probe_loop(
-            probe,
-            obs_tx.clone(),
-            shutdown.clone(),
-        )));
+        probe_tasks.push(tokio::spawn(probe_loop(probe, obs_tx.clone(), shutdown.clone())));
     }
     drop(obs_tx);
 
     let wake = Arc::new(Notify::new());
-    let batcher = tokio::spawn(batcher(
-        obs_rx,
-        spool.clone(),
-        wake.clone(),
-        config.batch_interval,
-    ));
+    let batcher = tokio::spawn(batcher(obs_rx, spool.clone(), wake.clone(), config.batch_interval));
     let uplink = Uplink {
         collectors: config.collectors.clone(),
         tls: config.tls.clone(),
@@ -81,13 +65,8 @@ pub async fn run(
     }
     let batcher_result = batcher.await;
     let _ = uplink_stop.send(true);
-    if tokio::time::timeout(DRAIN_TIMEOUT, uplink_task)
-        .await
-        .is_err()
-    {
-        tracing::info!(
-            "collector did not take the rest of the spool in time; it is sent after restart"
-        );
+    if tokio::time::timeout(DRAIN_TIMEOUT, uplink_task).await.is_err() {
+        tracing::info!("collector did not take the rest of the spool in time; it is sent after restart");
     }
     spool.flush().await?;
     tracing::info!(pending = spool.pending(), "agent stopped");

@@ -23,17 +23,11 @@ pub enum SpoolError {
     #[error("spool_dir {dir}: cannot open the spool database: {source}")]
     Open { dir: PathBuf, source: sled::Error },
     #[error("spool_dir {dir}: not writable: {source}")]
-    NotWritable {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
+    NotWritable { dir: PathBuf, source: std::io::Error },
     #[error("spool: {0}")]
     Storage(#[from] sled::Error),
     #[error("spool: batch {seq} is corrupt: {source}")]
-    Corrupt {
-        seq: u64,
-        source: prost::DecodeError,
-    },
+    Corrupt { seq: u64, source: prost::DecodeError },
 }
 
 pub struct Spool {
@@ -73,26 +67,17 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, sled::Error> {
 impl Spool {
     /// Opens (or creates) the spool under `dir`, checking that it is writable.
     pub fn open(dir: &Path, max_bytes: u64, cache_bytes: u64) -> Result<Spool, SpoolError> {
-        std::fs::create_dir_all(dir).map_err(|source| SpoolError::NotWritable {
-            dir: dir.to_owned(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| SpoolError::NotWritable { dir: dir.to_owned(), source })?;
         // sled may open a read-only directory and fail only at the first flush: probe it now.
         let probe = dir.join(".write-test");
-        std::fs::write(&probe, b"ok").map_err(|source| SpoolError::NotWritable {
-            dir: dir.to_owned(),
-            source,
-        })?;
+        std::fs::write(&probe, b"ok").map_err(|source| SpoolError::NotWritable { dir: dir.to_owned(), source })?;
         let _ = std::fs::remove_file(&probe);
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .flush_every_ms(Some(500))
             .open()
-            .map_err(|source| SpoolError::Open {
-                dir: dir.to_owned(),
-                source,
-            })?;
+            .map_err(|source| SpoolError::Open { dir: dir.to_owned(), source })?;
         let tree = db.open_tree("spool")?;
         let state = db.open_tree("probe_state")?;
         let mut used = 0u64;
@@ -100,13 +85,7 @@ impl Spool {
             let (_, v) = item?;
             used += v.len() as u64;
         }
-        Ok(Spool {
-            db,
-            tree,
-            state,
-            max_bytes,
-            inner: Mutex::new(Accounting { used_bytes: used }),
-        })
+        Ok(Spool { db, tree, state, max_bytes, inner: Mutex::new(Accounting { used_bytes: used }) })
     }
 
     /// Assigns the next sequence number, stores the batch durably (flushed) and
@@ -146,8 +125,7 @@ impl Spool {
             }
             let (k, v) = item?;
             let seq = seq_of(&k);
-            let mut batch = pb::Batch::decode(v.as_ref())
-                .map_err(|source| SpoolError::Corrupt { seq, source })?;
+            let mut batch = pb::Batch::decode(v.as_ref()).map_err(|source| SpoolError::Corrupt { seq, source })?;
             if batch.samples.is_empty() {
                 continue;
             }
@@ -166,26 +144,15 @@ impl Spool {
                 break;
             }
             let batch = pb::Batch::decode(v.as_ref()).unwrap_or_default();
-            dropped_other +=
-                (batch.checks.len() + batch.events.len() + batch.inventory.len()) as u64;
+            dropped_other += (batch.checks.len() + batch.events.len() + batch.inventory.len()) as u64;
             acc.used_bytes -= v.len() as u64;
             self.tree.remove(k)?;
         }
         if dropped_samples + dropped_other > 0 {
-            tracing::warn!(
-                dropped_samples,
-                dropped_other,
-                "spool full (spool_max_bytes): dropped the oldest data"
-            );
+            tracing::warn!(dropped_samples, dropped_other, "spool full (spool_max_bytes): dropped the oldest data");
             let mut w = sled::Batch::default();
-            w.insert(
-                DROPPED_SAMPLES,
-                &(read_u64(&self.tree, DROPPED_SAMPLES)? + dropped_samples).to_be_bytes(),
-            );
-            w.insert(
-                DROPPED_OTHER,
-                &(read_u64(&self.tree, DROPPED_OTHER)? + dropped_other).to_be_bytes(),
-            );
+            w.insert(DROPPED_SAMPLES, &(read_u64(&self.tree, DROPPED_SAMPLES)? + dropped_samples).to_be_bytes());
+            w.insert(DROPPED_OTHER, &(read_u64(&self.tree, DROPPED_OTHER)? + dropped_other).to_be_bytes());
             self.tree.apply_batch(w)?;
         }
         Ok(())
@@ -201,8 +168,7 @@ impl Spool {
                     return Ok(None);
                 }
                 let seq = seq_of(&k);
-                let batch = pb::Batch::decode(v.as_ref())
-                    .map_err(|source| SpoolError::Corrupt { seq, source })?;
+                let batch = pb::Batch::decode(v.as_ref()).map_err(|source| SpoolError::Corrupt { seq, source })?;
                 Ok(Some((seq, batch)))
             }
             None => Ok(None),
@@ -225,10 +191,7 @@ impl Spool {
     }
 
     pub fn used_bytes(&self) -> u64 {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .used_bytes
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).used_bytes
     }
 
     /// The sequence number the next batch will get.
@@ -255,10 +218,7 @@ impl StateStore for SledState {
         self.0.get(key).ok().flatten().map(|v| v.to_vec())
     }
     fn save(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        self.0
-            .insert(key, value)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.0.insert(key, value).map(|_| ()).map_err(|e| e.to_string())
     }
 }
 
@@ -269,16 +229,9 @@ mod tests {
     fn batch_with_samples(n: usize) -> pb::Batch {
         pb::Batch {
             samples: (0..n)
-                .map(|i| pb::Sample {
-                    name: format!("s{i}"),
-                    value: i as f64,
-                    ..Default::default()
-                })
+                .map(|i| pb::Sample { name: format!("s{i}"), value: i as f64, ..Default::default() })
                 .collect(),
-            checks: vec![pb::CheckResult {
-                name: "c".into(),
-                ..Default::default()
-            }],
+            checks: vec![pb::CheckResult { name: "c".into(), ..Default::default() }],
             ..Default::default()
         }
     }
@@ -323,9 +276,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("a-file");
         std::fs::write(&file, b"").unwrap();
-        let err = Spool::open(&file.join("spool"), 1 << 20, 1 << 20)
-            .err()
-            .unwrap();
+        let err = Spool::open(&file.join("spool"), 1 << 20, 1 << 20).err().unwrap();
         assert!(err.to_string().contains("not writable"), "{err}");
     }
 }

@@ -70,7 +70,7 @@ impl Uplink {
                 }
             }
             // Sleep before the next attempt only once every collector has been tried.
-            if index % self.collectors.len() == 0 || self.collectors.len() == 1 {
+            if index.is_multiple_of(self.collectors.len()) || self.collectors.len() == 1 {
                 let delay = jittered(backoff);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 tokio::select! {
@@ -82,47 +82,26 @@ impl Uplink {
     }
 
     /// One stream. Err carries whether the stream had been established (welcome received).
-    async fn session(
-        &self,
-        url: &str,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<(), (bool, SessionError)> {
-        let channel = connect(url, self.tls.as_ref())
-            .await
-            .map_err(|e| (false, SessionError::Connect(e)))?;
+    async fn session(&self, url: &str, shutdown: &mut watch::Receiver<bool>) -> Result<(), (bool, SessionError)> {
+        let channel = connect(url, self.tls.as_ref()).await.map_err(|e| (false, SessionError::Connect(e)))?;
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(WINDOW + 1);
-        let hello = pb::AgentMessage {
-            body: Some(pb::agent_message::Body::Hello(self.hello.clone())),
-        };
-        tx.send(hello)
-            .await
-            .map_err(|_| (false, SessionError::Protocol("stream closed".into())))?;
+        let hello = pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(self.hello.clone())) };
+        tx.send(hello).await.map_err(|_| (false, SessionError::Protocol("stream closed".into())))?;
         let mut client = IngestClient::new(channel);
         let mut inbound = client
             .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .map_err(|s| (false, SessionError::Stream(s)))?
             .into_inner();
-        match inbound
-            .message()
-            .await
-            .map_err(|s| (false, SessionError::Stream(s)))?
-        {
-            Some(pb::CollectorMessage {
-                body: Some(pb::collector_message::Body::Welcome(w)),
-            }) => {
+        match inbound.message().await.map_err(|s| (false, SessionError::Stream(s)))? {
+            Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Welcome(w)) }) => {
                 tracing::info!(collector = %url, stored_up_to = w.last_seq, pending = self.spool.pending(), "connected to collector");
             }
             other => {
-                return Err((
-                    false,
-                    SessionError::Protocol(format!("expected a welcome, got {other:?}")),
-                ));
+                return Err((false, SessionError::Protocol(format!("expected a welcome, got {other:?}"))));
             }
         }
-        self.stream_batches(tx, inbound, shutdown)
-            .await
-            .map_err(|e| (true, e))
+        self.stream_batches(tx, inbound, shutdown).await.map_err(|e| (true, e))
     }
 
     async fn stream_batches(
@@ -139,12 +118,8 @@ impl Uplink {
                 let Some((seq, batch)) = self.spool.next_after(last_sent)? else {
                     break;
                 };
-                let msg = pb::AgentMessage {
-                    body: Some(pb::agent_message::Body::Batch(batch)),
-                };
-                tx.send(msg)
-                    .await
-                    .map_err(|_| SessionError::Protocol("stream closed while sending".into()))?;
+                let msg = pb::AgentMessage { body: Some(pb::agent_message::Body::Batch(batch)) };
+                tx.send(msg).await.map_err(|_| SessionError::Protocol("stream closed while sending".into()))?;
                 in_flight.insert(seq);
                 last_sent = seq;
             }
@@ -185,29 +160,21 @@ pub async fn connect(url: &str, tls: Option<&TlsConfig>) -> Result<Channel, Stri
         let mut cfg = ClientTlsConfig::new();
         if let Some(tls) = tls {
             if let Some(ca) = &tls.ca_file {
-                let pem =
-                    std::fs::read(ca).map_err(|e| format!("tls.ca_file {}: {e}", ca.display()))?;
+                let pem = std::fs::read(ca).map_err(|e| format!("tls.ca_file {}: {e}", ca.display()))?;
                 cfg = cfg.ca_certificate(Certificate::from_pem(pem));
             }
             if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-                let c = std::fs::read(cert)
-                    .map_err(|e| format!("tls.cert_file {}: {e}", cert.display()))?;
-                let k = std::fs::read(key)
-                    .map_err(|e| format!("tls.key_file {}: {e}", key.display()))?;
+                let c = std::fs::read(cert).map_err(|e| format!("tls.cert_file {}: {e}", cert.display()))?;
+                let k = std::fs::read(key).map_err(|e| format!("tls.key_file {}: {e}", key.display()))?;
                 cfg = cfg.identity(Identity::from_pem(c, k));
             }
             if let Some(name) = &tls.server_name {
                 cfg = cfg.domain_name(name.clone());
             }
         }
-        endpoint = endpoint
-            .tls_config(cfg)
-            .map_err(|e| format!("{url}: TLS setup: {e}"))?;
+        endpoint = endpoint.tls_config(cfg).map_err(|e| format!("{url}: TLS setup: {e}"))?;
     }
-    endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("{url}: {e}: {}", source_chain(&e)))
+    endpoint.connect().await.map_err(|e| format!("{url}: {e}: {}", source_chain(&e)))
 }
 
 fn source_chain(e: &dyn std::error::Error) -> String {

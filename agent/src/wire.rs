@@ -19,10 +19,7 @@ fn state(s: State) -> pb::CheckState {
 
 /// Builds one batch (without its sequence number: the spool assigns it).
 pub fn to_batch(observations: Vec<Observation>) -> pb::Batch {
-    let mut batch = pb::Batch {
-        created_unix_ms: jiff::Timestamp::now().as_millisecond(),
-        ..Default::default()
-    };
+    let mut batch = pb::Batch { created_unix_ms: jiff::Timestamp::now().as_millisecond(), ..Default::default() };
     for o in observations {
         match o {
             Observation::Check(c) => batch.checks.push(pb::CheckResult {

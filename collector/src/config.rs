@@ -10,6 +10,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::escalation::EscalationConfig;
+use crate::faults::{EngineConfig, FaultsConfig, HostDeps, Rule};
+use crate::oncall::{Person, Rotation};
+use crate::sla::Contract;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
@@ -28,6 +33,33 @@ pub struct CollectorConfig {
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub customers: BTreeMap<String, CustomerConfig>,
+    /// How long a sample's latest value stays on `/metrics` without a new one.
+    #[serde(default = "default_metrics_staleness", with = "humantime_serde")]
+    pub metrics_staleness: Duration,
+    /// The fault engine: `for`, `unknown_severity`, `flap_changes`, `flap_window`.
+    #[serde(default)]
+    pub faults: FaultsConfig,
+    /// Per-host settings: `[hosts.NAME] depends_on = ["gw-1"]`.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, crate::faults::HostConfig>,
+    /// Collector-side rules on samples.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+    #[serde(default)]
+    pub people: BTreeMap<String, Person>,
+    #[serde(default)]
+    pub rotations: Vec<Rotation>,
+    #[serde(default)]
+    pub escalation: EscalationConfig,
+    /// SLA contracts by name (`[sla.NAME]`), referenced by `customers.NAME.sla`.
+    #[serde(default)]
+    pub sla: BTreeMap<String, Contract>,
+    /// Notification channels: `[channels.sms]`, `voice`, `email`, `webhook`.
+    #[serde(default)]
+    pub channels: crate::notify::ChannelsConfig,
+    /// Retries of the durable notification outbox.
+    #[serde(default)]
+    pub outbox: crate::notify::OutboxConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +99,9 @@ fn default_http_listen() -> SocketAddr {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/pikett-collector")
 }
+fn default_metrics_staleness() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_store_cache_bytes() -> u64 {
     64 << 20
 }
@@ -80,53 +115,30 @@ impl Default for CollectorConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
-    Parse {
-        path: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    Parse { path: PathBuf, line: usize, column: usize, message: String },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
 }
 
 impl CollectorConfig {
     pub fn load(path: &Path) -> Result<CollectorConfig, Vec<ConfigError>> {
-        let text = std::fs::read_to_string(path).map_err(|source| {
-            vec![ConfigError::Read {
-                path: path.to_owned(),
-                source,
-            }]
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| vec![ConfigError::Read { path: path.to_owned(), source }])?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<CollectorConfig, Vec<ConfigError>> {
         let config: CollectorConfig = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |s| line_column(text, s.start));
-            vec![ConfigError::Parse {
-                path: path.to_owned(),
-                line,
-                column,
-                message: e.message().trim().to_string(),
-            }]
+            vec![ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_string() }]
         })?;
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(problems
-                .into_iter()
-                .map(|message| ConfigError::Invalid {
-                    path: path.to_owned(),
-                    message,
-                })
-                .collect())
+            Err(problems.into_iter().map(|message| ConfigError::Invalid { path: path.to_owned(), message }).collect())
         }
     }
 
@@ -143,7 +155,34 @@ impl CollectorConfig {
         {
             problems.push("host_timeout: must be at least 1s".into());
         }
+        if let Err(e) = self.engine_config() {
+            problems.push(e);
+        }
+        if let Err(errors) = crate::oncall::validate(&self.people, &self.rotations) {
+            problems.extend(errors.iter().map(ToString::to_string));
+        }
+        if let Err(errors) = self.escalation.validate(&self.people, &self.rotations) {
+            problems.extend(errors.iter().map(|e| format!("escalation: {e}")));
+        }
+        for (name, contract) in &self.sla {
+            if let Err(e) = contract.validate() {
+                problems.push(format!("sla.{name}: {e}"));
+            }
+        }
+        for (name, customer) in &self.customers {
+            if let Some(sla) = &customer.sla
+                && !self.sla.contains_key(sla)
+            {
+                problems.push(format!("customers.{name}.sla = {sla:?}: there is no [sla.{sla}] contract"));
+            }
+        }
         problems
+    }
+
+    /// The fault engine's validated configuration.
+    pub fn engine_config(&self) -> Result<EngineConfig, String> {
+        EngineConfig::new(self.faults.clone(), self.rules.clone(), HostDeps::from_hosts(&self.hosts))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -161,24 +200,14 @@ mod tests {
 
     #[test]
     fn typo_is_reported_with_line_and_column() {
-        let errs = CollectorConfig::parse(
-            Path::new("c.toml"),
-            "listen = \"127.0.0.1:1\"\n\nhost_timout = \"5s\"\n",
-        )
-        .unwrap_err();
-        assert!(
-            errs[0]
-                .to_string()
-                .starts_with("c.toml:3:1: unknown field `host_timout`"),
-            "{}",
-            errs[0]
-        );
+        let errs = CollectorConfig::parse(Path::new("c.toml"), "listen = \"127.0.0.1:1\"\n\nhost_timout = \"5s\"\n")
+            .unwrap_err();
+        assert!(errs[0].to_string().starts_with("c.toml:3:1: unknown field `host_timout`"), "{}", errs[0]);
     }
 
     #[test]
     fn plaintext_off_loopback_is_refused() {
-        let errs =
-            CollectorConfig::parse(Path::new("c.toml"), "listen = \"0.0.0.0:9740\"\n").unwrap_err();
+        let errs = CollectorConfig::parse(Path::new("c.toml"), "listen = \"0.0.0.0:9740\"\n").unwrap_err();
         assert!(errs[0].to_string().contains("loopback"));
     }
 }

@@ -22,11 +22,7 @@ impl HostStatus {
 /// The timeout of one host: the configured one, else 3 × its shortest probe interval (at least 10 s).
 pub fn host_timeout(configured: Option<Duration>, host: &HostRecord) -> Duration {
     configured.unwrap_or_else(|| {
-        let interval = if host.min_interval_ms == 0 {
-            30_000
-        } else {
-            host.min_interval_ms
-        };
+        let interval = if host.min_interval_ms == 0 { 30_000 } else { host.min_interval_ms };
         Duration::from_millis(interval.saturating_mul(3).max(10_000))
     })
 }
@@ -34,11 +30,7 @@ pub fn host_timeout(configured: Option<Duration>, host: &HostRecord) -> Duration
 /// Down when no batch arrived within the host's timeout.
 pub fn host_status(host: &HostRecord, now_ms: i64, configured: Option<Duration>) -> HostStatus {
     let timeout = host_timeout(configured, host).as_millis() as i64;
-    if now_ms - host.last_seen_ms > timeout {
-        HostStatus::Down
-    } else {
-        HostStatus::Up
-    }
+    if now_ms - host.last_seen_ms > timeout { HostStatus::Down } else { HostStatus::Up }
 }
 
 #[cfg(test)]
@@ -47,16 +39,9 @@ mod tests {
 
     #[test]
     fn down_after_three_intervals_by_default() {
-        let h = HostRecord {
-            last_seen_ms: 1_000_000,
-            min_interval_ms: 30_000,
-            ..Default::default()
-        };
+        let h = HostRecord { last_seen_ms: 1_000_000, min_interval_ms: 30_000, ..Default::default() };
         assert_eq!(host_status(&h, 1_000_000 + 90_000, None), HostStatus::Up);
         assert_eq!(host_status(&h, 1_000_000 + 90_001, None), HostStatus::Down);
-        assert_eq!(
-            host_status(&h, 1_000_000 + 5_001, Some(Duration::from_secs(5))),
-            HostStatus::Down
-        );
+        assert_eq!(host_status(&h, 1_000_000 + 5_001, Some(Duration::from_secs(5))), HostStatus::Down);
     }
 }

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use pikett_proto::v1 as pb;
 use pikett_proto::v1::ingest_server::Ingest;
-use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -22,6 +21,7 @@ pub struct IngestService {
     pub writer: mpsc::Sender<WriteRequest>,
     pub metrics: Arc<Metrics>,
     pub require_client_cert: bool,
+    pub latest: Arc<crate::exposition::LatestSamples>,
 }
 
 /// Counts a stream as connected for as long as it lives.
@@ -33,12 +33,7 @@ impl Drop for StreamGuard {
 }
 
 fn reject(metrics: &Metrics, reason: &str, status: Status) -> Status {
-    metrics
-        .rejected_streams_total
-        .get_or_create(&ReasonLabel {
-            reason: reason.to_string(),
-        })
-        .inc();
+    metrics.rejected_streams_total.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
     tracing::warn!(reason, error = %status.message(), "agent stream refused");
     status
 }
@@ -46,13 +41,7 @@ fn reject(metrics: &Metrics, reason: &str, status: Status) -> Status {
 /// The subject common name of a DER certificate.
 fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
     Some(cn)
 }
 
@@ -64,14 +53,10 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let peer_cn = request
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
+        let peer_cn = request.peer_certs().and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
-            Some(pb::AgentMessage {
-                body: Some(pb::agent_message::Body::Hello(h)),
-            }) => h,
+            Some(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(h)) }) => h,
             _ => {
                 return Err(reject(
                     &self.metrics,
@@ -92,11 +77,7 @@ impl Ingest for IngestService {
             ));
         }
         if hello.host_id.is_empty() || hello.host_id.contains('\0') {
-            return Err(reject(
-                &self.metrics,
-                "host_id",
-                Status::invalid_argument("host_id is empty or invalid"),
-            ));
+            return Err(reject(&self.metrics, "host_id", Status::invalid_argument("host_id is empty or invalid")));
         }
         if self.require_client_cert {
             match &peer_cn {
@@ -115,9 +96,7 @@ impl Ingest for IngestService {
                     return Err(reject(
                         &self.metrics,
                         "no_client_cert",
-                        Status::unauthenticated(
-                            "a client certificate signed by the collector's CA is required",
-                        ),
+                        Status::unauthenticated("a client certificate signed by the collector's CA is required"),
                     ));
                 }
             }
@@ -133,20 +112,15 @@ impl Ingest for IngestService {
         tracing::info!(host_id = %sender.host_id, agent_version = %sender.agent_version, last_seq, "agent connected");
 
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::CollectorMessage, Status>>(256);
-        let welcome = pb::Welcome {
-            protocol_version: pikett_proto::PROTOCOL_VERSION,
-            last_seq,
-        };
-        let _ = out_tx
-            .send(Ok(pb::CollectorMessage {
-                body: Some(pb::collector_message::Body::Welcome(welcome)),
-            }))
-            .await;
+        let welcome = pb::Welcome { protocol_version: pikett_proto::PROTOCOL_VERSION, last_seq };
+        let _ =
+            out_tx.send(Ok(pb::CollectorMessage { body: Some(pb::collector_message::Body::Welcome(welcome)) })).await;
 
         // Reader: batches → writer. Acker: durable replies → acks, in order.
         let (pending_tx, mut pending_rx) =
             mpsc::channel::<(u64, oneshot::Receiver<Result<crate::store::Stored, String>>)>(256);
         let writer = self.writer.clone();
+        let latest = self.latest.clone();
         self.metrics.streams.inc();
         let guard = StreamGuard(self.metrics.clone());
         let host_id = sender.host_id.clone();
@@ -165,17 +139,11 @@ impl Ingest for IngestService {
                     continue;
                 };
                 let (reply, rx) = oneshot::channel();
-                let req = WriteRequest {
-                    sender: sender.clone(),
-                    seq: batch.seq,
-                    samples: batch.samples.len() as u64,
-                    dropped_samples: batch.dropped_samples,
-                    encoded: batch.encode_to_vec(),
-                    reply,
-                };
-                if writer.send(req).await.is_err()
-                    || pending_tx.send((batch.seq, rx)).await.is_err()
-                {
+                let seq = batch.seq;
+                let now_ms = jiff::Timestamp::now().as_millisecond();
+                latest.update(&sender.host_id, &sender.customer, &batch.samples, now_ms);
+                let req = WriteRequest { sender: sender.clone(), batch, reply };
+                if writer.send(req).await.is_err() || pending_tx.send((seq, rx)).await.is_err() {
                     break;
                 }
             }
@@ -183,12 +151,10 @@ impl Ingest for IngestService {
         tokio::spawn(async move {
             while let Some((seq, rx)) = pending_rx.recv().await {
                 let msg = match rx.await {
-                    Ok(Ok(_)) => Ok(pb::CollectorMessage {
-                        body: Some(pb::collector_message::Body::Ack(pb::Ack { seq })),
-                    }),
-                    Ok(Err(e)) => Err(Status::unavailable(format!(
-                        "cannot store batch {seq}: {e}"
-                    ))),
+                    Ok(Ok(_)) => {
+                        Ok(pb::CollectorMessage { body: Some(pb::collector_message::Body::Ack(pb::Ack { seq })) })
+                    }
+                    Ok(Err(e)) => Err(Status::unavailable(format!("cannot store batch {seq}: {e}"))),
                     Err(_) => Err(Status::unavailable("the collector is shutting down")),
                 };
                 let failed = msg.is_err();

@@ -1,6 +1,6 @@
 //! The `pikett-collector` command line: parse, build, run, map errors to exit codes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -9,11 +9,7 @@ use pikett_collector::config::CollectorConfig;
 const DEFAULT_CONFIG: &str = "/etc/pikett/collector.toml";
 
 #[derive(Parser)]
-#[command(
-    name = "pikett-collector",
-    version,
-    about = "pikett's central collector"
-)]
+#[command(name = "pikett-collector", version, about = "pikett's central collector")]
 struct Cli {
     /// The configuration file. Without it, and with no file at the default
     /// path, embedded defaults apply (loopback, sled under data_dir).
@@ -29,6 +25,50 @@ enum Command {
     Serve,
     /// Validate the configuration: exit 0, or print each error and exit 2.
     CheckConfig,
+    /// SLA availability of one month from files, offline (SPEC.md section 3.4).
+    Sla {
+        /// TOML with the keys of one `[sla.NAME]` table at its top level.
+        #[arg(long)]
+        contract: PathBuf,
+        /// CSV `host,start,end,cause`.
+        #[arg(long)]
+        outages: PathBuf,
+        /// CSV `host,start,end,announced`.
+        #[arg(long)]
+        maintenance: Option<PathBuf>,
+        /// The calendar month in the contract's time zone, `YYYY-MM`.
+        #[arg(long)]
+        month: String,
+        #[arg(long, value_enum, default_value_t = SlaOutput::Table)]
+        output: SlaOutput,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SlaOutput {
+    Table,
+    Json,
+    Csv,
+}
+
+/// The offline SLA report: needs no config and no running collector.
+fn sla(contract: &Path, outages: &Path, maintenance: Option<&Path>, month: &str, output: SlaOutput) -> ExitCode {
+    use pikett_collector::sla;
+    match sla::run_offline_files(contract, outages, maintenance, month) {
+        Ok(rows) => {
+            let text = match output {
+                SlaOutput::Table => sla::render_table(&rows),
+                SlaOutput::Json => sla::render_json_lines(&rows),
+                SlaOutput::Csv => sla::render_csv(&rows),
+            };
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pikett-collector sla: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<(String, CollectorConfig), Vec<String>> {
@@ -36,22 +76,18 @@ fn load_config(path: Option<&PathBuf>) -> Result<(String, CollectorConfig), Vec<
         Some(p) => CollectorConfig::load(p)
             .map(|c| (p.display().to_string(), c))
             .map_err(|errs| errs.iter().map(ToString::to_string).collect()),
-        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
-            load_config(Some(&PathBuf::from(DEFAULT_CONFIG)))
-        }
-        None => Ok((
-            "(embedded defaults)".to_string(),
-            CollectorConfig::default(),
-        )),
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => load_config(Some(&PathBuf::from(DEFAULT_CONFIG))),
+        None => Ok(("(embedded defaults)".to_string(), CollectorConfig::default())),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Sla { contract, outages, maintenance, month, output } = &cli.command {
+        return sla(contract, outages, maintenance.as_deref(), month, *output);
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -66,6 +102,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
+        Command::Sla { .. } => Ok(()),
         Command::CheckConfig => {
             println!("{source}: OK");
             Ok(())
@@ -95,10 +132,7 @@ fn main() -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         std::future::pending::<()>().await;
         return;
     };
@@ -112,10 +146,7 @@ async fn wait_for_signal() {
 fn raise_nofile() -> std::io::Result<()> {
     // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local struct.
     unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);

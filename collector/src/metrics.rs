@@ -27,6 +27,7 @@ pub struct Metrics {
     pub rejected_streams_total: Family<ReasonLabel, Counter>,
     pub store_commit_seconds: Histogram,
     pub hosts: Family<StatusLabel, Gauge>,
+    pub notifications_failed_total: Counter,
 }
 
 impl Metrics {
@@ -41,6 +42,7 @@ impl Metrics {
             rejected_streams_total: Family::default(),
             store_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             hosts: Family::default(),
+            notifications_failed_total: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("ingest_batches", "Batches stored", m.batches_total.clone());
@@ -55,29 +57,25 @@ impl Metrics {
             "Samples agents dropped because their spool was full",
             m.agent_dropped_samples_total.clone(),
         );
-        registry.register(
-            "ingest_streams",
-            "Agent streams connected now",
-            m.streams.clone(),
-        );
-        registry.register(
-            "ingest_rejected_streams",
-            "Agent streams refused",
-            m.rejected_streams_total.clone(),
-        );
+        registry.register("ingest_streams", "Agent streams connected now", m.streams.clone());
+        registry.register("ingest_rejected_streams", "Agent streams refused", m.rejected_streams_total.clone());
         registry.register(
             "store_commit_seconds",
             "Time to store and flush one group of batches",
             m.store_commit_seconds.clone(),
         );
         registry.register("hosts", "Known hosts by status", m.hosts.clone());
+        registry.register(
+            "notifications_failed",
+            "Escalations in which every channel of every role failed: nobody was reached",
+            m.notifications_failed_total.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }

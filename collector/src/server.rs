@@ -1,6 +1,8 @@
-//! `pikett-collector serve`: opens the store, starts the writer, the gRPC
-//! services (with TLS when configured) and the HTTP endpoint.
+//! `pikett-collector serve`: opens the store, the fault engine and the pager,
+//! starts the group-commit writer, the gRPC services (with TLS when
+//! configured), the HTTP endpoint, and the clock tick.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -8,12 +10,15 @@ use std::time::Duration;
 use anyhow::Context;
 use pikett_proto::v1::admin_server::AdminServer;
 use pikett_proto::v1::ingest_server::IngestServer;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::admin::AdminService;
 use crate::config::CollectorConfig;
-use crate::hosts::{HostStatus, host_status};
+use crate::exposition::LatestSamples;
+use crate::fault_service::FaultService;
+use crate::faults::Transition;
+use crate::hosts::{HostStatus, host_status, host_timeout};
 use crate::ingest::IngestService;
 use crate::metrics::{Metrics, StatusLabel};
 use crate::store::{Store, spawn_writer};
@@ -21,13 +26,15 @@ use crate::store::{Store, spawn_writer};
 /// Largest message accepted from an agent (a batch).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
-pub async fn serve(
-    config: CollectorConfig,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let store = Arc::new(Store::open(&config.data_dir, config.store_cache_bytes)?);
+    let engine_config = config.engine_config().map_err(anyhow::Error::msg)?;
+    let faults = Arc::new(FaultService::open(store.db(), engine_config)?);
+    let latest = Arc::new(LatestSamples::default());
     let metrics = Arc::new(Metrics::new());
-    let writer = spawn_writer(store.clone(), metrics.clone());
+    let (transitions_tx, transitions_rx) = mpsc::unbounded_channel();
+    let pager = crate::pager::spawn(&config, store.clone(), faults.clone(), metrics.clone(), transitions_rx)?;
+    let writer = spawn_writer(store.clone(), faults.clone(), metrics.clone(), transitions_tx.clone());
     let ready = Arc::new(AtomicBool::new(false));
 
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
@@ -36,6 +43,9 @@ pub async fn serve(
     let app = crate::http::router(crate::http::HttpState {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        latest: latest.clone(),
+        faults: faults.clone(),
+        staleness: config.metrics_staleness,
     });
     let mut http_shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -55,34 +65,26 @@ pub async fn serve(
         .tcp_nodelay(true);
     let mut require_client_cert = false;
     if let Some(tls) = &config.tls {
-        let cert = std::fs::read(&tls.cert_file)
-            .with_context(|| format!("tls.cert_file {}", tls.cert_file.display()))?;
-        let key = std::fs::read(&tls.key_file)
-            .with_context(|| format!("tls.key_file {}", tls.key_file.display()))?;
+        let cert =
+            std::fs::read(&tls.cert_file).with_context(|| format!("tls.cert_file {}", tls.cert_file.display()))?;
+        let key = std::fs::read(&tls.key_file).with_context(|| format!("tls.key_file {}", tls.key_file.display()))?;
         let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
         if let Some(ca) = &tls.client_ca_file {
-            let ca = std::fs::read(ca)
-                .with_context(|| format!("tls.client_ca_file {}", ca.display()))?;
+            let ca = std::fs::read(ca).with_context(|| format!("tls.client_ca_file {}", ca.display()))?;
             // Optional at the TLS layer so the staff CLI can connect without one;
             // the ingest service itself insists on it.
-            tls_config = tls_config
-                .client_ca_root(Certificate::from_pem(ca))
-                .client_auth_optional(true);
+            tls_config = tls_config.client_ca_root(Certificate::from_pem(ca)).client_auth_optional(true);
             require_client_cert = true;
         }
-        builder = builder
-            .tls_config(tls_config)
-            .context("TLS configuration")?;
+        builder = builder.tls_config(tls_config).context("TLS configuration")?;
     }
-    let ingest = IngestService {
-        store: store.clone(),
-        writer,
-        metrics: metrics.clone(),
-        require_client_cert,
-    };
+    let ingest = IngestService { store: store.clone(), writer, metrics: metrics.clone(), require_client_cert, latest };
     let admin = AdminService {
         store: store.clone(),
+        faults: faults.clone(),
+        pager,
         host_timeout: config.host_timeout,
+        transitions: transitions_tx.clone(),
     };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -90,36 +92,7 @@ pub async fn serve(
         .with_context(|| format!("listen {}: cannot listen", config.listen))?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
 
-    // Host status gauges, refreshed every few seconds.
-    {
-        let store = store.clone();
-        let metrics = metrics.clone();
-        let timeout = config.host_timeout;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                let now = jiff::Timestamp::now().as_millisecond();
-                let hosts = store.hosts();
-                let up = hosts
-                    .iter()
-                    .filter(|h| host_status(h, now, timeout) == HostStatus::Up)
-                    .count();
-                metrics
-                    .hosts
-                    .get_or_create(&StatusLabel {
-                        status: "up".into(),
-                    })
-                    .set(up as i64);
-                metrics
-                    .hosts
-                    .get_or_create(&StatusLabel {
-                        status: "down".into(),
-                    })
-                    .set((hosts.len() - up) as i64);
-            }
-        });
-    }
+    tokio::spawn(clock_tick(store.clone(), faults.clone(), metrics.clone(), config.host_timeout, transitions_tx));
 
     ready.store(true, Ordering::Release);
     tracing::info!(listen = %config.listen, http = %config.http_listen, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "collector serving");
@@ -135,4 +108,34 @@ pub async fn serve(
     store.flush().await?;
     tracing::info!("collector stopped");
     Ok(())
+}
+
+/// The clock's side of the fault engine (host timeouts, maintenance and
+/// silence boundaries) and the host status gauges, once a second.
+async fn clock_tick(
+    store: Arc<Store>,
+    faults: Arc<FaultService>,
+    metrics: Arc<Metrics>,
+    configured_timeout: Option<Duration>,
+    transitions: mpsc::UnboundedSender<Vec<Transition>>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = jiff::Timestamp::now();
+        let hosts = store.hosts();
+        let timeouts: HashMap<String, Duration> =
+            hosts.iter().map(|h| (h.host_id.clone(), host_timeout(configured_timeout, h))).collect();
+        let changes = faults.tick(now, |h| timeouts.get(h).copied().unwrap_or(Duration::from_secs(90)));
+        if !changes.is_empty() {
+            if let Err(e) = store.flush().await {
+                tracing::error!(error = %e, "cannot flush fault state");
+            }
+            let _ = transitions.send(changes);
+        }
+        let now_ms = now.as_millisecond();
+        let up = hosts.iter().filter(|h| host_status(h, now_ms, configured_timeout) == HostStatus::Up).count();
+        metrics.hosts.get_or_create(&StatusLabel { status: "up".into() }).set(up as i64);
+        metrics.hosts.get_or_create(&StatusLabel { status: "down".into() }).set((hosts.len() - up) as i64);
+    }
 }

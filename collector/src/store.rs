@@ -17,6 +17,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::fault_service::FaultService;
+use crate::faults::Transition;
 use crate::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,10 +28,7 @@ pub enum StoreError {
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
     #[error("storage: corrupt host record {host}: {source}")]
-    CorruptHost {
-        host: String,
-        source: serde_json::Error,
-    },
+    CorruptHost { host: String, source: serde_json::Error },
 }
 
 /// What the collector knows about one agent's host.
@@ -79,10 +78,7 @@ pub struct Sender {
 /// One batch to store, and where to say whether it was new.
 pub struct WriteRequest {
     pub sender: Arc<Sender>,
-    pub seq: u64,
-    pub encoded: Vec<u8>,
-    pub samples: u64,
-    pub dropped_samples: u64,
+    pub batch: pikett_proto::v1::Batch,
     pub reply: oneshot::Sender<Result<Stored, String>>,
 }
 
@@ -99,10 +95,7 @@ impl Store {
             .cache_capacity(cache_bytes)
             .flush_every_ms(Some(500))
             .open()
-            .map_err(|source| StoreError::Open {
-                dir: dir.display().to_string(),
-                source,
-            })?;
+            .map_err(|source| StoreError::Open { dir: dir.display().to_string(), source })?;
         let batches = db.open_tree("batches")?;
         let hosts_tree = db.open_tree("hosts")?;
         let mut hosts = HashMap::new();
@@ -110,47 +103,24 @@ impl Store {
             let (k, v) = item?;
             let host = String::from_utf8_lossy(&k).to_string();
             let rec: HostRecord =
-                serde_json::from_slice(&v).map_err(|source| StoreError::CorruptHost {
-                    host: host.clone(),
-                    source,
-                })?;
+                serde_json::from_slice(&v).map_err(|source| StoreError::CorruptHost { host: host.clone(), source })?;
             hosts.insert(host, rec);
         }
-        Ok(Store {
-            db,
-            batches,
-            hosts_tree,
-            hosts: RwLock::new(hosts),
-        })
+        Ok(Store { db, batches, hosts_tree, hosts: RwLock::new(hosts) })
     }
 
     pub fn hosts(&self) -> Vec<HostRecord> {
-        let mut v: Vec<_> = self
-            .hosts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut v: Vec<_> = self.hosts.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
         v.sort_by(|a, b| a.host_id.cmp(&b.host_id));
         v
     }
 
     pub fn host(&self, id: &str) -> Option<HostRecord> {
-        self.hosts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
+        self.hosts.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
     pub fn batches_stored(&self) -> u64 {
-        self.hosts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|h| h.batches)
-            .sum()
+        self.hosts.read().unwrap_or_else(|p| p.into_inner()).values().map(|h| h.batches).sum()
     }
 
     /// The stored batch `seq` of `host`, encoded.
@@ -178,20 +148,18 @@ impl Store {
         let mut changed: HashMap<String, HostRecord> = HashMap::new();
         let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
         for req in group {
-            let key = batch_key(&req.sender.host_id, req.seq);
+            let key = batch_key(&req.sender.host_id, req.batch.seq);
             let stored = if self.batches.contains_key(&key)? {
                 Stored::Duplicate
             } else {
-                self.batches.insert(key, req.encoded.as_slice())?;
+                self.batches.insert(key, prost::Message::encode_to_vec(&req.batch))?;
                 Stored::New
             };
-            let rec = hosts
-                .entry(req.sender.host_id.clone())
-                .or_insert_with(|| HostRecord {
-                    host_id: req.sender.host_id.clone(),
-                    first_seen_ms: now_ms,
-                    ..Default::default()
-                });
+            let rec = hosts.entry(req.sender.host_id.clone()).or_insert_with(|| HostRecord {
+                host_id: req.sender.host_id.clone(),
+                first_seen_ms: now_ms,
+                ..Default::default()
+            });
             rec.customer.clone_from(&req.sender.customer);
             rec.agent_version.clone_from(&req.sender.agent_version);
             rec.capabilities.clone_from(&req.sender.capabilities);
@@ -199,8 +167,8 @@ impl Store {
             rec.last_seen_ms = now_ms;
             if stored == Stored::New {
                 rec.batches += 1;
-                rec.last_seq = rec.last_seq.max(req.seq);
-                rec.dropped_samples += req.dropped_samples;
+                rec.last_seq = rec.last_seq.max(req.batch.seq);
+                rec.dropped_samples += req.batch.dropped_samples;
             }
             changed.insert(rec.host_id.clone(), rec.clone());
             results.push(stored);
@@ -213,6 +181,11 @@ impl Store {
         Ok(results)
     }
 
+    /// The database, for the other components that keep state beside the batches.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;
         Ok(())
@@ -223,8 +196,14 @@ impl Store {
 const MAX_GROUP: usize = 4096;
 
 /// Starts the group-commit writer: it takes every request waiting, inserts
-/// them, flushes once, then answers each.
-pub fn spawn_writer(store: Arc<Store>, metrics: Arc<Metrics>) -> mpsc::Sender<WriteRequest> {
+/// them, feeds the new ones to the fault engine, flushes once, then answers
+/// each and hands the fault transitions to `transitions`.
+pub fn spawn_writer(
+    store: Arc<Store>,
+    faults: Arc<FaultService>,
+    metrics: Arc<Metrics>,
+    transitions: mpsc::UnboundedSender<Vec<Transition>>,
+) -> mpsc::Sender<WriteRequest> {
     let (tx, mut rx) = mpsc::channel::<WriteRequest>(16 * 1024);
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
@@ -238,12 +217,22 @@ pub fn spawn_writer(store: Arc<Store>, metrics: Arc<Metrics>) -> mpsc::Sender<Wr
             let started = Instant::now();
             let now_ms = jiff::Timestamp::now().as_millisecond();
             let s = store.clone();
+            let f = faults.clone();
             let applied = tokio::task::spawn_blocking(move || {
                 let r = s.apply(&group, now_ms);
-                (group, r)
+                let mut changes = Vec::new();
+                if let Ok(stored) = &r {
+                    let now = jiff::Timestamp::from_millisecond(now_ms).unwrap_or_else(|_| jiff::Timestamp::now());
+                    for (req, st) in group.iter().zip(stored) {
+                        if *st == Stored::New {
+                            changes.extend(f.ingest(&req.sender.host_id, &req.sender.customer, &req.batch, now));
+                        }
+                    }
+                }
+                (group, r, changes)
             })
             .await;
-            let (group, result) = match applied {
+            let (group, result, changes) = match applied {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::error!(error = %e, "store writer task failed");
@@ -254,18 +243,17 @@ pub fn spawn_writer(store: Arc<Store>, metrics: Arc<Metrics>) -> mpsc::Sender<Wr
                 Ok(r) => store.flush().await.map(|()| r),
                 Err(e) => Err(e),
             };
-            metrics
-                .store_commit_seconds
-                .observe(started.elapsed().as_secs_f64());
+            metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(stored) => {
+                    if !changes.is_empty() {
+                        let _ = transitions.send(changes);
+                    }
                     for (req, s) in group.into_iter().zip(stored) {
                         if s == Stored::New {
                             metrics.batches_total.inc();
-                            metrics.samples_total.inc_by(req.samples);
-                            metrics
-                                .agent_dropped_samples_total
-                                .inc_by(req.dropped_samples);
+                            metrics.samples_total.inc_by(req.batch.samples.len() as u64);
+                            metrics.agent_dropped_samples_total.inc_by(req.batch.dropped_samples);
                         } else {
                             metrics.duplicate_batches_total.inc();
                         }

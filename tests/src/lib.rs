@@ -7,16 +7,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ is inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
 }
 
 /// Builds the binaries once per test process and returns the directory they are in.
@@ -25,21 +20,13 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "pikett-agent",
-                "-p",
-                "pikett-collector",
-                "--bins",
-            ])
+            .args(["build", "--quiet", "-p", "pikett-agent", "-p", "pikett-collector", "--bins"])
             .current_dir(workspace_root())
             .status()
             .expect("running cargo build");
         assert!(status.success(), "cargo build of the binaries failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
         target.join("debug")
     })
 }
@@ -50,11 +37,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
 }
 
 /// A test CA with a collector certificate (localhost, 127.0.0.1) and client certificates.
@@ -68,20 +51,11 @@ impl Pki {
         let key = KeyPair::generate().expect("key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "pikett test CA");
+        params.distinguished_name.push(DnType::CommonName, "pikett test CA");
         let cert = params.self_signed(&key).expect("CA certificate");
         std::fs::write(dir.join("ca.pem"), cert.pem()).expect("write ca.pem");
-        let pki = Pki {
-            dir: dir.to_path_buf(),
-            issuer: Issuer::new(params, key),
-        };
-        pki.issue(
-            "collector",
-            &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
+        let pki = Pki { dir: dir.to_path_buf(), issuer: Issuer::new(params, key) };
+        pki.issue("collector", &["localhost", "127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
         pki
     }
 
@@ -89,14 +63,12 @@ impl Pki {
     pub fn issue(&self, name: &str, sans: &[&str], usage: ExtendedKeyUsagePurpose) {
         let key = KeyPair::generate().expect("key");
         let mut params =
-            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .expect("params");
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).expect("params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![usage];
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).expect("write cert");
-        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem())
-            .expect("write key");
+        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).expect("write key");
     }
 
     /// A client certificate for an agent whose host id is `host_id`.
@@ -150,11 +122,7 @@ impl Drop for Proc {
 
 /// Starts a binary with `--config FILE ARGS...`, its stderr and stdout going to `log`.
 pub fn spawn(binary: &str, config: &Path, args: &[&str], log: &Path) -> Proc {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("open log");
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
     let err = out.try_clone().expect("clone log handle");
     let child = Command::new(bin(binary))
         .arg("--config")
@@ -165,18 +133,12 @@ pub fn spawn(binary: &str, config: &Path, args: &[&str], log: &Path) -> Proc {
         .stderr(Stdio::from(err))
         .spawn()
         .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
-    Proc {
-        child,
-        log: log.to_path_buf(),
-    }
+    Proc { child, log: log.to_path_buf() }
 }
 
 /// Runs a binary to completion.
 pub fn run(binary: &str, args: &[&str]) -> Output {
-    Command::new(bin(binary))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {binary}: {e}"))
+    Command::new(bin(binary)).args(args).output().unwrap_or_else(|e| panic!("running {binary}: {e}"))
 }
 
 /// Polls `f` until it returns Some or `limit` passes.
@@ -198,18 +160,11 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
 
@@ -240,13 +195,7 @@ impl CollectorSetup {
             ),
         )
         .expect("write collector.toml");
-        CollectorSetup {
-            config,
-            data_dir,
-            grpc_port,
-            http_port,
-            log: dir.join("collector.log"),
-        }
+        CollectorSetup { config, data_dir, grpc_port, http_port, log: dir.join("collector.log") }
     }
 
     pub fn url(&self) -> String {
@@ -257,15 +206,9 @@ impl CollectorSetup {
     pub fn start(&self) -> Proc {
         let p = spawn("pikett-collector", &self.config, &["serve"], &self.log);
         let ready = wait_for(Duration::from_secs(20), || {
-            http_get(self.http_port, "/readyz")
-                .filter(|(s, _)| *s == 200)
-                .map(|_| ())
+            http_get(self.http_port, "/readyz").filter(|(s, _)| *s == 200).map(|_| ())
         });
-        assert!(
-            ready.is_some(),
-            "collector did not become ready; log:\n{}",
-            p.log_text()
-        );
+        assert!(ready.is_some(), "collector did not become ready; log:\n{}", p.log_text());
         p
     }
 
@@ -279,13 +222,7 @@ impl CollectorSetup {
 }
 
 /// An agent config for `host_id` talking TLS to `collector_url`.
-pub fn agent_config(
-    dir: &Path,
-    pki: &Pki,
-    host_id: &str,
-    collector_url: &str,
-    extra: &str,
-) -> PathBuf {
+pub fn agent_config(dir: &Path, pki: &Pki, host_id: &str, collector_url: &str, extra: &str) -> PathBuf {
     pki.agent_cert(host_id);
     let path = dir.join(format!("{host_id}.toml"));
     std::fs::write(
@@ -311,4 +248,133 @@ pub fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
+}
+
+/// One request received by a [`Receiver`].
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: String,
+    pub at: std::time::SystemTime,
+}
+
+/// A local HTTP/1.1 receiver standing in for an SMS or voice gateway: records
+/// every request and answers with a status the test sets.
+pub struct Receiver {
+    pub port: u16,
+    pub status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub fn start(status: u16) -> Receiver {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        let port = listener.local_addr().expect("addr").port();
+        let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(status));
+        let received: std::sync::Arc<std::sync::Mutex<Vec<Received>>> = Default::default();
+        let (st, rec) = (status.clone(), received.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let (st, rec) = (st.clone(), rec.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() || line.is_empty() {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let mut headers = std::collections::HashMap::new();
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                        }
+                    }
+                    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    let mut body = vec![0u8; len];
+                    let _ = reader.read_exact(&mut body);
+                    let code = st.load(std::sync::atomic::Ordering::SeqCst);
+                    rec.lock().expect("lock").push(Received {
+                        path,
+                        headers,
+                        body: String::from_utf8_lossy(&body).into_owned(),
+                        at: std::time::SystemTime::now(),
+                    });
+                    let _ = write!(stream, "HTTP/1.1 {code} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                });
+            }
+        });
+        Receiver { port, status, received }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/send", self.port)
+    }
+
+    pub fn set_status(&self, code: u16) {
+        self.status.store(code, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+}
+
+/// A `command` check whose exit code the test sets by writing `state`.
+pub struct ControlledCheck {
+    pub script: PathBuf,
+    pub state: PathBuf,
+}
+
+impl ControlledCheck {
+    pub fn new(dir: &Path) -> ControlledCheck {
+        use std::os::unix::fs::PermissionsExt;
+        let state = dir.join("check-state");
+        std::fs::write(&state, "0").expect("write state");
+        let script = dir.join("check_controlled");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ncode=$(cat {})\ncase $code in 0) echo \"OK - fine|v=1\";; 1) echo \"WARNING - degraded\";; 2) echo \"CRITICAL - broken\";; esac\nexit $code\n",
+                state.display()
+            ),
+        )
+        .expect("write script");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        ControlledCheck { script, state }
+    }
+
+    pub fn set(&self, code: u8) {
+        std::fs::write(&self.state, code.to_string()).expect("write state");
+    }
+
+    /// The `[[checks]]` table for the agent config (check name `command/ctl`).
+    pub fn toml(&self) -> String {
+        format!(
+            "[[checks]]\nname = \"ctl\"\nkind = \"command\"\ncommand = [\"{}\"]\ninterval = \"500ms\"\ntimeout = \"5s\"\n",
+            self.script.display()
+        )
+    }
+}
+
+/// `pikett faults --all --output json` as values.
+pub fn faults(collector: &CollectorSetup, ca: &str) -> Vec<serde_json::Value> {
+    json_lines(&collector.pikett(&["faults", "--all", "--output", "json"], ca).stdout)
+}
+
+/// The fault of `check` on `host` in state `state`, if any.
+pub fn find_fault(
+    collector: &CollectorSetup,
+    ca: &str,
+    host: &str,
+    check: &str,
+    state: &str,
+) -> Option<serde_json::Value> {
+    faults(collector, ca).into_iter().find(|f| f["host"] == host && f["check"] == check && f["state"] == state)
 }

@@ -9,51 +9,23 @@ use pikett_tests::*;
 fn config_typo_names_file_line_and_column_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let agent = dir.path().join("agent.toml");
-    std::fs::write(
-        &agent,
-        "customer = \"acme\"\n[host]\ninterval = \"30s\"\ndisk_wran = \"80%\"\n",
-    )
-    .unwrap();
-    let out = run(
-        "pikett-agent",
-        &["--config", agent.to_str().unwrap(), "check-config"],
-    );
+    std::fs::write(&agent, "customer = \"acme\"\n[host]\ninterval = \"30s\"\ndisk_wran = \"80%\"\n").unwrap();
+    let out = run("pikett-agent", &["--config", agent.to_str().unwrap(), "check-config"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("agent.toml:4:1: unknown field `disk_wran`"),
-        "{err}"
-    );
+    assert!(err.contains("agent.toml:4:1: unknown field `disk_wran`"), "{err}");
 
     let collector = dir.path().join("collector.toml");
-    std::fs::write(
-        &collector,
-        "listen = \"127.0.0.1:1\"\nhttp_listn = \"127.0.0.1:2\"\n",
-    )
-    .unwrap();
-    let out = run(
-        "pikett-collector",
-        &["--config", collector.to_str().unwrap(), "check-config"],
-    );
+    std::fs::write(&collector, "listen = \"127.0.0.1:1\"\nhttp_listn = \"127.0.0.1:2\"\n").unwrap();
+    let out = run("pikett-collector", &["--config", collector.to_str().unwrap(), "check-config"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("collector.toml:2:1: unknown field `http_listn`"),
-        "{err}"
-    );
+    assert!(err.contains("collector.toml:2:1: unknown field `http_listn`"), "{err}");
 
     // A valid config passes.
     std::fs::write(&agent, "customer = \"acme\"\n").unwrap();
-    let out = run(
-        "pikett-agent",
-        &["--config", agent.to_str().unwrap(), "check-config"],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run("pikett-agent", &["--config", agent.to_str().unwrap(), "check-config"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -63,21 +35,11 @@ fn unwritable_spool_directory_is_a_clear_error_at_start() {
     let blocker = dir.path().join("not-a-dir");
     std::fs::write(&blocker, b"").unwrap();
     let cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "host_id = \"x\"\nspool_dir = \"{}/spool\"\n",
-            blocker.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, format!("host_id = \"x\"\nspool_dir = \"{}/spool\"\n", blocker.display())).unwrap();
     let out = run("pikett-agent", &["--config", cfg.to_str().unwrap(), "run"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("spool_dir") && err.contains("not writable"),
-        "{err}"
-    );
+    assert!(err.contains("spool_dir") && err.contains("not writable"), "{err}");
 }
 
 #[test]
@@ -98,23 +60,12 @@ fn garbage_and_http1_on_the_grpc_port_leave_the_collector_serving() {
         let mut buf = [0u8; 256];
         let _ = s.read(&mut buf);
     }
-    assert!(
-        c.child.try_wait().unwrap().is_none(),
-        "collector exited; log:\n{}",
-        c.log_text()
-    );
+    assert!(c.child.try_wait().unwrap().is_none(), "collector exited; log:\n{}", c.log_text());
     let out = collector.pikett(&["status", "--output", "json"], &pki.path("ca.pem"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let status = json_lines(&out.stdout);
     assert_eq!(status[0]["hosts_up"], 0);
-    assert_eq!(
-        http_get(collector.http_port, "/healthz").map(|(s, _)| s),
-        Some(200)
-    );
+    assert_eq!(http_get(collector.http_port, "/healthz").map(|(s, _)| s), Some(200));
     c.sigkill();
 }
 
@@ -126,21 +77,11 @@ fn agent_with_a_foreign_host_id_is_refused() {
     let _c = collector.start();
     // The certificate says "web-001"; the config claims "web-002".
     let cfg = agent_config(dir.path(), &pki, "web-001", &collector.url(), "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("host_id = \"web-001\"", "host_id = \"web-002\"");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("host_id = \"web-001\"", "host_id = \"web-002\"");
     std::fs::write(&cfg, text).unwrap();
-    let agent = spawn(
-        "pikett-agent",
-        &cfg,
-        &["run"],
-        &dir.path().join("agent.log"),
-    );
+    let agent = spawn("pikett-agent", &cfg, &["run"], &dir.path().join("agent.log"));
     let refused = wait_for(Duration::from_secs(15), || {
-        agent
-            .log_text()
-            .contains("does not match the client certificate")
-            .then_some(())
+        agent.log_text().contains("does not match the client certificate").then_some(())
     });
     assert!(refused.is_some(), "agent log:\n{}", agent.log_text());
     let out = collector.pikett(&["hosts", "--output", "json"], &pki.path("ca.pem"));

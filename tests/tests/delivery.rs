@@ -11,26 +11,20 @@ const HOST_PROBE: &str = "[host]\ninterval = \"500ms\"\n";
 /// Sequence numbers the collector stored for `host`, read from its database
 /// (the collector must be stopped).
 fn stored_seqs(data_dir: &std::path::Path, host: &str) -> Vec<u64> {
-    let store =
-        pikett_collector::store::Store::open(data_dir, 1 << 20).expect("open collector store");
+    let store = pikett_collector::store::Store::open(data_dir, 1 << 20).expect("open collector store");
     store.stored_seqs(host).expect("read stored seqs")
 }
 
 /// (last sequence number assigned, batches still pending) of a stopped agent's spool.
 fn spool_state(spool_dir: &std::path::Path) -> (u64, usize) {
-    let spool =
-        pikett_agent::spool::Spool::open(spool_dir, 1 << 30, 1 << 20).expect("open agent spool");
+    let spool = pikett_agent::spool::Spool::open(spool_dir, 1 << 30, 1 << 20).expect("open agent spool");
     (spool.next_seq().expect("next_seq") - 1, spool.pending())
 }
 
 fn assert_exactly_once(seqs: &[u64], last: u64) {
     let expected: Vec<u64> = (1..=last).collect();
     assert!(last > 0, "the agent sent nothing");
-    assert_eq!(
-        seqs,
-        expected.as_slice(),
-        "stored sequence numbers are not exactly 1..={last}"
-    );
+    assert_eq!(seqs, expected.as_slice(), "stored sequence numbers are not exactly 1..={last}");
 }
 
 #[test]
@@ -41,12 +35,7 @@ fn collector_sigkill_loses_nothing_and_stores_nothing_twice() {
     let agent_cfg = agent_config(dir.path(), &pki, "web-001", &collector.url(), HOST_PROBE);
 
     let mut c = collector.start();
-    let mut agent = spawn(
-        "pikett-agent",
-        &agent_cfg,
-        &["run"],
-        &dir.path().join("agent.log"),
-    );
+    let mut agent = spawn("pikett-agent", &agent_cfg, &["run"], &dir.path().join("agent.log"));
     std::thread::sleep(Duration::from_secs(3));
     c.sigkill();
     // Several agent intervals without a collector: the agent spools.
@@ -59,24 +48,12 @@ fn collector_sigkill_loses_nothing_and_stores_nothing_twice() {
         let h = hosts.iter().find(|h| h["host_id"] == "web-001")?;
         (h["last_seq"].as_u64()? >= 10).then_some(())
     });
-    assert!(
-        caught_up.is_some(),
-        "collector did not receive the backlog; agent log:\n{}",
-        agent.log_text()
-    );
-    assert_eq!(
-        agent.sigterm(Duration::from_secs(10)),
-        Some(0),
-        "agent log:\n{}",
-        agent.log_text()
-    );
+    assert!(caught_up.is_some(), "collector did not receive the backlog; agent log:\n{}", agent.log_text());
+    assert_eq!(agent.sigterm(Duration::from_secs(10)), Some(0), "agent log:\n{}", agent.log_text());
     drop(_c);
 
     let (last, pending) = spool_state(&dir.path().join("web-001-spool"));
-    assert_eq!(
-        pending, 0,
-        "the agent's spool still holds unacknowledged batches"
-    );
+    assert_eq!(pending, 0, "the agent's spool still holds unacknowledged batches");
     assert_exactly_once(&stored_seqs(&collector.data_dir, "web-001"), last);
 }
 
@@ -93,10 +70,7 @@ fn agent_sigkill_resends_spooled_batches_and_continues_the_sequence() {
     std::thread::sleep(Duration::from_secs(3));
     agent.sigkill();
     let (before_kill, pending) = spool_state(&dir.path().join("db-001-spool"));
-    assert!(
-        pending > 0 && before_kill > 0,
-        "nothing was spooled before the kill"
-    );
+    assert!(pending > 0 && before_kill > 0, "nothing was spooled before the kill");
 
     let c = collector.start();
     let mut agent = spawn("pikett-agent", &agent_cfg, &["run"], &log);
@@ -106,28 +80,16 @@ fn agent_sigkill_resends_spooled_batches_and_continues_the_sequence() {
         let h = hosts.iter().find(|h| h["host_id"] == "db-001")?;
         (h["last_seq"].as_u64()? > before_kill + 3).then_some(())
     });
-    assert!(
-        arrived.is_some(),
-        "agent did not continue; log:\n{}",
-        agent.log_text()
-    );
+    assert!(arrived.is_some(), "agent did not continue; log:\n{}", agent.log_text());
     // Kill it again mid-stream, restart, and stop it cleanly.
     agent.sigkill();
     let mut agent = spawn("pikett-agent", &agent_cfg, &["run"], &log);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        agent.sigterm(Duration::from_secs(10)),
-        Some(0),
-        "agent log:\n{}",
-        agent.log_text()
-    );
+    assert_eq!(agent.sigterm(Duration::from_secs(10)), Some(0), "agent log:\n{}", agent.log_text());
     drop(c);
 
     let (last, pending) = spool_state(&dir.path().join("db-001-spool"));
     assert_eq!(pending, 0);
-    assert!(
-        last > before_kill,
-        "sequence numbers did not continue after the restart"
-    );
+    assert!(last > before_kill, "sequence numbers did not continue after the restart");
     assert_exactly_once(&stored_seqs(&collector.data_dir, "db-001"), last);
 }

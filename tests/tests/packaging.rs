@@ -34,9 +34,7 @@ fn packaging_dir() -> PathBuf {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",
@@ -52,8 +50,7 @@ fn stdout(cmd: &mut Command) -> String {
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// A unit file as `key -> values` (keys may repeat), section names dropped.
@@ -63,12 +60,8 @@ fn unit_keys(text: &str) -> BTreeMap<String, Vec<String>> {
         if line.is_empty() || line.starts_with('#') || line.starts_with('[') {
             continue;
         }
-        let (k, v) = line
-            .split_once('=')
-            .unwrap_or_else(|| panic!("not a key=value line: {line:?}"));
-        keys.entry(k.trim().to_string())
-            .or_default()
-            .push(v.trim().to_string());
+        let (k, v) = line.split_once('=').unwrap_or_else(|| panic!("not a key=value line: {line:?}"));
+        keys.entry(k.trim().to_string()).or_default().push(v.trim().to_string());
     }
     keys
 }
@@ -78,20 +71,12 @@ fn unit_keys(text: &str) -> BTreeMap<String, Vec<String>> {
 fn unit_with_binaries_in(unit: &Path, bin_dir: &Path, out_dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(unit).unwrap();
     let dest = out_dir.join(unit.file_name().unwrap());
-    std::fs::write(
-        &dest,
-        text.replace("/usr/bin/", &format!("{}/", bin_dir.display())),
-    )
-    .unwrap();
+    std::fs::write(&dest, text.replace("/usr/bin/", &format!("{}/", bin_dir.display()))).unwrap();
     dest
 }
 
 fn systemd_analyze_verify(units: &[PathBuf]) {
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .args(units)
-        .output()
-        .expect("systemd-analyze");
+    let out = Command::new("systemd-analyze").arg("verify").args(units).output().expect("systemd-analyze");
     assert!(
         out.status.success() && out.stderr.is_empty(),
         "systemd-analyze verify {units:?}: {}\n{}",
@@ -104,10 +89,7 @@ fn systemd_analyze_verify(units: &[PathBuf]) {
 
 #[test]
 fn unit_files_carry_the_hardening_keys() {
-    for (name, user) in [
-        ("pikett-agent", "pikett-agent"),
-        ("pikett-collector", "pikett-collector"),
-    ] {
+    for (name, user) in [("pikett-agent", "pikett-agent"), ("pikett-collector", "pikett-collector")] {
         let path = packaging_dir().join(format!("{name}.service"));
         let keys = unit_keys(&std::fs::read_to_string(&path).unwrap());
         let one = |k: &str| -> &str {
@@ -138,31 +120,19 @@ fn unit_files_carry_the_hardening_keys() {
         ] {
             assert_eq!(one(k), "yes", "{}: {k}", path.display());
         }
-        assert!(
-            one("RestrictAddressFamilies").starts_with("AF_UNIX AF_INET AF_INET6"),
-            "{}",
-            path.display()
-        );
-        assert!(
-            one("ExecStart").starts_with(&format!("/usr/bin/{name} --config /etc/pikett/")),
-            "{}",
-            path.display()
-        );
+        assert!(one("RestrictAddressFamilies").starts_with("AF_UNIX AF_INET AF_INET6"), "{}", path.display());
+        assert!(one("ExecStart").starts_with(&format!("/usr/bin/{name} --config /etc/pikett/")), "{}", path.display());
         assert!(!keys.contains_key("AmbientCapabilities") || one("AmbientCapabilities").is_empty());
         assert_eq!(one("WantedBy"), "multi-user.target");
     }
-    let collector = unit_keys(
-        &std::fs::read_to_string(packaging_dir().join("pikett-collector.service")).unwrap(),
-    );
+    let collector = unit_keys(&std::fs::read_to_string(packaging_dir().join("pikett-collector.service")).unwrap());
     assert!(collector.contains_key("LimitNOFILE"));
 }
 
 #[test]
 fn units_pass_systemd_analyze_verify_and_security() {
     if !on_path("systemd-analyze") {
-        eprintln!(
-            "systemd-analyze is not installed: unit_files_carry_the_hardening_keys covers the keys"
-        );
+        eprintln!("systemd-analyze is not installed: unit_files_carry_the_hardening_keys covers the keys");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -191,17 +161,9 @@ fn units_pass_systemd_analyze_verify_and_security() {
 
 #[test]
 fn packaged_default_configs_pass_check_config() {
-    for (binary, config) in [
-        ("pikett-agent", "agent.toml"),
-        ("pikett-collector", "collector.toml"),
-    ] {
+    for (binary, config) in [("pikett-agent", "agent.toml"), ("pikett-collector", "collector.toml")] {
         let path = packaging_dir().join(config);
-        let out = stdout(
-            Command::new(bin(binary))
-                .arg("--config")
-                .arg(&path)
-                .arg("check-config"),
-        );
+        let out = stdout(Command::new(bin(binary)).arg("--config").arg(&path).arg("check-config"));
         assert!(out.contains("OK"), "{binary} check-config: {out}");
     }
 }
@@ -229,19 +191,14 @@ impl Built {
 /// test (build scripts rerun when they change: see `xtask/src/util.rs`).
 fn xtask_rpm(args: &[&OsStr]) {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root())
-        .args(["run", "--quiet", "-p", "xtask", "--", "rpm"])
-        .args(args);
+    cmd.current_dir(workspace_root()).args(["run", "--quiet", "-p", "xtask", "--", "rpm"]).args(args);
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         if key.starts_with("CARGO_PKG_")
             || key.starts_with("CARGO_MANIFEST_")
             || matches!(
                 key.as_ref(),
-                "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "CARGO_TARGET_TMPDIR"
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
             )
         {
             cmd.env_remove(key.as_ref());
@@ -259,12 +216,9 @@ fn built() -> &'static Built {
             0,
             "the RPM tests install into scratch roots (chroot, chown): run them as root"
         );
-        assert!(
-            on_path("rpm"),
-            "Debian's rpm is missing: apt-get install rpm file"
-        );
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+        assert!(on_path("rpm"), "Debian's rpm is missing: apt-get install rpm file");
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
         xtask_rpm(&[]);
         let tmp = tempfile::tempdir().unwrap();
         let changed = tmp.path().join("packaging");
@@ -286,11 +240,7 @@ fn built() -> &'static Built {
             "--packaging-dir".as_ref(),
             changed.as_os_str(),
         ]);
-        Built {
-            dist: target.join("dist"),
-            upgrade,
-            _tmp: tmp,
-        }
+        Built { dist: target.join("dist"), upgrade, _tmp: tmp }
     })
 }
 
@@ -317,19 +267,11 @@ impl ScratchRoot {
         if Path::new("/etc/login.defs").exists() {
             std::fs::copy("/etc/login.defs", root.join("etc/login.defs")).unwrap();
         }
-        for program in [
-            "/bin/sh",
-            "/usr/bin/getent",
-            "/usr/sbin/groupadd",
-            "/usr/sbin/useradd",
-        ] {
+        for program in ["/bin/sh", "/usr/bin/getent", "/usr/sbin/groupadd", "/usr/sbin/useradd"] {
             copy_with_libraries(Path::new(program), root);
         }
         std::fs::create_dir_all(root.join("dev")).unwrap();
-        run(Command::new("mknod")
-            .args(["-m", "666"])
-            .arg(root.join("dev/null"))
-            .args(["c", "1", "3"]));
+        run(Command::new("mknod").args(["-m", "666"]).arg(root.join("dev/null")).args(["c", "1", "3"]));
         run(Command::new("rpm").arg("--root").arg(root).arg("--initdb"));
         ScratchRoot { dir }
     }
@@ -341,21 +283,13 @@ impl ScratchRoot {
     /// `rpm --root`. Installs pass `--nodeps`: this root's rpm database does
     /// not know the shell and tools copied in for the scriptlets.
     fn rpm(&self, args: &[&OsStr]) -> String {
-        stdout(
-            Command::new("rpm")
-                .arg("--root")
-                .arg(self.dir.path())
-                .args(args),
-        )
+        stdout(Command::new("rpm").arg("--root").arg(self.dir.path()).args(args))
     }
 
     /// The uid and gid of a user in this root's passwd.
     fn ids(&self, user: &str) -> (u32, u32) {
         let passwd = std::fs::read_to_string(self.path("/etc/passwd")).unwrap();
-        let entries: Vec<&str> = passwd
-            .lines()
-            .filter(|l| l.starts_with(&format!("{user}:")))
-            .collect();
+        let entries: Vec<&str> = passwd.lines().filter(|l| l.starts_with(&format!("{user}:"))).collect();
         assert_eq!(entries.len(), 1, "{user} in passwd:\n{passwd}");
         let fields: Vec<&str> = entries[0].split(':').collect();
         assert_eq!(fields[5], format!("/var/lib/{user}"), "home of {user}");
@@ -367,11 +301,7 @@ impl ScratchRoot {
 fn copy_with_libraries(program: &Path, root: &Path) {
     let mut files = vec![program.to_path_buf()];
     let ldd = stdout(Command::new("ldd").arg(program));
-    files.extend(
-        ldd.split_whitespace()
-            .filter(|w| w.starts_with('/'))
-            .map(PathBuf::from),
-    );
+    files.extend(ldd.split_whitespace().filter(|w| w.starts_with('/')).map(PathBuf::from));
     for file in files {
         let dest = root.join(file.strip_prefix("/").unwrap());
         if !dest.exists() {
@@ -396,29 +326,18 @@ fn rpms_are_reproducible_from_the_commit() {
     for name in ["pikett-agent", "pikett-collector"] {
         let file = format!("{name}-{VERSION}-1.x86_64.rpm");
         assert!(
-            std::fs::read(built.dist.join(&file)).unwrap()
-                == std::fs::read(again.path().join(&file)).unwrap(),
+            std::fs::read(built.dist.join(&file)).unwrap() == std::fs::read(again.path().join(&file)).unwrap(),
             "{file}: two builds of the same commit differ"
         );
     }
     // The build date is the last commit's time (SOURCE_DATE_EPOCH wins when set).
     let commit_time = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| {
-        stdout(Command::new("git").current_dir(workspace_root()).args([
-            "log",
-            "-1",
-            "--format=%ct",
-        ]))
+        stdout(Command::new("git").current_dir(workspace_root()).args(["log", "-1", "--format=%ct"]))
     });
     let agent = built.rpm("pikett-agent");
-    assert_eq!(
-        rpm_query(&agent, &["--qf", "%{BUILDTIME}"]).trim(),
-        commit_time.trim()
-    );
+    assert_eq!(rpm_query(&agent, &["--qf", "%{BUILDTIME}"]).trim(), commit_time.trim());
     let mtimes = rpm_query(&agent, &["--qf", "[%{FILEMTIMES}\n]"]);
-    assert!(
-        mtimes.lines().all(|t| t == commit_time.trim()),
-        "file mtimes: {mtimes}"
-    );
+    assert!(mtimes.lines().all(|t| t == commit_time.trim()), "file mtimes: {mtimes}");
 }
 
 #[test]
@@ -426,18 +345,8 @@ fn rpms_are_reproducible_from_the_commit() {
 fn rpm_metadata_files_modes_and_scriptlets() {
     let built = built();
     for (name, user, config, binaries) in [
-        (
-            "pikett-agent",
-            "pikett-agent",
-            "agent.toml",
-            &["pikett-agent"][..],
-        ),
-        (
-            "pikett-collector",
-            "pikett-collector",
-            "collector.toml",
-            &["pikett", "pikett-collector"][..],
-        ),
+        ("pikett-agent", "pikett-agent", "agent.toml", &["pikett-agent"][..]),
+        ("pikett-collector", "pikett-collector", "collector.toml", &["pikett", "pikett-collector"][..]),
     ] {
         let pkg = built.rpm(name);
         let info = rpm_query(&pkg, &["-i"]);
@@ -448,34 +357,24 @@ fn rpm_metadata_files_modes_and_scriptlets() {
             "Architecture: x86_64".to_string(),
             "License     : Apache-2.0".to_string(),
         ] {
-            assert!(
-                info.contains(&line),
-                "rpm -qpi {name}: no {line:?} in\n{info}"
-            );
+            assert!(info.contains(&line), "rpm -qpi {name}: no {line:?} in\n{info}");
         }
 
         // Paths and modes, as `rpm -qlpv` shows them (it cuts owner names to 8 characters)...
         let listing = rpm_query(&pkg, &["-lv"]);
         for bin in binaries {
             assert!(
-                listing.lines().any(
-                    |l| l.starts_with("-rwxr-xr-x") && l.ends_with(&format!(" /usr/bin/{bin}"))
-                ),
+                listing.lines().any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with(&format!(" /usr/bin/{bin}"))),
                 "{listing}"
             );
         }
         // ... and exactly, with flags (c: %config, n: noreplace, d: %doc) and full owner names.
         let files = rpm_query(
             &pkg,
-            &[
-                "--qf",
-                "[%{FILEFLAGS:fflags} %{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]",
-            ],
+            &["--qf", "[%{FILEFLAGS:fflags} %{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]"],
         );
-        let mut expected: Vec<String> = binaries
-            .iter()
-            .map(|b| format!(" -rwxr-xr-x root:root /usr/bin/{b}"))
-            .collect();
+        let mut expected: Vec<String> =
+            binaries.iter().map(|b| format!(" -rwxr-xr-x root:root /usr/bin/{b}")).collect();
         expected.extend([
             " drwxr-xr-x root:root /etc/pikett".to_string(),
             format!("cn -rw-r----- root:{user} /etc/pikett/{config}"),
@@ -489,10 +388,7 @@ fn rpm_metadata_files_modes_and_scriptlets() {
         got.sort();
         assert_eq!(got, expected, "files of {name}");
 
-        assert_eq!(
-            rpm_query(&pkg, &["--configfiles"]).trim(),
-            format!("/etc/pikett/{config}")
-        );
+        assert_eq!(rpm_query(&pkg, &["--configfiles"]).trim(), format!("/etc/pikett/{config}"));
 
         let scripts = rpm_query(&pkg, &["--scripts"]);
         for needle in [
@@ -520,16 +416,10 @@ fn rpm_metadata_files_modes_and_scriptlets() {
 
         // Static binaries: no shared-library requirements, and no systemd requirement.
         let requires = rpm_query(&pkg, &["--requires"]);
-        assert!(
-            !requires.contains(".so") && !requires.contains("systemd"),
-            "{requires}"
-        );
+        assert!(!requires.contains(".so") && !requires.contains("systemd"), "{requires}");
         assert!(requires.contains("shadow-utils"), "{requires}");
         let provides = rpm_query(&pkg, &["--provides"]);
-        assert!(
-            provides.contains(&format!("{name} = {VERSION}-1")),
-            "{provides}"
-        );
+        assert!(provides.contains(&format!("{name} = {VERSION}-1")), "{provides}");
     }
 }
 
@@ -539,11 +429,7 @@ fn packaged_binaries_are_static_and_run_here() {
     let built = built();
     let root = ScratchRoot::new();
     for name in ["pikett-agent", "pikett-collector"] {
-        root.rpm(&[
-            "-i".as_ref(),
-            "--nodeps".as_ref(),
-            built.rpm(name).as_os_str(),
-        ]);
+        root.rpm(&["-i".as_ref(), "--nodeps".as_ref(), built.rpm(name).as_os_str()]);
     }
     for bin_name in ["pikett-agent", "pikett-collector", "pikett"] {
         let binary = root.path(&format!("/usr/bin/{bin_name}"));
@@ -552,18 +438,12 @@ fn packaged_binaries_are_static_and_run_here() {
         assert!(!has_interpreter(&binary), "{bin_name} has a PT_INTERP");
         if on_path("file") {
             let file = stdout(Command::new("file").arg(&binary));
-            assert!(
-                file.contains("statically linked") || file.contains("static-pie linked"),
-                "{file}"
-            );
+            assert!(file.contains("statically linked") || file.contains("static-pie linked"), "{file}");
         }
         let version = stdout(Command::new(&binary).arg("--version"));
         assert_eq!(version.trim(), format!("{bin_name} {VERSION}"));
     }
-    for (bin_name, config) in [
-        ("pikett-agent", "agent.toml"),
-        ("pikett-collector", "collector.toml"),
-    ] {
+    for (bin_name, config) in [("pikett-agent", "agent.toml"), ("pikett-collector", "collector.toml")] {
         let out = stdout(
             Command::new(root.path(&format!("/usr/bin/{bin_name}")))
                 .arg("--config")
@@ -608,31 +488,15 @@ fn upgrade_keeps_an_edited_config_and_leaves_rpmnew() {
     let built = built();
     let root = ScratchRoot::new();
     for name in ["pikett-agent", "pikett-collector"] {
-        root.rpm(&[
-            "-i".as_ref(),
-            "--nodeps".as_ref(),
-            built.rpm(name).as_os_str(),
-        ]);
+        root.rpm(&["-i".as_ref(), "--nodeps".as_ref(), built.rpm(name).as_os_str()]);
     }
 
     // The pre-install scriptlets created the users; the files got their owners.
-    for (user, config) in [
-        ("pikett-agent", "agent.toml"),
-        ("pikett-collector", "collector.toml"),
-    ] {
+    for (user, config) in [("pikett-agent", "agent.toml"), ("pikett-collector", "collector.toml")] {
         let (uid, gid) = root.ids(user);
-        assert_eq!(
-            mode_owner(&root.path(&format!("/var/lib/{user}"))),
-            (0o750, uid, gid)
-        );
-        assert_eq!(
-            mode_owner(&root.path(&format!("/etc/pikett/{config}"))),
-            (0o640, 0, gid)
-        );
-        assert_eq!(
-            mode_owner(&root.path(&format!("/usr/bin/{user}"))),
-            (0o755, 0, 0)
-        );
+        assert_eq!(mode_owner(&root.path(&format!("/var/lib/{user}"))), (0o750, uid, gid));
+        assert_eq!(mode_owner(&root.path(&format!("/etc/pikett/{config}"))), (0o640, 0, gid));
+        assert_eq!(mode_owner(&root.path(&format!("/usr/bin/{user}"))), (0o755, 0, 0));
     }
 
     // The admin edits the agent's config, not the collector's.
@@ -646,23 +510,13 @@ fn upgrade_keeps_an_edited_config_and_leaves_rpmnew() {
     std::fs::write(&agent_toml, &edited).unwrap();
 
     for name in ["pikett-agent", "pikett-collector"] {
-        root.rpm(&[
-            "-U".as_ref(),
-            "--nodeps".as_ref(),
-            built.upgrade_rpm(name).as_os_str(),
-        ]);
+        root.rpm(&["-U".as_ref(), "--nodeps".as_ref(), built.upgrade_rpm(name).as_os_str()]);
     }
-    assert_eq!(
-        root.rpm(&["-q".as_ref(), "pikett-agent".as_ref()]).trim(),
-        format!("pikett-agent-{VERSION}-2.x86_64")
-    );
+    assert_eq!(root.rpm(&["-q".as_ref(), "pikett-agent".as_ref()]).trim(), format!("pikett-agent-{VERSION}-2.x86_64"));
     // Edited: kept, and the new default next to it.
     assert_eq!(std::fs::read_to_string(&agent_toml).unwrap(), edited);
     let rpmnew = std::fs::read_to_string(root.path("/etc/pikett/agent.toml.rpmnew")).unwrap();
-    assert!(
-        rpmnew.contains("A default changed in release 2"),
-        "{rpmnew}"
-    );
+    assert!(rpmnew.contains("A default changed in release 2"), "{rpmnew}");
     // Not edited: replaced by the new default, no .rpmnew.
     let collector_toml = std::fs::read_to_string(root.path("/etc/pikett/collector.toml")).unwrap();
     assert!(collector_toml.contains("A default changed in release 2"));
@@ -675,9 +529,6 @@ fn upgrade_keeps_an_edited_config_and_leaves_rpmnew() {
     // Removal keeps the edited config as .rpmsave, and the user (files may remain).
     root.rpm(&["-e".as_ref(), "--nodeps".as_ref(), "pikett-agent".as_ref()]);
     assert!(!root.path("/usr/bin/pikett-agent").exists());
-    assert_eq!(
-        std::fs::read_to_string(root.path("/etc/pikett/agent.toml.rpmsave")).unwrap(),
-        edited
-    );
+    assert_eq!(std::fs::read_to_string(root.path("/etc/pikett/agent.toml.rpmsave")).unwrap(), edited);
     root.ids("pikett-agent");
 }

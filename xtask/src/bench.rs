@@ -39,12 +39,7 @@ pub enum Which {
 pub fn run(which: Which) -> anyhow::Result<()> {
     raise_nofile();
     match which {
-        Which::Ingest {
-            agents,
-            samples,
-            interval_ms,
-            seconds,
-        } => ingest(agents, samples, interval_ms, seconds),
+        Which::Ingest { agents, samples, interval_ms, seconds } => ingest(agents, samples, interval_ms, seconds),
         Which::Agent { seconds } => agent(seconds),
     }
 }
@@ -53,10 +48,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
 fn raise_nofile() {
     // SAFETY: getrlimit/setrlimit with a valid resource and a pointer to a local struct.
     unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
@@ -64,10 +56,7 @@ fn raise_nofile() {
     }
 }
 
-fn start_collector(
-    bin: &std::path::Path,
-    name: &str,
-) -> anyhow::Result<(Killed, u16, std::path::PathBuf)> {
+fn start_collector(bin: &std::path::Path, name: &str) -> anyhow::Result<(Killed, u16, std::path::PathBuf)> {
     let dir = target_dir().join("bench").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -94,29 +83,20 @@ fn start_collector(
 }
 
 fn batch(seq: u64, samples: usize) -> pb::Batch {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     pb::Batch {
         seq,
         created_unix_ms: now,
         samples: (0..samples)
             .map(|i| pb::Sample {
                 name: "pikett_redfish_temperature_celsius".into(),
-                labels: [("sensor".to_string(), format!("Sensor {i}"))]
-                    .into_iter()
-                    .collect(),
+                labels: [("sensor".to_string(), format!("Sensor {i}"))].into_iter().collect(),
                 value: 40.0 + (i % 7) as f64,
                 unit: "Cel".into(),
                 time_unix_ms: now,
             })
             .collect(),
-        checks: vec![pb::CheckResult {
-            name: "host/disk:/".into(),
-            state: 0,
-            summary: "ok".into(),
-            time_unix_ms: now,
-        }],
+        checks: vec![pb::CheckResult { name: "host/disk:/".into(), state: 0, summary: "ok".into(), time_unix_ms: now }],
         ..Default::default()
     }
 }
@@ -135,9 +115,7 @@ async fn simulated_agent(
     start_at: Instant,
     measure: (Instant, Instant),
 ) -> anyhow::Result<AgentStats> {
-    let channel = tonic::transport::Endpoint::from_shared(url)?
-        .connect()
-        .await?;
+    let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
     tx.send(pb::AgentMessage {
         body: Some(pb::agent_message::Body::Hello(pb::Hello {
@@ -150,10 +128,8 @@ async fn simulated_agent(
         })),
     })
     .await?;
-    let mut inbound = IngestClient::new(channel)
-        .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut inbound =
+        IngestClient::new(channel).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
     inbound.message().await?; // welcome
     tokio::time::sleep_until(start_at.into()).await;
     let sent: Arc<Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
@@ -170,34 +146,22 @@ async fn simulated_agent(
                 seq += 1;
                 let b = batch(seq, samples);
                 sent.lock().expect("lock").insert(seq, Instant::now());
-                if tx
-                    .send(pb::AgentMessage {
-                        body: Some(pb::agent_message::Body::Batch(b)),
-                    })
-                    .await
-                    .is_err()
-                {
+                if tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Batch(b)) }).await.is_err() {
                     break;
                 }
             }
         })
     };
-    let mut stats = AgentStats {
-        acked: 0,
-        latencies_us: Vec::new(),
-    };
+    let mut stats = AgentStats { acked: 0, latencies_us: Vec::new() };
     let deadline = measure.1 + Duration::from_secs(5);
-    while let Ok(Ok(Some(msg))) = tokio::time::timeout_at(deadline.into(), inbound.message()).await
-    {
+    while let Ok(Ok(Some(msg))) = tokio::time::timeout_at(deadline.into(), inbound.message()).await {
         if let Some(pb::collector_message::Body::Ack(ack)) = msg.body
             && let Some(t) = sent.lock().expect("lock").remove(&ack.seq)
         {
             let now = Instant::now();
             if t >= measure.0 && t < measure.1 {
                 stats.acked += 1;
-                stats
-                    .latencies_us
-                    .push(now.duration_since(t).as_micros() as u64);
+                stats.latencies_us.push(now.duration_since(t).as_micros() as u64);
             }
         }
         if Instant::now() >= measure.1 && sent.lock().expect("lock").is_empty() {
@@ -230,21 +194,11 @@ fn ingest(agents: usize, samples: usize, interval_ms: u64, seconds: u64) -> anyh
         // Connect everyone first (warm-up), then start sending staggered over one interval.
         let connect_budget = Duration::from_secs(20 + agents as u64 / 100);
         let start_at = Instant::now() + connect_budget;
-        let measure = (
-            start_at + Duration::from_secs(2),
-            start_at + Duration::from_secs(2 + seconds),
-        );
+        let measure = (start_at + Duration::from_secs(2), start_at + Duration::from_secs(2 + seconds));
         let mut tasks = Vec::new();
         for id in 0..agents {
             let stagger = interval.mul_f64(id as f64 / agents as f64);
-            tasks.push(tokio::spawn(simulated_agent(
-                url.clone(),
-                id,
-                samples,
-                interval,
-                start_at + stagger,
-                measure,
-            )));
+            tasks.push(tokio::spawn(simulated_agent(url.clone(), id, samples, interval, start_at + stagger, measure)));
         }
         let mut all = Vec::new();
         for t in tasks {
@@ -266,24 +220,15 @@ fn ingest(agents: usize, samples: usize, interval_ms: u64, seconds: u64) -> anyh
     lat.sort_unstable();
     let secs = elapsed.as_secs_f64();
     println!("agents connected:        {connected}/{agents}");
-    println!(
-        "batches acked:           {acked} in {secs:.1} s = {:.0} batches/s",
-        acked as f64 / secs
-    );
-    println!(
-        "samples acked (durable): {:.0} samples/s",
-        acked as f64 * samples as f64 / secs
-    );
+    println!("batches acked:           {acked} in {secs:.1} s = {:.0} batches/s", acked as f64 / secs);
+    println!("samples acked (durable): {:.0} samples/s", acked as f64 * samples as f64 / secs);
     println!(
         "ack latency:             p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         percentile(&lat, 1.0)
     );
-    println!(
-        "collector peak RSS:      {:.1} MiB",
-        peak_kib as f64 / 1024.0
-    );
+    println!("collector peak RSS:      {:.1} MiB", peak_kib as f64 / 1024.0);
     println!("collector CPU:           {cpu:.1} s over the whole run");
     Ok(())
 }
@@ -316,11 +261,7 @@ fn agent(seconds: u64) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(seconds.saturating_sub(10).max(1)));
     let (peak, rss, cpu_end) = proc_usage(pid)?;
     let steady = (cpu_end - cpu_start) / (seconds.saturating_sub(10).max(1)) as f64 * 3600.0;
-    println!(
-        "agent RSS:               {:.1} MiB now, {:.1} MiB peak",
-        rss as f64 / 1024.0,
-        peak as f64 / 1024.0
-    );
+    println!("agent RSS:               {:.1} MiB now, {:.1} MiB peak", rss as f64 / 1024.0, peak as f64 / 1024.0);
     println!("agent CPU:               {cpu_end:.2} s in {seconds} s (incl. start-up)");
     println!("agent CPU per hour:      {steady:.2} s (steady state, after the first 10 s)");
     Ok(())

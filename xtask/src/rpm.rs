@@ -83,8 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let bin_dir = build()?;
     let epoch = source_date_epoch()?;
     let version = env!("CARGO_PKG_VERSION");
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    std::fs::create_dir_all(&args.out_dir).with_context(|| format!("creating {}", args.out_dir.display()))?;
     for spec in PACKAGES {
         for bin in spec.binaries {
             let size = std::fs::metadata(bin_dir.join(bin))?.len();
@@ -97,25 +96,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 );
             }
         }
-        let pkg = package(
-            spec,
-            version,
-            &args.release,
-            epoch,
-            &bin_dir,
-            &args.packaging_dir,
-        )?;
-        let path = args.out_dir.join(format!(
-            "{}-{version}-{}.{ARCH}.rpm",
-            spec.name, args.release
-        ));
-        pkg.write_file(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!(
-            "xtask rpm: {} ({})",
-            path.display(),
-            human(std::fs::metadata(&path)?.len())
-        );
+        let pkg = package(spec, version, &args.release, epoch, &bin_dir, &args.packaging_dir)?;
+        let path = args.out_dir.join(format!("{}-{version}-{}.{ARCH}.rpm", spec.name, args.release));
+        pkg.write_file(&path).with_context(|| format!("writing {}", path.display()))?;
+        println!("xtask rpm: {} ({})", path.display(), human(std::fs::metadata(&path)?.len()));
     }
     Ok(())
 }
@@ -123,17 +107,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// The musl target and a C compiler for it (ring compiles C): present, or a
 /// message naming what to install.
 fn preflight() -> anyhow::Result<()> {
-    let sysroot = Command::new("rustc")
-        .args(["--print", "sysroot"])
-        .output()
-        .context("running rustc --print sysroot")?;
+    let sysroot =
+        Command::new("rustc").args(["--print", "sysroot"]).output().context("running rustc --print sysroot")?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
     if !sysroot.join("lib/rustlib").join(TARGET).exists() {
         println!("xtask rpm: adding the Rust target {TARGET}");
-        let added = Command::new("rustup")
-            .args(["target", "add", TARGET])
-            .status()
-            .is_ok_and(|s| s.success());
+        let added = Command::new("rustup").args(["target", "add", TARGET]).status().is_ok_and(|s| s.success());
         if !added {
             bail!(
                 "the Rust target {TARGET} is missing and `rustup target add {TARGET}` failed: \
@@ -151,8 +130,7 @@ fn preflight() -> anyhow::Result<()> {
 }
 
 fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// `cargo build --profile dist --target x86_64-unknown-linux-musl`; returns the binaries' directory.
@@ -183,10 +161,7 @@ fn build() -> anyhow::Result<PathBuf> {
 /// `SOURCE_DATE_EPOCH`, or the last commit's time.
 fn source_date_epoch() -> anyhow::Result<u32> {
     if let Ok(s) = std::env::var("SOURCE_DATE_EPOCH") {
-        return s
-            .trim()
-            .parse()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds"));
+        return s.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={s:?} is not a number of seconds"));
     }
     let out = Command::new("git")
         .current_dir(util::root())
@@ -200,9 +175,7 @@ fn source_date_epoch() -> anyhow::Result<u32> {
         );
     }
     let s = String::from_utf8_lossy(&out.stdout);
-    s.trim()
-        .parse()
-        .with_context(|| format!("git log -1 --format=%ct printed {s:?}"))
+    s.trim().parse().with_context(|| format!("git log -1 --format=%ct printed {s:?}"))
 }
 
 fn package(
@@ -220,17 +193,13 @@ fn package(
     let user = spec.user;
     let mut b = rpm::PackageBuilder::new(name, version, LICENSE, ARCH, spec.summary);
     // The config first: `with_file_contents` stamps files with its source date.
-    b.using_config(
-        rpm::BuildConfig::v4()
-            .compression(rpm::CompressionType::Gzip)
-            .source_date(epoch),
-    )
-    .release(release)
-    .description(spec.description)
-    .vendor("pikett")
-    .packager("pikett maintainers")
-    .group("System Environment/Daemons")
-    .build_host("pikett-build");
+    b.using_config(rpm::BuildConfig::v4().compression(rpm::CompressionType::Gzip).source_date(epoch))
+        .release(release)
+        .description(spec.description)
+        .vendor("pikett")
+        .packager("pikett maintainers")
+        .group("System Environment/Daemons")
+        .build_host("pikett-build");
 
     for bin in spec.binaries {
         // Contents, not paths: file mtimes are then the source date, whatever the checkout's.
@@ -253,18 +222,11 @@ fn package(
             .config()
             .noreplace(),
     )?
-    .with_dir_entry(
-        rpm::FileOptions::dir(format!("/var/lib/{user}"))
-            .permissions(0o750)
-            .user(user)
-            .group(user),
-    )?
+    .with_dir_entry(rpm::FileOptions::dir(format!("/var/lib/{user}")).permissions(0o750).user(user).group(user))?
     .with_dir_entry(rpm::FileOptions::dir(format!("/usr/share/doc/{name}")).permissions(0o755))?
     .with_file_contents(
         read(packaging.join("README.md"))?,
-        rpm::FileOptions::new(format!("/usr/share/doc/{name}/README.md"))
-            .permissions(0o644)
-            .doc(),
+        rpm::FileOptions::new(format!("/usr/share/doc/{name}/README.md")).permissions(0o644).doc(),
     )?;
 
     let sh = || vec!["/bin/sh"];

@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask/ is inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask/ is inside the workspace").to_path_buf()
 }
 
 pub fn target_dir() -> PathBuf {
@@ -28,10 +25,7 @@ pub fn cargo() -> Command {
         let key = key.to_string_lossy();
         if key.starts_with("CARGO_PKG_")
             || key.starts_with("CARGO_MANIFEST_")
-            || matches!(
-                key.as_ref(),
-                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
-            )
+            || matches!(key.as_ref(), "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE")
         {
             c.env_remove(key.as_ref());
         }
@@ -42,16 +36,7 @@ pub fn cargo() -> Command {
 /// Builds the pikett binaries in `profile` ("dev" or "release"); returns their directory.
 pub fn build(profile: &str) -> anyhow::Result<PathBuf> {
     let status = cargo()
-        .args([
-            "build",
-            "--profile",
-            profile,
-            "-p",
-            "pikett-agent",
-            "-p",
-            "pikett-collector",
-            "--bins",
-        ])
+        .args(["build", "--profile", profile, "-p", "pikett-agent", "-p", "pikett-collector", "--bins"])
         .status()
         .context("running cargo build")?;
     if !status.success() {
@@ -61,9 +46,7 @@ pub fn build(profile: &str) -> anyhow::Result<PathBuf> {
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Waits until a TCP port accepts connections.
@@ -110,8 +93,7 @@ pub fn demo(seconds: u64, keep: bool) -> anyhow::Result<()> {
         ),
     )?;
     println!("demo: configs in {}", dir.display());
-    let log =
-        |name: &str| -> anyhow::Result<Stdio> { Ok(std::fs::File::create(dir.join(name))?.into()) };
+    let log = |name: &str| -> anyhow::Result<Stdio> { Ok(std::fs::File::create(dir.join(name))?.into()) };
     let _collector = Killed(
         Command::new(bin.join("pikett-collector"))
             .arg("--config")
@@ -136,10 +118,7 @@ pub fn demo(seconds: u64, keep: bool) -> anyhow::Result<()> {
     let url = format!("http://127.0.0.1:{grpc}");
     for args in [&["status"][..], &["hosts"][..]] {
         println!("\n$ pikett {}", args.join(" "));
-        let status = Command::new(bin.join("pikett"))
-            .args(["--collector", &url])
-            .args(args)
-            .status()?;
+        let status = Command::new(bin.join("pikett")).args(["--collector", &url]).args(args).status()?;
         if !status.success() {
             bail!("pikett {} failed", args.join(" "));
         }
@@ -155,24 +134,15 @@ pub fn demo(seconds: u64, keep: bool) -> anyhow::Result<()> {
 
 /// Debian packages the tests use, with a file each one provides.
 const TEST_PACKAGES: &[(&str, &str)] = &[
-    (
-        "monitoring-plugins-basic",
-        "/usr/lib/nagios/plugins/check_tcp",
-    ),
+    ("monitoring-plugins-basic", "/usr/lib/nagios/plugins/check_tcp"),
     ("prometheus", "/usr/bin/promtool"),
-    (
-        "python3-aiosmtpd",
-        "/usr/lib/python3/dist-packages/aiosmtpd",
-    ),
+    ("python3-aiosmtpd", "/usr/lib/python3/dist-packages/aiosmtpd"),
     ("rpm", "/usr/bin/rpm"),
 ];
 
 pub fn test(args: &[String]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
-        .iter()
-        .filter(|(_, file)| !Path::new(file).exists())
-        .map(|(pkg, _)| *pkg)
-        .collect();
+    let missing: Vec<&str> =
+        TEST_PACKAGES.iter().filter(|(_, file)| !Path::new(file).exists()).map(|(pkg, _)| *pkg).collect();
     if !missing.is_empty() {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -183,11 +153,7 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
             );
         }
         println!("xtask test: installing {}", missing.join(" "));
-        let ok = Command::new("apt-get")
-            .arg("update")
-            .arg("-qq")
-            .status()?
-            .success()
+        let ok = Command::new("apt-get").arg("update").arg("-qq").status()?.success()
             && Command::new("apt-get")
                 .args(["install", "-y", "-qq", "--no-install-recommends"])
                 .args(&missing)

@@ -57,14 +57,11 @@ impl Default for HostConfig {
 impl HostConfig {
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        for (key, warn, crit) in [
-            ("disk", &self.disk_warn, &self.disk_crit),
-            ("memory", &self.memory_warn, &self.memory_crit),
-        ] {
+        for (key, warn, crit) in
+            [("disk", &self.disk_warn, &self.disk_crit), ("memory", &self.memory_warn, &self.memory_crit)]
+        {
             match (parse_percent(warn), parse_percent(crit)) {
-                (Ok(w), Ok(c)) if w > c => {
-                    problems.push(format!("{key}_warn ({warn}) is above {key}_crit ({crit})"))
-                }
+                (Ok(w), Ok(c)) if w > c => problems.push(format!("{key}_warn ({warn}) is above {key}_crit ({crit})")),
                 (Err(e), _) => problems.push(format!("{key}_warn: {e}")),
                 (_, Err(e)) => problems.push(format!("{key}_crit: {e}")),
                 _ => {}
@@ -124,8 +121,7 @@ impl HostProbe {
             return Err(problems.join("; "));
         }
         let pct = |s: &str| parse_percent(s).unwrap_or(100.0);
-        let mut system =
-            System::new().map_err(|e| format!("cannot read system statistics: {e}"))?;
+        let mut system = System::new().map_err(|e| format!("cannot read system statistics: {e}"))?;
         // CPU usage is a difference between two refreshes: take the first now.
         system.refresh_cpu_usage();
         Ok(HostProbe {
@@ -152,11 +148,7 @@ pub fn usage_state(used_percent: f64, warn: f64, crit: f64) -> State {
 }
 
 fn percent(used: u64, total: u64) -> f64 {
-    if total == 0 {
-        0.0
-    } else {
-        used as f64 * 100.0 / total as f64
-    }
+    if total == 0 { 0.0 } else { used as f64 * 100.0 / total as f64 }
 }
 
 #[async_trait::async_trait]
@@ -173,8 +165,7 @@ impl Probe for HostProbe {
         let now = Timestamp::now();
         let mut out = Vec::new();
         self.system.refresh_cpu_usage();
-        self.system
-            .refresh_memory_specifics(MemoryRefreshKind::everything());
+        self.system.refresh_memory_specifics(MemoryRefreshKind::everything());
         let no_labels = || std::iter::empty::<(&str, String)>();
 
         out.push(Observation::sample(
@@ -184,40 +175,16 @@ impl Probe for HostProbe {
             "%",
             now,
         ));
-        out.push(Observation::sample(
-            "pikett_host_cpus",
-            no_labels(),
-            self.system.cpus().len() as f64,
-            "",
-            now,
-        ));
+        out.push(Observation::sample("pikett_host_cpus", no_labels(), self.system.cpus().len() as f64, "", now));
         if let Ok(load) = System::load_average() {
             for (name, v) in [("1m", load.one), ("5m", load.five), ("15m", load.fifteen)] {
-                out.push(Observation::sample(
-                    "pikett_host_load",
-                    [("period", name.to_string())],
-                    v,
-                    "",
-                    now,
-                ));
+                out.push(Observation::sample("pikett_host_load", [("period", name.to_string())], v, "", now));
             }
         }
 
         let (mem_total, mem_used) = (self.system.total_memory(), self.system.used_memory());
-        out.push(Observation::sample(
-            "pikett_host_memory_total_bytes",
-            no_labels(),
-            mem_total as f64,
-            "By",
-            now,
-        ));
-        out.push(Observation::sample(
-            "pikett_host_memory_used_bytes",
-            no_labels(),
-            mem_used as f64,
-            "By",
-            now,
-        ));
+        out.push(Observation::sample("pikett_host_memory_total_bytes", no_labels(), mem_total as f64, "By", now));
+        out.push(Observation::sample("pikett_host_memory_used_bytes", no_labels(), mem_used as f64, "By", now));
         let mem_pct = percent(mem_used, mem_total);
         out.push(Observation::check(
             "host/memory",
@@ -246,13 +213,7 @@ impl Probe for HostProbe {
             now,
         ));
         if let Ok(uptime) = System::uptime() {
-            out.push(Observation::sample(
-                "pikett_host_uptime_seconds",
-                no_labels(),
-                uptime as f64,
-                "s",
-                now,
-            ));
+            out.push(Observation::sample("pikett_host_uptime_seconds", no_labels(), uptime as f64, "s", now));
         }
 
         self.disks.refresh(true);
@@ -271,34 +232,10 @@ impl Probe for HostProbe {
             let total = disk.total_space();
             let used = total.saturating_sub(disk.available_space());
             let pct = percent(used, total);
-            let labels = || {
-                [
-                    ("mountpoint", mount.clone()),
-                    ("device", device.clone()),
-                    ("fstype", fs.clone()),
-                ]
-            };
-            out.push(Observation::sample(
-                "pikett_host_filesystem_size_bytes",
-                labels(),
-                total as f64,
-                "By",
-                now,
-            ));
-            out.push(Observation::sample(
-                "pikett_host_filesystem_used_bytes",
-                labels(),
-                used as f64,
-                "By",
-                now,
-            ));
-            out.push(Observation::sample(
-                "pikett_host_filesystem_used_percent",
-                labels(),
-                pct,
-                "%",
-                now,
-            ));
+            let labels = || [("mountpoint", mount.clone()), ("device", device.clone()), ("fstype", fs.clone())];
+            out.push(Observation::sample("pikett_host_filesystem_size_bytes", labels(), total as f64, "By", now));
+            out.push(Observation::sample("pikett_host_filesystem_used_bytes", labels(), used as f64, "By", now));
+            out.push(Observation::sample("pikett_host_filesystem_used_percent", labels(), pct, "%", now));
             out.push(Observation::check(
                 format!("host/disk:{mount}"),
                 usage_state(pct, self.disk_warn, self.disk_crit),
@@ -338,10 +275,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert!(
-            checks.iter().any(|c| c.starts_with("host/disk:")),
-            "{checks:?}"
-        );
+        assert!(checks.iter().any(|c| c.starts_with("host/disk:")), "{checks:?}");
         assert!(checks.contains(&"host/memory".to_string()));
         let mem_total = obs.iter().find_map(|o| match o {
             Observation::Sample(s) if s.name == "pikett_host_memory_total_bytes" => Some(s.value),
@@ -352,10 +286,7 @@ mod tests {
 
     #[test]
     fn warn_above_crit_is_an_error() {
-        let c = HostConfig {
-            disk_warn: "96%".into(),
-            ..HostConfig::default()
-        };
+        let c = HostConfig { disk_warn: "96%".into(), ..HostConfig::default() };
         assert!(HostProbe::new(c).is_err());
     }
 }

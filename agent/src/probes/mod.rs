@@ -9,7 +9,11 @@ use std::time::Duration;
 
 use crate::observation::Observation;
 
+pub mod checks;
 pub mod host;
+pub mod patches;
+pub mod redfish;
+pub mod services;
 
 /// A source of observations, polled on its own interval by its own task.
 #[async_trait::async_trait]
@@ -41,10 +45,7 @@ impl StateStore for MemoryState {
         self.0.lock().ok()?.get(key).cloned()
     }
     fn save(&self, key: &str, value: &[u8]) -> Result<(), String> {
-        self.0
-            .lock()
-            .map_err(|e| e.to_string())?
-            .insert(key.to_string(), value.to_vec());
+        self.0.lock().map_err(|e| e.to_string())?.insert(key.to_string(), value.to_vec());
         Ok(())
     }
 }
@@ -52,15 +53,26 @@ impl StateStore for MemoryState {
 pub type SharedState = Arc<dyn StateStore>;
 
 /// Builds every probe the config enables. The `host` probe always runs
-/// (with defaults when `[host]` is absent).
-pub fn from_config(
-    config: &crate::config::AgentConfig,
-    _state: SharedState,
-) -> Result<Vec<Box<dyn Probe>>, String> {
+/// (with defaults when `[host]` is absent); every `[[checks]]` entry is its
+/// own probe, so a slow check never delays another.
+pub fn from_config(config: &crate::config::AgentConfig, state: SharedState) -> Result<Vec<Box<dyn Probe>>, String> {
     let mut probes: Vec<Box<dyn Probe>> = Vec::new();
     let host = config.host.clone().unwrap_or_default();
-    probes.push(Box::new(
-        host::HostProbe::new(host).map_err(|e| format!("[host]: {e}"))?,
-    ));
+    probes.push(Box::new(host::HostProbe::new(host).map_err(|e| format!("[host]: {e}"))?));
+    if let Some(cfg) = &config.redfish {
+        let probe = redfish::RedfishProbe::new(cfg.clone(), state.clone()).map_err(|e| format!("[redfish]: {e}"))?;
+        probes.push(Box::new(probe));
+    }
+    if let Some(cfg) = &config.services {
+        let probe = services::ServicesProbe::new(cfg.clone(), state.clone()).map_err(|e| format!("[services]: {e}"))?;
+        probes.push(Box::new(probe));
+    }
+    for probe in checks::probes_from_config(config.checks.clone()).map_err(|e| format!("[[checks]]: {e}"))? {
+        probes.push(Box::new(probe));
+    }
+    if let Some(cfg) = &config.patches {
+        let probe = patches::PatchesProbe::new(cfg.clone(), state.clone()).map_err(|e| format!("[patches]: {e}"))?;
+        probes.push(Box::new(probe));
+    }
     Ok(probes)
 }

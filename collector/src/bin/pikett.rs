@@ -12,12 +12,7 @@ use pikett_collector::cli;
 #[command(name = "pikett", version, about = "pikett staff CLI")]
 struct Cli {
     /// The collector's gRPC address.
-    #[arg(
-        long,
-        global = true,
-        env = "PIKETT_COLLECTOR",
-        default_value = "http://127.0.0.1:9740"
-    )]
+    #[arg(long, global = true, env = "PIKETT_COLLECTOR", default_value = "http://127.0.0.1:9740")]
     collector: String,
     /// CA certificate that signed the collector's certificate (for https://).
     #[arg(long, global = true, env = "PIKETT_CA_FILE")]
@@ -41,15 +36,100 @@ enum Command {
     Status,
     /// Every known host with its status, last contact and agent version.
     Hosts,
+    /// Open faults (all with --all).
+    Faults {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        customer: Option<String>,
+    },
+    /// One fault with its timeline: `pikett fault show ID`.
+    Fault {
+        #[command(subcommand)]
+        command: FaultCommand,
+    },
+    /// Acknowledge a fault: stops its escalation.
+    Ack {
+        id: u64,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Resolve a fault by hand (it reopens if the check still fails).
+    Resolve {
+        id: u64,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Silence paging for a host (or one of its checks) for a while; faults are still recorded.
+    Silence {
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        check: Option<String>,
+        /// How long, e.g. 2h.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Maintenance windows (announced now): paging suppressed inside them.
+    Maintenance {
+        #[command(subcommand)]
+        command: MaintenanceCommand,
+    },
+    /// Who holds primary/secondary/management (now or --at T); `pikett oncall override ...`.
+    Oncall {
+        #[arg(long, value_parser = cli::parse_time)]
+        at: Option<jiff::Timestamp>,
+        #[command(subcommand)]
+        command: Option<OncallCommand>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FaultCommand {
+    /// The fault with its timeline.
+    Show { id: u64 },
+}
+
+#[derive(Subcommand)]
+enum MaintenanceCommand {
+    /// Announce a maintenance window now.
+    Add {
+        #[arg(long)]
+        host: String,
+        #[arg(long, value_parser = cli::parse_time)]
+        start: jiff::Timestamp,
+        #[arg(long, value_parser = cli::parse_time)]
+        end: jiff::Timestamp,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Every maintenance window with when it was announced.
+    List,
+}
+
+#[derive(Subcommand)]
+enum OncallCommand {
+    /// Put someone on call for a role for a time.
+    Override {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        person: String,
+        #[arg(long, value_parser = cli::parse_time)]
+        from: jiff::Timestamp,
+        #[arg(long, value_parser = cli::parse_time)]
+        to: jiff::Timestamp,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pikett: cannot start the runtime: {e}");
@@ -62,6 +142,23 @@ fn main() -> ExitCode {
         let text = match args.command {
             Command::Status => cli::status(&mut client, json).await?,
             Command::Hosts => cli::hosts(&mut client, json).await?,
+            Command::Faults { all, host, customer } => cli::faults(&mut client, all, host, customer, json).await?,
+            Command::Fault { command: FaultCommand::Show { id } } => cli::fault_show(&mut client, id, json).await?,
+            Command::Ack { id, note } => cli::ack(&mut client, id, note, json).await?,
+            Command::Resolve { id, note } => cli::resolve(&mut client, id, note, json).await?,
+            Command::Silence { host, check, duration, reason } => {
+                cli::silence(&mut client, host, check, duration, reason, json).await?
+            }
+            Command::Maintenance { command: MaintenanceCommand::Add { host, start, end, reason } } => {
+                cli::maintenance_add(&mut client, host, start, end, reason, json).await?
+            }
+            Command::Maintenance { command: MaintenanceCommand::List } => {
+                cli::maintenance_list(&mut client, json).await?
+            }
+            Command::Oncall { at, command: None } => cli::oncall(&mut client, at, json).await?,
+            Command::Oncall { command: Some(OncallCommand::Override { role, person, from, to }), .. } => {
+                cli::oncall_override(&mut client, role, person, from, to, json).await?
+            }
         };
         print!("{text}");
         anyhow::Ok(())

@@ -1,0 +1,351 @@
+//! The `command` check: runs a Nagios/monitoring-plugins plugin and reads its exit code, summary and perfdata.
+//!
+//! The plugin runs without a shell, in its own process group, with `LC_ALL=C`
+//! (so numbers in perfdata use a decimal point). At the timeout the whole group
+//! gets SIGKILL, so a plugin's children die with it. Output beyond
+//! [`OUTPUT_LIMIT`] is read and discarded, so a chatty plugin can neither block
+//! on a full pipe nor grow the agent's memory.
+//!
+//! Perfdata becomes samples `pikett_check_perfdata{check, label}` in UCUM units
+//! (times in `s`, sizes in `By`, see [`perfdata::ucum_unit`]). Thresholds and
+//! bounds, converted to the same unit, ride along as extra labels: `warn` and
+//! `crit` (ranges in plugin syntax, e.g. `10`, `@10:20`, `~:5`), `min`, `max`.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::perfdata::{self, Exit, PerfDatum};
+use super::{CheckConfig, duration_sample, fmt_duration};
+use crate::observation::{Observation, State};
+
+/// Most stdout kept from one plugin run (the guidelines allow 4 KiB; be generous).
+pub const OUTPUT_LIMIT: usize = 64 * 1024;
+/// Most stderr kept (only used when stdout is empty).
+const STDERR_LIMIT: usize = 8 * 1024;
+/// Longest summary reported; the rest of the first line is cut.
+const SUMMARY_LIMIT: usize = 1024;
+
+/// A validated `command` check.
+pub(crate) struct CommandCheck {
+    argv: Vec<String>,
+    timeout: Duration,
+}
+
+impl CommandCheck {
+    pub fn from_config(cfg: &CheckConfig) -> Result<CommandCheck, String> {
+        let argv = cfg.command.clone().ok_or("`command` ([\"/path/to/plugin\", \"args\"...]) is required")?;
+        match argv.first() {
+            None => return Err("`command` is empty; it needs at least the program".into()),
+            Some(p) if p.is_empty() => return Err("`command`'s program is an empty string".into()),
+            Some(_) => {}
+        }
+        if argv.iter().any(|a| a.contains('\0')) {
+            return Err("`command` contains a NUL byte".into());
+        }
+        Ok(CommandCheck { argv, timeout: cfg.timeout })
+    }
+
+    pub async fn run(&self, check: &str, now: Timestamp) -> Vec<Observation> {
+        let program = &self.argv[0];
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("LC_ALL", "C")
+            .process_group(0)
+            .kill_on_drop(true);
+        let started = Instant::now();
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let msg = format!("command not found: {program}");
+                return vec![Observation::check(check, State::Unknown, msg, now)];
+            }
+            Err(e) => {
+                let msg = format!("cannot run {program}: {e}");
+                return vec![Observation::check(check, State::Unknown, msg, now)];
+            }
+        };
+        let Some(pid) = child.id() else {
+            return vec![Observation::check(check, State::Unknown, format!("{program} vanished at start"), now)];
+        };
+        // The child leads its own group, so its pid is the group id.
+        let mut group = GroupGuard::new(pid);
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let io =
+            async { tokio::join!(read_capped(stdout, OUTPUT_LIMIT), read_capped(stderr, STDERR_LIMIT), child.wait()) };
+        let outcome = tokio::time::timeout(self.timeout, io).await;
+        let elapsed = started.elapsed();
+        let ((out, truncated), (err, _), status) = match outcome {
+            Ok(r) => {
+                group.disarm();
+                r
+            }
+            Err(_) => {
+                group.kill();
+                // Reap the leader so no zombie is left behind.
+                let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
+                tracing::warn!(check, program, pid, "plugin timed out; killed its process group");
+                let msg = format!("{program} timed out after {}, process group killed", fmt_duration(self.timeout));
+                return vec![Observation::check(check, State::Unknown, msg, now)];
+            }
+        };
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                let msg = format!("cannot wait for {program}: {e}");
+                return vec![Observation::check(check, State::Unknown, msg, now)];
+            }
+        };
+        let exit = match (status.code(), status.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(s)) => Exit::Signal(s),
+            (None, None) => Exit::Code(-1),
+        };
+        let mut obs = evaluate(check, program, exit, &out, truncated, &err, now);
+        obs.push(duration_sample(check, elapsed, now));
+        obs
+    }
+}
+
+/// Turns a finished plugin run into its check result and perfdata samples.
+pub fn evaluate(
+    check: &str,
+    program: &str,
+    exit: Exit,
+    stdout: &[u8],
+    truncated: bool,
+    stderr: &[u8],
+    now: Timestamp,
+) -> Vec<Observation> {
+    let mut text = String::from_utf8_lossy(stdout).into_owned();
+    if truncated {
+        // The last line was cut mid-way: its perfdata would be garbage.
+        text.truncate(text.rfind('\n').unwrap_or(0));
+    }
+    let parsed = perfdata::parse_plugin_output(&text);
+    for e in &parsed.perf_errors {
+        tracing::debug!(check, "skipped {e}");
+    }
+    let mut summary = parsed.summary;
+    if summary.is_empty() {
+        let err_text = String::from_utf8_lossy(stderr);
+        summary = match err_text.lines().map(str::trim).find(|l| !l.is_empty()) {
+            Some(line) => format!("(no output; stderr: {line})"),
+            None => "(no output)".to_string(),
+        };
+    }
+    let (state, note) = perfdata::state_from_exit(exit);
+    if let Some(note) = note {
+        summary = format!("{program}: {note}: {summary}");
+    }
+    if truncated {
+        summary.push_str(&format!(" (output cut at {} KiB)", OUTPUT_LIMIT / 1024));
+    }
+    truncate_chars(&mut summary, SUMMARY_LIMIT);
+    let mut obs = vec![Observation::check(check, state, summary, now)];
+    obs.extend(parsed.perfdata.iter().filter_map(|d| perf_sample(check, d, now)));
+    obs
+}
+
+/// One perfdata item as a sample in its UCUM unit, thresholds as labels (`U` values are skipped).
+pub fn perf_sample(check: &str, d: &PerfDatum, now: Timestamp) -> Option<Observation> {
+    let value = d.value?;
+    let (unit, factor) = perfdata::ucum_unit(&d.uom);
+    let conv = |v: f64| perfdata::convert(v, factor);
+    let mut labels = vec![("check", check.to_string()), ("label", d.label.clone())];
+    let scale =
+        |r: perfdata::Range| perfdata::Range { start: conv(r.start), end: conv(r.end), inside: r.inside }.to_string();
+    if let Some(w) = d.warn {
+        labels.push(("warn", scale(w)));
+    }
+    if let Some(c) = d.crit {
+        labels.push(("crit", scale(c)));
+    }
+    if let Some(m) = d.min {
+        labels.push(("min", conv(m).to_string()));
+    }
+    if let Some(m) = d.max {
+        labels.push(("max", conv(m).to_string()));
+    }
+    Some(Observation::sample("pikett_check_perfdata", labels, conv(value), unit, now))
+}
+
+fn truncate_chars(s: &mut String, max: usize) {
+    if let Some((idx, _)) = s.char_indices().nth(max) {
+        s.truncate(idx);
+        s.push('…');
+    }
+}
+
+/// Reads a pipe to its end, keeping at most `limit` bytes. Keeps draining past
+/// the limit so the plugin never blocks on a full pipe.
+async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> (Vec<u8>, bool) {
+    let Some(mut pipe) = pipe else {
+        return (Vec::new(), false);
+    };
+    let mut kept = Vec::new();
+    let mut truncated = false;
+    let mut buf = [0u8; 8192];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = limit - kept.len();
+                if n > room {
+                    truncated = true;
+                }
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+    (kept, truncated)
+}
+
+/// Kills the plugin's process group with SIGKILL, at the timeout or if the
+/// check is dropped mid-run (agent shutdown), unless disarmed after a normal exit.
+struct GroupGuard {
+    pgid: libc::pid_t,
+    armed: bool,
+}
+
+impl GroupGuard {
+    fn new(pid: u32) -> GroupGuard {
+        // A pgid of 0 or 1 would address our own group or every process: never signal those.
+        let pgid = libc::pid_t::try_from(pid).unwrap_or(0);
+        GroupGuard { pgid, armed: pgid > 1 }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    fn kill(&mut self) {
+        if self.armed {
+            // SAFETY: kill(2) with a negative pid signals that process group; no memory is involved.
+            // ESRCH (group already gone) is fine.
+            unsafe {
+                libc::kill(-self.pgid, libc::SIGKILL);
+            }
+            self.armed = false;
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observation::Sample;
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn samples(obs: &[Observation]) -> Vec<&Sample> {
+        obs.iter()
+            .filter_map(|o| match o {
+                Observation::Sample(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn check(obs: &[Observation]) -> (State, String) {
+        match &obs[0] {
+            Observation::Check(c) => (c.state, c.summary.clone()),
+            o => panic!("first observation is not a check: {o:?}"),
+        }
+    }
+
+    #[test]
+    fn perfdata_becomes_converted_samples_with_threshold_labels() {
+        let out = b"TCP OK - 0.000 second response time on 127.0.0.1 port 22|time=0.000123s;;;0.000000;10.000000\n";
+        let obs = evaluate("command/ssh", "check_tcp", Exit::Code(0), out, false, b"", now());
+        assert_eq!(check(&obs), (State::Ok, "TCP OK - 0.000 second response time on 127.0.0.1 port 22".into()));
+        let s = samples(&obs);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].name, "pikett_check_perfdata");
+        assert_eq!(s[0].value, 0.000123);
+        assert_eq!(s[0].unit, "s");
+        assert_eq!(s[0].labels["check"], "command/ssh");
+        assert_eq!(s[0].labels["label"], "time");
+        assert_eq!(s[0].labels["min"], "0");
+        assert_eq!(s[0].labels["max"], "10");
+        assert!(!s[0].labels.contains_key("warn"));
+
+        let out = b"PING OK|rta=12.5ms;100;200:;0; 'disk /'=2MB;@1:3;~:4\n";
+        let obs = evaluate("command/x", "p", Exit::Code(0), out, false, b"", now());
+        let s = samples(&obs);
+        assert_eq!(s[0].value, 0.0125);
+        assert_eq!(s[0].labels["warn"], "0.1");
+        assert_eq!(s[0].labels["crit"], "0.2:");
+        assert_eq!(s[1].labels["label"], "disk /");
+        assert_eq!(s[1].unit, "By");
+        assert_eq!(s[1].value, 2.0 * 1024.0 * 1024.0);
+        assert_eq!(s[1].labels["warn"], "@1048576:3145728");
+        assert_eq!(s[1].labels["crit"], "~:4194304");
+    }
+
+    #[test]
+    fn odd_exits_are_unknown_and_say_why() {
+        let (s, m) = check(&evaluate("c", "/bin/x", Exit::Code(127), b"", false, b"sh: foo: not found\n", now()));
+        assert_eq!(s, State::Unknown);
+        assert!(m.contains("/bin/x") && m.contains("127") && m.contains("foo: not found"), "{m}");
+        let (s, m) = check(&evaluate("c", "p", Exit::Code(42), b"weird\n", false, b"", now()));
+        assert_eq!(s, State::Unknown);
+        assert!(m.contains("42") && m.contains("weird"), "{m}");
+        let (s, m) = check(&evaluate("c", "p", Exit::Signal(11), b"", false, b"", now()));
+        assert_eq!(s, State::Unknown);
+        assert!(m.contains("SIGSEGV") && m.contains("(no output)"), "{m}");
+        let (s, _) = check(&evaluate("c", "p", Exit::Code(2), b"CRIT\n", false, b"", now()));
+        assert_eq!(s, State::Critical);
+    }
+
+    #[test]
+    fn truncated_output_drops_the_partial_line() {
+        let out = b"OK | a=1\nlong | b=2 c=3";
+        let obs = evaluate("c", "p", Exit::Code(0), out, true, b"", now());
+        let (_, m) = check(&obs);
+        assert!(m.contains("cut at 64 KiB"), "{m}");
+        // The cut last line (b, c) is dropped; a survives.
+        let labels: Vec<_> = samples(&obs).iter().map(|s| s.labels["label"].clone()).collect();
+        assert_eq!(labels, ["a"]);
+    }
+
+    #[test]
+    fn summary_is_capped() {
+        let long = "x".repeat(5000);
+        let (_, m) = check(&evaluate("c", "p", Exit::Code(0), long.as_bytes(), false, b"", now()));
+        assert_eq!(m.chars().count(), SUMMARY_LIMIT + 1);
+    }
+
+    #[test]
+    fn guard_never_signals_our_own_group_or_every_process() {
+        // kill(-0) would hit the agent's own group and kill(-1) every process.
+        assert!(!GroupGuard::new(0).armed);
+        assert!(!GroupGuard::new(1).armed);
+        assert!(!GroupGuard::new(u32::MAX).armed);
+        let mut g = GroupGuard::new(4242);
+        assert!(g.armed);
+        g.disarm();
+        assert!(!g.armed);
+    }
+
+    #[test]
+    fn undetermined_values_make_no_sample() {
+        let obs = evaluate("c", "p", Exit::Code(0), b"OK | a=U b=1", false, b"", now());
+        assert_eq!(samples(&obs).len(), 1);
+    }
+}

@@ -1,0 +1,187 @@
+//! A slow or broken BMC gives UNKNOWN checks with a reason, never a panic or a hang; bad config gives clear errors.
+
+#[path = "redfish_support/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use pikett_agent::observation::{Observation, State};
+use pikett_agent::probes::Probe;
+use pikett_agent::probes::redfish::{RedfishError, RedfishProbe};
+
+fn system(obs: &[Observation]) -> (State, String) {
+    let c = &checks(obs)["redfish/system"];
+    (c.state, c.summary.clone())
+}
+
+#[tokio::test]
+async fn stalled_bmc_times_out_with_unknown() {
+    let bmc = TestBmc::start(R750).await;
+    bmc.set_override("/redfish/v1", Override::Stall(Duration::from_secs(10)));
+    let mut cfg = bmc.config();
+    cfg.timeout = Duration::from_millis(500);
+    let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
+    let t = Instant::now();
+    let obs = p.poll().await;
+    assert!(t.elapsed() < Duration::from_secs(3), "poll took {:?}", t.elapsed());
+    let (state, summary) = system(&obs);
+    assert_eq!(state, State::Unknown);
+    assert!(summary.contains("timeout") && summary.contains("/redfish/v1"), "{summary}");
+}
+
+#[tokio::test]
+async fn slow_resources_hit_the_poll_budget() {
+    let bmc = TestBmc::start(R750).await;
+    bmc.set_latency(Duration::from_millis(300));
+    let mut cfg = bmc.config();
+    cfg.poll_timeout = Duration::from_millis(1000);
+    let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
+    let t = Instant::now();
+    let obs = p.poll().await;
+    assert!(t.elapsed() < Duration::from_millis(2500), "poll took {:?}", t.elapsed());
+    let (state, summary) = system(&obs);
+    assert_eq!(state, State::Unknown);
+    assert!(summary.contains("poll_timeout"), "{summary}");
+}
+
+#[tokio::test]
+async fn http_500_on_the_root_is_unknown_with_the_status() {
+    let bmc = TestBmc::start(R750).await;
+    bmc.set_override("/redfish/v1", Override::Status(500, "{\"error\":\"internal\"}".into()));
+    let (state, summary) = system(&poll_once(&bmc).await);
+    assert_eq!(state, State::Unknown);
+    assert!(summary.contains("HTTP 500"), "{summary}");
+}
+
+#[tokio::test]
+async fn http_500_on_one_resource_keeps_the_rest_and_names_it() {
+    let bmc = TestBmc::start(R750).await;
+    let thermal = "/redfish/v1/Chassis/System.Embedded.1/Thermal";
+    bmc.set_override(thermal, Override::Status(500, "boom".into()));
+    let obs = poll_once(&bmc).await;
+    let all = checks(&obs);
+    assert_eq!(all["redfish/system"].state, State::Ok);
+    assert_eq!(all["redfish/thermal/CPU1 Temp"].state, State::Ok, "new-schema sensors still read");
+    let bmc_check = &all["redfish/bmc"];
+    assert_eq!(bmc_check.state, State::Unknown);
+    assert!(bmc_check.summary.contains("HTTP 500") && bmc_check.summary.contains(thermal), "{}", bmc_check.summary);
+}
+
+#[tokio::test]
+async fn malformed_json_is_unknown_and_says_so() {
+    let bmc = TestBmc::start(R750).await;
+    bmc.set_override("/redfish/v1", Override::Raw(b"{\"RedfishVersion\": \"1.13.1\", \"Systems\": {".to_vec()));
+    let (state, summary) = system(&poll_once(&bmc).await);
+    assert_eq!(state, State::Unknown);
+    assert!(summary.contains("malformed JSON"), "{summary}");
+}
+
+#[tokio::test]
+async fn fifty_megabyte_body_is_refused_at_the_cap() {
+    let bmc = TestBmc::start(R750).await;
+    bmc.set_override("/redfish/v1", Override::Huge(50 * 1024 * 1024));
+    let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    let t = Instant::now();
+    let obs = p.poll().await;
+    let (state, summary) = system(&obs);
+    assert_eq!(state, State::Unknown);
+    assert!(summary.contains("max_response_bytes"), "{summary}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn rejected_credentials_give_one_clear_error_and_no_retry_storm() {
+    let bmc = TestBmc::start(R750).await;
+    std::fs::write(&bmc.password_file, "wrong-password\n").unwrap();
+    let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    let obs = p.poll().await;
+    let (state, summary) = system(&obs);
+    assert_eq!(state, State::Unknown);
+    assert!(summary.contains("credentials rejected") && summary.contains("password_file"), "{summary}");
+    assert!(!summary.contains("wrong-password"), "secret leaked into summary");
+    assert_eq!(bmc.count("POST"), 1, "{:?}", bmc.seen());
+    assert_eq!(bmc.seen().len(), 2, "only the root and one login: {:?}", bmc.seen());
+    // The next poll tries once more, no more.
+    p.poll().await;
+    assert_eq!(bmc.count("POST"), 2);
+    assert_eq!(bmc.seen().len(), 4);
+}
+
+#[tokio::test]
+async fn certificate_from_an_unknown_ca_is_unknown_with_the_reason() {
+    let bmc = TestBmc::start(R750).await;
+    let (other_ca, _, _) = test_pki();
+    let other = bmc.dir.path().join("other-ca.pem");
+    std::fs::write(&other, other_ca).unwrap();
+    let mut cfg = bmc.config();
+    cfg.ca_file = Some(other);
+    let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
+    let (state, summary) = system(&p.poll().await);
+    assert_eq!(state, State::Unknown);
+    assert!(summary.contains("invalid peer certificate") && summary.contains("ca_file"), "{summary}");
+    assert!(bmc.seen().is_empty(), "a request got through an unverified connection");
+}
+
+#[tokio::test]
+async fn system_roots_do_not_trust_a_private_ca_but_tls_insecure_does() {
+    let bmc = TestBmc::start(R750).await;
+    let mut cfg = bmc.config();
+    cfg.ca_file = None;
+    let mut p = RedfishProbe::new(cfg.clone(), memory_state()).unwrap();
+    assert_eq!(system(&p.poll().await).0, State::Unknown);
+    cfg.tls_insecure = true;
+    let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
+    assert_eq!(system(&p.poll().await).0, State::Ok);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_bmc_is_unknown() {
+    let bmc = TestBmc::start(R750).await;
+    let mut cfg = bmc.config();
+    // A port nobody listens on.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    cfg.endpoint = format!("https://127.0.0.1:{}", l.local_addr().unwrap().port());
+    drop(l);
+    let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
+    let (state, summary) = system(&p.poll().await);
+    assert_eq!(state, State::Unknown);
+    assert!(summary.contains("127.0.0.1"), "{summary}");
+}
+
+#[tokio::test]
+async fn config_errors_name_the_file_or_field() {
+    let bmc = TestBmc::start(R750).await;
+    let mut cfg = bmc.config();
+    cfg.password_file = bmc.dir.path().join("missing.pass");
+    let e = RedfishProbe::new(cfg, memory_state()).err().unwrap();
+    assert!(matches!(e, RedfishError::PasswordFile { .. }) && e.to_string().contains("missing.pass"), "{e}");
+
+    set_mode(&bmc.password_file, 0o644);
+    let e = RedfishProbe::new(bmc.config(), memory_state()).err().unwrap();
+    assert!(matches!(e, RedfishError::WorldReadable { .. }), "{e}");
+    set_mode(&bmc.password_file, 0o600);
+
+    std::fs::write(&bmc.password_file, "\n").unwrap();
+    let e = RedfishProbe::new(bmc.config(), memory_state()).err().unwrap();
+    assert!(matches!(e, RedfishError::EmptyPassword { .. }), "{e}");
+
+    let mut cfg = bmc.config();
+    cfg.tls_insecure = true;
+    let e = RedfishProbe::new(cfg, memory_state()).err().unwrap();
+    assert!(e.to_string().contains("tls_insecure"), "{e}");
+
+    let mut cfg = bmc.config();
+    cfg.endpoint = "idrac.example".into();
+    let e = RedfishProbe::new(cfg, memory_state()).err().unwrap();
+    assert!(e.to_string().contains("endpoint"), "{e}");
+
+    let mut cfg = bmc.config();
+    let junk = bmc.dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    cfg.ca_file = Some(junk);
+    std::fs::write(&bmc.password_file, "pw\n").unwrap();
+    let e = RedfishProbe::new(cfg, memory_state()).err().unwrap();
+    assert!(e.to_string().contains("junk.pem"), "{e}");
+}

@@ -1,0 +1,121 @@
+//! SEL and Lifecycle log entries become events once: no history replay on install, cursor kept across restarts, resync after a clear, pages followed.
+
+#[path = "redfish_support/mod.rs"]
+mod common;
+
+use common::*;
+use pikett_agent::probes::Probe;
+use pikett_agent::probes::redfish::RedfishProbe;
+use serde_json::{Value, json};
+
+const SEL: &str = "/redfish/v1/Managers/iDRAC.Embedded.1/LogServices/Sel/Entries";
+const LC: &str = "/redfish/v1/Managers/iDRAC.Embedded.1/LogServices/Lclog/Entries";
+
+fn entry(base: &str, id: u64, created: &str, severity: &str, message_id: &str, message: &str) -> Value {
+    json!({
+        "@odata.id": format!("{base}/{id}"), "Id": id.to_string(), "Created": created,
+        "EntryType": "SEL", "Severity": severity, "MessageId": message_id, "Message": message
+    })
+}
+
+/// Puts `new` entries (newest first) on top of the collection.
+fn prepend(bmc: &TestBmc, path: &str, new: Vec<Value>) {
+    bmc.edit(path, |v| {
+        let mut members = new;
+        members.extend(v["Members"].as_array().unwrap().iter().cloned());
+        v["Members@odata.count"] = json!(members.len());
+        v["Members"] = Value::Array(members);
+    });
+}
+
+#[tokio::test]
+async fn first_poll_does_not_replay_history_and_new_entries_come_once() {
+    let bmc = TestBmc::start(R750).await;
+    let state = memory_state();
+    let mut p = RedfishProbe::new(bmc.config(), state.clone()).unwrap();
+    assert!(events(&p.poll().await).is_empty(), "history replayed on first poll");
+
+    let newest_sel: u64 = fixture_json(R750, SEL)["Members"][0]["Id"].as_str().unwrap().parse().unwrap();
+    prepend(
+        &bmc,
+        SEL,
+        vec![entry(SEL, newest_sel + 1, "2026-11-23T09:00:00-06:00", "Critical", "PSU0003", "Power supply 2 lost AC.")],
+    );
+    let ev = events(&p.poll().await);
+    assert_eq!(ev.len(), 1, "{ev:?}");
+    assert_eq!(ev[0].source, "redfish/sel");
+    assert_eq!(ev[0].severity, "Critical");
+    assert_eq!(ev[0].message_id, "PSU0003");
+    assert_eq!(ev[0].message, "Power supply 2 lost AC.");
+    assert_eq!(ev[0].time.to_string(), "2026-11-23T15:00:00Z");
+    assert!(events(&p.poll().await).is_empty(), "same entry reported twice");
+    p.shutdown().await;
+
+    // "Restart": a new probe with the same state store neither replays nor misses.
+    let newest_lc: u64 = fixture_json(R750, LC)["Members"][0]["Id"].as_str().unwrap().parse().unwrap();
+    prepend(
+        &bmc,
+        LC,
+        vec![
+            entry(LC, newest_lc + 2, "2026-11-23T10:00:05-06:00", "Warning", "IDRAC.2.9.SYS1003", "second"),
+            entry(LC, newest_lc + 1, "2026-11-23T10:00:00-06:00", "OK", "IDRAC.2.9.USR0030", "first"),
+        ],
+    );
+    let mut p = RedfishProbe::new(bmc.config(), state.clone()).unwrap();
+    let ev = events(&p.poll().await);
+    let got: Vec<(&str, &str)> = ev.iter().map(|e| (e.source.as_str(), e.message.as_str())).collect();
+    assert_eq!(got, [("redfish/lclog", "first"), ("redfish/lclog", "second")], "oldest first, nothing replayed");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn cleared_log_resynchronises() {
+    let bmc = TestBmc::start(R750).await;
+    let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    p.poll().await;
+    // Cleared: ids start again at 1; only entries after the old cursor's time are new.
+    bmc.edit(SEL, |v| {
+        v["Members"] = json!([
+            entry(SEL, 2, "2026-11-23T11:00:00Z", "Critical", "CPU0000", "after clear"),
+            entry(SEL, 1, "2026-11-23T10:59:00Z", "OK", "SEL0001", "Log cleared."),
+        ]);
+        v["Members@odata.count"] = json!(2);
+    });
+    let ev: Vec<_> = events(&p.poll().await).into_iter().filter(|e| e.source == "redfish/sel").collect();
+    let msgs: Vec<&str> = ev.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(msgs, ["Log cleared.", "after clear"]);
+    // And the cursor follows the new ids.
+    prepend(&bmc, SEL, vec![entry(SEL, 3, "2026-11-23T11:05:00Z", "OK", "X", "third")]);
+    let ev: Vec<_> = events(&p.poll().await).into_iter().filter(|e| e.source == "redfish/sel").collect();
+    assert_eq!(ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["third"]);
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn next_link_pages_are_followed_until_the_cursor() {
+    let bmc = TestBmc::start(R750).await;
+    let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    p.poll().await;
+    let fixture = fixture_json(R750, LC);
+    let old = fixture["Members"].as_array().unwrap().clone();
+    let newest: u64 = old[0]["Id"].as_str().unwrap().parse().unwrap();
+    let page2 = format!("{LC}?$skip=2");
+    bmc.edit(LC, |v| {
+        v["Members"] = json!([
+            entry(LC, newest + 4, "2026-11-23T12:00:04Z", "OK", "M4", "e4"),
+            entry(LC, newest + 3, "2026-11-23T12:00:03Z", "OK", "M3", "e3"),
+        ]);
+        v["Members@odata.nextLink"] = json!(page2);
+        v["Members@odata.count"] = json!(4 + old.len());
+    });
+    let mut second = vec![
+        entry(LC, newest + 2, "2026-11-23T12:00:02Z", "OK", "M2", "e2"),
+        entry(LC, newest + 1, "2026-11-23T12:00:01Z", "OK", "M1", "e1"),
+    ];
+    second.extend(old);
+    bmc.set_override(&page2, Override::Json(json!({"Members": second})));
+    let ev: Vec<_> = events(&p.poll().await).into_iter().filter(|e| e.source == "redfish/lclog").collect();
+    assert_eq!(ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["e1", "e2", "e3", "e4"]);
+    assert!(bmc.seen().iter().any(|s| s.target.contains("$skip=2")));
+    p.shutdown().await;
+}

@@ -1,0 +1,868 @@
+//! The durable outbox: every notification is stored (flushed) before it is sent, retried with
+//! exponential backoff, and its outcome reported; pending entries survive a restart.
+//!
+//! Delivery is at-least-once: a notification in flight when the process dies is sent again
+//! after restart, with the same idempotency key, so gateways and mail servers can drop the
+//! duplicate. Finished entries are kept for `keep_done` to refuse re-enqueueing the same key.
+//!
+//! Architecture invariant: the outbox knows channels only through [`Channel`]; retry timing is
+//! the pure [`backoff`] / [`after_failure`], over times from an injected [`Clock`].
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::{ChannelError, ChannelKind, ChannelMap, Notification, NotificationKind, Receipt};
+
+/// The source of "now" for retry timing, so tests and simulations can drive time.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A clock that moves only when told to (tests, simulations).
+#[derive(Debug)]
+pub struct ManualClock(Mutex<Timestamp>);
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> Self {
+        ManualClock(Mutex::new(start))
+    }
+
+    pub fn set(&self, t: Timestamp) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = t;
+    }
+
+    pub fn advance(&self, d: Duration) {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *guard = add(*guard, d);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn default_initial_backoff() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(30 * 60)
+}
+fn default_keep_done() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+fn default_concurrency() -> usize {
+    32
+}
+
+/// Retry policy and limits (an `[outbox]`-style config section; every key has a default).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Delay after the first failed attempt; doubles per attempt.
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Attempts (the first send included) before a notification is failed.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Age (since enqueue) after which no further attempt is made: a page an hour late helps
+    /// nobody, and the escalation must learn of the failure.
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How long delivered/failed entries are kept to recognise a re-enqueued key.
+    #[serde(default = "default_keep_done", with = "humantime_serde")]
+    pub keep_done: Duration,
+    /// Sends in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+            max_attempts: default_max_attempts(),
+            max_age: default_max_age(),
+            keep_done: default_keep_done(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+/// Where an entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+/// A stored notification with its delivery bookkeeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub notification: Notification,
+    pub state: EntryState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub enqueued_at: Timestamp,
+    /// When a pending entry is due.
+    pub next_attempt: Timestamp,
+    pub last_error: Option<String>,
+    pub receipt: Option<Receipt>,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// What happened to one attempt, for the escalation logic and the fault's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub notification_id: String,
+    pub fault_id: String,
+    pub channel: ChannelKind,
+    pub kind: NotificationKind,
+    pub to: String,
+    /// Attempts made so far, this one included.
+    pub attempts: u32,
+    pub at: Timestamp,
+    pub status: OutcomeStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum OutcomeStatus {
+    /// Final: the channel took it.
+    Delivered { receipt: Receipt },
+    /// Not final: this attempt failed, another follows at `next_attempt`.
+    Retrying { error: String, next_attempt: Timestamp },
+    /// Final: permanent error, or attempts/age exhausted.
+    Failed { reason: String },
+}
+
+impl OutcomeStatus {
+    pub fn is_final(&self) -> bool {
+        !matches!(self, OutcomeStatus::Retrying { .. })
+    }
+}
+
+/// Result of [`Outbox::enqueue`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Enqueued {
+    /// Stored and flushed; it will be sent.
+    New,
+    /// An entry with this id exists already (pending or finished): nothing was added.
+    Duplicate(EntryState),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox storage: {0}")]
+    Store(String),
+    #[error("outbox entry {key}: cannot decode: {message}")]
+    Decode { key: String, message: String },
+    #[error("notification has an empty id (the idempotency key)")]
+    EmptyId,
+}
+
+/// The outbox's storage, kept behind a trait so the engine can change without touching callers.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// The entry with this id, pending or finished.
+    fn get(&self, id: &str) -> Result<Option<Entry>, OutboxError>;
+    /// Stores a new pending entry unless the id exists; returns the existing one's state.
+    fn insert_new(&self, entry: &Entry) -> Result<Option<EntryState>, OutboxError>;
+    /// Replaces a pending entry (after a failed attempt).
+    fn update_pending(&self, entry: &Entry) -> Result<(), OutboxError>;
+    /// Atomically moves an entry from pending to finished.
+    fn finish(&self, entry: &Entry) -> Result<(), OutboxError>;
+    /// All pending entries. Undecodable ones are reported as errors in the list.
+    fn pending(&self) -> Result<Vec<Result<Entry, OutboxError>>, OutboxError>;
+    /// Moves an undecodable pending entry (by its key from [`OutboxError::Decode`]) aside,
+    /// keeping its bytes for inspection, so it is reported once and not on every pass.
+    fn quarantine(&self, key: &str) -> Result<(), OutboxError>;
+    /// Removes finished entries finished before `before`; returns how many.
+    fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError>;
+    /// Makes every write so far durable against a process crash.
+    async fn flush(&self) -> Result<(), OutboxError>;
+}
+
+/// [`OutboxStore`] on one sled tree: keys `p/ID` (pending) and `d/ID` (finished), JSON values.
+#[derive(Clone)]
+pub struct SledStore {
+    tree: sled::Tree,
+}
+
+const PENDING: &str = "p/";
+const DONE: &str = "d/";
+const BAD: &str = "bad/";
+
+fn store_err(e: impl std::fmt::Display) -> OutboxError {
+    OutboxError::Store(e.to_string())
+}
+
+fn encode(entry: &Entry) -> Result<Vec<u8>, OutboxError> {
+    serde_json::to_vec(entry).map_err(store_err)
+}
+
+fn decode(key: &[u8], value: &[u8]) -> Result<Entry, OutboxError> {
+    serde_json::from_slice(value)
+        .map_err(|e| OutboxError::Decode { key: String::from_utf8_lossy(key).into_owned(), message: e.to_string() })
+}
+
+impl SledStore {
+    pub fn new(tree: sled::Tree) -> Self {
+        SledStore { tree }
+    }
+
+    /// Opens (or creates) the tree `outbox` in `db`.
+    pub fn open(db: &sled::Db) -> Result<Self, OutboxError> {
+        Ok(SledStore::new(db.open_tree("outbox").map_err(store_err)?))
+    }
+}
+
+#[async_trait]
+impl OutboxStore for SledStore {
+    fn get(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
+        for prefix in [PENDING, DONE] {
+            let key = format!("{prefix}{id}");
+            if let Some(v) = self.tree.get(&key).map_err(store_err)? {
+                return decode(key.as_bytes(), &v).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
+    fn insert_new(&self, entry: &Entry) -> Result<Option<EntryState>, OutboxError> {
+        let id = &entry.notification.id;
+        let pending_key = format!("{PENDING}{id}");
+        let done_key = format!("{DONE}{id}");
+        let value = encode(entry)?;
+        let existed = self
+            .tree
+            .transaction(|tx| {
+                if tx.get(&pending_key)?.is_some() {
+                    return Ok(Some(EntryState::Pending));
+                }
+                if let Some(v) = tx.get(&done_key)? {
+                    // A finished entry we cannot decode still blocks the id; call it failed.
+                    let state = serde_json::from_slice::<Entry>(&v).map(|e| e.state).unwrap_or(EntryState::Failed);
+                    return Ok(Some(state));
+                }
+                tx.insert(pending_key.as_bytes(), value.as_slice())?;
+                Ok(None)
+            })
+            .map_err(|e: sled::transaction::TransactionError<sled::Error>| store_err(e))?;
+        Ok(existed)
+    }
+
+    fn update_pending(&self, entry: &Entry) -> Result<(), OutboxError> {
+        let key = format!("{PENDING}{}", entry.notification.id);
+        self.tree.insert(key, encode(entry)?).map_err(store_err)?;
+        Ok(())
+    }
+
+    fn finish(&self, entry: &Entry) -> Result<(), OutboxError> {
+        let id = &entry.notification.id;
+        let pending_key = format!("{PENDING}{id}");
+        let done_key = format!("{DONE}{id}");
+        let value = encode(entry)?;
+        self.tree
+            .transaction(|tx| {
+                tx.remove(pending_key.as_bytes())?;
+                tx.insert(done_key.as_bytes(), value.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<sled::Error>| store_err(e))
+    }
+
+    fn pending(&self) -> Result<Vec<Result<Entry, OutboxError>>, OutboxError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(PENDING) {
+            let (k, v) = item.map_err(store_err)?;
+            out.push(decode(&k, &v));
+        }
+        Ok(out)
+    }
+
+    fn quarantine(&self, key: &str) -> Result<(), OutboxError> {
+        let bad_key = format!("{BAD}{key}");
+        self.tree
+            .transaction(|tx| {
+                if let Some(v) = tx.remove(key.as_bytes())? {
+                    tx.insert(bad_key.as_bytes(), v)?;
+                }
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<sled::Error>| store_err(e))
+    }
+
+    fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError> {
+        let mut removed = 0;
+        for item in self.tree.scan_prefix(DONE) {
+            let (k, v) = item.map_err(store_err)?;
+            let old = match decode(&k, &v) {
+                Ok(e) => e.finished_at.is_none_or(|t| t < before),
+                // Undecodable finished entries serve no purpose.
+                Err(_) => true,
+            };
+            if old {
+                self.tree.remove(&k).map_err(store_err)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn flush(&self) -> Result<(), OutboxError> {
+        // sled's flush blocks on I/O; keep it off the async worker threads.
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || tree.flush()).await.map_err(store_err)?.map_err(store_err)?;
+        Ok(())
+    }
+}
+
+fn add(t: Timestamp, d: Duration) -> Timestamp {
+    let d = SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX);
+    t.checked_add(d).unwrap_or(Timestamp::MAX)
+}
+
+/// The wait after the `attempts`-th failed attempt (1-based): `initial_backoff` doubling per
+/// attempt, capped at `max_backoff`.
+pub fn backoff(attempts: u32, cfg: &OutboxConfig) -> Duration {
+    let doublings = attempts.saturating_sub(1).min(31);
+    cfg.initial_backoff.saturating_mul(1u32 << doublings).min(cfg.max_backoff)
+}
+
+/// Whether an entry enqueued at `enqueued_at` is too old to be sent at `now`.
+pub fn is_expired(enqueued_at: Timestamp, now: Timestamp, cfg: &OutboxConfig) -> bool {
+    now > add(enqueued_at, cfg.max_age)
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Retry { at: Timestamp },
+    Fail { reason: String },
+}
+
+/// Decides retry or failure after attempt number `attempts` failed with `err` at `now`.
+pub fn after_failure(
+    attempts: u32,
+    enqueued_at: Timestamp,
+    err: &ChannelError,
+    now: Timestamp,
+    cfg: &OutboxConfig,
+) -> Decision {
+    if !err.is_retryable() {
+        return Decision::Fail { reason: format!("permanent error: {}", err.message()) };
+    }
+    if attempts >= cfg.max_attempts {
+        return Decision::Fail { reason: format!("gave up after {attempts} attempts: {}", err.message()) };
+    }
+    let at = add(now, backoff(attempts, cfg));
+    if at > add(enqueued_at, cfg.max_age) {
+        return Decision::Fail {
+            reason: format!(
+                "gave up after {attempts} attempts, older than max_age {}: {}",
+                humantime::format_duration(cfg.max_age),
+                err.message()
+            ),
+        };
+    }
+    Decision::Retry { at }
+}
+
+/// Counters since start (for `/metrics`: `pikett_notifications_failed_total` is `failed`).
+#[derive(Debug, Default)]
+pub struct OutboxStats {
+    pub delivered: std::sync::atomic::AtomicU64,
+    pub retried: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
+struct Inner {
+    store: Box<dyn OutboxStore>,
+    channels: ChannelMap,
+    cfg: OutboxConfig,
+    clock: Arc<dyn Clock>,
+    outcomes: mpsc::UnboundedSender<Outcome>,
+    wake: Notify,
+    in_flight: Mutex<HashSet<String>>,
+    limit: Semaphore,
+    stats: OutboxStats,
+}
+
+/// How often the worker drops finished entries older than `keep_done`.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
+
+/// The outbox. Cheap to clone; all clones share one store and one worker.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+/// The running worker; [`Worker::stop`] ends it and cancels sends in flight (they stay
+/// pending in the store and are resumed by the next worker).
+pub struct Worker {
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Worker {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.handle.await;
+    }
+}
+
+impl Outbox {
+    /// An outbox over `store` sending through `channels`. Outcomes arrive on the receiver;
+    /// nothing is sent until [`Outbox::start`] (or [`Outbox::run_due`]) is called.
+    pub fn new(
+        store: impl OutboxStore + 'static,
+        channels: ChannelMap,
+        cfg: OutboxConfig,
+        clock: Arc<dyn Clock>,
+    ) -> (Outbox, mpsc::UnboundedReceiver<Outcome>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let permits = cfg.concurrency.max(1);
+        let inner = Inner {
+            store: Box::new(store),
+            channels,
+            cfg,
+            clock,
+            outcomes: tx,
+            wake: Notify::new(),
+            in_flight: Mutex::new(HashSet::new()),
+            limit: Semaphore::new(permits),
+            stats: OutboxStats::default(),
+        };
+        (Outbox { inner: Arc::new(inner) }, rx)
+    }
+
+    /// Stores `n` durably (flushed) and wakes the worker. Same id twice = one notification.
+    pub async fn enqueue(&self, n: Notification) -> Result<Enqueued, OutboxError> {
+        if n.id.is_empty() {
+            return Err(OutboxError::EmptyId);
+        }
+        let now = self.inner.clock.now();
+        let entry = Entry {
+            notification: n,
+            state: EntryState::Pending,
+            attempts: 0,
+            enqueued_at: now,
+            next_attempt: now,
+            last_error: None,
+            receipt: None,
+            finished_at: None,
+        };
+        if let Some(state) = self.inner.store.insert_new(&entry)? {
+            tracing::debug!(notification = %entry.notification.id, ?state, "duplicate enqueue ignored");
+            return Ok(Enqueued::Duplicate(state));
+        }
+        self.inner.store.flush().await?;
+        tracing::debug!(notification = %entry.notification.id, channel = %entry.notification.channel, "notification enqueued");
+        self.inner.wake.notify_one();
+        Ok(Enqueued::New)
+    }
+
+    /// The entry with this id, pending or finished.
+    pub fn get(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
+        self.inner.store.get(id)
+    }
+
+    /// Pending entries. Undecodable ones are logged and quarantined (kept under `bad/`).
+    pub fn pending(&self) -> Result<Vec<Entry>, OutboxError> {
+        let mut out = Vec::new();
+        for item in self.inner.store.pending()? {
+            match item {
+                Ok(entry) => out.push(entry),
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox: undecodable notification set aside, it cannot be sent");
+                    if let OutboxError::Decode { key, .. } = &e
+                        && let Err(q) = self.inner.store.quarantine(key)
+                    {
+                        tracing::error!(error = %q, "outbox: cannot quarantine entry");
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> &OutboxStats {
+        &self.inner.stats
+    }
+
+    /// Removes finished entries older than `keep_done`.
+    pub fn purge(&self) -> Result<usize, OutboxError> {
+        let before = self
+            .inner
+            .clock
+            .now()
+            .checked_sub(SignedDuration::try_from(self.inner.cfg.keep_done).unwrap_or(SignedDuration::MAX))
+            .unwrap_or(Timestamp::MIN);
+        self.inner.store.purge_finished(before)
+    }
+
+    /// Pending entries due at the clock's now that are not in flight, now marked in flight;
+    /// and the earliest due time of the rest.
+    fn claim_due(&self) -> Result<(Vec<Entry>, Option<Timestamp>), OutboxError> {
+        let now = self.inner.clock.now();
+        let pending = self.pending()?;
+        let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due = Vec::new();
+        let mut next: Option<Timestamp> = None;
+        for e in pending {
+            if in_flight.contains(&e.notification.id) {
+                continue;
+            }
+            if e.next_attempt <= now {
+                in_flight.insert(e.notification.id.clone());
+                due.push(e);
+            } else {
+                next = Some(next.map_or(e.next_attempt, |n| n.min(e.next_attempt)));
+            }
+        }
+        Ok((due, next))
+    }
+
+    /// Makes one attempt for every entry due now and waits for them: the worker's step, and a
+    /// deterministic driver for tests with a [`ManualClock`].
+    pub async fn run_due(&self) -> Result<Vec<Outcome>, OutboxError> {
+        let (due, _) = self.claim_due()?;
+        let attempts = due.into_iter().map(|e| attempt(self.inner.clone(), e));
+        Ok(futures::future::join_all(attempts).await)
+    }
+
+    /// Starts the worker task: resumes pending entries at once, then sends whatever is due.
+    pub fn start(&self) -> Worker {
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let outbox = self.clone();
+        let handle = tokio::spawn(async move {
+            let mut tasks = JoinSet::new();
+            let mut last_purge: Option<std::time::Instant> = None;
+            loop {
+                let next = match outbox.claim_due() {
+                    Ok((due, next)) => {
+                        for e in due {
+                            tasks.spawn(attempt(outbox.inner.clone(), e));
+                        }
+                        next
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "outbox: cannot read pending notifications");
+                        Some(add(outbox.inner.clock.now(), Duration::from_secs(1)))
+                    }
+                };
+                // Finished attempts are reaped here; their results went out as outcomes.
+                while tasks.try_join_next().is_some() {}
+                if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+                    last_purge = Some(std::time::Instant::now());
+                    match outbox.purge() {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(removed = n, "outbox: purged finished entries"),
+                        Err(e) => tracing::warn!(error = %e, "outbox: purge failed"),
+                    }
+                }
+                let wait = next.map_or(Duration::from_secs(60), |t| {
+                    let d = t.duration_since(outbox.inner.clock.now());
+                    Duration::try_from(d).unwrap_or(Duration::ZERO).min(Duration::from_secs(60))
+                });
+                tokio::select! {
+                    _ = outbox.inner.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop_rx.changed() => break,
+                }
+            }
+            tasks.shutdown().await;
+        });
+        Worker { stop: stop_tx, handle }
+    }
+}
+
+/// One attempt for one entry: send, persist the result, report the outcome.
+async fn attempt(inner: Arc<Inner>, mut entry: Entry) -> Outcome {
+    let id = entry.notification.id.clone();
+    // Removes the id from the in-flight set even if this task is cancelled mid-send.
+    struct Release<'a>(&'a Inner, &'a str);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(self.1);
+            self.0.wake.notify_one();
+        }
+    }
+    let _release = Release(&inner, &id);
+
+    // An entry that outlived max_age (e.g. the collector was down for hours) is not sent: a
+    // stale page misleads more than it helps. It fails loudly instead.
+    let result = if is_expired(entry.enqueued_at, inner.clock.now(), &inner.cfg) {
+        None
+    } else {
+        // The semaphore is never closed; if it were, sending without a permit is still right.
+        let _permit = inner.limit.acquire().await.ok();
+        let n = &entry.notification;
+        Some(match inner.channels.get(&n.channel) {
+            Some(channel) => channel.send(n).await,
+            None => Err(ChannelError::Permanent(format!("no [channels.{}] configured", n.channel))),
+        })
+    };
+    let now = inner.clock.now();
+    if result.is_some() {
+        entry.attempts += 1;
+    }
+    let n = &entry.notification;
+    let status = match result {
+        None => {
+            let reason = format!(
+                "expired: not delivered within max_age {} (after {} attempts)",
+                humantime::format_duration(inner.cfg.max_age),
+                entry.attempts
+            );
+            tracing::error!(notification = %n.id, fault = %n.fault_id, channel = %n.channel, %reason, "notification failed");
+            inner.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            OutcomeStatus::Failed { reason }
+        }
+        Some(Ok(receipt)) => {
+            tracing::info!(notification = %n.id, fault = %n.fault_id, channel = %n.channel, attempts = entry.attempts, endpoint = %receipt.endpoint, "notification delivered");
+            inner.stats.delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            OutcomeStatus::Delivered { receipt }
+        }
+        Some(Err(err)) => match after_failure(entry.attempts, entry.enqueued_at, &err, now, &inner.cfg) {
+            Decision::Retry { at } => {
+                tracing::warn!(notification = %n.id, fault = %n.fault_id, channel = %n.channel, attempts = entry.attempts, error = %err, next_attempt = %at, "notification failed, will retry");
+                inner.stats.retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                OutcomeStatus::Retrying { error: err.message().to_string(), next_attempt: at }
+            }
+            Decision::Fail { reason } => {
+                tracing::error!(notification = %n.id, fault = %n.fault_id, channel = %n.channel, attempts = entry.attempts, %reason, "notification failed");
+                inner.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                OutcomeStatus::Failed { reason }
+            }
+        },
+    };
+    let stored = match &status {
+        OutcomeStatus::Delivered { receipt } => {
+            entry.state = EntryState::Delivered;
+            entry.receipt = Some(receipt.clone());
+            entry.finished_at = Some(now);
+            inner.store.finish(&entry)
+        }
+        OutcomeStatus::Retrying { error, next_attempt } => {
+            entry.last_error = Some(error.clone());
+            entry.next_attempt = *next_attempt;
+            inner.store.update_pending(&entry)
+        }
+        OutcomeStatus::Failed { reason } => {
+            entry.state = EntryState::Failed;
+            entry.last_error = Some(reason.clone());
+            entry.finished_at = Some(now);
+            inner.store.finish(&entry)
+        }
+    };
+    let stored = match stored {
+        Ok(()) => inner.store.flush().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = stored {
+        // The entry stays as it was in the store: it is attempted again (at-least-once).
+        tracing::error!(notification = %id, error = %e, "outbox: cannot record the attempt");
+    }
+    let outcome = Outcome {
+        notification_id: entry.notification.id.clone(),
+        fault_id: entry.notification.fault_id.clone(),
+        channel: entry.notification.channel,
+        kind: entry.notification.kind,
+        to: entry.notification.to.clone(),
+        attempts: entry.attempts,
+        at: now,
+        status,
+    };
+    if inner.outcomes.send(outcome.clone()).is_err() {
+        tracing::debug!(notification = %id, "outcome receiver is gone");
+    }
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> OutboxConfig {
+        OutboxConfig::default()
+    }
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn backoff_doubles_from_5s_to_5m() {
+        let c = cfg();
+        let secs: Vec<u64> = (1..=9).map(|a| backoff(a, &c).as_secs()).collect();
+        assert_eq!(secs, vec![5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff(1000, &c), Duration::from_secs(300));
+        assert_eq!(backoff(0, &c), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn permanent_error_fails_at_once() {
+        let d = after_failure(
+            1,
+            t("2026-11-23T03:00:00Z"),
+            &ChannelError::Permanent("gateway https://x answered HTTP 400".into()),
+            t("2026-11-23T03:00:01Z"),
+            &cfg(),
+        );
+        match d {
+            Decision::Fail { reason } => assert!(reason.contains("HTTP 400"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn retryable_error_retries_after_backoff() {
+        let d = after_failure(
+            2,
+            t("2026-11-23T03:00:00Z"),
+            &ChannelError::Retryable("down".into()),
+            t("2026-11-23T03:00:10Z"),
+            &cfg(),
+        );
+        assert_eq!(d, Decision::Retry { at: t("2026-11-23T03:00:20Z") });
+    }
+
+    #[test]
+    fn max_attempts_ends_retries() {
+        let c = OutboxConfig { max_attempts: 3, ..cfg() };
+        let d = after_failure(
+            3,
+            t("2026-11-23T03:00:00Z"),
+            &ChannelError::Retryable("down".into()),
+            t("2026-11-23T03:00:30Z"),
+            &c,
+        );
+        assert!(matches!(d, Decision::Fail { reason } if reason.contains("after 3 attempts")));
+    }
+
+    #[test]
+    fn max_age_ends_retries() {
+        let d = after_failure(
+            4,
+            t("2026-11-23T03:00:00Z"),
+            &ChannelError::Retryable("down".into()),
+            t("2026-11-23T03:29:50Z"),
+            &cfg(),
+        );
+        assert!(matches!(d, Decision::Fail { reason } if reason.contains("max_age 30m")));
+    }
+
+    #[test]
+    fn outcome_status_serialises_with_a_status_tag() {
+        let s = serde_json::to_value(OutcomeStatus::Failed { reason: "gave up".into() }).unwrap();
+        assert_eq!(s, serde_json::json!({"status": "failed", "reason": "gave up"}));
+    }
+
+    #[test]
+    fn entries_expire_after_max_age() {
+        let c = cfg();
+        let t0 = t("2026-11-23T03:00:00Z");
+        assert!(!is_expired(t0, t("2026-11-23T03:30:00Z"), &c));
+        assert!(is_expired(t0, t("2026-11-23T03:30:01Z"), &c));
+    }
+
+    #[test]
+    fn config_from_toml() {
+        let c: OutboxConfig = toml::from_str("initial_backoff = \"1s\"\nmax_attempts = 4").unwrap();
+        assert_eq!(c.initial_backoff, Duration::from_secs(1));
+        assert_eq!(c.max_attempts, 4);
+        assert_eq!(c.max_backoff, Duration::from_secs(300));
+        assert!(toml::from_str::<OutboxConfig>("max_attempt = 4").is_err());
+    }
+
+    fn sled_store() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        (dir, SledStore::open(&db).unwrap())
+    }
+
+    fn entry(id: &str) -> Entry {
+        let mut n = crate::notify::sample_notification();
+        n.id = id.into();
+        Entry {
+            notification: n,
+            state: EntryState::Pending,
+            attempts: 0,
+            enqueued_at: t("2026-11-23T03:00:00Z"),
+            next_attempt: t("2026-11-23T03:00:00Z"),
+            last_error: None,
+            receipt: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn store_moves_entries_from_pending_to_done_and_blocks_duplicates() {
+        let (_dir, store) = sled_store();
+        assert_eq!(store.insert_new(&entry("a")).unwrap(), None);
+        assert_eq!(store.insert_new(&entry("a")).unwrap(), Some(EntryState::Pending));
+        let mut e = entry("a");
+        e.state = EntryState::Delivered;
+        e.finished_at = Some(t("2026-11-23T03:00:01Z"));
+        store.finish(&e).unwrap();
+        assert!(store.pending().unwrap().is_empty());
+        assert_eq!(store.insert_new(&entry("a")).unwrap(), Some(EntryState::Delivered));
+        assert_eq!(store.get("a").unwrap().unwrap().state, EntryState::Delivered);
+        assert_eq!(store.purge_finished(t("2026-11-23T03:00:00Z")).unwrap(), 0);
+        assert_eq!(store.purge_finished(t("2026-11-24T00:00:00Z")).unwrap(), 1);
+        assert_eq!(store.get("a").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn corrupt_entry_is_quarantined_once() {
+        let (_dir, store) = sled_store();
+        store.tree.insert("p/bad", b"{not json".as_slice()).unwrap();
+        let tree = store.tree.clone();
+        let (ob, _rx) = Outbox::new(store, ChannelMap::new(), cfg(), Arc::new(SystemClock));
+        assert!(ob.pending().unwrap().is_empty());
+        assert!(tree.get("p/bad").unwrap().is_none());
+        assert_eq!(&tree.get("bad/p/bad").unwrap().unwrap()[..], b"{not json");
+    }
+
+    #[test]
+    fn corrupt_entry_is_reported_not_fatal() {
+        let (_dir, store) = sled_store();
+        store.insert_new(&entry("good")).unwrap();
+        store.tree.insert("p/bad", b"{not json".as_slice()).unwrap();
+        let pending = store.pending().unwrap();
+        assert_eq!(pending.len(), 2);
+        let bad = pending.iter().find(|e| e.is_err()).unwrap();
+        assert!(bad.as_ref().unwrap_err().to_string().contains("p/bad"));
+    }
+}

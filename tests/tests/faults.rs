@@ -1,0 +1,99 @@
+//! The fault engine end to end: a real agent's `command` check, whose exit
+//! code the test controls, opens, is acknowledged with `pikett ack`, resolves;
+//! killing the agent raises `host/reachable`; `/metrics` passes promtool.
+
+use std::time::Duration;
+
+use pikett_tests::*;
+
+#[test]
+fn critical_check_opens_ack_acknowledges_ok_resolves_and_agent_loss_raises_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let ca = pki.path("ca.pem");
+    let collector = CollectorSetup::new(dir.path(), &pki, "host_timeout = \"3s\"\n");
+    let _c = collector.start();
+    let check = ControlledCheck::new(dir.path());
+    let cfg = agent_config(dir.path(), &pki, "app-01", &collector.url(), &check.toml());
+    let mut agent = spawn("pikett-agent", &cfg, &["run"], &dir.path().join("agent.log"));
+
+    // OK first: no fault.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(find_fault(&collector, &ca, "app-01", "command/ctl", "open").is_none());
+
+    check.set(2);
+    let fault = wait_for(Duration::from_secs(20), || find_fault(&collector, &ca, "app-01", "command/ctl", "open"))
+        .unwrap_or_else(|| panic!("no fault opened; agent log:\n{}", agent.log_text()));
+    assert_eq!(fault["severity"], "critical");
+    assert_eq!(fault["customer"], "acme");
+    assert!(fault["summary"].as_str().unwrap().contains("CRITICAL - broken"), "{fault}");
+    let id = fault["id"].as_u64().unwrap().to_string();
+
+    let out = collector.pikett(&["ack", &id, "--note", "looking into it"], &ca);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = json_lines(&collector.pikett(&["fault", "show", &id, "--output", "json"], &ca).stdout);
+    assert_eq!(shown[0]["state"], "acknowledged");
+    assert!(shown[0]["acked_by"].as_str().unwrap().ends_with("@local"));
+    let timeline = shown[0]["timeline"].as_array().unwrap();
+    assert!(
+        timeline.iter().any(|e| e["kind"] == "acknowledged" && e["text"].as_str().unwrap().contains("looking into it"))
+    );
+    // A second ack is refused with exit code 1 and one clear line.
+    let again = collector.pikett(&["ack", &id], &ca);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already acknowledged"));
+
+    check.set(0);
+    let resolved =
+        wait_for(Duration::from_secs(20), || find_fault(&collector, &ca, "app-01", "command/ctl", "resolved"));
+    assert!(resolved.is_some(), "the fault did not resolve");
+
+    agent.sigkill();
+    let reachable =
+        wait_for(Duration::from_secs(20), || find_fault(&collector, &ca, "app-01", "host/reachable", "open"));
+    let reachable = reachable.expect("no host/reachable fault after the agent died");
+    assert_eq!(reachable["severity"], "critical");
+
+    // The status screen counts it.
+    let status = json_lines(&collector.pikett(&["status", "--output", "json"], &ca).stdout);
+    assert_eq!(status[0]["hosts_down"], 1);
+    assert_eq!(status[0]["open_faults"]["critical"], 1);
+}
+
+#[test]
+fn metrics_export_agent_samples_and_fault_counts_and_pass_promtool() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let collector = CollectorSetup::new(dir.path(), &pki, "");
+    let _c = collector.start();
+    let cfg = agent_config(dir.path(), &pki, "web-7", &collector.url(), "[host]\ninterval = \"500ms\"\n");
+    let _agent = spawn("pikett-agent", &cfg, &["run"], &dir.path().join("agent.log"));
+    let text = wait_for(Duration::from_secs(20), || {
+        let (_, body) = http_get(collector.http_port, "/metrics")?;
+        body.contains("pikett_host_memory_total_bytes{host=\"web-7\"").then_some(body)
+    })
+    .expect("agent samples never showed on /metrics");
+    assert!(text.contains("customer=\"acme\""));
+    assert!(text.contains("pikett_faults{state=\"open\",severity=\"critical\"} 0"), "{text}");
+    assert!(!text.contains("# EOF"));
+
+    let promtool = std::path::Path::new("/usr/bin/promtool");
+    assert!(promtool.exists(), "promtool is needed (Debian package prometheus; `cargo xtask test` installs it)");
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({:?}):\n{}{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
