@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use pikett_tests::{bin, workspace_root};
+use pikett_tests::{bin, cargo, workspace_root};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MAX_BINARY_BYTES: u64 = 8 * 1024 * 1024;
@@ -187,24 +187,9 @@ impl Built {
     }
 }
 
-/// `cargo xtask rpm ARGS`, without the variables `cargo test` sets for this
-/// test (build scripts rerun when they change: see `xtask/src/util.rs`).
+/// `cargo xtask rpm ARGS` (without `cargo test`'s package variables: see [`cargo`]).
 fn xtask_rpm(args: &[&OsStr]) {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root()).args(["run", "--quiet", "-p", "xtask", "--", "rpm"]).args(args);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_MANIFEST_")
-            || matches!(
-                key.as_ref(),
-                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
-            )
-        {
-            cmd.env_remove(key.as_ref());
-        }
-    }
-    run(&mut cmd);
+    run(cargo().args(["run", "--quiet", "-p", "xtask", "--", "rpm"]).args(args));
 }
 
 fn built() -> &'static Built {
