@@ -18,10 +18,8 @@ pub fn workspace_root() -> PathBuf {
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let status = cargo()
             .args(["build", "--quiet", "-p", "pikett-agent", "-p", "pikett-collector", "--bins"])
-            .current_dir(workspace_root())
             .status()
             .expect("running cargo build");
         assert!(status.success(), "cargo build of the binaries failed");
@@ -29,6 +27,29 @@ pub fn bin_dir() -> &'static Path {
             std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace_root().join("target"), PathBuf::from);
         target.join("debug")
     })
+}
+
+/// A `cargo` command at the workspace root, without the package variables
+/// `cargo test` sets for the test binary (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, ...): build scripts such as ring's rerun when they
+/// change, so passing them on would rebuild half the tree on every switch
+/// between `cargo test` and a plain `cargo build`.
+pub fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                key.as_ref(),
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
+            )
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
 }
 
 pub fn bin(name: &str) -> PathBuf {

@@ -3,9 +3,11 @@
 //! - `demo`: a collector and an agent on loopback, then `pikett status`.
 //! - `test`: installs the Debian packages the tests use, then `cargo test --workspace`.
 //! - `bench ingest|agent`: the benchmarks whose figures go in BENCHMARKS.md.
+//! - `rpm`: static musl binaries and the agent's and collector's RPMs in `target/dist/`.
 
 mod bench;
 mod bench_more;
+mod rpm;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +41,9 @@ enum Command {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// Build static (musl) binaries in the `dist` profile and the RPMs
+    /// `target/dist/pikett-{agent,collector}-VERSION-RELEASE.x86_64.rpm`.
+    Rpm(rpm::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +51,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { seconds, keep } => util::demo(seconds, keep),
         Command::Test { args } => util::test(&args),
         Command::Bench { which } => bench::run(which),
+        Command::Rpm(args) => rpm::run(args),
     }
 }

@@ -14,9 +14,22 @@ pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
 }
 
-fn cargo() -> Command {
+/// A `cargo` command at the workspace root, without the package variables
+/// `cargo run` set for the xtask itself: build scripts such as ring's rerun
+/// when `CARGO_PKG_NAME` or `CARGO_MANIFEST_DIR` change, so keeping them would
+/// rebuild half the tree whenever one alternates `cargo build` and `cargo xtask`.
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || matches!(key.as_ref(), "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE")
+        {
+            c.env_remove(key.as_ref());
+        }
+    }
     c
 }
 
