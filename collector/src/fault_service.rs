@@ -120,7 +120,19 @@ impl FaultService {
             ));
         }
         if !engine.config().rules.is_empty() {
+            let config = engine.shared_config();
+            let mut host_has_state: Option<bool> = None;
             for s in &batch.samples {
+                // Most samples fire no rule and change nothing: decide that without allocating.
+                let label = |k: &str| s.labels.get(k).map(String::as_str);
+                let fires =
+                    config.rules.iter().any(|r| r.selects_with(&s.name, label) && r.condition(s.value) == Some(true));
+                if !fires && !*host_has_state.get_or_insert_with(|| engine.has_rule_state(host)) {
+                    continue;
+                }
+                if fires {
+                    host_has_state = Some(true);
+                }
                 let input = SampleInput {
                     host: host.to_string(),
                     customer: customer.to_string(),
@@ -190,5 +202,51 @@ impl FaultService {
             put(&mut b, id_key(b's', id), s);
         }
         self.tree.apply_batch(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::{FaultFilter, FaultState, FaultsConfig, HostDeps, Rule};
+
+    fn sample(value: f64) -> pb::Batch {
+        pb::Batch {
+            samples: vec![pb::Sample {
+                name: "temp".into(),
+                labels: [("sensor".to_string(), "CPU1".to_string())].into_iter().collect(),
+                value,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rules_fire_resolve_and_survive_a_reopen_of_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule: Rule = toml::from_str("name = \"hot\"\nmetric = \"temp\"\nop = \">\"\nthreshold = 5.0\n").unwrap();
+        let config = EngineConfig::new(FaultsConfig::default(), vec![rule], HostDeps::default()).unwrap();
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |s: i64| t0.checked_add(jiff::SignedDuration::from_secs(s)).unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let svc = FaultService::open(&db, config.clone()).unwrap();
+            assert!(svc.ingest("h1", "acme", &sample(1.0), at(0)).is_empty());
+            assert!(svc.with_engine(|e| e.faults(&FaultFilter::default()).is_empty()), "a cold sample opened a fault");
+            svc.ingest("h1", "acme", &sample(9.0), at(10));
+            let open = svc.with_engine(|e| e.faults(&FaultFilter::default()).into_iter().cloned().collect::<Vec<_>>());
+            assert_eq!(open.len(), 1);
+            assert!(open[0].check.starts_with("rule/hot"), "{}", open[0].check);
+            db.flush().unwrap();
+        }
+        let db = sled::open(dir.path()).unwrap();
+        let svc = FaultService::open(&db, config).unwrap();
+        svc.ingest("h1", "acme", &sample(1.0), at(20));
+        let all = svc.with_engine(|e| {
+            e.faults(&FaultFilter { all: true, ..Default::default() }).into_iter().cloned().collect::<Vec<_>>()
+        });
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].state, FaultState::Resolved, "the cooled-down sample did not resolve the restored fault");
     }
 }

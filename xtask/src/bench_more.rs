@@ -77,7 +77,10 @@ body = '{{"to": "{{{{to}}}}", "text": "{{{{text}}}}"}}'
     let pid = collector.0.id();
     let agents = 10usize;
     let per_agent = faults.div_ceil(agents);
-    println!("bench paging: {} faults from {agents} agents, one every 50 ms per agent; collector pid {pid}", per_agent * agents);
+    println!(
+        "bench paging: {} faults from {agents} agents, one every 50 ms per agent; collector pid {pid}",
+        per_agent * agents
+    );
     let rt = tokio::runtime::Runtime::new()?;
     let sent: HashMap<String, Instant> = rt.block_on(async {
         let mut tasks = Vec::new();
@@ -98,8 +101,10 @@ body = '{{"to": "{{{{to}}}}", "text": "{{{{text}}}}"}}'
                     })),
                 })
                 .await?;
-                let mut inbound =
-                    IngestClient::new(channel).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+                let mut inbound = IngestClient::new(channel)
+                    .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                    .await?
+                    .into_inner();
                 inbound.message().await?;
                 tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
                 let mut sent = Vec::new();
@@ -176,7 +181,8 @@ pub fn checks(tcp: usize, command: usize, seconds: u64) -> anyhow::Result<()> {
         dir.join("spool").display()
     );
     for i in 0..tcp {
-        cfg += &format!("\n[[checks]]\nname = \"tcp-{i}\"\nkind = \"tcp\"\naddress = \"{target}\"\ninterval = \"10s\"\n");
+        cfg +=
+            &format!("\n[[checks]]\nname = \"tcp-{i}\"\nkind = \"tcp\"\naddress = \"{target}\"\ninterval = \"10s\"\n");
     }
     for i in 0..command {
         cfg += &format!(
@@ -203,7 +209,10 @@ pub fn checks(tcp: usize, command: usize, seconds: u64) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(measured));
     let (peak, rss, cpu1) = proc_usage(pid)?;
     println!("agent RSS:               {:.1} MiB now, {:.1} MiB peak", rss as f64 / 1024.0, peak as f64 / 1024.0);
-    println!("agent CPU per minute:    {:.2} s (steady state; plugin processes not included)", (cpu1 - cpu0) / measured as f64 * 60.0);
+    println!(
+        "agent CPU per minute:    {:.2} s (steady state; plugin processes not included)",
+        (cpu1 - cpu0) / measured as f64 * 60.0
+    );
     // Children's CPU (the plugins) is accounted to the agent once they are reaped.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");

@@ -250,6 +250,11 @@ impl Engine {
         &self.config
     }
 
+    /// The configuration, shared (for callers that hold it while feeding the engine).
+    pub fn shared_config(&self) -> Arc<EngineConfig> {
+        Arc::clone(&self.config)
+    }
+
     /// The whole state (serde-serializable), e.g. for a snapshot.
     pub fn state(&self) -> &EngineState {
         &self.state
@@ -369,6 +374,17 @@ impl Engine {
     }
 
     /// One sample, evaluated by every `[[rules]]` entry that selects it.
+    /// Whether any rule of `host` has state (a running `for` clock, a non-OK track or an
+    /// open fault). When not, a sample that fires no rule changes nothing, so the caller
+    /// may skip it (the hot path of ingest).
+    pub fn has_rule_state(&self, host: &str) -> bool {
+        let from = TrackKey::new(host, "rule/");
+        let to = TrackKey::new(host, "rule0");
+        self.state.rule_tracks.keys().any(|k| k.host == host)
+            || self.state.tracks.range(from.clone()..to.clone()).next().is_some()
+            || self.open.range(from..to).next().is_some()
+    }
+
     pub fn sample(&mut self, input: &SampleInput, now: Timestamp) -> Vec<Transition> {
         let mut out = Vec::new();
         let config = Arc::clone(&self.config);

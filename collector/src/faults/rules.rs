@@ -184,7 +184,12 @@ impl Rule {
 
     /// Whether the sample belongs to this rule (metric name and every label matcher).
     pub fn selects(&self, metric: &str, labels: &BTreeMap<String, String>) -> bool {
-        self.metric == metric && self.labels.iter().all(|(k, m)| m.matches(labels.get(k).map(String::as_str)))
+        self.selects_with(metric, |k| labels.get(k).map(String::as_str))
+    }
+
+    /// [`Rule::selects`] over any label lookup (the hot path avoids building a map).
+    pub fn selects_with<'a>(&self, metric: &str, label: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.metric == metric && self.labels.iter().all(|(k, m)| m.matches(label(k)))
     }
 
     /// The condition on a value: `None` for NaN (ignored).
