@@ -14,7 +14,7 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 
-use super::http::is_loopback_host;
+use super::http::{error_chain, is_loopback_host};
 use super::template::read_secret;
 use super::{Channel, ChannelError, ChannelKind, ConfigError, Notification, Receipt};
 
@@ -175,17 +175,6 @@ impl Channel for EmailChannel {
             }
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -252,7 +252,7 @@ pub(crate) async fn post(
 }
 
 /// reqwest's top-level messages are vague ("error sending request"); the sources say why.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
