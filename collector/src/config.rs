@@ -60,6 +60,9 @@ pub struct CollectorConfig {
     /// Retries of the durable notification outbox.
     #[serde(default)]
     pub outbox: crate::notify::OutboxConfig,
+    /// Patch compliance: `patch_day`, `critical_patch_days`, `timezone` (SPEC.md 3.5).
+    #[serde(default)]
+    pub patches: crate::patchday::PatchPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
