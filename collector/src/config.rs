@@ -209,6 +209,19 @@ mod tests {
     }
 
     #[test]
+    fn patches_section_parses_and_rejects_typos() {
+        let c = CollectorConfig::parse(
+            Path::new("c.toml"),
+            "[patches]\npatch_day = \"last fri\"\ncritical_patch_days = 5\ntimezone = \"Europe/Berlin\"\n",
+        )
+        .unwrap();
+        assert_eq!((c.patches.patch_day.to_string(), c.patches.critical_patch_days), ("last fri".into(), 5));
+        assert_eq!(CollectorConfig::default().patches.patch_day.to_string(), "2nd tue");
+        let errs = CollectorConfig::parse(Path::new("c.toml"), "[patches]\npatchday = \"2nd tue\"\n").unwrap_err();
+        assert!(errs[0].to_string().starts_with("c.toml:2:1: unknown field `patchday`"), "{}", errs[0]);
+    }
+
+    #[test]
     fn plaintext_off_loopback_is_refused() {
         let errs = CollectorConfig::parse(Path::new("c.toml"), "listen = \"0.0.0.0:9740\"\n").unwrap_err();
         assert!(errs[0].to_string().contains("loopback"));
