@@ -463,4 +463,37 @@ mod tests {
         assert_eq!(again.hosts().len(), 1);
         assert_eq!(again.evaluate_all(now)[0].state, CheckState::Warning);
     }
+
+    #[test]
+    fn critical_overdue_opens_a_warning_fault_in_the_engine_and_clears() {
+        use crate::faults::{Engine, EngineConfig, FaultFilter, FaultsConfig, HostDeps, Severity};
+        let config = EngineConfig::new(FaultsConfig::default(), Vec::new(), HostDeps::default()).unwrap();
+        let mut engine = Engine::new(config).unwrap();
+        let policy = PatchPolicy::default();
+        let hp = merge_report(
+            None,
+            "web1",
+            "acme",
+            &report(json!([upd("openssl", "security", Some("Critical"), "2026-11-01T00:00:00Z")])),
+            ts("2026-11-12T12:00:00Z"),
+        )
+        .unwrap();
+        // Re-evaluated once a minute: the engine's `for` (2 results) opens the fault on the second.
+        for minute in 0..2 {
+            let now = ts("2026-11-12T12:00:00Z") + jiff::SignedDuration::from_mins(minute);
+            let st = host_state(&hp, &policy, &TimeZone::UTC, now).unwrap();
+            engine.check_result(critical_check(&hp, &st, &policy, now), now);
+        }
+        let all = FaultFilter { all: true, ..Default::default() };
+        let faults = engine.faults(&all);
+        assert_eq!(faults.len(), 1);
+        assert_eq!((faults[0].check.as_str(), faults[0].severity), (CRITICAL_OVERDUE_CHECK, Severity::Warning));
+        assert!(!faults[0].is_resolved());
+        // Installed: the next report has no updates, the check is OK, the fault resolves.
+        let now = ts("2026-11-12T13:00:00Z");
+        let done = merge_report(Some(&hp), "web1", "acme", &report(json!([])), now).unwrap();
+        let st = host_state(&done, &policy, &TimeZone::UTC, now).unwrap();
+        engine.check_result(critical_check(&done, &st, &policy, now), now);
+        assert!(engine.faults(&all)[0].is_resolved());
+    }
 }
