@@ -60,6 +60,9 @@ pub struct CollectorConfig {
     /// Retries of the durable notification outbox.
     #[serde(default)]
     pub outbox: crate::notify::OutboxConfig,
+    /// Patch compliance: `patch_day`, `critical_patch_days`, `timezone` (SPEC.md 3.5).
+    #[serde(default)]
+    pub patches: crate::patchday::PatchPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +206,19 @@ mod tests {
         let errs = CollectorConfig::parse(Path::new("c.toml"), "listen = \"127.0.0.1:1\"\n\nhost_timout = \"5s\"\n")
             .unwrap_err();
         assert!(errs[0].to_string().starts_with("c.toml:3:1: unknown field `host_timout`"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn patches_section_parses_and_rejects_typos() {
+        let c = CollectorConfig::parse(
+            Path::new("c.toml"),
+            "[patches]\npatch_day = \"last fri\"\ncritical_patch_days = 5\ntimezone = \"Europe/Berlin\"\n",
+        )
+        .unwrap();
+        assert_eq!((c.patches.patch_day.to_string(), c.patches.critical_patch_days), ("last fri".into(), 5));
+        assert_eq!(CollectorConfig::default().patches.patch_day.to_string(), "2nd tue");
+        let errs = CollectorConfig::parse(Path::new("c.toml"), "[patches]\npatchday = \"2nd tue\"\n").unwrap_err();
+        assert!(errs[0].to_string().starts_with("c.toml:2:1: unknown field `patchday`"), "{}", errs[0]);
     }
 
     #[test]

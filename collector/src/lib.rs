@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cli_reports;
 pub mod config;
 pub mod escalation;
 pub mod exposition;
@@ -16,6 +17,8 @@ pub mod notify;
 pub mod oncall;
 pub mod pager;
 pub mod patchday;
+pub mod patches;
+pub mod reports;
 pub mod server;
 pub mod sla;
 pub mod store;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use pikett_proto::v1::admin_server::AdminServer;
 use pikett_proto::v1::ingest_server::IngestServer;
+use pikett_proto::v1::reports_server::ReportsServer;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
@@ -34,7 +35,10 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     let metrics = Arc::new(Metrics::new());
     let (transitions_tx, transitions_rx) = mpsc::unbounded_channel();
     let pager = crate::pager::spawn(&config, store.clone(), faults.clone(), metrics.clone(), transitions_rx)?;
-    let writer = spawn_writer(store.clone(), faults.clone(), metrics.clone(), transitions_tx.clone());
+    let patches = Arc::new(crate::patches::PatchService::from_config(store.db(), &config)?);
+    let writer = spawn_writer(store.clone(), faults.clone(), patches.clone(), metrics.clone(), transitions_tx.clone());
+    crate::patches::spawn_evaluator(patches.clone(), faults.clone(), store.clone(), transitions_tx.clone());
+    let reports = crate::reports::ReportsService::new(&config, store.clone(), faults.clone(), patches)?;
     let ready = Arc::new(AtomicBool::new(false));
 
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
@@ -99,6 +103,7 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     builder
         .add_service(IngestServer::new(ingest).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AdminServer::new(admin))
+        .add_service(ReportsServer::new(reports))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.changed().await;
         })

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::fault_service::FaultService;
 use crate::faults::Transition;
 use crate::metrics::Metrics;
+use crate::patches::PatchService;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -196,11 +197,13 @@ impl Store {
 const MAX_GROUP: usize = 4096;
 
 /// Starts the group-commit writer: it takes every request waiting, inserts
-/// them, feeds the new ones to the fault engine, flushes once, then answers
+/// them, feeds the new ones to the fault engine (and their `patches` inventory to the patch
+/// service, whose synthetic check goes to the engine too), flushes once, then answers
 /// each and hands the fault transitions to `transitions`.
 pub fn spawn_writer(
     store: Arc<Store>,
     faults: Arc<FaultService>,
+    patches: Arc<PatchService>,
     metrics: Arc<Metrics>,
     transitions: mpsc::UnboundedSender<Vec<Transition>>,
 ) -> mpsc::Sender<WriteRequest> {
@@ -218,6 +221,7 @@ pub fn spawn_writer(
             let now_ms = jiff::Timestamp::now().as_millisecond();
             let s = store.clone();
             let f = faults.clone();
+            let p = patches.clone();
             let applied = tokio::task::spawn_blocking(move || {
                 let r = s.apply(&group, now_ms);
                 let mut changes = Vec::new();
@@ -226,6 +230,9 @@ pub fn spawn_writer(
                     for (req, st) in group.iter().zip(stored) {
                         if *st == Stored::New {
                             changes.extend(f.ingest(&req.sender.host_id, &req.sender.customer, &req.batch, now));
+                            if let Some(input) = p.ingest(&req.sender.host_id, &req.sender.customer, &req.batch, now) {
+                                changes.extend(f.with_engine(|e| e.check_result(input, now)));
+                            }
                         }
                     }
                 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use pikett_collector::cli;
+use pikett_collector::{cli, cli_reports};
 
 #[derive(Parser)]
 #[command(name = "pikett", version, about = "pikett staff CLI")]
@@ -86,6 +86,52 @@ enum Command {
         #[command(subcommand)]
         command: Option<OncallCommand>,
     },
+    /// Patch compliance per host: compliant, due or overdue; reboot required.
+    Patches {
+        #[arg(long)]
+        host: Option<String>,
+        /// Only overdue hosts.
+        #[arg(long)]
+        overdue: bool,
+    },
+    /// SLA reports (`pikett sla report ...`) and outage classification (`pikett sla classify ...`).
+    Sla {
+        #[command(subcommand)]
+        command: SlaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SlaCommand {
+    /// Availability per host and window of a customer for a month (or each month of a year).
+    Report {
+        #[arg(long)]
+        customer: String,
+        /// The calendar month in the contract's time zone, YYYY-MM.
+        #[arg(long, required_unless_present = "year", conflicts_with = "year")]
+        month: Option<String>,
+        /// The year view: each month's availability per window.
+        #[arg(long)]
+        year: Option<i32>,
+        /// table | json | csv (default: --output's).
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
+    /// Classify the cause of the outages derived from a fault.
+    Classify {
+        #[arg(long)]
+        fault: u64,
+        /// force-majeure | customer | none (removes the classification).
+        #[arg(long, value_parser = ["force-majeure", "customer", "none"])]
+        cause: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Subcommand)]
@@ -158,6 +204,20 @@ fn main() -> ExitCode {
             Command::Oncall { at, command: None } => cli::oncall(&mut client, at, json).await?,
             Command::Oncall { command: Some(OncallCommand::Override { role, person, from, to }), .. } => {
                 cli::oncall_override(&mut client, role, person, from, to, json).await?
+            }
+            Command::Patches { host, overdue } => cli_reports::patches(&mut client, host, overdue, json).await?,
+            Command::Sla { command: SlaCommand::Report { customer, month, year, format } } => {
+                let format = match format {
+                    Some(Format::Table) => cli_reports::ReportFormat::Table,
+                    Some(Format::Json) => cli_reports::ReportFormat::Json,
+                    Some(Format::Csv) => cli_reports::ReportFormat::Csv,
+                    None if json => cli_reports::ReportFormat::Json,
+                    None => cli_reports::ReportFormat::Table,
+                };
+                cli_reports::sla_report(&mut client, customer, month, year, format).await?
+            }
+            Command::Sla { command: SlaCommand::Classify { fault, cause } } => {
+                cli_reports::sla_classify(&mut client, fault, cause, json).await?
             }
         };
         print!("{text}");

@@ -15,6 +15,7 @@
 
 pub mod compute;
 pub mod contract;
+pub mod live;
 pub mod offline;
 pub mod render;
 pub mod response;
