@@ -8,7 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
     println!("cargo:rerun-if-changed=proto");
-    tonic_prost_build::configure()
-        .compile_protos(&["proto/pikett/v1/ingest.proto", "proto/pikett/v1/admin.proto"], &["proto"])?;
+    tonic_prost_build::configure().compile_protos(
+        &["proto/pikett/v1/ingest.proto", "proto/pikett/v1/admin.proto", "proto/pikett/v1/incidents.proto"],
+        &["proto"],
+    )?;
     Ok(())
 }

@@ -30,7 +30,7 @@ pub struct AdminService {
 }
 
 /// Checks access; returns the acting user's name.
-fn authorize<T>(request: &Request<T>) -> Result<String, Status> {
+pub(crate) fn authorize<T>(request: &Request<T>) -> Result<String, Status> {
     match request.remote_addr() {
         Some(addr) if addr.ip().is_loopback() => {}
         Some(addr) => {

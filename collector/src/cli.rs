@@ -12,7 +12,8 @@ use serde_json::json;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub struct Client {
-    admin: AdminClient<Channel>,
+    pub(crate) admin: AdminClient<Channel>,
+    pub(crate) channel: Channel,
     user: String,
 }
 
@@ -32,11 +33,11 @@ impl Client {
         }
         let channel = endpoint.connect().await.with_context(|| format!("cannot reach the collector at {url}"))?;
         let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-        Ok(Client { admin: AdminClient::new(channel), user })
+        Ok(Client { admin: AdminClient::new(channel.clone()), channel, user })
     }
 
     /// A request carrying the acting user's name (recorded with every change).
-    fn req<T>(&self, msg: T) -> tonic::Request<T> {
+    pub(crate) fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         if let Ok(v) = self.user.parse() {
             r.metadata_mut().insert("x-pikett-user", v);
@@ -296,7 +297,7 @@ pub async fn oncall_override(
     render_oncall(&reply, json)
 }
 
-fn rpc_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 

@@ -60,6 +60,9 @@ pub struct CollectorConfig {
     /// Retries of the durable notification outbox.
     #[serde(default)]
     pub outbox: crate::notify::OutboxConfig,
+    /// Incident grouping: `[incidents] customer_window = "5m"`.
+    #[serde(default)]
+    pub incidents: crate::incidents::IncidentsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
