@@ -167,7 +167,7 @@ pub fn place<'a>(incidents: impl IntoIterator<Item = &'a Incident>, fault: &Faul
         if inc.fault_ids.contains(&fault.id) {
             return Placement::Member(inc.id);
         }
-        if inc.hosts.iter().any(|h| *h == fault.host) {
+        if inc.hosts.contains(&fault.host) {
             host_match = host_match.or(Some(inc.id));
             continue;
         }

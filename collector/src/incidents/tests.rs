@@ -163,3 +163,80 @@ fn serde_round_trip() {
     let json = serde_json::to_string(&s).unwrap();
     assert_eq!(serde_json::from_str::<Incidents>(&json).unwrap(), s);
 }
+
+fn engine_fault(id: u64, host: &str, opened: i64, acked: Option<i64>, resolved: Option<i64>) -> crate::faults::Fault {
+    use crate::faults::{EventKind, FaultState, TimelineEntry};
+    crate::faults::Fault {
+        id,
+        host: host.into(),
+        customer: "acme".into(),
+        check: "command/ctl".into(),
+        severity: Severity::Critical,
+        state: if resolved.is_some() { FaultState::Resolved } else { FaultState::Open },
+        opened_at: at(opened),
+        acked_at: acked.map(at),
+        acked_by: acked.map(|_| "eve@local".into()),
+        resolved_at: resolved.map(at),
+        resolved_by: None,
+        last_summary: "CRITICAL - broken".into(),
+        results: 2,
+        flapping: false,
+        suppressed: None,
+        paged: true,
+        timeline: vec![TimelineEntry { at: at(opened), kind: EventKind::Opened, who: None, text: "opened".into() }],
+    }
+}
+
+#[test]
+fn report_merges_timelines_and_shows_response_times_outage_and_sla_impact() {
+    let mut s = Incidents::default();
+    let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    s.fault_failing(&fault(2, "web-1", "acme", 5), WINDOW, at(5));
+    s.fault_failing(&fault(3, "web-2", "acme", 2), WINDOW, at(2));
+    s.escalate(a, "eve@local", at(10)).unwrap();
+    s.close(a, "power supply", "second PSU", "eve@local", at(120)).unwrap();
+    let inc = s.get(a).unwrap().clone();
+    // web-1: 0..30 and 5..40 overlap → 40 min; web-2: 2..92 → 90 min (acked after 75 min: late).
+    let faults = [
+        engine_fault(1, "web-1", 0, Some(3), Some(30)),
+        engine_fault(2, "web-1", 5, None, Some(40)),
+        engine_fault(3, "web-2", 2, Some(77), Some(92)),
+    ];
+    let contract = crate::sla::Contract::from_toml(
+        r#"timezone = "Europe/Berlin"
+windows = [ { name = "core", from = "07:00", to = "18:00", target = "98%" },
+            { name = "off", from = "18:00", to = "07:00", target = "90%" } ]
+response_target = "60m"
+checks = ["command/ctl"]
+"#,
+        "test",
+    )
+    .unwrap();
+    let md = report::render(&report::ReportInput {
+        incident: &inc,
+        faults: &faults,
+        contract: Some(("standard", &contract)),
+        maintenance: &[],
+        now: at(200),
+    });
+    assert!(md.starts_with("# Incident 1: [Notfall] acme: web-1, web-2\n"), "{md}");
+    // Timeline: the incident's and the faults' entries, in time order.
+    let opened_web2 = md.find("| fault 3 (web-2) |").unwrap();
+    let joined = md.find("fault 2 critical command/ctl on web-1: CRITICAL - broken joined").unwrap();
+    let escalated = md.find("escalated to an emergency [Notfall]").unwrap();
+    assert!(opened_web2 < joined && joined < escalated, "{md}");
+    assert!(md.contains("| 1 | 2026-11-24T02:00:00Z | 2026-11-24T02:03:00Z | 3m | yes |"), "{md}");
+    assert!(md.contains("| 3 | 2026-11-24T02:02:00Z | 2026-11-24T03:17:00Z | 1h 15m | **no** |"), "{md}");
+    assert!(md.contains("| 2 | 2026-11-24T02:05:00Z | - | not acknowledged"), "{md}");
+    assert!(
+        md.contains("1 of 3 fault(s) acknowledged within the target; slowest: 1h 15m (fault 3); 1 not acknowledged.")
+    );
+    assert!(md.contains("| web-1 | 2026-11-24T02:00:00Z – 2026-11-24T02:40:00Z | 40.0 |"), "{md}");
+    assert!(md.contains("| web-2 | 2026-11-24T02:02:00Z – 2026-11-24T03:32:00Z | 90.0 |"), "{md}");
+    assert!(md.contains("Outage minutes in total: 130.0"), "{md}");
+    // 02:00-03:32 UTC is 03:00-04:32 in Berlin: all in the "off" window.
+    assert!(md.contains("| core | 98.000% | 0.0 | 0.0 | 0.0 |"), "{md}");
+    assert!(md.contains("| off | 90.000% | 130.0 | 130.0 | 0.0 |"), "{md}");
+    assert!(md.contains("## Root cause\n\npower supply\n"), "{md}");
+    assert!(md.contains("## Recommendations\n\nsecond PSU\n"), "{md}");
+}
