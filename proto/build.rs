@@ -9,7 +9,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("cargo:rerun-if-changed=proto");
     tonic_prost_build::configure().compile_protos(
-        &["proto/pikett/v1/ingest.proto", "proto/pikett/v1/admin.proto", "proto/pikett/v1/reports.proto"],
+        &[
+            "proto/pikett/v1/ingest.proto",
+            "proto/pikett/v1/admin.proto",
+            "proto/pikett/v1/reports.proto",
+            "proto/pikett/v1/incidents.proto",
+        ],
         &["proto"],
     )?;
     Ok(())

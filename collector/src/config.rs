@@ -63,6 +63,9 @@ pub struct CollectorConfig {
     /// Patch compliance: `patch_day`, `critical_patch_days`, `timezone` (SPEC.md 3.5).
     #[serde(default)]
     pub patches: crate::patchday::PatchPolicy,
+    /// Incident grouping: `[incidents] customer_window = "5m"`.
+    #[serde(default)]
+    pub incidents: crate::incidents::IncidentsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod cli_incidents;
 pub mod cli_reports;
 pub mod config;
 pub mod escalation;
@@ -11,6 +12,7 @@ pub mod fault_service;
 pub mod faults;
 pub mod hosts;
 pub mod http;
+pub mod incidents;
 pub mod ingest;
 pub mod metrics;
 pub mod notify;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pikett_proto::v1::admin_server::AdminServer;
+use pikett_proto::v1::incidents_server::IncidentsServer;
 use pikett_proto::v1::ingest_server::IngestServer;
 use pikett_proto::v1::reports_server::ReportsServer;
 use tokio::sync::{mpsc, watch};
@@ -20,6 +21,8 @@ use crate::exposition::LatestSamples;
 use crate::fault_service::FaultService;
 use crate::faults::Transition;
 use crate::hosts::{HostStatus, host_status, host_timeout};
+use crate::incidents::IncidentService;
+use crate::incidents::service::IncidentsGrpc;
 use crate::ingest::IngestService;
 use crate::metrics::{Metrics, StatusLabel};
 use crate::store::{Store, spawn_writer};
@@ -33,8 +36,18 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     let faults = Arc::new(FaultService::open(store.db(), engine_config)?);
     let latest = Arc::new(LatestSamples::default());
     let metrics = Arc::new(Metrics::new());
-    let (transitions_tx, transitions_rx) = mpsc::unbounded_channel();
-    let pager = crate::pager::spawn(&config, store.clone(), faults.clone(), metrics.clone(), transitions_rx)?;
+    let (transitions_tx, mut transitions_rx) = mpsc::unbounded_channel::<Vec<Transition>>();
+    let (pager_tx, pager_rx) = mpsc::unbounded_channel();
+    let pager = crate::pager::spawn(&config, store.clone(), faults.clone(), metrics.clone(), pager_rx)?;
+    let incidents = Arc::new(IncidentService::open(store.db(), &config, faults.clone(), pager.clone()).await?);
+    // Fault transitions fan out: to the pager first, then to the incidents.
+    let fan_out = incidents.clone();
+    tokio::spawn(async move {
+        while let Some(batch) = transitions_rx.recv().await {
+            let _ = pager_tx.send(batch.clone());
+            fan_out.on_transitions(&batch).await;
+        }
+    });
     let patches = Arc::new(crate::patches::PatchService::from_config(store.db(), &config)?);
     let writer = spawn_writer(store.clone(), faults.clone(), patches.clone(), metrics.clone(), transitions_tx.clone());
     crate::patches::spawn_evaluator(patches.clone(), faults.clone(), store.clone(), transitions_tx.clone());
@@ -104,6 +117,7 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         .add_service(IngestServer::new(ingest).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AdminServer::new(admin))
         .add_service(ReportsServer::new(reports))
+        .add_service(IncidentsServer::new(IncidentsGrpc { incidents }))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.changed().await;
         })

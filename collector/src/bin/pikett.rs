@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use pikett_collector::{cli, cli_reports};
+use pikett_collector::{cli, cli_incidents, cli_reports};
 
 #[derive(Parser)]
 #[command(name = "pikett", version, about = "pikett staff CLI")]
@@ -99,6 +99,16 @@ enum Command {
         #[command(subcommand)]
         command: SlaCommand,
     },
+    /// Incidents not closed (all with --all).
+    Incidents {
+        #[arg(long)]
+        all: bool,
+    },
+    /// One incident: show, update, escalate (emergency), close, report.
+    Incident {
+        #[command(subcommand)]
+        command: IncidentCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -132,6 +142,32 @@ enum Format {
     Table,
     Json,
     Csv,
+}
+
+#[derive(Subcommand)]
+enum IncidentCommand {
+    /// The incident with its status updates and timeline.
+    Show { id: u64 },
+    /// A status update (with an ETA), sent to the affected customer's contacts.
+    Update {
+        id: u64,
+        #[arg(long)]
+        text: String,
+        #[arg(long, value_parser = cli::parse_time)]
+        eta: Option<jiff::Timestamp>,
+    },
+    /// Make it an emergency: tagged [Notfall], pages the whole escalation chain at once.
+    Escalate { id: u64 },
+    /// Close it; a root cause and recommendations are required.
+    Close {
+        id: u64,
+        #[arg(long)]
+        root_cause: Option<String>,
+        #[arg(long)]
+        recommendations: Option<String>,
+    },
+    /// The post-incident report (Markdown).
+    Report { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -219,6 +255,18 @@ fn main() -> ExitCode {
             Command::Sla { command: SlaCommand::Classify { fault, cause } } => {
                 cli_reports::sla_classify(&mut client, fault, cause, json).await?
             }
+            Command::Incidents { all } => cli_incidents::list(&mut client, all, json).await?,
+            Command::Incident { command } => match command {
+                IncidentCommand::Show { id } => cli_incidents::show(&mut client, id, json).await?,
+                IncidentCommand::Update { id, text, eta } => {
+                    cli_incidents::update(&mut client, id, text, eta, json).await?
+                }
+                IncidentCommand::Escalate { id } => cli_incidents::escalate(&mut client, id, json).await?,
+                IncidentCommand::Close { id, root_cause, recommendations } => {
+                    cli_incidents::close(&mut client, id, root_cause, recommendations, json).await?
+                }
+                IncidentCommand::Report { id } => cli_incidents::report(&mut client, id, json).await?,
+            },
         };
         print!("{text}");
         anyhow::Ok(())

@@ -1,0 +1,369 @@
+//! The post-incident report (`pikett incident report ID`): Markdown, pure.
+//!
+//! Sections: title (with `[Notfall]` for emergencies), summary, affected hosts and faults,
+//! the timeline (the incident's merged with its faults'), response times (time to acknowledge
+//! each fault vs. the contract's `response_target`), outage minutes (each host's fault
+//! intervals merged), SLA impact (the SLA-relevant outage minutes by the contract's windows and
+//! how they would be attributed), root cause and recommendations.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+
+use super::Incident;
+use crate::faults::{Fault, HOST_REACHABLE, Maintenance, Severity};
+use crate::sla::{
+    Cause, Contract, Emergency, Interval, Ledger, Month, Outage, Reason, merge_overlapping, response_summary,
+};
+
+/// What the report is made of.
+pub struct ReportInput<'a> {
+    pub incident: &'a Incident,
+    /// The incident's faults (as the engine has them now).
+    pub faults: &'a [Fault],
+    /// The customer's contract: its name and terms (`None`: no `[sla.NAME]` for the customer).
+    pub contract: Option<(&'a str, &'a Contract)>,
+    /// Maintenance windows (of any host; the report picks the incident's).
+    pub maintenance: &'a [Maintenance],
+    /// Ongoing faults count as failing until now.
+    pub now: Timestamp,
+}
+
+fn t(ts: Timestamp) -> String {
+    ts.round(jiff::Unit::Second).unwrap_or(ts).to_string()
+}
+
+fn dur(secs: i64) -> String {
+    let secs = secs.max(0) as u64;
+    humantime::format_duration(std::time::Duration::from_secs(secs)).to_string()
+}
+
+fn minutes(secs: i64) -> String {
+    format!("{:.1}", secs.max(0) as f64 / 60.0)
+}
+
+/// Markdown table cells must not break the table.
+fn cell(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+/// Each host's failing time: its critical faults' open → resolve intervals (until `now` while
+/// open), merged.
+pub fn outage_intervals<'f>(
+    faults: impl IntoIterator<Item = &'f Fault>,
+    now: Timestamp,
+) -> BTreeMap<String, Vec<Interval>> {
+    let mut per_host: BTreeMap<String, Vec<Interval>> = BTreeMap::new();
+    for f in faults.into_iter().filter(|f| f.severity == Severity::Critical) {
+        let end = f.resolved_at.unwrap_or(now);
+        per_host.entry(f.host.clone()).or_default().push(Interval { start: f.opened_at, end });
+    }
+    per_host.into_iter().map(|(h, list)| (h, merge_overlapping(list))).collect()
+}
+
+fn seconds(list: &[Interval]) -> i64 {
+    list.iter().map(|i| i.end.as_second() - i.start.as_second()).sum()
+}
+
+pub fn render(input: &ReportInput<'_>) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_report(&mut out, input);
+    out
+}
+
+fn write_report(out: &mut String, r: &ReportInput<'_>) -> std::fmt::Result {
+    let inc = r.incident;
+    writeln!(out, "# Incident {}: {}", inc.id, inc.title())?;
+    writeln!(out)?;
+    writeln!(out, "- **State:** {}", inc.state)?;
+    writeln!(out, "- **Customer:** {}", if inc.customer.is_empty() { "-" } else { &inc.customer })?;
+    writeln!(out, "- **Scope:** {} ({} host(s), {} fault(s))", inc.scope(), inc.hosts.len(), inc.fault_ids.len())?;
+    writeln!(out, "- **Opened:** {}", t(inc.opened_at))?;
+    if let Some(at) = inc.escalated_at {
+        let by = inc.escalated_by.as_deref().unwrap_or("?");
+        writeln!(out, "- **Escalated to emergency {}:** {} by {by}", super::NOTFALL, t(at))?;
+    }
+    match inc.closed_at {
+        Some(at) => {
+            let by = inc.closed_by.as_deref().unwrap_or("pikett (every fault resolved)");
+            writeln!(
+                out,
+                "- **Closed:** {} by {by} (duration {})",
+                t(at),
+                dur(at.as_second() - inc.opened_at.as_second())
+            )?;
+        }
+        None => writeln!(out, "- **Closed:** not yet (report as of {})", t(r.now))?,
+    }
+    writeln!(out)?;
+
+    writeln!(out, "## Affected hosts and faults")?;
+    writeln!(out)?;
+    writeln!(out, "Hosts: {}", inc.hosts.join(", "))?;
+    writeln!(out)?;
+    writeln!(out, "| Fault | Host | Check | Severity | State | Opened | Acknowledged | Resolved | Summary |")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|")?;
+    for f in r.faults {
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            f.id,
+            cell(&f.host),
+            cell(&f.check),
+            f.severity,
+            f.state,
+            t(f.opened_at),
+            f.acked_at.map_or("-".into(), |a| format!("{} by {}", t(a), cell(f.acked_by.as_deref().unwrap_or("?")))),
+            f.resolved_at.map_or("-".into(), t),
+            cell(&f.last_summary)
+        )?;
+    }
+    writeln!(out)?;
+
+    writeln!(out, "## Timeline")?;
+    writeln!(out)?;
+    let mut lines: Vec<(Timestamp, String, String, String)> = Vec::new();
+    for e in &inc.timeline {
+        lines.push((e.at, "incident".into(), e.who.clone().unwrap_or_default(), e.text.clone()));
+    }
+    for f in r.faults {
+        for e in &f.timeline {
+            let text = format!("{}: {}", e.kind_str(), e.text);
+            lines.push((e.at, format!("fault {} ({})", f.id, f.host), e.who.clone().unwrap_or_default(), text));
+        }
+    }
+    lines.sort_by_key(|l| l.0);
+    writeln!(out, "| Time | Source | Who | Event |")?;
+    writeln!(out, "|---|---|---|---|")?;
+    for (at, source, who, text) in &lines {
+        writeln!(out, "| {} | {} | {} | {} |", t(*at), cell(source), cell(who), cell(text))?;
+    }
+    writeln!(out)?;
+
+    writeln!(out, "## Response times")?;
+    writeln!(out)?;
+    let target = r.contract.map_or(std::time::Duration::from_secs(3600), |(_, c)| c.response_target);
+    match r.contract {
+        Some((name, _)) => {
+            writeln!(out, "Target (contract `{name}`, `response_target`): {}", dur(target.as_secs() as i64))?
+        }
+        None => writeln!(out, "Target: {} (the default; customer has no SLA contract)", dur(target.as_secs() as i64))?,
+    }
+    writeln!(out)?;
+    writeln!(out, "| Fault | Opened | Acknowledged | Time to acknowledge | Within target |")?;
+    writeln!(out, "|---|---|---|---|---|")?;
+    let mut emergencies = Vec::new();
+    for f in r.faults {
+        emergencies.push(Emergency { id: f.id.to_string(), opened: f.opened_at, acked: f.acked_at });
+        let (acked, tta, within) = match f.acked_at {
+            Some(a) => {
+                let secs = (a.as_second() - f.opened_at.as_second()).max(0);
+                (t(a), dur(secs), if secs as u64 <= target.as_secs() { "yes" } else { "**no**" }.to_string())
+            }
+            None => {
+                let waited = r.now.as_second() - f.opened_at.as_second();
+                let late = waited as u64 > target.as_secs();
+                (
+                    "-".into(),
+                    format!("not acknowledged ({} so far)", dur(waited)),
+                    if late { "**no**" } else { "pending" }.into(),
+                )
+            }
+        };
+        writeln!(out, "| {} | {} | {acked} | {tta} | {within} |", f.id, t(f.opened_at))?;
+    }
+    let s = response_summary(&emergencies, target);
+    writeln!(out)?;
+    write!(out, "{} of {} fault(s) acknowledged within the target", s.within_target, s.total)?;
+    if let (Some(w), Some(id)) = (s.worst_seconds, &s.worst_id) {
+        write!(out, "; slowest: {} (fault {id})", dur(w as i64))?;
+    }
+    if s.unacknowledged > 0 {
+        write!(out, "; {} not acknowledged", s.unacknowledged)?;
+    }
+    writeln!(out, ".")?;
+    if let Some(first) = r.faults.iter().filter_map(|f| f.acked_at).min() {
+        let secs = first.as_second() - inc.opened_at.as_second();
+        let ok = secs.max(0) as u64 <= target.as_secs();
+        writeln!(
+            out,
+            "Incident: first acknowledgement {} after opening ({} the target).",
+            dur(secs),
+            if ok { "within" } else { "**outside**" }
+        )?;
+    }
+    writeln!(out)?;
+
+    writeln!(out, "## Outage")?;
+    writeln!(out)?;
+    let outages = outage_intervals(r.faults, r.now);
+    writeln!(
+        out,
+        "Critical faults' open → resolve intervals per host, overlapping ones merged (open faults until now)."
+    )?;
+    writeln!(out)?;
+    writeln!(out, "| Host | Intervals | Outage minutes |")?;
+    writeln!(out, "|---|---|---|")?;
+    let mut total = 0;
+    for (host, list) in &outages {
+        let secs = seconds(list);
+        total += secs;
+        let iv: Vec<String> = list.iter().map(|i| format!("{} – {}", t(i.start), t(i.end))).collect();
+        writeln!(out, "| {} | {} | {} |", cell(host), iv.join("; "), minutes(secs))?;
+    }
+    writeln!(out)?;
+    writeln!(out, "Outage minutes in total: {} (summed over hosts).", minutes(total))?;
+    writeln!(out)?;
+
+    writeln!(out, "## SLA impact")?;
+    writeln!(out)?;
+    match r.contract {
+        None => {
+            writeln!(out, "The customer has no SLA contract: outage minutes as above, no availability targets apply.")?
+        }
+        Some((name, contract)) => write_sla_impact(out, r, name, contract)?,
+    }
+    writeln!(out)?;
+
+    writeln!(out, "## Root cause")?;
+    writeln!(out)?;
+    writeln!(out, "{}", inc.root_cause.as_deref().unwrap_or("(not yet recorded)"))?;
+    writeln!(out)?;
+    writeln!(out, "## Recommendations")?;
+    writeln!(out)?;
+    writeln!(out, "{}", inc.recommendations.as_deref().unwrap_or("(not yet recorded)"))?;
+    if !inc.updates.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "## Status updates")?;
+        writeln!(out)?;
+        for u in &inc.updates {
+            let eta = u.eta.map(|e| format!(" — ETA {}", t(e))).unwrap_or_default();
+            writeln!(
+                out,
+                "{}. {} ({}, {}){eta} — sent to {} contact(s)",
+                u.number,
+                u.text,
+                t(u.at),
+                u.who,
+                u.notified
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn write_sla_impact(out: &mut String, r: &ReportInput<'_>, name: &str, contract: &Contract) -> std::fmt::Result {
+    let relevant = |f: &&Fault| {
+        if contract.checks.is_empty() { f.check == HOST_REACHABLE } else { contract.checks.contains(&f.check) }
+    };
+    let what = if contract.checks.is_empty() {
+        format!("`{HOST_REACHABLE}`")
+    } else {
+        contract.checks.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+    };
+    writeln!(out, "Contract `{name}` ({}); SLA-relevant checks: {what}.", contract.timezone.name())?;
+    writeln!(out)?;
+    let per_host = outage_intervals(r.faults.iter().filter(relevant), r.now);
+    let mut outages = Vec::new();
+    for (host, list) in &per_host {
+        for i in list.iter().filter(|i| i.end.as_second() > i.start.as_second()) {
+            outages.push(Outage { host: host.clone(), start: i.start, end: i.end, cause: Cause::None });
+        }
+    }
+    if outages.is_empty() {
+        writeln!(out, "No SLA-relevant outage: no impact on availability.")?;
+        return Ok(());
+    }
+    let maintenance: Vec<crate::sla::Maintenance> = r
+        .maintenance
+        .iter()
+        .filter(|m| per_host.contains_key(&m.host))
+        .map(|m| crate::sla::Maintenance {
+            host: m.host.clone(),
+            start: m.start,
+            end: m.end,
+            announced: m.announced_at,
+        })
+        .collect();
+    let tz = contract.timezone.tz().clone();
+    let month_of = |ts: Timestamp| {
+        let z = ts.to_zoned(tz.clone());
+        Month::new(z.year(), z.month())
+    };
+    let first = outages.iter().map(|o| o.start).min().expect("not empty");
+    let last = outages.iter().map(|o| o.end).max().expect("not empty");
+    let (Ok(mut month), Ok(end_month)) = (month_of(first), month_of(last)) else {
+        return writeln!(out, "(time out of range for the contract's calendar)");
+    };
+    let ledger = match Ledger::new(contract, &outages, &maintenance) {
+        Ok(l) => l,
+        Err(e) => return writeln!(out, "(cannot compute: {e})"),
+    };
+    // window → reason → seconds
+    let mut by_window: BTreeMap<usize, BTreeMap<&'static str, u64>> = BTreeMap::new();
+    loop {
+        for host in per_host.keys() {
+            match ledger.explain(host, month) {
+                Ok(list) => {
+                    for a in list {
+                        let w = contract.windows.iter().position(|w| w.name == a.window).unwrap_or(0);
+                        *by_window.entry(w).or_default().entry(reason_name(a.reason)).or_default() += a.seconds;
+                    }
+                }
+                Err(e) => return writeln!(out, "(cannot compute: {e})"),
+            }
+        }
+        if month >= end_month {
+            break;
+        }
+        month = month.next();
+    }
+    writeln!(out, "| Window | Target | Outage minutes | Counted minutes | Excused minutes |")?;
+    writeln!(out, "|---|---|---|---|---|")?;
+    for (i, w) in contract.windows.iter().enumerate() {
+        let reasons = by_window.get(&i).cloned().unwrap_or_default();
+        let all: u64 = reasons.values().sum();
+        let counted = reasons.get("counted").copied().unwrap_or(0);
+        let excused: Vec<String> = reasons
+            .iter()
+            .filter(|(r, s)| **r != "counted" && **s > 0)
+            .map(|(r, s)| format!("{} {r}", minutes(*s as i64)))
+            .collect();
+        writeln!(
+            out,
+            "| {} | {:.3}% | {} | {} | {} |",
+            cell(&w.name),
+            w.target.as_fraction() * 100.0,
+            minutes(all as i64),
+            minutes(counted as i64),
+            if excused.is_empty() { "0.0".to_string() } else { excused.join(", ") }
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Short-outage allowances are judged among this incident's outages only; `pikett sla report` for the month is authoritative."
+    )
+}
+
+fn reason_name(r: Reason) -> &'static str {
+    match r {
+        Reason::Counted => "counted",
+        Reason::Short => "short",
+        Reason::Maintenance => "maintenance",
+        Reason::ForceMajeure => "force majeure",
+        Reason::Customer => "customer",
+    }
+}
+
+trait KindStr {
+    fn kind_str(&self) -> String;
+}
+
+impl KindStr for crate::faults::TimelineEntry {
+    fn kind_str(&self) -> String {
+        serde_json::to_value(self.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    }
+}

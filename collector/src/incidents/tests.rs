@@ -1,0 +1,242 @@
+//! The grouping and the staff actions, with a fake clock.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::*;
+use crate::faults::Severity;
+
+const WINDOW: Duration = Duration::from_secs(300);
+
+fn t0() -> Timestamp {
+    "2026-11-24T02:00:00Z".parse().unwrap()
+}
+
+fn at(mins: i64) -> Timestamp {
+    t0() + SignedDuration::from_mins(mins)
+}
+
+fn fault(id: u64, host: &str, customer: &str, mins: i64) -> FaultRef {
+    FaultRef {
+        id,
+        host: host.into(),
+        customer: customer.into(),
+        check: "command/ctl".into(),
+        severity: Severity::Critical,
+        opened_at: at(mins),
+        summary: "CRITICAL - broken".into(),
+    }
+}
+
+#[test]
+fn faults_of_one_host_form_one_incident() {
+    let mut s = Incidents::default();
+    let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    // Much later, same host: still the same (open) incident.
+    let b = s.fault_failing(&fault(2, "web-1", "acme", 30), WINDOW, at(30)).unwrap();
+    assert_eq!(a, b);
+    let inc = s.get(a).unwrap();
+    assert_eq!(inc.fault_ids, vec![1, 2]);
+    assert_eq!(inc.hosts, vec!["web-1"]);
+    assert_eq!(inc.scope(), "host");
+    assert_eq!(inc.title(), "web-1 (acme)");
+}
+
+#[test]
+fn hosts_of_one_customer_failing_within_the_window_form_one_customer_incident() {
+    let mut s = Incidents::default();
+    let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    let b = s.fault_failing(&fault(2, "web-2", "acme", 4), WINDOW, at(4)).unwrap();
+    // The window counts from the latest fault: 4 + 5 minutes.
+    let c = s.fault_failing(&fault(3, "db-1", "acme", 9), WINDOW, at(9)).unwrap();
+    assert_eq!((a, b), (a, c));
+    let inc = s.get(a).unwrap();
+    assert_eq!(inc.hosts, vec!["db-1", "web-1", "web-2"]);
+    assert_eq!(inc.scope(), "customer");
+    assert_eq!(inc.title(), "acme: db-1, web-1, web-2");
+    assert_eq!(inc.opened_at, at(0));
+    assert_eq!(inc.last_fault_at, at(9));
+}
+
+#[test]
+fn outside_the_window_or_another_customer_is_another_incident() {
+    let mut s = Incidents::default();
+    let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    let late = s.fault_failing(&fault(2, "web-2", "acme", 6), WINDOW, at(6)).unwrap();
+    let other = s.fault_failing(&fault(3, "shop-1", "globex", 1), WINDOW, at(6)).unwrap();
+    let nobody = s.fault_failing(&fault(4, "lab-1", "", 1), WINDOW, at(6)).unwrap();
+    let nobody2 = s.fault_failing(&fault(5, "lab-2", "", 1), WINDOW, at(6)).unwrap();
+    let ids: HashSet<u64> = [a, late, other, nobody, nobody2].into_iter().collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    // A configurable window: 10 minutes would have grouped web-2.
+    assert_eq!(
+        place(s.incidents.values().filter(|i| i.id == a), &fault(9, "web-9", "acme", 6), Duration::from_secs(600)),
+        Placement::Join(a)
+    );
+}
+
+#[test]
+fn warnings_make_no_incidents_and_a_member_stays_put() {
+    let mut s = Incidents::default();
+    let mut w = fault(1, "web-1", "acme", 0);
+    w.severity = Severity::Warning;
+    assert_eq!(s.fault_failing(&w, WINDOW, at(0)), None);
+    assert!(s.incidents.is_empty());
+    let a = s.fault_failing(&fault(2, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    assert_eq!(place(s.incidents.values(), &fault(2, "web-1", "acme", 0), WINDOW), Placement::Member(a));
+    assert_eq!(s.fault_failing(&fault(2, "web-1", "acme", 0), WINDOW, at(1)), Some(a));
+    assert_eq!(s.get(a).unwrap().fault_ids, vec![2]);
+}
+
+#[test]
+fn an_incident_closes_itself_when_every_fault_resolved_unless_escalated() {
+    let mut s = Incidents::default();
+    let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    s.fault_failing(&fault(2, "web-2", "acme", 1), WINDOW, at(1));
+    let resolved: HashSet<u64> = [1].into();
+    s.fault_resolved(1, "fault 1 resolved", at(10), |id| resolved.contains(&id));
+    assert_eq!(s.get(a).unwrap().state, IncidentState::Open);
+    let resolved: HashSet<u64> = [1, 2].into();
+    s.fault_resolved(2, "fault 2 resolved", at(12), |id| resolved.contains(&id));
+    let inc = s.get(a).unwrap();
+    assert_eq!((inc.state, inc.closed_at, inc.closed_by.clone()), (IncidentState::Closed, Some(at(12)), None));
+    // A new fault of that host now starts a new incident.
+    let b = s.fault_failing(&fault(3, "web-1", "acme", 13), WINDOW, at(13)).unwrap();
+    assert_ne!(a, b);
+
+    // An emergency waits for staff.
+    s.escalate(b, "eve@local", at(14)).unwrap();
+    s.fault_resolved(3, "fault 3 resolved", at(20), |_| true);
+    assert_eq!(s.get(b).unwrap().state, IncidentState::Emergency);
+}
+
+#[test]
+fn escalate_tags_notfall_once_and_close_needs_root_cause_and_recommendations() {
+    let mut s = Incidents::default();
+    let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    let inc = s.escalate(a, "eve@local", at(3)).unwrap();
+    assert_eq!(inc.state, IncidentState::Emergency);
+    assert_eq!(inc.tag(), Some("[Notfall]"));
+    assert!(inc.title().starts_with("[Notfall] web-1"));
+    assert!(matches!(s.escalate(a, "bob@local", at(4)), Err(IncidentError::AlreadyEmergency(..))));
+
+    let u = s.update(a, "  disk replaced, rebuilding  ", Some(at(60)), "eve@local", at(5)).unwrap();
+    assert_eq!((u.number, u.text.as_str(), u.eta), (1, "disk replaced, rebuilding", Some(at(60))));
+    assert_eq!(s.update(a, " ", None, "eve@local", at(5)), Err(IncidentError::EmptyText));
+    assert_eq!(s.update(a, "next", None, "eve@local", at(6)).unwrap().number, 2);
+    s.set_notified(a, 1, 2, at(5));
+    assert_eq!(s.get(a).unwrap().updates[0].notified, 2);
+
+    let e = s.close(a, "", "more disks", "eve@local", at(70)).unwrap_err();
+    assert!(e.to_string().contains("root cause"), "{e}");
+    let e = s.close(a, "disk died", "  ", "eve@local", at(70)).unwrap_err();
+    assert!(e.to_string().contains("recommendations"), "{e}");
+    let inc = s.close(a, "disk died", "monitor SMART", "eve@local", at(70)).unwrap();
+    assert_eq!(inc.state, IncidentState::Closed);
+    assert_eq!(inc.tag(), Some("[Notfall]"), "the report keeps the tag");
+    assert_eq!(s.close(a, "x", "y", "eve@local", at(71)).unwrap_err(), IncidentError::Closed(a));
+    assert_eq!(s.update(a, "x", None, "eve@local", at(71)).unwrap_err(), IncidentError::Closed(a));
+    assert_eq!(s.escalate(99, "eve@local", at(71)).unwrap_err(), IncidentError::NoSuchIncident(99));
+}
+
+#[test]
+fn reconcile_groups_lost_faults_and_closes_finished_incidents() {
+    let mut s = Incidents::default();
+    let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    // Fault 1 resolved and fault 2 opened while the collector was down.
+    let changed = s.reconcile(&[fault(2, "web-2", "acme", 30)], WINDOW, at(31), |id| id == 1);
+    assert_eq!(s.get(a).unwrap().state, IncidentState::Closed);
+    assert_eq!(changed.len(), 2);
+    let b = *changed.iter().find(|id| **id != a).unwrap();
+    assert_eq!(s.get(b).unwrap().fault_ids, vec![2]);
+    // Idempotent.
+    assert!(s.reconcile(&[fault(2, "web-2", "acme", 30)], WINDOW, at(32), |id| id == 1).is_empty());
+}
+
+#[test]
+fn serde_round_trip() {
+    let mut s = Incidents::default();
+    let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    s.escalate(a, "eve@local", at(1)).unwrap();
+    let json = serde_json::to_string(&s).unwrap();
+    assert_eq!(serde_json::from_str::<Incidents>(&json).unwrap(), s);
+}
+
+fn engine_fault(id: u64, host: &str, opened: i64, acked: Option<i64>, resolved: Option<i64>) -> crate::faults::Fault {
+    use crate::faults::{EventKind, FaultState, TimelineEntry};
+    crate::faults::Fault {
+        id,
+        host: host.into(),
+        customer: "acme".into(),
+        check: "command/ctl".into(),
+        severity: Severity::Critical,
+        state: if resolved.is_some() { FaultState::Resolved } else { FaultState::Open },
+        opened_at: at(opened),
+        acked_at: acked.map(at),
+        acked_by: acked.map(|_| "eve@local".into()),
+        resolved_at: resolved.map(at),
+        resolved_by: None,
+        last_summary: "CRITICAL - broken".into(),
+        results: 2,
+        flapping: false,
+        suppressed: None,
+        paged: true,
+        timeline: vec![TimelineEntry { at: at(opened), kind: EventKind::Opened, who: None, text: "opened".into() }],
+    }
+}
+
+#[test]
+fn report_merges_timelines_and_shows_response_times_outage_and_sla_impact() {
+    let mut s = Incidents::default();
+    let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    s.fault_failing(&fault(2, "web-1", "acme", 5), WINDOW, at(5));
+    s.fault_failing(&fault(3, "web-2", "acme", 2), WINDOW, at(2));
+    s.escalate(a, "eve@local", at(10)).unwrap();
+    s.close(a, "power supply", "second PSU", "eve@local", at(120)).unwrap();
+    let inc = s.get(a).unwrap().clone();
+    // web-1: 0..30 and 5..40 overlap → 40 min; web-2: 2..92 → 90 min (acked after 75 min: late).
+    let faults = [
+        engine_fault(1, "web-1", 0, Some(3), Some(30)),
+        engine_fault(2, "web-1", 5, None, Some(40)),
+        engine_fault(3, "web-2", 2, Some(77), Some(92)),
+    ];
+    let contract = crate::sla::Contract::from_toml(
+        r#"timezone = "Europe/Berlin"
+windows = [ { name = "core", from = "07:00", to = "18:00", target = "98%" },
+            { name = "off", from = "18:00", to = "07:00", target = "90%" } ]
+response_target = "60m"
+checks = ["command/ctl"]
+"#,
+        "test",
+    )
+    .unwrap();
+    let md = report::render(&report::ReportInput {
+        incident: &inc,
+        faults: &faults,
+        contract: Some(("standard", &contract)),
+        maintenance: &[],
+        now: at(200),
+    });
+    assert!(md.starts_with("# Incident 1: [Notfall] acme: web-1, web-2\n"), "{md}");
+    // Timeline: the incident's and the faults' entries, in time order.
+    let opened_web2 = md.find("| fault 3 (web-2) |").unwrap();
+    let joined = md.find("fault 2 critical command/ctl on web-1: CRITICAL - broken joined").unwrap();
+    let escalated = md.find("escalated to an emergency [Notfall]").unwrap();
+    assert!(opened_web2 < joined && joined < escalated, "{md}");
+    assert!(md.contains("| 1 | 2026-11-24T02:00:00Z | 2026-11-24T02:03:00Z | 3m | yes |"), "{md}");
+    assert!(md.contains("| 3 | 2026-11-24T02:02:00Z | 2026-11-24T03:17:00Z | 1h 15m | **no** |"), "{md}");
+    assert!(md.contains("| 2 | 2026-11-24T02:05:00Z | - | not acknowledged"), "{md}");
+    assert!(
+        md.contains("1 of 3 fault(s) acknowledged within the target; slowest: 1h 15m (fault 3); 1 not acknowledged.")
+    );
+    assert!(md.contains("| web-1 | 2026-11-24T02:00:00Z – 2026-11-24T02:40:00Z | 40.0 |"), "{md}");
+    assert!(md.contains("| web-2 | 2026-11-24T02:02:00Z – 2026-11-24T03:32:00Z | 90.0 |"), "{md}");
+    assert!(md.contains("Outage minutes in total: 130.0"), "{md}");
+    // 02:00-03:32 UTC is 03:00-04:32 in Berlin: all in the "off" window.
+    assert!(md.contains("| core | 98.000% | 0.0 | 0.0 | 0.0 |"), "{md}");
+    assert!(md.contains("| off | 90.000% | 130.0 | 130.0 | 0.0 |"), "{md}");
+    assert!(md.contains("## Root cause\n\npower supply\n"), "{md}");
+    assert!(md.contains("## Recommendations\n\nsecond PSU\n"), "{md}");
+}
