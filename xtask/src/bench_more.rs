@@ -14,11 +14,14 @@ use tokio::sync::mpsc;
 use crate::bench::{percentile, start_collector};
 use crate::util::{Killed, build, proc_usage};
 
+/// Requests a receiver got: arrival time and body.
+type Arrivals = Arc<Mutex<Vec<(Instant, String)>>>;
+
 /// An HTTP receiver standing in for the SMS gateway: arrival time per request body.
-fn sms_receiver() -> anyhow::Result<(u16, Arc<Mutex<Vec<(Instant, String)>>>)> {
+fn sms_receiver() -> anyhow::Result<(u16, Arrivals)> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
-    let got: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+    let got: Arrivals = Arc::default();
     let g = got.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
