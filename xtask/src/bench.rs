@@ -221,7 +221,7 @@ fn ingest(agents: usize, samples: usize, interval_ms: u64, seconds: u64, rules: 
     let url = format!("http://127.0.0.1:{port}");
     let interval = Duration::from_millis(interval_ms);
     println!(
-        "bench ingest: {agents} agents × {samples} samples every {interval_ms} ms, {seconds} s measured, collector pid {pid}"
+        "bench ingest: {agents} agents × {samples} samples every {interval_ms} ms, {rules} rules, {seconds} s measured, collector pid {pid}"
     );
     let rt = tokio::runtime::Runtime::new()?;
     let (stats, elapsed) = rt.block_on(async {
