@@ -214,8 +214,20 @@ impl Admin for AdminService {
         let who = authorize(&request)?;
         let r = request.into_inner();
         let note = Some(r.note.as_str()).filter(|s| !s.is_empty());
-        let changes =
-            self.faults.with_engine(|e| e.acknowledge(r.id, &who, note, Timestamp::now())).map_err(refused)?;
+        let now = Timestamp::now();
+        let changes = match self.faults.with_engine(|e| e.acknowledge(r.id, &who, note, now)) {
+            Ok(changes) => changes,
+            // Acknowledged before an emergency re-paged the chain: this ack stops that paging.
+            Err(e @ faults::ActionError::AlreadyAcknowledged { .. }) => {
+                if !self.pager.stop_running(r.id, now).await {
+                    return Err(refused(e));
+                }
+                let text = "acknowledged the emergency paging";
+                let _ = self.faults.with_engine(|e| e.annotate(r.id, Some(&who), text, now));
+                Vec::new()
+            }
+            Err(e) => return Err(refused(e)),
+        };
         self.durable().await?;
         let _ = self.transitions.send(changes);
         self.fault_reply(r.id)

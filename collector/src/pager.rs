@@ -159,6 +159,26 @@ impl Pager {
         Ok(())
     }
 
+    /// Stops a fault's escalation that is still paging although the fault is already
+    /// acknowledged (an emergency escalated after the ack re-pages the chain).
+    /// Returns whether one was stopped.
+    pub async fn stop_running(&self, fault: u64, now: Timestamp) -> bool {
+        let stopped = {
+            let mut st = self.lock();
+            match st.escalations.get_mut(&fault) {
+                Some(e) if matches!(e.status(), crate::escalation::Status::Running) => {
+                    e.ack(now);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if stopped {
+            self.persist(fault).await;
+        }
+        stopped
+    }
+
     /// Pages the whole chain at once for these faults (an emergency).
     pub async fn escalate_emergency(&self, fault_ids: &[u64], now: Timestamp) {
         {

@@ -218,3 +218,45 @@ fn all_gateways_down_is_visible_on_the_fault_and_in_metrics() {
         assert!(!sms_to(&reqs, who).is_empty(), "{who} was never tried");
     }
 }
+
+#[test]
+fn an_emergency_escalated_after_the_ack_can_be_acknowledged_again_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let ca = pki.path("ca.pem");
+    let (sms_a, voice) = (Receiver::start(200), Receiver::start(200));
+    let smtp = Smtp::start();
+    // repeat = 1: without an ack, the emergency pages the whole chain a second time after 3 s.
+    let extra = collector_extra(&[&sms_a], &voice, smtp.port, "3s", 5).replace("repeat = 0", "repeat = 1");
+    let collector = CollectorSetup::new(dir.path(), &pki, &extra);
+    let _c = collector.start();
+    let check = ControlledCheck::new(dir.path());
+    let cfg = agent_config(dir.path(), &pki, "lb-02", &collector.url(), &check.toml());
+    let _agent = spawn("pikett-agent", &cfg, &["run"], &dir.path().join("agent.log"));
+    check.set(2);
+    let fault = wait_for(Duration::from_secs(20), || find_fault(&collector, &ca, "lb-02", "command/ctl", "open"))
+        .expect("no fault opened");
+    let id = fault["id"].as_u64().unwrap();
+    assert!(collector.pikett(&["ack", &id.to_string()], &ca).status.success());
+
+    let incident = wait_for(Duration::from_secs(10), || {
+        let out = collector.pikett(&["incidents", "--output", "json"], &ca);
+        json_lines(&out.stdout).into_iter().find(|i| i["fault_ids"].as_array().is_some_and(|f| f.contains(&id.into())))
+    })
+    .expect("no incident for the fault");
+    let out = collector.pikett(&["incident", "escalate", &incident["id"].to_string()], &ca);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let notfall = |who: &str| sms_to(&sms_a.requests(), who).iter().filter(|r| r.body.contains("[Notfall]")).count();
+    let paged = wait_for(Duration::from_secs(10), || (notfall(CAROL) >= 1).then_some(()));
+    assert!(paged.is_some(), "the emergency did not page management");
+
+    // The fault is acknowledged already; acknowledging again stops the emergency paging.
+    let out = collector.pikett(&["ack", &id.to_string()], &ca);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(notfall(ALICE), 1, "the emergency paged a second round after the ack");
+    let shown = collector.pikett(&["fault", "show", &id.to_string()], &ca);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("acknowledged the emergency paging"));
+    // With nothing left paging, a further ack is refused again.
+    assert_eq!(collector.pikett(&["ack", &id.to_string()], &ca).status.code(), Some(1));
+}
