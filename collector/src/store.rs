@@ -208,7 +208,10 @@ pub fn spawn_writer(
     transitions: mpsc::UnboundedSender<Vec<Transition>>,
 ) -> mpsc::Sender<WriteRequest> {
     let (tx, mut rx) = mpsc::channel::<WriteRequest>(16 * 1024);
+    let (done_tx, done_rx) = mpsc::channel::<Applied>(1);
+    let (store_w, metrics) = (store.clone(), metrics);
     tokio::spawn(async move {
+        let store = store_w;
         while let Some(first) = rx.recv().await {
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
@@ -246,35 +249,62 @@ pub fn spawn_writer(
                     continue;
                 }
             };
-            let result = match result {
-                Ok(r) => store.flush().await.map(|()| r),
-                Err(e) => Err(e),
-            };
-            metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(stored) => {
-                    if !changes.is_empty() {
-                        let _ = transitions.send(changes);
-                    }
-                    for (req, s) in group.into_iter().zip(stored) {
-                        if s == Stored::New {
-                            metrics.batches_total.inc();
-                            metrics.samples_total.inc_by(req.batch.samples.len() as u64);
-                            metrics.agent_dropped_samples_total.inc_by(req.batch.dropped_samples);
-                        } else {
-                            metrics.duplicate_batches_total.inc();
-                        }
-                        let _ = req.reply.send(Ok(s));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot store batches; agents will resend them");
-                    for req in group {
-                        let _ = req.reply.send(Err(e.to_string()));
-                    }
-                }
+            // The flush and the answers run in the completion task, so the next group is
+            // inserted while this one flushes (at most one group waits).
+            if done_tx.send(Applied { group, result, changes, started }).await.is_err() {
+                return;
             }
         }
     });
+    tokio::spawn(complete(done_rx, store, metrics, transitions));
     tx
+}
+
+/// A group inserted and fed to the engine, waiting for its flush.
+struct Applied {
+    group: Vec<WriteRequest>,
+    result: Result<Vec<Stored>, StoreError>,
+    changes: Vec<Transition>,
+    started: Instant,
+}
+
+/// Flushes each applied group in order, then answers its requests and hands on its
+/// transitions. A flush covers every insert made before it started, so a group's answers
+/// always follow the durability of its own inserts.
+async fn complete(
+    mut done: mpsc::Receiver<Applied>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    transitions: mpsc::UnboundedSender<Vec<Transition>>,
+) {
+    while let Some(Applied { group, result, changes, started }) = done.recv().await {
+        let result = match result {
+            Ok(r) => store.flush().await.map(|()| r),
+            Err(e) => Err(e),
+        };
+        metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(stored) => {
+                if !changes.is_empty() {
+                    let _ = transitions.send(changes);
+                }
+                for (req, s) in group.into_iter().zip(stored) {
+                    if s == Stored::New {
+                        metrics.batches_total.inc();
+                        metrics.samples_total.inc_by(req.batch.samples.len() as u64);
+                        metrics.agent_dropped_samples_total.inc_by(req.batch.dropped_samples);
+                    } else {
+                        metrics.duplicate_batches_total.inc();
+                    }
+                    let _ = req.reply.send(Ok(s));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store batches; agents will resend them");
+                for req in group {
+                    let _ = req.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
 }
