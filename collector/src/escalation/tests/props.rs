@@ -42,10 +42,14 @@ proptest! {
 
     #[test]
     fn handoffs_keep_the_local_wall_clock_time(r in rotation(), k in -200i64..200) {
-        // Start hours 06..20 never fall into a DST gap in these zones.
         let t = r.handoff(k).unwrap();
         let local = t.to_zoned(r.timezone.tz().clone()).datetime();
         let expected = r.start.checked_add(SignedDuration::from_secs(k * r.period.as_secs() as i64)).unwrap();
+        // A sub-daily period can land in a DST gap (18:00 + 8 h = 02:00 on the March change in
+        // Berlin): that hand-off moves forward by design (see `Rotation::handoff`), so only
+        // civil times that exist in the zone are compared here.
+        let exists = expected.to_zoned(r.timezone.tz().clone()).is_ok_and(|z| z.datetime() == expected);
+        prop_assume!(exists);
         prop_assert_eq!(local, expected);
     }
 
