@@ -174,15 +174,5 @@ pub async fn connect(url: &str, tls: Option<&TlsConfig>) -> Result<Channel, Stri
         }
         endpoint = endpoint.tls_config(cfg).map_err(|e| format!("{url}: TLS setup: {e}"))?;
     }
-    endpoint.connect().await.map_err(|e| format!("{url}: {e}: {}", source_chain(&e)))
-}
-
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
+    endpoint.connect().await.map_err(|e| format!("{url}: {}", crate::errors::error_chain(&e)))
 }

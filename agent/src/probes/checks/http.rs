@@ -8,6 +8,7 @@ use reqwest::{Method, Url};
 
 use super::tls::{cert_info, cert_state, days_left_sample};
 use super::{CheckConfig, duration_sample, fmt_duration, fmt_secs, tls};
+use crate::errors::error_chain;
 use crate::observation::{Observation, State};
 
 /// How much of the body is searched for `expect_body`; the rest is not read.
@@ -141,22 +142,6 @@ impl HttpCheck {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// An error with its causes, e.g. `error sending request: client error (Connect): tcp connect error: Connection refused`.
-pub(crate) fn error_chain(e: &dyn Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        // Some layers repeat their cause's text; skip the repeats.
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::RedfishError;
+use crate::errors::error_chain;
 
 /// How requests authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,21 +35,6 @@ pub struct Client {
     /// Sessions collection URL from the service root's `Links.Sessions`.
     sessions_url: Mutex<Option<String>>,
     requests: AtomicU64,
-}
-
-/// Error text with its sources, so a TLS failure says "invalid peer certificate: UnknownIssuer".
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let cs = c.to_string();
-        if !s.contains(&cs) {
-            s.push_str(": ");
-            s.push_str(&cs);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Cuts a response body for an error message.

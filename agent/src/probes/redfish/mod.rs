@@ -42,7 +42,7 @@ use client::{Auth, Client};
 use logs::{Cursor, Entry, Scan};
 use readings::{Context, Kind, Reading, component_state, describe_component, fmt_num, normalise, num, text};
 
-pub use client::error_chain;
+pub use crate::errors::error_chain;
 
 const DEFAULT_MAX_RESPONSE_BYTES: u64 = 16 * 1024 * 1024;
 
