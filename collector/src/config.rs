@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::escalation::EscalationConfig;
-use crate::faults::{EngineConfig, FaultsConfig, HostDeps, Rule};
-use crate::oncall::{Person, Rotation};
-use crate::sla::Contract;
+use pikett_core::escalation::EscalationConfig;
+use pikett_core::faults::{EngineConfig, FaultsConfig, HostDeps, Rule};
+use pikett_core::oncall::{Person, Rotation};
+use pikett_core::sla::Contract;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -41,7 +41,7 @@ pub struct CollectorConfig {
     pub faults: FaultsConfig,
     /// Per-host settings: `[hosts.NAME] depends_on = ["gw-1"]`.
     #[serde(default)]
-    pub hosts: BTreeMap<String, crate::faults::HostConfig>,
+    pub hosts: BTreeMap<String, pikett_core::faults::HostConfig>,
     /// Collector-side rules on samples.
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -62,10 +62,10 @@ pub struct CollectorConfig {
     pub outbox: crate::notify::OutboxConfig,
     /// Patch compliance: `patch_day`, `critical_patch_days`, `timezone` (SPEC.md 3.5).
     #[serde(default)]
-    pub patches: crate::patchday::PatchPolicy,
+    pub patches: pikett_core::patchday::PatchPolicy,
     /// Incident grouping: `[incidents] customer_window = "5m"`.
     #[serde(default)]
-    pub incidents: crate::incidents::IncidentsConfig,
+    pub incidents: pikett_core::incidents::IncidentsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,7 +164,7 @@ impl CollectorConfig {
         if let Err(e) = self.engine_config() {
             problems.push(e);
         }
-        if let Err(errors) = crate::oncall::validate(&self.people, &self.rotations) {
+        if let Err(errors) = pikett_core::oncall::validate(&self.people, &self.rotations) {
             problems.extend(errors.iter().map(ToString::to_string));
         }
         if let Err(errors) = self.escalation.validate(&self.people, &self.rotations) {

@@ -1,26 +1,22 @@
-//! pikett-collector: receives agents' streams, stores them durably, and
-//! serves the staff CLI. Read `server.rs` first.
+//! pikett-collector: receives agents' streams, stores them durably, raises faults and
+//! pages people, and serves the staff CLI. Read `server.rs` first: it wires the layers.
+//!
+//! The layers, each a folder, each importing only from the ones before it
+//! (`tests/architecture.rs` checks this):
+//!
+//! 1. `pikett_core` (its own crate) — the decisions, pure.
+//! 2. [`store`] — the storage seam (traits) and the sled engine behind it.
+//! 3. [`notify`] — the notification channels and the durable outbox.
+//! 4. [`config`] — the collector's file, parsed and validated.
+//! 5. [`services`] — state and reactions: ingest log, writer, fault service, pager,
+//!    incidents, patches, SLA causes, latest samples, own metrics.
+//! 6. [`api`] — the network interfaces: gRPC services and HTTP.
+//! 7. [`server`], `main.rs`, [`offline_sla`] — the wiring and the command line.
 
-pub mod admin;
-pub mod cli;
-pub mod cli_incidents;
-pub mod cli_reports;
+pub mod api;
 pub mod config;
-pub mod escalation;
-pub mod exposition;
-pub mod fault_service;
-pub mod faults;
-pub mod hosts;
-pub mod http;
-pub mod incidents;
-pub mod ingest;
-pub mod metrics;
 pub mod notify;
-pub mod oncall;
-pub mod pager;
-pub mod patchday;
-pub mod patches;
-pub mod reports;
+pub mod offline_sla;
 pub mod server;
-pub mod sla;
+pub mod services;
 pub mod store;

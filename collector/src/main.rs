@@ -53,8 +53,8 @@ enum SlaOutput {
 
 /// The offline SLA report: needs no config and no running collector.
 fn sla(contract: &Path, outages: &Path, maintenance: Option<&Path>, month: &str, output: SlaOutput) -> ExitCode {
-    use pikett_collector::sla;
-    match sla::run_offline_files(contract, outages, maintenance, month) {
+    use pikett_core::sla;
+    match pikett_collector::offline_sla::run_offline_files(contract, outages, maintenance, month) {
         Ok(rows) => {
             let text = match output {
                 SlaOutput::Table => sla::render_table(&rows),

@@ -1,6 +1,7 @@
-//! `pikett-collector serve`: opens the store, the fault engine and the pager,
-//! starts the group-commit writer, the gRPC services (with TLS when
-//! configured), the HTTP endpoint, and the clock tick.
+//! `pikett-collector serve`: the wiring. Opens the storage engine and every service on
+//! it (ingest log, fault engine, pager, incidents, patches), starts the group-commit
+//! writer, the gRPC services (with TLS when configured), the HTTP endpoint, and the
+//! clock tick. Nothing here decides anything: it connects the layers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,31 +16,35 @@ use pikett_proto::v1::reports_server::ReportsServer;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::admin::AdminService;
+use pikett_core::faults::Transition;
+use pikett_core::hosts::{HostStatus, host_status, host_timeout};
+
+use crate::api::admin::AdminService;
+use crate::api::incidents::IncidentsGrpc;
+use crate::api::ingest::IngestService;
 use crate::config::CollectorConfig;
-use crate::exposition::LatestSamples;
-use crate::fault_service::FaultService;
-use crate::faults::Transition;
-use crate::hosts::{HostStatus, host_status, host_timeout};
-use crate::incidents::IncidentService;
-use crate::incidents::service::IncidentsGrpc;
-use crate::ingest::IngestService;
-use crate::metrics::{Metrics, StatusLabel};
-use crate::store::{Store, spawn_writer};
+use crate::services::batches::BatchLog;
+use crate::services::faults::FaultService;
+use crate::services::incidents::IncidentService;
+use crate::services::latest::LatestSamples;
+use crate::services::metrics::{Metrics, StatusLabel};
+use crate::services::writer::spawn_writer;
+use crate::store::{SledStorage, Storage};
 
 /// Largest message accepted from an agent (a batch).
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let store = Arc::new(Store::open(&config.data_dir, config.store_cache_bytes)?);
+    let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&config.data_dir, config.store_cache_bytes)?);
+    let store = Arc::new(BatchLog::open(storage.clone())?);
     let engine_config = config.engine_config().map_err(anyhow::Error::msg)?;
-    let faults = Arc::new(FaultService::open(store.db(), engine_config)?);
+    let faults = Arc::new(FaultService::open(storage.as_ref(), engine_config)?);
     let latest = Arc::new(LatestSamples::default());
     let metrics = Arc::new(Metrics::new());
     let (transitions_tx, mut transitions_rx) = mpsc::unbounded_channel::<Vec<Transition>>();
     let (pager_tx, pager_rx) = mpsc::unbounded_channel();
-    let pager = crate::pager::spawn(&config, store.clone(), faults.clone(), metrics.clone(), pager_rx)?;
-    let incidents = Arc::new(IncidentService::open(store.db(), &config, faults.clone(), pager.clone()).await?);
+    let pager = crate::services::pager::spawn(&config, storage.clone(), faults.clone(), metrics.clone(), pager_rx)?;
+    let incidents = Arc::new(IncidentService::open(storage.clone(), &config, faults.clone(), pager.clone()).await?);
     // Fault transitions fan out: to the pager first, then to the incidents.
     let fan_out = incidents.clone();
     tokio::spawn(async move {
@@ -48,16 +53,16 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
             fan_out.on_transitions(&batch).await;
         }
     });
-    let patches = Arc::new(crate::patches::PatchService::from_config(store.db(), &config)?);
+    let patches = Arc::new(crate::services::patches::PatchService::from_config(storage.as_ref(), &config)?);
     let writer = spawn_writer(store.clone(), faults.clone(), patches.clone(), metrics.clone(), transitions_tx.clone());
-    crate::patches::spawn_evaluator(patches.clone(), faults.clone(), store.clone(), transitions_tx.clone());
-    let reports = crate::reports::ReportsService::new(&config, store.clone(), faults.clone(), patches)?;
+    crate::services::patches::spawn_evaluator(patches.clone(), faults.clone(), storage.clone(), transitions_tx.clone());
+    let reports = crate::api::reports::ReportsService::new(&config, store.clone(), faults.clone(), patches)?;
     let ready = Arc::new(AtomicBool::new(false));
 
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
         .with_context(|| format!("http_listen {}: cannot listen", config.http_listen))?;
-    let app = crate::http::router(crate::http::HttpState {
+    let app = crate::api::http::router(crate::api::http::HttpState {
         metrics: metrics.clone(),
         ready: ready.clone(),
         latest: latest.clone(),
@@ -132,7 +137,7 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
 /// The clock's side of the fault engine (host timeouts, maintenance and
 /// silence boundaries) and the host status gauges, once a second.
 async fn clock_tick(
-    store: Arc<Store>,
+    store: Arc<BatchLog>,
     faults: Arc<FaultService>,
     metrics: Arc<Metrics>,
     configured_timeout: Option<Duration>,

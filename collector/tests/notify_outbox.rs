@@ -1,4 +1,4 @@
-//! The durable outbox over sled with real SMS gateways: retries, failures, restarts, SIGKILL.
+//! The durable outbox over the sled storage engine with real SMS gateways: retries, failures, restarts, SIGKILL.
 
 #[path = "notify_support/mod.rs"]
 mod common;
@@ -11,8 +11,9 @@ use std::time::Duration;
 use common::{Gateway, dead_addr, notification};
 use pikett_collector::notify::{
     Channel, ChannelKind, ChannelMap, Enqueued, EntryState, ManualClock, Outbox, OutboxConfig, Outcome, OutcomeStatus,
-    SledStore, SmsChannel, SmsConfig, SystemClock,
+    SmsChannel, SmsConfig, SystemClock, TreeStore,
 };
+use pikett_collector::store::{SledStorage, Storage};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn fast() -> OutboxConfig {
@@ -34,12 +35,12 @@ fn sms_channels(urls: Vec<String>) -> ChannelMap {
     HashMap::from([(ChannelKind::Sms, sms)])
 }
 
-fn open_db(dir: &Path) -> sled::Db {
-    sled::Config::new().path(dir).open().unwrap()
+fn open_db(dir: &Path) -> Arc<dyn Storage> {
+    Arc::new(SledStorage::open(dir, 64 << 20).unwrap())
 }
 
-fn outbox(db: &sled::Db, channels: ChannelMap, cfg: OutboxConfig) -> (Outbox, UnboundedReceiver<Outcome>) {
-    Outbox::new(SledStore::open(db).unwrap(), channels, cfg, Arc::new(SystemClock))
+fn outbox(db: &Arc<dyn Storage>, channels: ChannelMap, cfg: OutboxConfig) -> (Outbox, UnboundedReceiver<Outcome>) {
+    Outbox::new(TreeStore::open(db.clone()).unwrap(), channels, cfg, Arc::new(SystemClock))
 }
 
 async fn next_outcome(rx: &mut UnboundedReceiver<Outcome>) -> Outcome {
@@ -215,7 +216,7 @@ async fn retries_follow_the_injected_clock() {
     let start: jiff::Timestamp = "2026-11-23T03:00:00Z".parse().unwrap();
     let clock = Arc::new(ManualClock::new(start));
     let (ob, _rx) = Outbox::new(
-        SledStore::open(&db).unwrap(),
+        TreeStore::open(db.clone()).unwrap(),
         sms_channels(vec![g.url.clone()]),
         OutboxConfig::default(),
         clock.clone(),
@@ -256,7 +257,7 @@ async fn entry_older_than_max_age_fails_without_sending() {
     let db = open_db(dir.path());
     let clock = Arc::new(ManualClock::new("2026-11-23T03:00:00Z".parse().unwrap()));
     let (ob, _rx) = Outbox::new(
-        SledStore::open(&db).unwrap(),
+        TreeStore::open(db.clone()).unwrap(),
         sms_channels(vec![g.url.clone()]),
         OutboxConfig::default(),
         clock.clone(),

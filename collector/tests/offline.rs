@@ -2,9 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use pikett_collector::sla::{
-    ReportRow, SlaError, render_csv, render_json_lines, render_table, run_offline, run_offline_files,
-};
+use pikett_collector::offline_sla::run_offline_files;
+use pikett_core::sla::{ReportRow, SlaError, render_csv, render_json_lines, render_table, run_offline};
 
 fn data(name: &str) -> PathBuf {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/sla")).join(name)

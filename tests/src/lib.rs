@@ -19,7 +19,7 @@ pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let status = cargo()
-            .args(["build", "--quiet", "-p", "pikett-agent", "-p", "pikett-collector", "--bins"])
+            .args(["build", "--quiet", "-p", "pikett-agent", "-p", "pikett-collector", "-p", "pikett-cli", "--bins"])
             .status()
             .expect("running cargo build");
         assert!(status.success(), "cargo build of the binaries failed");

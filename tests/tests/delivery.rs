@@ -11,8 +11,10 @@ const HOST_PROBE: &str = "[host]\ninterval = \"500ms\"\n";
 /// Sequence numbers the collector stored for `host`, read from its database
 /// (the collector must be stopped).
 fn stored_seqs(data_dir: &std::path::Path, host: &str) -> Vec<u64> {
-    let store = pikett_collector::store::Store::open(data_dir, 1 << 20).expect("open collector store");
-    store.stored_seqs(host).expect("read stored seqs")
+    let storage = pikett_collector::store::SledStorage::open(data_dir, 1 << 20).expect("open collector store");
+    let log =
+        pikett_collector::services::batches::BatchLog::open(std::sync::Arc::new(storage)).expect("open the ingest log");
+    log.stored_seqs(host).expect("read stored seqs")
 }
 
 /// (last sequence number assigned, batches still pending) of a stopped agent's spool.

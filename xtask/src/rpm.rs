@@ -148,6 +148,8 @@ fn build() -> anyhow::Result<PathBuf> {
             "pikett-agent",
             "-p",
             "pikett-collector",
+            "-p",
+            "pikett-cli",
             "--bins",
         ])
         .status()

@@ -36,7 +36,18 @@ pub fn cargo() -> Command {
 /// Builds the pikett binaries in `profile` ("dev" or "release"); returns their directory.
 pub fn build(profile: &str) -> anyhow::Result<PathBuf> {
     let status = cargo()
-        .args(["build", "--profile", profile, "-p", "pikett-agent", "-p", "pikett-collector", "--bins"])
+        .args([
+            "build",
+            "--profile",
+            profile,
+            "-p",
+            "pikett-agent",
+            "-p",
+            "pikett-collector",
+            "-p",
+            "pikett-cli",
+            "--bins",
+        ])
         .status()
         .context("running cargo build")?;
     if !status.success() {

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 pub use email::{EmailChannel, EmailConfig};
 pub use outbox::{
     Clock, Enqueued, Entry, EntryState, ManualClock, Outbox, OutboxConfig, OutboxError, OutboxStore, Outcome,
-    OutcomeStatus, SledStore, SystemClock, Worker,
+    OutcomeStatus, SystemClock, TreeStore, Worker,
 };
 pub use sms::{SmsChannel, SmsConfig};
 pub use template::{Template, TemplateError};

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::{ChannelError, ChannelKind, ChannelMap, Notification, NotificationKind, Receipt};
+use crate::store::{Storage, Tree, WriteBatch};
 
 /// The source of "now" for retry timing, so tests and simulations can drive time.
 pub trait Clock: Send + Sync {
@@ -212,10 +213,14 @@ pub trait OutboxStore: Send + Sync {
     async fn flush(&self) -> Result<(), OutboxError>;
 }
 
-/// [`OutboxStore`] on one sled tree: keys `p/ID` (pending) and `d/ID` (finished), JSON values.
+/// [`OutboxStore`] on the storage tree `outbox`: keys `p/ID` (pending), `d/ID` (finished) and
+/// `bad/KEY` (quarantined), JSON values.
 #[derive(Clone)]
-pub struct SledStore {
-    tree: sled::Tree,
+pub struct TreeStore {
+    storage: Arc<dyn Storage>,
+    tree: Arc<dyn Tree>,
+    /// Serialises the read-check-write sequences (insert-if-new, quarantine) against each other.
+    write: Arc<std::sync::Mutex<()>>,
 }
 
 const PENDING: &str = "p/";
@@ -235,23 +240,24 @@ fn decode(key: &[u8], value: &[u8]) -> Result<Entry, OutboxError> {
         .map_err(|e| OutboxError::Decode { key: String::from_utf8_lossy(key).into_owned(), message: e.to_string() })
 }
 
-impl SledStore {
-    pub fn new(tree: sled::Tree) -> Self {
-        SledStore { tree }
+impl TreeStore {
+    /// Opens (or creates) the tree `outbox` in `storage`.
+    pub fn open(storage: Arc<dyn Storage>) -> Result<Self, OutboxError> {
+        let tree = storage.tree("outbox").map_err(store_err)?;
+        Ok(TreeStore { storage, tree, write: Arc::default() })
     }
 
-    /// Opens (or creates) the tree `outbox` in `db`.
-    pub fn open(db: &sled::Db) -> Result<Self, OutboxError> {
-        Ok(SledStore::new(db.open_tree("outbox").map_err(store_err)?))
+    fn locked(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 #[async_trait]
-impl OutboxStore for SledStore {
+impl OutboxStore for TreeStore {
     fn get(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
         for prefix in [PENDING, DONE] {
             let key = format!("{prefix}{id}");
-            if let Some(v) = self.tree.get(&key).map_err(store_err)? {
+            if let Some(v) = self.tree.get(key.as_bytes()).map_err(store_err)? {
                 return decode(key.as_bytes(), &v).map(Some);
             }
         }
@@ -263,47 +269,36 @@ impl OutboxStore for SledStore {
         let pending_key = format!("{PENDING}{id}");
         let done_key = format!("{DONE}{id}");
         let value = encode(entry)?;
-        let existed = self
-            .tree
-            .transaction(|tx| {
-                if tx.get(&pending_key)?.is_some() {
-                    return Ok(Some(EntryState::Pending));
-                }
-                if let Some(v) = tx.get(&done_key)? {
-                    // A finished entry we cannot decode still blocks the id; call it failed.
-                    let state = serde_json::from_slice::<Entry>(&v).map(|e| e.state).unwrap_or(EntryState::Failed);
-                    return Ok(Some(state));
-                }
-                tx.insert(pending_key.as_bytes(), value.as_slice())?;
-                Ok(None)
-            })
-            .map_err(|e: sled::transaction::TransactionError<sled::Error>| store_err(e))?;
-        Ok(existed)
+        let _guard = self.locked();
+        if self.tree.contains_key(pending_key.as_bytes()).map_err(store_err)? {
+            return Ok(Some(EntryState::Pending));
+        }
+        if let Some(v) = self.tree.get(done_key.as_bytes()).map_err(store_err)? {
+            // A finished entry we cannot decode still blocks the id; call it failed.
+            let state = serde_json::from_slice::<Entry>(&v).map(|e| e.state).unwrap_or(EntryState::Failed);
+            return Ok(Some(state));
+        }
+        self.tree.insert(pending_key.as_bytes(), value).map_err(store_err)?;
+        Ok(None)
     }
 
     fn update_pending(&self, entry: &Entry) -> Result<(), OutboxError> {
         let key = format!("{PENDING}{}", entry.notification.id);
-        self.tree.insert(key, encode(entry)?).map_err(store_err)?;
+        self.tree.insert(key.as_bytes(), encode(entry)?).map_err(store_err)?;
         Ok(())
     }
 
     fn finish(&self, entry: &Entry) -> Result<(), OutboxError> {
         let id = &entry.notification.id;
-        let pending_key = format!("{PENDING}{id}");
-        let done_key = format!("{DONE}{id}");
-        let value = encode(entry)?;
-        self.tree
-            .transaction(|tx| {
-                tx.remove(pending_key.as_bytes())?;
-                tx.insert(done_key.as_bytes(), value.as_slice())?;
-                Ok(())
-            })
-            .map_err(|e: sled::transaction::TransactionError<sled::Error>| store_err(e))
+        let mut batch = WriteBatch::default();
+        batch.remove(format!("{PENDING}{id}"));
+        batch.insert(format!("{DONE}{id}"), encode(entry)?);
+        self.tree.apply(batch).map_err(store_err)
     }
 
     fn pending(&self) -> Result<Vec<Result<Entry, OutboxError>>, OutboxError> {
         let mut out = Vec::new();
-        for item in self.tree.scan_prefix(PENDING) {
+        for item in self.tree.scan_prefix(PENDING.as_bytes()) {
             let (k, v) = item.map_err(store_err)?;
             out.push(decode(&k, &v));
         }
@@ -311,20 +306,19 @@ impl OutboxStore for SledStore {
     }
 
     fn quarantine(&self, key: &str) -> Result<(), OutboxError> {
-        let bad_key = format!("{BAD}{key}");
-        self.tree
-            .transaction(|tx| {
-                if let Some(v) = tx.remove(key.as_bytes())? {
-                    tx.insert(bad_key.as_bytes(), v)?;
-                }
-                Ok(())
-            })
-            .map_err(|e: sled::transaction::TransactionError<sled::Error>| store_err(e))
+        let _guard = self.locked();
+        if let Some(v) = self.tree.get(key.as_bytes()).map_err(store_err)? {
+            let mut batch = WriteBatch::default();
+            batch.remove(key);
+            batch.insert(format!("{BAD}{key}"), v);
+            self.tree.apply(batch).map_err(store_err)?;
+        }
+        Ok(())
     }
 
     fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError> {
-        let mut removed = 0;
-        for item in self.tree.scan_prefix(DONE) {
+        let mut old_keys = Vec::new();
+        for item in self.tree.scan_prefix(DONE.as_bytes()) {
             let (k, v) = item.map_err(store_err)?;
             let old = match decode(&k, &v) {
                 Ok(e) => e.finished_at.is_none_or(|t| t < before),
@@ -332,18 +326,17 @@ impl OutboxStore for SledStore {
                 Err(_) => true,
             };
             if old {
-                self.tree.remove(&k).map_err(store_err)?;
-                removed += 1;
+                old_keys.push(k);
             }
         }
-        Ok(removed)
+        for k in &old_keys {
+            self.tree.remove(k).map_err(store_err)?;
+        }
+        Ok(old_keys.len())
     }
 
     async fn flush(&self) -> Result<(), OutboxError> {
-        // sled's flush blocks on I/O; keep it off the async worker threads.
-        let tree = self.tree.clone();
-        tokio::task::spawn_blocking(move || tree.flush()).await.map_err(store_err)?.map_err(store_err)?;
-        Ok(())
+        self.storage.flush().await.map_err(store_err)
     }
 }
 
@@ -806,10 +799,10 @@ mod tests {
         assert!(toml::from_str::<OutboxConfig>("max_attempt = 4").is_err());
     }
 
-    fn sled_store() -> (tempfile::TempDir, SledStore) {
+    fn sled_store() -> (tempfile::TempDir, TreeStore) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        (dir, SledStore::open(&db).unwrap())
+        let db = crate::store::SledStorage::open(dir.path(), 1 << 20).unwrap();
+        (dir, TreeStore::open(Arc::new(db)).unwrap())
     }
 
     fn entry(id: &str) -> Entry {
@@ -847,19 +840,19 @@ mod tests {
     #[tokio::test]
     async fn corrupt_entry_is_quarantined_once() {
         let (_dir, store) = sled_store();
-        store.tree.insert("p/bad", b"{not json".as_slice()).unwrap();
+        store.tree.insert(b"p/bad", b"{not json".to_vec()).unwrap();
         let tree = store.tree.clone();
         let (ob, _rx) = Outbox::new(store, ChannelMap::new(), cfg(), Arc::new(SystemClock));
         assert!(ob.pending().unwrap().is_empty());
-        assert!(tree.get("p/bad").unwrap().is_none());
-        assert_eq!(&tree.get("bad/p/bad").unwrap().unwrap()[..], b"{not json");
+        assert!(tree.get(b"p/bad").unwrap().is_none());
+        assert_eq!(&tree.get(b"bad/p/bad").unwrap().unwrap()[..], b"{not json");
     }
 
     #[test]
     fn corrupt_entry_is_reported_not_fatal() {
         let (_dir, store) = sled_store();
         store.insert_new(&entry("good")).unwrap();
-        store.tree.insert("p/bad", b"{not json".as_slice()).unwrap();
+        store.tree.insert(b"p/bad", b"{not json".to_vec()).unwrap();
         let pending = store.pending().unwrap();
         assert_eq!(pending.len(), 2);
         let bad = pending.iter().find(|e| e.is_err()).unwrap();

@@ -1,0 +1,320 @@
+//! Calls to the `Admin` service (status, hosts, faults, ack/resolve, silences, maintenance,
+//! on-call) and their rendering: tables for people, JSON lines for scripts.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use pikett_proto::v1 as pb;
+use serde_json::json;
+
+use crate::client::{Client, format_time, opt_time, rpc_error};
+
+fn fault_json(f: &pb::Fault) -> serde_json::Value {
+    json!({
+        "id": f.id, "host": f.host, "customer": f.customer, "check": f.check,
+        "severity": f.severity, "state": f.state,
+        "opened": format_time(f.opened_unix_ms), "opened_unix_ms": f.opened_unix_ms, "acked": opt_time(f.acked_unix_ms),
+        "acked_by": (!f.acked_by.is_empty()).then_some(&f.acked_by),
+        "resolved": opt_time(f.resolved_unix_ms),
+        "resolved_by": (!f.resolved_by.is_empty()).then_some(&f.resolved_by),
+        "summary": f.summary, "results": f.results, "flapping": f.flapping,
+        "suppressed": (!f.suppressed.is_empty()).then_some(&f.suppressed),
+        "timeline": f.timeline.iter().map(|e| json!({
+            "at": format_time(e.at_unix_ms), "kind": e.kind,
+            "who": (!e.who.is_empty()).then_some(&e.who), "text": e.text,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_string() } else { s.chars().take(n - 1).collect::<String>() + "…" }
+}
+
+pub async fn faults(
+    client: &mut Client,
+    all: bool,
+    host: Option<String>,
+    customer: Option<String>,
+    json: bool,
+) -> anyhow::Result<String> {
+    let r = pb::ListFaultsRequest { all, host: host.unwrap_or_default(), customer: customer.unwrap_or_default() };
+    let reply = client.admin.list_faults(client.req(r)).await.map_err(rpc_error)?.into_inner();
+    let mut out = String::new();
+    if json {
+        for f in &reply.faults {
+            writeln!(out, "{}", fault_json(f))?;
+        }
+        return Ok(out);
+    }
+    writeln!(
+        out,
+        "{:>5} {:<8} {:<12} {:<20} {:<28} {:<20} SUMMARY",
+        "ID", "SEVERITY", "STATE", "HOST", "CHECK", "OPENED"
+    )?;
+    for f in &reply.faults {
+        let mut state = f.state.clone();
+        if f.flapping {
+            state += "*";
+        }
+        writeln!(
+            out,
+            "{:>5} {:<8} {:<12} {:<20} {:<28} {:<20} {}{}",
+            f.id,
+            f.severity,
+            state,
+            truncate(&f.host, 20),
+            truncate(&f.check, 28),
+            format_time(f.opened_unix_ms),
+            truncate(&f.summary, 60),
+            if f.suppressed.is_empty() { String::new() } else { format!(" [suppressed: {}]", f.suppressed) }
+        )?;
+    }
+    if reply.faults.is_empty() {
+        writeln!(out, "(no {}faults)", if all { "" } else { "open " })?;
+    }
+    Ok(out)
+}
+
+fn render_fault(f: &pb::Fault) -> anyhow::Result<String> {
+    let mut out = String::new();
+    writeln!(out, "fault {}: {} {} on {} ({})", f.id, f.severity, f.check, f.host, f.customer)?;
+    writeln!(out, "state:      {}{}", f.state, if f.flapping { " (flapping)" } else { "" })?;
+    writeln!(out, "summary:    {}", f.summary)?;
+    writeln!(out, "opened:     {}", format_time(f.opened_unix_ms))?;
+    if f.acked_unix_ms != 0 {
+        writeln!(out, "acked:      {} by {}", format_time(f.acked_unix_ms), f.acked_by)?;
+    }
+    if f.resolved_unix_ms != 0 {
+        let by = if f.resolved_by.is_empty() { "the check (OK again)" } else { f.resolved_by.as_str() };
+        writeln!(out, "resolved:   {} by {by}", format_time(f.resolved_unix_ms))?;
+    }
+    if !f.suppressed.is_empty() {
+        writeln!(out, "suppressed: {}", f.suppressed)?;
+    }
+    writeln!(out, "results:    {}", f.results)?;
+    writeln!(out, "timeline:")?;
+    for e in &f.timeline {
+        let who = if e.who.is_empty() { String::new() } else { format!(" [{}]", e.who) };
+        writeln!(out, "  {}  {:<18}{who} {}", format_time(e.at_unix_ms), e.kind, e.text)?;
+    }
+    Ok(out)
+}
+
+pub async fn fault_show(client: &mut Client, id: u64, json: bool) -> anyhow::Result<String> {
+    let f = client.admin.get_fault(client.req(pb::GetFaultRequest { id })).await.map_err(rpc_error)?.into_inner();
+    if json { Ok(format!("{}\n", fault_json(&f))) } else { render_fault(&f) }
+}
+
+pub async fn ack(client: &mut Client, id: u64, note: Option<String>, json: bool) -> anyhow::Result<String> {
+    let r = pb::FaultActionRequest { id, note: note.unwrap_or_default() };
+    let f = client.admin.acknowledge(client.req(r)).await.map_err(rpc_error)?.into_inner();
+    if json { Ok(format!("{}\n", fault_json(&f))) } else { Ok(format!("fault {id} acknowledged by {}\n", f.acked_by)) }
+}
+
+pub async fn resolve(client: &mut Client, id: u64, note: Option<String>, json: bool) -> anyhow::Result<String> {
+    let r = pb::FaultActionRequest { id, note: note.unwrap_or_default() };
+    let f = client.admin.resolve(client.req(r)).await.map_err(rpc_error)?.into_inner();
+    if json { Ok(format!("{}\n", fault_json(&f))) } else { Ok(format!("fault {id} resolved by {}\n", f.resolved_by)) }
+}
+
+pub async fn silence(
+    client: &mut Client,
+    host: String,
+    check: Option<String>,
+    duration: Duration,
+    reason: String,
+    json: bool,
+) -> anyhow::Result<String> {
+    let r = pb::AddSilenceRequest {
+        host,
+        check: check.unwrap_or_default(),
+        duration_ms: duration.as_millis() as u64,
+        reason,
+    };
+    let s = client.admin.add_silence(client.req(r)).await.map_err(rpc_error)?.into_inner();
+    if json {
+        let v = json!({"id": s.id, "host": s.host, "check": (!s.check.is_empty()).then_some(&s.check),
+            "until": format_time(s.until_unix_ms), "reason": s.reason, "who": s.who});
+        return Ok(format!("{v}\n"));
+    }
+    let what = if s.check.is_empty() { s.host.clone() } else { format!("{} {}", s.host, s.check) };
+    Ok(format!("silence {} on {what} until {}\n", s.id, format_time(s.until_unix_ms)))
+}
+
+fn maintenance_json(m: &pb::Maintenance) -> serde_json::Value {
+    json!({"id": m.id, "host": m.host, "start": format_time(m.start_unix_ms), "end": format_time(m.end_unix_ms),
+        "reason": m.reason, "announced": format_time(m.announced_unix_ms), "who": m.who})
+}
+
+pub async fn maintenance_add(
+    client: &mut Client,
+    host: String,
+    start: jiff::Timestamp,
+    end: jiff::Timestamp,
+    reason: String,
+    json: bool,
+) -> anyhow::Result<String> {
+    let r = pb::AddMaintenanceRequest {
+        host,
+        start_unix_ms: start.as_millisecond(),
+        end_unix_ms: end.as_millisecond(),
+        reason,
+    };
+    let m = client.admin.add_maintenance(client.req(r)).await.map_err(rpc_error)?.into_inner();
+    if json {
+        return Ok(format!("{}\n", maintenance_json(&m)));
+    }
+    Ok(format!(
+        "maintenance {} on {} from {} to {} (announced {})\n",
+        m.id,
+        m.host,
+        format_time(m.start_unix_ms),
+        format_time(m.end_unix_ms),
+        format_time(m.announced_unix_ms)
+    ))
+}
+
+pub async fn maintenance_list(client: &mut Client, json: bool) -> anyhow::Result<String> {
+    let r = client.admin.list_maintenance(client.req(pb::ListMaintenanceRequest {})).await.map_err(rpc_error)?;
+    let mut out = String::new();
+    let list = r.into_inner().maintenance;
+    if json {
+        for m in &list {
+            writeln!(out, "{}", maintenance_json(m))?;
+        }
+        return Ok(out);
+    }
+    writeln!(out, "{:>4} {:<20} {:<20} {:<20} {:<20} {:<16} REASON", "ID", "HOST", "START", "END", "ANNOUNCED", "BY")?;
+    for m in &list {
+        writeln!(
+            out,
+            "{:>4} {:<20} {:<20} {:<20} {:<20} {:<16} {}",
+            m.id,
+            truncate(&m.host, 20),
+            format_time(m.start_unix_ms),
+            format_time(m.end_unix_ms),
+            format_time(m.announced_unix_ms),
+            truncate(&m.who, 16),
+            m.reason
+        )?;
+    }
+    if list.is_empty() {
+        writeln!(out, "(no maintenance windows)")?;
+    }
+    Ok(out)
+}
+
+fn render_oncall(r: &pb::OnCallReply, json: bool) -> anyhow::Result<String> {
+    let mut out = String::new();
+    if json {
+        for o in &r.on_call {
+            writeln!(out, "{}", json!({"role": o.role, "person": o.person, "at": format_time(r.at_unix_ms)}))?;
+        }
+        return Ok(out);
+    }
+    writeln!(out, "on call at {}:", format_time(r.at_unix_ms))?;
+    for o in &r.on_call {
+        writeln!(out, "  {:<11} {}", o.role, o.person)?;
+    }
+    Ok(out)
+}
+
+pub async fn oncall(client: &mut Client, at: Option<jiff::Timestamp>, json: bool) -> anyhow::Result<String> {
+    let r = pb::OnCallRequest { at_unix_ms: at.map_or(0, |t| t.as_millisecond()) };
+    let reply = client.admin.on_call(client.req(r)).await.map_err(rpc_error)?.into_inner();
+    render_oncall(&reply, json)
+}
+
+pub async fn oncall_override(
+    client: &mut Client,
+    role: String,
+    person: String,
+    from: jiff::Timestamp,
+    to: jiff::Timestamp,
+    json: bool,
+) -> anyhow::Result<String> {
+    let r =
+        pb::AddOverrideRequest { role, person, from_unix_ms: from.as_millisecond(), to_unix_ms: to.as_millisecond() };
+    let reply = client.admin.add_override(client.req(r)).await.map_err(rpc_error)?.into_inner();
+    render_oncall(&reply, json)
+}
+
+fn ago(now_ms: i64, then_ms: i64) -> String {
+    let secs = ((now_ms - then_ms).max(0) / 1000) as u64;
+    humantime::format_duration(Duration::from_secs(secs)).to_string() + " ago"
+}
+
+pub async fn status(client: &mut Client, json: bool) -> anyhow::Result<String> {
+    let s = client.admin.status(client.req(pb::StatusRequest {})).await.map_err(rpc_error)?.into_inner();
+    let mut out = String::new();
+    if json {
+        let faults: serde_json::Map<String, serde_json::Value> =
+            s.open_faults.iter().map(|f| (f.severity.clone(), json!(f.count))).collect();
+        let oncall: serde_json::Map<String, serde_json::Value> =
+            s.on_call.iter().map(|o| (o.role.clone(), json!(o.person))).collect();
+        let v = json!({
+            "hosts_up": s.hosts_up, "hosts_down": s.hosts_down, "batches_stored": s.batches_stored,
+            "open_faults": faults, "on_call": oncall, "collector_version": s.collector_version,
+            "time": format_time(s.now_unix_ms),
+        });
+        writeln!(out, "{v}")?;
+        return Ok(out);
+    }
+    writeln!(out, "pikett collector {}  ({})", s.collector_version, format_time(s.now_unix_ms))?;
+    writeln!(out, "hosts:       {} up, {} down", s.hosts_up, s.hosts_down)?;
+    writeln!(out, "batches:     {} stored", s.batches_stored)?;
+    if s.open_faults.is_empty() {
+        writeln!(out, "open faults: none")?;
+    } else {
+        let parts: Vec<String> = s.open_faults.iter().map(|f| format!("{} {}", f.count, f.severity)).collect();
+        writeln!(out, "open faults: {}", parts.join(", "))?;
+    }
+    if s.on_call.is_empty() {
+        writeln!(out, "on call:     (no rotations configured)")?;
+    } else {
+        for o in &s.on_call {
+            writeln!(out, "on call:     {:<10} {}", o.role, o.person)?;
+        }
+    }
+    Ok(out)
+}
+
+pub async fn hosts(client: &mut Client, json: bool) -> anyhow::Result<String> {
+    let r = client.admin.list_hosts(client.req(pb::ListHostsRequest {})).await.map_err(rpc_error)?.into_inner();
+    let mut out = String::new();
+    if json {
+        for h in &r.hosts {
+            let v = json!({
+                "host_id": h.host_id, "customer": h.customer, "status": h.status,
+                "last_seen": format_time(h.last_seen_unix_ms), "first_seen": format_time(h.first_seen_unix_ms),
+                "agent_version": h.agent_version, "batches": h.batches, "last_seq": h.last_seq,
+                "capabilities": h.capabilities, "dropped_samples": h.dropped_samples,
+            });
+            writeln!(out, "{v}")?;
+        }
+        return Ok(out);
+    }
+    let now = jiff::Timestamp::now().as_millisecond();
+    writeln!(
+        out,
+        "{:<24} {:<12} {:<6} {:<22} {:<8} {:>9} {:>9}",
+        "HOST", "CUSTOMER", "STATUS", "LAST SEEN", "AGENT", "BATCHES", "LAST SEQ"
+    )?;
+    for h in &r.hosts {
+        writeln!(
+            out,
+            "{:<24} {:<12} {:<6} {:<22} {:<8} {:>9} {:>9}",
+            h.host_id,
+            h.customer,
+            h.status,
+            ago(now, h.last_seen_unix_ms),
+            h.agent_version,
+            h.batches,
+            h.last_seq
+        )?;
+    }
+    if r.hosts.is_empty() {
+        writeln!(out, "(no hosts have reported yet)")?;
+    }
+    Ok(out)
+}

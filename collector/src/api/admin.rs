@@ -1,0 +1,307 @@
+//! The gRPC admin service the `pikett` CLI talks to. Access: [`crate::api::access`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use pikett_proto::v1 as pb;
+use pikett_proto::v1::admin_server::Admin;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use pikett_core::faults::{self, FaultFilter, NewMaintenance, NewSilence, Transition};
+use pikett_core::hosts::{HostStatus, host_status};
+use pikett_core::oncall::{Override, Role};
+
+use crate::api::access::authorize;
+use crate::services::batches::BatchLog;
+use crate::services::faults::FaultService;
+use crate::services::pager::Pager;
+
+pub struct AdminService {
+    pub store: Arc<BatchLog>,
+    pub faults: Arc<FaultService>,
+    pub pager: Arc<Pager>,
+    pub host_timeout: Option<Duration>,
+    /// Staff actions change faults: their transitions go to the pager like the engine's own.
+    pub transitions: mpsc::UnboundedSender<Vec<Transition>>,
+}
+
+fn ms(t: Option<Timestamp>) -> i64 {
+    t.map_or(0, |t| t.as_millisecond())
+}
+
+fn ts(ms: i64, what: &str) -> Result<Timestamp, Status> {
+    Timestamp::from_millisecond(ms).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))
+}
+
+fn name_of<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+pub fn fault_to_pb(f: &faults::Fault) -> pb::Fault {
+    pb::Fault {
+        id: f.id,
+        host: f.host.clone(),
+        customer: f.customer.clone(),
+        check: f.check.clone(),
+        severity: name_of(&f.severity),
+        state: name_of(&f.state),
+        opened_unix_ms: f.opened_at.as_millisecond(),
+        acked_unix_ms: ms(f.acked_at),
+        acked_by: f.acked_by.clone().unwrap_or_default(),
+        resolved_unix_ms: ms(f.resolved_at),
+        resolved_by: f.resolved_by.clone().unwrap_or_default(),
+        summary: f.last_summary.clone(),
+        results: f.results,
+        flapping: f.flapping,
+        suppressed: f.suppressed.as_ref().map(ToString::to_string).unwrap_or_default(),
+        timeline: f
+            .timeline
+            .iter()
+            .map(|e| pb::TimelineEntry {
+                at_unix_ms: e.at.as_millisecond(),
+                kind: name_of(&e.kind),
+                who: e.who.clone().unwrap_or_default(),
+                text: e.text.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn maintenance_to_pb(m: &faults::Maintenance) -> pb::Maintenance {
+    pb::Maintenance {
+        id: m.id,
+        host: m.host.clone(),
+        start_unix_ms: m.start.as_millisecond(),
+        end_unix_ms: m.end.as_millisecond(),
+        reason: m.reason.clone(),
+        announced_unix_ms: m.announced_at.as_millisecond(),
+        who: m.who.clone(),
+    }
+}
+
+fn refused(e: faults::ActionError) -> Status {
+    match e {
+        faults::ActionError::NoSuchFault(_)
+        | faults::ActionError::NoSuchMaintenance(_)
+        | faults::ActionError::NoSuchSilence(_) => Status::not_found(e.to_string()),
+        other => Status::failed_precondition(other.to_string()),
+    }
+}
+
+impl AdminService {
+    async fn durable(&self) -> Result<(), Status> {
+        self.store.flush().await.map_err(|e| Status::internal(e.to_string()))
+    }
+
+    fn on_call(&self, at: Timestamp) -> Vec<pb::OnCall> {
+        self.pager
+            .roster(at)
+            .into_iter()
+            .map(|(role, person)| pb::OnCall {
+                role: role.as_str().to_string(),
+                person: person.unwrap_or_else(|| "(nobody)".into()),
+            })
+            .collect()
+    }
+
+    fn fault_reply(&self, id: u64) -> Result<Response<pb::Fault>, Status> {
+        self.faults
+            .with_engine(|e| e.fault(id).map(fault_to_pb))
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no fault with id {id}")))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
+        authorize(&request)?;
+        let now = Timestamp::now();
+        let now_ms = now.as_millisecond();
+        let hosts = self.store.hosts();
+        let up = hosts.iter().filter(|h| host_status(h, now_ms, self.host_timeout) == HostStatus::Up).count() as u32;
+        let counts = self.faults.with_engine(|e| e.counts());
+        let mut open_faults = Vec::new();
+        for sev in [faults::Severity::Critical, faults::Severity::Warning] {
+            let n: u64 = counts
+                .iter()
+                .filter(|((state, s), _)| *s == sev && *state != faults::FaultState::Resolved)
+                .map(|(_, n)| n)
+                .sum();
+            open_faults.push(pb::SeverityCount { severity: name_of(&sev), count: n });
+        }
+        let on_call = if self.pager.people().is_empty() { Vec::new() } else { self.on_call(now) };
+        Ok(Response::new(pb::StatusReply {
+            hosts_up: up,
+            hosts_down: hosts.len() as u32 - up,
+            batches_stored: self.store.batches_stored(),
+            collector_version: env!("CARGO_PKG_VERSION").to_string(),
+            now_unix_ms: now_ms,
+            open_faults,
+            on_call,
+        }))
+    }
+
+    async fn list_hosts(&self, request: Request<pb::ListHostsRequest>) -> Result<Response<pb::ListHostsReply>, Status> {
+        authorize(&request)?;
+        let now = Timestamp::now().as_millisecond();
+        let hosts = self
+            .store
+            .hosts()
+            .into_iter()
+            .map(|h| pb::Host {
+                status: host_status(&h, now, self.host_timeout).as_str().to_string(),
+                host_id: h.host_id,
+                customer: h.customer,
+                last_seen_unix_ms: h.last_seen_ms,
+                first_seen_unix_ms: h.first_seen_ms,
+                agent_version: h.agent_version,
+                batches: h.batches,
+                last_seq: h.last_seq,
+                capabilities: h.capabilities,
+                dropped_samples: h.dropped_samples,
+            })
+            .collect();
+        Ok(Response::new(pb::ListHostsReply { hosts }))
+    }
+
+    async fn list_faults(
+        &self,
+        request: Request<pb::ListFaultsRequest>,
+    ) -> Result<Response<pb::ListFaultsReply>, Status> {
+        authorize(&request)?;
+        let r = request.into_inner();
+        let filter = FaultFilter {
+            all: r.all,
+            host: Some(r.host).filter(|s| !s.is_empty()),
+            customer: Some(r.customer).filter(|s| !s.is_empty()),
+        };
+        let faults = self.faults.with_engine(|e| e.faults(&filter).into_iter().map(fault_to_pb).collect());
+        Ok(Response::new(pb::ListFaultsReply { faults }))
+    }
+
+    async fn get_fault(&self, request: Request<pb::GetFaultRequest>) -> Result<Response<pb::Fault>, Status> {
+        authorize(&request)?;
+        self.fault_reply(request.into_inner().id)
+    }
+
+    async fn acknowledge(&self, request: Request<pb::FaultActionRequest>) -> Result<Response<pb::Fault>, Status> {
+        let who = authorize(&request)?;
+        let r = request.into_inner();
+        let note = Some(r.note.as_str()).filter(|s| !s.is_empty());
+        let now = Timestamp::now();
+        let changes = match self.faults.with_engine(|e| e.acknowledge(r.id, &who, note, now)) {
+            Ok(changes) => changes,
+            // Acknowledged before an emergency re-paged the chain: this ack stops that paging.
+            Err(e @ faults::ActionError::AlreadyAcknowledged { .. }) => {
+                if !self.pager.stop_running(r.id, now).await {
+                    return Err(refused(e));
+                }
+                let text = "acknowledged the emergency paging";
+                let _ = self.faults.with_engine(|e| e.annotate(r.id, Some(&who), text, now));
+                Vec::new()
+            }
+            Err(e) => return Err(refused(e)),
+        };
+        self.durable().await?;
+        let _ = self.transitions.send(changes);
+        self.fault_reply(r.id)
+    }
+
+    async fn resolve(&self, request: Request<pb::FaultActionRequest>) -> Result<Response<pb::Fault>, Status> {
+        let who = authorize(&request)?;
+        let r = request.into_inner();
+        let note = Some(r.note.as_str()).filter(|s| !s.is_empty());
+        let changes = self.faults.with_engine(|e| e.resolve(r.id, &who, note, Timestamp::now())).map_err(refused)?;
+        self.durable().await?;
+        let _ = self.transitions.send(changes);
+        self.fault_reply(r.id)
+    }
+
+    async fn add_silence(&self, request: Request<pb::AddSilenceRequest>) -> Result<Response<pb::Silence>, Status> {
+        let who = authorize(&request)?;
+        let r = request.into_inner();
+        let now = Timestamp::now();
+        let until = now
+            .checked_add(jiff::SignedDuration::from_millis(r.duration_ms as i64))
+            .map_err(|e| Status::invalid_argument(format!("--for: {e}")))?;
+        let check = Some(r.check.clone()).filter(|s| !s.is_empty());
+        let s = NewSilence {
+            host: r.host.clone(),
+            check: check.clone(),
+            until,
+            reason: r.reason.clone(),
+            who: who.clone(),
+        };
+        let (id, changes) = self.faults.with_engine(|e| e.add_silence(s, now)).map_err(refused)?;
+        self.durable().await?;
+        let _ = self.transitions.send(changes);
+        Ok(Response::new(pb::Silence {
+            id,
+            host: r.host,
+            check: r.check,
+            until_unix_ms: until.as_millisecond(),
+            reason: r.reason,
+            who,
+        }))
+    }
+
+    async fn add_maintenance(
+        &self,
+        request: Request<pb::AddMaintenanceRequest>,
+    ) -> Result<Response<pb::Maintenance>, Status> {
+        let who = authorize(&request)?;
+        let r = request.into_inner();
+        let m = NewMaintenance {
+            host: r.host,
+            start: ts(r.start_unix_ms, "--start")?,
+            end: ts(r.end_unix_ms, "--end")?,
+            reason: r.reason,
+            who,
+        };
+        let (id, changes) = self.faults.with_engine(|e| e.add_maintenance(m, Timestamp::now())).map_err(refused)?;
+        self.durable().await?;
+        let _ = self.transitions.send(changes);
+        let m = self.faults.with_engine(|e| e.maintenances().find(|m| m.id == id).map(maintenance_to_pb));
+        m.map(Response::new).ok_or_else(|| Status::internal("maintenance window vanished"))
+    }
+
+    async fn list_maintenance(
+        &self,
+        request: Request<pb::ListMaintenanceRequest>,
+    ) -> Result<Response<pb::ListMaintenanceReply>, Status> {
+        authorize(&request)?;
+        let maintenance = self.faults.with_engine(|e| e.maintenances().map(maintenance_to_pb).collect());
+        Ok(Response::new(pb::ListMaintenanceReply { maintenance }))
+    }
+
+    async fn on_call(&self, request: Request<pb::OnCallRequest>) -> Result<Response<pb::OnCallReply>, Status> {
+        authorize(&request)?;
+        let r = request.into_inner();
+        let at = if r.at_unix_ms == 0 { Timestamp::now() } else { ts(r.at_unix_ms, "--at")? };
+        Ok(Response::new(pb::OnCallReply { at_unix_ms: at.as_millisecond(), on_call: self.on_call(at) }))
+    }
+
+    async fn add_override(
+        &self,
+        request: Request<pb::AddOverrideRequest>,
+    ) -> Result<Response<pb::OnCallReply>, Status> {
+        authorize(&request)?;
+        let r = request.into_inner();
+        let role: Role = serde_json::from_value(serde_json::Value::String(r.role.clone())).map_err(|_| {
+            Status::invalid_argument(format!("--role {:?}: expected primary, secondary or management", r.role))
+        })?;
+        let ov = Override {
+            role,
+            person: r.person,
+            from: ts(r.from_unix_ms, "--from")?,
+            to: ts(r.to_unix_ms, "--to")?,
+            created_at: Timestamp::now(),
+        };
+        let from = ov.from;
+        self.pager.add_override(ov).await.map_err(Status::invalid_argument)?;
+        Ok(Response::new(pb::OnCallReply { at_unix_ms: from.as_millisecond(), on_call: self.on_call(from) }))
+    }
+}

@@ -1,0 +1,82 @@
+//! The collector's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::services::faults::FaultService;
+use crate::services::latest::LatestSamples;
+use crate::services::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct HttpState {
+    pub metrics: Arc<Metrics>,
+    /// Set once the store is open and the gRPC port is listening.
+    pub ready: Arc<AtomicBool>,
+    pub latest: Arc<LatestSamples>,
+    pub faults: Arc<FaultService>,
+    pub staleness: Duration,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    let mut text = prometheus_text(&s.metrics.encode());
+    text.push_str("# HELP pikett_faults Faults by state and severity.\n# TYPE pikett_faults gauge\n");
+    for ((state, severity), n) in s.faults.with_engine(|e| e.counts()) {
+        let state = serde_json::to_value(state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let severity =
+            serde_json::to_value(severity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let _ = writeln!(text, "pikett_faults{{state=\"{state}\",severity=\"{severity}\"}} {n}");
+    }
+    let now = jiff::Timestamp::now().as_millisecond();
+    s.latest.render(now, s.staleness.as_millis() as i64, &mut text);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
+/// prometheus-client writes OpenMetrics; `/metrics` serves the Prometheus text
+/// format (0.0.4), which every scraper and `promtool check metrics` read: a
+/// counter family is named with its `_total` suffix, and there is no `# EOF`.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    if s.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}

@@ -1,0 +1,192 @@
+//! The gRPC service `pikett.v1.Incidents` (`pikett incidents`, `pikett incident ...`).
+//! Access as for the admin service ([`crate::api::access::authorize`]).
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use pikett_proto::v1 as pb;
+use pikett_proto::v1::incidents_server::Incidents;
+use tonic::{Request, Response, Status};
+
+use pikett_core::faults::FaultState;
+use pikett_core::incidents::{Incident, IncidentError, NOTFALL, report};
+
+use crate::api::access::authorize;
+use crate::services::incidents::IncidentService;
+
+pub struct IncidentsGrpc {
+    pub incidents: Arc<IncidentService>,
+}
+
+fn ms(t: Option<Timestamp>) -> i64 {
+    t.map_or(0, |t| t.as_millisecond())
+}
+
+pub fn incident_to_pb(i: &Incident) -> pb::Incident {
+    pb::Incident {
+        id: i.id,
+        customer: i.customer.clone(),
+        hosts: i.hosts.clone(),
+        fault_ids: i.fault_ids.clone(),
+        opened_unix_ms: i.opened_at.as_millisecond(),
+        closed_unix_ms: ms(i.closed_at),
+        closed_by: i.closed_by.clone().unwrap_or_default(),
+        state: i.state.as_str().to_string(),
+        tag: i.tag().unwrap_or_default().to_string(),
+        title: i.title(),
+        scope: i.scope().to_string(),
+        escalated_unix_ms: ms(i.escalated_at),
+        escalated_by: i.escalated_by.clone().unwrap_or_default(),
+        updates: i
+            .updates
+            .iter()
+            .map(|u| pb::IncidentStatusUpdate {
+                number: u.number,
+                text: u.text.clone(),
+                eta_unix_ms: ms(u.eta),
+                who: u.who.clone(),
+                at_unix_ms: u.at.as_millisecond(),
+                notified: u.notified as u32,
+            })
+            .collect(),
+        root_cause: i.root_cause.clone().unwrap_or_default(),
+        recommendations: i.recommendations.clone().unwrap_or_default(),
+        timeline: i
+            .timeline
+            .iter()
+            .map(|e| pb::IncidentEvent {
+                at_unix_ms: e.at.as_millisecond(),
+                who: e.who.clone().unwrap_or_default(),
+                text: e.text.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn refused(e: IncidentError) -> Status {
+    match e {
+        IncidentError::NoSuchIncident(_) => Status::not_found(e.to_string()),
+        IncidentError::EmptyText | IncidentError::Missing(..) => Status::invalid_argument(e.to_string()),
+        IncidentError::Closed(_) | IncidentError::AlreadyEmergency(..) => Status::failed_precondition(e.to_string()),
+    }
+}
+
+impl IncidentsGrpc {
+    fn reply(&self, id: u64) -> Result<Response<pb::Incident>, Status> {
+        self.incidents.lock().get(id).map(incident_to_pb).map(Response::new).map_err(refused)
+    }
+}
+
+#[tonic::async_trait]
+impl Incidents for IncidentsGrpc {
+    async fn list(
+        &self,
+        request: Request<pb::ListIncidentsRequest>,
+    ) -> Result<Response<pb::ListIncidentsReply>, Status> {
+        authorize(&request)?;
+        let all = request.into_inner().all;
+        let st = self.incidents.lock();
+        let incidents = st.incidents.values().rev().filter(|i| all || !i.is_closed()).map(incident_to_pb).collect();
+        Ok(Response::new(pb::ListIncidentsReply { incidents }))
+    }
+
+    async fn show(&self, request: Request<pb::IncidentRequest>) -> Result<Response<pb::Incident>, Status> {
+        authorize(&request)?;
+        self.reply(request.into_inner().id)
+    }
+
+    async fn update(&self, request: Request<pb::UpdateIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
+        let who = authorize(&request)?;
+        let r = request.into_inner();
+        let now = Timestamp::now();
+        let eta = if r.eta_unix_ms == 0 {
+            None
+        } else {
+            Some(
+                Timestamp::from_millisecond(r.eta_unix_ms)
+                    .map_err(|e| Status::invalid_argument(format!("--eta: {e}")))?,
+            )
+        };
+        let (update, inc) = {
+            let mut st = self.incidents.lock();
+            let u = st.update(r.id, &r.text, eta, &who, now).map_err(refused)?;
+            (u, st.get(r.id).map_err(refused)?.clone())
+        };
+        self.incidents.persist(&[r.id]).await;
+        let tag = if inc.is_emergency() { format!("{NOTFALL} ") } else { String::new() };
+        let eta_text =
+            update.eta.map(|e| format!(" - ETA {}", e.round(jiff::Unit::Second).unwrap_or(e))).unwrap_or_default();
+        let headline = format!("{tag}UPDATE incident {} {}", inc.id, inc.title().trim_start_matches(&tag));
+        let text = format!("{headline}: {}{eta_text}", update.text);
+        let key = format!("incident/{}/update/{}", inc.id, update.number);
+        let sent = self.incidents.pager.notify_customer(&inc.customer, &key, &headline, &text, now).await;
+        self.incidents.lock().set_notified(inc.id, update.number, sent, now);
+        self.incidents.persist(&[inc.id]).await;
+        self.reply(r.id)
+    }
+
+    async fn escalate(&self, request: Request<pb::IncidentRequest>) -> Result<Response<pb::Incident>, Status> {
+        let who = authorize(&request)?;
+        let id = request.into_inner().id;
+        let now = Timestamp::now();
+        let inc = self.incidents.lock().escalate(id, &who, now).map_err(refused)?.clone();
+        self.incidents.persist(&[id]).await;
+        // The chain is paged once for the incident: for its earliest unresolved fault,
+        // preferably one nobody acknowledged yet.
+        let mut faults = self.incidents.faults_of(&inc);
+        faults.retain(|f| !f.is_resolved());
+        faults.sort_by_key(|f| (f.state != FaultState::Open, f.opened_at, f.id));
+        let text = match faults.first() {
+            Some(lead) => {
+                self.incidents.pager.escalate_emergency(&[lead.id], now).await;
+                let roster: Vec<String> = self
+                    .incidents
+                    .pager
+                    .roster(now)
+                    .into_iter()
+                    .map(|(role, p)| format!("{} {}", role.as_str(), p.unwrap_or_else(|| "(nobody)".into())))
+                    .collect();
+                let roster = if roster.is_empty() { "no rotations configured".into() } else { roster.join(", ") };
+                format!("paging the whole chain at once for fault {} ({roster}); ack: pikett ack {}", lead.id, lead.id)
+            }
+            None => "no unresolved fault: nobody paged".to_string(),
+        };
+        self.incidents.lock().note(id, None, text, now);
+        self.incidents.persist(&[id]).await;
+        self.reply(id)
+    }
+
+    async fn close(&self, request: Request<pb::CloseIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
+        let who = authorize(&request)?;
+        let r = request.into_inner();
+        self.incidents
+            .lock()
+            .close(r.id, &r.root_cause, &r.recommendations, &who, Timestamp::now())
+            .map_err(refused)?;
+        self.incidents.persist(&[r.id]).await;
+        self.reply(r.id)
+    }
+
+    async fn report(&self, request: Request<pb::IncidentRequest>) -> Result<Response<pb::IncidentReport>, Status> {
+        authorize(&request)?;
+        let id = request.into_inner().id;
+        let inc = self.incidents.lock().get(id).map_err(refused)?.clone();
+        let faults = self.incidents.faults_of(&inc);
+        let maintenance: Vec<pikett_core::faults::Maintenance> =
+            self.incidents.faults.with_engine(|e| e.maintenances().cloned().collect());
+        let contract = self
+            .incidents
+            .customers
+            .get(&inc.customer)
+            .and_then(|c| c.sla.as_deref())
+            .and_then(|name| self.incidents.contracts.get(name).map(|c| (name, c)));
+        let markdown = report::render(&report::ReportInput {
+            incident: &inc,
+            faults: &faults,
+            contract,
+            maintenance: &maintenance,
+            now: Timestamp::now(),
+        });
+        Ok(Response::new(pb::IncidentReport { id, markdown }))
+    }
+}

@@ -1,0 +1,167 @@
+//! The gRPC ingest service: one bidirectional stream per agent.
+//!
+//! hello → welcome; then for each batch: store (group commit) → ack.
+//! When the collector verifies client certificates, the host id in the hello
+//! must be the certificate's subject common name: an agent cannot report for
+//! another host.
+
+use std::sync::Arc;
+
+use pikett_proto::v1 as pb;
+use pikett_proto::v1::ingest_server::Ingest;
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::services::batches::{BatchLog, Sender, Stored, WriteRequest};
+use crate::services::metrics::{Metrics, ReasonLabel};
+
+pub struct IngestService {
+    pub store: Arc<BatchLog>,
+    pub writer: mpsc::Sender<WriteRequest>,
+    pub metrics: Arc<Metrics>,
+    pub require_client_cert: bool,
+    pub latest: Arc<crate::services::latest::LatestSamples>,
+}
+
+/// Counts a stream as connected for as long as it lives.
+struct StreamGuard(Arc<Metrics>);
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams.dec();
+    }
+}
+
+fn reject(metrics: &Metrics, reason: &str, status: Status) -> Status {
+    metrics.rejected_streams_total.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+    tracing::warn!(reason, error = %status.message(), "agent stream refused");
+    status
+}
+
+/// The subject common name of a DER certificate.
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamStream = ReceiverStream<Result<pb::CollectorMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer_cn = request.peer_certs().and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
+        let mut inbound = request.into_inner();
+        let hello = match inbound.message().await? {
+            Some(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(h)) }) => h,
+            _ => {
+                return Err(reject(
+                    &self.metrics,
+                    "no_hello",
+                    Status::invalid_argument("the first message must be a hello"),
+                ));
+            }
+        };
+        if hello.protocol_version != pikett_proto::PROTOCOL_VERSION {
+            return Err(reject(
+                &self.metrics,
+                "protocol_version",
+                Status::failed_precondition(format!(
+                    "protocol version {} is not supported (this collector speaks {})",
+                    hello.protocol_version,
+                    pikett_proto::PROTOCOL_VERSION
+                )),
+            ));
+        }
+        if hello.host_id.is_empty() || hello.host_id.contains('\0') {
+            return Err(reject(&self.metrics, "host_id", Status::invalid_argument("host_id is empty or invalid")));
+        }
+        if self.require_client_cert {
+            match &peer_cn {
+                Some(cn) if *cn == hello.host_id => {}
+                Some(cn) => {
+                    return Err(reject(
+                        &self.metrics,
+                        "host_id_mismatch",
+                        Status::permission_denied(format!(
+                            "host_id {:?} does not match the client certificate's subject {cn:?}",
+                            hello.host_id
+                        )),
+                    ));
+                }
+                None => {
+                    return Err(reject(
+                        &self.metrics,
+                        "no_client_cert",
+                        Status::unauthenticated("a client certificate signed by the collector's CA is required"),
+                    ));
+                }
+            }
+        }
+        let sender = Arc::new(Sender {
+            host_id: hello.host_id.clone(),
+            customer: hello.customer,
+            agent_version: hello.agent_version,
+            capabilities: hello.capabilities,
+            min_interval_ms: hello.min_interval_ms,
+        });
+        let last_seq = self.store.host(&sender.host_id).map_or(0, |h| h.last_seq);
+        tracing::info!(host_id = %sender.host_id, agent_version = %sender.agent_version, last_seq, "agent connected");
+
+        let (out_tx, out_rx) = mpsc::channel::<Result<pb::CollectorMessage, Status>>(256);
+        let welcome = pb::Welcome { protocol_version: pikett_proto::PROTOCOL_VERSION, last_seq };
+        let _ =
+            out_tx.send(Ok(pb::CollectorMessage { body: Some(pb::collector_message::Body::Welcome(welcome)) })).await;
+
+        // Reader: batches → writer. Acker: durable replies → acks, in order.
+        let (pending_tx, mut pending_rx) = mpsc::channel::<(u64, oneshot::Receiver<Result<Stored, String>>)>(256);
+        let writer = self.writer.clone();
+        let latest = self.latest.clone();
+        self.metrics.streams.inc();
+        let guard = StreamGuard(self.metrics.clone());
+        let host_id = sender.host_id.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            loop {
+                let msg = match inbound.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::info!(host_id = %host_id, error = %e, "agent stream ended");
+                        break;
+                    }
+                };
+                let Some(pb::agent_message::Body::Batch(batch)) = msg.body else {
+                    continue;
+                };
+                let (reply, rx) = oneshot::channel();
+                let seq = batch.seq;
+                let now_ms = jiff::Timestamp::now().as_millisecond();
+                latest.update(&sender.host_id, &sender.customer, &batch.samples, now_ms);
+                let req = WriteRequest { sender: sender.clone(), batch, reply };
+                if writer.send(req).await.is_err() || pending_tx.send((seq, rx)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some((seq, rx)) = pending_rx.recv().await {
+                let msg = match rx.await {
+                    Ok(Ok(_)) => {
+                        Ok(pb::CollectorMessage { body: Some(pb::collector_message::Body::Ack(pb::Ack { seq })) })
+                    }
+                    Ok(Err(e)) => Err(Status::unavailable(format!("cannot store batch {seq}: {e}"))),
+                    Err(_) => Err(Status::unavailable("the collector is shutting down")),
+                };
+                let failed = msg.is_err();
+                if out_tx.send(msg).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+}

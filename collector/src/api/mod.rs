@@ -1,0 +1,12 @@
+//! The network interfaces: the gRPC services (agents' ingest stream, the staff CLI's admin,
+//! reports and incidents calls) and HTTP (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Architecture invariant: an interface translates between the wire (`pikett_proto`, HTTP)
+//! and the services, and checks access ([`access`]); it keeps no state of its own.
+
+pub mod access;
+pub mod admin;
+pub mod http;
+pub mod incidents;
+pub mod ingest;
+pub mod reports;

@@ -1,0 +1,258 @@
+//! The fault engine (`faults/`, pure) at its edge: fed from stored batches,
+//! persisted record by record in the tree `engine`, driven by the clock.
+//!
+//! Architecture invariant: the engine's changes from a group of batches are
+//! written in the same flush as the batches themselves, so after a crash
+//! the fault state matches exactly the batches that were acknowledged.
+//!
+//! Tree `engine`: `next` → ids; `f/`id → Fault; `t/`key → Track; `r/`key →
+//! rule clock; `h/`host → HostInfo; `m/`id → Maintenance; `s/`id → Silence
+//! (all JSON; keys of struct type as their JSON).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use pikett_proto::v1 as pb;
+
+use pikett_core::faults::{
+    CheckInput, CheckState, Dirty, Engine, EngineConfig, EngineState, Fault, Maintenance, SampleInput, Silence,
+    Transition,
+};
+
+use crate::store::{Storage, StoreError, Tree, WriteBatch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaultStoreError {
+    #[error("fault state: {0}")]
+    Store(#[from] StoreError),
+    #[error("fault state record {key}: {source}")]
+    Corrupt { key: String, source: serde_json::Error },
+    #[error("fault state: {0}")]
+    Restore(String),
+}
+
+pub struct FaultService {
+    engine: Mutex<Engine>,
+    tree: Arc<dyn Tree>,
+}
+
+fn id_key(prefix: u8, id: u64) -> Vec<u8> {
+    let mut k = vec![prefix, b'/'];
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn json_key<K: serde::Serialize>(prefix: u8, key: &K) -> Vec<u8> {
+    let mut k = vec![prefix, b'/'];
+    k.extend_from_slice(&serde_json::to_vec(key).expect("keys always serialize"));
+    k
+}
+
+fn check_state(code: i32) -> CheckState {
+    match pb::CheckState::try_from(code).unwrap_or(pb::CheckState::Unknown) {
+        pb::CheckState::Ok => CheckState::Ok,
+        pb::CheckState::Warning => CheckState::Warning,
+        pb::CheckState::Critical => CheckState::Critical,
+        pb::CheckState::Unknown => CheckState::Unknown,
+    }
+}
+
+fn ts(ms: i64, fallback: Timestamp) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(fallback)
+}
+
+impl FaultService {
+    /// Restores the engine from `storage` (empty on first start).
+    pub fn open(storage: &dyn Storage, config: EngineConfig) -> Result<FaultService, FaultStoreError> {
+        let tree = storage.tree("engine")?;
+        let mut state = EngineState::default();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            let corrupt = |source| FaultStoreError::Corrupt { key: String::from_utf8_lossy(&k).into_owned(), source };
+            match k.first() {
+                Some(b'n') => state.next = serde_json::from_slice(&v).map_err(corrupt)?,
+                Some(b'f') => {
+                    let f: Fault = serde_json::from_slice(&v).map_err(corrupt)?;
+                    state.faults.insert(f.id, f);
+                }
+                Some(b't') => {
+                    let key = serde_json::from_slice(&k[2..]).map_err(corrupt)?;
+                    state.tracks.insert(key, serde_json::from_slice(&v).map_err(corrupt)?);
+                }
+                Some(b'r') => {
+                    let key = serde_json::from_slice(&k[2..]).map_err(corrupt)?;
+                    state.rule_tracks.insert(key, serde_json::from_slice(&v).map_err(corrupt)?);
+                }
+                Some(b'h') => {
+                    let host = String::from_utf8_lossy(&k[2..]).into_owned();
+                    state.hosts.insert(host, serde_json::from_slice(&v).map_err(corrupt)?);
+                }
+                Some(b'm') => {
+                    let m: Maintenance = serde_json::from_slice(&v).map_err(corrupt)?;
+                    state.maintenances.insert(m.id, m);
+                }
+                Some(b's') => {
+                    let s: Silence = serde_json::from_slice(&v).map_err(corrupt)?;
+                    state.silences.insert(s.id, s);
+                }
+                _ => {}
+            }
+        }
+        let engine = Engine::restore(config, state).map_err(|e| FaultStoreError::Restore(e.to_string()))?;
+        Ok(FaultService { engine: Mutex::new(engine), tree })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Feeds one newly stored batch to the engine and writes the changed records (not flushed).
+    pub fn ingest(&self, host: &str, customer: &str, batch: &pb::Batch, now: Timestamp) -> Vec<Transition> {
+        let mut engine = self.lock();
+        let mut out = engine.host_seen(host, customer, now);
+        for c in &batch.checks {
+            out.extend(engine.check_result(
+                CheckInput {
+                    host: host.to_string(),
+                    customer: customer.to_string(),
+                    check: c.name.clone(),
+                    state: check_state(c.state),
+                    summary: c.summary.clone(),
+                    time: ts(c.time_unix_ms, now),
+                },
+                now,
+            ));
+        }
+        if !engine.config().rules.is_empty() {
+            let config = engine.shared_config();
+            let mut host_has_state: Option<bool> = None;
+            for s in &batch.samples {
+                // Most samples fire no rule and change nothing: decide that without allocating.
+                let label = |k: &str| s.labels.get(k).map(String::as_str);
+                let fires =
+                    config.rules.iter().any(|r| r.selects_with(&s.name, label) && r.condition(s.value) == Some(true));
+                if !fires && !*host_has_state.get_or_insert_with(|| engine.has_rule_state(host)) {
+                    continue;
+                }
+                if fires {
+                    host_has_state = Some(true);
+                }
+                let input = SampleInput {
+                    host: host.to_string(),
+                    customer: customer.to_string(),
+                    name: s.name.clone(),
+                    labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    value: s.value,
+                    time: ts(s.time_unix_ms, now),
+                };
+                out.extend(engine.sample(&input, now));
+            }
+        }
+        self.persist(&mut engine);
+        out
+    }
+
+    /// Host timeouts, maintenance and silence boundaries.
+    pub fn tick(&self, now: Timestamp, host_timeout: impl Fn(&str) -> Duration) -> Vec<Transition> {
+        let mut engine = self.lock();
+        let out = engine.tick(now, host_timeout);
+        self.persist(&mut engine);
+        out
+    }
+
+    /// Runs a staff action or query on the engine and persists what it changed.
+    pub fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
+        let mut engine = self.lock();
+        let r = f(&mut engine);
+        self.persist(&mut engine);
+        r
+    }
+
+    fn persist(&self, engine: &mut Engine) {
+        let dirty = engine.take_dirty();
+        if let Err(e) = self.write(dirty) {
+            // The in-memory engine stays right; the next flush retries nothing, so say it loudly.
+            tracing::error!(error = %e, "cannot persist fault state");
+        }
+    }
+
+    fn write(&self, dirty: Dirty) -> Result<(), StoreError> {
+        let mut b = WriteBatch::default();
+        b.insert(b"n/".as_slice(), serde_json::to_vec(&dirty.next).expect("serializes"));
+        fn put<V: serde::Serialize>(b: &mut WriteBatch, key: Vec<u8>, v: Option<V>) {
+            match v {
+                Some(v) => b.insert(key, serde_json::to_vec(&v).expect("engine records serialize")),
+                None => b.remove(key),
+            }
+        }
+        for (id, f) in dirty.faults {
+            put(&mut b, id_key(b'f', id), f);
+        }
+        for (k, t) in dirty.tracks {
+            put(&mut b, json_key(b't', &k), t);
+        }
+        for (k, t) in dirty.rule_tracks {
+            put(&mut b, json_key(b'r', &k), t);
+        }
+        for (host, h) in dirty.hosts {
+            let mut key = b"h/".to_vec();
+            key.extend_from_slice(host.as_bytes());
+            put(&mut b, key, h);
+        }
+        for (id, m) in dirty.maintenances {
+            put(&mut b, id_key(b'm', id), m);
+        }
+        for (id, s) in dirty.silences {
+            put(&mut b, id_key(b's', id), s);
+        }
+        self.tree.apply(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStorage;
+    use pikett_core::faults::{FaultFilter, FaultState, FaultsConfig, HostDeps, Rule};
+
+    fn sample(value: f64) -> pb::Batch {
+        pb::Batch {
+            samples: vec![pb::Sample {
+                name: "temp".into(),
+                labels: [("sensor".to_string(), "CPU1".to_string())].into_iter().collect(),
+                value,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn rules_fire_resolve_and_survive_a_reopen_of_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule: Rule = toml::from_str("name = \"hot\"\nmetric = \"temp\"\nop = \">\"\nthreshold = 5.0\n").unwrap();
+        let config = EngineConfig::new(FaultsConfig::default(), vec![rule], HostDeps::default()).unwrap();
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |s: i64| t0.checked_add(jiff::SignedDuration::from_secs(s)).unwrap();
+        {
+            let db = SledStorage::open(dir.path(), 1 << 20).unwrap();
+            let svc = FaultService::open(&db, config.clone()).unwrap();
+            assert!(svc.ingest("h1", "acme", &sample(1.0), at(0)).is_empty());
+            assert!(svc.with_engine(|e| e.faults(&FaultFilter::default()).is_empty()), "a cold sample opened a fault");
+            svc.ingest("h1", "acme", &sample(9.0), at(10));
+            let open = svc.with_engine(|e| e.faults(&FaultFilter::default()).into_iter().cloned().collect::<Vec<_>>());
+            assert_eq!(open.len(), 1);
+            assert!(open[0].check.starts_with("rule/hot"), "{}", open[0].check);
+            db.flush().await.unwrap();
+        }
+        let db = SledStorage::open(dir.path(), 1 << 20).unwrap();
+        let svc = FaultService::open(&db, config).unwrap();
+        svc.ingest("h1", "acme", &sample(1.0), at(20));
+        let all = svc.with_engine(|e| {
+            e.faults(&FaultFilter { all: true, ..Default::default() }).into_iter().cloned().collect::<Vec<_>>()
+        });
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].state, FaultState::Resolved, "the cooled-down sample did not resolve the restored fault");
+    }
+}

@@ -1,0 +1,165 @@
+//! Incidents at their edge: the pure model (`pikett_core::incidents`) fed with the fault
+//! transitions (a second consumer next to the pager), persisted in the tree `incidents`
+//! (`i/`id → JSON record, `next` → the last id), flushed after every change. The gRPC
+//! service is `api::incidents`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use pikett_core::faults::{EventKind, Fault, FaultFilter, Transition};
+use pikett_core::incidents::{FaultRef, Incident, Incidents, fault_ref};
+use pikett_core::sla::Contract;
+
+use crate::config::{CollectorConfig, CustomerConfig};
+use crate::services::faults::FaultService;
+use crate::services::pager::Pager;
+use crate::store::{Storage, StoreError, Tree, WriteBatch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IncidentStoreError {
+    #[error("incident store: {0}")]
+    Store(#[from] StoreError),
+    #[error("incident store record {key}: {source}")]
+    Corrupt { key: String, source: serde_json::Error },
+}
+
+const NEXT_KEY: &[u8] = b"next";
+
+fn inc_key(id: u64) -> Vec<u8> {
+    let mut k = b"i/".to_vec();
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The incidents of a running collector.
+pub struct IncidentService {
+    state: Mutex<Incidents>,
+    tree: Arc<dyn Tree>,
+    storage: Arc<dyn Storage>,
+    window: Duration,
+    pub(crate) faults: Arc<FaultService>,
+    pub(crate) pager: Arc<Pager>,
+    pub(crate) customers: BTreeMap<String, CustomerConfig>,
+    pub(crate) contracts: BTreeMap<String, Contract>,
+}
+
+impl IncidentService {
+    /// Restores the incidents from `db` and catches up with the faults (see [`Incidents::reconcile`]).
+    pub async fn open(
+        storage: Arc<dyn Storage>,
+        config: &CollectorConfig,
+        faults: Arc<FaultService>,
+        pager: Arc<Pager>,
+    ) -> Result<IncidentService, IncidentStoreError> {
+        let tree = storage.tree("incidents")?;
+        let mut state = Incidents::default();
+        for item in tree.iter() {
+            let (k, v) = item?;
+            let corrupt =
+                |source| IncidentStoreError::Corrupt { key: String::from_utf8_lossy(&k).into_owned(), source };
+            if k == NEXT_KEY {
+                state.next_id = serde_json::from_slice(&v).map_err(corrupt)?;
+            } else if k.starts_with(b"i/") {
+                let inc: Incident = serde_json::from_slice(&v).map_err(corrupt)?;
+                state.incidents.insert(inc.id, inc);
+            }
+        }
+        let service = IncidentService {
+            state: Mutex::new(state),
+            tree,
+            storage,
+            window: config.incidents.customer_window,
+            faults,
+            pager,
+            customers: config.customers.clone(),
+            contracts: config.sla.clone(),
+        };
+        let now = Timestamp::now();
+        let (failing, resolved) = service.faults.with_engine(|e| {
+            let all = e.faults(&FaultFilter { all: true, ..Default::default() });
+            let failing: Vec<FaultRef> = all.iter().filter(|f| !f.is_resolved()).map(|f| fault_ref(f)).collect();
+            let resolved: std::collections::HashSet<u64> =
+                all.iter().filter(|f| f.is_resolved()).map(|f| f.id).collect();
+            (failing, resolved)
+        });
+        let changed = service.lock().reconcile(&failing, service.window, now, |id| resolved.contains(&id));
+        service.persist(&changed).await;
+        Ok(service)
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Incidents> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the changed records and flushes.
+    pub(crate) async fn persist(&self, ids: &[u64]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut batch = WriteBatch::default();
+        {
+            let st = self.lock();
+            batch.insert(NEXT_KEY, serde_json::to_vec(&st.next_id).expect("serializes"));
+            for id in ids {
+                if let Some(inc) = st.incidents.get(id) {
+                    batch.insert(inc_key(*id), serde_json::to_vec(inc).expect("incidents serialize"));
+                }
+            }
+        }
+        if let Err(e) = self.tree.apply(batch) {
+            tracing::error!(error = %e, "cannot persist incidents");
+        }
+        if let Err(e) = self.storage.flush().await {
+            tracing::error!(error = %e, "cannot flush incidents");
+        }
+    }
+
+    /// Feeds fault transitions (the same batches the pager gets).
+    pub async fn on_transitions(&self, batch: &[Transition]) {
+        let mut changed = Vec::new();
+        for t in batch {
+            let fault = self.faults.with_engine(|e| e.fault(t.fault_id).cloned());
+            let Some(fault) = fault else { continue };
+            let mut st = self.lock();
+            match t.kind {
+                EventKind::Opened | EventKind::Reopened | EventKind::SeverityRaised if !fault.is_resolved() => {
+                    if t.kind == EventKind::Reopened {
+                        changed.extend(st.fault_noted(fault.id, None, &format!("fault {} reopened", fault.id), t.at));
+                    }
+                    changed.extend(st.fault_failing(&fault_ref(&fault), self.window, t.at));
+                }
+                EventKind::Acknowledged => {
+                    let who = fault.acked_by.as_deref();
+                    changed.extend(st.fault_noted(fault.id, who, &format!("fault {} acknowledged", fault.id), t.at));
+                }
+                EventKind::Resolved => {
+                    let text = match &fault.resolved_by {
+                        Some(by) => format!("fault {} resolved by {by}", fault.id),
+                        None => format!("fault {} resolved (check OK again)", fault.id),
+                    };
+                    let ids: Vec<u64> = st
+                        .incidents
+                        .values()
+                        .filter(|i| i.fault_ids.contains(&fault.id))
+                        .flat_map(|i| i.fault_ids.clone())
+                        .collect();
+                    let resolved: std::collections::HashSet<u64> = self.faults.with_engine(|e| {
+                        ids.iter().filter(|id| e.fault(**id).is_none_or(|f| f.is_resolved())).copied().collect()
+                    });
+                    changed.extend(st.fault_resolved(fault.id, &text, t.at, |id| resolved.contains(&id)));
+                }
+                _ => {}
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        self.persist(&changed).await;
+    }
+
+    /// The member faults of an incident (those still known to the engine).
+    pub fn faults_of(&self, inc: &Incident) -> Vec<Fault> {
+        self.faults.with_engine(|e| inc.fault_ids.iter().filter_map(|id| e.fault(*id).cloned()).collect())
+    }
+}

@@ -1,0 +1,16 @@
+//! The services: state that lives across requests, its persistence (through [`crate::store`]
+//! only), and the reactions to fault transitions.
+//!
+//! Architecture invariant: a service never speaks a network protocol to its users (that is
+//! `api/`) and never names a storage engine's types (that is `store/`). Decisions are made by
+//! `pikett_core`; a service feeds it data and the time, persists what changed, and acts.
+
+pub mod batches;
+pub mod causes;
+pub mod faults;
+pub mod incidents;
+pub mod latest;
+pub mod metrics;
+pub mod pager;
+pub mod patches;
+pub mod writer;

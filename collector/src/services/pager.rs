@@ -1,0 +1,490 @@
+//! The pager: turns fault transitions into escalations (`pikett_core::escalation`,
+//! pure) and their steps into notifications through the durable outbox
+//! (`notify/`), and records every step on the fault's timeline.
+//!
+//! Architecture invariants:
+//! - A notification is in the outbox (flushed) before it is sent; its id is
+//!   the idempotency key `FAULT/STEP`, the same on every retry and restart.
+//! - Escalation state (tree `escalations`) is written and flushed after every change, so a restarted
+//!   collector continues each escalation where it stood.
+//! - No alarm is dropped silently: a chain that ends with every delivery
+//!   failed says so on the fault and raises `pikett_notifications_failed_total`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+
+use crate::config::{CollectorConfig, CustomerConfig};
+use crate::notify::{
+    ChannelKind, Notification, NotificationKind, Outbox, OutcomeStatus, SystemClock, TreeStore, Worker,
+};
+use crate::services::faults::FaultService;
+use crate::services::metrics::Metrics;
+use crate::store::{Storage, Tree};
+use pikett_core::escalation::{
+    Action, Context, Escalation, EscalationConfig, NotifyKind, Severity as EscSeverity, StartMode,
+};
+use pikett_core::faults::{EventKind, Fault, Severity, Transition};
+use pikett_core::oncall::{Channel, Override, Person, Role, Rotation};
+
+struct State {
+    escalations: BTreeMap<u64, Escalation>,
+    overrides: Vec<Override>,
+}
+
+pub struct Pager {
+    state: Mutex<State>,
+    tree: Arc<dyn Tree>,
+    storage: Arc<dyn Storage>,
+    outbox: Outbox,
+    _worker: Mutex<Option<Worker>>,
+    faults: Arc<FaultService>,
+    metrics: Arc<Metrics>,
+    people: BTreeMap<String, Person>,
+    rotations: Vec<Rotation>,
+    escalation: EscalationConfig,
+    customers: BTreeMap<String, CustomerConfig>,
+}
+
+const OVERRIDES_KEY: &[u8] = b"overrides";
+
+fn esc_key(fault: u64) -> Vec<u8> {
+    let mut k = b"e/".to_vec();
+    k.extend_from_slice(&fault.to_be_bytes());
+    k
+}
+
+fn channel_kind(c: Channel) -> ChannelKind {
+    match c {
+        Channel::Sms => ChannelKind::Sms,
+        Channel::Voice => ChannelKind::Voice,
+        Channel::Email => ChannelKind::Email,
+        Channel::Webhook => ChannelKind::Webhook,
+    }
+}
+
+fn esc_severity(s: Severity) -> EscSeverity {
+    match s {
+        Severity::Warning => EscSeverity::Warning,
+        Severity::Critical => EscSeverity::Critical,
+    }
+}
+
+/// Starts the pager: restores escalations, starts the outbox worker, and
+/// consumes `transitions` and the outbox's outcomes until the process ends.
+pub fn spawn(
+    config: &CollectorConfig,
+    storage: Arc<dyn Storage>,
+    faults: Arc<FaultService>,
+    metrics: Arc<Metrics>,
+    mut transitions: mpsc::UnboundedReceiver<Vec<Transition>>,
+) -> anyhow::Result<Arc<Pager>> {
+    let tree = storage.tree("escalations")?;
+    let mut escalations = BTreeMap::new();
+    let mut overrides = Vec::new();
+    for item in tree.iter() {
+        let (k, v) = item?;
+        if k == OVERRIDES_KEY {
+            overrides = serde_json::from_slice(&v)?;
+        } else if k.len() == 10 {
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&k[2..]);
+            escalations.insert(u64::from_be_bytes(id), serde_json::from_slice(&v)?);
+        }
+    }
+    let channels = config.channels.build().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (outbox, mut outcomes) =
+        Outbox::new(TreeStore::open(storage.clone())?, channels, config.outbox.clone(), Arc::new(SystemClock));
+    let worker = outbox.start();
+    let pager = Arc::new(Pager {
+        state: Mutex::new(State { escalations, overrides }),
+        tree,
+        storage,
+        outbox,
+        _worker: Mutex::new(Some(worker)),
+        faults,
+        metrics,
+        people: config.people.clone(),
+        rotations: config.rotations.clone(),
+        escalation: config.escalation.clone(),
+        customers: config.customers.clone(),
+    });
+    let p = pager.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(batch) = transitions.recv() => p.on_transitions(batch).await,
+                Some(outcome) = outcomes.recv() => p.on_outcome(outcome).await,
+                _ = tick.tick() => p.run_due(Timestamp::now()).await,
+            }
+        }
+    });
+    Ok(pager)
+}
+
+impl Pager {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Who holds each role at `at`.
+    pub fn roster(&self, at: Timestamp) -> Vec<(Role, Option<String>)> {
+        let st = self.lock();
+        pikett_core::oncall::roster(&self.rotations, &st.overrides, at)
+            .into_iter()
+            .map(|(r, p)| (r, p.map(str::to_string)))
+            .collect()
+    }
+
+    pub fn people(&self) -> &BTreeMap<String, Person> {
+        &self.people
+    }
+
+    /// Adds an on-call override (validated) and persists it.
+    pub async fn add_override(&self, ov: Override) -> Result<(), String> {
+        pikett_core::oncall::validate_override(&self.people, &ov).map_err(|e| e.to_string())?;
+        let json = {
+            let mut st = self.lock();
+            st.overrides.push(ov);
+            serde_json::to_vec(&st.overrides).map_err(|e| e.to_string())?
+        };
+        self.tree.insert(OVERRIDES_KEY, json).map_err(|e| e.to_string())?;
+        self.storage.flush().await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Stops a fault's escalation that is still paging although the fault is already
+    /// acknowledged (an emergency escalated after the ack re-pages the chain).
+    /// Returns whether one was stopped.
+    pub async fn stop_running(&self, fault: u64, now: Timestamp) -> bool {
+        let stopped = {
+            let mut st = self.lock();
+            match st.escalations.get_mut(&fault) {
+                Some(e) if matches!(e.status(), pikett_core::escalation::Status::Running) => {
+                    e.ack(now);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if stopped {
+            self.persist(fault).await;
+        }
+        stopped
+    }
+
+    /// Pages the whole chain at once for these faults (an emergency).
+    pub async fn escalate_emergency(&self, fault_ids: &[u64], now: Timestamp) {
+        {
+            let mut st = self.lock();
+            for id in fault_ids {
+                let sev = self.faults.with_engine(|e| e.fault(*id).map(|f| f.severity));
+                let Some(sev) = sev else { continue };
+                st.escalations.entry(*id).and_modify(|e| e.escalate_emergency(now)).or_insert_with(|| {
+                    Escalation::start(&id.to_string(), esc_severity(sev), now, StartMode::Emergency)
+                });
+            }
+        }
+        self.run_due(now).await;
+    }
+
+    /// Sends a free-text notification (incident status update) to a customer's contacts.
+    pub async fn notify_customer(&self, customer: &str, key: &str, subject: &str, text: &str, now: Timestamp) -> usize {
+        let Some(c) = self.customers.get(customer) else { return 0 };
+        let mut sent = 0;
+        for (i, contact) in c.contacts.iter().enumerate() {
+            for (channel, to) in [(ChannelKind::Email, &contact.email), (ChannelKind::Sms, &contact.sms)] {
+                let Some(to) = to else { continue };
+                let n = Notification {
+                    id: format!("{key}/{i}/{}", channel.as_str()),
+                    fault_id: key.to_string(),
+                    kind: NotificationKind::StatusUpdate,
+                    channel,
+                    to: to.clone(),
+                    subject: subject.to_string(),
+                    text: text.to_string(),
+                    host: String::new(),
+                    check: String::new(),
+                    severity: String::new(),
+                    summary: String::new(),
+                    customer: customer.to_string(),
+                    emergency: true,
+                    fault_opened_at: None,
+                    fault_resolved_at: None,
+                    created_at: now,
+                };
+                if self.outbox.enqueue(n).await.is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    }
+
+    async fn on_transitions(&self, batch: Vec<Transition>) {
+        let now = Timestamp::now();
+        for t in batch {
+            let fault = self.faults.with_engine(|e| e.fault(t.fault_id).cloned());
+            let Some(fault) = fault else { continue };
+            let (actions, copies) = self.apply_transition(&t, &fault, now);
+            self.execute(&fault, actions, now).await;
+            self.persist(fault.id).await;
+            self.copy_to_customer(&fault, &copies, now).await;
+        }
+        self.run_due(now).await;
+    }
+
+    /// The escalation's side of one transition: immediate actions and customer copies to send.
+    fn apply_transition(&self, t: &Transition, fault: &Fault, now: Timestamp) -> (Vec<Action>, Vec<NotificationKind>) {
+        let mut st = self.lock();
+        let mut copies = Vec::new();
+        let mut actions = Vec::new();
+        match t.kind {
+            EventKind::Opened | EventKind::Reopened | EventKind::FlappingStarted | EventKind::SuppressionEnded
+                if t.page =>
+            {
+                let running = st
+                    .escalations
+                    .get(&fault.id)
+                    .is_some_and(|e| matches!(e.status(), pikett_core::escalation::Status::Running));
+                if !running {
+                    let sev = esc_severity(fault.severity);
+                    st.escalations
+                        .insert(fault.id, Escalation::start(&fault.id.to_string(), sev, now, StartMode::Normal));
+                    copies.push(NotificationKind::Copy);
+                }
+            }
+            EventKind::SeverityRaised if t.page => {
+                let sev = esc_severity(fault.severity);
+                st.escalations
+                    .entry(fault.id)
+                    .and_modify(|e| e.set_severity(sev, now))
+                    .or_insert_with(|| Escalation::start(&fault.id.to_string(), sev, now, StartMode::Normal));
+            }
+            EventKind::Acknowledged => {
+                if let Some(e) = st.escalations.get_mut(&fault.id) {
+                    e.ack(now);
+                }
+            }
+            EventKind::Resolved => {
+                let overrides = st.overrides.clone();
+                let ctx = Context {
+                    people: &self.people,
+                    rotations: &self.rotations,
+                    overrides: &overrides,
+                    config: &self.escalation,
+                };
+                if let Some(e) = st.escalations.get_mut(&fault.id) {
+                    actions = e.resolve(now, &ctx);
+                    copies.push(NotificationKind::Resolved);
+                }
+            }
+            _ => {}
+        }
+        (actions, copies)
+    }
+
+    /// Premium customers (`copy_alerts`) get a copy of critical alarms and their resolution.
+    async fn copy_to_customer(&self, fault: &Fault, kinds: &[NotificationKind], now: Timestamp) {
+        let Some(customer) = self.customers.get(&fault.customer) else { return };
+        if !customer.copy_alerts || fault.severity != Severity::Critical {
+            return;
+        }
+        for kind in kinds {
+            let resolved = *kind == NotificationKind::Resolved;
+            for (i, contact) in customer.contacts.iter().enumerate() {
+                for (channel, to) in [(ChannelKind::Email, &contact.email), (ChannelKind::Sms, &contact.sms)] {
+                    let Some(to) = to else { continue };
+                    let n = self.notification(
+                        fault,
+                        format!(
+                            "{}/copy/{}/{i}/{}",
+                            fault.id,
+                            if resolved { "resolved" } else { "alarm" },
+                            channel.as_str()
+                        ),
+                        if resolved { NotificationKind::Resolved } else { NotificationKind::Copy },
+                        channel,
+                        to.clone(),
+                        now,
+                    );
+                    if let Err(e) = self.outbox.enqueue(n).await {
+                        tracing::error!(fault = fault.id, error = %e, "cannot queue the customer's copy");
+                    }
+                }
+            }
+            self.note(fault.id, &format!("copy sent to customer {}'s contacts", fault.customer), now);
+        }
+    }
+
+    fn notification(
+        &self,
+        fault: &Fault,
+        id: String,
+        kind: NotificationKind,
+        channel: ChannelKind,
+        to: String,
+        now: Timestamp,
+    ) -> Notification {
+        Notification {
+            id,
+            fault_id: fault.id.to_string(),
+            kind,
+            channel,
+            to,
+            subject: String::new(),
+            text: String::new(),
+            host: fault.host.clone(),
+            check: fault.check.clone(),
+            severity: serde_json::to_value(fault.severity)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            summary: fault.last_summary.clone(),
+            customer: fault.customer.clone(),
+            emergency: false,
+            fault_opened_at: Some(fault.opened_at),
+            fault_resolved_at: fault.resolved_at,
+            created_at: now,
+        }
+    }
+
+    async fn on_outcome(&self, outcome: crate::notify::Outcome) {
+        let now = Timestamp::now();
+        let Some((fault, step)) = outcome.notification_id.split_once('/') else { return };
+        let Ok(fault_id) = fault.parse::<u64>() else { return };
+        let text = match &outcome.status {
+            OutcomeStatus::Delivered { .. } => {
+                format!("{} to {} delivered (attempt {})", outcome.channel.as_str(), outcome.to, outcome.attempts)
+            }
+            OutcomeStatus::Retrying { error, .. } => {
+                format!("{} to {} failed, retrying: {error}", outcome.channel.as_str(), outcome.to)
+            }
+            OutcomeStatus::Failed { reason } => {
+                format!("{} to {} FAILED: {reason}", outcome.channel.as_str(), outcome.to)
+            }
+        };
+        self.note(fault_id, &text, now);
+        // A first failed attempt already counts as failed for the escalation: the next
+        // channel or role must not wait for the outbox's retries.
+        let ok = matches!(outcome.status, OutcomeStatus::Delivered { .. });
+        let first_failure = matches!(outcome.status, OutcomeStatus::Retrying { .. }) && outcome.attempts == 1;
+        let final_failure = matches!(outcome.status, OutcomeStatus::Failed { .. }) && outcome.attempts <= 1;
+        if let Ok(step) = step.parse::<u32>()
+            && (ok || first_failure || final_failure)
+        {
+            if let Some(e) = self.lock().escalations.get_mut(&fault_id) {
+                e.on_delivery(step, ok, now);
+            }
+            self.persist(fault_id).await;
+            self.run_due(now).await;
+        }
+    }
+
+    /// Runs every escalation step that is due.
+    async fn run_due(&self, now: Timestamp) {
+        let mut work = Vec::new();
+        {
+            let mut st = self.lock();
+            let overrides = st.overrides.clone();
+            let ctx = Context {
+                people: &self.people,
+                rotations: &self.rotations,
+                overrides: &overrides,
+                config: &self.escalation,
+            };
+            for (id, e) in st.escalations.iter_mut() {
+                if e.next_wakeup().is_some_and(|t| t <= now) {
+                    let actions = e.due(now, &ctx);
+                    if !actions.is_empty() {
+                        work.push((*id, actions));
+                    }
+                }
+            }
+        }
+        for (id, actions) in work {
+            let fault = self.faults.with_engine(|e| e.fault(id).cloned());
+            if let Some(fault) = fault {
+                self.execute(&fault, actions, now).await;
+            }
+            self.persist(id).await;
+        }
+    }
+
+    async fn execute(&self, fault: &Fault, actions: Vec<Action>, now: Timestamp) {
+        for action in actions {
+            let key = action.idempotency_key();
+            match action {
+                Action::Notify { person, channel, kind, to, role, .. } => {
+                    let kind = match kind {
+                        NotifyKind::Alarm => NotificationKind::Alarm,
+                        NotifyKind::Resolved => NotificationKind::Resolved,
+                        NotifyKind::Reminder => NotificationKind::Reminder,
+                    };
+                    let mut n =
+                        self.notification(fault, key.unwrap_or_default(), kind, channel_kind(channel), to.clone(), now);
+                    n.emergency = self
+                        .lock()
+                        .escalations
+                        .get(&fault.id)
+                        .is_some_and(|e| e.mode() == pikett_core::escalation::Mode::Emergency);
+                    let role = role.map(|r| format!(" ({})", r.as_str())).unwrap_or_default();
+                    match self.outbox.enqueue(n).await {
+                        Ok(_) => {
+                            self.note(fault.id, &format!("{} {person}{role} by {channel} to {to}", kind.as_str()), now)
+                        }
+                        Err(e) => self.note(fault.id, &format!("cannot queue {channel} to {person}: {e}"), now),
+                    }
+                }
+                Action::RoleEscalated { role, person, reason, round, .. } => {
+                    let who = person.unwrap_or_else(|| "nobody (vacant)".into());
+                    let reason = serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default();
+                    self.note(
+                        fault.id,
+                        &format!("paging {}: {who} (round {}, reason: {reason})", role.as_str(), round + 1),
+                        now,
+                    );
+                }
+                Action::ChainExhausted { all_failed, .. } => {
+                    if all_failed {
+                        self.metrics.notifications_failed_total.inc();
+                        self.note(
+                            fault.id,
+                            "NOTIFICATION FAILED: every channel of every role failed; nobody was reached",
+                            now,
+                        );
+                        tracing::error!(fault = fault.id, host = %fault.host, check = %fault.check, "every notification of the escalation failed");
+                    } else {
+                        self.note(fault.id, "escalation chain exhausted without an acknowledgement", now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn note(&self, fault: u64, text: &str, now: Timestamp) {
+        let _ = self.faults.with_engine(|e| e.annotate(fault, None, text, now));
+    }
+
+    async fn persist(&self, fault: u64) {
+        let json = self.lock().escalations.get(&fault).map(|e| serde_json::to_vec(e).expect("escalations serialize"));
+        let r = match json {
+            Some(j) => self.tree.insert(&esc_key(fault), j),
+            None => Ok(()),
+        };
+        if let Err(e) = r.map_err(|e| e.to_string()) {
+            tracing::error!(fault, error = %e, "cannot persist escalation state");
+        }
+        if let Err(e) = self.storage.flush().await {
+            tracing::error!(fault, error = %e, "cannot flush escalation state");
+        }
+    }
+}

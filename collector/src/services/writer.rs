@@ -1,0 +1,135 @@
+//! The group-commit writer: the one place batches become durable and are acknowledged.
+//!
+//! Architecture invariant: a batch is acknowledged only after the flush that made it durable
+//! has completed. Many batches share one flush: the writer takes every request waiting (up
+//! to [`MAX_GROUP`]), inserts them, feeds the new ones to the fault engine and the patch
+//! service, flushes once, then answers each in order. The engine's changes are in the same
+//! flush, so fault state always matches the acknowledged batches.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pikett_core::faults::Transition;
+use tokio::sync::mpsc;
+
+use crate::services::batches::{BatchLog, Stored, WriteRequest};
+use crate::services::faults::FaultService;
+use crate::services::metrics::Metrics;
+use crate::services::patches::PatchService;
+use crate::store::StoreError;
+
+/// Most batches one flush covers.
+const MAX_GROUP: usize = 4096;
+
+/// Starts the group-commit writer: it takes every request waiting, inserts
+/// them, feeds the new ones to the fault engine (and their `patches` inventory to the patch
+/// service, whose synthetic check goes to the engine too), flushes once, then answers
+/// each and hands the fault transitions to `transitions`.
+pub fn spawn_writer(
+    store: Arc<BatchLog>,
+    faults: Arc<FaultService>,
+    patches: Arc<PatchService>,
+    metrics: Arc<Metrics>,
+    transitions: mpsc::UnboundedSender<Vec<Transition>>,
+) -> mpsc::Sender<WriteRequest> {
+    let (tx, mut rx) = mpsc::channel::<WriteRequest>(16 * 1024);
+    let (done_tx, done_rx) = mpsc::channel::<Applied>(1);
+    let (store_w, metrics) = (store.clone(), metrics);
+    tokio::spawn(async move {
+        let store = store_w;
+        while let Some(first) = rx.recv().await {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            let now_ms = jiff::Timestamp::now().as_millisecond();
+            let s = store.clone();
+            let f = faults.clone();
+            let p = patches.clone();
+            let applied = tokio::task::spawn_blocking(move || {
+                let r = s.apply(&group, now_ms);
+                let mut changes = Vec::new();
+                if let Ok(stored) = &r {
+                    let now = jiff::Timestamp::from_millisecond(now_ms).unwrap_or_else(|_| jiff::Timestamp::now());
+                    for (req, st) in group.iter().zip(stored) {
+                        if *st == Stored::New {
+                            changes.extend(f.ingest(&req.sender.host_id, &req.sender.customer, &req.batch, now));
+                            if let Some(input) = p.ingest(&req.sender.host_id, &req.sender.customer, &req.batch, now) {
+                                changes.extend(f.with_engine(|e| e.check_result(input, now)));
+                            }
+                        }
+                    }
+                }
+                (group, r, changes)
+            })
+            .await;
+            let (group, result, changes) = match applied {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(error = %e, "store writer task failed");
+                    continue;
+                }
+            };
+            // The flush and the answers run in the completion task, so the next group is
+            // inserted while this one flushes (at most one group waits).
+            if done_tx.send(Applied { group, result, changes, started }).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio::spawn(complete(done_rx, store, metrics, transitions));
+    tx
+}
+
+/// A group inserted and fed to the engine, waiting for its flush.
+struct Applied {
+    group: Vec<WriteRequest>,
+    result: Result<Vec<Stored>, StoreError>,
+    changes: Vec<Transition>,
+    started: Instant,
+}
+
+/// Flushes each applied group in order, then answers its requests and hands on its
+/// transitions. A flush covers every insert made before it started, so a group's answers
+/// always follow the durability of its own inserts.
+async fn complete(
+    mut done: mpsc::Receiver<Applied>,
+    store: Arc<BatchLog>,
+    metrics: Arc<Metrics>,
+    transitions: mpsc::UnboundedSender<Vec<Transition>>,
+) {
+    while let Some(Applied { group, result, changes, started }) = done.recv().await {
+        let result = match result {
+            Ok(r) => store.flush().await.map(|()| r),
+            Err(e) => Err(e),
+        };
+        metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(stored) => {
+                if !changes.is_empty() {
+                    let _ = transitions.send(changes);
+                }
+                for (req, s) in group.into_iter().zip(stored) {
+                    if s == Stored::New {
+                        metrics.batches_total.inc();
+                        metrics.samples_total.inc_by(req.batch.samples.len() as u64);
+                        metrics.agent_dropped_samples_total.inc_by(req.batch.dropped_samples);
+                    } else {
+                        metrics.duplicate_batches_total.inc();
+                    }
+                    let _ = req.reply.send(Ok(s));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot store batches; agents will resend them");
+                for req in group {
+                    let _ = req.reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}

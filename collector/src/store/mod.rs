@@ -1,0 +1,83 @@
+//! Storage: the one seam between the collector's services and a storage engine.
+//!
+//! Every service keeps its state in named [`Tree`]s (ordered maps of bytes to bytes) of one
+//! [`Storage`]; [`Storage::flush`] makes every write to every tree so far durable at once,
+//! which is what the group commit builds on. The embedded engine is sled
+//! ([`sled_store::SledStorage`]); a second engine (PostgreSQL for high availability) plugs in
+//! by implementing these two traits.
+//!
+//! Architecture invariant: only this folder names an engine's types. Services see
+//! `Arc<dyn Storage>` and `Arc<dyn Tree>`, never `sled::*`.
+
+pub mod sled_store;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use sled_store::SledStorage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data_dir {dir}: cannot open the database: {message}")]
+    Open { dir: String, message: String },
+    #[error("storage: {0}")]
+    Engine(String),
+}
+
+/// One key/value pair read from a [`Tree`].
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// Writes to one tree applied atomically by [`Tree::apply`]: all of them or none.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    pub(crate) ops: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl WriteBatch {
+    pub fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), Some(value.into())));
+    }
+
+    pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.ops.push((key.into(), None));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// An ordered map of bytes to bytes. Writes are visible to reads at once and durable after
+/// the next [`Storage::flush`].
+pub trait Tree: Send + Sync {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    fn contains_key(&self, key: &[u8]) -> Result<bool, StoreError>;
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError>;
+    /// Removes `key`; returns the value it had.
+    fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Applies every write of `batch` atomically.
+    fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
+    /// The entries whose key starts with `prefix`, in key order.
+    fn scan_prefix<'a>(&'a self, prefix: &[u8]) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a>;
+    /// Every entry, in key order.
+    fn iter<'a>(&'a self) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a> {
+        self.scan_prefix(&[])
+    }
+    /// The number of entries (walks the tree: not for hot paths).
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A storage engine: named trees and one flush for all of them.
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// Opens (or creates) the tree `name`.
+    fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError>;
+    /// Makes every write so far, to every tree, durable against a process crash.
+    async fn flush(&self) -> Result<(), StoreError>;
+    /// Bytes the engine uses on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,66 @@
+//! Incidents and emergencies (SPEC.md 3.3): critical faults grouped per host, or per customer
+//! when several of its hosts fail within `[incidents] customer_window` (default 5 min).
+//!
+//! - `model.rs` — the incidents as plain data and the grouping (pure, unit-tested).
+//! - `report.rs` — the Markdown post-incident report (pure).
+//! - here: `[incidents]` and the engine fault → incident member mapping.
+//!
+//! The model at its edge (fed with fault transitions, persisted) is the collector's
+//! `services::incidents`; the gRPC service is `api::incidents`.
+//!
+//! Choices where SPEC.md is silent:
+//! - Only critical faults make incidents (a warning that becomes critical joins then).
+//! - An incident never escalated closes by itself once every fault of it is resolved; an
+//!   emergency stays until staff close it with a root cause and recommendations.
+//! - Escalating pages the chain once for the incident (its earliest unresolved,
+//!   preferably unacknowledged fault), not once per fault: nobody gets ten SMS at 3 a.m.
+//! - Status updates go to the customer's contacts (email and SMS) for any incident staff
+//!   write one for; the text is prefixed `[Notfall]` for emergencies.
+
+mod model;
+pub mod report;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use model::{
+    FaultRef, Incident, IncidentError, IncidentEvent, IncidentState, Incidents, NOTFALL, Placement, StatusUpdate, place,
+};
+
+use crate::faults::Fault;
+
+/// `[incidents]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentsConfig {
+    /// Faults of several hosts of one customer opening within this of each other form one incident.
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub customer_window: Duration,
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        IncidentsConfig { customer_window: default_window() }
+    }
+}
+
+/// The member reference of an engine fault.
+pub fn fault_ref(f: &Fault) -> FaultRef {
+    FaultRef {
+        id: f.id,
+        host: f.host.clone(),
+        customer: f.customer.clone(),
+        check: f.check.clone(),
+        severity: f.severity,
+        opened_at: f.opened_at,
+        summary: f.last_summary.clone(),
+    }
+}
