@@ -167,23 +167,8 @@ fn collector_url_problem(url: &str) -> Option<String> {
 
 /// Turns a TOML error into one naming file, line and column.
 pub fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let (line, column) = e.span().map_or((0, 0), |span| line_column(text, span.start));
+    let (line, column) = pikett_support::toml_position(text, e);
     ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_string() }
-}
-
-/// 1-based line and column of a byte offset.
-pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
-}
-
-/// Parses "85%" into 85.0.
-pub fn parse_percent(s: &str) -> Result<f64, String> {
-    let n = s.trim().strip_suffix('%').ok_or_else(|| format!("{s:?}: expected a percentage like \"85%\""))?;
-    let v: f64 = n.trim().parse().map_err(|_| format!("{s:?}: expected a percentage like \"85%\""))?;
-    if (0.0..=100.0).contains(&v) { Ok(v) } else { Err(format!("{s:?}: must be between 0% and 100%")) }
 }
 
 #[cfg(test)]
@@ -215,8 +200,8 @@ mod tests {
 
     #[test]
     fn percent_parsing() {
-        assert_eq!(parse_percent("85%"), Ok(85.0));
-        assert!(parse_percent("85").is_err());
-        assert!(parse_percent("185%").is_err());
+        assert_eq!(crate::probes::host::parse_percent("85%"), Ok(85.0));
+        assert!(crate::probes::host::parse_percent("85").is_err());
+        assert!(crate::probes::host::parse_percent("185%").is_err());
     }
 }

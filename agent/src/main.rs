@@ -85,7 +85,7 @@ fn main() -> ExitCode {
                 let host_id = config.resolved_host_id().map_err(anyhow::Error::msg)?;
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    pikett_support::wait_for_signal().await;
                     tracing::info!("shutting down");
                     let _ = tx.send(true);
                 });
@@ -126,16 +126,4 @@ async fn test(config: &AgentConfig, only: Option<&str>) -> anyhow::Result<()> {
         probe.shutdown().await;
     }
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

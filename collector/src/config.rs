@@ -137,7 +137,7 @@ impl CollectorConfig {
 
     pub fn parse(path: &Path, text: &str) -> Result<CollectorConfig, Vec<ConfigError>> {
         let config: CollectorConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e.span().map_or((0, 0), |s| line_column(text, s.start));
+            let (line, column) = pikett_support::toml_position(text, &e);
             vec![ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_string() }]
         })?;
         let problems = config.validate();
@@ -190,14 +190,6 @@ impl CollectorConfig {
         EngineConfig::new(self.faults.clone(), self.rules.clone(), HostDeps::from_hosts(&self.hosts))
             .map_err(|e| e.to_string())
     }
-}
-
-/// 1-based line and column of a byte offset.
-pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ fn main() -> ExitCode {
             Ok(rt) => rt.block_on(async move {
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    pikett_support::wait_for_signal().await;
                     tracing::info!("shutting down");
                     let _ = tx.send(true);
                 });
@@ -127,18 +127,6 @@ fn main() -> ExitCode {
             eprintln!("pikett-collector: {e:#}");
             ExitCode::from(1)
         }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
     }
 }
 

@@ -41,13 +41,12 @@
 //!   person whose rules are voice only gets it by SMS, else email, else voice.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp, civil};
 use serde::{Deserialize, Serialize};
 
+use crate::calendar::{TimeOfDay, Weekdays};
 use crate::oncall::{Channel, Override, Person, Role, Rotation, Tz, who_is_on_call};
 
 /// `[escalation]`.
@@ -141,9 +140,9 @@ impl EscalationConfig {
 #[serde(deny_unknown_fields, try_from = "RawSupportHours", into = "RawSupportHours")]
 pub struct SupportHours {
     pub days: Weekdays,
-    pub from: ClockTime,
+    pub from: TimeOfDay,
     /// Exclusive; `24:00` is the end of the day.
-    pub to: ClockTime,
+    pub to: TimeOfDay,
     pub timezone: Tz,
 }
 
@@ -151,8 +150,8 @@ pub struct SupportHours {
 #[serde(deny_unknown_fields)]
 struct RawSupportHours {
     days: Weekdays,
-    from: ClockTime,
-    to: ClockTime,
+    from: TimeOfDay,
+    to: TimeOfDay,
     timezone: Tz,
 }
 
@@ -179,8 +178,8 @@ impl Default for SupportHours {
     fn default() -> Self {
         SupportHours {
             days: "mon-fri".parse().expect("valid literal"),
-            from: ClockTime(9 * 3600),
-            to: ClockTime(18 * 3600),
+            from: TimeOfDay::from_seconds(9 * 3600),
+            to: TimeOfDay::from_seconds(18 * 3600),
             timezone: Tz::new("UTC").expect("UTC always exists"),
         }
     }
@@ -197,7 +196,7 @@ impl SupportHours {
             let local = midnight.checked_add(SignedDuration::from_secs(i64::from(secs))).ok()?;
             local.to_zoned(self.timezone.tz().clone()).ok().map(|z| z.timestamp())
         };
-        Some((at(self.from.0)?, at(self.to.0)?))
+        Some((at(self.from.seconds())?, at(self.to.seconds())?))
     }
 
     /// Whether `at` is inside support hours.
@@ -224,114 +223,6 @@ impl SupportHours {
         }
         // Only reachable at the end of jiff's supported range.
         at
-    }
-}
-
-/// A set of weekdays, written `mon-fri`, `sat,sun`, `mon-wed,fri` or `fri-mon`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Weekdays(u8);
-
-const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-
-impl Weekdays {
-    pub fn contains(self, day: civil::Weekday) -> bool {
-        self.0 & (1 << day.to_monday_zero_offset()) != 0
-    }
-}
-
-impl FromStr for Weekdays {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let day = |name: &str| {
-            let name = name.trim().to_ascii_lowercase();
-            DAY_NAMES.iter().position(|d| *d == name).ok_or_else(|| {
-                format!("days {s:?}: unknown day {name:?} (use mon, tue, wed, thu, fri, sat, sun, e.g. \"mon-fri\")")
-            })
-        };
-        let mut mask = 0u8;
-        for part in s.split(',') {
-            match part.split_once('-') {
-                Some((a, b)) => {
-                    let (a, b) = (day(a)?, day(b)?);
-                    let mut d = a;
-                    loop {
-                        mask |= 1 << d;
-                        if d == b {
-                            break;
-                        }
-                        d = (d + 1) % 7;
-                    }
-                }
-                None => mask |= 1 << day(part)?,
-            }
-        }
-        Ok(Weekdays(mask))
-    }
-}
-
-impl fmt::Display for Weekdays {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<&str> = (0..7).filter(|d| self.0 & (1 << d) != 0).map(|d| DAY_NAMES[d]).collect();
-        f.write_str(&names.join(","))
-    }
-}
-
-impl Serialize for Weekdays {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Weekdays {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// A local time of day, `HH:MM` or `HH:MM:SS`; `24:00` is the end of the day.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ClockTime(u32);
-
-impl ClockTime {
-    /// Seconds after local midnight.
-    pub fn seconds(self) -> u32 {
-        self.0
-    }
-}
-
-impl FromStr for ClockTime {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("time {s:?}: expected HH:MM or HH:MM:SS between 00:00 and 24:00");
-        let parts: Vec<&str> = s.split(':').collect();
-        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.len() != 2) {
-            return Err(bad());
-        }
-        let nums: Vec<u32> = parts.iter().map(|p| p.parse::<u32>().map_err(|_| bad())).collect::<Result<_, _>>()?;
-        let (h, m, sec) = (nums[0], nums[1], nums.get(2).copied().unwrap_or(0));
-        if m > 59 || sec > 59 || h > 24 || (h == 24 && (m, sec) != (0, 0)) {
-            return Err(bad());
-        }
-        Ok(ClockTime(h * 3600 + m * 60 + sec))
-    }
-}
-
-impl fmt::Display for ClockTime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (h, m, s) = (self.0 / 3600, self.0 / 60 % 60, self.0 % 60);
-        if s == 0 { write!(f, "{h:02}:{m:02}") } else { write!(f, "{h:02}:{m:02}:{s:02}") }
-    }
-}
-
-impl Serialize for ClockTime {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ClockTime {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -5,6 +5,7 @@
 //! steps, SLA rows, incident changes) come out. The collector's services persist the state
 //! and act on the decisions; the staff CLI renders reports with [`sla::render`].
 
+pub mod calendar;
 pub mod escalation;
 pub mod faults;
 pub mod hosts;

@@ -20,7 +20,7 @@ use jiff::{Span, Timestamp};
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
-use crate::sla::contract::weekday_from_name;
+use crate::calendar::weekday_from_name;
 
 /// Errors of patch-day arithmetic.
 #[derive(Debug, thiserror::Error)]

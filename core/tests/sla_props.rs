@@ -133,7 +133,7 @@ fn minute_in_window(contract: &Contract, w: usize, t: Timestamp) -> bool {
     let spec = &contract.windows[w];
     let local = contract.timezone.tz().to_datetime(t);
     let tod = local.time().hour() as u32 * 3600 + local.time().minute() as u32 * 60;
-    let (from, to) = (spec.from.seconds_of_day(), spec.to.seconds_of_day());
+    let (from, to) = (spec.from.seconds(), spec.to.seconds());
     let day = local.date().weekday();
     let yesterday: Weekday = day.wrapping_sub(1);
     if from < to {

@@ -6,7 +6,6 @@
 //! - `rpm`: static musl binaries and the agent's and collector's RPMs in `target/dist/`.
 
 mod bench;
-mod bench_more;
 mod rpm;
 mod util;
 

@@ -7,7 +7,6 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use sysinfo::{Disks, MemoryRefreshKind, System};
 
-use crate::config::parse_percent;
 use crate::observation::{Observation, State};
 use crate::probes::Probe;
 
@@ -251,6 +250,13 @@ impl Probe for HostProbe {
         }
         out
     }
+}
+
+/// Parses "85%" into 85.0.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let n = s.trim().strip_suffix('%').ok_or_else(|| format!("{s:?}: expected a percentage like \"85%\""))?;
+    let v: f64 = n.trim().parse().map_err(|_| format!("{s:?}: expected a percentage like \"85%\""))?;
+    if (0.0..=100.0).contains(&v) { Ok(v) } else { Err(format!("{s:?}: must be between 0% and 100%")) }
 }
 
 #[cfg(test)]

@@ -604,10 +604,10 @@ fn weekdays_and_clock_times_parse() {
     let days: Weekdays = "mon-wed,fri".parse().unwrap();
     assert_eq!(days.to_string(), "mon,tue,wed,fri");
     assert!("".parse::<Weekdays>().is_err());
-    assert_eq!("24:00".parse::<ClockTime>().unwrap().seconds(), 86400);
-    assert_eq!("08:30:15".parse::<ClockTime>().unwrap().to_string(), "08:30:15");
-    assert!("24:01".parse::<ClockTime>().is_err());
-    assert!("12:60".parse::<ClockTime>().is_err());
+    assert_eq!("24:00".parse::<TimeOfDay>().unwrap().seconds(), 86400);
+    assert_eq!("08:30:15".parse::<TimeOfDay>().unwrap().to_string(), "08:30:15");
+    assert!("24:01".parse::<TimeOfDay>().is_err());
+    assert!("12:60".parse::<TimeOfDay>().is_err());
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::rules::Rule;
-use super::types::Severity;
+use super::types::{ConfigError, Severity};
 
 /// The `[faults]` section.
 ///
@@ -200,13 +200,6 @@ impl EngineConfig {
         }
         self.deps.validate()
     }
-}
-
-/// A configuration value the engine cannot work with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    #[error("invalid {key}: {reason}")]
-    Invalid { key: String, reason: String },
 }
 
 #[cfg(test)]

@@ -8,9 +8,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::config::{ConfigError, EngineConfig};
+use super::config::EngineConfig;
 use super::rules::{self, RuleKey};
 use super::suppress::{self, elapsed, host_reachable};
+use super::types::ConfigError;
 use super::types::{
     CheckInput, CheckState, EventKind, Fault, FaultFilter, FaultState, HOST_REACHABLE, Maintenance, NewMaintenance,
     NewSilence, SampleInput, Severity, Silence, Suppression, TimelineEntry, Transition,

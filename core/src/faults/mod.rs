@@ -60,11 +60,11 @@ mod types;
 #[cfg(test)]
 mod engine_tests;
 
-pub use config::{ConfigError, EngineConfig, FaultsConfig, HostConfig, HostDeps};
+pub use config::{EngineConfig, FaultsConfig, HostConfig, HostDeps};
 pub use engine::{ActionError, Dirty, Engine, EngineState, HostInfo, NextIds, RestoreError, Track, TrackKey};
 pub use rules::{CompareOp, LabelMatcher, MatchOp, Rule, RuleKey};
 pub use suppress::host_reachable;
 pub use types::{
-    CheckInput, CheckState, EventKind, Fault, FaultFilter, FaultState, HOST_REACHABLE, Maintenance, NewMaintenance,
-    NewSilence, SampleInput, Severity, Silence, Suppression, TimelineEntry, Transition,
+    CheckInput, CheckState, ConfigError, EventKind, Fault, FaultFilter, FaultState, HOST_REACHABLE, Maintenance,
+    NewMaintenance, NewSilence, SampleInput, Severity, Silence, Suppression, TimelineEntry, Transition,
 };

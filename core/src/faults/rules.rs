@@ -33,8 +33,7 @@ use std::time::Duration;
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::config::ConfigError;
-use super::types::Severity;
+use super::types::{ConfigError, Severity};
 
 /// One `[[rules]]` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

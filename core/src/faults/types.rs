@@ -277,3 +277,9 @@ impl FaultFilter {
             && self.customer.as_deref().is_none_or(|c| c == fault.customer)
     }
 }
+/// A configuration value the engine cannot work with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}

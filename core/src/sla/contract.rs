@@ -5,12 +5,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use jiff::civil::{Date, DateTime, Time, Weekday};
 use jiff::tz::TimeZone;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::SlaError;
+pub use crate::calendar::{TimeOfDay, Weekdays};
 
 /// A contract, the keys of one `[sla.NAME]` table (SPEC.md 3.4).
 ///
@@ -54,11 +54,11 @@ fn default_response_target() -> Duration {
 #[serde(deny_unknown_fields)]
 pub struct WindowSpec {
     pub name: String,
-    pub from: LocalTime,
+    pub from: TimeOfDay,
     /// Up to and including `24:00`; at or before `from` means the window crosses midnight.
-    pub to: LocalTime,
+    pub to: TimeOfDay,
     #[serde(default)]
-    pub days: Days,
+    pub days: Weekdays,
     pub target: Target,
 }
 
@@ -142,134 +142,6 @@ impl<'de> Deserialize<'de> for Timezone {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         Timezone::new(&s).map_err(de::Error::custom)
-    }
-}
-
-/// A wall-clock time of day, `HH:MM` (or `HH:MM:SS`), `24:00` allowed as an end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct LocalTime {
-    seconds: u32,
-}
-
-impl LocalTime {
-    pub fn seconds_of_day(self) -> u32 {
-        self.seconds
-    }
-    pub fn is_end_of_day(self) -> bool {
-        self.seconds == 86_400
-    }
-    /// This time on `date` as a civil datetime; `24:00` is the next day's midnight.
-    pub fn on(self, date: Date) -> Result<DateTime, jiff::Error> {
-        if self.is_end_of_day() {
-            return Ok(date.tomorrow()?.at(0, 0, 0, 0));
-        }
-        let s = self.seconds;
-        let t = Time::new((s / 3600) as i8, (s / 60 % 60) as i8, (s % 60) as i8, 0)?;
-        Ok(date.to_datetime(t))
-    }
-}
-
-impl FromStr for LocalTime {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid time of day {s:?}: expected HH:MM (00:00 to 24:00)");
-        let parts: Vec<&str> = s.trim().split(':').collect();
-        if !(2..=3).contains(&parts.len()) || parts.iter().any(|p| p.len() != 2) {
-            return Err(bad());
-        }
-        let nums: Vec<u32> = parts.iter().map(|p| p.parse::<u32>()).collect::<Result<_, _>>().map_err(|_| bad())?;
-        let (h, m, sec) = (nums[0], nums[1], nums.get(2).copied().unwrap_or(0));
-        if m > 59 || sec > 59 || h > 24 || (h == 24 && (m, sec) != (0, 0)) {
-            return Err(bad());
-        }
-        Ok(LocalTime { seconds: h * 3600 + m * 60 + sec })
-    }
-}
-
-impl fmt::Display for LocalTime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.seconds;
-        write!(f, "{:02}:{:02}", s / 3600, s / 60 % 60)?;
-        if !s.is_multiple_of(60) {
-            write!(f, ":{:02}", s % 60)?;
-        }
-        Ok(())
-    }
-}
-
-impl<'de> Deserialize<'de> for LocalTime {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(de::Error::custom)
-    }
-}
-
-/// A set of weekdays: `"mon-sun"`, `"mon-fri"`, `"sat,sun"`, `"fri-mon"` (ranges may wrap).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Days {
-    /// Bit 0 = Monday … bit 6 = Sunday.
-    mask: u8,
-}
-
-impl Default for Days {
-    fn default() -> Self {
-        Days { mask: 0x7f }
-    }
-}
-
-impl Days {
-    pub fn contains(self, day: Weekday) -> bool {
-        self.mask & (1 << day.to_monday_zero_offset()) != 0
-    }
-}
-
-fn parse_weekday(s: &str) -> Option<i8> {
-    const NAMES: [(&str, &str); 7] = [
-        ("mon", "monday"),
-        ("tue", "tuesday"),
-        ("wed", "wednesday"),
-        ("thu", "thursday"),
-        ("fri", "friday"),
-        ("sat", "saturday"),
-        ("sun", "sunday"),
-    ];
-    let s = s.trim().to_ascii_lowercase();
-    NAMES.iter().position(|(short, long)| s == *short || s == *long).map(|i| i as i8)
-}
-
-/// Parses a weekday name (`tue`, `Tuesday`) into jiff's [`Weekday`].
-pub(crate) fn weekday_from_name(s: &str) -> Option<Weekday> {
-    parse_weekday(s).and_then(|i| Weekday::from_monday_zero_offset(i).ok())
-}
-
-impl FromStr for Days {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            |part: &str| format!("invalid days {s:?} at {part:?}: expected weekdays like \"mon-fri\" or \"sat,sun\"");
-        let mut mask = 0u8;
-        for part in s.split(',') {
-            let (a, b) = match part.split_once('-') {
-                Some((a, b)) => (a, b),
-                None => (part, part),
-            };
-            let a = parse_weekday(a).ok_or_else(|| bad(part))?;
-            let b = parse_weekday(b).ok_or_else(|| bad(part))?;
-            let mut d = a;
-            loop {
-                mask |= 1 << d;
-                if d == b {
-                    break;
-                }
-                d = (d + 1) % 7;
-            }
-        }
-        Ok(Days { mask })
-    }
-}
-
-impl<'de> Deserialize<'de> for Days {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(de::Error::custom)
     }
 }
 
@@ -461,21 +333,6 @@ windows = [{ name = "core", from = "7:00", to = "18:00", target = "98%" }]"#,
     }
 
     #[test]
-    fn days_parse_ranges_lists_and_wraps() {
-        let d: Days = "mon-fri".parse().unwrap();
-        assert!(d.contains(Weekday::Monday) && d.contains(Weekday::Friday));
-        assert!(!d.contains(Weekday::Saturday));
-        let d: Days = "sat,sun".parse().unwrap();
-        assert!(d.contains(Weekday::Sunday) && !d.contains(Weekday::Monday));
-        let d: Days = "fri-mon".parse().unwrap();
-        assert!(d.contains(Weekday::Sunday) && d.contains(Weekday::Monday));
-        assert!(!d.contains(Weekday::Wednesday));
-        assert_eq!("mon-sun".parse::<Days>().unwrap(), Days::default());
-        assert!("mon-xyz".parse::<Days>().is_err());
-        assert!("".parse::<Days>().is_err());
-    }
-
-    #[test]
     fn targets_are_exact() {
         let t: Target = "98%".parse().unwrap();
         assert!(t.is_met(98, 100) && !t.is_met(97, 100));
@@ -485,14 +342,5 @@ windows = [{ name = "core", from = "7:00", to = "18:00", target = "98%" }]"#,
         assert!("98".parse::<Target>().is_err());
         assert!("abc%".parse::<Target>().is_err());
         assert_eq!("0.9".parse::<Target>().unwrap().as_fraction(), 0.9);
-    }
-
-    #[test]
-    fn local_times() {
-        assert_eq!("07:30".parse::<LocalTime>().unwrap().seconds_of_day(), 27_000);
-        assert!("24:00".parse::<LocalTime>().unwrap().is_end_of_day());
-        for bad in ["24:01", "7:00", "07:60", "x", "07"] {
-            assert!(bad.parse::<LocalTime>().is_err(), "{bad}");
-        }
     }
 }

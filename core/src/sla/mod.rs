@@ -30,7 +30,7 @@ use serde::Serialize;
 pub use compute::{
     Attribution, Interval, Ledger, MonthCell, Reason, YearRow, compute_month, merge_overlapping, year_rows, year_view,
 };
-pub use contract::{Contract, Days, LocalTime, Target, Timezone, WindowSpec};
+pub use contract::{Contract, Target, TimeOfDay, Timezone, Weekdays, WindowSpec};
 pub use offline::{run_offline, run_offline_named};
 pub use render::{render_csv, render_json_lines, render_table, render_year_table};
 pub use response::{Emergency, ResponseSummary, response_summary};

@@ -63,9 +63,9 @@ proptest! {
     ) {
         let to = (from + len).min(24 * 60);
         let sh = SupportHours {
-            days: Weekdays(days),
-            from: ClockTime(from * 60),
-            to: ClockTime(to * 60),
+            days: Weekdays::from_mask(days),
+            from: TimeOfDay::from_seconds(from * 60),
+            to: TimeOfDay::from_seconds(to * 60),
             timezone: Tz::new(ZONES[zone]).unwrap(),
         };
         let open = sh.next_open(at);

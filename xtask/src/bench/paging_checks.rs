@@ -11,7 +11,7 @@ use pikett_proto::v1 as pb;
 use pikett_proto::v1::ingest_client::IngestClient;
 use tokio::sync::mpsc;
 
-use crate::bench::{percentile, start_collector};
+use super::{percentile, start_collector};
 use crate::util::{Killed, build, proc_usage};
 
 /// Requests a receiver got: arrival time and body.

@@ -4,6 +4,8 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod paging_checks;
+
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use pikett_proto::v1 as pb;
@@ -60,8 +62,8 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             ingest(agents, samples, interval_ms, seconds, rules)
         }
         Which::Agent { seconds } => agent(seconds),
-        Which::Paging { faults } => crate::bench_more::paging(faults),
-        Which::Checks { tcp, command, seconds } => crate::bench_more::checks(tcp, command, seconds),
+        Which::Paging { faults } => paging_checks::paging(faults),
+        Which::Checks { tcp, command, seconds } => paging_checks::checks(tcp, command, seconds),
     }
 }
 
