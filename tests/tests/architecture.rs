@@ -290,10 +290,10 @@ fn find_cycle(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Option<Ve
     }
     let mut marks = BTreeMap::new();
     for n in graph.keys() {
-        if marks.get(n).copied().unwrap_or(Mark::New) == Mark::New {
-            if let Some(c) = dfs(n, graph, &mut marks, &mut Vec::new()) {
-                return Some(c);
-            }
+        if marks.get(n).copied().unwrap_or(Mark::New) == Mark::New
+            && let Some(c) = dfs(n, graph, &mut marks, &mut Vec::new())
+        {
+            return Some(c);
         }
     }
     None
