@@ -83,6 +83,8 @@ fn load_config(path: Option<&PathBuf>) -> Result<(String, CollectorConfig), Vec<
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Fault injection for the crash tests; does nothing unless built with `failpoints`.
+    let _failpoints = fail::FailScenario::setup();
     if let Command::Sla { contract, outages, maintenance, month, output } = &cli.command {
         return sla(contract, outages, maintenance.as_deref(), month, *output);
     }

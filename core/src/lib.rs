@@ -12,4 +12,5 @@ pub mod hosts;
 pub mod incidents;
 pub mod oncall;
 pub mod patchday;
+pub mod reconcile;
 pub mod sla;

@@ -20,6 +20,8 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let status = cargo()
             .args(["build", "--quiet", "-p", "pikett-agent", "-p", "pikett-collector", "-p", "pikett-cli", "--bins"])
+            // Live fault-injection points (inert unless FAILPOINTS is set), for the crash tests.
+            .args(["--features", "pikett-collector/failpoints"])
             .status()
             .expect("running cargo build");
         assert!(status.success(), "cargo build of the binaries failed");
@@ -143,6 +145,11 @@ impl Drop for Proc {
 
 /// Starts a binary with `--config FILE ARGS...`, its stderr and stdout going to `log`.
 pub fn spawn(binary: &str, config: &Path, args: &[&str], log: &Path) -> Proc {
+    spawn_env(binary, config, args, log, &[])
+}
+
+/// [`spawn`] with extra environment variables (e.g. `FAILPOINTS` for fault injection).
+pub fn spawn_env(binary: &str, config: &Path, args: &[&str], log: &Path, env: &[(&str, &str)]) -> Proc {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
     let err = out.try_clone().expect("clone log handle");
     let child = Command::new(bin(binary))
@@ -150,6 +157,7 @@ pub fn spawn(binary: &str, config: &Path, args: &[&str], log: &Path) -> Proc {
         .arg(config)
         .args(args)
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .spawn()
@@ -225,7 +233,13 @@ impl CollectorSetup {
 
     /// Starts `pikett-collector serve` and waits until `/readyz` answers 200.
     pub fn start(&self) -> Proc {
-        let p = spawn("pikett-collector", &self.config, &["serve"], &self.log);
+        self.start_env(&[])
+    }
+
+    /// [`Self::start`] with extra environment variables, e.g. `FAILPOINTS=name=sleep(300)`
+    /// (the test binaries are built with the collector's `failpoints` feature).
+    pub fn start_env(&self, env: &[(&str, &str)]) -> Proc {
+        let p = spawn_env("pikett-collector", &self.config, &["serve"], &self.log, env);
         let ready = wait_for(Duration::from_secs(20), || {
             http_get(self.http_port, "/readyz").filter(|(s, _)| *s == 200).map(|_| ())
         });
@@ -239,6 +253,17 @@ impl CollectorSetup {
         let mut all = vec!["--collector", &url, "--ca-file", ca_file];
         all.extend_from_slice(args);
         run("pikett", &all)
+    }
+
+    /// `pikett` as the staff member `user` (the CLI takes the acting user from `USER`).
+    pub fn pikett_as(&self, user: &str, args: &[&str], ca_file: &str) -> Output {
+        let url = self.url();
+        Command::new(bin("pikett"))
+            .args(["--collector", &url, "--ca-file", ca_file])
+            .args(args)
+            .env("USER", user)
+            .output()
+            .unwrap_or_else(|e| panic!("running pikett: {e}"))
     }
 }
 

@@ -38,10 +38,20 @@ fn critical_check_opens_ack_acknowledges_ok_resolves_and_agent_loss_raises_reach
     assert!(
         timeline.iter().any(|e| e["kind"] == "acknowledged" && e["text"].as_str().unwrap().contains("looking into it"))
     );
-    // A second ack is refused with exit code 1 and one clear line.
-    let again = collector.pikett(&["ack", &id], &ca);
+    // The same person's retry (an answer lost on the way) succeeds and changes nothing.
+    let retry = collector.pikett(&["ack", &id], &ca);
+    assert!(retry.status.success(), "a retried ack failed: {}", String::from_utf8_lossy(&retry.stderr));
+    let after = json_lines(&collector.pikett(&["fault", "show", &id, "--output", "json"], &ca).stdout);
+    assert_eq!(after[0]["acked_by"], shown[0]["acked_by"]);
+    let acks = |f: &serde_json::Value| {
+        f["timeline"].as_array().unwrap().iter().filter(|e| e["kind"] == "acknowledged").count()
+    };
+    assert_eq!(acks(&after[0]), 1, "the retry was recorded twice");
+    // Someone else's ack is refused with exit code 1 and one clear line naming who acked.
+    let again = collector.pikett_as("someone-else", &["ack", &id], &ca);
     assert_eq!(again.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already acknowledged"));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("already acknowledged by"), "{err}");
 
     check.set(0);
     let resolved =

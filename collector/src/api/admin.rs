@@ -91,8 +91,14 @@ fn refused(e: faults::ActionError) -> Status {
 }
 
 impl AdminService {
+    /// Makes a staff action durable before it is answered. The engine already changed: if
+    /// the flush fails, the collector stops and restarts from the disk, where the action is
+    /// not, so the caller's retry does it again.
     async fn durable(&self) -> Result<(), Status> {
-        self.store.flush().await.map_err(|e| Status::internal(e.to_string()))
+        if let Err(e) = self.store.flush().await {
+            crate::services::storage_failure::stop("making a staff action durable", &e);
+        }
+        Ok(())
     }
 
     fn on_call(&self, at: Timestamp) -> Vec<pb::OnCall> {
@@ -195,14 +201,13 @@ impl Admin for AdminService {
         let changes = match self.faults.with_engine(|e| e.acknowledge(r.id, &who, note, now)) {
             Ok(changes) => changes,
             // Acknowledged before an emergency re-paged the chain: this ack stops that paging.
-            Err(e @ faults::ActionError::AlreadyAcknowledged { .. }) => {
-                if !self.pager.stop_running(r.id, now).await {
-                    return Err(refused(e));
-                }
+            Err(faults::ActionError::AlreadyAcknowledged { .. }) if self.pager.stop_running(r.id, now).await => {
                 let text = "acknowledged the emergency paging";
                 let _ = self.faults.with_engine(|e| e.annotate(r.id, Some(&who), text, now));
                 Vec::new()
             }
+            // The same person's retry (an answer lost on the way): done already, say so.
+            Err(faults::ActionError::AlreadyAcknowledged { by, .. }) if by == who => Vec::new(),
             Err(e) => return Err(refused(e)),
         };
         self.durable().await?;
@@ -214,7 +219,18 @@ impl Admin for AdminService {
         let who = authorize(&request)?;
         let r = request.into_inner();
         let note = Some(r.note.as_str()).filter(|s| !s.is_empty());
-        let changes = self.faults.with_engine(|e| e.resolve(r.id, &who, note, Timestamp::now())).map_err(refused)?;
+        let changes = match self.faults.with_engine(|e| e.resolve(r.id, &who, note, Timestamp::now())) {
+            Ok(changes) => changes,
+            // The same person's retry: resolved already, by them.
+            Err(e @ faults::ActionError::AlreadyResolved(_)) => {
+                let by = self.faults.with_engine(|e| e.fault(r.id).and_then(|f| f.resolved_by.clone()));
+                if by.as_deref() != Some(who.as_str()) {
+                    return Err(refused(e));
+                }
+                Vec::new()
+            }
+            Err(e) => return Err(refused(e)),
+        };
         self.durable().await?;
         let _ = self.transitions.send(changes);
         self.fault_reply(r.id)

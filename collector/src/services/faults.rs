@@ -172,8 +172,8 @@ impl FaultService {
     fn persist(&self, engine: &mut Engine) {
         let dirty = engine.take_dirty();
         if let Err(e) = self.write(dirty) {
-            // The in-memory engine stays right; the next flush retries nothing, so say it loudly.
-            tracing::error!(error = %e, "cannot persist fault state");
+            // The engine is now ahead of the disk: stop and restart from the disk.
+            crate::services::storage_failure::stop("writing the fault state", &e);
         }
     }
 

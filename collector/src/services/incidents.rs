@@ -108,11 +108,13 @@ impl IncidentService {
                 }
             }
         }
+        // Staff actions are answered only after this: a failure stops the collector (see
+        // `storage_failure`) rather than report success for what is not on disk.
         if let Err(e) = self.tree.apply(batch) {
-            tracing::error!(error = %e, "cannot persist incidents");
+            crate::services::storage_failure::stop("writing incidents", &e);
         }
         if let Err(e) = self.storage.flush().await {
-            tracing::error!(error = %e, "cannot flush incidents");
+            crate::services::storage_failure::stop("flushing incidents", &e);
         }
     }
 

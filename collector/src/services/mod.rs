@@ -13,4 +13,5 @@ pub mod latest;
 pub mod metrics;
 pub mod pager;
 pub mod patches;
+pub mod storage_failure;
 pub mod writer;

@@ -27,8 +27,9 @@ use crate::store::{Storage, Tree};
 use pikett_core::escalation::{
     Action, Context, Escalation, EscalationConfig, NotifyKind, Severity as EscSeverity, StartMode,
 };
-use pikett_core::faults::{EventKind, Fault, Severity, Transition};
+use pikett_core::faults::{EventKind, Fault, FaultFilter, Severity, Transition};
 use pikett_core::oncall::{Channel, Override, Person, Role, Rotation};
+use pikett_core::reconcile::missed_transitions;
 
 struct State {
     escalations: BTreeMap<u64, Escalation>,
@@ -114,6 +115,7 @@ pub fn spawn(
     });
     let p = pager.clone();
     tokio::spawn(async move {
+        p.catch_up().await;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -130,6 +132,32 @@ pub fn spawn(
 impl Pager {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// At start-up: acts on the transitions the escalations missed while the collector was
+    /// down (see `pikett_core::reconcile`), so no open fault stays without an escalation.
+    async fn catch_up(&self) {
+        let now = Timestamp::now();
+        let missed = {
+            let st = self.lock();
+            self.faults.with_engine(|e| {
+                let all = e.faults(&FaultFilter { all: true, ..Default::default() });
+                missed_transitions(all, |id| st.escalations.get(&id).map(|e| e.status()), now)
+            })
+        };
+        if missed.is_empty() {
+            return;
+        }
+        tracing::warn!(count = missed.len(), "escalations behind the fault state after a restart: catching up");
+        for t in &missed {
+            let what = match t.kind {
+                EventKind::Opened => "escalation started after a restart (the fault was open without one)",
+                EventKind::Acknowledged => "escalation stopped after a restart (the fault was acknowledged)",
+                _ => "escalation resolved after a restart (the fault was resolved)",
+            };
+            self.note(t.fault_id, what, now);
+        }
+        self.on_transitions(missed).await;
     }
 
     /// Who holds each role at `at`.
@@ -227,6 +255,9 @@ impl Pager {
     }
 
     async fn on_transitions(&self, batch: Vec<Transition>) {
+        // Fault injection (feature `failpoints`): widens the window between the batch flush
+        // that opened a fault and its page entering the outbox, for the crash tests.
+        fail::fail_point!("pager-before-enqueue");
         let now = Timestamp::now();
         for t in batch {
             let fault = self.faults.with_engine(|e| e.fault(t.fault_id).cloned());
@@ -480,11 +511,13 @@ impl Pager {
             Some(j) => self.tree.insert(&esc_key(fault), j),
             None => Ok(()),
         };
-        if let Err(e) = r.map_err(|e| e.to_string()) {
-            tracing::error!(fault, error = %e, "cannot persist escalation state");
+        // After a restart the pager catches up from the fault state, so a failure here loses
+        // no page; stopping keeps the outbox and the escalations from drifting apart.
+        if let Err(e) = r {
+            crate::services::storage_failure::stop("writing escalation state", &e);
         }
         if let Err(e) = self.storage.flush().await {
-            tracing::error!(fault, error = %e, "cannot flush escalation state");
+            crate::services::storage_failure::stop("flushing escalation state", &e);
         }
     }
 }

@@ -125,10 +125,12 @@ async fn complete(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot store batches; agents will resend them");
+                // Nothing of this group is acknowledged; the agents resend it to the restarted
+                // collector, which evaluates it from the state on disk.
                 for req in group {
                     let _ = req.reply.send(Err(e.to_string()));
                 }
+                crate::services::storage_failure::stop("storing a group of batches", &e);
             }
         }
     }

@@ -1,0 +1,184 @@
+//! No alarm lost to a collector crash: the real collector is SIGKILLed at seeded random
+//! moments while faults are opening, and restarted on the same data directory. Every fault
+//! that opened must be paged, and a page that reached the gateway more than once must carry
+//! the same idempotency key every time.
+//!
+//! The collector runs with the fail point `pager-before-enqueue` sleeping 400 ms, so many
+//! kills land after a fault opened (durably) and before its page was queued: without the
+//! pager's catch-up at start-up those faults would never be paged.
+//!
+//! `PIKETT_CRASH_SEED` replays a run (the seed is printed); `PIKETT_CRASH_ROUNDS` changes
+//! the number of rounds (default 50).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use pikett_tests::*;
+
+const ALICE: &str = "+4915100000001";
+
+/// xorshift64*: a few lines instead of a dependency, enough to spread kill moments.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn collector_extra(sms: &Receiver) -> String {
+    format!(
+        r#"
+[faults]
+for = 1
+
+[people.alice]
+sms = "{ALICE}"
+rules = [ {{ channel = "sms" }} ]
+
+[[rotations]]
+role = "primary"
+members = ["alice"]
+start = "2026-01-05T09:00:00"
+period = "1w"
+timezone = "Europe/Berlin"
+
+[escalation]
+ack_timeout = "1h"
+repeat = 0
+warning_channel = "sms"
+
+[channels.sms]
+gateways = ["{url}"]
+body = '{{"to": "{{{{to}}}}", "text": "{{{{text}}}}"}}'
+
+[outbox]
+initial_backoff = "200ms"
+max_backoff = "1s"
+max_attempts = 50
+"#,
+        url = sms.url(),
+    )
+}
+
+/// `n` command checks `command/c0` … whose exit code is the content of `state-N`.
+fn checks(dir: &std::path::Path, n: usize) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let script = dir.join("check_state");
+    std::fs::write(&script, "#!/bin/sh\ncode=$(cat \"$1\")\necho \"state $code\"\nexit $code\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut toml = String::new();
+    for i in 0..n {
+        let state = dir.join(format!("state-{i}"));
+        std::fs::write(&state, "0").unwrap();
+        toml.push_str(&format!(
+            "[[checks]]\nname = \"c{i}\"\nkind = \"command\"\ncommand = [\"{}\", \"{}\"]\ninterval = \"300ms\"\ntimeout = \"5s\"\n",
+            script.display(),
+            state.display()
+        ));
+    }
+    toml
+}
+
+#[test]
+fn every_fault_opened_across_collector_crashes_is_paged_once_per_key() {
+    let seed: u64 = std::env::var("PIKETT_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    let rounds: usize = std::env::var("PIKETT_CRASH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
+    eprintln!("crash_paging: seed {seed} ({rounds} rounds); replay with PIKETT_CRASH_SEED={seed}");
+    let mut rng = Rng(seed);
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let ca = pki.path("ca.pem");
+    let sms = Receiver::start(200);
+    let collector = CollectorSetup::new(dir.path(), &pki, &collector_extra(&sms));
+    // Widen the window between "fault open and durable" and "page in the outbox" so that
+    // kills land in it: this is the window the pager's catch-up after a restart closes.
+    let failpoints = [("FAILPOINTS", "pager-before-enqueue=sleep(400)")];
+    let mut running = collector.start_env(&failpoints);
+    let cfg = agent_config(dir.path(), &pki, "crash-01", &collector.url(), &checks(dir.path(), rounds));
+    let agent = spawn("pikett-agent", &cfg, &["run"], &dir.path().join("agent.log"));
+    std::thread::sleep(Duration::from_secs(1));
+
+    for i in 0..rounds {
+        std::fs::write(dir.path().join(format!("state-{i}")), "2").unwrap();
+        // Kill somewhere between "not yet seen" and "opened and being paged".
+        std::thread::sleep(Duration::from_millis(rng.below(900)));
+        running.sigkill();
+        if rng.below(3) == 0 {
+            std::thread::sleep(Duration::from_millis(rng.below(500)));
+        }
+        running = collector.start_env(&failpoints);
+    }
+
+    // Every check's fault opens and is paged, from the agent's resent batches and the
+    // pager's catch-up after each restart.
+    let wanted: BTreeSet<String> = (0..rounds).map(|i| format!("command/c{i}")).collect();
+    let settled = wait_for(Duration::from_secs(60), || {
+        let faults = faults(&collector, &ca);
+        let ids: BTreeMap<String, u64> = faults
+            .iter()
+            .filter(|f| f["host"] == "crash-01" && wanted.contains(f["check"].as_str().unwrap_or("")))
+            .map(|f| (f["check"].as_str().unwrap().to_string(), f["id"].as_u64().unwrap()))
+            .collect();
+        let paged: BTreeSet<u64> = sms
+            .requests()
+            .iter()
+            .filter_map(|r| r.headers.get("idempotency-key"))
+            .filter_map(|k| k.split('/').next()?.parse().ok())
+            .collect();
+        (ids.len() == rounds && ids.values().all(|id| paged.contains(id))).then_some(ids)
+    });
+    let ids = settled.unwrap_or_else(|| {
+        let faults = faults(&collector, &ca);
+        let keys: Vec<String> = sms.requests().iter().filter_map(|r| r.headers.get("idempotency-key").cloned()).collect();
+        panic!(
+            "seed {seed}: not every fault opened and was paged.\nfaults: {faults:?}\nSMS keys: {keys:?}\ncollector log:\n{}",
+            std::fs::read_to_string(&collector.log).unwrap_or_default()
+        )
+    });
+
+    // Same fault, same step → the same key: at most one distinct key per fault (one person,
+    // one step: the ack timeout never passes), however often the gateway saw it.
+    let mut keys_per_fault: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    for r in sms.requests() {
+        let key = r.headers.get("idempotency-key").expect("every SMS carries an Idempotency-Key").clone();
+        let fault: u64 = key.split('/').next().and_then(|f| f.parse().ok()).expect("key FAULT/STEP");
+        assert!(r.body.contains(ALICE), "seed {seed}: page to someone else: {}", r.body);
+        keys_per_fault.entry(fault).or_default().insert(key);
+    }
+    for (fault, keys) in &keys_per_fault {
+        assert_eq!(keys.len(), 1, "seed {seed}: fault {fault} paged under different keys: {keys:?}");
+    }
+    assert_eq!(keys_per_fault.len(), rounds, "seed {seed}: pages for faults that are not ours: {keys_per_fault:?}");
+
+    // One more crash after everything settled pages nobody again under a new key, and every
+    // open fault still has its escalation (its timeline says who was paged).
+    let before = sms.requests().len();
+    running.sigkill();
+    let _running = collector.start();
+    std::thread::sleep(Duration::from_secs(2));
+    for r in &sms.requests()[before..] {
+        let key = r.headers.get("idempotency-key").unwrap();
+        let fault: u64 = key.split('/').next().unwrap().parse().unwrap();
+        assert!(keys_per_fault[&fault].contains(key), "seed {seed}: new key {key} after a settled restart");
+    }
+    for id in ids.values() {
+        let shown = json_lines(&collector.pikett(&["fault", "show", &id.to_string(), "--output", "json"], &ca).stdout);
+        let timeline = shown[0]["timeline"].as_array().unwrap();
+        assert!(
+            timeline.iter().any(|e| e["text"].as_str().is_some_and(|t| t.contains("alice"))),
+            "seed {seed}: fault {id} has no page on its timeline: {timeline:?}"
+        );
+    }
+    drop(agent);
+}
