@@ -51,6 +51,7 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             capabilities,
             min_interval_ms: config.min_interval().as_millis() as u64,
+            spool_epoch: spool.epoch(),
         },
         spool: spool.clone(),
         wake,

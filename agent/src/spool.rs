@@ -3,11 +3,22 @@
 //!
 //! Layout in one sled tree, so that a batch and the sequence counter change
 //! atomically: `b` + seq (big-endian u64) → encoded `pikett.v1.Batch`;
-//! `m/next_seq`, `m/dropped_samples`, `m/dropped_other` → u64.
+//! `m/next_seq`, `m/dropped_samples`, `m/dropped_other`, `m/epoch` → u64.
 //! Probe state (log cursors, counters) lives in a second tree.
+//!
+//! The spool's epoch is its identity: a random non-zero number made when a new spool is
+//! created, sent in every hello. A wiped or re-created spool starts its sequence numbers at
+//! 1 again under a new epoch, so the collector does not take its batches for duplicates of
+//! the old spool's. A spool from before epochs keeps epoch 0 (its batches may already be
+//! stored at the collector under that identity).
+//!
+//! Only flushed batches are handed to the uplink ([`Spool::next_after`] stops at the last
+//! flushed sequence number), so a batch the collector has seen is never lost to a crash
+//! and its sequence number never given to another batch.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pikett_proto::v1 as pb;
 use prost::Message;
@@ -17,6 +28,7 @@ use crate::probes::StateStore;
 const NEXT_SEQ: &[u8] = b"m/next_seq";
 const DROPPED_SAMPLES: &[u8] = b"m/dropped_samples";
 const DROPPED_OTHER: &[u8] = b"m/dropped_other";
+const EPOCH: &[u8] = b"m/epoch";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -26,8 +38,6 @@ pub enum SpoolError {
     NotWritable { dir: PathBuf, source: std::io::Error },
     #[error("spool: {0}")]
     Storage(#[from] sled::Error),
-    #[error("spool: batch {seq} is corrupt: {source}")]
-    Corrupt { seq: u64, source: prost::DecodeError },
 }
 
 pub struct Spool {
@@ -35,6 +45,9 @@ pub struct Spool {
     tree: sled::Tree,
     state: sled::Tree,
     max_bytes: u64,
+    epoch: u64,
+    /// The highest sequence number known to be flushed: the uplink sends nothing above it.
+    flushed: AtomicU64,
     /// Serialises appends and the cap enforcement (seq assignment must not race).
     inner: Mutex<Accounting>,
 }
@@ -81,11 +94,34 @@ impl Spool {
         let tree = db.open_tree("spool")?;
         let state = db.open_tree("probe_state")?;
         let mut used = 0u64;
+        let mut newest = 0u64;
         for item in tree.scan_prefix(b"b") {
-            let (_, v) = item?;
+            let (k, v) = item?;
             used += v.len() as u64;
+            newest = seq_of(&k);
         }
-        Ok(Spool { db, tree, state, max_bytes, inner: Mutex::new(Accounting { used_bytes: used }) })
+        let epoch = match tree.get(EPOCH)? {
+            Some(_) => read_u64(&tree, EPOCH)?,
+            // A spool that already assigned sequence numbers keeps the identity it had.
+            None if read_u64(&tree, NEXT_SEQ)? > 1 => 0,
+            None => {
+                let epoch = rand::random_range(1..=u64::MAX);
+                tree.insert(EPOCH, &epoch.to_be_bytes())?;
+                db.flush()?;
+                tracing::info!(epoch, "new spool");
+                epoch
+            }
+        };
+        Ok(Spool {
+            db,
+            tree,
+            state,
+            max_bytes,
+            epoch,
+            // What a restart finds on disk is as durable as the spool gets.
+            flushed: AtomicU64::new(newest),
+            inner: Mutex::new(Accounting { used_bytes: used }),
+        })
     }
 
     /// Assigns the next sequence number, stores the batch durably (flushed) and
@@ -111,7 +147,32 @@ impl Spool {
             seq
         };
         self.db.flush_async().await?;
+        // The flush covered every insert made before it started, this one included.
+        self.flushed.fetch_max(seq, Ordering::AcqRel);
         Ok(seq)
+    }
+
+    /// The spool's identity (see the module documentation); 0 for a spool from before epochs.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Makes sure no sequence number at or below `last_seq` is assigned again: the
+    /// collector reported it has stored up to `last_seq` for this spool's epoch (a spool
+    /// restored from an old copy, or a counter that went back, would otherwise reuse
+    /// numbers the collector takes for duplicates).
+    pub fn skip_past(&self, last_seq: u64) -> Result<bool, SpoolError> {
+        let _acc = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if read_u64(&self.tree, NEXT_SEQ)?.max(1) > last_seq {
+            return Ok(false);
+        }
+        tracing::warn!(
+            last_seq,
+            "the collector has stored sequence numbers this spool had not reached; skipping past them"
+        );
+        self.tree.insert(NEXT_SEQ, &(last_seq + 1).to_be_bytes())?;
+        self.db.flush()?;
+        Ok(true)
     }
 
     /// Drops the oldest samples first; then, if still over the cap, whole
@@ -124,8 +185,8 @@ impl Spool {
                 break;
             }
             let (k, v) = item?;
-            let seq = seq_of(&k);
-            let mut batch = pb::Batch::decode(v.as_ref()).map_err(|source| SpoolError::Corrupt { seq, source })?;
+            // An unreadable batch is left for `next_after` to set aside.
+            let Ok(mut batch) = pb::Batch::decode(v.as_ref()) else { continue };
             if batch.samples.is_empty() {
                 continue;
             }
@@ -160,19 +221,39 @@ impl Spool {
 
     /// The first stored batch with a sequence number above `after`, encoded.
     pub fn next_after(&self, after: u64) -> Result<Option<(u64, pb::Batch)>, SpoolError> {
-        let start = batch_key(after.saturating_add(1));
-        match self.tree.range(start..).next() {
-            Some(item) => {
-                let (k, v) = item?;
-                if k.first() != Some(&b'b') {
-                    return Ok(None);
-                }
-                let seq = seq_of(&k);
-                let batch = pb::Batch::decode(v.as_ref()).map_err(|source| SpoolError::Corrupt { seq, source })?;
-                Ok(Some((seq, batch)))
+        let flushed = self.flushed.load(Ordering::Acquire);
+        let mut after = after;
+        while after < flushed {
+            let Some(item) = self.tree.range(batch_key(after.saturating_add(1))..).next() else {
+                return Ok(None);
+            };
+            let (k, v) = item?;
+            if k.first() != Some(&b'b') {
+                return Ok(None);
             }
-            None => Ok(None),
+            let seq = seq_of(&k);
+            if seq > flushed {
+                return Ok(None);
+            }
+            match pb::Batch::decode(v.as_ref()) {
+                Ok(batch) => return Ok(Some((seq, batch))),
+                Err(e) => {
+                    // One unreadable batch must not stop delivery of the rest: set it aside
+                    // (kept under `x` + seq for inspection) and go on with the next.
+                    tracing::error!(seq, error = %e, "spooled batch cannot be decoded; set aside");
+                    let mut aside = k.to_vec();
+                    aside[0] = b'x';
+                    let mut w = sled::Batch::default();
+                    w.remove(k.clone());
+                    w.insert(aside, v.clone());
+                    self.tree.apply_batch(w)?;
+                    let mut acc = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                    acc.used_bytes = acc.used_bytes.saturating_sub(v.len() as u64);
+                    after = seq;
+                }
+            }
         }
+        Ok(None)
     }
 
     /// The collector has stored `seq`: forget it. Not flushed at once: if the
@@ -278,5 +359,63 @@ mod tests {
         std::fs::write(&file, b"").unwrap();
         let err = Spool::open(&file.join("spool"), 1 << 20, 1 << 20).err().unwrap();
         assert!(err.to_string().contains("not writable"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_new_spool_has_an_epoch_that_survives_reopen_and_a_wipe_changes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+            spool.append(batch_with_samples(1)).await.unwrap();
+            spool.epoch()
+        };
+        assert_ne!(epoch, 0);
+        assert_eq!(Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap().epoch(), epoch);
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let wiped = Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        assert_ne!(wiped.epoch(), epoch, "a re-created spool must not reuse the old identity");
+        assert_eq!(wiped.next_seq().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_spool_from_before_epochs_keeps_epoch_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+            spool.append(batch_with_samples(1)).await.unwrap();
+            // What an older agent left behind: a counter and no epoch.
+            spool.tree.remove(EPOCH).unwrap();
+            spool.flush().await.unwrap();
+        }
+        assert_eq!(Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap().epoch(), 0);
+    }
+
+    #[tokio::test]
+    async fn numbers_the_collector_has_are_never_assigned_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        assert_eq!(spool.append(batch_with_samples(1)).await.unwrap(), 1);
+        assert!(!spool.skip_past(1).unwrap());
+        assert!(spool.skip_past(40).unwrap());
+        assert_eq!(spool.append(batch_with_samples(1)).await.unwrap(), 41);
+    }
+
+    #[tokio::test]
+    async fn only_flushed_batches_are_handed_out_and_an_unreadable_one_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        assert_eq!(spool.append(batch_with_samples(1)).await.unwrap(), 1);
+        assert_eq!(spool.append(batch_with_samples(1)).await.unwrap(), 2);
+        assert_eq!(spool.append(batch_with_samples(1)).await.unwrap(), 3);
+        // Batch 2 turns unreadable; batch 4 is inserted but its flush has not completed.
+        spool.tree.insert(batch_key(2), b"\xff\xff not protobuf".as_slice()).unwrap();
+        spool.tree.insert(batch_key(4), batch_with_samples(1).encode_to_vec()).unwrap();
+        assert_eq!(spool.next_after(0).unwrap().unwrap().0, 1);
+        assert_eq!(spool.next_after(1).unwrap().unwrap().0, 3, "the unreadable batch blocked the rest");
+        assert!(spool.next_after(3).unwrap().is_none(), "an unflushed batch was handed to the uplink");
+        assert!(spool.tree.get(batch_key(2)).unwrap().is_none());
+        let mut aside = batch_key(2);
+        aside[0] = b'x';
+        assert!(spool.tree.get(aside).unwrap().is_some(), "the unreadable batch was not kept for inspection");
     }
 }

@@ -96,6 +96,7 @@ impl Uplink {
         match inbound.message().await.map_err(|s| (false, SessionError::Stream(s)))? {
             Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Welcome(w)) }) => {
                 tracing::info!(collector = %url, stored_up_to = w.last_seq, pending = self.spool.pending(), "connected to collector");
+                self.spool.skip_past(w.last_seq).map_err(|e| (false, SessionError::Spool(e)))?;
             }
             other => {
                 return Err((false, SessionError::Protocol(format!("expected a welcome, got {other:?}"))));

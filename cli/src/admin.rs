@@ -289,6 +289,7 @@ pub async fn hosts(client: &mut Client, json: bool) -> anyhow::Result<String> {
                 "last_seen": format_time(h.last_seen_unix_ms), "first_seen": format_time(h.first_seen_unix_ms),
                 "agent_version": h.agent_version, "batches": h.batches, "last_seq": h.last_seq,
                 "capabilities": h.capabilities, "dropped_samples": h.dropped_samples,
+                "spool_epoch": h.spool_epoch, "spool_resets": h.spool_resets,
             });
             writeln!(out, "{v}")?;
         }
@@ -297,20 +298,21 @@ pub async fn hosts(client: &mut Client, json: bool) -> anyhow::Result<String> {
     let now = jiff::Timestamp::now().as_millisecond();
     writeln!(
         out,
-        "{:<24} {:<12} {:<6} {:<22} {:<8} {:>9} {:>9}",
-        "HOST", "CUSTOMER", "STATUS", "LAST SEEN", "AGENT", "BATCHES", "LAST SEQ"
+        "{:<24} {:<12} {:<6} {:<22} {:<8} {:>9} {:>9} {:>7}",
+        "HOST", "CUSTOMER", "STATUS", "LAST SEEN", "AGENT", "BATCHES", "LAST SEQ", "RESETS"
     )?;
     for h in &r.hosts {
         writeln!(
             out,
-            "{:<24} {:<12} {:<6} {:<22} {:<8} {:>9} {:>9}",
+            "{:<24} {:<12} {:<6} {:<22} {:<8} {:>9} {:>9} {:>7}",
             h.host_id,
             h.customer,
             h.status,
             ago(now, h.last_seen_unix_ms),
             h.agent_version,
             h.batches,
-            h.last_seq
+            h.last_seq,
+            h.spool_resets
         )?;
     }
     if r.hosts.is_empty() {

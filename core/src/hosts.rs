@@ -20,6 +20,12 @@ pub struct HostRecord {
     pub min_interval_ms: u64,
     #[serde(default)]
     pub dropped_samples: u64,
+    /// The spool epoch of the newest stored batch; `last_seq` counts within it.
+    #[serde(default)]
+    pub spool_epoch: u64,
+    /// How often the host came back with a new spool.
+    #[serde(default)]
+    pub spool_resets: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,21 +10,22 @@ const HOST_PROBE: &str = "[host]\ninterval = \"500ms\"\n";
 
 /// Sequence numbers the collector stored for `host`, read from its database
 /// (the collector must be stopped).
-fn stored_seqs(data_dir: &std::path::Path, host: &str) -> Vec<u64> {
+fn stored_seqs(data_dir: &std::path::Path, host: &str) -> Vec<(u64, u64)> {
     let storage = pikett_collector::store::SledStorage::open(data_dir, 1 << 20).expect("open collector store");
     let log =
         pikett_collector::services::batches::BatchLog::open(std::sync::Arc::new(storage)).expect("open the ingest log");
     log.stored_seqs(host).expect("read stored seqs")
 }
 
-/// (last sequence number assigned, batches still pending) of a stopped agent's spool.
-fn spool_state(spool_dir: &std::path::Path) -> (u64, usize) {
+/// (last sequence number assigned, batches still pending, epoch) of a stopped agent's spool.
+fn spool_state(spool_dir: &std::path::Path) -> (u64, usize, u64) {
     let spool = pikett_agent::spool::Spool::open(spool_dir, 1 << 30, 1 << 20).expect("open agent spool");
-    (spool.next_seq().expect("next_seq") - 1, spool.pending())
+    (spool.next_seq().expect("next_seq") - 1, spool.pending(), spool.epoch())
 }
 
-fn assert_exactly_once(seqs: &[u64], last: u64) {
-    let expected: Vec<u64> = (1..=last).collect();
+fn assert_exactly_once(seqs: &[(u64, u64)], epoch: u64, last: u64) {
+    assert_ne!(epoch, 0, "a new spool has a non-zero epoch");
+    let expected: Vec<(u64, u64)> = (1..=last).map(|s| (epoch, s)).collect();
     assert!(last > 0, "the agent sent nothing");
     assert_eq!(seqs, expected.as_slice(), "stored sequence numbers are not exactly 1..={last}");
 }
@@ -54,9 +55,9 @@ fn collector_sigkill_loses_nothing_and_stores_nothing_twice() {
     assert_eq!(agent.sigterm(Duration::from_secs(10)), Some(0), "agent log:\n{}", agent.log_text());
     drop(_c);
 
-    let (last, pending) = spool_state(&dir.path().join("web-001-spool"));
+    let (last, pending, epoch) = spool_state(&dir.path().join("web-001-spool"));
     assert_eq!(pending, 0, "the agent's spool still holds unacknowledged batches");
-    assert_exactly_once(&stored_seqs(&collector.data_dir, "web-001"), last);
+    assert_exactly_once(&stored_seqs(&collector.data_dir, "web-001"), epoch, last);
 }
 
 #[test]
@@ -71,7 +72,7 @@ fn agent_sigkill_resends_spooled_batches_and_continues_the_sequence() {
     let mut agent = spawn("pikett-agent", &agent_cfg, &["run"], &log);
     std::thread::sleep(Duration::from_secs(3));
     agent.sigkill();
-    let (before_kill, pending) = spool_state(&dir.path().join("db-001-spool"));
+    let (before_kill, pending, _) = spool_state(&dir.path().join("db-001-spool"));
     assert!(pending > 0 && before_kill > 0, "nothing was spooled before the kill");
 
     let c = collector.start();
@@ -90,8 +91,8 @@ fn agent_sigkill_resends_spooled_batches_and_continues_the_sequence() {
     assert_eq!(agent.sigterm(Duration::from_secs(10)), Some(0), "agent log:\n{}", agent.log_text());
     drop(c);
 
-    let (last, pending) = spool_state(&dir.path().join("db-001-spool"));
+    let (last, pending, epoch) = spool_state(&dir.path().join("db-001-spool"));
     assert_eq!(pending, 0);
     assert!(last > before_kill, "sequence numbers did not continue after the restart");
-    assert_exactly_once(&stored_seqs(&collector.data_dir, "db-001"), last);
+    assert_exactly_once(&stored_seqs(&collector.data_dir, "db-001"), epoch, last);
 }

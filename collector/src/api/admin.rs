@@ -166,6 +166,8 @@ impl Admin for AdminService {
                 agent_version: h.agent_version,
                 batches: h.batches,
                 last_seq: h.last_seq,
+                spool_epoch: h.spool_epoch,
+                spool_resets: h.spool_resets,
                 capabilities: h.capabilities,
                 dropped_samples: h.dropped_samples,
             })

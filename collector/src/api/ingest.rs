@@ -24,6 +24,14 @@ pub struct IngestService {
     pub latest: Arc<crate::services::latest::LatestSamples>,
 }
 
+/// What the acker answers next, in the order the batches came.
+enum Pending {
+    /// A batch handed to the writer, and where its result comes.
+    Batch(u64, oneshot::Receiver<Result<Stored, String>>),
+    /// The stream broke the sequence rules: end it with this status.
+    Refuse(Status),
+}
+
 /// Counts a stream as connected for as long as it lives.
 struct StreamGuard(Arc<Metrics>);
 impl Drop for StreamGuard {
@@ -107,9 +115,18 @@ impl Ingest for IngestService {
             agent_version: hello.agent_version,
             capabilities: hello.capabilities,
             min_interval_ms: hello.min_interval_ms,
+            spool_epoch: hello.spool_epoch,
         });
-        let last_seq = self.store.host(&sender.host_id).map_or(0, |h| h.last_seq);
-        tracing::info!(host_id = %sender.host_id, agent_version = %sender.agent_version, last_seq, "agent connected");
+        // What is stored from this spool (another epoch's numbers mean nothing to it).
+        let last_seq =
+            self.store.host(&sender.host_id).filter(|h| h.spool_epoch == sender.spool_epoch).map_or(0, |h| h.last_seq);
+        tracing::info!(
+            host_id = %sender.host_id,
+            agent_version = %sender.agent_version,
+            spool_epoch = sender.spool_epoch,
+            last_seq,
+            "agent connected"
+        );
 
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::CollectorMessage, Status>>(256);
         let welcome = pb::Welcome { protocol_version: pikett_proto::PROTOCOL_VERSION, last_seq };
@@ -117,14 +134,18 @@ impl Ingest for IngestService {
             out_tx.send(Ok(pb::CollectorMessage { body: Some(pb::collector_message::Body::Welcome(welcome)) })).await;
 
         // Reader: batches → writer. Acker: durable replies → acks, in order.
-        let (pending_tx, mut pending_rx) = mpsc::channel::<(u64, oneshot::Receiver<Result<Stored, String>>)>(256);
+        let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(256);
         let writer = self.writer.clone();
         let latest = self.latest.clone();
         self.metrics.streams.inc();
         let guard = StreamGuard(self.metrics.clone());
         let host_id = sender.host_id.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            // The sequence rules of one stream (ingest.proto): no second hello, no seq 0,
+            // increasing numbers. A gap is allowed (the agent dropped batches) but logged.
+            let mut previous: Option<u64> = None;
             loop {
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
@@ -134,21 +155,52 @@ impl Ingest for IngestService {
                         break;
                     }
                 };
-                let Some(pb::agent_message::Body::Batch(batch)) = msg.body else {
-                    continue;
+                let batch = match msg.body {
+                    Some(pb::agent_message::Body::Batch(batch)) => batch,
+                    Some(pb::agent_message::Body::Hello(_)) => {
+                        let status = Status::invalid_argument("a second hello on one stream");
+                        let _ = pending_tx.send(Pending::Refuse(reject(&metrics, "second_hello", status))).await;
+                        break;
+                    }
+                    None => continue,
                 };
-                let (reply, rx) = oneshot::channel();
                 let seq = batch.seq;
+                let refusal = match previous {
+                    _ if seq == 0 => Some(("seq_zero", "batch with sequence number 0 (they start at 1)".to_string())),
+                    Some(p) if seq <= p => {
+                        Some(("seq_backwards", format!("batch {seq} after batch {p} on the same stream")))
+                    }
+                    _ => None,
+                };
+                if let Some((reason, message)) = refusal {
+                    let status = Status::invalid_argument(message);
+                    let _ = pending_tx.send(Pending::Refuse(reject(&metrics, reason, status))).await;
+                    break;
+                }
+                if let Some(p) = previous.filter(|p| seq > p + 1) {
+                    metrics.sequence_gaps_total.inc();
+                    tracing::warn!(host_id = %host_id, after = p, next = seq, "sequence gap: the agent dropped batches");
+                }
+                previous = Some(seq);
+                let (reply, rx) = oneshot::channel();
                 let now_ms = jiff::Timestamp::now().as_millisecond();
                 latest.update(&sender.host_id, &sender.customer, &batch.samples, now_ms);
                 let req = WriteRequest { sender: sender.clone(), batch, reply };
-                if writer.send(req).await.is_err() || pending_tx.send((seq, rx)).await.is_err() {
+                if writer.send(req).await.is_err() || pending_tx.send(Pending::Batch(seq, rx)).await.is_err() {
                     break;
                 }
             }
         });
         tokio::spawn(async move {
-            while let Some((seq, rx)) = pending_rx.recv().await {
+            while let Some(pending) = pending_rx.recv().await {
+                // A refusal comes after the answers to every batch before it.
+                let (seq, rx) = match pending {
+                    Pending::Batch(seq, rx) => (seq, rx),
+                    Pending::Refuse(status) => {
+                        let _ = out_tx.send(Err(status)).await;
+                        break;
+                    }
+                };
                 let msg = match rx.await {
                     Ok(Ok(_)) => {
                         Ok(pb::CollectorMessage { body: Some(pb::collector_message::Body::Ack(pb::Ack { seq })) })

@@ -1,7 +1,11 @@
 //! The ingest log: every stored batch per host, and the host registry.
 //!
-//! Trees: `batches` (host_id, 0x00, seq big-endian → encoded `pikett.v1.Batch`),
-//! `hosts` (host_id → JSON [`HostRecord`]). Batches are inserted by the group-commit
+//! Trees: `batches` (host_id, 0x00, spool epoch big-endian, seq big-endian → encoded
+//! `pikett.v1.Batch`; stores from before epochs have host_id, 0x00, seq, read as epoch 0),
+//! `hosts` (host_id → JSON [`HostRecord`]).
+//!
+//! A batch is identified by (host, spool epoch, seq): an agent whose spool was wiped comes
+//! back with a new epoch and sequence numbers from 1, which are new batches, not duplicates. Batches are inserted by the group-commit
 //! writer (`services::writer`), which also flushes them.
 
 use std::collections::HashMap;
@@ -28,12 +32,28 @@ pub struct BatchLog {
     hosts: RwLock<HashMap<String, HostRecord>>,
 }
 
-fn batch_key(host: &str, seq: u64) -> Vec<u8> {
+fn batch_key(host: &str, epoch: u64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(host.len() + 17);
+    k.extend_from_slice(host.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The key batches of epoch 0 had before epochs existed.
+fn legacy_batch_key(host: &str, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(host.len() + 9);
     k.extend_from_slice(host.as_bytes());
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(b)
 }
 
 /// Who sent a batch (from the stream's hello).
@@ -44,6 +64,8 @@ pub struct Sender {
     pub agent_version: String,
     pub capabilities: Vec<String>,
     pub min_interval_ms: u64,
+    /// The agent's spool identity (`Hello.spool_epoch`).
+    pub spool_epoch: u64,
 }
 
 /// One batch to store, and where to say whether it was new.
@@ -89,23 +111,37 @@ impl BatchLog {
         self.hosts.read().unwrap_or_else(|p| p.into_inner()).values().map(|h| h.batches).sum()
     }
 
-    /// The stored batch `seq` of `host`, encoded.
-    pub fn batch(&self, host: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.batches.get(&batch_key(host, seq))
+    /// The stored batch `seq` of `host`'s spool `epoch`, encoded.
+    pub fn batch(&self, host: &str, epoch: u64, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.batches.get(&batch_key(host, epoch, seq))? {
+            None if epoch == 0 => self.batches.get(&legacy_batch_key(host, seq)),
+            found => Ok(found),
+        }
     }
 
-    /// Sequence numbers stored for `host`, ascending.
-    pub fn stored_seqs(&self, host: &str) -> Result<Vec<u64>, StoreError> {
+    /// (spool epoch, sequence number) of every batch stored for `host`, ascending.
+    pub fn stored_seqs(&self, host: &str) -> Result<Vec<(u64, u64)>, StoreError> {
         let mut prefix = host.as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
         for item in self.batches.scan_prefix(&prefix) {
             let (k, _) = item?;
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&k[k.len() - 8..]);
-            out.push(u64::from_be_bytes(b));
+            let rest = &k[prefix.len()..];
+            match rest.len() {
+                16 => out.push((be_u64(rest), be_u64(&rest[8..]))),
+                8 => out.push((0, be_u64(rest))),
+                // Another host whose id continues past this one's (`web` vs `web\0…`) cannot
+                // exist (ids have no NUL); anything else is not a batch key.
+                _ => {}
+            }
         }
+        out.sort_unstable();
         Ok(out)
+    }
+
+    fn is_stored(&self, host: &str, epoch: u64, seq: u64) -> Result<bool, StoreError> {
+        Ok(self.batches.contains_key(&batch_key(host, epoch, seq))?
+            || (epoch == 0 && self.batches.contains_key(&legacy_batch_key(host, seq))?))
     }
 
     /// Inserts a group of batches (not yet flushed). Runs on a blocking thread.
@@ -114,11 +150,11 @@ impl BatchLog {
         let mut changed: HashMap<String, HostRecord> = HashMap::new();
         let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
         for req in group {
-            let key = batch_key(&req.sender.host_id, req.batch.seq);
-            let stored = if self.batches.contains_key(&key)? {
+            let (host, epoch, seq) = (&req.sender.host_id, req.sender.spool_epoch, req.batch.seq);
+            let stored = if self.is_stored(host, epoch, seq)? {
                 Stored::Duplicate
             } else {
-                self.batches.insert(&key, prost::Message::encode_to_vec(&req.batch))?;
+                self.batches.insert(&batch_key(host, epoch, seq), prost::Message::encode_to_vec(&req.batch))?;
                 Stored::New
             };
             let rec = hosts.entry(req.sender.host_id.clone()).or_insert_with(|| HostRecord {
@@ -132,6 +168,20 @@ impl BatchLog {
             rec.min_interval_ms = req.sender.min_interval_ms;
             rec.last_seen_ms = now_ms;
             if stored == Stored::New {
+                if rec.spool_epoch != epoch {
+                    if rec.batches > 0 {
+                        // A new spool: wiped state directory, re-imaged host, lost disk.
+                        rec.spool_resets += 1;
+                        tracing::warn!(
+                            host_id = %host,
+                            old_epoch = rec.spool_epoch,
+                            new_epoch = epoch,
+                            "host sends from a new spool; its sequence numbers start again"
+                        );
+                    }
+                    rec.spool_epoch = epoch;
+                    rec.last_seq = 0;
+                }
                 rec.batches += 1;
                 rec.last_seq = rec.last_seq.max(req.batch.seq);
                 rec.dropped_samples += req.batch.dropped_samples;
@@ -155,5 +205,54 @@ impl BatchLog {
     /// Makes everything written so far durable (the group commit's flush).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.storage.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStorage;
+    use pikett_proto::v1 as pb;
+
+    fn request(host: &str, epoch: u64, seq: u64) -> (WriteRequest, oneshot::Receiver<Result<Stored, String>>) {
+        let (reply, rx) = oneshot::channel();
+        let sender = Arc::new(Sender {
+            host_id: host.into(),
+            customer: "acme".into(),
+            agent_version: "test".into(),
+            capabilities: Vec::new(),
+            min_interval_ms: 1000,
+            spool_epoch: epoch,
+        });
+        (WriteRequest { sender, batch: pb::Batch { seq, ..Default::default() }, reply }, rx)
+    }
+
+    fn apply(log: &BatchLog, batches: &[(u64, u64)]) -> Vec<Stored> {
+        let group: Vec<WriteRequest> = batches.iter().map(|(e, s)| request("web1", *e, *s).0).collect();
+        log.apply(&group, 1_000).unwrap()
+    }
+
+    #[test]
+    fn duplicates_are_per_spool_epoch_and_a_new_epoch_is_counted() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let log = BatchLog::open(storage).unwrap();
+        assert_eq!(apply(&log, &[(7, 1), (7, 2), (7, 3)]), vec![Stored::New; 3]);
+        assert_eq!(apply(&log, &[(7, 2)]), vec![Stored::Duplicate]);
+        // The same numbers from a new spool are new batches.
+        assert_eq!(apply(&log, &[(9, 1), (9, 2)]), vec![Stored::New; 2]);
+        let rec = log.host("web1").unwrap();
+        assert_eq!((rec.spool_epoch, rec.spool_resets, rec.last_seq, rec.batches), (9, 1, 2, 5));
+        assert_eq!(log.stored_seqs("web1").unwrap(), vec![(7, 1), (7, 2), (7, 3), (9, 1), (9, 2)]);
+    }
+
+    #[test]
+    fn batches_stored_before_epochs_are_epoch_zero() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let tree = storage.tree("batches").unwrap();
+        tree.insert(&legacy_batch_key("web1", 4), b"old".to_vec()).unwrap();
+        let log = BatchLog::open(storage).unwrap();
+        assert_eq!(apply(&log, &[(0, 4), (0, 5)]), vec![Stored::Duplicate, Stored::New]);
+        assert_eq!(log.batch("web1", 0, 4).unwrap().as_deref(), Some(b"old".as_slice()));
+        assert_eq!(log.stored_seqs("web1").unwrap(), vec![(0, 4), (0, 5)]);
     }
 }

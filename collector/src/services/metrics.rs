@@ -25,6 +25,7 @@ pub struct Metrics {
     pub agent_dropped_samples_total: Counter,
     pub streams: Gauge,
     pub rejected_streams_total: Family<ReasonLabel, Counter>,
+    pub sequence_gaps_total: Counter,
     pub store_commit_seconds: Histogram,
     pub hosts: Family<StatusLabel, Gauge>,
     pub notifications_failed_total: Counter,
@@ -40,6 +41,7 @@ impl Metrics {
             agent_dropped_samples_total: Counter::default(),
             streams: Gauge::default(),
             rejected_streams_total: Family::default(),
+            sequence_gaps_total: Counter::default(),
             store_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             hosts: Family::default(),
             notifications_failed_total: Counter::default(),
@@ -59,6 +61,11 @@ impl Metrics {
         );
         registry.register("ingest_streams", "Agent streams connected now", m.streams.clone());
         registry.register("ingest_rejected_streams", "Agent streams refused", m.rejected_streams_total.clone());
+        registry.register(
+            "ingest_sequence_gaps",
+            "Gaps in a stream's sequence numbers (batches the agent dropped)",
+            m.sequence_gaps_total.clone(),
+        );
         registry.register(
             "store_commit_seconds",
             "Time to store and flush one group of batches",

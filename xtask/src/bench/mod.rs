@@ -152,6 +152,7 @@ async fn simulated_agent(
             agent_version: "bench".into(),
             capabilities: vec!["host".into()],
             min_interval_ms: interval.as_millis() as u64,
+            spool_epoch: id as u64 + 1,
         })),
     })
     .await?;

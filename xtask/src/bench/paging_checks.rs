@@ -101,6 +101,7 @@ body = '{{"to": "{{{{to}}}}", "text": "{{{{text}}}}"}}'
                         agent_version: "bench".into(),
                         capabilities: vec![],
                         min_interval_ms: 600_000,
+                        spool_epoch: 1,
                     })),
                 })
                 .await?;
