@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 
 use crate::config::{CollectorConfig, CustomerConfig};
 use crate::notify::{
-    ChannelKind, Notification, NotificationKind, Outbox, OutcomeStatus, SystemClock, TreeStore, Worker,
+    ChannelKind, Enqueued, EntryState, Notification, NotificationKind, Outbox, OutcomeStatus, SystemClock, TreeStore,
+    Worker,
 };
 use crate::services::faults::FaultService;
 use crate::services::metrics::Metrics;
@@ -451,7 +452,7 @@ impl Pager {
         for action in actions {
             let key = action.idempotency_key();
             match action {
-                Action::Notify { person, channel, kind, to, role, .. } => {
+                Action::Notify { person, channel, kind, to, role, step, .. } => {
                     let kind = match kind {
                         NotifyKind::Alarm => NotificationKind::Alarm,
                         NotifyKind::Resolved => NotificationKind::Resolved,
@@ -466,8 +467,28 @@ impl Pager {
                         .is_some_and(|e| e.mode() == pikett_core::escalation::Mode::Emergency);
                     let role = role.map(|r| format!(" ({})", r.as_str())).unwrap_or_default();
                     match self.outbox.enqueue(n).await {
-                        Ok(_) => {
+                        Ok(Enqueued::New) => {
                             self.note(fault.id, &format!("{} {person}{role} by {channel} to {to}", kind.as_str()), now)
+                        }
+                        // Queued before a restart (the escalation was rebuilt by the catch-up):
+                        // nothing is sent twice; a finished entry's verdict is taken over now,
+                        // a pending one reports when the outbox has sent it.
+                        Ok(Enqueued::Duplicate(state)) => {
+                            self.note(
+                                fault.id,
+                                &format!("{} {person}{role} by {channel} to {to} was queued already", kind.as_str()),
+                                now,
+                            );
+                            let verdict = match state {
+                                EntryState::Delivered => Some(true),
+                                EntryState::Failed => Some(false),
+                                EntryState::Pending => None,
+                            };
+                            if let Some(ok) = verdict
+                                && let Some(e) = self.lock().escalations.get_mut(&fault.id)
+                            {
+                                e.on_delivery(step, ok, now);
+                            }
                         }
                         Err(e) => self.note(fault.id, &format!("cannot queue {channel} to {person}: {e}"), now),
                     }
