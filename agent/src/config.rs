@@ -33,6 +33,14 @@ pub struct AgentConfig {
     /// How long observations are gathered into one batch before it is spooled.
     #[serde(default = "default_batch_interval", with = "humantime_serde")]
     pub batch_interval: Duration,
+    /// A collector that leaves sent batches unacknowledged this long is given up for the
+    /// next one in `collectors`.
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Streaming to a collector other than the first, the agent tries the first again after
+    /// this long (the first is the preferred one).
+    #[serde(default = "default_failback_after", with = "humantime_serde")]
+    pub failback_after: Duration,
     /// Cache of the spool database (sled's default of 1 GiB is far too much for an agent).
     #[serde(default = "default_spool_cache_bytes")]
     pub spool_cache_bytes: ByteSize,
@@ -71,6 +79,12 @@ fn default_spool_cache_bytes() -> ByteSize {
 }
 fn default_batch_interval() -> Duration {
     Duration::from_secs(1)
+}
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_failback_after() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// A configuration error, located in its file.

@@ -43,6 +43,8 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     let batcher = tokio::spawn(batcher(obs_rx, spool.clone(), wake.clone(), config.batch_interval));
     let uplink = Uplink {
         collectors: config.collectors.clone(),
+        ack_timeout: config.ack_timeout,
+        failback_after: config.failback_after,
         tls: config.tls.clone(),
         hello: pb::Hello {
             protocol_version: pikett_proto::PROTOCOL_VERSION,

@@ -1,6 +1,11 @@
 //! The uplink: streams spooled batches to the first collector that answers,
 //! deletes them from the spool when acknowledged, and reconnects with
 //! jittered exponential backoff, failing over across the `collectors` list.
+//!
+//! Only acknowledged progress resets the backoff (a collector that accepts streams but
+//! cannot store is not hammered); a collector that leaves batches unacknowledged for
+//! `ack_timeout` is given up for the next; on any but the first collector the agent goes
+//! back to the first after `failback_after`. See [`next_attempt`].
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,9 +23,15 @@ use crate::spool::Spool;
 const WINDOW: usize = 64;
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The pause before trying the next collector of one round.
+const BETWEEN_COLLECTORS: Duration = Duration::from_millis(500);
 
 pub struct Uplink {
     pub collectors: Vec<String>,
+    /// Sent batches unacknowledged this long: give this collector up for the next.
+    pub ack_timeout: Duration,
+    /// On a collector other than the first: go back to the first after this long.
+    pub failback_after: Duration,
     pub tls: Option<TlsConfig>,
     pub hello: pb::Hello,
     pub spool: Arc<Spool>,
@@ -36,14 +47,47 @@ enum SessionError {
     Stream(#[from] tonic::Status),
     #[error("{0}")]
     Protocol(String),
+    #[error("no acknowledgement within {0:?}")]
+    AckTimeout(Duration),
+    #[error("returning to the preferred collector")]
+    Failback,
     #[error(transparent)]
     Spool(#[from] crate::spool::SpoolError),
+}
+
+/// How a session ended, for the reconnect policy.
+struct Ended {
+    /// At least one batch was acknowledged: the collector works, the backoff starts over.
+    progress: bool,
+    error: SessionError,
 }
 
 /// Full-jitter backoff: a random delay in [d/2, d], d doubling up to the max.
 fn jittered(d: Duration) -> Duration {
     let lo = d.as_millis() as u64 / 2;
     Duration::from_millis(rand::random_range(lo..=d.as_millis() as u64))
+}
+
+/// Where to go after a session ended: `(next index, pause before it)`, and the backoff to
+/// use after that. Pure, so the policy is tested without a network.
+///
+/// - Progress (acknowledged batches) resets the backoff; a welcome alone does not, so a
+///   collector that accepts streams but cannot store is not hammered.
+/// - A stream that ended after progress is retried on the same collector (it restarted).
+/// - Anything else moves to the next collector, after a short pause; once every collector
+///   has been tried the pause is the full backoff, which then doubles.
+/// - `Failback` goes to the first collector at once.
+fn next_attempt(index: usize, collectors: usize, ended: &Ended, backoff: Duration) -> (usize, Duration, Duration) {
+    let backoff = if ended.progress { BACKOFF_START } else { backoff };
+    if matches!(ended.error, SessionError::Failback) {
+        return (0, Duration::ZERO, backoff);
+    }
+    let next = if ended.progress { index } else { index + 1 };
+    if collectors > 1 && !next.is_multiple_of(collectors) {
+        // Between collectors of one round: a short pause, not the whole backoff.
+        return (next, BETWEEN_COLLECTORS, backoff);
+    }
+    (next, backoff, (backoff * 2).min(BACKOFF_MAX))
 }
 
 impl Uplink {
@@ -56,53 +100,64 @@ impl Uplink {
             if *shutdown.borrow() {
                 return;
             }
-            let url = self.collectors[index % self.collectors.len()].clone();
-            match self.session(&url, &mut shutdown).await {
+            let position = index % self.collectors.len();
+            let url = self.collectors[position].clone();
+            let ended = match self.session(&url, position, &mut shutdown).await {
                 Ok(()) => return,
-                Err((established, e)) => {
-                    if established {
-                        backoff = BACKOFF_START;
-                        tracing::warn!(collector = %url, error = %e, "stream to collector ended; reconnecting");
-                    } else {
-                        tracing::warn!(collector = %url, error = %e, "collector unreachable");
-                        index += 1;
-                    }
+                Err(ended) => ended,
+            };
+            match &ended.error {
+                SessionError::Failback => tracing::info!(collector = %url, "returning to the first collector"),
+                SessionError::Connect(_) => {
+                    tracing::warn!(collector = %url, error = %ended.error, "collector unreachable")
+                }
+                e => {
+                    tracing::warn!(collector = %url, error = %e, progress = ended.progress, "stream to collector ended")
                 }
             }
-            // Sleep before the next attempt only once every collector has been tried.
-            if index.is_multiple_of(self.collectors.len()) || self.collectors.len() == 1 {
-                let delay = jittered(backoff);
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+            let (next, pause, next_backoff) = next_attempt(index, self.collectors.len(), &ended, backoff);
+            index = next;
+            backoff = next_backoff;
+            if !pause.is_zero() {
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::time::sleep(jittered(pause)) => {}
                     _ = shutdown.changed() => return,
                 }
             }
         }
     }
 
-    /// One stream. Err carries whether the stream had been established (welcome received).
-    async fn session(&self, url: &str, shutdown: &mut watch::Receiver<bool>) -> Result<(), (bool, SessionError)> {
-        let channel = connect(url, self.tls.as_ref()).await.map_err(|e| (false, SessionError::Connect(e)))?;
+    /// One stream. Err says whether any batch was acknowledged on it.
+    async fn session(&self, url: &str, position: usize, shutdown: &mut watch::Receiver<bool>) -> Result<(), Ended> {
+        let fail = |error| Ended { progress: false, error };
+        let channel = connect(url, self.tls.as_ref()).await.map_err(|e| fail(SessionError::Connect(e)))?;
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(WINDOW + 1);
         let hello = pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(self.hello.clone())) };
-        tx.send(hello).await.map_err(|_| (false, SessionError::Protocol("stream closed".into())))?;
+        tx.send(hello).await.map_err(|_| fail(SessionError::Protocol("stream closed".into())))?;
         let mut client = IngestClient::new(channel);
         let mut inbound = client
             .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .map_err(|s| (false, SessionError::Stream(s)))?
+            .map_err(|s| fail(SessionError::Stream(s)))?
             .into_inner();
-        match inbound.message().await.map_err(|s| (false, SessionError::Stream(s)))? {
+        let welcome = tokio::time::timeout(self.ack_timeout, inbound.message())
+            .await
+            .map_err(|_| fail(SessionError::AckTimeout(self.ack_timeout)))?
+            .map_err(|s| fail(SessionError::Stream(s)))?;
+        match welcome {
             Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Welcome(w)) }) => {
                 tracing::info!(collector = %url, stored_up_to = w.last_seq, pending = self.spool.pending(), "connected to collector");
-                self.spool.skip_past(w.last_seq).map_err(|e| (false, SessionError::Spool(e)))?;
+                self.spool.skip_past(w.last_seq).map_err(|e| fail(SessionError::Spool(e)))?;
             }
             other => {
-                return Err((false, SessionError::Protocol(format!("expected a welcome, got {other:?}"))));
+                return Err(fail(SessionError::Protocol(format!("expected a welcome, got {other:?}"))));
             }
         }
-        self.stream_batches(tx, inbound, shutdown).await.map_err(|e| (true, e))
+        let failback = (position != 0).then(|| tokio::time::Instant::now() + self.failback_after);
+        let mut progress = false;
+        self.stream_batches(tx, inbound, shutdown, failback, &mut progress)
+            .await
+            .map_err(|error| Ended { progress, error })
     }
 
     async fn stream_batches(
@@ -110,15 +165,22 @@ impl Uplink {
         tx: mpsc::Sender<pb::AgentMessage>,
         mut inbound: tonic::Streaming<pb::CollectorMessage>,
         shutdown: &mut watch::Receiver<bool>,
+        failback: Option<tokio::time::Instant>,
+        progress: &mut bool,
     ) -> Result<(), SessionError> {
         let mut last_sent = 0u64;
         let mut in_flight = BTreeSet::new();
         let mut draining = *shutdown.borrow();
+        // When the oldest unacknowledged batch must have been acknowledged.
+        let mut ack_deadline = tokio::time::Instant::now() + self.ack_timeout;
         loop {
             while in_flight.len() < WINDOW {
                 let Some((seq, batch)) = self.spool.next_after(last_sent)? else {
                     break;
                 };
+                if in_flight.is_empty() {
+                    ack_deadline = tokio::time::Instant::now() + self.ack_timeout;
+                }
                 let msg = pb::AgentMessage { body: Some(pb::agent_message::Body::Batch(batch)) };
                 tx.send(msg).await.map_err(|_| SessionError::Protocol("stream closed while sending".into()))?;
                 in_flight.insert(seq);
@@ -132,11 +194,20 @@ impl Uplink {
                     Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Ack(ack)) }) => {
                         self.spool.ack(ack.seq)?;
                         in_flight.remove(&ack.seq);
+                        *progress = true;
+                        ack_deadline = tokio::time::Instant::now() + self.ack_timeout;
                     }
                     Some(_) => {}
                     None => return Err(SessionError::Protocol("collector closed the stream".into())),
                 },
                 _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(ack_deadline), if !in_flight.is_empty() => {
+                    return Err(SessionError::AckTimeout(self.ack_timeout));
+                }
+                _ = tokio::time::sleep_until(failback.unwrap_or_else(tokio::time::Instant::now)),
+                    if failback.is_some() && !draining => {
+                    return Err(SessionError::Failback);
+                }
                 r = shutdown.changed(), if !draining => {
                     // Shutting down: keep streaming until the spool is empty.
                     draining = true;
@@ -176,4 +247,49 @@ pub async fn connect(url: &str, tls: Option<&TlsConfig>) -> Result<Channel, Stri
         endpoint = endpoint.tls_config(cfg).map_err(|e| format!("{url}: TLS setup: {e}"))?;
     }
     endpoint.connect().await.map_err(|e| format!("{url}: {}", crate::errors::error_chain(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(progress: bool, error: SessionError) -> Ended {
+        Ended { progress, error }
+    }
+
+    #[test]
+    fn only_acknowledged_progress_resets_the_backoff() {
+        let b = Duration::from_secs(8);
+        // A welcome without acks (the collector cannot store): the backoff keeps growing.
+        let (next, pause, after) = next_attempt(0, 1, &ended(false, SessionError::Protocol("x".into())), b);
+        assert_eq!((next, pause, after), (1, b, Duration::from_secs(16)));
+        // Acks, then the stream broke (the collector restarted): same collector, backoff reset.
+        let (next, pause, after) = next_attempt(0, 1, &ended(true, SessionError::Protocol("x".into())), b);
+        assert_eq!((next, pause, after), (0, BACKOFF_START, BACKOFF_START * 2));
+    }
+
+    #[test]
+    fn failing_collectors_are_left_for_the_next_with_a_pause_and_a_full_round_backs_off() {
+        let b = Duration::from_secs(2);
+        let timeout = || ended(false, SessionError::AckTimeout(Duration::from_secs(30)));
+        let (next, pause, after) = next_attempt(0, 2, &timeout(), b);
+        assert_eq!((next, pause, after), (1, BETWEEN_COLLECTORS, b), "no hot loop between two collectors");
+        let (next, pause, after) = next_attempt(1, 2, &timeout(), b);
+        assert_eq!((next % 2, pause, after), (0, b, b * 2), "a full round waits the backoff");
+        // Progress on the second collector keeps the agent there.
+        let (next, _, _) = next_attempt(1, 2, &ended(true, SessionError::Protocol("x".into())), b);
+        assert_eq!(next % 2, 1);
+    }
+
+    #[test]
+    fn failback_goes_to_the_first_collector_at_once() {
+        let (next, pause, _) = next_attempt(3, 2, &ended(true, SessionError::Failback), Duration::from_secs(4));
+        assert_eq!((next, pause), (0, Duration::ZERO));
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let (_, _, after) = next_attempt(0, 1, &ended(false, SessionError::Connect("x".into())), BACKOFF_MAX);
+        assert_eq!(after, BACKOFF_MAX);
+    }
 }

@@ -192,6 +192,13 @@ impl Ingest for IngestService {
             }
         });
         tokio::spawn(async move {
+            // Fault injection (feature `failpoints`, `FAILPOINTS=ingest-hold-acks=return`): a
+            // collector that accepts streams and stores batches but never acknowledges them.
+            #[cfg(feature = "failpoints")]
+            if fail::eval("ingest-hold-acks", |_| ()).is_some() {
+                // `out_tx` stays alive in this task, so the stream stays open.
+                std::future::pending::<()>().await;
+            }
             while let Some(pending) = pending_rx.recv().await {
                 // A refusal comes after the answers to every batch before it.
                 let (seq, rx) = match pending {
