@@ -41,6 +41,9 @@ pub struct AgentConfig {
     /// this long (the first is the preferred one).
     #[serde(default = "default_failback_after", with = "humantime_serde")]
     pub failback_after: Duration,
+    /// `fdatasync` every spooled batch, so it survives a power loss (default on).
+    #[serde(default = "default_spool_fsync")]
+    pub spool_fsync: bool,
     /// Cache of the spool database (sled's default of 1 GiB is far too much for an agent).
     #[serde(default = "default_spool_cache_bytes")]
     pub spool_cache_bytes: ByteSize,
@@ -79,6 +82,9 @@ fn default_spool_cache_bytes() -> ByteSize {
 }
 fn default_batch_interval() -> Duration {
     Duration::from_secs(1)
+}
+fn default_spool_fsync() -> bool {
+    true
 }
 fn default_ack_timeout() -> Duration {
     Duration::from_secs(30)

@@ -21,8 +21,12 @@ const MAX_BATCH_OBSERVATIONS: usize = 5_000;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let spool =
-        Arc::new(Spool::open(&config.spool_dir, config.spool_max_bytes.as_u64(), config.spool_cache_bytes.as_u64())?);
+    let spool = Arc::new(Spool::open_with(
+        &config.spool_dir,
+        config.spool_max_bytes.as_u64(),
+        config.spool_cache_bytes.as_u64(),
+        config.spool_fsync,
+    )?);
     let state: SharedState = Arc::new(spool.state_store());
     let probes = probes::from_config(&config, state).map_err(anyhow::Error::msg)?;
     let capabilities: Vec<String> = {

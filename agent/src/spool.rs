@@ -38,6 +38,8 @@ pub enum SpoolError {
     NotWritable { dir: PathBuf, source: std::io::Error },
     #[error("spool: {0}")]
     Storage(#[from] sled::Error),
+    #[error("spool: fdatasync: {0}")]
+    Sync(std::io::Error),
 }
 
 pub struct Spool {
@@ -46,6 +48,8 @@ pub struct Spool {
     state: sled::Tree,
     max_bytes: u64,
     epoch: u64,
+    /// sled's data file, `fdatasync`ed after every append's flush when set (`spool_fsync`).
+    sync: Option<std::sync::Arc<std::fs::File>>,
     /// The highest sequence number known to be flushed: the uplink sends nothing above it.
     flushed: AtomicU64,
     /// Serialises appends and the cap enforcement (seq assignment must not race).
@@ -78,8 +82,15 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, sled::Error> {
 }
 
 impl Spool {
-    /// Opens (or creates) the spool under `dir`, checking that it is writable.
+    /// Opens (or creates) the spool under `dir`, checking that it is writable. Appends are
+    /// durable against a process crash; see [`Spool::open_with`] for a power loss.
     pub fn open(dir: &Path, max_bytes: u64, cache_bytes: u64) -> Result<Spool, SpoolError> {
+        Self::open_with(dir, max_bytes, cache_bytes, false)
+    }
+
+    /// [`Spool::open`]; with `fsync`, every append is also `fdatasync`ed, so a spooled
+    /// batch survives a power loss (sled's own flush is `sync_file_range`).
+    pub fn open_with(dir: &Path, max_bytes: u64, cache_bytes: u64, fsync: bool) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(dir).map_err(|source| SpoolError::NotWritable { dir: dir.to_owned(), source })?;
         // sled may open a read-only directory and fail only at the first flush: probe it now.
         let probe = dir.join(".write-test");
@@ -112,12 +123,20 @@ impl Spool {
                 epoch
             }
         };
+        let sync = if fsync {
+            let file = std::fs::File::open(dir.join("db"))
+                .map_err(|source| SpoolError::NotWritable { dir: dir.to_owned(), source })?;
+            Some(std::sync::Arc::new(file))
+        } else {
+            None
+        };
         Ok(Spool {
             db,
             tree,
             state,
             max_bytes,
             epoch,
+            sync,
             // What a restart finds on disk is as durable as the spool gets.
             flushed: AtomicU64::new(newest),
             inner: Mutex::new(Accounting { used_bytes: used }),
@@ -147,6 +166,13 @@ impl Spool {
             seq
         };
         self.db.flush_async().await?;
+        if let Some(file) = &self.sync {
+            let file = file.clone();
+            let synced = tokio::task::spawn_blocking(move || file.sync_data()).await;
+            if let Err(e) = synced.map_err(std::io::Error::other).and_then(|r| r) {
+                return Err(SpoolError::Sync(e));
+            }
+        }
         // The flush covered every insert made before it started, this one included.
         self.flushed.fetch_max(seq, Ordering::AcqRel);
         Ok(seq)
@@ -388,6 +414,17 @@ mod tests {
             spool.flush().await.unwrap();
         }
         assert_eq!(Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap().epoch(), 0);
+    }
+
+    #[tokio::test]
+    async fn with_fsync_appends_are_synced_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let spool = Spool::open_with(dir.path(), 1 << 20, 1 << 20, true).unwrap();
+            assert!(spool.sync.is_some());
+            assert_eq!(spool.append(batch_with_samples(1)).await.unwrap(), 1);
+        }
+        assert_eq!(Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap().pending(), 1);
     }
 
     #[tokio::test]

@@ -30,6 +30,10 @@ pub struct CollectorConfig {
     /// sled page cache (its default of 1 GiB is more than a collector needs).
     #[serde(default = "default_store_cache_bytes")]
     pub store_cache_bytes: u64,
+    /// `fdatasync` the store after every group commit, so an acknowledged batch survives a
+    /// power loss, not only a crash (default on; see BENCHMARKS.md for the cost).
+    #[serde(default = "default_true")]
+    pub store_fsync: bool,
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub customers: BTreeMap<String, CustomerConfig>,
@@ -107,6 +111,9 @@ fn default_data_dir() -> PathBuf {
 }
 fn default_metrics_staleness() -> Duration {
     Duration::from_secs(300)
+}
+fn default_true() -> bool {
+    true
 }
 fn default_store_cache_bytes() -> u64 {
     64 << 20

@@ -35,7 +35,8 @@ use crate::store::{SledStorage, Storage};
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
 pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(&config.data_dir, config.store_cache_bytes)?);
+    let storage: Arc<dyn Storage> =
+        Arc::new(SledStorage::open_with(&config.data_dir, config.store_cache_bytes, config.store_fsync)?);
     let store = Arc::new(BatchLog::open(storage.clone())?);
     let engine_config = config.engine_config().map_err(anyhow::Error::msg)?;
     let faults = Arc::new(FaultService::open(storage.as_ref(), engine_config)?);

@@ -33,6 +33,9 @@ pub enum Which {
         /// Collector-side `[[rules]]` on the samples (the fault engine always runs).
         #[arg(long, default_value_t = 5)]
         rules: usize,
+        /// The collector's `store_fsync` (fdatasync after every group commit).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        fsync: bool,
     },
     /// Fault opened → first SMS request received, over many faults.
     Paging {
@@ -58,8 +61,8 @@ pub enum Which {
 pub fn run(which: Which) -> anyhow::Result<()> {
     raise_nofile();
     match which {
-        Which::Ingest { agents, samples, interval_ms, seconds, rules } => {
-            ingest(agents, samples, interval_ms, seconds, rules)
+        Which::Ingest { agents, samples, interval_ms, seconds, rules, fsync } => {
+            ingest(agents, samples, interval_ms, seconds, rules, fsync)
         }
         Which::Agent { seconds } => agent(seconds),
         Which::Paging { faults } => paging_checks::paging(faults),
@@ -208,7 +211,14 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-fn ingest(agents: usize, samples: usize, interval_ms: u64, seconds: u64, rules: usize) -> anyhow::Result<()> {
+fn ingest(
+    agents: usize,
+    samples: usize,
+    interval_ms: u64,
+    seconds: u64,
+    rules: usize,
+    fsync: bool,
+) -> anyhow::Result<()> {
     let bin = build("release")?;
     // Rules that look at every sample of the benchmark (none fires: values stay below).
     let rules_toml: String = (0..rules)
@@ -219,12 +229,13 @@ fn ingest(agents: usize, samples: usize, interval_ms: u64, seconds: u64, rules: 
             )
         })
         .collect();
-    let (collector, port, _dir) = start_collector(&bin, "ingest", &rules_toml)?;
+    let config = format!("store_fsync = {fsync}\n{rules_toml}");
+    let (collector, port, _dir) = start_collector(&bin, "ingest", &config)?;
     let pid = collector.0.id();
     let url = format!("http://127.0.0.1:{port}");
     let interval = Duration::from_millis(interval_ms);
     println!(
-        "bench ingest: {agents} agents × {samples} samples every {interval_ms} ms, {rules} rules, {seconds} s measured, collector pid {pid}"
+        "bench ingest: {agents} agents × {samples} samples every {interval_ms} ms, {rules} rules, store_fsync {fsync}, {seconds} s measured, collector pid {pid}"
     );
     let rt = tokio::runtime::Runtime::new()?;
     let (stats, elapsed) = rt.block_on(async {
