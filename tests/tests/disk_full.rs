@@ -1,0 +1,106 @@
+//! The collector's disk fills up: it stops acknowledging (it exits, status 75, rather than
+//! run on with state ahead of the disk), the agent keeps everything in its spool and backs
+//! off, and once space returns and the collector is started again, every batch arrives
+//! exactly once.
+//!
+//! Needs root to mount a small tmpfs under the collector's data directory; without it the
+//! test says so and passes without checking anything (CI runs as root).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pikett_tests::*;
+
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(at.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros into `file` until the file system is full.
+fn fill(file: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(file).unwrap();
+    let block = vec![0u8; 64 << 10];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+}
+
+#[test]
+fn a_full_collector_disk_stops_acks_and_loses_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("disk_full: not root, cannot mount a tmpfs; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let collector = CollectorSetup::new(dir.path(), &pki, "");
+    let Some(_mount) = Mount::tmpfs(&collector.data_dir, "64m") else {
+        eprintln!("disk_full: cannot mount a tmpfs here; skipped");
+        return;
+    };
+    let agent_cfg = agent_config(dir.path(), &pki, "full-01", &collector.url(), "[host]\ninterval = \"200ms\"\n");
+    let mut c = collector.start();
+    let mut agent = spawn("pikett-agent", &agent_cfg, &["run"], &dir.path().join("agent.log"));
+    std::thread::sleep(Duration::from_secs(3));
+
+    // The disk fills up: the collector's next group commit fails and it stops.
+    let filler = collector.data_dir.join("filler");
+    fill(&filler);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = c.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the collector kept running on a full disk:\n{}", c.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(75), "collector log:\n{}", c.log_text());
+    assert!(c.log_text().contains("storage failed"), "{}", c.log_text());
+
+    // Meanwhile the agent spools and backs off: few connection attempts, not a loop.
+    let attempts_before = agent.log_text().matches("collector unreachable").count();
+    std::thread::sleep(Duration::from_secs(15));
+    let attempts = agent.log_text().matches("collector unreachable").count() - attempts_before;
+    assert!((1..=8).contains(&attempts), "{attempts} connection attempts in 15 s:\n{}", agent.log_text());
+
+    // Space returns; the collector starts again and everything flows.
+    std::fs::remove_file(&filler).unwrap();
+    let connects = agent.log_text().matches("connected to collector").count();
+    let mut c = collector.start();
+    // The agent comes back within its current backoff (at most 30 s), then drains.
+    let back = wait_for(Duration::from_secs(40), || {
+        (agent.log_text().matches("connected to collector").count() > connects).then_some(())
+    });
+    assert!(back.is_some(), "the agent did not reconnect:\n{}", agent.log_text());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(agent.sigterm(Duration::from_secs(10)), Some(0), "agent log:\n{}", agent.log_text());
+    assert_eq!(c.sigterm(Duration::from_secs(10)), Some(0), "collector log:\n{}", c.log_text());
+
+    let spool = pikett_agent::spool::Spool::open(&dir.path().join("full-01-spool"), 1 << 30, 1 << 20).unwrap();
+    let (last, epoch) = (spool.next_seq().unwrap() - 1, spool.epoch());
+    assert_eq!(spool.pending(), 0, "batches left unacknowledged in the agent's spool");
+    drop(spool);
+    let storage = pikett_collector::store::SledStorage::open(&collector.data_dir, 1 << 20).unwrap();
+    let log = pikett_collector::services::batches::BatchLog::open(std::sync::Arc::new(storage)).unwrap();
+    let stored = log.stored_seqs("full-01").unwrap();
+    let expected: Vec<(u64, u64)> = (1..=last).map(|s| (epoch, s)).collect();
+    assert!(last > 20, "the agent sent only {last} batches");
+    assert_eq!(stored, expected, "stored batches are not exactly 1..={last} once each");
+}
