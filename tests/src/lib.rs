@@ -464,3 +464,39 @@ impl Drop for Smtp {
         let _ = self.child.wait();
     }
 }
+
+/// The phone number of `alice` in [`alice_paged_by_sms`].
+pub const ALICE_SMS: &str = "+4915100000001";
+
+/// Collector config in which `alice` alone is on call (the primary rotation) and is paged by
+/// SMS through `sms`; a fault opens on the first non-OK result. `escalation` adds keys to
+/// `[escalation]`; `extra` is appended.
+pub fn alice_paged_by_sms(sms: &Receiver, escalation: &str, extra: &str) -> String {
+    format!(
+        r#"
+[faults]
+for = 1
+
+[people.alice]
+sms = "{ALICE_SMS}"
+rules = [ {{ channel = "sms" }} ]
+
+[[rotations]]
+role = "primary"
+members = ["alice"]
+start = "2026-01-05T09:00:00"
+period = "1w"
+timezone = "Europe/Berlin"
+
+[escalation]
+warning_channel = "sms"
+{escalation}
+
+[channels.sms]
+gateways = ["{url}"]
+body = '{{"to": "{{{{to}}}}", "text": "{{{{text}}}}"}}'
+{extra}
+"#,
+        url = sms.url(),
+    )
+}

@@ -16,8 +16,6 @@ use std::time::Duration;
 
 use pikett_tests::*;
 
-const ALICE: &str = "+4915100000001";
-
 /// xorshift64*: a few lines instead of a dependency, enough to spread kill moments.
 struct Rng(u64);
 
@@ -32,41 +30,6 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
-}
-
-fn collector_extra(sms: &Receiver) -> String {
-    format!(
-        r#"
-[faults]
-for = 1
-
-[people.alice]
-sms = "{ALICE}"
-rules = [ {{ channel = "sms" }} ]
-
-[[rotations]]
-role = "primary"
-members = ["alice"]
-start = "2026-01-05T09:00:00"
-period = "1w"
-timezone = "Europe/Berlin"
-
-[escalation]
-ack_timeout = "1h"
-repeat = 0
-warning_channel = "sms"
-
-[channels.sms]
-gateways = ["{url}"]
-body = '{{"to": "{{{{to}}}}", "text": "{{{{text}}}}"}}'
-
-[outbox]
-initial_backoff = "200ms"
-max_backoff = "1s"
-max_attempts = 50
-"#,
-        url = sms.url(),
-    )
 }
 
 /// `n` command checks `command/c0` … whose exit code is the content of `state-N`.
@@ -101,7 +64,15 @@ fn every_fault_opened_across_collector_crashes_is_paged_once_per_key() {
     let pki = Pki::new(dir.path());
     let ca = pki.path("ca.pem");
     let sms = Receiver::start(200);
-    let collector = CollectorSetup::new(dir.path(), &pki, &collector_extra(&sms));
+    let collector = CollectorSetup::new(
+        dir.path(),
+        &pki,
+        &alice_paged_by_sms(
+            &sms,
+            "ack_timeout = \"1h\"\nrepeat = 0",
+            "[outbox]\ninitial_backoff = \"200ms\"\nmax_backoff = \"1s\"\nmax_attempts = 50",
+        ),
+    );
     // Widen the window between "fault open and durable" and "page in the outbox" so that
     // kills land in it: this is the window the pager's catch-up after a restart closes.
     let failpoints = [("FAILPOINTS", "pager-before-enqueue=sleep(400)")];
@@ -155,7 +126,7 @@ fn every_fault_opened_across_collector_crashes_is_paged_once_per_key() {
     for r in sms.requests() {
         let key = r.headers.get("idempotency-key").expect("every SMS carries an Idempotency-Key").clone();
         let fault: u64 = key.split('/').next().and_then(|f| f.parse().ok()).expect("key FAULT/STEP");
-        assert!(r.body.contains(ALICE), "seed {seed}: page to someone else: {}", r.body);
+        assert!(r.body.contains(ALICE_SMS), "seed {seed}: page to someone else: {}", r.body);
         keys_per_fault.entry(fault).or_default().insert(key);
     }
     for (fault, keys) in &keys_per_fault {

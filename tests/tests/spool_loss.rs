@@ -6,36 +6,6 @@ use std::time::Duration;
 
 use pikett_tests::*;
 
-const ALICE: &str = "+4915100000001";
-
-fn collector_extra(sms: &Receiver) -> String {
-    format!(
-        r#"
-[faults]
-for = 1
-
-[people.alice]
-sms = "{ALICE}"
-rules = [ {{ channel = "sms" }} ]
-
-[[rotations]]
-role = "primary"
-members = ["alice"]
-start = "2026-01-05T09:00:00"
-period = "1w"
-timezone = "Europe/Berlin"
-
-[escalation]
-warning_channel = "sms"
-
-[channels.sms]
-gateways = ["{url}"]
-body = '{{"to": "{{{{to}}}}", "text": "{{{{text}}}}"}}'
-"#,
-        url = sms.url(),
-    )
-}
-
 fn host(collector: &CollectorSetup, ca: &str, id: &str) -> Option<serde_json::Value> {
     json_lines(&collector.pikett(&["hosts", "--output", "json"], ca).stdout).into_iter().find(|h| h["host_id"] == id)
 }
@@ -46,7 +16,7 @@ fn a_wiped_spool_starts_a_new_epoch_and_its_faults_are_paged() {
     let pki = Pki::new(dir.path());
     let ca = pki.path("ca.pem");
     let sms = Receiver::start(200);
-    let collector = CollectorSetup::new(dir.path(), &pki, &collector_extra(&sms));
+    let collector = CollectorSetup::new(dir.path(), &pki, &alice_paged_by_sms(&sms, "", ""));
     let _c = collector.start();
     let check = ControlledCheck::new(dir.path());
     let cfg = agent_config(dir.path(), &pki, "reimaged-01", &collector.url(), &check.toml().replace("500ms", "50ms"));
@@ -81,7 +51,8 @@ fn a_wiped_spool_starts_a_new_epoch_and_its_faults_are_paged() {
     let id = fault["id"].as_u64().unwrap();
     let paged = wait_for(Duration::from_secs(10), || {
         sms.requests().into_iter().find(|r| {
-            r.body.contains(ALICE) && r.headers.get("idempotency-key").is_some_and(|k| k.starts_with(&format!("{id}/")))
+            r.body.contains(ALICE_SMS)
+                && r.headers.get("idempotency-key").is_some_and(|k| k.starts_with(&format!("{id}/")))
         })
     });
     assert!(paged.is_some(), "the fault opened from the new spool was not paged");
