@@ -232,6 +232,9 @@ impl Spool {
             }
             let batch = pb::Batch::decode(v.as_ref()).unwrap_or_default();
             dropped_other += (batch.checks.len() + batch.events.len() + batch.inventory.len()) as u64;
+            // The counts this batch carried of earlier drops must not be dropped with it.
+            dropped_samples += batch.dropped_samples;
+            dropped_other += batch.dropped_other;
             acc.used_bytes -= v.len() as u64;
             self.tree.remove(k)?;
         }
@@ -414,6 +417,36 @@ mod tests {
             spool.flush().await.unwrap();
         }
         assert_eq!(Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap().epoch(), 0);
+    }
+
+    #[tokio::test]
+    async fn drop_counts_carried_by_a_dropped_batch_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for about two of these small batches: older ones are dropped whole.
+        let spool = Spool::open(dir.path(), 16, 1 << 20).unwrap();
+        // A batch that reports earlier drops (as the first batch after a drop does).
+        let mut reporting = batch_with_samples(0);
+        reporting.dropped_samples = 500;
+        reporting.dropped_other = 7;
+        spool.append(reporting).await.unwrap();
+        for _ in 0..4 {
+            spool.append(batch_with_samples(0)).await.unwrap();
+        }
+        // The reporting batch was dropped whole; its counts travel on in the next one.
+        let mut total = (0u64, 0u64);
+        let mut after = 0;
+        while let Some((seq, b)) = spool.next_after(after).unwrap() {
+            total.0 += b.dropped_samples;
+            total.1 += b.dropped_other;
+            after = seq;
+        }
+        let next = spool.append(batch_with_samples(0)).await.unwrap();
+        let (_, last) = spool.next_after(next - 1).unwrap().unwrap();
+        total.0 += last.dropped_samples;
+        total.1 += last.dropped_other;
+        assert!(spool.pending() < 5, "nothing was dropped: the test proves nothing");
+        assert_eq!(total.0, 500, "the reported sample drops were lost with their batch");
+        assert!(total.1 >= 7, "the reported other drops were lost with their batch: {total:?}");
     }
 
     #[tokio::test]
