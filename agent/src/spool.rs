@@ -336,6 +336,21 @@ impl StateStore for SledState {
 mod tests {
     use super::*;
 
+    /// Opens a spool that this process just dropped: sled releases its file lock from a
+    /// background thread, so a reopen right after a drop may briefly find it held.
+    fn reopen(dir: &Path, max_bytes: u64) -> Spool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Spool::open(dir, max_bytes, 1 << 20) {
+                Ok(spool) => return spool,
+                Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening the spool: {e}"),
+            }
+        }
+    }
+
     fn batch_with_samples(n: usize) -> pb::Batch {
         pb::Batch {
             samples: (0..n)
@@ -355,7 +370,7 @@ mod tests {
             assert_eq!(spool.append(batch_with_samples(1)).await.unwrap(), 2);
             spool.ack(1).unwrap();
         }
-        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        let spool = reopen(dir.path(), 1 << 20);
         assert_eq!(spool.pending(), 1);
         assert_eq!(spool.next_after(0).unwrap().unwrap().0, 2);
         assert_eq!(spool.append(batch_with_samples(1)).await.unwrap(), 3);
@@ -399,9 +414,9 @@ mod tests {
             spool.epoch()
         };
         assert_ne!(epoch, 0);
-        assert_eq!(Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap().epoch(), epoch);
+        assert_eq!(reopen(dir.path(), 1 << 20).epoch(), epoch);
         std::fs::remove_dir_all(dir.path()).unwrap();
-        let wiped = Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        let wiped = reopen(dir.path(), 1 << 20);
         assert_ne!(wiped.epoch(), epoch, "a re-created spool must not reuse the old identity");
         assert_eq!(wiped.next_seq().unwrap(), 1);
     }
@@ -416,7 +431,7 @@ mod tests {
             spool.tree.remove(EPOCH).unwrap();
             spool.flush().await.unwrap();
         }
-        assert_eq!(Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap().epoch(), 0);
+        assert_eq!(reopen(dir.path(), 1 << 20).epoch(), 0);
     }
 
     #[tokio::test]
@@ -457,7 +472,7 @@ mod tests {
             assert!(spool.sync.is_some());
             assert_eq!(spool.append(batch_with_samples(1)).await.unwrap(), 1);
         }
-        assert_eq!(Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap().pending(), 1);
+        assert_eq!(reopen(dir.path(), 1 << 20).pending(), 1);
     }
 
     #[tokio::test]

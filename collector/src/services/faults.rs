@@ -246,7 +246,7 @@ mod tests {
             assert!(open[0].check.starts_with("rule/hot"), "{}", open[0].check);
             db.flush().await.unwrap();
         }
-        let db = SledStorage::open(dir.path(), 1 << 20).unwrap();
+        let db = crate::store::sled_store::reopen_for_test(dir.path());
         let svc = FaultService::open(&db, config).unwrap();
         svc.ingest("h1", "acme", &sample(1.0), at(20));
         let all = svc.with_engine(|e| {

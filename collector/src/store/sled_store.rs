@@ -118,6 +118,22 @@ impl Tree for SledTree {
     }
 }
 
+/// Opens a database this process just dropped, for tests: sled releases its file lock from
+/// a background thread, so a reopen right after a drop may briefly find it held.
+#[cfg(test)]
+pub(crate) fn reopen_for_test(dir: &Path) -> SledStorage {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match SledStorage::open(dir, 1 << 20) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("reopening the store: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,7 +152,7 @@ mod tests {
             t.apply(b).unwrap();
             s.flush().await.unwrap();
         }
-        let s = SledStorage::open(dir.path(), 1 << 20).unwrap();
+        let s = reopen_for_test(dir.path());
         let t = s.tree("t").unwrap();
         assert_eq!(t.get(b"a/1").unwrap(), None);
         let a: Vec<_> = t.scan_prefix(b"a/").map(|e| e.unwrap()).collect();
@@ -154,7 +170,7 @@ mod tests {
         s.tree("t").unwrap().insert(b"k", b"v".to_vec()).unwrap();
         s.flush().await.unwrap();
         drop(s);
-        let s = SledStorage::open(dir.path(), 1 << 20).unwrap();
+        let s = reopen_for_test(dir.path());
         assert_eq!(s.tree("t").unwrap().get(b"k").unwrap(), Some(b"v".to_vec()));
     }
 
