@@ -130,8 +130,8 @@ impl BatchLog {
             match rest.len() {
                 16 => out.push((be_u64(rest), be_u64(&rest[8..]))),
                 8 => out.push((0, be_u64(rest))),
-                // Another host whose id continues past this one's (`web` vs `web\0…`) cannot
-                // exist (ids have no NUL); anything else is not a batch key.
+                // Host ids contain no NUL, so `host\0` is this host's prefix alone; any other
+                // length is not a batch key.
                 _ => {}
             }
         }

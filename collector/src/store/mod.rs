@@ -42,10 +42,6 @@ impl WriteBatch {
     pub fn remove(&mut self, key: impl Into<Vec<u8>>) {
         self.ops.push((key.into(), None));
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
 }
 
 /// An ordered map of bytes to bytes. Writes are visible to reads at once and durable after
@@ -64,11 +60,6 @@ pub trait Tree: Send + Sync {
     fn iter<'a>(&'a self) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a> {
         self.scan_prefix(&[])
     }
-    /// The number of entries (walks the tree: not for hot paths).
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// A storage engine: named trees and one flush for all of them.
@@ -78,6 +69,4 @@ pub trait Storage: Send + Sync {
     fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError>;
     /// Makes every write so far, to every tree, durable against a process crash.
     async fn flush(&self) -> Result<(), StoreError>;
-    /// Bytes the engine uses on disk.
-    fn size_on_disk(&self) -> Result<u64, StoreError>;
 }

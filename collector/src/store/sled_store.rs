@@ -72,10 +72,6 @@ impl Storage for SledStorage {
         }
         Ok(())
     }
-
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(engine_err)
-    }
 }
 
 struct SledTree(sled::Tree);
@@ -111,10 +107,6 @@ impl Tree for SledTree {
 
     fn scan_prefix<'a>(&'a self, prefix: &[u8]) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a> {
         Box::new(self.0.scan_prefix(prefix).map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine_err)))
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
     }
 }
 
@@ -157,7 +149,7 @@ mod tests {
         assert_eq!(t.get(b"a/1").unwrap(), None);
         let a: Vec<_> = t.scan_prefix(b"a/").map(|e| e.unwrap()).collect();
         assert_eq!(a, vec![(b"a/2".to_vec(), b"two".to_vec())]);
-        assert_eq!(t.len(), 2);
+        assert_eq!(t.iter().count(), 2);
         assert!(t.contains_key(b"b/1").unwrap());
         assert_eq!(t.remove(b"b/1").unwrap(), Some(b"x".to_vec()));
     }
