@@ -1,6 +1,12 @@
 //! The daemon (`run`): one task per probe, a batcher that spools, and the uplink.
 //!
 //! probe tasks ──observations──▶ batcher ──append+flush──▶ spool ──▶ uplink ──▶ collector
+//!                                   └──── agent/spool trouble (unspooled) ──────▶ uplink
+//!
+//! When the spool cannot be written (full disk, failed database) the batcher keeps the
+//! observations in memory (bounded, samples dropped first and counted), reports a CRITICAL
+//! `agent/spool` straight through the uplink, reopens the spool at every batch interval
+//! and, once an append works again, sends the all-clear in that batch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,13 +16,17 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::config::AgentConfig;
 use crate::observation::Observation;
-use crate::probes::{self, Probe, SharedState};
-use crate::spool::Spool;
+use crate::probes::{self, Probe, SharedState, StateUpdate};
+use crate::spool::{Spool, SpoolError};
 use crate::uplink::Uplink;
 use crate::wire;
 
 /// Observations gathered into one batch at most (a batch is also cut every `batch_interval`).
 const MAX_BATCH_OBSERVATIONS: usize = 5_000;
+/// Observations kept in memory at most while the spool cannot be written.
+const MAX_UNSPOOLED_OBSERVATIONS: usize = 4 * MAX_BATCH_OBSERVATIONS;
+/// The check that reports the agent's own spool.
+const SPOOL_CHECK: &str = "agent/spool";
 /// How long a stopping agent keeps sending what is spooled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -28,6 +38,7 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
         config.spool_fsync,
     )?);
     let state: SharedState = Arc::new(spool.state_store());
+    let (status_tx, status_rx) = watch::channel::<Option<pb::AgentStatus>>(None);
     let probes = probes::from_config(&config, state).map_err(anyhow::Error::msg)?;
     let capabilities: Vec<String> = {
         let mut names: Vec<String> = probes.iter().map(|p| p.name().to_string()).collect();
@@ -36,7 +47,7 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     };
     tracing::info!(host_id, probes = ?capabilities, next_seq = spool.next_seq()?, pending = spool.pending(), "agent starting");
 
-    let (obs_tx, obs_rx) = mpsc::channel::<Vec<Observation>>(1024);
+    let (obs_tx, obs_rx) = mpsc::channel::<Polled>(1024);
     let mut probe_tasks = Vec::new();
     for probe in probes {
         probe_tasks.push(tokio::spawn(probe_loop(probe, obs_tx.clone(), shutdown.clone())));
@@ -44,7 +55,7 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     drop(obs_tx);
 
     let wake = Arc::new(Notify::new());
-    let batcher = tokio::spawn(batcher(obs_rx, spool.clone(), wake.clone(), config.batch_interval));
+    let batcher = tokio::spawn(batcher(obs_rx, spool.clone(), wake.clone(), config.batch_interval, status_tx));
     let uplink = Uplink {
         collectors: config.collectors.clone(),
         ack_timeout: config.ack_timeout,
@@ -61,6 +72,7 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
         },
         spool: spool.clone(),
         wake,
+        status: status_rx,
     };
     let (uplink_stop, uplink_stop_rx) = watch::channel(false);
     let uplink_task = tokio::spawn(uplink.run(uplink_stop_rx));
@@ -72,10 +84,16 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     }
     let batcher_result = batcher.await;
     let _ = uplink_stop.send(true);
+    if let Ok(Err(e)) = &batcher_result {
+        // The spool was replaced under the agent: stop now; the service manager restarts it.
+        tracing::error!(error = %e, "batcher stopped");
+    }
     if tokio::time::timeout(DRAIN_TIMEOUT, uplink_task).await.is_err() {
         tracing::info!("collector did not take the rest of the spool in time; it is sent after restart");
     }
-    spool.flush().await?;
+    if let Err(e) = spool.flush().await {
+        tracing::warn!(error = %e, "final spool flush failed");
+    }
     tracing::info!(pending = spool.pending(), "agent stopped");
     match batcher_result {
         Ok(r) => r,
@@ -83,11 +101,13 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     }
 }
 
-async fn probe_loop(
-    mut probe: Box<dyn Probe>,
-    tx: mpsc::Sender<Vec<Observation>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// One poll's observations, and the probe state that must be spooled with them.
+struct Polled {
+    observations: Vec<Observation>,
+    state: Vec<StateUpdate>,
+}
+
+async fn probe_loop(mut probe: Box<dyn Probe>, tx: mpsc::Sender<Polled>, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(probe.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -99,39 +119,141 @@ async fn probe_loop(
             o = probe.poll() => o,
             _ = shutdown.changed() => break,
         };
-        if tx.send(observations).await.is_err() {
+        let state = probe.take_state();
+        if tx.send(Polled { observations, state }).await.is_err() {
             break;
         }
     }
     probe.shutdown().await;
 }
 
+/// What the batcher holds that is not spooled yet.
+#[derive(Default)]
+struct Unspooled {
+    observations: Vec<Observation>,
+    state: Vec<StateUpdate>,
+    /// Dropped from memory while the spool could not be written; reported with the next batch.
+    dropped_samples: u64,
+    dropped_other: u64,
+}
+
+impl Unspooled {
+    /// Keeps at most `max` observations: the oldest samples go first, then the oldest of
+    /// the rest (check results and events are worth more than one more reading).
+    fn bound(&mut self, max: usize) {
+        let mut excess = self.observations.len().saturating_sub(max);
+        if excess == 0 {
+            return;
+        }
+        self.observations.retain(|o| {
+            if excess > 0 && matches!(o, Observation::Sample(_)) {
+                excess -= 1;
+                self.dropped_samples += 1;
+                false
+            } else {
+                true
+            }
+        });
+        if excess > 0 {
+            self.observations.drain(..excess);
+            self.dropped_other += excess as u64;
+        }
+    }
+}
+
+fn spool_status(state: pb::CheckState, summary: String) -> pb::CheckResult {
+    pb::CheckResult {
+        name: SPOOL_CHECK.into(),
+        state: state as i32,
+        summary,
+        time_unix_ms: jiff::Timestamp::now().as_millisecond(),
+    }
+}
+
 async fn batcher(
-    mut rx: mpsc::Receiver<Vec<Observation>>,
+    mut rx: mpsc::Receiver<Polled>,
     spool: Arc<Spool>,
     wake: Arc<Notify>,
     every: Duration,
+    status: watch::Sender<Option<pb::AgentStatus>>,
 ) -> anyhow::Result<()> {
-    let mut pending: Vec<Observation> = Vec::new();
+    let mut held = Unspooled::default();
+    // Set while the spool cannot be written: the error the agent reports.
+    let mut trouble: Option<String> = None;
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // A batch is cut at every tick, when it is large, and when the probes have stopped.
         let (cut, closed) = tokio::select! {
             msg = rx.recv() => match msg {
-                Some(obs) => { pending.extend(obs); (pending.len() >= MAX_BATCH_OBSERVATIONS, false) }
+                Some(polled) => {
+                    held.observations.extend(polled.observations);
+                    held.state.extend(polled.state);
+                    (held.observations.len() >= MAX_BATCH_OBSERVATIONS && trouble.is_none(), false)
+                }
                 None => (true, true),
             },
             _ = ticker.tick() => (true, false),
         };
-        if cut && !pending.is_empty() {
-            let batch = wire::to_batch(std::mem::take(&mut pending));
-            let seq = spool.append(batch).await?;
-            tracing::debug!(seq, "batch spooled");
-            wake.notify_one();
+        if cut && (!held.observations.is_empty() || !held.state.is_empty() || trouble.is_some()) {
+            match spool_held(&spool, &mut held, trouble.is_some()).await {
+                Ok(Some(seq)) => {
+                    tracing::debug!(seq, "batch spooled");
+                    wake.notify_one();
+                    if trouble.take().is_some() {
+                        tracing::info!(seq, "spooling works again");
+                        status.send_replace(None);
+                    }
+                }
+                Ok(None) => {}
+                Err(e @ SpoolError::Replaced { .. }) => return Err(e.into()),
+                Err(e) => {
+                    held.bound(MAX_UNSPOOLED_OBSERVATIONS);
+                    let summary = format!(
+                        "cannot spool: {e}; {} observations held in memory, {} samples and {} others dropped",
+                        held.observations.len(),
+                        held.dropped_samples,
+                        held.dropped_other
+                    );
+                    if trouble.is_none() {
+                        tracing::error!(error = %e, "cannot spool; reporting agent/spool CRITICAL and retrying");
+                    }
+                    trouble = Some(summary.clone());
+                    let check = spool_status(pb::CheckState::Critical, summary);
+                    status.send_replace(Some(pb::AgentStatus { checks: vec![check] }));
+                }
+            }
         }
         if closed {
             return Ok(());
         }
     }
+}
+
+/// Spools what the batcher holds (after reopening a broken spool); with `recovering`, the
+/// batch also carries `agent/spool` OK. `Ok(None)`: nothing needed spooling.
+async fn spool_held(spool: &Arc<Spool>, held: &mut Unspooled, recovering: bool) -> Result<Option<u64>, SpoolError> {
+    if spool.is_broken() {
+        let s = spool.clone();
+        tokio::task::spawn_blocking(move || s.recover())
+            .await
+            .map_err(|e| SpoolError::Sync(std::io::Error::other(e)))??;
+    }
+    if held.observations.is_empty() && !recovering {
+        spool.put_state(&held.state)?;
+        held.state.clear();
+        return Ok(None);
+    }
+    // A copy: if the append fails, the observations stay held for the next attempt (one
+    // batch per `batch_interval`; the copy costs far less than encoding and the flush).
+    let mut batch = wire::to_batch(held.observations.clone());
+    if recovering {
+        let summary = "spooling works again".to_string();
+        batch.checks.push(spool_status(pb::CheckState::Ok, summary));
+    }
+    batch.dropped_samples += held.dropped_samples;
+    batch.dropped_other += held.dropped_other;
+    let seq = spool.append_with_state(batch, &held.state).await?;
+    *held = Unspooled::default();
+    Ok(Some(seq))
 }

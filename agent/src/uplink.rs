@@ -37,6 +37,8 @@ pub struct Uplink {
     pub spool: Arc<Spool>,
     /// Signalled when a new batch is spooled.
     pub wake: Arc<Notify>,
+    /// The agent's trouble that cannot be spooled (`agent/spool`), sent straight on the stream.
+    pub status: watch::Receiver<Option<pb::AgentStatus>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,7 +149,13 @@ impl Uplink {
         match welcome {
             Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Welcome(w)) }) => {
                 tracing::info!(collector = %url, stored_up_to = w.last_seq, pending = self.spool.pending(), "connected to collector");
-                self.spool.skip_past(w.last_seq).map_err(|e| fail(SessionError::Spool(e)))?;
+                if let Err(e) = self.spool.skip_past(w.last_seq) {
+                    // A broken spool assigns no numbers until it is reopened; the next
+                    // session's welcome applies the rule then.
+                    if !self.spool.is_broken() {
+                        return Err(fail(SessionError::Spool(e)));
+                    }
+                }
             }
             other => {
                 return Err(fail(SessionError::Protocol(format!("expected a welcome, got {other:?}"))));
@@ -170,12 +178,22 @@ impl Uplink {
     ) -> Result<(), SessionError> {
         let mut last_sent = 0u64;
         let mut in_flight = BTreeSet::new();
+        let mut status = self.status.clone();
+        // The trouble as it stands goes first; later changes as they come.
+        status.mark_changed();
+        let mut status_open = true;
         let mut draining = *shutdown.borrow();
         // When the oldest unacknowledged batch must have been acknowledged.
         let mut ack_deadline = tokio::time::Instant::now() + self.ack_timeout;
         loop {
             while in_flight.len() < WINDOW {
-                let Some((seq, batch)) = self.spool.next_after(last_sent)? else {
+                let next = match self.spool.next_after(last_sent) {
+                    Ok(next) => next,
+                    // Being reopened: what it holds is sent once it is back.
+                    Err(_) if self.spool.is_broken() => None,
+                    Err(e) => return Err(e.into()),
+                };
+                let Some((seq, batch)) = next else {
                     break;
                 };
                 if in_flight.is_empty() {
@@ -192,7 +210,13 @@ impl Uplink {
             tokio::select! {
                 msg = inbound.message() => match msg? {
                     Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Ack(ack)) }) => {
-                        self.spool.ack(ack.seq)?;
+                        if let Err(e) = self.spool.ack(ack.seq) {
+                            // The batch stays spooled and is sent again later; the collector
+                            // knows it and acknowledges it without storing it twice.
+                            if !self.spool.is_broken() {
+                                return Err(e.into());
+                            }
+                        }
                         in_flight.remove(&ack.seq);
                         *progress = true;
                         ack_deadline = tokio::time::Instant::now() + self.ack_timeout;
@@ -201,6 +225,19 @@ impl Uplink {
                     None => return Err(SessionError::Protocol("collector closed the stream".into())),
                 },
                 _ = self.wake.notified() => {}
+                changed = status.changed(), if status_open => {
+                    let current = status.borrow_and_update().clone();
+                    match (changed, current) {
+                        (Ok(()), Some(s)) => {
+                            let msg = pb::AgentMessage { body: Some(pb::agent_message::Body::Status(s)) };
+                            tx.send(msg).await.map_err(|_| SessionError::Protocol("stream closed while sending".into()))?;
+                        }
+                        // The all-clear travels in a spooled batch.
+                        (Ok(()), None) => {}
+                        // The batcher has ended (the agent stops): nothing more to report.
+                        (Err(_), _) => status_open = false,
+                    }
+                }
                 _ = tokio::time::sleep_until(ack_deadline), if !in_flight.is_empty() => {
                     return Err(SessionError::AckTimeout(self.ack_timeout));
                 }

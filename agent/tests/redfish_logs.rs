@@ -1,11 +1,15 @@
 //! SEL and Lifecycle log entries become events once: no history replay on install, cursor kept across restarts, resync after a clear, pages followed.
+//!
+//! The agent writes a probe's cursor changes in the same spool write as the events they
+//! cover (`Probe::take_state`); `poll_and_spool` does what the agent's batcher does.
 
 #[path = "redfish_support/mod.rs"]
 mod common;
 
 use common::*;
-use pikett_agent::probes::Probe;
+use pikett_agent::observation::Observation;
 use pikett_agent::probes::redfish::RedfishProbe;
+use pikett_agent::probes::{Probe, SharedState};
 use serde_json::{Value, json};
 
 const SEL: &str = "/redfish/v1/Managers/iDRAC.Embedded.1/LogServices/Sel/Entries";
@@ -16,6 +20,15 @@ fn entry(base: &str, id: u64, created: &str, severity: &str, message_id: &str, m
         "@odata.id": format!("{base}/{id}"), "Id": id.to_string(), "Created": created,
         "EntryType": "SEL", "Severity": severity, "MessageId": message_id, "Message": message
     })
+}
+
+/// One poll whose observations (and the cursor changes that go with them) are spooled.
+async fn poll_and_spool(p: &mut RedfishProbe, state: &SharedState) -> Vec<Observation> {
+    let obs = p.poll().await;
+    for (key, value) in p.take_state() {
+        state.save(&key, &value).unwrap();
+    }
+    obs
 }
 
 /// Puts `new` entries (newest first) on top of the collection.
@@ -33,7 +46,7 @@ async fn first_poll_does_not_replay_history_and_new_entries_come_once() {
     let bmc = TestBmc::start(R750).await;
     let state = memory_state();
     let mut p = RedfishProbe::new(bmc.config(), state.clone()).unwrap();
-    assert!(events(&p.poll().await).is_empty(), "history replayed on first poll");
+    assert!(events(&poll_and_spool(&mut p, &state).await).is_empty(), "history replayed on first poll");
 
     let newest_sel: u64 = fixture_json(R750, SEL)["Members"][0]["Id"].as_str().unwrap().parse().unwrap();
     prepend(
@@ -41,14 +54,14 @@ async fn first_poll_does_not_replay_history_and_new_entries_come_once() {
         SEL,
         vec![entry(SEL, newest_sel + 1, "2026-11-23T09:00:00-06:00", "Critical", "PSU0003", "Power supply 2 lost AC.")],
     );
-    let ev = events(&p.poll().await);
+    let ev = events(&poll_and_spool(&mut p, &state).await);
     assert_eq!(ev.len(), 1, "{ev:?}");
     assert_eq!(ev[0].source, "redfish/sel");
     assert_eq!(ev[0].severity, "Critical");
     assert_eq!(ev[0].message_id, "PSU0003");
     assert_eq!(ev[0].message, "Power supply 2 lost AC.");
     assert_eq!(ev[0].time.to_string(), "2026-11-23T15:00:00Z");
-    assert!(events(&p.poll().await).is_empty(), "same entry reported twice");
+    assert!(events(&poll_and_spool(&mut p, &state).await).is_empty(), "same entry reported twice");
     p.shutdown().await;
 
     // "Restart": a new probe with the same state store neither replays nor misses.
@@ -117,5 +130,52 @@ async fn next_link_pages_are_followed_until_the_cursor() {
     let ev: Vec<_> = events(&p.poll().await).into_iter().filter(|e| e.source == "redfish/lclog").collect();
     assert_eq!(ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["e1", "e2", "e3", "e4"]);
     assert!(bmc.seen().iter().any(|s| s.target.contains("$skip=2")));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cursor_not_spooled_with_its_events_does_not_skip_them_after_a_restart() {
+    let bmc = TestBmc::start(R750).await;
+    let state = memory_state();
+    let mut p = RedfishProbe::new(bmc.config(), state.clone()).unwrap();
+    poll_and_spool(&mut p, &state).await;
+    let newest: u64 = fixture_json(R750, SEL)["Members"][0]["Id"].as_str().unwrap().parse().unwrap();
+    prepend(&bmc, SEL, vec![entry(SEL, newest + 1, "2026-11-23T09:00:00Z", "Critical", "PSU0003", "lost AC")]);
+    // Polled, but the agent dies before the batch with the event is spooled.
+    let ev = events(&p.poll().await);
+    assert_eq!(ev.len(), 1);
+    assert!(!p.take_state().is_empty(), "the moved cursor was not handed over for spooling");
+    // Within one process the cursor has moved: no second report.
+    assert!(events(&p.poll().await).is_empty(), "the same entry was reported twice in one process");
+    p.shutdown().await;
+    // After the restart the event comes again (nothing was spooled), not never.
+    let mut p = RedfishProbe::new(bmc.config(), state.clone()).unwrap();
+    let ev: Vec<_> = events(&p.poll().await).into_iter().filter(|e| e.source == "redfish/sel").collect();
+    assert_eq!(ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["lost AC"], "the event was lost");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn entries_beyond_max_log_pages_are_counted_not_dropped_silently() {
+    let bmc = TestBmc::start(R750).await;
+    let mut cfg = bmc.config();
+    cfg.max_log_pages = 1;
+    let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
+    p.poll().await;
+    let newest: u64 = fixture_json(R750, LC)["Members"][0]["Id"].as_str().unwrap().parse().unwrap();
+    bmc.edit(LC, |v| {
+        v["Members"] = json!([
+            entry(LC, newest + 5, "2026-11-23T12:00:05Z", "OK", "M5", "e5"),
+            entry(LC, newest + 4, "2026-11-23T12:00:04Z", "OK", "M4", "e4"),
+        ]);
+        v["Members@odata.nextLink"] = json!(format!("{LC}?$skip=2"));
+    });
+    let ev: Vec<_> = events(&p.poll().await).into_iter().filter(|e| e.source == "redfish/lclog").collect();
+    let skipped = ev.iter().find(|e| e.message_id == "pikett.LogEntriesSkipped").expect("no report of skipped entries");
+    assert_eq!(skipped.severity, "Warning");
+    assert!(skipped.message.starts_with("3 older new entries"), "{}", skipped.message);
+    let read: Vec<&str> =
+        ev.iter().filter(|e| e.message_id != "pikett.LogEntriesSkipped").map(|e| e.message.as_str()).collect();
+    assert_eq!(read, ["e4", "e5"]);
     p.shutdown().await;
 }

@@ -288,7 +288,7 @@ pub async fn hosts(client: &mut Client, json: bool) -> anyhow::Result<String> {
                 "host_id": h.host_id, "customer": h.customer, "status": h.status,
                 "last_seen": format_time(h.last_seen_unix_ms), "first_seen": format_time(h.first_seen_unix_ms),
                 "agent_version": h.agent_version, "batches": h.batches, "last_seq": h.last_seq,
-                "capabilities": h.capabilities, "dropped_samples": h.dropped_samples,
+                "capabilities": h.capabilities, "dropped_samples": h.dropped_samples, "dropped_other": h.dropped_other,
                 "spool_epoch": h.spool_epoch, "spool_resets": h.spool_resets,
             });
             writeln!(out, "{v}")?;
@@ -298,13 +298,13 @@ pub async fn hosts(client: &mut Client, json: bool) -> anyhow::Result<String> {
     let now = jiff::Timestamp::now().as_millisecond();
     writeln!(
         out,
-        "{:<24} {:<12} {:<6} {:<22} {:<8} {:>9} {:>9} {:>7}",
-        "HOST", "CUSTOMER", "STATUS", "LAST SEEN", "AGENT", "BATCHES", "LAST SEQ", "RESETS"
+        "{:<24} {:<12} {:<6} {:<22} {:<8} {:>9} {:>9} {:>7} {:>9}",
+        "HOST", "CUSTOMER", "STATUS", "LAST SEEN", "AGENT", "BATCHES", "LAST SEQ", "RESETS", "DROPPED"
     )?;
     for h in &r.hosts {
         writeln!(
             out,
-            "{:<24} {:<12} {:<6} {:<22} {:<8} {:>9} {:>9} {:>7}",
+            "{:<24} {:<12} {:<6} {:<22} {:<8} {:>9} {:>9} {:>7} {:>9}",
             h.host_id,
             h.customer,
             h.status,
@@ -312,7 +312,8 @@ pub async fn hosts(client: &mut Client, json: bool) -> anyhow::Result<String> {
             h.agent_version,
             h.batches,
             h.last_seq,
-            h.spool_resets
+            h.spool_resets,
+            h.dropped_samples + h.dropped_other
         )?;
     }
     if r.hosts.is_empty() {

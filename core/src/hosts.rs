@@ -26,6 +26,48 @@ pub struct HostRecord {
     /// How often the host came back with a new spool.
     #[serde(default)]
     pub spool_resets: u64,
+    /// Checks, events and inventory the agent dropped (spool full, disk full), in total.
+    #[serde(default)]
+    pub dropped_other: u64,
+    /// When the host last reported dropped data; 0 once `agent/data-dropped` cleared.
+    #[serde(default)]
+    pub last_drop_ms: i64,
+}
+
+/// The check the collector raises on a host whose agent had to drop data.
+pub const DATA_DROPPED_CHECK: &str = "agent/data-dropped";
+/// How long a host must report without dropping data before `agent/data-dropped` clears:
+/// drops are reported once, by the next batch, so the check holds its WARNING for a while
+/// instead of clearing with the batch after.
+pub const DATA_DROPPED_CLEARS_AFTER_MS: i64 = 60 * 60 * 1000;
+
+/// A result of `agent/data-dropped`: (warning, summary); not a warning means OK.
+pub type DataDropped = (bool, String);
+
+impl HostRecord {
+    /// Counts a new batch's drop report; returns the `agent/data-dropped` result it causes:
+    /// WARNING when the batch reports drops, OK once a host with a warning has reported
+    /// no drops for [`DATA_DROPPED_CLEARS_AFTER_MS`], else nothing.
+    pub fn record_drops(&mut self, samples: u64, other: u64, now_ms: i64) -> Option<DataDropped> {
+        if samples + other > 0 {
+            self.dropped_samples += samples;
+            self.dropped_other += other;
+            self.last_drop_ms = now_ms;
+            return Some((
+                true,
+                format!(
+                    "the agent dropped {samples} samples and {other} check results, events or inventory items \
+                     (spool full or disk full); in total {} and {}",
+                    self.dropped_samples, self.dropped_other
+                ),
+            ));
+        }
+        if self.last_drop_ms > 0 && now_ms - self.last_drop_ms >= DATA_DROPPED_CLEARS_AFTER_MS {
+            self.last_drop_ms = 0;
+            return Some((false, "no data dropped for an hour".to_string()));
+        }
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +102,23 @@ pub fn host_status(host: &HostRecord, now_ms: i64, configured: Option<Duration>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropped_data_warns_at_once_and_clears_after_an_hour_without_drops() {
+        let mut h = HostRecord::default();
+        assert_eq!(h.record_drops(0, 0, 1_000), None, "a host that never dropped has no result");
+        let (warning, summary) = h.record_drops(500, 2, 1_000).unwrap();
+        assert!(warning);
+        assert!(summary.contains("500 samples") && summary.contains("in total 500 and 2"), "{summary}");
+        assert_eq!(h.record_drops(0, 0, 1_000 + DATA_DROPPED_CLEARS_AFTER_MS - 1), None);
+        // A second drop within the hour restarts it.
+        assert!(h.record_drops(10, 0, 2_000).unwrap().0);
+        assert_eq!((h.dropped_samples, h.dropped_other), (510, 2));
+        assert_eq!(h.record_drops(0, 0, 2_000 + DATA_DROPPED_CLEARS_AFTER_MS - 1), None);
+        let (warning, _) = h.record_drops(0, 0, 2_000 + DATA_DROPPED_CLEARS_AFTER_MS).unwrap();
+        assert!(!warning);
+        assert_eq!(h.record_drops(0, 0, 9_999_999_999), None, "cleared once");
+    }
 
     #[test]
     fn down_after_three_intervals_by_default() {

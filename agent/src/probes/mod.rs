@@ -27,7 +27,16 @@ pub trait Probe: Send {
     async fn poll(&mut self) -> Vec<Observation>;
     /// Called once when the agent stops (e.g. to delete a BMC session).
     async fn shutdown(&mut self) {}
+    /// State changes that belong to the observations of the last `poll` (a log cursor and
+    /// the events read up to it): the agent writes them in the same spool write as those
+    /// observations, so a restart never skips events nor repeats them.
+    fn take_state(&mut self) -> Vec<StateUpdate> {
+        Vec::new()
+    }
 }
+
+/// One probe-state change: (key, value).
+pub type StateUpdate = (String, Vec<u8>);
 
 /// Small persistent key/value state for probes (log cursors, restart counters),
 /// kept in the agent's spool database so it survives restarts.

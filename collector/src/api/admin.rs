@@ -170,6 +170,7 @@ impl Admin for AdminService {
                 spool_resets: h.spool_resets,
                 capabilities: h.capabilities,
                 dropped_samples: h.dropped_samples,
+                dropped_other: h.dropped_other,
             })
             .collect();
         Ok(Response::new(pb::ListHostsReply { hosts }))

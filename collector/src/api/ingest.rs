@@ -157,6 +157,17 @@ impl Ingest for IngestService {
                 };
                 let batch = match msg.body {
                     Some(pb::agent_message::Body::Batch(batch)) => batch,
+                    Some(pb::agent_message::Body::Status(status)) => {
+                        // Not spooled, not acknowledged: evaluated with the next group.
+                        tracing::warn!(host_id = %host_id, checks = ?status.checks.iter().map(|c| (&c.name, &c.summary)).collect::<Vec<_>>(), "agent reports trouble it cannot spool");
+                        let (reply, _) = oneshot::channel();
+                        let batch = pb::Batch { checks: status.checks, ..Default::default() };
+                        let req = WriteRequest { sender: sender.clone(), batch, status: true, reply };
+                        if writer.send(req).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
                     Some(pb::agent_message::Body::Hello(_)) => {
                         let status = Status::invalid_argument("a second hello on one stream");
                         let _ = pending_tx.send(Pending::Refuse(reject(&metrics, "second_hello", status))).await;
@@ -185,7 +196,7 @@ impl Ingest for IngestService {
                 let (reply, rx) = oneshot::channel();
                 let now_ms = jiff::Timestamp::now().as_millisecond();
                 latest.update(&sender.host_id, &sender.customer, &batch.samples, now_ms);
-                let req = WriteRequest { sender: sender.clone(), batch, reply };
+                let req = WriteRequest { sender: sender.clone(), batch, status: false, reply };
                 if writer.send(req).await.is_err() || pending_tx.send(Pending::Batch(seq, rx)).await.is_err() {
                     break;
                 }

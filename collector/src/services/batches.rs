@@ -72,6 +72,8 @@ pub struct Sender {
 pub struct WriteRequest {
     pub sender: Arc<Sender>,
     pub batch: pikett_proto::v1::Batch,
+    /// An `AgentStatus` (checks only, `batch.seq` 0): evaluated, never stored as a batch.
+    pub status: bool,
     pub reply: oneshot::Sender<Result<Stored, String>>,
 }
 
@@ -79,6 +81,23 @@ pub struct WriteRequest {
 pub enum Stored {
     New,
     Duplicate,
+    /// An agent's unspooled status: the host was seen, nothing stored.
+    Status,
+}
+
+impl Stored {
+    /// Whether the fault engine evaluates the request.
+    pub fn evaluate(self) -> bool {
+        matches!(self, Stored::New | Stored::Status)
+    }
+}
+
+/// What storing one request did: whether it was new, and the `agent/data-dropped` result
+/// its drop report causes (see [`HostRecord::record_drops`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub stored: Stored,
+    pub data_dropped: Option<pikett_core::hosts::DataDropped>,
 }
 
 impl BatchLog {
@@ -145,13 +164,15 @@ impl BatchLog {
     }
 
     /// Inserts a group of batches (not yet flushed). Runs on a blocking thread.
-    pub(crate) fn apply(&self, group: &[WriteRequest], now_ms: i64) -> Result<Vec<Stored>, StoreError> {
+    pub(crate) fn apply(&self, group: &[WriteRequest], now_ms: i64) -> Result<Vec<Outcome>, StoreError> {
         let mut results = Vec::with_capacity(group.len());
         let mut changed: HashMap<String, HostRecord> = HashMap::new();
         let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
         for req in group {
             let (host, epoch, seq) = (&req.sender.host_id, req.sender.spool_epoch, req.batch.seq);
-            let stored = if self.is_stored(host, epoch, seq)? {
+            let stored = if req.status {
+                Stored::Status
+            } else if self.is_stored(host, epoch, seq)? {
                 Stored::Duplicate
             } else {
                 self.batches.insert(&batch_key(host, epoch, seq), prost::Message::encode_to_vec(&req.batch))?;
@@ -167,6 +188,7 @@ impl BatchLog {
             rec.capabilities.clone_from(&req.sender.capabilities);
             rec.min_interval_ms = req.sender.min_interval_ms;
             rec.last_seen_ms = now_ms;
+            let mut data_dropped = None;
             if stored == Stored::New {
                 if rec.spool_epoch != epoch {
                     if rec.batches > 0 {
@@ -184,10 +206,10 @@ impl BatchLog {
                 }
                 rec.batches += 1;
                 rec.last_seq = rec.last_seq.max(req.batch.seq);
-                rec.dropped_samples += req.batch.dropped_samples;
+                data_dropped = rec.record_drops(req.batch.dropped_samples, req.batch.dropped_other, now_ms);
             }
             changed.insert(rec.host_id.clone(), rec.clone());
-            results.push(stored);
+            results.push(Outcome { stored, data_dropped });
         }
         drop(hosts);
         for (id, rec) in changed {
@@ -224,12 +246,34 @@ mod tests {
             min_interval_ms: 1000,
             spool_epoch: epoch,
         });
-        (WriteRequest { sender, batch: pb::Batch { seq, ..Default::default() }, reply }, rx)
+        (WriteRequest { sender, batch: pb::Batch { seq, ..Default::default() }, status: false, reply }, rx)
     }
 
     fn apply(log: &BatchLog, batches: &[(u64, u64)]) -> Vec<Stored> {
         let group: Vec<WriteRequest> = batches.iter().map(|(e, s)| request("web1", *e, *s).0).collect();
-        log.apply(&group, 1_000).unwrap()
+        log.apply(&group, 1_000).unwrap().into_iter().map(|o| o.stored).collect()
+    }
+
+    #[test]
+    fn a_status_is_not_stored_and_drop_reports_are_counted_once() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let log = BatchLog::open(storage).unwrap();
+        let (mut dropping, _) = request("web1", 7, 1);
+        dropping.batch.dropped_samples = 40;
+        dropping.batch.dropped_other = 2;
+        let (mut status, _) = request("web1", 7, 0);
+        status.status = true;
+        let out = log.apply(&[dropping], 1_000).unwrap();
+        assert!(out[0].data_dropped.as_ref().is_some_and(|(warning, _)| *warning));
+        // The same batch again (a resend) is a duplicate and counts nothing.
+        let (mut again, _) = request("web1", 7, 1);
+        again.batch.dropped_samples = 40;
+        let out = log.apply(&[again, status], 2_000).unwrap();
+        assert_eq!(out.iter().map(|o| o.stored).collect::<Vec<_>>(), vec![Stored::Duplicate, Stored::Status]);
+        assert!(out.iter().all(|o| o.data_dropped.is_none()));
+        let rec = log.host("web1").unwrap();
+        assert_eq!((rec.dropped_samples, rec.dropped_other, rec.batches, rec.last_seen_ms), (40, 2, 1, 2_000));
+        assert_eq!(log.stored_seqs("web1").unwrap(), vec![(7, 1)], "a status was stored as a batch");
     }
 
     #[test]

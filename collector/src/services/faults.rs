@@ -153,6 +153,27 @@ impl FaultService {
         out
     }
 
+    /// The collector's own `agent/data-dropped` result for a host whose agent reported
+    /// dropped data (WARNING), or that has reported none for a while (OK).
+    pub fn data_dropped(
+        &self,
+        host: &str,
+        customer: &str,
+        warning: bool,
+        summary: &str,
+        now: Timestamp,
+    ) -> Vec<Transition> {
+        let input = CheckInput {
+            host: host.to_string(),
+            customer: customer.to_string(),
+            check: pikett_core::hosts::DATA_DROPPED_CHECK.to_string(),
+            state: if warning { CheckState::Warning } else { CheckState::Ok },
+            summary: summary.to_string(),
+            time: now,
+        };
+        self.with_engine(|e| e.check_result(input, now))
+    }
+
     /// Host timeouts, maintenance and silence boundaries.
     pub fn tick(&self, now: Timestamp, host_timeout: impl Fn(&str) -> Duration) -> Vec<Transition> {
         let mut engine = self.lock();

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub duplicate_batches_total: Counter,
     pub samples_total: Counter,
     pub agent_dropped_samples_total: Counter,
+    pub agent_dropped_other_total: Counter,
+    pub agent_status_messages_total: Counter,
     pub streams: Gauge,
     pub rejected_streams_total: Family<ReasonLabel, Counter>,
     pub sequence_gaps_total: Counter,
@@ -39,6 +41,8 @@ impl Metrics {
             duplicate_batches_total: Counter::default(),
             samples_total: Counter::default(),
             agent_dropped_samples_total: Counter::default(),
+            agent_dropped_other_total: Counter::default(),
+            agent_status_messages_total: Counter::default(),
             streams: Gauge::default(),
             rejected_streams_total: Family::default(),
             sequence_gaps_total: Counter::default(),
@@ -58,6 +62,16 @@ impl Metrics {
             "agent_dropped_samples",
             "Samples agents dropped because their spool was full",
             m.agent_dropped_samples_total.clone(),
+        );
+        registry.register(
+            "agent_dropped_other",
+            "Check results, events and inventory items agents dropped (spool or disk full)",
+            m.agent_dropped_other_total.clone(),
+        );
+        registry.register(
+            "agent_status_messages",
+            "Unspooled status messages from agents that cannot spool (disk full)",
+            m.agent_status_messages_total.clone(),
         );
         registry.register("ingest_streams", "Agent streams connected now", m.streams.clone());
         registry.register("ingest_rejected_streams", "Agent streams refused", m.rejected_streams_total.clone());

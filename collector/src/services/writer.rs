@@ -12,7 +12,7 @@ use std::time::Instant;
 use pikett_core::faults::Transition;
 use tokio::sync::mpsc;
 
-use crate::services::batches::{BatchLog, Stored, WriteRequest};
+use crate::services::batches::{BatchLog, Outcome, Stored, WriteRequest};
 use crate::services::faults::FaultService;
 use crate::services::metrics::Metrics;
 use crate::services::patches::PatchService;
@@ -53,14 +53,19 @@ pub fn spawn_writer(
             let applied = tokio::task::spawn_blocking(move || {
                 let r = s.apply(&group, now_ms);
                 let mut changes = Vec::new();
-                if let Ok(stored) = &r {
+                if let Ok(outcomes) = &r {
                     let now = jiff::Timestamp::from_millisecond(now_ms).unwrap_or_else(|_| jiff::Timestamp::now());
-                    for (req, st) in group.iter().zip(stored) {
-                        if *st == Stored::New {
-                            changes.extend(f.ingest(&req.sender.host_id, &req.sender.customer, &req.batch, now));
-                            if let Some(input) = p.ingest(&req.sender.host_id, &req.sender.customer, &req.batch, now) {
-                                changes.extend(f.with_engine(|e| e.check_result(input, now)));
-                            }
+                    for (req, outcome) in group.iter().zip(outcomes) {
+                        if !outcome.stored.evaluate() {
+                            continue;
+                        }
+                        let (host, customer) = (&req.sender.host_id, &req.sender.customer);
+                        changes.extend(f.ingest(host, customer, &req.batch, now));
+                        if let Some(input) = p.ingest(host, customer, &req.batch, now) {
+                            changes.extend(f.with_engine(|e| e.check_result(input, now)));
+                        }
+                        if let Some((warning, summary)) = &outcome.data_dropped {
+                            changes.extend(f.data_dropped(host, customer, *warning, summary, now));
                         }
                     }
                 }
@@ -88,7 +93,7 @@ pub fn spawn_writer(
 /// A group inserted and fed to the engine, waiting for its flush.
 struct Applied {
     group: Vec<WriteRequest>,
-    result: Result<Vec<Stored>, StoreError>,
+    result: Result<Vec<Outcome>, StoreError>,
     changes: Vec<Transition>,
     started: Instant,
 }
@@ -113,15 +118,22 @@ async fn complete(
                 if !changes.is_empty() {
                     let _ = transitions.send(changes);
                 }
-                for (req, s) in group.into_iter().zip(stored) {
-                    if s == Stored::New {
-                        metrics.batches_total.inc();
-                        metrics.samples_total.inc_by(req.batch.samples.len() as u64);
-                        metrics.agent_dropped_samples_total.inc_by(req.batch.dropped_samples);
-                    } else {
-                        metrics.duplicate_batches_total.inc();
+                for (req, outcome) in group.into_iter().zip(stored) {
+                    match outcome.stored {
+                        Stored::New => {
+                            metrics.batches_total.inc();
+                            metrics.samples_total.inc_by(req.batch.samples.len() as u64);
+                            metrics.agent_dropped_samples_total.inc_by(req.batch.dropped_samples);
+                            metrics.agent_dropped_other_total.inc_by(req.batch.dropped_other);
+                        }
+                        Stored::Duplicate => {
+                            metrics.duplicate_batches_total.inc();
+                        }
+                        Stored::Status => {
+                            metrics.agent_status_messages_total.inc();
+                        }
                     }
-                    let _ = req.reply.send(Ok(s));
+                    let _ = req.reply.send(Ok(outcome.stored));
                 }
             }
             Err(e) => {

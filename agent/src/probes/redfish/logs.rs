@@ -76,6 +76,15 @@ fn is_old(e: &Entry, c: &Cursor) -> bool {
     }
 }
 
+/// How many entries lie between the cursor and the oldest entry read, when both ids are
+/// numbers (Dell, Lenovo and Supermicro number their entries); `None` when that cannot
+/// be known.
+pub fn skipped_between(cursor: Option<&Cursor>, oldest_read: Option<&Entry>) -> Option<u64> {
+    let from: u64 = cursor?.id.parse().ok()?;
+    let to: u64 = oldest_read?.id.parse().ok()?;
+    to.checked_sub(from)?.checked_sub(1)
+}
+
 /// Compares a newest-first page of entries with the cursor.
 pub fn scan(entries: &[Entry], cursor: Option<&Cursor>) -> Scan {
     let Some(c) = cursor else {
@@ -141,6 +150,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn skipped_entries_are_counted_from_numeric_ids() {
+        let c = Cursor { id: "100".into(), created: None };
+        let named = |id: &str| Entry { id: id.into(), ..e(0, "2024-01-01T00:00:00Z") };
+        assert_eq!(skipped_between(Some(&c), Some(&named("151"))), Some(50));
+        assert_eq!(skipped_between(Some(&c), Some(&named("101"))), Some(0));
+        assert_eq!(skipped_between(Some(&c), Some(&named("abc"))), None);
+        assert_eq!(skipped_between(None, Some(&named("151"))), None);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::observation::{Event, Inventory, Observation, State};
-use crate::probes::{Probe, SharedState};
+use crate::probes::{Probe, SharedState, StateUpdate};
 
 use client::{Auth, Client};
 use logs::{Cursor, Entry, Scan};
@@ -168,6 +168,12 @@ pub struct RedfishProbe {
     cfg: RedfishConfig,
     state: SharedState,
     client: Arc<Client>,
+    /// Where each log was read up to in this process (the state store has it after a restart).
+    cursors: Mutex<HashMap<String, Cursor>>,
+    /// Cursors the poll in progress moved; applied only when the poll completes.
+    polled_cursors: Mutex<Vec<(String, Cursor)>>,
+    /// Cursor changes for the spool, written with the events they cover ([`Probe::take_state`]).
+    staged: Vec<StateUpdate>,
 }
 
 /// Reads the password file: refuses world-readable files, strips the trailing newline.
@@ -257,7 +263,14 @@ impl RedfishProbe {
             cfg.timeout,
             cfg.max_response_bytes,
         );
-        Ok(RedfishProbe { cfg, state, client })
+        Ok(RedfishProbe {
+            cfg,
+            state,
+            client,
+            cursors: Mutex::default(),
+            polled_cursors: Mutex::default(),
+            staged: Vec::new(),
+        })
     }
 
     /// HTTP requests sent since the probe was built (logins and logouts included).
@@ -386,16 +399,20 @@ impl RedfishProbe {
         out
     }
 
-    /// New entries of one log since the persisted cursor, oldest first.
+    /// New entries of one log since the persisted cursor, oldest first. The cursor moves
+    /// only when the whole poll completes (see `poll`), and reaches the spool with the events.
     async fn log_events(&self, poll: &Poll<'_>, source: &str, entries_path: &str) -> Vec<Observation> {
         let key = format!("redfish/cursor/{}{}", self.cfg.endpoint.trim_end_matches('/'), entries_path);
-        let cursor: Option<Cursor> = self.state.load(&key).and_then(|b| serde_json::from_slice(&b).ok());
+        let remembered = self.cursors.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+        let cursor: Option<Cursor> =
+            remembered.or_else(|| self.state.load(&key).and_then(|b| serde_json::from_slice(&b).ok()));
         let Some(first) = poll.get(entries_path).await else {
             return Vec::new();
         };
         let first_entries: Vec<Entry> = readings::array(&first, "Members").filter_map(Entry::from_json).collect();
         let newest = first_entries.first().map(Entry::cursor);
         let mut new: Vec<Entry> = Vec::new();
+        let mut skipped = None;
         match logs::scan(&first_entries, cursor.as_ref()) {
             Scan::Baseline => {
                 tracing::info!(
@@ -428,27 +445,40 @@ impl RedfishProbe {
                     }
                     next = text(page.get("Members@odata.nextLink"));
                 }
+                if !reached && next.is_some() {
+                    skipped = Some(logs::skipped_between(cursor.as_ref(), new.last()));
+                }
             }
         }
         let save = newest.or_else(|| cursor.clone()).unwrap_or(Cursor { id: String::new(), created: None });
-        if cursor.as_ref() != Some(&save)
-            && let Ok(bytes) = serde_json::to_vec(&save)
-            && let Err(e) = self.state.save(&key, &bytes)
-        {
-            tracing::warn!(log = source, error = %e, "cannot persist redfish log cursor");
+        if cursor.as_ref() != Some(&save) {
+            self.polled_cursors.lock().unwrap_or_else(|p| p.into_inner()).push((key, save));
         }
-        new.into_iter()
-            .rev()
-            .map(|e| {
-                Observation::Event(Event {
-                    source: source.to_string(),
-                    time: e.time().unwrap_or_else(Timestamp::now),
-                    severity: e.severity,
-                    message_id: e.message_id,
-                    message: e.message,
-                })
+        let mut out: Vec<Observation> = Vec::new();
+        if let Some(count) = skipped {
+            let how_many = count.map_or_else(|| "an unknown number of".to_string(), |n| n.to_string());
+            tracing::warn!(log = source, skipped = ?count, max_log_pages = self.cfg.max_log_pages, "redfish log: older new entries not read");
+            out.push(Observation::Event(Event {
+                source: source.to_string(),
+                time: Timestamp::now(),
+                severity: "Warning".into(),
+                message_id: "pikett.LogEntriesSkipped".into(),
+                message: format!(
+                    "{how_many} older new entries of this log were not read: more than max_log_pages ({}) pages were new since the last poll",
+                    self.cfg.max_log_pages
+                ),
+            }));
+        }
+        out.extend(new.into_iter().rev().map(|e| {
+            Observation::Event(Event {
+                source: source.to_string(),
+                time: e.time().unwrap_or_else(Timestamp::now),
+                severity: e.severity,
+                message_id: e.message_id,
+                message: e.message,
             })
-            .collect()
+        }));
+        out
     }
 }
 
@@ -464,8 +494,21 @@ impl Probe for RedfishProbe {
 
     async fn poll(&mut self) -> Vec<Observation> {
         let now = Timestamp::now();
-        match tokio::time::timeout(self.cfg.poll_timeout, self.poll_inner(now)).await {
-            Ok(obs) => obs,
+        let polled = tokio::time::timeout(self.cfg.poll_timeout, self.poll_inner(now)).await;
+        // Log cursors move only with a completed poll: a poll cut off by its timeout has not
+        // returned the events they cover.
+        let moved = std::mem::take(&mut *self.polled_cursors.lock().unwrap_or_else(|p| p.into_inner()));
+        match polled {
+            Ok(obs) => {
+                let mut cursors = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+                for (key, cursor) in moved {
+                    if let Ok(bytes) = serde_json::to_vec(&cursor) {
+                        self.staged.push((key.clone(), bytes));
+                    }
+                    cursors.insert(key, cursor);
+                }
+                obs
+            }
             Err(_) => {
                 let e = RedfishError::Timeout {
                     method: "poll of".into(),
@@ -488,6 +531,10 @@ impl Probe for RedfishProbe {
 
     async fn shutdown(&mut self) {
         let _ = tokio::time::timeout(self.cfg.timeout, self.client.logout()).await;
+    }
+
+    fn take_state(&mut self) -> Vec<StateUpdate> {
+        std::mem::take(&mut self.staged)
     }
 }
 
