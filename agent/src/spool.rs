@@ -848,6 +848,43 @@ mod tests {
         assert_eq!((b.dropped_samples, b.dropped_other), (12, 3));
     }
 
+    #[tokio::test]
+    async fn compaction_keeps_the_files_within_the_cap_and_loses_no_kept_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 4 << 20;
+        let spool = Spool::open(dir.path(), cap, 1 << 20).unwrap();
+        let batch = batch_with_samples(2_000);
+        let rounds = 6 * cap / batch.encoded_len() as u64;
+        let mut peak = 0;
+        for _ in 0..rounds {
+            spool.append(batch.clone()).await.unwrap();
+            peak = peak.max(spool.handles().unwrap().db.size_on_disk().unwrap());
+        }
+        let h = spool.handles().unwrap();
+        assert!(h.generation > 0, "never compacted");
+        assert!(peak <= cap, "the files reached {peak} bytes with a cap of {cap}");
+        drop(h);
+        // The kept batches are whole and in order: the newest ones, each once.
+        let mut seqs = Vec::new();
+        let mut after = 0;
+        while let Some((seq, _)) = spool.next_after(after).unwrap() {
+            seqs.push(seq);
+            after = seq;
+        }
+        assert_eq!(*seqs.last().unwrap(), rounds);
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "a kept batch went missing: {seqs:?}");
+        let generation = spool.handles().unwrap().generation;
+        let epoch = spool.epoch();
+        drop(spool);
+        // What CURRENT names is what a restart opens; a stray generation is removed.
+        std::fs::create_dir_all(dir.path().join("db-999")).unwrap();
+        let spool = reopen(dir.path(), cap);
+        assert_eq!((spool.handles().unwrap().generation, spool.epoch()), (generation, epoch));
+        assert_eq!(spool.pending(), seqs.len());
+        assert!(!dir.path().join("db-999").exists());
+        assert!(!dir.path().join("db").exists(), "generation 0's files were left behind");
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
         /// Whatever the mix of appends and acks, the accounting matches what is stored and
