@@ -14,6 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/pikett/v1/admin.proto",
             "proto/pikett/v1/reports.proto",
             "proto/pikett/v1/incidents.proto",
+            "proto/pikett/v1/enroll.proto",
         ],
         &["proto"],
     )?;

@@ -35,6 +35,10 @@ pub struct CollectorConfig {
     #[serde(default = "default_true")]
     pub store_fsync: bool,
     pub tls: Option<TlsConfig>,
+    /// Staff tokens (hashes only), managed by `pikett-collector token …`; default
+    /// `<data_dir>/tokens.json`. While it holds no token, staff calls are accepted from
+    /// loopback only.
+    pub staff_tokens_file: Option<PathBuf>,
     #[serde(default)]
     pub customers: BTreeMap<String, CustomerConfig>,
     /// How long a sample's latest value stays on `/metrics` without a new one.
@@ -80,6 +84,17 @@ pub struct TlsConfig {
     /// When set, agents must present a certificate signed by this CA, whose
     /// subject common name is their host id.
     pub client_ca_file: Option<PathBuf>,
+    /// The CA's private key (`pikett-collector ca init`): with it the collector enrolls
+    /// agents (tickets, `pikett-agent enroll`) and renews their certificates.
+    pub ca_key_file: Option<PathBuf>,
+    /// How long a certificate issued to an agent is valid; agents renew it when a third
+    /// of that is left.
+    #[serde(default = "default_client_cert_validity", with = "humantime_serde")]
+    pub client_cert_validity: Duration,
+}
+
+fn default_client_cert_validity() -> Duration {
+    Duration::from_secs(90 * 86_400)
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -155,8 +170,29 @@ impl CollectorConfig {
         }
     }
 
+    /// Where the staff tokens are kept.
+    pub fn tokens_path(&self) -> PathBuf {
+        self.staff_tokens_file.clone().unwrap_or_else(|| self.data_dir.join("tokens.json"))
+    }
+
     fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Some(tls) = &self.tls
+            && tls.client_ca_file.is_none()
+            && !self.listen.ip().is_loopback()
+        {
+            problems.push(format!(
+                "listen = \"{}\" is not a loopback address: [tls] needs client_ca_file there, so that only \
+                 agents with a certificate from the collector's CA can report",
+                self.listen
+            ));
+        }
+        if let Some(tls) = &self.tls
+            && tls.ca_key_file.is_some()
+            && tls.client_ca_file.is_none()
+        {
+            problems.push("[tls] ca_key_file needs client_ca_file (the CA's certificate) as well".into());
+        }
         if self.tls.is_none() && !self.listen.ip().is_loopback() {
             problems.push(format!(
                 "listen = \"{}\" is not a loopback address: plaintext is allowed on loopback only; configure [tls]",
@@ -221,6 +257,15 @@ mod tests {
         assert_eq!(CollectorConfig::default().patches.patch_day.to_string(), "2nd tue");
         let errs = CollectorConfig::parse(Path::new("c.toml"), "[patches]\npatchday = \"2nd tue\"\n").unwrap_err();
         assert!(errs[0].to_string().starts_with("c.toml:2:1: unknown field `patchday`"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn off_loopback_agents_need_client_certificates() {
+        let text = "listen = \"0.0.0.0:9740\"\n[tls]\ncert_file = \"c.pem\"\nkey_file = \"c.key\"\n";
+        let errs = CollectorConfig::parse(Path::new("c.toml"), text).unwrap_err();
+        assert!(errs[0].to_string().contains("needs client_ca_file"), "{}", errs[0]);
+        let ok = format!("{text}client_ca_file = \"ca.pem\"\n");
+        assert!(CollectorConfig::parse(Path::new("c.toml"), &ok).is_ok());
     }
 
     #[test]

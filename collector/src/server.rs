@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pikett_proto::v1::admin_server::AdminServer;
+use pikett_proto::v1::enroll_server::EnrollServer;
 use pikett_proto::v1::incidents_server::IncidentsServer;
 use pikett_proto::v1::ingest_server::IngestServer;
 use pikett_proto::v1::reports_server::ReportsServer;
@@ -19,12 +20,18 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use pikett_core::faults::Transition;
 use pikett_core::hosts::{HostStatus, host_status, host_timeout};
 
+use crate::api::access::Access;
 use crate::api::admin::AdminService;
+use crate::api::enroll::EnrollService;
 use crate::api::incidents::IncidentsGrpc;
 use crate::api::ingest::IngestService;
 use crate::config::CollectorConfig;
 use crate::services::batches::BatchLog;
+use crate::services::audit::AuditLog;
 use crate::services::faults::FaultService;
+use crate::services::identity::IdentityService;
+use crate::services::pki::Ca;
+use crate::services::staff::StaffTokens;
 use crate::services::incidents::IncidentService;
 use crate::services::latest::LatestSamples;
 use crate::services::metrics::{Metrics, StatusLabel};
@@ -38,6 +45,13 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     let storage: Arc<dyn Storage> =
         Arc::new(SledStorage::open_with(&config.data_dir, config.store_cache_bytes, config.store_fsync)?);
     let store = Arc::new(BatchLog::open(storage.clone())?);
+    let identity = Arc::new(IdentityService::open(storage.clone())?);
+    let tokens = Arc::new(StaffTokens::open(&config.tokens_path())?);
+    let access = Arc::new(Access::new(tokens, Arc::new(AuditLog::open(storage.clone())?)));
+    let ca = match config.tls.as_ref().and_then(|t| t.ca_key_file.as_ref().zip(t.client_ca_file.as_ref())) {
+        Some((key, cert)) => Some(Arc::new(Ca::load(cert, key)?)),
+        None => None,
+    };
     let engine_config = config.engine_config().map_err(anyhow::Error::msg)?;
     let faults = Arc::new(FaultService::open(storage.as_ref(), engine_config)?);
     let latest = Arc::new(LatestSamples::default());
@@ -57,7 +71,8 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     let patches = Arc::new(crate::services::patches::PatchService::from_config(storage.as_ref(), &config)?);
     let writer = spawn_writer(store.clone(), faults.clone(), patches.clone(), metrics.clone(), transitions_tx.clone());
     crate::services::patches::spawn_evaluator(patches.clone(), faults.clone(), storage.clone(), transitions_tx.clone());
-    let reports = crate::api::reports::ReportsService::new(&config, store.clone(), faults.clone(), patches)?;
+    let reports =
+        crate::api::reports::ReportsService::new(&config, store.clone(), faults.clone(), patches, access.clone())?;
     let ready = Arc::new(AtomicBool::new(false));
 
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
@@ -101,13 +116,28 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         }
         builder = builder.tls_config(tls_config).context("TLS configuration")?;
     }
-    let ingest = IngestService { store: store.clone(), writer, metrics: metrics.clone(), require_client_cert, latest };
+    let ingest = IngestService {
+        store: store.clone(),
+        identity: identity.clone(),
+        writer,
+        metrics: metrics.clone(),
+        require_client_cert,
+        latest,
+    };
+    let enroll = EnrollService {
+        ca: ca.clone(),
+        identity: identity.clone(),
+        validity: config.tls.as_ref().map_or(Duration::from_secs(90 * 86_400), |t| t.client_cert_validity),
+    };
     let admin = AdminService {
         store: store.clone(),
         faults: faults.clone(),
         pager,
         host_timeout: config.host_timeout,
         transitions: transitions_tx.clone(),
+        access: access.clone(),
+        identity,
+        ca,
     };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -123,7 +153,8 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         .add_service(IngestServer::new(ingest).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AdminServer::new(admin))
         .add_service(ReportsServer::new(reports))
-        .add_service(IncidentsServer::new(IncidentsGrpc { incidents }))
+        .add_service(IncidentsServer::new(IncidentsGrpc { incidents, access }))
+        .add_service(EnrollServer::new(enroll))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.changed().await;
         })

@@ -274,6 +274,9 @@ pub struct Override {
     pub to: Timestamp,
     /// When it was made: among active overrides of a role the latest made wins.
     pub created_at: Timestamp,
+    /// Who made it (the staff member's user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
 }
 
 impl Override {
@@ -485,6 +488,7 @@ mod tests {
             from: ts(from),
             to: ts(to),
             created_at: ts(made),
+            created_by: None,
         };
         let overrides = [
             o("carol", "2026-11-03T00:00:00Z", "2026-11-05T00:00:00Z", "2026-11-01T10:00:00Z"),
@@ -631,6 +635,7 @@ mod tests {
             from: ts("2026-11-03T00:00:00Z"),
             to: ts("2026-11-04T00:00:00Z"),
             created_at: ts("2026-11-01T00:00:00Z"),
+            created_by: None,
         };
         validate_override(&people, &o).unwrap();
         o.to = o.from;

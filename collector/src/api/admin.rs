@@ -13,9 +13,12 @@ use pikett_core::faults::{self, FaultFilter, NewMaintenance, NewSilence, Transit
 use pikett_core::hosts::{HostStatus, host_status};
 use pikett_core::oncall::{Override, Role};
 
-use crate::api::access::authorize;
+use crate::api::access::Access;
 use crate::services::batches::BatchLog;
 use crate::services::faults::FaultService;
+use crate::services::identity::IdentityService;
+use crate::services::pki::Ca;
+use crate::services::staff::Role as StaffRole;
 use crate::services::pager::Pager;
 
 pub struct AdminService {
@@ -25,6 +28,10 @@ pub struct AdminService {
     pub host_timeout: Option<Duration>,
     /// Staff actions change faults: their transitions go to the pager like the engine's own.
     pub transitions: mpsc::UnboundedSender<Vec<Transition>>,
+    pub access: Arc<Access>,
+    pub identity: Arc<IdentityService>,
+    /// The CA, when this collector enrolls agents (`[tls] ca_key_file`).
+    pub ca: Option<Arc<Ca>>,
 }
 
 fn ms(t: Option<Timestamp>) -> i64 {
@@ -123,7 +130,7 @@ impl AdminService {
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::StatusReply>, Status> {
-        authorize(&request)?;
+        let caller = self.access.read(&request, "status").await?;
         let now = Timestamp::now();
         let now_ms = now.as_millisecond();
         let hosts = self.store.hosts();
@@ -147,11 +154,14 @@ impl Admin for AdminService {
             now_unix_ms: now_ms,
             open_faults,
             on_call,
+            caller: caller.user,
+            caller_role: caller.role.as_str().to_string(),
+            access: self.access.mode().to_string(),
         }))
     }
 
     async fn list_hosts(&self, request: Request<pb::ListHostsRequest>) -> Result<Response<pb::ListHostsReply>, Status> {
-        authorize(&request)?;
+        self.access.read(&request, "list_hosts").await?;
         let now = Timestamp::now().as_millisecond();
         let hosts = self
             .store
@@ -180,7 +190,7 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::ListFaultsRequest>,
     ) -> Result<Response<pb::ListFaultsReply>, Status> {
-        authorize(&request)?;
+        self.access.read(&request, "list_faults").await?;
         let r = request.into_inner();
         let filter = FaultFilter {
             all: r.all,
@@ -192,13 +202,128 @@ impl Admin for AdminService {
     }
 
     async fn get_fault(&self, request: Request<pb::GetFaultRequest>) -> Result<Response<pb::Fault>, Status> {
-        authorize(&request)?;
+        self.access.read(&request, "get_fault").await?;
         self.fault_reply(request.into_inner().id)
     }
 
     async fn acknowledge(&self, request: Request<pb::FaultActionRequest>) -> Result<Response<pb::Fault>, Status> {
-        let who = authorize(&request)?;
+        let change = self.access.change(&request, StaffRole::Engineer, "acknowledge", "acknowledge").await?;
+        let result = self.acknowledge_as(change.who().to_string(), request.into_inner()).await;
+        change.finish(result).await
+    }
+
+    async fn resolve(&self, request: Request<pb::FaultActionRequest>) -> Result<Response<pb::Fault>, Status> {
+        let change = self.access.change(&request, StaffRole::Engineer, "resolve", "resolve").await?;
+        let result = self.resolve_as(change.who().to_string(), request.into_inner()).await;
+        change.finish(result).await
+    }
+
+    async fn add_silence(&self, request: Request<pb::AddSilenceRequest>) -> Result<Response<pb::Silence>, Status> {
+        let change = self.access.change(&request, StaffRole::Engineer, "add_silence", "add a silence").await?;
+        let result = self.add_silence_as(change.who().to_string(), request.into_inner()).await;
+        change.finish(result).await
+    }
+
+    async fn add_maintenance(
+        &self,
+        request: Request<pb::AddMaintenanceRequest>,
+    ) -> Result<Response<pb::Maintenance>, Status> {
+        let change = self.access.change(&request, StaffRole::Engineer, "add_maintenance", "add maintenance").await?;
+        let result = self.add_maintenance_as(change.who().to_string(), request.into_inner()).await;
+        change.finish(result).await
+    }
+
+    async fn add_override(
+        &self,
+        request: Request<pb::AddOverrideRequest>,
+    ) -> Result<Response<pb::OnCallReply>, Status> {
+        let change =
+            self.access.change(&request, StaffRole::Admin, "add_override", "override the on-call rotation").await?;
+        let result = self.add_override_as(change.who().to_string(), request.into_inner()).await;
+        change.finish(result).await
+    }
+
+    async fn create_ticket(
+        &self,
+        request: Request<pb::CreateTicketRequest>,
+    ) -> Result<Response<pb::CreateTicketReply>, Status> {
+        let change = self.access.change(&request, StaffRole::Admin, "create_ticket", "create enrollment tickets").await?;
         let r = request.into_inner();
+        let result = (|| {
+            let ca = self.ca.as_ref().ok_or_else(|| {
+                Status::failed_precondition("this collector does not enroll agents: set [tls] ca_key_file (see `pikett-collector ca init`)")
+            })?;
+            crate::api::enroll::check_host_id(&r.host_id).map_err(Status::invalid_argument)?;
+            if r.customer.is_empty() {
+                return Err(Status::invalid_argument("a ticket needs a customer (--customer)"));
+            }
+            let valid = if r.valid_seconds == 0 { 86_400 } else { r.valid_seconds };
+            let expires_ms = Timestamp::now().as_millisecond() + (valid.min(365 * 86_400) * 1000) as i64;
+            let ticket = ca.issue_ticket(&r.host_id, &r.customer, expires_ms);
+            Ok(Response::new(pb::CreateTicketReply { ticket, expires_unix_ms: expires_ms }))
+        })();
+        change.finish(result).await
+    }
+
+    async fn revoke_host(
+        &self,
+        request: Request<pb::RevokeHostRequest>,
+    ) -> Result<Response<pb::RevokeHostReply>, Status> {
+        let change = self.access.change(&request, StaffRole::Admin, "revoke_host", "revoke hosts").await?;
+        let r = request.into_inner();
+        let customer = self.store.host(&r.host_id).map(|h| h.customer).unwrap_or_default();
+        let result = self
+            .identity
+            .revoke(&r.host_id, &customer, Timestamp::now().as_millisecond())
+            .await
+            .map(|n| Response::new(pb::RevokeHostReply { revoked_certificates: n }))
+            .map_err(|e| Status::internal(e.to_string()));
+        change.finish(result).await
+    }
+
+    async fn list_maintenance(
+        &self,
+        request: Request<pb::ListMaintenanceRequest>,
+    ) -> Result<Response<pb::ListMaintenanceReply>, Status> {
+        self.access.read(&request, "list_maintenance").await?;
+        let maintenance = self.faults.with_engine(|e| e.maintenances().map(maintenance_to_pb).collect());
+        Ok(Response::new(pb::ListMaintenanceReply { maintenance }))
+    }
+
+    async fn on_call(&self, request: Request<pb::OnCallRequest>) -> Result<Response<pb::OnCallReply>, Status> {
+        self.access.read(&request, "on_call").await?;
+        let r = request.into_inner();
+        let at = if r.at_unix_ms == 0 { Timestamp::now() } else { ts(r.at_unix_ms, "--at")? };
+        Ok(Response::new(pb::OnCallReply { at_unix_ms: at.as_millisecond(), on_call: self.on_call(at) }))
+    }
+
+    async fn list_audit(&self, request: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditReply>, Status> {
+        self.access.allow(&request, StaffRole::Admin, "list_audit", "read the audit log").await?;
+        let r = request.into_inner();
+        let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
+        let user = Some(r.user.as_str()).filter(|u| !u.is_empty());
+        let entries = self
+            .access
+            .audit()
+            .list(r.since_unix_ms, user, limit)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .into_iter()
+            .map(|e| pb::AuditEntry {
+                time_unix_ms: e.time_ms,
+                user: e.user,
+                role: e.role,
+                peer: e.peer,
+                call: e.call,
+                arguments: e.arguments,
+                outcome: e.outcome,
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditReply { entries }))
+    }
+}
+
+impl AdminService {
+    async fn acknowledge_as(&self, who: String, r: pb::FaultActionRequest) -> Result<Response<pb::Fault>, Status> {
         let note = Some(r.note.as_str()).filter(|s| !s.is_empty());
         let now = Timestamp::now();
         let changes = match self.faults.with_engine(|e| e.acknowledge(r.id, &who, note, now)) {
@@ -218,9 +343,7 @@ impl Admin for AdminService {
         self.fault_reply(r.id)
     }
 
-    async fn resolve(&self, request: Request<pb::FaultActionRequest>) -> Result<Response<pb::Fault>, Status> {
-        let who = authorize(&request)?;
-        let r = request.into_inner();
+    async fn resolve_as(&self, who: String, r: pb::FaultActionRequest) -> Result<Response<pb::Fault>, Status> {
         let note = Some(r.note.as_str()).filter(|s| !s.is_empty());
         let changes = match self.faults.with_engine(|e| e.resolve(r.id, &who, note, Timestamp::now())) {
             Ok(changes) => changes,
@@ -239,9 +362,7 @@ impl Admin for AdminService {
         self.fault_reply(r.id)
     }
 
-    async fn add_silence(&self, request: Request<pb::AddSilenceRequest>) -> Result<Response<pb::Silence>, Status> {
-        let who = authorize(&request)?;
-        let r = request.into_inner();
+    async fn add_silence_as(&self, who: String, r: pb::AddSilenceRequest) -> Result<Response<pb::Silence>, Status> {
         let now = Timestamp::now();
         let until = now
             .checked_add(jiff::SignedDuration::from_millis(r.duration_ms as i64))
@@ -267,12 +388,11 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn add_maintenance(
+    async fn add_maintenance_as(
         &self,
-        request: Request<pb::AddMaintenanceRequest>,
+        who: String,
+        r: pb::AddMaintenanceRequest,
     ) -> Result<Response<pb::Maintenance>, Status> {
-        let who = authorize(&request)?;
-        let r = request.into_inner();
         let m = NewMaintenance {
             host: r.host,
             start: ts(r.start_unix_ms, "--start")?,
@@ -287,28 +407,7 @@ impl Admin for AdminService {
         m.map(Response::new).ok_or_else(|| Status::internal("maintenance window vanished"))
     }
 
-    async fn list_maintenance(
-        &self,
-        request: Request<pb::ListMaintenanceRequest>,
-    ) -> Result<Response<pb::ListMaintenanceReply>, Status> {
-        authorize(&request)?;
-        let maintenance = self.faults.with_engine(|e| e.maintenances().map(maintenance_to_pb).collect());
-        Ok(Response::new(pb::ListMaintenanceReply { maintenance }))
-    }
-
-    async fn on_call(&self, request: Request<pb::OnCallRequest>) -> Result<Response<pb::OnCallReply>, Status> {
-        authorize(&request)?;
-        let r = request.into_inner();
-        let at = if r.at_unix_ms == 0 { Timestamp::now() } else { ts(r.at_unix_ms, "--at")? };
-        Ok(Response::new(pb::OnCallReply { at_unix_ms: at.as_millisecond(), on_call: self.on_call(at) }))
-    }
-
-    async fn add_override(
-        &self,
-        request: Request<pb::AddOverrideRequest>,
-    ) -> Result<Response<pb::OnCallReply>, Status> {
-        authorize(&request)?;
-        let r = request.into_inner();
+    async fn add_override_as(&self, who: String, r: pb::AddOverrideRequest) -> Result<Response<pb::OnCallReply>, Status> {
         let role: Role = serde_json::from_value(serde_json::Value::String(r.role.clone())).map_err(|_| {
             Status::invalid_argument(format!("--role {:?}: expected primary, secondary or management", r.role))
         })?;
@@ -318,6 +417,7 @@ impl Admin for AdminService {
             from: ts(r.from_unix_ms, "--from")?,
             to: ts(r.to_unix_ms, "--to")?,
             created_at: Timestamp::now(),
+            created_by: Some(who),
         };
         let from = ov.from;
         self.pager.add_override(ov).await.map_err(Status::invalid_argument)?;

@@ -1,5 +1,6 @@
 //! The gRPC service `pikett.v1.Incidents` (`pikett incidents`, `pikett incident ...`).
-//! Access as for the admin service ([`crate::api::access::authorize`]).
+//! Access as for the admin service ([`crate::api::access`]): reading needs any staff role,
+//! changes need `engineer`.
 
 use std::sync::Arc;
 
@@ -11,11 +12,13 @@ use tonic::{Request, Response, Status};
 use pikett_core::faults::FaultState;
 use pikett_core::incidents::{Incident, IncidentError, NOTFALL, report};
 
-use crate::api::access::authorize;
+use crate::api::access::Access;
+use crate::services::staff::Role as StaffRole;
 use crate::services::incidents::IncidentService;
 
 pub struct IncidentsGrpc {
     pub incidents: Arc<IncidentService>,
+    pub access: Arc<Access>,
 }
 
 fn ms(t: Option<Timestamp>) -> i64 {
@@ -83,7 +86,7 @@ impl Incidents for IncidentsGrpc {
         &self,
         request: Request<pb::ListIncidentsRequest>,
     ) -> Result<Response<pb::ListIncidentsReply>, Status> {
-        authorize(&request)?;
+        self.access.read(&request, "list_incidents").await?;
         let all = request.into_inner().all;
         let st = self.incidents.lock();
         let incidents = st.incidents.values().rev().filter(|i| all || !i.is_closed()).map(incident_to_pb).collect();
@@ -91,13 +94,55 @@ impl Incidents for IncidentsGrpc {
     }
 
     async fn show(&self, request: Request<pb::IncidentRequest>) -> Result<Response<pb::Incident>, Status> {
-        authorize(&request)?;
+        self.access.read(&request, "show_incident").await?;
         self.reply(request.into_inner().id)
     }
 
     async fn update(&self, request: Request<pb::UpdateIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
-        let who = authorize(&request)?;
-        let r = request.into_inner();
+        let change = self.access.change(&request, StaffRole::Engineer, "update_incident", "update incidents").await?;
+        let result = self.update_as(change.who().to_string(), request.into_inner()).await;
+        change.finish(result).await
+    }
+
+    async fn escalate(&self, request: Request<pb::IncidentRequest>) -> Result<Response<pb::Incident>, Status> {
+        let change =
+            self.access.change(&request, StaffRole::Engineer, "escalate_incident", "escalate incidents").await?;
+        let result = self.escalate_as(change.who().to_string(), request.into_inner().id).await;
+        change.finish(result).await
+    }
+
+    async fn close(&self, request: Request<pb::CloseIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
+        let change = self.access.change(&request, StaffRole::Engineer, "close_incident", "close incidents").await?;
+        let result = self.close_as(change.who().to_string(), request.into_inner()).await;
+        change.finish(result).await
+    }
+
+    async fn report(&self, request: Request<pb::IncidentRequest>) -> Result<Response<pb::IncidentReport>, Status> {
+        self.access.read(&request, "incident_report").await?;
+        let id = request.into_inner().id;
+        let inc = self.incidents.lock().get(id).map_err(refused)?.clone();
+        let faults = self.incidents.faults_of(&inc);
+        let maintenance: Vec<pikett_core::faults::Maintenance> =
+            self.incidents.faults.with_engine(|e| e.maintenances().cloned().collect());
+        let contract = self
+            .incidents
+            .customers
+            .get(&inc.customer)
+            .and_then(|c| c.sla.as_deref())
+            .and_then(|name| self.incidents.contracts.get(name).map(|c| (name, c)));
+        let markdown = report::render(&report::ReportInput {
+            incident: &inc,
+            faults: &faults,
+            contract,
+            maintenance: &maintenance,
+            now: Timestamp::now(),
+        });
+        Ok(Response::new(pb::IncidentReport { id, markdown }))
+    }
+}
+
+impl IncidentsGrpc {
+    async fn update_as(&self, who: String, r: pb::UpdateIncidentRequest) -> Result<Response<pb::Incident>, Status> {
         let now = Timestamp::now();
         let eta = if r.eta_unix_ms == 0 {
             None
@@ -125,9 +170,7 @@ impl Incidents for IncidentsGrpc {
         self.reply(r.id)
     }
 
-    async fn escalate(&self, request: Request<pb::IncidentRequest>) -> Result<Response<pb::Incident>, Status> {
-        let who = authorize(&request)?;
-        let id = request.into_inner().id;
+    async fn escalate_as(&self, who: String, id: u64) -> Result<Response<pb::Incident>, Status> {
         let now = Timestamp::now();
         let inc = self.incidents.lock().escalate(id, &who, now).map_err(refused)?.clone();
         self.incidents.persist(&[id]).await;
@@ -156,9 +199,7 @@ impl Incidents for IncidentsGrpc {
         self.reply(id)
     }
 
-    async fn close(&self, request: Request<pb::CloseIncidentRequest>) -> Result<Response<pb::Incident>, Status> {
-        let who = authorize(&request)?;
-        let r = request.into_inner();
+    async fn close_as(&self, who: String, r: pb::CloseIncidentRequest) -> Result<Response<pb::Incident>, Status> {
         self.incidents
             .lock()
             .close(r.id, &r.root_cause, &r.recommendations, &who, Timestamp::now())
@@ -167,26 +208,4 @@ impl Incidents for IncidentsGrpc {
         self.reply(r.id)
     }
 
-    async fn report(&self, request: Request<pb::IncidentRequest>) -> Result<Response<pb::IncidentReport>, Status> {
-        authorize(&request)?;
-        let id = request.into_inner().id;
-        let inc = self.incidents.lock().get(id).map_err(refused)?.clone();
-        let faults = self.incidents.faults_of(&inc);
-        let maintenance: Vec<pikett_core::faults::Maintenance> =
-            self.incidents.faults.with_engine(|e| e.maintenances().cloned().collect());
-        let contract = self
-            .incidents
-            .customers
-            .get(&inc.customer)
-            .and_then(|c| c.sla.as_deref())
-            .and_then(|name| self.incidents.contracts.get(name).map(|c| (name, c)));
-        let markdown = report::render(&report::ReportInput {
-            incident: &inc,
-            faults: &faults,
-            contract,
-            maintenance: &maintenance,
-            now: Timestamp::now(),
-        });
-        Ok(Response::new(pb::IncidentReport { id, markdown }))
-    }
 }

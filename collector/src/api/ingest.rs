@@ -14,10 +14,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::services::batches::{BatchLog, Sender, Stored, WriteRequest};
+use crate::services::identity::{CertVerdict, IdentityService};
 use crate::services::metrics::{Metrics, ReasonLabel};
+
+/// Longest `agent_version` and capability name kept from a hello; more capabilities than
+/// this are dropped.
+const MAX_FIELD: usize = 64;
+const MAX_CAPABILITIES: usize = 32;
 
 pub struct IngestService {
     pub store: Arc<BatchLog>,
+    pub identity: Arc<IdentityService>,
     pub writer: mpsc::Sender<WriteRequest>,
     pub metrics: Arc<Metrics>,
     pub require_client_cert: bool,
@@ -46,8 +53,13 @@ fn reject(metrics: &Metrics, reason: &str, status: Status) -> Status {
     status
 }
 
+/// A free-form field from an agent, cut to `max` characters of printable text.
+fn bounded(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
 /// The subject common name of a DER certificate.
-fn common_name(der: &[u8]) -> Option<String> {
+pub fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
     Some(cn)
@@ -61,7 +73,9 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
-        let peer_cn = request.peer_certs().and_then(|certs| certs.first().and_then(|c| common_name(c.as_ref())));
+        let peer_cert = request.peer_certs().and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+        let peer_cn = peer_cert.as_deref().and_then(common_name);
+        let request_serial = peer_cert.as_deref().and_then(crate::services::pki::serial_of);
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
             Some(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(h)) }) => h,
@@ -84,8 +98,8 @@ impl Ingest for IngestService {
                 )),
             ));
         }
-        if hello.host_id.is_empty() || hello.host_id.contains('\0') {
-            return Err(reject(&self.metrics, "host_id", Status::invalid_argument("host_id is empty or invalid")));
+        if let Err(e) = crate::api::enroll::check_host_id(&hello.host_id) {
+            return Err(reject(&self.metrics, "host_id", Status::invalid_argument(e)));
         }
         if self.require_client_cert {
             match &peer_cn {
@@ -109,12 +123,39 @@ impl Ingest for IngestService {
                 }
             }
         }
+        // The collector owns identity: an enrolled host's customer is its enrollment's, a
+        // known host's the one it was first seen with; the agent's word counts only for a
+        // host never seen before (certificates made by hand, before enrollment).
+        let serial = request_serial.as_deref();
+        let now_ms = jiff::Timestamp::now().as_millisecond();
+        let (customer, source) = match self.identity.check(&hello.host_id, serial, now_ms) {
+            CertVerdict::Refused(why) if self.require_client_cert || why.contains("revoked") => {
+                return Err(reject(&self.metrics, "certificate_refused", Status::permission_denied(why)));
+            }
+            CertVerdict::Accepted { customer } => (customer, "its enrollment"),
+            _ => match self.identity.identity(&hello.host_id) {
+                Some(id) => (id.customer, "its enrollment"),
+                None => match self.store.host(&hello.host_id) {
+                    Some(known) if !known.customer.is_empty() => (known.customer, "when it was first seen"),
+                    _ => (hello.customer.clone(), "the agent"),
+                },
+            },
+        };
+        if !hello.customer.is_empty() && hello.customer != customer {
+            let status = Status::permission_denied(format!(
+                "host {} belongs to customer {customer:?} ({source}); the agent says {:?}: fix `customer` in the \
+                 agent's config, or enroll the host again for the other customer",
+                hello.host_id, hello.customer
+            ));
+            return Err(reject(&self.metrics, "customer_mismatch", status));
+        }
         let sender = Arc::new(Sender {
             host_id: hello.host_id.clone(),
-            customer: hello.customer,
-            agent_version: hello.agent_version,
-            capabilities: hello.capabilities,
-            min_interval_ms: hello.min_interval_ms,
+            customer,
+            agent_version: bounded(&hello.agent_version, MAX_FIELD),
+            capabilities: hello.capabilities.iter().take(MAX_CAPABILITIES).map(|c| bounded(c, MAX_FIELD)).collect(),
+            // 1 s to 1 day: the host timeout is 3× this.
+            min_interval_ms: if hello.min_interval_ms == 0 { 0 } else { hello.min_interval_ms.clamp(1_000, 86_400_000) },
             spool_epoch: hello.spool_epoch,
         });
         // What is stored from this spool (another epoch's numbers mean nothing to it).

@@ -5,6 +5,7 @@
 //! and the services, and checks access ([`access`]); it keeps no state of its own.
 
 pub mod access;
+pub mod enroll;
 pub mod admin;
 pub mod http;
 pub mod incidents;

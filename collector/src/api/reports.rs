@@ -1,6 +1,6 @@
 //! The gRPC `Reports` service: live SLA reports and staff classification of outage causes
 //! (SPEC.md 3.4, stored by `services::causes`), patch compliance (3.5). Access as the admin
-//! service ([`crate::api::access::authorize`]).
+//! service ([`crate::api::access`]).
 //!
 //! Choices where the spec is silent: the report's hosts are the customer's hosts in the registry
 //! (every one gets rows, with or without outages); response-time figures cover the critical
@@ -16,7 +16,8 @@ use pikett_proto::v1::reports_server::Reports;
 
 use tonic::{Request, Response, Status};
 
-use crate::api::access::authorize;
+use crate::api::access::Access;
+use crate::services::staff::Role as StaffRole;
 use crate::config::{CollectorConfig, CustomerConfig};
 use crate::services::batches::BatchLog;
 use crate::services::causes::{SlaCauses, cause_name};
@@ -33,6 +34,7 @@ pub struct ReportsService {
     causes: SlaCauses,
     customers: BTreeMap<String, CustomerConfig>,
     contracts: BTreeMap<String, Contract>,
+    pub access: Arc<Access>,
 }
 
 impl ReportsService {
@@ -41,6 +43,7 @@ impl ReportsService {
         store: Arc<BatchLog>,
         faults: Arc<FaultService>,
         patches: Arc<PatchService>,
+        access: Arc<Access>,
     ) -> anyhow::Result<ReportsService> {
         let causes = SlaCauses::open(store.storage().clone())?;
         Ok(ReportsService {
@@ -50,6 +53,7 @@ impl ReportsService {
             causes,
             customers: config.customers.clone(),
             contracts: config.sla.clone(),
+            access,
         })
     }
 
@@ -138,7 +142,7 @@ fn host_patches_pb(hp: &patches::HostPatches, st: &patches::HostPatchState) -> p
 #[tonic::async_trait]
 impl Reports for ReportsService {
     async fn sla_report(&self, request: Request<pb::SlaReportRequest>) -> Result<Response<pb::SlaReportReply>, Status> {
-        authorize(&request)?;
+        self.access.read(&request, "sla_report").await?;
         let r = request.into_inner();
         let (name, contract) = self.contract_of(&r.customer)?;
         let months: Vec<Month> = match (r.month.is_empty(), r.year) {
@@ -208,29 +212,15 @@ impl Reports for ReportsService {
         &self,
         request: Request<pb::SlaClassifyRequest>,
     ) -> Result<Response<pb::SlaClassifyReply>, Status> {
-        let who = authorize(&request)?;
+        let change = self.access.change(&request, StaffRole::Engineer, "sla_classify", "classify outages").await?;
+        let who = change.who().to_string();
         let r = request.into_inner();
-        let cause: Cause = r.cause.parse().map_err(|e: String| Status::invalid_argument(format!("--cause: {e}")))?;
-        let (host, check) = self
-            .faults
-            .with_engine(|e| e.fault(r.fault_id).map(|f| (f.host.clone(), f.check.clone())))
-            .ok_or_else(|| Status::not_found(format!("no fault with id {}", r.fault_id)))?;
-        self.causes
-            .set(r.fault_id, cause, &who, Timestamp::now())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        tracing::info!(fault = r.fault_id, cause = cause_name(cause), %who, "outage cause classified");
-        Ok(Response::new(pb::SlaClassifyReply {
-            fault_id: r.fault_id,
-            cause: cause_name(cause).to_string(),
-            host,
-            check,
-            who,
-        }))
+        let result = self.classify_as(who, r).await;
+        change.finish(result).await
     }
 
     async fn patches(&self, request: Request<pb::PatchesRequest>) -> Result<Response<pb::PatchesReply>, Status> {
-        authorize(&request)?;
+        self.access.read(&request, "patches").await?;
         let r = request.into_inner();
         let now = Timestamp::now();
         let mut hosts = Vec::new();
@@ -250,6 +240,29 @@ impl Reports for ReportsService {
         }
         Ok(Response::new(pb::PatchesReply { hosts }))
     }
+}
+
+impl ReportsService {
+    async fn classify_as(&self, who: String, r: pb::SlaClassifyRequest) -> Result<Response<pb::SlaClassifyReply>, Status> {
+        let cause: Cause = r.cause.parse().map_err(|e: String| Status::invalid_argument(format!("--cause: {e}")))?;
+        let (host, check) = self
+            .faults
+            .with_engine(|e| e.fault(r.fault_id).map(|f| (f.host.clone(), f.check.clone())))
+            .ok_or_else(|| Status::not_found(format!("no fault with id {}", r.fault_id)))?;
+        self.causes
+            .set(r.fault_id, cause, &who, Timestamp::now())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(fault = r.fault_id, cause = cause_name(cause), %who, "outage cause classified");
+        Ok(Response::new(pb::SlaClassifyReply {
+            fault_id: r.fault_id,
+            cause: cause_name(cause).to_string(),
+            host,
+            check,
+            who,
+        }))
+    }
+
 }
 
 #[cfg(test)]

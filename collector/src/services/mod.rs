@@ -5,13 +5,17 @@
 //! `api/`) and never names a storage engine's types (that is `store/`). Decisions are made by
 //! `pikett_core`; a service feeds it data and the time, persists what changed, and acts.
 
+pub mod audit;
 pub mod batches;
 pub mod causes;
 pub mod faults;
+pub mod identity;
 pub mod incidents;
 pub mod latest;
 pub mod metrics;
 pub mod pager;
 pub mod patches;
+pub mod pki;
+pub mod staff;
 pub mod storage_failure;
 pub mod writer;

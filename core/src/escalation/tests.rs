@@ -386,6 +386,7 @@ fn overrides_decide_who_is_paged() {
         from: t0 - mins(60),
         to: t0 + mins(60),
         created_at: t0 - mins(120),
+        created_by: None,
     });
     let mut esc = Escalation::start("F1", Severity::Critical, t0, StartMode::Normal);
     let actions = esc.due(t0, &w.ctx());
