@@ -180,6 +180,9 @@ async fn batcher(
     let mut held = Unspooled::default();
     // Set while the spool cannot be written: the error the agent reports.
     let mut trouble: Option<String> = None;
+    // The first batch after a start says the spool works: a CRITICAL reported before a
+    // restart (disk freed, agent restarted) must clear.
+    let mut report_ok = true;
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -196,14 +199,16 @@ async fn batcher(
             _ = ticker.tick() => (true, false),
         };
         if cut && (!held.observations.is_empty() || !held.state.is_empty() || trouble.is_some()) {
-            match spool_held(&spool, &mut held, trouble.is_some()).await {
+            let recovering = trouble.is_some();
+            match spool_held(&spool, &mut held, recovering || report_ok).await {
                 Ok(Some(seq)) => {
                     tracing::debug!(seq, "batch spooled");
-                    wake.notify_one();
+                    report_ok = false;
                     if trouble.take().is_some() {
                         tracing::info!(seq, "spooling works again");
                         status.send_replace(None);
                     }
+                    wake.notify_one();
                 }
                 Ok(None) => {}
                 Err(e @ SpoolError::Replaced { .. }) => return Err(e.into()),
@@ -231,7 +236,8 @@ async fn batcher(
 }
 
 /// Spools what the batcher holds (after reopening a broken spool); with `recovering`, the
-/// batch also carries `agent/spool` OK. `Ok(None)`: nothing needed spooling.
+/// batch also carries `agent/spool` OK (after trouble, and once after each start).
+/// `Ok(None)`: nothing needed spooling.
 async fn spool_held(spool: &Arc<Spool>, held: &mut Unspooled, recovering: bool) -> Result<Option<u64>, SpoolError> {
     if spool.is_broken() {
         let s = spool.clone();
@@ -248,7 +254,7 @@ async fn spool_held(spool: &Arc<Spool>, held: &mut Unspooled, recovering: bool) 
     // batch per `batch_interval`; the copy costs far less than encoding and the flush).
     let mut batch = wire::to_batch(held.observations.clone());
     if recovering {
-        let summary = "spooling works again".to_string();
+        let summary = "the spool works".to_string();
         batch.checks.push(spool_status(pb::CheckState::Ok, summary));
     }
     batch.dropped_samples += held.dropped_samples;

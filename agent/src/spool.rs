@@ -145,11 +145,11 @@ fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, sled::Error> {
 }
 
 /// Whether the files must be compacted now: the old files and the new copy (about as large
-/// as the last copy, or 3× the live bytes before the first) must both fit in the cap, and
+/// as the last copy, or 3× the live bytes if that is more) must both fit in the cap, and
 /// the files must have grown by a quarter since the last copy (so a cap below sled's own
 /// minimum does not make every append compact).
 fn needs_compaction(on_disk: u64, live: u64, last_copy: u64, max_bytes: u64) -> bool {
-    let copy = if last_copy > 0 { last_copy } else { live.saturating_mul(3) };
+    let copy = last_copy.max(live.saturating_mul(3));
     on_disk.saturating_add(copy) > max_bytes && on_disk > last_copy + last_copy / 4 && live > 0
 }
 
@@ -280,11 +280,67 @@ impl Spool {
         let started = Instant::now();
         let old = self.handles()?;
         let before = old.db.size_on_disk()?;
-        let generation = old.generation + 1;
+        // The generation after the newest one on disk (CURRENT may be ahead of the handles
+        // if an earlier switch failed half-way).
+        let generation = old.generation.max(current_generation(&self.dir)?) + 1;
         let path = generation_path(&self.dir, generation);
+        let copied = self.copy_into(&old, &path);
+        let (db, tree, legacy_state, file) = match copied {
+            Ok(parts) => parts,
+            Err(e) => {
+                // No room for the copy (or another I/O error): keep the current generation,
+                // give the space back and try again only after more growth.
+                let _ = std::fs::remove_dir_all(&path);
+                acc.compacted_bytes = before;
+                tracing::warn!(error = %e, "spool compaction failed; appending to the current files");
+                return Ok(());
+            }
+        };
+        // The switch: CURRENT names the new generation once it is complete on disk.
+        let switched = (|| {
+            let tmp = self.dir.join("CURRENT.tmp");
+            std::fs::write(&tmp, format!("db-{generation}\n"))?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all())?;
+            std::fs::rename(&tmp, self.dir.join(CURRENT))
+        })();
+        if let Err(e) = switched {
+            drop((db, tree, legacy_state));
+            let _ = std::fs::remove_dir_all(&path);
+            acc.compacted_bytes = before;
+            tracing::warn!(error = %e, "spool compaction could not switch generations; appending to the current files");
+            return Ok(());
+        }
+        // From the rename on, the new generation is the spool, whatever fails after it.
+        if let Err(e) = std::fs::File::open(&self.dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(error = %e, "spool directory sync after compaction failed");
+        }
+        let sync = if self.fsync { Some(Arc::new(file)) } else { None };
+        let new = Handles { generation, db, tree, legacy_state, sync };
+        let after = new.db.size_on_disk().unwrap_or(before);
+        acc.compacted_bytes = after;
+        *self.handles.write().unwrap_or_else(|p| p.into_inner()) = Some(new);
+        drop(old);
+        remove_other_generations(&self.dir, generation);
+        tracing::info!(
+            generation,
+            before_bytes = before,
+            after_bytes = after,
+            ms = started.elapsed().as_millis() as u64,
+            "spool compacted (its files had outgrown spool_max_bytes)"
+        );
+        Ok(())
+    }
+
+    /// Copies every entry of `old` into a new database at `path`, flushed and synced.
+    #[allow(clippy::type_complexity)]
+    fn copy_into(
+        &self,
+        old: &Handles,
+        path: &Path,
+    ) -> Result<(sled::Db, sled::Tree, sled::Tree, std::fs::File), SpoolError> {
         // A leftover of an interrupted compaction is not named by CURRENT: start over.
-        let _ = std::fs::remove_dir_all(&path);
-        let db = open_db(&path, self.cache_bytes).map_err(|source| SpoolError::Open { dir: path.clone(), source })?;
+        let _ = std::fs::remove_dir_all(path);
+        let db = open_db(path, self.cache_bytes).map_err(|source| SpoolError::Open { dir: path.to_owned(), source })?;
         let tree = db.open_tree("spool")?;
         let legacy_state = db.open_tree("probe_state")?;
         for (from, to) in [(&old.tree, &tree), (&old.legacy_state, &legacy_state)] {
@@ -303,27 +359,7 @@ impl Spool {
         db.flush()?;
         let file = std::fs::File::open(path.join("db")).map_err(SpoolError::Sync)?;
         file.sync_all().map_err(SpoolError::Sync)?;
-        // The switch: CURRENT names the new generation once it is complete on disk.
-        let tmp = self.dir.join("CURRENT.tmp");
-        std::fs::write(&tmp, format!("db-{generation}\n")).map_err(SpoolError::Sync)?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(SpoolError::Sync)?;
-        std::fs::rename(&tmp, self.dir.join(CURRENT)).map_err(SpoolError::Sync)?;
-        std::fs::File::open(&self.dir).and_then(|d| d.sync_all()).map_err(SpoolError::Sync)?;
-        let sync = if self.fsync { Some(Arc::new(file)) } else { None };
-        let new = Handles { generation, db, tree, legacy_state, sync };
-        let after = new.db.size_on_disk()?;
-        acc.compacted_bytes = after;
-        *self.handles.write().unwrap_or_else(|p| p.into_inner()) = Some(new);
-        drop(old);
-        remove_other_generations(&self.dir, generation);
-        tracing::info!(
-            generation,
-            before_bytes = before,
-            after_bytes = after,
-            ms = started.elapsed().as_millis() as u64,
-            "spool compacted (its files had outgrown spool_max_bytes)"
-        );
-        Ok(())
+        Ok((db, tree, legacy_state, file))
     }
 
     fn handles(&self) -> Result<Handles, SpoolError> {
@@ -352,6 +388,13 @@ impl Spool {
         if !self.is_broken() {
             return Ok(());
         }
+        // Still no room: keep the handles, so what is spooled can still be read and sent.
+        let probe = self.dir.join(".write-test");
+        if let Err(e) = std::fs::write(&probe, b"ok") {
+            let _ = std::fs::remove_file(&probe);
+            return Err(SpoolError::NotWritable { dir: self.dir.clone(), source: e });
+        }
+        let _ = std::fs::remove_file(&probe);
         let mut acc = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut slot = self.handles.write().unwrap_or_else(|p| p.into_inner());
         // Every clone must be gone before sled gives up its file lock (from a background
@@ -519,7 +562,7 @@ impl Spool {
             dropped_samples += batch.samples.len() as u64;
             batch.samples.clear();
             let bytes = batch.encode_to_vec();
-            acc.used_bytes = acc.used_bytes - v.len() as u64 + bytes.len() as u64;
+            acc.used_bytes = acc.used_bytes.saturating_sub(v.len() as u64) + bytes.len() as u64;
             self.written(tree.insert(k, bytes))?;
         }
         while acc.used_bytes > budget {
@@ -569,14 +612,18 @@ impl Spool {
                     // One unreadable batch must not stop delivery of the rest: set it aside
                     // (kept under `x` + seq for inspection) and go on with the next.
                     tracing::error!(seq, error = %e, "spooled batch cannot be decoded; set aside");
-                    let mut aside = k.to_vec();
-                    aside[0] = b'x';
-                    let mut w = sled::Batch::default();
-                    w.remove(k.clone());
-                    w.insert(aside, v.clone());
-                    self.written(h.tree.apply_batch(w))?;
                     let mut acc = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-                    acc.used_bytes = acc.used_bytes.saturating_sub(v.len() as u64 + ENTRY_OVERHEAD);
+                    let h = self.handles()?;
+                    // Under the lock: the cap or a compaction may have moved it meanwhile.
+                    if h.tree.get(&k)?.is_some() {
+                        let mut aside = k.to_vec();
+                        aside[0] = b'x';
+                        let mut w = sled::Batch::default();
+                        w.remove(k.clone());
+                        w.insert(aside, v.clone());
+                        self.written(h.tree.apply_batch(w))?;
+                        acc.used_bytes = acc.used_bytes.saturating_sub(v.len() as u64 + ENTRY_OVERHEAD);
+                    }
                     after = seq;
                 }
             }

@@ -178,6 +178,8 @@ impl Uplink {
     ) -> Result<(), SessionError> {
         let mut last_sent = 0u64;
         let mut in_flight = BTreeSet::new();
+        // Acknowledged, but the spool could not record it (broken): retried once it works.
+        let mut unrecorded: Vec<u64> = Vec::new();
         let mut status = self.status.clone();
         // The trouble as it stands goes first; later changes as they come.
         status.mark_changed();
@@ -186,6 +188,13 @@ impl Uplink {
         // When the oldest unacknowledged batch must have been acknowledged.
         let mut ack_deadline = tokio::time::Instant::now() + self.ack_timeout;
         loop {
+            if !unrecorded.is_empty() && !self.spool.is_broken() {
+                for seq in std::mem::take(&mut unrecorded) {
+                    if self.spool.ack(seq).is_err() {
+                        unrecorded.push(seq);
+                    }
+                }
+            }
             while in_flight.len() < WINDOW {
                 let next = match self.spool.next_after(last_sent) {
                     Ok(next) => next,
@@ -211,11 +220,12 @@ impl Uplink {
                 msg = inbound.message() => match msg? {
                     Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Ack(ack)) }) => {
                         if let Err(e) = self.spool.ack(ack.seq) {
-                            // The batch stays spooled and is sent again later; the collector
-                            // knows it and acknowledges it without storing it twice.
+                            // Recorded once the spool works again (a resend meanwhile is
+                            // acknowledged by the collector without storing it twice).
                             if !self.spool.is_broken() {
                                 return Err(e.into());
                             }
+                            unrecorded.push(ack.seq);
                         }
                         in_flight.remove(&ack.seq);
                         *progress = true;

@@ -179,3 +179,33 @@ async fn entries_beyond_max_log_pages_are_counted_not_dropped_silently() {
     assert_eq!(read, ["e4", "e5"]);
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_unreadable_page_leaves_the_cursor_so_nothing_between_is_skipped() {
+    let bmc = TestBmc::start(R750).await;
+    let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    p.poll().await;
+    let newest: u64 = fixture_json(R750, LC)["Members"][0]["Id"].as_str().unwrap().parse().unwrap();
+    let page2 = format!("{LC}?$skip=2");
+    bmc.edit(LC, |v| {
+        v["Members"] = json!([
+            entry(LC, newest + 4, "2026-11-23T12:00:04Z", "OK", "M4", "e4"),
+            entry(LC, newest + 3, "2026-11-23T12:00:03Z", "OK", "M3", "e3"),
+        ]);
+        v["Members@odata.nextLink"] = json!(page2);
+    });
+    bmc.set_override(&page2, Override::Status(500, "busy".into()));
+    let lclog = |obs: &[Observation]| -> Vec<String> {
+        events(obs).into_iter().filter(|e| e.source == "redfish/lclog").map(|e| e.message).collect()
+    };
+    assert!(lclog(&p.poll().await).is_empty(), "a log with an unreadable page was reported in part");
+    let fixture = fixture_json(R750, LC);
+    let mut second = vec![
+        entry(LC, newest + 2, "2026-11-23T12:00:02Z", "OK", "M2", "e2"),
+        entry(LC, newest + 1, "2026-11-23T12:00:01Z", "OK", "M1", "e1"),
+    ];
+    second.extend(fixture["Members"].as_array().unwrap().iter().cloned());
+    bmc.set_override(&page2, Override::Json(json!({"Members": second})));
+    assert_eq!(lclog(&p.poll().await), ["e1", "e2", "e3", "e4"], "the hole was skipped");
+    p.shutdown().await;
+}

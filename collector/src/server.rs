@@ -26,15 +26,15 @@ use crate::api::enroll::EnrollService;
 use crate::api::incidents::IncidentsGrpc;
 use crate::api::ingest::IngestService;
 use crate::config::CollectorConfig;
-use crate::services::batches::BatchLog;
 use crate::services::audit::AuditLog;
+use crate::services::batches::BatchLog;
 use crate::services::faults::FaultService;
 use crate::services::identity::IdentityService;
-use crate::services::pki::Ca;
-use crate::services::staff::StaffTokens;
 use crate::services::incidents::IncidentService;
 use crate::services::latest::LatestSamples;
 use crate::services::metrics::{Metrics, StatusLabel};
+use crate::services::pki::Ca;
+use crate::services::staff::StaffTokens;
 use crate::services::writer::spawn_writer;
 use crate::store::{SledStorage, Storage};
 

@@ -46,8 +46,8 @@ pub type DataDropped = (bool, String);
 
 impl HostRecord {
     /// Counts a new batch's drop report; returns the `agent/data-dropped` result it causes:
-    /// WARNING when the batch reports drops, OK once a host with a warning has reported
-    /// no drops for [`DATA_DROPPED_CLEARS_AFTER_MS`], else nothing.
+    /// WARNING when the batch reports drops and for every batch within
+    /// [`DATA_DROPPED_CLEARS_AFTER_MS`] after, OK once that has passed, else nothing.
     pub fn record_drops(&mut self, samples: u64, other: u64, now_ms: i64) -> Option<DataDropped> {
         if samples + other > 0 {
             self.dropped_samples += samples;
@@ -62,11 +62,22 @@ impl HostRecord {
                 ),
             ));
         }
-        if self.last_drop_ms > 0 && now_ms - self.last_drop_ms >= DATA_DROPPED_CLEARS_AFTER_MS {
+        if self.last_drop_ms == 0 {
+            return None;
+        }
+        if now_ms - self.last_drop_ms >= DATA_DROPPED_CLEARS_AFTER_MS {
             self.last_drop_ms = 0;
             return Some((false, "no data dropped for an hour".to_string()));
         }
-        None
+        // Every batch within the hour repeats the warning, so the fault engine sees as many
+        // consecutive results as its `for` needs (drops come in one report).
+        Some((
+            true,
+            format!(
+                "the agent dropped data within the last hour (in total {} samples and {} others)",
+                self.dropped_samples, self.dropped_other
+            ),
+        ))
     }
 }
 
@@ -110,11 +121,11 @@ mod tests {
         let (warning, summary) = h.record_drops(500, 2, 1_000).unwrap();
         assert!(warning);
         assert!(summary.contains("500 samples") && summary.contains("in total 500 and 2"), "{summary}");
-        assert_eq!(h.record_drops(0, 0, 1_000 + DATA_DROPPED_CLEARS_AFTER_MS - 1), None);
+        assert!(h.record_drops(0, 0, 1_000 + DATA_DROPPED_CLEARS_AFTER_MS - 1).unwrap().0, "the warning holds");
         // A second drop within the hour restarts it.
         assert!(h.record_drops(10, 0, 2_000).unwrap().0);
         assert_eq!((h.dropped_samples, h.dropped_other), (510, 2));
-        assert_eq!(h.record_drops(0, 0, 2_000 + DATA_DROPPED_CLEARS_AFTER_MS - 1), None);
+        assert!(h.record_drops(0, 0, 2_000 + DATA_DROPPED_CLEARS_AFTER_MS - 1).unwrap().0);
         let (warning, _) = h.record_drops(0, 0, 2_000 + DATA_DROPPED_CLEARS_AFTER_MS).unwrap();
         assert!(!warning);
         assert_eq!(h.record_drops(0, 0, 9_999_999_999), None, "cleared once");

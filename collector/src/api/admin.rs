@@ -17,9 +17,9 @@ use crate::api::access::Access;
 use crate::services::batches::BatchLog;
 use crate::services::faults::FaultService;
 use crate::services::identity::IdentityService;
+use crate::services::pager::Pager;
 use crate::services::pki::Ca;
 use crate::services::staff::Role as StaffRole;
-use crate::services::pager::Pager;
 
 pub struct AdminService {
     pub store: Arc<BatchLog>,
@@ -247,11 +247,14 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::CreateTicketRequest>,
     ) -> Result<Response<pb::CreateTicketReply>, Status> {
-        let change = self.access.change(&request, StaffRole::Admin, "create_ticket", "create enrollment tickets").await?;
+        let change =
+            self.access.change(&request, StaffRole::Admin, "create_ticket", "create enrollment tickets").await?;
         let r = request.into_inner();
         let result = (|| {
             let ca = self.ca.as_ref().ok_or_else(|| {
-                Status::failed_precondition("this collector does not enroll agents: set [tls] ca_key_file (see `pikett-collector ca init`)")
+                Status::failed_precondition(
+                    "this collector does not enroll agents: set [tls] ca_key_file (see `pikett-collector ca init`)",
+                )
             })?;
             crate::api::enroll::check_host_id(&r.host_id).map_err(Status::invalid_argument)?;
             if r.customer.is_empty() {
@@ -407,7 +410,11 @@ impl AdminService {
         m.map(Response::new).ok_or_else(|| Status::internal("maintenance window vanished"))
     }
 
-    async fn add_override_as(&self, who: String, r: pb::AddOverrideRequest) -> Result<Response<pb::OnCallReply>, Status> {
+    async fn add_override_as(
+        &self,
+        who: String,
+        r: pb::AddOverrideRequest,
+    ) -> Result<Response<pb::OnCallReply>, Status> {
         let role: Role = serde_json::from_value(serde_json::Value::String(r.role.clone())).map_err(|_| {
             Status::invalid_argument(format!("--role {:?}: expected primary, secondary or management", r.role))
         })?;

@@ -45,7 +45,12 @@ impl EnrollService {
         })
     }
 
-    fn reply(&self, host: &str, customer: &str, signed: crate::services::pki::Signed) -> Result<pb::EnrollReply, Status> {
+    fn reply(
+        &self,
+        host: &str,
+        customer: &str,
+        signed: crate::services::pki::Signed,
+    ) -> Result<pb::EnrollReply, Status> {
         Ok(pb::EnrollReply {
             host_id: host.to_string(),
             customer: customer.to_string(),
@@ -100,8 +105,9 @@ impl Enroll for EnrollService {
         };
         let ca = self.ca()?;
         let r = request.into_inner();
-        let signed =
-            ca.sign_client(&host, &r.csr_pem, now, self.validity).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let signed = ca
+            .sign_client(&host, &r.csr_pem, now, self.validity)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.identity
             .renew(&host, &signed, now.as_millisecond())
             .await

@@ -13,8 +13,8 @@ use pikett_core::faults::FaultState;
 use pikett_core::incidents::{Incident, IncidentError, NOTFALL, report};
 
 use crate::api::access::Access;
-use crate::services::staff::Role as StaffRole;
 use crate::services::incidents::IncidentService;
+use crate::services::staff::Role as StaffRole;
 
 pub struct IncidentsGrpc {
     pub incidents: Arc<IncidentService>,
@@ -207,5 +207,4 @@ impl IncidentsGrpc {
         self.incidents.persist(&[r.id]).await;
         self.reply(r.id)
     }
-
 }

@@ -155,7 +155,11 @@ impl Ingest for IngestService {
             agent_version: bounded(&hello.agent_version, MAX_FIELD),
             capabilities: hello.capabilities.iter().take(MAX_CAPABILITIES).map(|c| bounded(c, MAX_FIELD)).collect(),
             // 1 s to 1 day: the host timeout is 3× this.
-            min_interval_ms: if hello.min_interval_ms == 0 { 0 } else { hello.min_interval_ms.clamp(1_000, 86_400_000) },
+            min_interval_ms: if hello.min_interval_ms == 0 {
+                0
+            } else {
+                hello.min_interval_ms.clamp(1_000, 86_400_000)
+            },
             spool_epoch: hello.spool_epoch,
         });
         // What is stored from this spool (another epoch's numbers mean nothing to it).

@@ -5,8 +5,8 @@
 //! and the services, and checks access ([`access`]); it keeps no state of its own.
 
 pub mod access;
-pub mod enroll;
 pub mod admin;
+pub mod enroll;
 pub mod http;
 pub mod incidents;
 pub mod ingest;

@@ -17,12 +17,12 @@ use pikett_proto::v1::reports_server::Reports;
 use tonic::{Request, Response, Status};
 
 use crate::api::access::Access;
-use crate::services::staff::Role as StaffRole;
 use crate::config::{CollectorConfig, CustomerConfig};
 use crate::services::batches::BatchLog;
 use crate::services::causes::{SlaCauses, cause_name};
 use crate::services::faults::FaultService;
 use crate::services::patches::{self, PatchService};
+use crate::services::staff::Role as StaffRole;
 use pikett_core::faults::{Fault, FaultFilter, Severity};
 use pikett_core::patchday::Compliance;
 use pikett_core::sla::{self, Cause, Contract, Emergency, Ledger, Month};
@@ -243,7 +243,11 @@ impl Reports for ReportsService {
 }
 
 impl ReportsService {
-    async fn classify_as(&self, who: String, r: pb::SlaClassifyRequest) -> Result<Response<pb::SlaClassifyReply>, Status> {
+    async fn classify_as(
+        &self,
+        who: String,
+        r: pb::SlaClassifyRequest,
+    ) -> Result<Response<pb::SlaClassifyReply>, Status> {
         let cause: Cause = r.cause.parse().map_err(|e: String| Status::invalid_argument(format!("--cause: {e}")))?;
         let (host, check) = self
             .faults
@@ -262,7 +266,6 @@ impl ReportsService {
             who,
         }))
     }
-
 }
 
 #[cfg(test)]

@@ -59,7 +59,9 @@ pub struct UsedTicket {
 pub enum CertVerdict {
     /// No enrollment on record: the certificate alone identifies the host.
     Unenrolled,
-    Accepted { customer: String },
+    Accepted {
+        customer: String,
+    },
     Refused(String),
 }
 

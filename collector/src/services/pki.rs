@@ -194,13 +194,15 @@ impl Ca {
         let cert_pem =
             std::fs::read_to_string(cert).map_err(|source| PkiError::File { path: cert.to_owned(), source })?;
         let key_pem = std::fs::read_to_string(key).map_err(|source| PkiError::File { path: key.to_owned(), source })?;
-        let bad = |path: &Path, e: &dyn std::fmt::Display| PkiError::BadCa { path: path.to_owned(), reason: e.to_string() };
+        let bad =
+            |path: &Path, e: &dyn std::fmt::Display| PkiError::BadCa { path: path.to_owned(), reason: e.to_string() };
         let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| bad(key, &e))?;
         let der = rustls::pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
             .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
             .map_err(|e| bad(cert, &e))?;
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key_pair).map_err(|e| bad(cert, &e))?;
-        let derived = ring::digest::digest(&ring::digest::SHA256, format!("pikett enrollment tickets v1\n{key_pem}").as_bytes());
+        let derived =
+            ring::digest::digest(&ring::digest::SHA256, format!("pikett enrollment tickets v1\n{key_pem}").as_bytes());
         Ok(Ca {
             cert_pem,
             issuer,
@@ -242,7 +244,8 @@ impl Ca {
         let mac = URL_SAFE_NO_PAD.decode(mac).map_err(|_| TicketError::Malformed)?;
         ring::hmac::verify(&self.ticket_key, signed.as_bytes(), &mac).map_err(|_| TicketError::Unknown)?;
         if parsed.expires_ms <= now_ms {
-            let expired = jiff::Timestamp::from_millisecond(parsed.expires_ms).map_or_else(|_| "?".into(), |t| t.to_string());
+            let expired =
+                jiff::Timestamp::from_millisecond(parsed.expires_ms).map_or_else(|_| "?".into(), |t| t.to_string());
             return Err(TicketError::Expired { host: parsed.host, expired });
         }
         Ok(parsed)
@@ -250,8 +253,15 @@ impl Ca {
 
     /// Signs a client certificate for `host` with the public key of `csr_pem`, valid for
     /// `valid` from `now`.
-    pub fn sign_client(&self, host: &str, csr_pem: &str, now: jiff::Timestamp, valid: Duration) -> Result<Signed, PkiError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::BadRequest(e.to_string()))?;
+    pub fn sign_client(
+        &self,
+        host: &str,
+        csr_pem: &str,
+        now: jiff::Timestamp,
+        valid: Duration,
+    ) -> Result<Signed, PkiError> {
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::BadRequest(e.to_string()))?;
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, host);

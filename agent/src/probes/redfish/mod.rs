@@ -431,8 +431,12 @@ impl RedfishProbe {
                 let mut pages = 1;
                 while !reached && pages < self.cfg.max_log_pages {
                     let Some(n) = next.take() else { break };
+                    // A page that cannot be read leaves a hole between the cursor and what was
+                    // read: report none of this log now and read it again next time (the
+                    // cursor stays), rather than skip the hole.
                     let Some(page) = poll.get(&n).await else {
-                        break;
+                        tracing::warn!(log = source, page = %n, "redfish log page unreadable; this log is read again next poll");
+                        return Vec::new();
                     };
                     pages += 1;
                     let es: Vec<Entry> = readings::array(&page, "Members").filter_map(Entry::from_json).collect();
@@ -494,6 +498,7 @@ impl Probe for RedfishProbe {
 
     async fn poll(&mut self) -> Vec<Observation> {
         let now = Timestamp::now();
+        self.polled_cursors.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let polled = tokio::time::timeout(self.cfg.poll_timeout, self.poll_inner(now)).await;
         // Log cursors move only with a completed poll: a poll cut off by its timeout has not
         // returned the events they cover.
