@@ -56,7 +56,7 @@ pub struct AgentConfig {
     pub patches: Option<PatchesConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// CA that signed the collector's certificate.

@@ -4,6 +4,7 @@
 //! Read `runtime.rs` first: it wires probes → batcher → spool → uplink.
 
 pub mod config;
+pub mod enroll;
 pub mod errors;
 pub mod observation;
 pub mod probes;

@@ -35,8 +35,10 @@ enum Command {
     },
     /// Validate the configuration: exit 0, or print each error with line and column and exit 2.
     CheckConfig,
-    /// Obtain the agent's client certificate from the collector (SPEC.md section 5).
+    /// Obtain the agent's client certificate from the collector with a one-time ticket
+    /// (`pikett-collector ticket HOST`); writes [tls] ca_file, cert_file and key_file.
     Enroll {
+        /// The collector's URL, e.g. https://pikett.example.net:9740.
         #[arg(long)]
         collector: String,
         #[arg(long)]
@@ -91,10 +93,11 @@ fn main() -> ExitCode {
                 });
                 pikett_agent::runtime::run(config, host_id, rx).await.map(|()| ExitCode::SUCCESS)
             }
-            Command::Enroll { collector, .. } => Err(anyhow::anyhow!(
-                "enroll: this build has no enrollment service yet ({collector}); place the certificate and key \
-                 issued by your collector's CA at [tls] cert_file / key_file"
-            )),
+            Command::Enroll { collector, ticket } => {
+                let done = pikett_agent::enroll::enroll(&config, &collector, &ticket).await?;
+                println!("{done}");
+                Ok(ExitCode::SUCCESS)
+            }
         }
     });
     match result {

@@ -45,6 +45,7 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
         names.dedup();
         names
     };
+    let host_id_for_renewal = host_id.clone();
     tracing::info!(host_id, probes = ?capabilities, next_seq = spool.next_seq()?, pending = spool.pending(), "agent starting");
 
     let (obs_tx, obs_rx) = mpsc::channel::<Polled>(1024);
@@ -74,6 +75,7 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
         wake,
         status: status_rx,
     };
+    let renewal = tokio::spawn(crate::enroll::renewal(config.clone(), host_id_for_renewal, shutdown.clone()));
     let (uplink_stop, uplink_stop_rx) = watch::channel(false);
     let uplink_task = tokio::spawn(uplink.run(uplink_stop_rx));
 
@@ -91,6 +93,7 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     if tokio::time::timeout(DRAIN_TIMEOUT, uplink_task).await.is_err() {
         tracing::info!("collector did not take the rest of the spool in time; it is sent after restart");
     }
+    renewal.abort();
     if let Err(e) = spool.flush().await {
         tracing::warn!(error = %e, "final spool flush failed");
     }

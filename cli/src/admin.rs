@@ -255,7 +255,8 @@ pub async fn status(client: &mut Client, json: bool) -> anyhow::Result<String> {
         let v = json!({
             "hosts_up": s.hosts_up, "hosts_down": s.hosts_down, "batches_stored": s.batches_stored,
             "open_faults": faults, "on_call": oncall, "collector_version": s.collector_version,
-            "time": format_time(s.now_unix_ms),
+            "time": format_time(s.now_unix_ms), "caller": s.caller, "caller_role": s.caller_role,
+            "access": s.access,
         });
         writeln!(out, "{v}")?;
         return Ok(out);
@@ -275,6 +276,94 @@ pub async fn status(client: &mut Client, json: bool) -> anyhow::Result<String> {
         for o in &s.on_call {
             writeln!(out, "on call:     {:<10} {}", o.role, o.person)?;
         }
+    }
+    match s.access.as_str() {
+        "loopback" => writeln!(
+            out,
+            "access:      no staff tokens configured: loopback calls only, acting as local admin {}",
+            s.caller
+        )?,
+        "tokens" => writeln!(out, "access:      staff tokens; you are {} (role {})", s.caller, s.caller_role)?,
+        _ => {}
+    }
+    Ok(out)
+}
+
+pub async fn ticket(
+    client: &mut Client,
+    host: String,
+    customer: String,
+    valid: Duration,
+    json: bool,
+) -> anyhow::Result<String> {
+    let req = pb::CreateTicketRequest { host_id: host.clone(), customer: customer.clone(), valid_seconds: valid.as_secs() };
+    let r = client.admin.create_ticket(client.req(req)).await.map_err(rpc_error)?.into_inner();
+    let mut out = String::new();
+    if json {
+        let v = json!({"host_id": host, "customer": customer, "expires": format_time(r.expires_unix_ms), "ticket": r.ticket});
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out, "Enrollment ticket for {host} (customer {customer}), one use, valid until {}.", format_time(r.expires_unix_ms))?;
+        writeln!(out, "On the host: pikett-agent enroll --collector https://COLLECTOR:PORT --ticket TICKET")?;
+        writeln!(out, "{}", r.ticket)?;
+    }
+    Ok(out)
+}
+
+pub async fn revoke(client: &mut Client, host: String, json: bool) -> anyhow::Result<String> {
+    let req = pb::RevokeHostRequest { host_id: host.clone() };
+    let r = client.admin.revoke_host(client.req(req)).await.map_err(rpc_error)?.into_inner();
+    let mut out = String::new();
+    if json {
+        writeln!(out, "{}", json!({"host_id": host, "revoked_certificates": r.revoked_certificates}))?;
+    } else {
+        writeln!(
+            out,
+            "host {host} revoked: its certificates ({}) are refused from now on; a new ticket enrolls it again",
+            r.revoked_certificates
+        )?;
+    }
+    Ok(out)
+}
+
+pub async fn audit(
+    client: &mut Client,
+    since: Option<jiff::Timestamp>,
+    user: Option<String>,
+    json: bool,
+) -> anyhow::Result<String> {
+    let req = pb::ListAuditRequest {
+        since_unix_ms: since.map_or(0, |t| t.as_millisecond()),
+        user: user.unwrap_or_default(),
+        limit: 0,
+    };
+    let r = client.admin.list_audit(client.req(req)).await.map_err(rpc_error)?.into_inner();
+    let mut out = String::new();
+    if json {
+        for e in &r.entries {
+            let v = json!({
+                "time": format_time(e.time_unix_ms), "user": e.user, "role": e.role, "peer": e.peer,
+                "call": e.call, "arguments": e.arguments, "outcome": e.outcome,
+            });
+            writeln!(out, "{v}")?;
+        }
+        return Ok(out);
+    }
+    writeln!(out, "{:<20} {:<16} {:<9} {:<16} {:<18} OUTCOME", "TIME", "USER", "ROLE", "PEER", "CALL")?;
+    for e in &r.entries {
+        writeln!(
+            out,
+            "{:<20} {:<16} {:<9} {:<16} {:<18} {}",
+            format_time(e.time_unix_ms),
+            e.user,
+            e.role,
+            e.peer,
+            e.call,
+            e.outcome
+        )?;
+    }
+    if r.entries.is_empty() {
+        writeln!(out, "(no entries)")?;
     }
     Ok(out)
 }

@@ -14,6 +14,32 @@ pub struct Client {
     /// The connection, shared by the other services' clients (`reports`, `incidents`).
     pub(crate) channel: Channel,
     pub(crate) user: String,
+    /// The staff token (`PIKETT_TOKEN` or `~/.config/pikett/token`), if any.
+    token: Option<String>,
+}
+
+/// The staff token: `PIKETT_TOKEN`, else `~/.config/pikett/token`, which must not be
+/// readable by group or others.
+fn staff_token() -> anyhow::Result<Option<String>> {
+    if let Ok(t) = std::env::var("PIKETT_TOKEN")
+        && !t.trim().is_empty()
+    {
+        return Ok(Some(t.trim().to_string()));
+    }
+    let Some(home) = std::env::var_os("HOME") else { return Ok(None) };
+    let path = Path::new(&home).join(".config/pikett/token");
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!("{}: readable by others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display());
+    }
+    let token = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    Ok(Some(token.trim().to_string()).filter(|t| !t.is_empty()))
 }
 
 impl Client {
@@ -32,14 +58,20 @@ impl Client {
         }
         let channel = endpoint.connect().await.with_context(|| format!("cannot reach the collector at {url}"))?;
         let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-        Ok(Client { admin: AdminClient::new(channel.clone()), channel, user })
+        Ok(Client { admin: AdminClient::new(channel.clone()), channel, user, token: staff_token()? })
     }
 
-    /// A request carrying the acting user's name (recorded with every change).
+    /// A request carrying the staff token (the collector takes the acting user from it),
+    /// and the local user's name for a collector without tokens (loopback only).
     pub(crate) fn req<T>(&self, msg: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         if let Ok(v) = self.user.parse() {
             r.metadata_mut().insert("x-pikett-user", v);
+        }
+        if let Some(token) = &self.token
+            && let Ok(v) = format!("Bearer {token}").parse()
+        {
+            r.metadata_mut().insert("authorization", v);
         }
         r
     }

@@ -114,6 +114,32 @@ enum Command {
         #[command(subcommand)]
         command: IncidentCommand,
     },
+    /// A one-time enrollment ticket for HOST (role admin); the agent's `enroll` uses it.
+    Ticket {
+        host: String,
+        #[arg(long)]
+        customer: String,
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        valid: std::time::Duration,
+    },
+    /// One host: `pikett host revoke HOST` refuses its certificates from now on (role admin).
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
+    /// The audit log: every change and every refused call (role admin).
+    Audit {
+        #[arg(long, value_parser = client::parse_time)]
+        since: Option<jiff::Timestamp>,
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostCommand {
+    /// Refuse the host's certificates at once; a new ticket enrolls it again.
+    Revoke { host: String },
 }
 
 #[derive(Subcommand)]
@@ -272,6 +298,9 @@ fn main() -> ExitCode {
                 }
                 IncidentCommand::Report { id } => incidents::report(&mut client, id, json).await?,
             },
+            Command::Ticket { host, customer, valid } => admin::ticket(&mut client, host, customer, valid, json).await?,
+            Command::Host { command: HostCommand::Revoke { host } } => admin::revoke(&mut client, host, json).await?,
+            Command::Audit { since, user } => admin::audit(&mut client, since, user, json).await?,
         };
         print!("{text}");
         anyhow::Ok(())

@@ -25,6 +25,26 @@ enum Command {
     Serve,
     /// Validate the configuration: exit 0, or print each error and exit 2.
     CheckConfig,
+    /// The collector's CA for agent certificates (SPEC.md section 5).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Print a one-time enrollment ticket for HOST (needs `[tls] ca_key_file`).
+    Ticket {
+        host: String,
+        /// The customer the host belongs to: decided here, never by the agent.
+        #[arg(long)]
+        customer: String,
+        /// How long the ticket may be used.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        valid: std::time::Duration,
+    },
+    /// Staff tokens (`staff_tokens_file`).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// SLA availability of one month from files, offline (SPEC.md section 3.4).
     Sla {
         /// TOML with the keys of one `[sla.NAME]` table at its top level.
@@ -42,6 +62,37 @@ enum Command {
         #[arg(long, value_enum, default_value_t = SlaOutput::Table)]
         output: SlaOutput,
     },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the CA and the collector's server certificate (keys mode 0600) and print
+    /// the `[tls]` section that uses them.
+    Init {
+        /// Where to write ca.pem, ca.key, collector.pem, collector.key
+        /// (default: `<data_dir>/pki`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// A DNS name or IP address agents use to reach the collector (repeatable;
+        /// default: this machine's host name, localhost and 127.0.0.1).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// A new token for USER with ROLE, printed once (as the last word of the output).
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long, value_parser = ["viewer", "engineer", "admin"])]
+        role: String,
+    },
+    /// The tokens (never their secrets).
+    List,
+    /// Remove a token by its id, or every token of a user: it stops working at once.
+    Revoke { id_or_user: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -105,6 +156,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Sla { .. } => Ok(()),
+        Command::Ca { command: CaCommand::Init { dir, names } } => ca_init(&config, dir, names),
+        Command::Ticket { host, customer, valid } => ticket(&config, &host, &customer, valid),
+        Command::Token { command } => token(&config, command),
         Command::CheckConfig => {
             println!("{source}: OK");
             Ok(())
@@ -130,6 +184,75 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn ca_init(config: &CollectorConfig, dir: Option<PathBuf>, mut names: Vec<String>) -> anyhow::Result<()> {
+    use pikett_collector::services::pki;
+    let dir = dir.unwrap_or_else(|| config.data_dir.join("pki"));
+    if names.is_empty() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+        names = [host, "localhost".into(), "127.0.0.1".into()].into_iter().filter(|n| !n.is_empty()).collect();
+    }
+    let files = pki::init(&dir, &names, jiff::Timestamp::now())?;
+    let ca = pki::Ca::load(&files.ca_cert, &files.ca_key)?;
+    println!("CA and server certificate for {} written to {}", names.join(", "), dir.display());
+    println!("CA fingerprint (SHA-256): {}", ca.fingerprint());
+    println!();
+    println!("Use them in the collector's config:");
+    println!("[tls]");
+    println!("cert_file = \"{}\"", files.server_cert.display());
+    println!("key_file = \"{}\"", files.server_key.display());
+    println!("client_ca_file = \"{}\"", files.ca_cert.display());
+    println!("ca_key_file = \"{}\"", files.ca_key.display());
+    Ok(())
+}
+
+fn ticket(config: &CollectorConfig, host: &str, customer: &str, valid: std::time::Duration) -> anyhow::Result<()> {
+    use pikett_collector::services::pki;
+    pikett_collector::api::enroll::check_host_id(host).map_err(anyhow::Error::msg)?;
+    if customer.is_empty() {
+        anyhow::bail!("--customer: a ticket needs a customer");
+    }
+    let tls = config.tls.as_ref();
+    let (Some(key), Some(cert)) = (tls.and_then(|t| t.ca_key_file.as_ref()), tls.and_then(|t| t.client_ca_file.as_ref()))
+    else {
+        anyhow::bail!("tickets need the CA: set [tls] client_ca_file and ca_key_file (see `pikett-collector ca init`)");
+    };
+    let ca = pki::Ca::load(cert, key)?;
+    let expires = jiff::Timestamp::now().as_millisecond() + valid.as_millis() as i64;
+    let ticket = ca.issue_ticket(host, customer, expires);
+    let until = jiff::Timestamp::from_millisecond(expires).map(|t| t.to_string()).unwrap_or_default();
+    println!("Enrollment ticket for {host} (customer {customer}), one use, valid until {until}.");
+    println!("On the host: pikett-agent enroll --collector https://COLLECTOR:PORT --ticket TICKET");
+    println!("{ticket}");
+    Ok(())
+}
+
+fn token(config: &CollectorConfig, command: TokenCommand) -> anyhow::Result<()> {
+    use pikett_collector::services::staff;
+    let path = config.tokens_path();
+    match command {
+        TokenCommand::Create { user, role } => {
+            let role = staff::Role::parse(&role).ok_or_else(|| anyhow::anyhow!("--role {role:?}"))?;
+            let (token, record) = staff::create(&path, &user, role, jiff::Timestamp::now().as_millisecond())?;
+            println!("Token {} for {} (role {}), stored hashed in {}.", record.id, record.user, role.as_str(), path.display());
+            println!("It is shown only now. Give it to {user} for PIKETT_TOKEN or ~/.config/pikett/token (mode 0600):");
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            println!("{:<10} {:<24} {:<9} CREATED", "ID", "USER", "ROLE");
+            for t in staff::list(&path)? {
+                let created = jiff::Timestamp::from_millisecond(t.created_ms).map(|t| t.to_string()).unwrap_or_default();
+                println!("{:<10} {:<24} {:<9} {created}", t.id, t.user, t.role.as_str());
+            }
+        }
+        TokenCommand::Revoke { id_or_user } => {
+            for t in staff::revoke(&path, &id_or_user)? {
+                println!("revoked token {} of {} ({})", t.id, t.user, t.role.as_str());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One connection per agent: lift the soft descriptor limit to the hard one.

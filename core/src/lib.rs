@@ -6,6 +6,7 @@
 //! and act on the decisions; the staff CLI renders reports with [`sla::render`].
 
 pub mod calendar;
+pub mod enrollment;
 pub mod escalation;
 pub mod faults;
 pub mod hosts;

@@ -22,9 +22,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
-use serde::{Deserialize, Serialize};
 
-const TICKET_PREFIX: &str = "pikett1";
 /// The CA lives ten years; the collector's server certificate two (renew it with a new
 /// `ca init --server-only`... not built yet: see the docs).
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -44,46 +42,7 @@ pub enum PkiError {
     BadRequest(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TicketError {
-    #[error("not an enrollment ticket (they start with \"pikett1.\")")]
-    Malformed,
-    #[error("unknown ticket: it was not issued by this collector's CA")]
-    Unknown,
-    #[error("the ticket for host {host} expired at {expired}; ask for a new one")]
-    Expired { host: String, expired: String },
-}
-
-/// What a ticket says.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ticket {
-    #[serde(rename = "h")]
-    pub host: String,
-    #[serde(rename = "c")]
-    pub customer: String,
-    /// Expiry, Unix milliseconds.
-    #[serde(rename = "e")]
-    pub expires_ms: i64,
-    #[serde(rename = "n")]
-    pub nonce: String,
-    /// SHA-256 of the CA certificate (DER), hex.
-    #[serde(rename = "ca")]
-    pub ca_sha256: String,
-}
-
-impl Ticket {
-    /// Reads a ticket's payload without checking it (what an agent can do: it has no key).
-    pub fn peek(ticket: &str) -> Result<Ticket, TicketError> {
-        let mut parts = ticket.trim().split('.');
-        let (Some(TICKET_PREFIX), Some(payload), Some(_mac), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(TicketError::Malformed);
-        };
-        let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TicketError::Malformed)?;
-        serde_json::from_slice(&json).map_err(|_| TicketError::Malformed)
-    }
-}
+pub use pikett_core::enrollment::{Ticket, TicketError};
 
 /// A signed client certificate.
 #[derive(Debug, Clone)]
@@ -230,8 +189,7 @@ impl Ca {
             nonce: URL_SAFE_NO_PAD.encode(nonce),
             ca_sha256: self.sha256.clone(),
         };
-        let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&payload).expect("a ticket serializes"));
-        let signed = format!("{TICKET_PREFIX}.{payload}");
+        let signed = payload.encode_payload();
         let mac = ring::hmac::sign(&self.ticket_key, signed.as_bytes());
         format!("{signed}.{}", URL_SAFE_NO_PAD.encode(mac.as_ref()))
     }
@@ -318,7 +276,7 @@ mod tests {
         let (_, mac) = t.rsplit_once('.').unwrap();
         let mut forged = Ticket::peek(&t).unwrap();
         forged.customer = "evil".into();
-        let forged = format!("pikett1.{}.{mac}", URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap()));
+        let forged = format!("{}.{mac}", forged.encode_payload());
         assert_eq!(ca.verify_ticket(&forged, 0), Err(TicketError::Unknown));
         assert_eq!(ca.verify_ticket("hello", 0), Err(TicketError::Malformed));
         // Another CA's ticket is unknown here.
