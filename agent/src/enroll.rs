@@ -134,7 +134,11 @@ async fn fetch_pinned_ca(url: &str, server_name: Option<&str>, fingerprint: &str
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     let port = parsed.port().unwrap_or(9740);
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let pin = Arc::new(PinnedCa { fingerprint: fingerprint.to_string(), provider: provider.clone(), found: Mutex::new(None) });
+    let pin = Arc::new(PinnedCa {
+        fingerprint: fingerprint.to_string(),
+        provider: provider.clone(),
+        found: Mutex::new(None),
+    });
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| anyhow::anyhow!("TLS setup: {e}"))?
@@ -188,7 +192,12 @@ pub async fn enroll(config: &AgentConfig, collector: &str, ticket: &str) -> anyh
     let ca = fetch_pinned_ca(collector, server_name, &payload.ca_sha256).await?;
     write_atomically(paths.ca, pem("CERTIFICATE", &ca).as_bytes(), 0o644)?;
     let (key, csr) = key_and_request(&host)?;
-    let tls = TlsConfig { ca_file: Some(paths.ca.to_owned()), cert_file: None, key_file: None, ..config.tls.clone().unwrap_or_default() };
+    let tls = TlsConfig {
+        ca_file: Some(paths.ca.to_owned()),
+        cert_file: None,
+        key_file: None,
+        ..config.tls.clone().unwrap_or_default()
+    };
     let channel = crate::uplink::connect(collector, Some(&tls)).await.map_err(anyhow::Error::msg)?;
     let reply = EnrollClient::new(channel)
         .enroll(pb::EnrollRequest { ticket: ticket.trim().to_string(), csr_pem: csr })

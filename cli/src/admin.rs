@@ -296,14 +296,19 @@ pub async fn ticket(
     valid: Duration,
     json: bool,
 ) -> anyhow::Result<String> {
-    let req = pb::CreateTicketRequest { host_id: host.clone(), customer: customer.clone(), valid_seconds: valid.as_secs() };
+    let req =
+        pb::CreateTicketRequest { host_id: host.clone(), customer: customer.clone(), valid_seconds: valid.as_secs() };
     let r = client.admin.create_ticket(client.req(req)).await.map_err(rpc_error)?.into_inner();
     let mut out = String::new();
     if json {
         let v = json!({"host_id": host, "customer": customer, "expires": format_time(r.expires_unix_ms), "ticket": r.ticket});
         writeln!(out, "{v}")?;
     } else {
-        writeln!(out, "Enrollment ticket for {host} (customer {customer}), one use, valid until {}.", format_time(r.expires_unix_ms))?;
+        writeln!(
+            out,
+            "Enrollment ticket for {host} (customer {customer}), one use, valid until {}.",
+            format_time(r.expires_unix_ms)
+        )?;
         writeln!(out, "On the host: pikett-agent enroll --collector https://COLLECTOR:PORT --ticket TICKET")?;
         writeln!(out, "{}", r.ticket)?;
     }

@@ -298,7 +298,9 @@ fn main() -> ExitCode {
                 }
                 IncidentCommand::Report { id } => incidents::report(&mut client, id, json).await?,
             },
-            Command::Ticket { host, customer, valid } => admin::ticket(&mut client, host, customer, valid, json).await?,
+            Command::Ticket { host, customer, valid } => {
+                admin::ticket(&mut client, host, customer, valid, json).await?
+            }
             Command::Host { command: HostCommand::Revoke { host } } => admin::revoke(&mut client, host, json).await?,
             Command::Audit { since, user } => admin::audit(&mut client, since, user, json).await?,
         };

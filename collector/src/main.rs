@@ -214,7 +214,8 @@ fn ticket(config: &CollectorConfig, host: &str, customer: &str, valid: std::time
         anyhow::bail!("--customer: a ticket needs a customer");
     }
     let tls = config.tls.as_ref();
-    let (Some(key), Some(cert)) = (tls.and_then(|t| t.ca_key_file.as_ref()), tls.and_then(|t| t.client_ca_file.as_ref()))
+    let (Some(key), Some(cert)) =
+        (tls.and_then(|t| t.ca_key_file.as_ref()), tls.and_then(|t| t.client_ca_file.as_ref()))
     else {
         anyhow::bail!("tickets need the CA: set [tls] client_ca_file and ca_key_file (see `pikett-collector ca init`)");
     };
@@ -235,14 +236,21 @@ fn token(config: &CollectorConfig, command: TokenCommand) -> anyhow::Result<()> 
         TokenCommand::Create { user, role } => {
             let role = staff::Role::parse(&role).ok_or_else(|| anyhow::anyhow!("--role {role:?}"))?;
             let (token, record) = staff::create(&path, &user, role, jiff::Timestamp::now().as_millisecond())?;
-            println!("Token {} for {} (role {}), stored hashed in {}.", record.id, record.user, role.as_str(), path.display());
+            println!(
+                "Token {} for {} (role {}), stored hashed in {}.",
+                record.id,
+                record.user,
+                role.as_str(),
+                path.display()
+            );
             println!("It is shown only now. Give it to {user} for PIKETT_TOKEN or ~/.config/pikett/token (mode 0600):");
             println!("{token}");
         }
         TokenCommand::List => {
             println!("{:<10} {:<24} {:<9} CREATED", "ID", "USER", "ROLE");
             for t in staff::list(&path)? {
-                let created = jiff::Timestamp::from_millisecond(t.created_ms).map(|t| t.to_string()).unwrap_or_default();
+                let created =
+                    jiff::Timestamp::from_millisecond(t.created_ms).map(|t| t.to_string()).unwrap_or_default();
                 println!("{:<10} {:<24} {:<9} {created}", t.id, t.user, t.role.as_str());
             }
         }
