@@ -74,6 +74,7 @@ fn a_critical_fault_at_night_with_an_override_and_a_restart() {
         from: ts("2026-11-04T00:00:00Z"),
         to: ts("2026-11-05T00:00:00Z"),
         created_at: ts("2026-11-03T12:00:00Z"),
+        created_by: None,
     }];
     let ctx = Context { people: &s.people, rotations: &s.rotations, overrides: &overrides, config: &s.escalation };
     let mut esc = Escalation::start("fault-42", Severity::Critical, t0, StartMode::Normal);
