@@ -209,7 +209,7 @@ fn ca_init(config: &CollectorConfig, dir: Option<PathBuf>, mut names: Vec<String
 
 fn ticket(config: &CollectorConfig, host: &str, customer: &str, valid: std::time::Duration) -> anyhow::Result<()> {
     use pikett_collector::services::pki;
-    pikett_collector::api::enroll::check_host_id(host).map_err(anyhow::Error::msg)?;
+    pikett_core::hosts::check_host_id(host).map_err(anyhow::Error::msg)?;
     if customer.is_empty() {
         anyhow::bail!("--customer: a ticket needs a customer");
     }

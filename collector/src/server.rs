@@ -38,8 +38,13 @@ use crate::services::staff::StaffTokens;
 use crate::services::writer::spawn_writer;
 use crate::store::{SledStorage, Storage};
 
-/// Largest message accepted from an agent (a batch).
+/// Largest message accepted from an agent (a batch). The agent cuts a batch at 5,000
+/// observations (a few hundred KiB; 2 MiB with long Redfish inventory); 16 MiB leaves
+/// room without letting one message hold much memory. Larger ones are refused with
+/// `RESOURCE_EXHAUSTED` before they are decoded.
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Concurrent HTTP/2 streams per connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 
 pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let storage: Arc<dyn Storage> =
@@ -98,6 +103,8 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     });
 
     let mut builder = Server::builder()
+        // One agent needs one stream, the CLI a few: a connection cannot open hundreds.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true);

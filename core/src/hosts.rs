@@ -34,6 +34,23 @@ pub struct HostRecord {
     pub last_drop_ms: i64,
 }
 
+/// Host ids: 1 to 253 characters of letters, digits, '.', '_' and '-', starting with a
+/// letter or digit (a DNS name, or a name like one). No spaces or control characters:
+/// a host id ends up in tables, log lines and file names.
+pub fn check_host_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 253
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "host id {id:?} is not valid: 1 to 253 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        ))
+    }
+}
+
 /// The check the collector raises on a host whose agent had to drop data.
 pub const DATA_DROPPED_CHECK: &str = "agent/data-dropped";
 /// How long a host must report without dropping data before `agent/data-dropped` clears:
@@ -113,6 +130,16 @@ pub fn host_status(host: &HostRecord, now_ms: i64, configured: Option<Duration>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_ids_are_names_without_spaces_or_control_characters() {
+        for ok in ["web-01", "db1.example.net", "a", "node_7"] {
+            assert!(check_host_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "web 01", "web\n01", "-web", ".hidden", "ünïcode", &"x".repeat(254)] {
+            assert!(check_host_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn dropped_data_warns_at_once_and_clears_after_an_hour_without_drops() {

@@ -256,7 +256,7 @@ impl Admin for AdminService {
                     "this collector does not enroll agents: set [tls] ca_key_file (see `pikett-collector ca init`)",
                 )
             })?;
-            crate::api::enroll::check_host_id(&r.host_id).map_err(Status::invalid_argument)?;
+            pikett_core::hosts::check_host_id(&r.host_id).map_err(Status::invalid_argument)?;
             if r.customer.is_empty() {
                 return Err(Status::invalid_argument("a ticket needs a customer (--customer)"));
             }

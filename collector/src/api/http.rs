@@ -44,7 +44,8 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
         let _ = writeln!(text, "pikett_faults{{state=\"{state}\",severity=\"{severity}\"}} {n}");
     }
     let now = jiff::Timestamp::now().as_millisecond();
-    s.latest.render(now, s.staleness.as_millis() as i64, &mut text);
+    let names = crate::services::latest::ExpositionNames::from_exposition(&text);
+    s.latest.render(now, s.staleness.as_millis() as i64, &names, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
 }
 

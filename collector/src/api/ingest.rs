@@ -20,6 +20,9 @@ use crate::services::metrics::{Metrics, ReasonLabel};
 /// Longest `agent_version` and capability name kept from a hello; more capabilities than
 /// this are dropped.
 const MAX_FIELD: usize = 64;
+/// A stream that sends no hello within this long is closed (a client that opens streams
+/// and sends nothing holds nothing for long).
+const HELLO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 const MAX_CAPABILITIES: usize = 32;
 
 pub struct IngestService {
@@ -58,13 +61,6 @@ fn bounded(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
-/// The subject common name of a DER certificate.
-pub fn common_name(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
-    Some(cn)
-}
-
 #[tonic::async_trait]
 impl Ingest for IngestService {
     type StreamStream = ReceiverStream<Result<pb::CollectorMessage, Status>>;
@@ -74,10 +70,26 @@ impl Ingest for IngestService {
         request: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let peer_cert = request.peer_certs().and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
-        let peer_cn = peer_cert.as_deref().and_then(common_name);
+        let peer_cn = peer_cert.as_deref().and_then(crate::services::pki::common_name);
         let request_serial = peer_cert.as_deref().and_then(crate::services::pki::serial_of);
+        // Without the certificate the stream would be refused after the hello anyway: refuse
+        // before reading anything.
+        if self.require_client_cert && peer_cn.is_none() {
+            return Err(reject(
+                &self.metrics,
+                "no_client_cert",
+                Status::unauthenticated("a client certificate signed by the collector's CA is required"),
+            ));
+        }
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        let first = match tokio::time::timeout(HELLO_DEADLINE, inbound.message()).await {
+            Ok(first) => first?,
+            Err(_) => {
+                let status = Status::deadline_exceeded(format!("no hello within {} s", HELLO_DEADLINE.as_secs()));
+                return Err(reject(&self.metrics, "no_hello_in_time", status));
+            }
+        };
+        let hello = match first {
             Some(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(h)) }) => h,
             _ => {
                 return Err(reject(
@@ -98,7 +110,7 @@ impl Ingest for IngestService {
                 )),
             ));
         }
-        if let Err(e) = crate::api::enroll::check_host_id(&hello.host_id) {
+        if let Err(e) = pikett_core::hosts::check_host_id(&hello.host_id) {
             return Err(reject(&self.metrics, "host_id", Status::invalid_argument(e)));
         }
         if self.require_client_cert {

@@ -3,6 +3,14 @@
 //! Each series is a Prometheus gauge with `host`, `customer` and the sample's
 //! own labels. A series not updated within `metrics_staleness` is dropped,
 //! so a host that stops sending a series stops exporting it.
+//!
+//! What an agent sends can never break the exposition or shadow the collector's own
+//! metrics ([`ExpositionNames`]): names are made valid; a name outside the agents' space
+//! (`pikett_…`), one of the collector's own families, or ending like a counter or a
+//! histogram part is renamed deterministically (`pikett_agent_…`, `…_value`); label
+//! names that are reserved (`__…`), ours (`host`, `customer`) or collide after
+//! sanitising get `exported_` prefixes until unique; a series that would repeat another
+//! is left out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -25,6 +33,63 @@ struct HostSeries {
 #[derive(Default)]
 pub struct LatestSamples {
     hosts: RwLock<HashMap<String, Mutex<HostSeries>>>,
+}
+
+/// The metric names the collector exports itself (with every suffix an exposition may
+/// add to them): no agent series may take one of them.
+#[derive(Debug, Default, Clone)]
+pub struct ExpositionNames {
+    reserved: std::collections::HashSet<String>,
+}
+
+/// Suffixes that make a gauge look like a counter, summary or histogram part to
+/// Prometheus' linter.
+const TYPED_SUFFIXES: [&str; 6] = ["_total", "_count", "_sum", "_bucket", "_created", "_info"];
+
+impl ExpositionNames {
+    /// The families of an exposition text (`# TYPE name …` lines) are reserved.
+    pub fn from_exposition(text: &str) -> ExpositionNames {
+        let mut reserved = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix("# TYPE ").and_then(|r| r.split_whitespace().next()) {
+                reserved.insert(name.to_string());
+                for suffix in TYPED_SUFFIXES {
+                    reserved.insert(format!("{name}{suffix}"));
+                }
+            }
+        }
+        ExpositionNames { reserved }
+    }
+
+    /// The exported name of an agent's metric.
+    pub fn metric(&self, raw: &str) -> String {
+        let mut name = sanitize_name(raw);
+        if !name.starts_with("pikett_") || self.reserved.contains(&name) {
+            name = format!("pikett_agent_{name}");
+        }
+        if TYPED_SUFFIXES.iter().any(|s| name.ends_with(s)) {
+            name.push_str("_value");
+        }
+        name
+    }
+
+    /// The exported label names of a series, in the order of `keys` (sorted): unique,
+    /// none reserved, none of ours.
+    pub fn labels<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<String> {
+        let mut used: std::collections::HashSet<String> = ["host".to_string(), "customer".to_string()].into();
+        keys.map(|k| {
+            let mut name = sanitize_name(k);
+            if name.starts_with("__") {
+                name = format!("exported{name}");
+            }
+            while used.contains(&name) {
+                name = format!("exported_{name}");
+            }
+            used.insert(name.clone());
+            name
+        })
+        .collect()
+    }
 }
 
 /// A valid Prometheus metric or label name from anything.
@@ -60,34 +125,36 @@ impl LatestSamples {
         }
     }
 
-    /// Drops stale series and renders the rest as Prometheus text (one family per metric name).
-    pub fn render(&self, now_ms: i64, staleness_ms: i64, out: &mut String) {
-        let mut families: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    /// Drops stale series and renders the rest as Prometheus text (one family per metric
+    /// name), with the names `names` allows.
+    pub fn render(&self, now_ms: i64, staleness_ms: i64, names: &ExpositionNames, out: &mut String) {
+        let mut families: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
         let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
         for (host, entry) in hosts.iter() {
             let mut h = entry.lock().unwrap_or_else(|p| p.into_inner());
             h.series.retain(|_, l| now_ms - l.at_ms <= staleness_ms);
             for ((name, labels), latest) in &h.series {
-                let mut line = String::new();
+                let mut series = String::new();
+                let metric = names.metric(name);
                 let _ = write!(
-                    line,
-                    "{}{{host=\"{}\",customer=\"{}\"",
-                    sanitize_name(name),
+                    series,
+                    "{metric}{{host=\"{}\",customer=\"{}\"",
                     escape_label_value(host),
                     escape_label_value(&h.customer)
                 );
-                for (k, v) in labels {
-                    let k = sanitize_name(k);
-                    // The sample's own `host`/`customer` labels must not clash with ours.
-                    let k = if k == "host" || k == "customer" { format!("exported_{k}") } else { k };
-                    let _ = write!(line, ",{k}=\"{}\"", escape_label_value(v));
+                let keys = names.labels(labels.iter().map(|(k, _)| k.as_str()));
+                for (k, (_, v)) in keys.iter().zip(labels) {
+                    let _ = write!(series, ",{k}=\"{}\"", escape_label_value(v));
                 }
-                let _ = write!(line, "}} {}", fmt_value(latest.value));
-                families.entry(sanitize_name(name)).or_default().push(line);
+                series.push('}');
+                families.entry(metric).or_default().push((series, fmt_value(latest.value)));
             }
         }
         for (name, mut lines) in families {
             lines.sort();
+            // Two raw names or label sets can come out the same: one series each.
+            lines.dedup_by(|a, b| a.0 == b.0);
+            let lines: Vec<String> = lines.into_iter().map(|(series, value)| format!("{series} {value}")).collect();
             let _ = writeln!(out, "# HELP {name} Latest value reported by the hosts' agents.");
             let _ = writeln!(out, "# TYPE {name} gauge");
             for l in lines {
@@ -123,9 +190,25 @@ mod tests {
         l.update("web-1", "acme", &[s("pikett_redfish_temperature_celsius", 40.0)], 1_000);
         l.update("web-1", "acme", &[s("pikett_other", 1.0)], 10_000);
         let mut out = String::new();
-        l.render(10_500, 5_000, &mut out);
+        l.render(10_500, 5_000, &ExpositionNames::default(), &mut out);
         assert!(out.contains("pikett_other{host=\"web-1\",customer=\"acme\",sensor=\"CPU1 \\\"Temp\\\"\"} 1"), "{out}");
         assert!(!out.contains("pikett_redfish_temperature_celsius"), "stale series kept: {out}");
+    }
+
+    #[test]
+    fn hostile_names_cannot_shadow_ours_or_break_the_exposition() {
+        let ours =
+            ExpositionNames::from_exposition("# TYPE pikett_hosts gauge\n# TYPE pikett_ingest_batches counter\n");
+        assert_eq!(ours.metric("pikett_host_load"), "pikett_host_load");
+        assert_eq!(ours.metric("up"), "pikett_agent_up");
+        assert_eq!(ours.metric("pikett_hosts"), "pikett_agent_pikett_hosts");
+        assert_eq!(ours.metric("pikett_ingest_batches_total"), "pikett_agent_pikett_ingest_batches_total_value");
+        assert_eq!(ours.metric("pikett_x_total"), "pikett_x_total_value");
+        let labels = ours.labels(["__name__", "a-b", "a_b", "customer", "exported_host", "host"].into_iter());
+        assert_eq!(
+            labels,
+            ["exported__name__", "a_b", "exported_a_b", "exported_customer", "exported_host", "exported_exported_host"]
+        );
     }
 
     #[test]

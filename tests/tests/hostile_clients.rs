@@ -1,0 +1,206 @@
+//! Hostile clients against the real collector over TLS: samples named like the
+//! collector's own metrics with colliding labels, a client without a certificate that
+//! opens many streams and sends nothing, a client with a certificate that never says
+//! hello, an oversized message, a host id with a newline. The collector keeps serving a
+//! real agent, `/metrics` keeps passing `promtool check metrics`, and its memory stays
+//! within a budget.
+
+use std::time::Duration;
+
+use pikett_agent::config::TlsConfig;
+use pikett_proto::v1 as pb;
+use pikett_proto::v1::ingest_client::IngestClient;
+use pikett_tests::*;
+use tokio::sync::mpsc;
+
+fn hello(host: &str) -> pb::AgentMessage {
+    pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Hello(pb::Hello {
+            protocol_version: pikett_proto::PROTOCOL_VERSION,
+            host_id: host.into(),
+            customer: "acme".into(),
+            agent_version: "evil".into(),
+            capabilities: vec![],
+            min_interval_ms: 1000,
+            spool_epoch: 7,
+        })),
+    }
+}
+
+fn sample(name: &str, labels: &[(&str, &str)]) -> pb::Sample {
+    pb::Sample {
+        name: name.into(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        value: 1.0,
+        unit: String::new(),
+        time_unix_ms: 0,
+    }
+}
+
+fn tls(pki: &Pki, host: Option<&str>) -> TlsConfig {
+    TlsConfig {
+        ca_file: Some(pki.path("ca.pem").into()),
+        cert_file: host.map(|h| pki.path(&format!("{h}.pem")).into()),
+        key_file: host.map(|h| pki.path(&format!("{h}.key")).into()),
+        server_name: None,
+    }
+}
+
+/// Sends `messages` on one stream; the first answer, or the status it ended with.
+async fn first_answer(
+    collector: &CollectorSetup,
+    tls: &TlsConfig,
+    messages: Vec<pb::AgentMessage>,
+    wait: Duration,
+) -> Result<Option<pb::CollectorMessage>, tonic::Status> {
+    let channel = pikett_agent::uplink::connect(&collector.url(), Some(tls)).await.expect("connect");
+    let (tx, rx) = mpsc::channel(16);
+    for m in messages {
+        tx.send(m).await.unwrap();
+    }
+    let mut client = IngestClient::new(channel).max_encoding_message_size(64 << 20);
+    let mut inbound = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let answer = tokio::time::timeout(wait, inbound.message()).await.map_err(|_| tonic::Status::cancelled("quiet"))?;
+    drop(tx);
+    answer
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn promtool_check(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("/usr/bin/promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("promtool (Debian package prometheus): {e}"))?;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+#[test]
+fn hostile_clients_cannot_break_the_collector_or_its_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let collector = CollectorSetup::new(dir.path(), &pki, "");
+    let c = collector.start();
+    let pid = c.child.id();
+    for host in ["evil-01", "quiet-01"] {
+        pki.agent_cert(host);
+    }
+    // A real agent that must keep being served throughout.
+    let cfg = agent_config(dir.path(), &pki, "good-01", &collector.url(), "[host]\ninterval = \"300ms\"\n");
+    let agent = spawn("pikett-agent", &cfg, &["run"], &dir.path().join("agent.log"));
+    let rss_before = wait_for(Duration::from_secs(20), || {
+        let (_, body) = http_get(collector.http_port, "/metrics")?;
+        body.contains("host=\"good-01\"").then(|| rss_kib(pid))
+    })
+    .expect("the real agent never showed on /metrics");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Samples named like the collector's metrics, reserved and colliding labels.
+        let evil = vec![
+            sample("pikett_hosts", &[("status", "up")]),
+            sample("up", &[]),
+            sample("pikett_ingest_batches_total", &[]),
+            sample("pikett_evil_total", &[("__name__", "x"), ("a-b", "1"), ("a_b", "2")]),
+            sample("pikett_evil", &[("host", "spoofed"), ("exported_host", "also"), ("customer", "other")]),
+            sample("pikett_evil.dup", &[]),
+            sample("pikett_evil_dup", &[]),
+            sample("9lives", &[("", "empty label name")]),
+        ];
+        let batch = pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Batch(pb::Batch { seq: 1, samples: evil, ..Default::default() })),
+        };
+        let answer = first_answer(
+            &collector,
+            &tls(&pki, Some("evil-01")),
+            vec![hello("evil-01"), batch],
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the hostile batch was refused");
+        assert!(answer.is_some());
+
+        // Without a certificate: refused at once, however many streams it opens.
+        let mut refused = 0;
+        for _ in 0..200 {
+            if let Err(s) = first_answer(&collector, &tls(&pki, None), vec![], Duration::from_secs(5)).await {
+                assert!(s.message().contains("client certificate") || s.code() == tonic::Code::Unavailable, "{s:?}");
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 200, "a stream without a certificate was kept open");
+
+        // With a certificate but never a hello: closed after the hello deadline.
+        let started = std::time::Instant::now();
+        let quiet = first_answer(&collector, &tls(&pki, Some("quiet-01")), vec![], Duration::from_secs(20)).await;
+        let status = quiet.expect_err("a stream without a hello was kept open");
+        assert!(status.message().contains("no hello within"), "{status:?}");
+        assert!(started.elapsed() < Duration::from_secs(15));
+
+        // An oversized message: refused, nothing stored.
+        let huge = pb::Sample { name: "x".repeat(20 << 20), ..Default::default() };
+        let batch = pb::AgentMessage {
+            body: Some(pb::agent_message::Body::Batch(pb::Batch { seq: 2, samples: vec![huge], ..Default::default() })),
+        };
+        let over = first_answer(
+            &collector,
+            &tls(&pki, Some("evil-01")),
+            vec![hello("evil-01"), batch],
+            Duration::from_secs(10),
+        )
+        .await;
+        match over {
+            Ok(Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Welcome(_)) })) | Err(_) => {}
+            other => panic!("unexpected answer to an oversized batch: {other:?}"),
+        }
+
+        // A host id with a newline: refused, naming the rule.
+        let status =
+            first_answer(&collector, &tls(&pki, Some("evil-01")), vec![hello("evil\n01")], Duration::from_secs(5))
+                .await
+                .expect_err("a host id with a newline was accepted");
+        assert!(status.message().contains("is not valid"), "{status:?}");
+    });
+
+    // The real agent is still served, and /metrics passes promtool with the hostile series.
+    let text = wait_for(Duration::from_secs(20), || {
+        let (_, body) = http_get(collector.http_port, "/metrics")?;
+        body.contains("pikett_agent_up{host=\"evil-01\"").then_some(body)
+    })
+    .expect("the hostile samples never showed (renamed) on /metrics");
+    promtool_check(&text).unwrap_or_else(|e| panic!("promtool check metrics failed:\n{e}\n--- exposition:\n{text}"));
+    assert!(
+        !text.lines().any(|l| l.starts_with("pikett_hosts{") && l.contains("evil-01")),
+        "an agent shadowed pikett_hosts"
+    );
+    assert!(text.contains("pikett_agent_pikett_hosts{host=\"evil-01\""), "{text}");
+    assert!(text.contains("exported_host=\"spoofed\""), "{text}");
+    assert!(text.contains("host=\"good-01\""));
+    let hosts = json_lines(&collector.pikett(&["hosts", "--output", "json"], &pki.path("ca.pem")).stdout);
+    assert!(hosts.iter().all(|h| !h["host_id"].as_str().unwrap().contains('\n')), "{hosts:?}");
+    let good = hosts.iter().find(|h| h["host_id"] == "good-01").unwrap();
+    assert_eq!(good["status"], "up", "the real agent was not served: {good}");
+
+    // Memory: the refused clients left nothing behind (budget: 64 MiB over the start).
+    let rss_after = rss_kib(pid);
+    assert!(rss_after < rss_before + 64 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB");
+    eprintln!("hostile_clients: collector RSS {rss_before} KiB before, {rss_after} KiB after");
+    drop(agent);
+}
