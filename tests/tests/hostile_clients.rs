@@ -204,3 +204,61 @@ fn hostile_clients_cannot_break_the_collector_or_its_metrics() {
     eprintln!("hostile_clients: collector RSS {rss_before} KiB before, {rss_after} KiB after");
     drop(agent);
 }
+
+#[test]
+fn a_storm_of_ten_thousand_failing_checks_pages_a_handful_of_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let sms = Receiver::start(200);
+    let config =
+        alice_paged_by_sms(&sms, "", "").replace("[faults]\nfor = 1\n", "[faults]\nfor = 1\nstorm_faults = 5\n");
+    assert!(config.contains("storm_faults = 5"));
+    let collector = CollectorSetup::new(dir.path(), &pki, &config);
+    let c = collector.start();
+    pki.agent_cert("storm-01");
+    let rss_before = rss_kib(c.child.id());
+    let checks: Vec<pb::CheckResult> = (0..10_000)
+        .map(|i| pb::CheckResult {
+            name: format!("command/c{i}"),
+            state: pb::CheckState::Critical as i32,
+            summary: "CRITICAL - broken".into(),
+            time_unix_ms: 0,
+        })
+        .collect();
+    let batch = pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Batch(pb::Batch { seq: 1, checks, ..Default::default() })),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = tls(&pki, Some("storm-01"));
+        let channel = pikett_agent::uplink::connect(&collector.url(), Some(&tls)).await.expect("connect");
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(hello("storm-01")).await.unwrap();
+        tx.send(batch).await.unwrap();
+        let mut inbound = IngestClient::new(channel)
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        let mut acked = false;
+        while let Ok(Ok(Some(m))) = tokio::time::timeout(Duration::from_secs(30), inbound.message()).await {
+            if matches!(m.body, Some(pb::collector_message::Body::Ack(_))) {
+                acked = true;
+                break;
+            }
+        }
+        assert!(acked, "the storm batch was not acknowledged");
+    });
+    // Pages go out within a second or two; give them time, then count.
+    std::thread::sleep(Duration::from_secs(6));
+    let pages: Vec<String> = sms.requests().into_iter().map(|r| r.body).filter(|b| b.contains(ALICE_SMS)).collect();
+    assert!(pages.iter().any(|b| b.contains("host/fault-storm")), "no storm page among {} pages", pages.len());
+    assert!(pages.len() <= 6, "{} pages for one storm (limit 5 + the storm fault): {pages:#?}", pages.len());
+    let faults = json_lines(
+        &collector.pikett(&["faults", "--host", "storm-01", "--output", "json"], &pki.path("ca.pem")).stdout,
+    );
+    assert_eq!(faults.len(), 10_001, "every failing check is recorded, plus the storm fault");
+    let rss_after = rss_kib(c.child.id());
+    eprintln!("storm: collector RSS {rss_before} KiB before, {rss_after} KiB after 10,000 faults");
+    assert!(rss_after < rss_before + 256 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB");
+}

@@ -26,6 +26,12 @@ pub struct FaultsConfig {
     pub flap_changes: u32,
     #[serde(with = "humantime_serde")]
     pub flap_window: Duration,
+    /// At most this many faults of one host are paged per `storm_window`; the rest open
+    /// unpaged (suppressed "fault storm") and one `host/fault-storm` fault pages instead.
+    /// 0 turns the limit off.
+    pub storm_faults: u32,
+    #[serde(with = "humantime_serde")]
+    pub storm_window: Duration,
 }
 
 impl Default for FaultsConfig {
@@ -35,6 +41,8 @@ impl Default for FaultsConfig {
             unknown_severity: Severity::Warning,
             flap_changes: 5,
             flap_window: Duration::from_secs(3600),
+            storm_faults: 20,
+            storm_window: Duration::from_secs(60),
         }
     }
 }
@@ -56,6 +64,12 @@ impl FaultsConfig {
         if self.flap_window.is_zero() {
             return Err(ConfigError::Invalid {
                 key: "faults.flap_window".into(),
+                reason: "must be longer than 0s".into(),
+            });
+        }
+        if self.storm_faults > 0 && self.storm_window.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "faults.storm_window".into(),
                 reason: "must be longer than 0s".into(),
             });
         }

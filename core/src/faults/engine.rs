@@ -13,8 +13,8 @@ use super::rules::{self, RuleKey};
 use super::suppress::{self, elapsed, host_reachable};
 use super::types::ConfigError;
 use super::types::{
-    CheckInput, CheckState, EventKind, Fault, FaultFilter, FaultState, HOST_REACHABLE, Maintenance, NewMaintenance,
-    NewSilence, SampleInput, Severity, Silence, Suppression, TimelineEntry, Transition,
+    CheckInput, CheckState, EventKind, FAULT_STORM, Fault, FaultFilter, FaultState, HOST_REACHABLE, Maintenance,
+    NewMaintenance, NewSilence, SampleInput, Severity, Silence, Suppression, TimelineEntry, Transition,
 };
 
 /// Identifies a check of a host (and its at most one non-resolved fault).
@@ -199,6 +199,9 @@ pub struct Engine {
     /// The non-resolved fault of each (host, check); derived from `state.faults`.
     open: BTreeMap<TrackKey, u64>,
     dirty: DirtySet,
+    /// Faults opened per host in the current storm window: (window start, count). Not
+    /// persisted: a restart starts the windows afresh.
+    storms: std::collections::HashMap<String, (Timestamp, u32)>,
 }
 
 /// The observation time used for a result: never after `now`, never before `floor`.
@@ -216,6 +219,7 @@ impl Engine {
             state: EngineState::default(),
             open: BTreeMap::new(),
             dirty: DirtySet::default(),
+            storms: Default::default(),
         })
     }
 
@@ -244,7 +248,7 @@ impl Engine {
         {
             return Err(RestoreError::CounterBehind { next: state.next.fault, max });
         }
-        Ok(Engine { config: Arc::new(config), state, open, dirty: DirtySet::default() })
+        Ok(Engine { config: Arc::new(config), state, open, dirty: DirtySet::default(), storms: Default::default() })
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -835,9 +839,10 @@ impl Engine {
         now: Timestamp,
         out: &mut Vec<Transition>,
     ) -> u64 {
+        let storm = self.count_for_storm(&key.host, &key.check, now);
         let id = self.state.next.fault;
         self.state.next.fault += 1;
-        let suppressed = self.is_suppressed(&key.host, &key.check, now);
+        let suppressed = self.is_suppressed(&key.host, &key.check, now).or(storm.then_some(Suppression::Storm));
         let page = suppressed.is_none();
         let mut text = format!("opened ({severity}): {summary}");
         if let Some(s) = &suppressed {
@@ -866,7 +871,49 @@ impl Engine {
         self.open.insert(key.clone(), id);
         self.dirty.faults.insert(id);
         out.push(Transition { fault_id: id, kind: EventKind::Opened, at, page });
+        if storm {
+            self.open_storm_fault(&key.host, customer, at, now, out);
+        }
         id
+    }
+
+    /// Counts a fault opening on `host`; true when it is beyond `storm_faults` in the
+    /// current window (then it opens unpaged).
+    fn count_for_storm(&mut self, host: &str, check: &str, now: Timestamp) -> bool {
+        let limit = self.config.faults.storm_faults;
+        if limit == 0 || check == HOST_REACHABLE || check == FAULT_STORM {
+            return false;
+        }
+        let window = self.config.faults.storm_window;
+        let entry = self.storms.entry(host.to_string()).or_insert((now, 0));
+        if elapsed(entry.0, now) >= window {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+        entry.1 > limit
+    }
+
+    /// The one fault that pages for a storm (unless one is open already).
+    fn open_storm_fault(
+        &mut self,
+        host: &str,
+        customer: &str,
+        at: Timestamp,
+        now: Timestamp,
+        out: &mut Vec<Transition>,
+    ) {
+        let key = TrackKey::new(host, FAULT_STORM);
+        if self.open.contains_key(&key) {
+            return;
+        }
+        let f = &self.config.faults;
+        let summary = format!(
+            "more than {} faults opened on this host within {}: the rest are recorded but not paged; \
+             look at the host and its checks, then resolve this fault",
+            f.storm_faults,
+            humantime::format_duration(f.storm_window)
+        );
+        self.create_fault(&key, customer, Severity::Critical, summary, 1, false, at, now, out);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -979,6 +1026,10 @@ impl Engine {
             return;
         };
         if f.is_resolved() {
+            return;
+        }
+        // A storm's faults stay unpaged for life: the storm fault paged for them.
+        if f.suppressed == Some(Suppression::Storm) {
             return;
         }
         let new = self.is_suppressed(&f.host, &f.check, now);

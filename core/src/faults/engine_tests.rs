@@ -695,3 +695,40 @@ fn fault_json_uses_the_public_field_names() {
     let s = serde_json::to_value(Suppression::ParentDown { host: "gw".into() }).unwrap();
     assert_eq!(s, serde_json::json!({"reason": "parent_down", "host": "gw"}));
 }
+
+#[test]
+fn a_fault_storm_pages_the_first_faults_and_one_storm_fault_not_thousands() {
+    let faults = FaultsConfig { storm_faults: 3, storm_window: Duration::from_secs(60), ..FaultsConfig::default() };
+    let mut e = Engine::new(EngineConfig::new(faults, Vec::new(), HostDeps(BTreeMap::new())).unwrap()).unwrap();
+    let mut paged = Vec::new();
+    let mut opened = 0;
+    for round in [0, 10] {
+        for i in 0..50 {
+            for t in result(&mut e, "db-1", &format!("command/c{i}"), Critical, round) {
+                if t.kind == Opened {
+                    opened += 1;
+                    if t.page {
+                        paged.push(e.fault(t.fault_id).unwrap().check.clone());
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(opened, 51, "every failing check is recorded, plus the storm fault");
+    assert_eq!(paged, ["command/c0", "command/c1", "command/c2", FAULT_STORM], "pages: {paged:?}");
+    let storm = e.open_fault("db-1", FAULT_STORM).unwrap();
+    assert_eq!(storm.severity, Severity::Critical);
+    assert!(storm.last_summary.contains("more than 3 faults"), "{}", storm.last_summary);
+    let quiet = e.open_fault("db-1", "command/c9").unwrap().id;
+    assert_eq!(e.fault(quiet).unwrap().suppressed, Some(Suppression::Storm));
+    // Later the storm's faults neither page on a tick nor when they resolve; another host
+    // is not affected, and a new window pages again.
+    assert!(e.tick(ts(120), timeout_90s).iter().all(|t| !t.page));
+    let out = result(&mut e, "db-1", "command/c9", OK, 130);
+    assert!(out.iter().any(|t| t.kind == Resolved && !t.page), "{out:?}");
+    assert!(result(&mut e, "web-9", "command/x", Critical, 130).is_empty());
+    assert!(result(&mut e, "web-9", "command/x", Critical, 131).iter().any(|t| t.kind == Opened && t.page));
+    result(&mut e, "db-1", "command/new", Critical, 200);
+    let out = result(&mut e, "db-1", "command/new", Critical, 201);
+    assert!(out.iter().any(|t| t.kind == Opened && t.page), "a new window did not page: {out:?}");
+}

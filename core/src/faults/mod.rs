@@ -65,6 +65,6 @@ pub use engine::{ActionError, Dirty, Engine, EngineState, HostInfo, NextIds, Res
 pub use rules::{CompareOp, LabelMatcher, MatchOp, Rule, RuleKey};
 pub use suppress::host_reachable;
 pub use types::{
-    CheckInput, CheckState, ConfigError, EventKind, Fault, FaultFilter, FaultState, HOST_REACHABLE, Maintenance,
-    NewMaintenance, NewSilence, SampleInput, Severity, Silence, Suppression, TimelineEntry, Transition,
+    CheckInput, CheckState, ConfigError, EventKind, FAULT_STORM, Fault, FaultFilter, FaultState, HOST_REACHABLE,
+    Maintenance, NewMaintenance, NewSilence, SampleInput, Severity, Silence, Suppression, TimelineEntry, Transition,
 };

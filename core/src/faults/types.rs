@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// The synthetic check the engine raises for a host that stopped sending batches.
 pub const HOST_REACHABLE: &str = "host/reachable";
+/// The fault that stands for a host's fault storm (see `[faults] storm_faults`).
+pub const FAULT_STORM: &str = "host/fault-storm";
 
 /// A check's state, in Nagios semantics (serde: `OK`, `WARNING`, `CRITICAL`, `UNKNOWN`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -91,6 +93,9 @@ pub enum Suppression {
     Maintenance { id: u64 },
     /// A silence matches the host (and check).
     Silence { id: u64 },
+    /// Opened during a fault storm on its host: one `host/fault-storm` fault paged for all.
+    /// Kept for the fault's life (it never pages on its own).
+    Storm,
 }
 
 impl fmt::Display for Suppression {
@@ -100,6 +105,7 @@ impl fmt::Display for Suppression {
             Suppression::ParentDown { host } => write!(f, "parent host {host} down"),
             Suppression::Maintenance { id } => write!(f, "maintenance {id}"),
             Suppression::Silence { id } => write!(f, "silence {id}"),
+            Suppression::Storm => f.write_str("fault storm on this host (host/fault-storm)"),
         }
     }
 }
