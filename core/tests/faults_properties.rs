@@ -71,6 +71,9 @@ fn config_strategy() -> impl Strategy<Value = EngineConfig> {
                     unknown_severity: if unknown_critical { Severity::Critical } else { Severity::Warning },
                     flap_changes,
                     flap_window: Duration::from_secs(window_min * 60),
+                    // The storm limit has its own test; these properties are about every fault.
+                    storm_faults: 0,
+                    storm_window: Duration::from_secs(60),
                 },
                 vec![Rule {
                     name: "hot".into(),
