@@ -134,6 +134,13 @@ fn default_store_cache_bytes() -> u64 {
     64 << 20
 }
 
+/// The file's permission bits when others may read it.
+fn readable_by_others(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o004 != 0).then_some(mode)
+}
+
 impl Default for CollectorConfig {
     fn default() -> Self {
         toml::from_str("").expect("the empty config is valid")
@@ -151,10 +158,45 @@ pub enum ConfigError {
 }
 
 impl CollectorConfig {
+    /// Reads and validates the file. A file readable by others that holds secrets is
+    /// refused, and so are private key files readable by others.
     pub fn load(path: &Path) -> Result<CollectorConfig, Vec<ConfigError>> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| vec![ConfigError::Read { path: path.to_owned(), source }])?;
-        Self::parse(path, &text)
+        let config = Self::parse(path, &text)?;
+        let mut problems = Vec::new();
+        let secrets = config.channels.inline_secrets();
+        if let Some(mode) = readable_by_others(path)
+            && !secrets.is_empty()
+        {
+            problems.push(ConfigError::Invalid {
+                path: path.to_owned(),
+                message: format!(
+                    "readable by others (mode {mode:o}) and holds secrets ({}): run `chmod 640 {}` (group: the \
+                     service's), or take them from files with {{{{secret:/path}}}}",
+                    secrets.join(", "),
+                    path.display()
+                ),
+            });
+        }
+        if let Some(tls) = &config.tls {
+            for (key, file) in [("tls.key_file", Some(&tls.key_file)), ("tls.ca_key_file", tls.ca_key_file.as_ref())] {
+                if let Some(file) = file
+                    && let Some(mode) = readable_by_others(file)
+                {
+                    problems.push(ConfigError::Invalid {
+                        path: path.to_owned(),
+                        message: format!(
+                            "{key} {} is readable by others (mode {mode:o}): run `chmod 600 {}` (or 640 with the \
+                             service's group)",
+                            file.display(),
+                            file.display()
+                        ),
+                    });
+                }
+            }
+        }
+        if problems.is_empty() { Ok(config) } else { Err(problems) }
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<CollectorConfig, Vec<ConfigError>> {
@@ -266,6 +308,28 @@ mod tests {
         assert!(errs[0].to_string().contains("needs client_ca_file"), "{}", errs[0]);
         let ok = format!("{text}client_ca_file = \"ca.pem\"\n");
         assert!(CollectorConfig::parse(Path::new("c.toml"), &ok).is_ok());
+    }
+
+    #[test]
+    fn a_config_readable_by_others_with_secrets_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.toml");
+        let secret = "[channels.sms]\ngateways = [\"https://sms.example/send?key=abc\"]\n\
+                      body = '{\"to\": \"{{to}}\"}'\nheaders = { Authorization = \"Bearer abc\" }\n";
+        std::fs::write(&path, secret).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let errs = CollectorConfig::load(&path).unwrap_err();
+        let msg = errs[0].to_string();
+        assert!(msg.contains("readable by others") && msg.contains("channels.sms.headers.Authorization"), "{msg}");
+        assert!(msg.contains("channels.sms.gateways[0]"), "{msg}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(CollectorConfig::load(&path).is_ok());
+        // Secrets from files are fine in a readable config.
+        let from_file = "[channels.sms]\ngateways = [\"https://sms.example/send\"]\nbody = '{\"to\": \"{{to}}\"}'\n";
+        std::fs::write(&path, from_file).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(CollectorConfig::load(&path).is_ok());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use pikett_proto::v1::incidents_server::IncidentsServer;
 use pikett_proto::v1::ingest_server::IngestServer;
 use pikett_proto::v1::reports_server::ReportsServer;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use pikett_core::faults::Transition;
 use pikett_core::hosts::{HostStatus, host_status, host_timeout};
@@ -32,7 +32,7 @@ use crate::services::faults::FaultService;
 use crate::services::identity::IdentityService;
 use crate::services::incidents::IncidentService;
 use crate::services::latest::LatestSamples;
-use crate::services::metrics::{Metrics, StatusLabel};
+use crate::services::metrics::{Metrics, ReasonLabel, StatusLabel};
 use crate::services::pki::Ca;
 use crate::services::staff::StaffTokens;
 use crate::services::writer::spawn_writer;
@@ -108,21 +108,16 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true);
-    let mut require_client_cert = false;
-    if let Some(tls) = &config.tls {
-        let cert =
-            std::fs::read(&tls.cert_file).with_context(|| format!("tls.cert_file {}", tls.cert_file.display()))?;
-        let key = std::fs::read(&tls.key_file).with_context(|| format!("tls.key_file {}", tls.key_file.display()))?;
-        let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-        if let Some(ca) = &tls.client_ca_file {
-            let ca = std::fs::read(ca).with_context(|| format!("tls.client_ca_file {}", ca.display()))?;
-            // Optional at the TLS layer so the staff CLI can connect without one;
-            // the ingest service itself insists on it.
-            tls_config = tls_config.client_ca_root(Certificate::from_pem(ca)).client_auth_optional(true);
-            require_client_cert = true;
+    // TLS is done by `api::listener` (handshake deadline, limits per peer); client
+    // certificates are optional there so the staff CLI can connect without one, and the
+    // ingest service itself insists on one.
+    let tls_config = match &config.tls {
+        Some(tls) => {
+            Some(crate::api::listener::server_config(&tls.cert_file, &tls.key_file, tls.client_ca_file.as_deref())?)
         }
-        builder = builder.tls_config(tls_config).context("TLS configuration")?;
-    }
+        None => None,
+    };
+    let require_client_cert = config.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
     let ingest = IngestService {
         store: store.clone(),
         identity: identity.clone(),
@@ -150,23 +145,33 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen {}: cannot listen", config.listen))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
 
     tokio::spawn(clock_tick(store.clone(), faults.clone(), metrics.clone(), config.host_timeout, transitions_tx));
 
     ready.store(true, Ordering::Release);
     tracing::info!(listen = %config.listen, http = %config.http_listen, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "collector serving");
-    builder
+    let router = builder
         .add_service(IngestServer::new(ingest).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AdminServer::new(admin))
         .add_service(ReportsServer::new(reports))
         .add_service(IncidentsServer::new(IncidentsGrpc { incidents, access }))
-        .add_service(EnrollServer::new(enroll))
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = shutdown.changed().await;
-        })
-        .await
-        .context("gRPC server")?;
+        .add_service(EnrollServer::new(enroll));
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    match tls_config {
+        Some(tls_config) => {
+            let refused = metrics.clone();
+            let accepted = crate::api::listener::accept(listener, tls_config, move |reason| {
+                refused.rejected_connections_total.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+            });
+            router.serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(accepted), stop).await
+        }
+        None => {
+            router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop).await
+        }
+    }
+    .context("gRPC server")?;
     ready.store(false, Ordering::Release);
     store.flush().await?;
     tracing::info!("collector stopped");

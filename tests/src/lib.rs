@@ -91,7 +91,11 @@ impl Pki {
         params.extended_key_usages = vec![usage];
         let cert = params.signed_by(&key, &self.issuer).expect("sign");
         std::fs::write(self.dir.join(format!("{name}.pem")), cert.pem()).expect("write cert");
-        std::fs::write(self.dir.join(format!("{name}.key")), key.serialize_pem()).expect("write key");
+        let key_path = self.dir.join(format!("{name}.key"));
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        // Private keys as an operator keeps them (the collector refuses keys others may read).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).expect("chmod key");
     }
 
     /// A client certificate for an agent whose host id is `host_id`.

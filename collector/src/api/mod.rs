@@ -10,4 +10,5 @@ pub mod enroll;
 pub mod http;
 pub mod incidents;
 pub mod ingest;
+pub mod listener;
 pub mod reports;

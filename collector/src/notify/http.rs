@@ -72,7 +72,7 @@ pub(crate) fn check_url(channel: ChannelKind, key: &str, url: &str) -> Result<()
         "http" => {
             let loopback = parsed.host_str().is_some_and(is_loopback_host);
             if !loopback {
-                tracing::warn!(channel = %channel, url, "notification gateway uses plain http");
+                tracing::warn!(channel = %channel, url = %redacted(url), "notification gateway uses plain http");
             }
             Ok(())
         }
@@ -80,6 +80,31 @@ pub(crate) fn check_url(channel: ChannelKind, key: &str, url: &str) -> Result<()
             Err(ConfigError::new(channel, format!("{key}: URL {url:?} has scheme {other:?}, expected http or https")))
         }
     }
+}
+
+/// A gateway URL fit for logs, receipts and timelines: user, password and query values
+/// (where gateways take API keys) replaced by `***`.
+pub(crate) fn redacted(url: &str) -> String {
+    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+        return "(invalid URL)".to_string();
+    };
+    if !parsed.username().is_empty() {
+        let _ = parsed.set_username("***");
+    }
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query().is_some() {
+        let keys: Vec<String> = parsed.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        parsed.query_pairs_mut().clear().extend_pairs(keys.iter().map(|k| (k.as_str(), "***")));
+    }
+    parsed.set_fragment(None);
+    parsed.to_string()
+}
+
+/// Whether a gateway URL carries a secret (user info or a query string).
+pub(crate) fn url_holds_secret(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| !u.username().is_empty() || u.password().is_some() || u.query().is_some())
 }
 
 /// `localhost`, 127.0.0.0/8 or ::1 (IPv6 possibly in brackets, as URLs write it).
@@ -218,6 +243,8 @@ pub(crate) async fn post(
 ) -> Result<Receipt, ChannelError> {
     let response =
         client.post(url).headers(headers).header(CONTENT_TYPE, content_type).body(body).send().await.map_err(|e| {
+            // reqwest's messages name the URL, with its secrets: never pass it on.
+            let e = e.without_url();
             let what = if e.is_timeout() {
                 "timed out".to_string()
             } else if e.is_connect() {
@@ -229,11 +256,11 @@ pub(crate) async fn post(
             } else {
                 error_chain(&e)
             };
-            ChannelError::Retryable(format!("{channel} gateway {url}: {what}"))
+            ChannelError::Retryable(format!("{channel} gateway {}: {what}", redacted(url)))
         })?;
     let status = response.status();
     match classify_status(status.as_u16()) {
-        StatusClass::Delivered => Ok(Receipt { channel, endpoint: url.to_string(), detail: format!("HTTP {status}") }),
+        StatusClass::Delivered => Ok(Receipt { channel, endpoint: redacted(url), detail: format!("HTTP {status}") }),
         class => {
             // The gateway's own words help the on-call engineer; keep them short.
             let text = response.text().await.unwrap_or_default();
@@ -241,7 +268,7 @@ pub(crate) async fn post(
             if !excerpt.is_empty() {
                 excerpt = format!(": {excerpt}");
             }
-            let message = format!("{channel} gateway {url} answered HTTP {status}{excerpt}");
+            let message = format!("{channel} gateway {} answered HTTP {status}{excerpt}", redacted(url));
             Err(if class == StatusClass::Retryable {
                 ChannelError::Retryable(message)
             } else {
@@ -265,6 +292,17 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn gateway_urls_are_redacted_for_logs_receipts_and_timelines() {
+        assert_eq!(
+            redacted("https://user:pw@sms.example/send?key=abc&to=1#x"),
+            "https://***:***@sms.example/send?key=***&to=***"
+        );
+        assert_eq!(redacted("https://sms.example/send"), "https://sms.example/send");
+        assert!(url_holds_secret("https://sms.example/send?key=abc"));
+        assert!(!url_holds_secret("https://sms.example/send"));
+    }
+
     use super::*;
 
     #[test]

@@ -268,6 +268,51 @@ pub struct ChannelsConfig {
 pub type ChannelMap = HashMap<ChannelKind, Arc<dyn Channel>>;
 
 impl ChannelsConfig {
+    /// The keys that hold a secret in the config file itself: a gateway URL with user
+    /// info or a query string, or a header that looks like a credential and does not take
+    /// it from a file (`{{secret:/path}}`).
+    pub fn inline_secrets(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let looks_secret = |name: &str| {
+            let n = name.to_ascii_lowercase();
+            ["auth", "token", "key", "secret", "password"].iter().any(|w| n.contains(w))
+        };
+        let mut headers = |section: &str, headers: &std::collections::BTreeMap<String, String>| {
+            for (name, value) in headers {
+                if looks_secret(name) && !value.contains("{{secret:") {
+                    out.push(format!("channels.{section}.headers.{name}"));
+                }
+            }
+        };
+        if let Some(c) = &self.sms {
+            headers("sms", &c.headers);
+        }
+        if let Some(c) = &self.voice {
+            headers("voice", &c.headers);
+        }
+        if let Some(c) = &self.webhook {
+            headers("webhook", &c.headers);
+        }
+        if let Some(c) = &self.sms {
+            for (i, url) in c.gateways.iter().enumerate() {
+                if http::url_holds_secret(url) {
+                    out.push(format!("channels.sms.gateways[{i}]"));
+                }
+            }
+        }
+        if let Some(c) = &self.voice
+            && http::url_holds_secret(&c.url)
+        {
+            out.push("channels.voice.url".into());
+        }
+        if let Some(c) = &self.webhook
+            && http::url_holds_secret(&c.url)
+        {
+            out.push("channels.webhook.url".into());
+        }
+        out
+    }
+
     /// Builds every configured channel, validating templates, secrets and addresses.
     pub fn build(&self) -> Result<ChannelMap, ConfigError> {
         let mut map: ChannelMap = HashMap::new();

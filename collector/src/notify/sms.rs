@@ -151,7 +151,7 @@ impl Channel for SmsChannel {
                     return Ok(receipt);
                 }
                 Err(e) => {
-                    tracing::warn!(gateway = %url, notification = %n.id, error = %e, "SMS gateway failed, trying the next");
+                    tracing::warn!(gateway = %super::http::redacted(url), notification = %n.id, error = %e, "SMS gateway failed, trying the next");
                     // A permanent answer means the gateway is up and refused this message;
                     // only unreachable or failing gateways are marked unhealthy.
                     if e.is_retryable() {

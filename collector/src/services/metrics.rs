@@ -27,6 +27,7 @@ pub struct Metrics {
     pub agent_status_messages_total: Counter,
     pub streams: Gauge,
     pub rejected_streams_total: Family<ReasonLabel, Counter>,
+    pub rejected_connections_total: Family<ReasonLabel, Counter>,
     pub sequence_gaps_total: Counter,
     pub store_commit_seconds: Histogram,
     pub hosts: Family<StatusLabel, Gauge>,
@@ -45,6 +46,7 @@ impl Metrics {
             agent_status_messages_total: Counter::default(),
             streams: Gauge::default(),
             rejected_streams_total: Family::default(),
+            rejected_connections_total: Family::default(),
             sequence_gaps_total: Counter::default(),
             store_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             hosts: Family::default(),
@@ -75,6 +77,11 @@ impl Metrics {
         );
         registry.register("ingest_streams", "Agent streams connected now", m.streams.clone());
         registry.register("ingest_rejected_streams", "Agent streams refused", m.rejected_streams_total.clone());
+        registry.register(
+            "grpc_rejected_connections",
+            "Connections closed before TLS completed (deadline, limits, handshake errors)",
+            m.rejected_connections_total.clone(),
+        );
         registry.register(
             "ingest_sequence_gaps",
             "Gaps in a stream's sequence numbers (batches the agent dropped)",
