@@ -74,6 +74,7 @@ fn config_strategy() -> impl Strategy<Value = EngineConfig> {
                     // The storm limit has its own test; these properties are about every fault.
                     storm_faults: 0,
                     storm_window: Duration::from_secs(60),
+                    max_checks_per_host: 0,
                 },
                 vec![Rule {
                     name: "hot".into(),

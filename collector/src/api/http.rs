@@ -43,6 +43,12 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
             serde_json::to_value(severity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         let _ = writeln!(text, "pikett_faults{{state=\"{state}\",severity=\"{severity}\"}} {n}");
     }
+    let over = s.faults.checks_over_limit.load(std::sync::atomic::Ordering::Relaxed);
+    text.push_str(
+        "# HELP pikett_ingest_checks_over_limit_total Check results ignored because their host reports more \
+         distinct checks than max_checks_per_host.\n# TYPE pikett_ingest_checks_over_limit_total counter\n",
+    );
+    let _ = writeln!(text, "pikett_ingest_checks_over_limit_total {over}");
     let now = jiff::Timestamp::now().as_millisecond();
     let names = crate::services::latest::ExpositionNames::from_exposition(&text);
     s.latest.render(now, s.staleness.as_millis() as i64, &names, &mut text);

@@ -232,6 +232,14 @@ impl Ingest for IngestService {
                     }
                     None => continue,
                 };
+                let mut batch = batch;
+                let before = batch.checks.len();
+                batch.checks.retain(|c| pikett_core::faults::valid_check_name(&c.name));
+                if batch.checks.len() < before {
+                    let n = (before - batch.checks.len()) as u64;
+                    metrics.invalid_checks_total.inc_by(n);
+                    tracing::warn!(host_id = %host_id, ignored = n, "check results with invalid names ignored (control characters, empty, too long)");
+                }
                 let seq = batch.seq;
                 let refusal = match previous {
                     _ if seq == 0 => Some(("seq_zero", "batch with sequence number 0 (they start at 1)".to_string())),

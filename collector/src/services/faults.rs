@@ -35,6 +35,11 @@ pub enum FaultStoreError {
 pub struct FaultService {
     engine: Mutex<Engine>,
     tree: Arc<dyn Tree>,
+    /// Distinct check names each host reported since start, up to `max_checks_per_host`,
+    /// and whether it is over the limit now.
+    checks_seen: Mutex<std::collections::HashMap<String, (std::collections::HashSet<String>, bool)>>,
+    /// Results ignored because their host is over `max_checks_per_host`.
+    pub checks_over_limit: std::sync::atomic::AtomicU64,
 }
 
 fn id_key(prefix: u8, id: u64) -> Vec<u8> {
@@ -100,7 +105,12 @@ impl FaultService {
             }
         }
         let engine = Engine::restore(config, state).map_err(|e| FaultStoreError::Restore(e.to_string()))?;
-        Ok(FaultService { engine: Mutex::new(engine), tree })
+        Ok(FaultService {
+            engine: Mutex::new(engine),
+            tree,
+            checks_seen: Mutex::default(),
+            checks_over_limit: std::sync::atomic::AtomicU64::new(0),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
@@ -111,7 +121,18 @@ impl FaultService {
     pub fn ingest(&self, host: &str, customer: &str, batch: &pb::Batch, now: Timestamp) -> Vec<Transition> {
         let mut engine = self.lock();
         let mut out = engine.host_seen(host, customer, now);
+        let limit = engine.config().faults.max_checks_per_host as usize;
+        let mut seen = self.checks_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (names, over) = seen.entry(host.to_string()).or_default();
+        let mut ignored = 0u64;
         for c in &batch.checks {
+            if limit > 0 && !names.contains(&c.name) {
+                if names.len() >= limit {
+                    ignored += 1;
+                    continue;
+                }
+                names.insert(c.name.clone());
+            }
             out.extend(engine.check_result(
                 CheckInput {
                     host: host.to_string(),
@@ -124,6 +145,31 @@ impl FaultService {
                 now,
             ));
         }
+        // Over the limit: say so (WARNING) with every batch that had to be cut; OK again
+        // with the first batch that did not.
+        if ignored > 0 || *over {
+            self.checks_over_limit.fetch_add(ignored, std::sync::atomic::Ordering::Relaxed);
+            let (state, summary) = if ignored > 0 {
+                let text = format!(
+                    "more than {limit} distinct checks (max_checks_per_host): results of {ignored} new checks in the \
+                     last batch were ignored"
+                );
+                (CheckState::Warning, text)
+            } else {
+                (CheckState::Ok, format!("no more than {limit} distinct checks"))
+            };
+            *over = ignored > 0;
+            let input = CheckInput {
+                host: host.to_string(),
+                customer: customer.to_string(),
+                check: pikett_core::faults::TOO_MANY_CHECKS.to_string(),
+                state,
+                summary,
+                time: now,
+            };
+            out.extend(engine.check_result(input, now));
+        }
+        drop(seen);
         if !engine.config().rules.is_empty() {
             let config = engine.shared_config();
             let mut host_has_state: Option<bool> = None;

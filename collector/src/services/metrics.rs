@@ -29,6 +29,7 @@ pub struct Metrics {
     pub rejected_streams_total: Family<ReasonLabel, Counter>,
     pub rejected_connections_total: Family<ReasonLabel, Counter>,
     pub sequence_gaps_total: Counter,
+    pub invalid_checks_total: Counter,
     pub store_commit_seconds: Histogram,
     pub hosts: Family<StatusLabel, Gauge>,
     pub notifications_failed_total: Counter,
@@ -48,6 +49,7 @@ impl Metrics {
             rejected_streams_total: Family::default(),
             rejected_connections_total: Family::default(),
             sequence_gaps_total: Counter::default(),
+            invalid_checks_total: Counter::default(),
             store_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             hosts: Family::default(),
             notifications_failed_total: Counter::default(),
@@ -86,6 +88,11 @@ impl Metrics {
             "ingest_sequence_gaps",
             "Gaps in a stream's sequence numbers (batches the agent dropped)",
             m.sequence_gaps_total.clone(),
+        );
+        registry.register(
+            "ingest_invalid_checks",
+            "Check results ignored for an invalid name (control characters, empty, longer than 256)",
+            m.invalid_checks_total.clone(),
         );
         registry.register(
             "store_commit_seconds",

@@ -32,6 +32,9 @@ pub struct FaultsConfig {
     pub storm_faults: u32,
     #[serde(with = "humantime_serde")]
     pub storm_window: Duration,
+    /// Distinct check names one host may report; results of further new names are
+    /// ignored, counted, and `host/too-many-checks` (WARNING) says so. 0 turns it off.
+    pub max_checks_per_host: u32,
 }
 
 impl Default for FaultsConfig {
@@ -43,6 +46,7 @@ impl Default for FaultsConfig {
             flap_window: Duration::from_secs(3600),
             storm_faults: 20,
             storm_window: Duration::from_secs(60),
+            max_checks_per_host: 5000,
         }
     }
 }

@@ -732,3 +732,13 @@ fn a_fault_storm_pages_the_first_faults_and_one_storm_fault_not_thousands() {
     let out = result(&mut e, "db-1", "command/new", Critical, 201);
     assert!(out.iter().any(|t| t.kind == Opened && t.page), "a new window did not page: {out:?}");
 }
+
+#[test]
+fn check_names_with_control_characters_are_not_valid() {
+    for ok in ["command/ctl", "redfish/fan/System Board Fan3A", "service/nginx.service"] {
+        assert!(valid_check_name(ok), "{ok}");
+    }
+    for bad in ["", "a\nb", "tab\there", " leading", "trailing ", &"x".repeat(257)] {
+        assert!(!valid_check_name(bad), "{bad:?}");
+    }
+}

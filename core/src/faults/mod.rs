@@ -66,5 +66,6 @@ pub use rules::{CompareOp, LabelMatcher, MatchOp, Rule, RuleKey};
 pub use suppress::host_reachable;
 pub use types::{
     CheckInput, CheckState, ConfigError, EventKind, FAULT_STORM, Fault, FaultFilter, FaultState, HOST_REACHABLE,
-    Maintenance, NewMaintenance, NewSilence, SampleInput, Severity, Silence, Suppression, TimelineEntry, Transition,
+    Maintenance, NewMaintenance, NewSilence, SampleInput, Severity, Silence, Suppression, TOO_MANY_CHECKS,
+    TimelineEntry, Transition, valid_check_name,
 };

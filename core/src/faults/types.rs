@@ -11,6 +11,15 @@ use serde::{Deserialize, Serialize};
 
 /// The synthetic check the engine raises for a host that stopped sending batches.
 pub const HOST_REACHABLE: &str = "host/reachable";
+/// The check that says a host reports more distinct checks than `max_checks_per_host`.
+pub const TOO_MANY_CHECKS: &str = "host/too-many-checks";
+
+/// Check names: 1 to 256 characters, no control characters (newlines, tabs), no space at
+/// either end. Spaces inside are allowed (BMC sensor names have them).
+pub fn valid_check_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 256 && !name.chars().any(char::is_control) && name.trim() == name
+}
+
 /// The fault that stands for a host's fault storm (see `[faults] storm_faults`).
 pub const FAULT_STORM: &str = "host/fault-storm";
 
