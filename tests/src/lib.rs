@@ -504,3 +504,37 @@ body = '{{"to": "{{{{to}}}}", "text": "{{{{text}}}}"}}'
         url = sms.url(),
     )
 }
+
+/// A small tmpfs mounted for a test (needs root); unmounted (lazily) when dropped.
+pub struct Mount(PathBuf);
+
+impl Mount {
+    /// Mounts a tmpfs of `size` (e.g. "64m") at `at`; `None` where mounting is not possible.
+    pub fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
+        std::fs::create_dir_all(at).expect("create mount point");
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Mount(at.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros into `file` until its file system is full.
+pub fn fill(file: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(file).expect("create filler");
+    let block = vec![0u8; 64 << 10];
+    while f.write_all(&block).is_ok() {}
+    // The last bytes: small writes until not even those fit.
+    let small = [0u8; 512];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
+}

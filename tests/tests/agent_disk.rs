@@ -9,43 +9,9 @@
 //! The full-disk test needs root to mount a small tmpfs; without it the test says so and
 //! passes without checking anything (CI runs as root).
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use pikett_tests::*;
-
-struct Mount(std::path::PathBuf);
-
-impl Mount {
-    fn tmpfs(at: &Path, size: &str) -> Option<Mount> {
-        std::fs::create_dir_all(at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Mount(at.to_path_buf()))
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// Writes zeros into `file` until the file system is full.
-fn fill(file: &Path) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(file).unwrap();
-    let block = vec![0u8; 64 << 10];
-    while f.write_all(&block).is_ok() {}
-    // The last bytes: small writes until not even those fit.
-    let small = [0u8; 512];
-    while f.write_all(&small).is_ok() {}
-    let _ = f.sync_all();
-}
 
 fn host(collector: &CollectorSetup, ca: &str, id: &str) -> Option<serde_json::Value> {
     json_lines(&collector.pikett(&["hosts", "--output", "json"], ca).stdout).into_iter().find(|h| h["host_id"] == id)
