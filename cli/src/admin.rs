@@ -315,6 +315,22 @@ pub async fn ticket(
     Ok(out)
 }
 
+pub async fn remove(client: &mut Client, host: String, json: bool) -> anyhow::Result<String> {
+    let req = pb::RemoveHostRequest { host_id: host.clone() };
+    let r = client.admin.remove_host(client.req(req)).await.map_err(rpc_error)?.into_inner();
+    let mut out = String::new();
+    if json {
+        writeln!(out, "{}", json!({"host_id": host, "resolved_faults": r.resolved_faults}))?;
+    } else {
+        writeln!(
+            out,
+            "host {host} removed: {} open faults ended as decommissioned; its history stays for reports",
+            r.resolved_faults
+        )?;
+    }
+    Ok(out)
+}
+
 pub async fn revoke(client: &mut Client, host: String, json: bool) -> anyhow::Result<String> {
     let req = pb::RevokeHostRequest { host_id: host.clone() };
     let r = client.admin.revoke_host(client.req(req)).await.map_err(rpc_error)?.into_inner();
@@ -373,8 +389,12 @@ pub async fn audit(
     Ok(out)
 }
 
-pub async fn hosts(client: &mut Client, json: bool) -> anyhow::Result<String> {
-    let r = client.admin.list_hosts(client.req(pb::ListHostsRequest {})).await.map_err(rpc_error)?.into_inner();
+pub async fn hosts(client: &mut Client, stale: Option<Duration>, json: bool) -> anyhow::Result<String> {
+    let mut r = client.admin.list_hosts(client.req(pb::ListHostsRequest {})).await.map_err(rpc_error)?.into_inner();
+    if let Some(stale) = stale {
+        let before = jiff::Timestamp::now().as_millisecond() - stale.as_millis() as i64;
+        r.hosts.retain(|h| h.last_seen_unix_ms < before);
+    }
     let mut out = String::new();
     if json {
         for h in &r.hosts {
@@ -411,7 +431,8 @@ pub async fn hosts(client: &mut Client, json: bool) -> anyhow::Result<String> {
         )?;
     }
     if r.hosts.is_empty() {
-        writeln!(out, "(no hosts have reported yet)")?;
+        let none = if stale.is_some() { "(no host is silent for that long)" } else { "(no hosts have reported yet)" };
+        writeln!(out, "{none}")?;
     }
     Ok(out)
 }

@@ -40,7 +40,11 @@ enum Command {
     /// One screen: hosts up/down, open faults by severity, who is on call.
     Status,
     /// Every known host with its status, last contact and agent version.
-    Hosts,
+    Hosts {
+        /// Only hosts silent for longer than this (e.g. 7d): candidates for `host remove`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        stale: Option<std::time::Duration>,
+    },
     /// Open faults (all with --all).
     Faults {
         #[arg(long)]
@@ -140,6 +144,9 @@ enum Command {
 enum HostCommand {
     /// Refuse the host's certificates at once; a new ticket enrolls it again.
     Revoke { host: String },
+    /// Decommission: its open faults end as "decommissioned", it leaves the host list and
+    /// is no longer expected to report; its history stays for reports (role admin).
+    Remove { host: String },
 }
 
 #[derive(Subcommand)]
@@ -254,7 +261,7 @@ fn main() -> ExitCode {
         let mut client = client::Client::connect(&args.collector, args.ca_file.as_deref()).await?;
         let text = match args.command {
             Command::Status => admin::status(&mut client, json).await?,
-            Command::Hosts => admin::hosts(&mut client, json).await?,
+            Command::Hosts { stale } => admin::hosts(&mut client, stale, json).await?,
             Command::Faults { all, host, customer } => admin::faults(&mut client, all, host, customer, json).await?,
             Command::Fault { command: FaultCommand::Show { id } } => admin::fault_show(&mut client, id, json).await?,
             Command::Ack { id, note } => admin::ack(&mut client, id, note, json).await?,
@@ -302,6 +309,7 @@ fn main() -> ExitCode {
                 admin::ticket(&mut client, host, customer, valid, json).await?
             }
             Command::Host { command: HostCommand::Revoke { host } } => admin::revoke(&mut client, host, json).await?,
+            Command::Host { command: HostCommand::Remove { host } } => admin::remove(&mut client, host, json).await?,
             Command::Audit { since, user } => admin::audit(&mut client, since, user, json).await?,
         };
         print!("{text}");

@@ -191,7 +191,7 @@ async fn clock_tick(
     loop {
         tick.tick().await;
         let now = jiff::Timestamp::now();
-        let hosts = store.hosts();
+        let hosts = store.active_hosts();
         let timeouts: HashMap<String, Duration> =
             hosts.iter().map(|h| (h.host_id.clone(), host_timeout(configured_timeout, h))).collect();
         let changes = faults.tick(now, |h| timeouts.get(h).copied().unwrap_or(Duration::from_secs(90)));

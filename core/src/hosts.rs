@@ -32,6 +32,9 @@ pub struct HostRecord {
     /// When the host last reported dropped data; 0 once `agent/data-dropped` cleared.
     #[serde(default)]
     pub last_drop_ms: i64,
+    /// When staff removed (decommissioned) the host; 0 while it is monitored.
+    #[serde(default)]
+    pub removed_ms: i64,
 }
 
 /// Host ids: 1 to 253 characters of letters, digits, '.', '_' and '-', starting with a

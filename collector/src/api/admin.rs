@@ -133,7 +133,7 @@ impl Admin for AdminService {
         let caller = self.access.read(&request, "status").await?;
         let now = Timestamp::now();
         let now_ms = now.as_millisecond();
-        let hosts = self.store.hosts();
+        let hosts = self.store.active_hosts();
         let up = hosts.iter().filter(|h| host_status(h, now_ms, self.host_timeout) == HostStatus::Up).count() as u32;
         let counts = self.faults.with_engine(|e| e.counts());
         let mut open_faults = Vec::new();
@@ -165,7 +165,7 @@ impl Admin for AdminService {
         let now = Timestamp::now().as_millisecond();
         let hosts = self
             .store
-            .hosts()
+            .active_hosts()
             .into_iter()
             .map(|h| pb::Host {
                 status: host_status(&h, now, self.host_timeout).as_str().to_string(),
@@ -298,6 +298,32 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let at = if r.at_unix_ms == 0 { Timestamp::now() } else { ts(r.at_unix_ms, "--at")? };
         Ok(Response::new(pb::OnCallReply { at_unix_ms: at.as_millisecond(), on_call: self.on_call(at) }))
+    }
+
+    async fn remove_host(
+        &self,
+        request: Request<pb::RemoveHostRequest>,
+    ) -> Result<Response<pb::RemoveHostReply>, Status> {
+        let change = self.access.change(&request, StaffRole::Admin, "remove_host", "remove hosts").await?;
+        let host = request.into_inner().host_id;
+        let result = async {
+            if self.store.host(&host).is_none_or(|h| h.removed_ms != 0) {
+                return Err(Status::not_found(format!("no host {host:?} (or removed already)")));
+            }
+            let now = Timestamp::now();
+            let who = change.who().to_string();
+            let changes = self.faults.with_engine(|e| e.forget_host(&host, &who, now));
+            let resolved = changes.iter().filter(|t| t.kind == faults::EventKind::Resolved).count() as u32;
+            if let Err(e) = self.store.remove_host(&host, now.as_millisecond()) {
+                crate::services::storage_failure::stop("removing a host", &e);
+            }
+            self.durable().await?;
+            let _ = self.transitions.send(changes);
+            tracing::info!(host_id = %host, %who, resolved, "host removed");
+            Ok(Response::new(pb::RemoveHostReply { resolved_faults: resolved }))
+        }
+        .await;
+        change.finish(result).await
     }
 
     async fn list_audit(&self, request: Request<pb::ListAuditRequest>) -> Result<Response<pb::ListAuditReply>, Status> {

@@ -122,6 +122,23 @@ impl BatchLog {
         v
     }
 
+    /// The hosts staff have not removed (lists, status, up/down).
+    pub fn active_hosts(&self) -> Vec<HostRecord> {
+        let mut hosts = self.hosts();
+        hosts.retain(|h| h.removed_ms == 0);
+        hosts
+    }
+
+    /// Marks `host` removed (decommissioned), durably once flushed; false when unknown.
+    pub fn remove_host(&self, host: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
+        let Some(rec) = hosts.get_mut(host) else { return Ok(false) };
+        rec.removed_ms = now_ms;
+        let json = serde_json::to_vec(&*rec).expect("a HostRecord always serializes");
+        self.hosts_tree.insert(host.as_bytes(), json)?;
+        Ok(true)
+    }
+
     pub fn host(&self, id: &str) -> Option<HostRecord> {
         self.hosts.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
@@ -188,6 +205,10 @@ impl BatchLog {
             rec.capabilities.clone_from(&req.sender.capabilities);
             rec.min_interval_ms = req.sender.min_interval_ms;
             rec.last_seen_ms = now_ms;
+            if rec.removed_ms != 0 {
+                tracing::warn!(host_id = %host, "a removed host reports again; it is monitored again");
+                rec.removed_ms = 0;
+            }
             let mut data_dropped = None;
             if stored == Stored::New {
                 if rec.spool_epoch != epoch {

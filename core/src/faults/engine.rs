@@ -644,7 +644,7 @@ impl Engine {
         let ids: Vec<u64> = self.open.iter().filter(|(k, _)| k.host == host).map(|(_, &id)| id).collect();
         for id in ids {
             self.refresh_suppression(id, now, false, &mut out);
-            self.resolve_fault(id, now, Some(who), "host removed".into(), &mut out);
+            self.resolve_fault(id, now, Some(who), "decommissioned: host removed".into(), &mut out);
         }
         if self.state.hosts.remove(host).is_some() {
             self.dirty.hosts.insert(host.to_string());
