@@ -44,6 +44,10 @@ pub struct CollectorConfig {
     /// How long a sample's latest value stays on `/metrics` without a new one.
     #[serde(default = "default_metrics_staleness", with = "humantime_serde")]
     pub metrics_staleness: Duration,
+    /// Series of one host kept for `/metrics` at most; samples of further series are not
+    /// exported, counted, and `host/too-many-series` (WARNING) says so. 0: no limit.
+    #[serde(default = "default_max_series_per_host")]
+    pub max_series_per_host: usize,
     /// The fault engine: `for`, `unknown_severity`, `flap_changes`, `flap_window`.
     #[serde(default)]
     pub faults: FaultsConfig,
@@ -124,6 +128,10 @@ fn default_http_listen() -> SocketAddr {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/pikett-collector")
 }
+fn default_max_series_per_host() -> usize {
+    10_000
+}
+
 fn default_metrics_staleness() -> Duration {
     Duration::from_secs(300)
 }

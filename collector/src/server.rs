@@ -59,7 +59,16 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     };
     let engine_config = config.engine_config().map_err(anyhow::Error::msg)?;
     let faults = Arc::new(FaultService::open(storage.as_ref(), engine_config)?);
-    let latest = Arc::new(LatestSamples::default());
+    let latest = Arc::new(LatestSamples::new(config.max_series_per_host));
+    // Stale series go on their own schedule, not only when Prometheus scrapes.
+    let (sweep, staleness) = (latest.clone(), config.metrics_staleness.as_millis() as i64);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            every.tick().await;
+            sweep.sweep(jiff::Timestamp::now().as_millisecond(), staleness);
+        }
+    });
     let metrics = Arc::new(Metrics::new());
     let (transitions_tx, mut transitions_rx) = mpsc::unbounded_channel::<Vec<Transition>>();
     let (pager_tx, pager_rx) = mpsc::unbounded_channel();

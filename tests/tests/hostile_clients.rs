@@ -297,3 +297,51 @@ fn a_storm_of_ten_thousand_failing_checks_pages_a_handful_of_times() {
     eprintln!("storm: collector RSS {rss_before} KiB before, {rss_after} KiB after 10,000 failing checks");
     assert!(rss_after < rss_before + 256 * 1024, "RSS grew from {rss_before} KiB to {rss_after} KiB");
 }
+
+#[test]
+fn a_host_with_too_many_series_is_capped_and_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let collector = CollectorSetup::new(dir.path(), &pki, "max_series_per_host = 100\n");
+    let _c = collector.start();
+    pki.agent_cert("many-01");
+    let batch = |seq: u64, series: usize| pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Batch(pb::Batch {
+            seq,
+            samples: (0..series).map(|i| sample("pikett_many", &[("i", &i.to_string())])).collect(),
+            ..Default::default()
+        })),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = tls(&pki, Some("many-01"));
+        let channel = pikett_agent::uplink::connect(&collector.url(), Some(&tls)).await.expect("connect");
+        let (tx, rx) = mpsc::channel(8);
+        for m in [hello("many-01"), batch(1, 150), batch(2, 150), batch(3, 50)] {
+            tx.send(m).await.unwrap();
+        }
+        let mut inbound = IngestClient::new(channel)
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("stream")
+            .into_inner();
+        let mut acks = 0;
+        while acks < 3 {
+            match tokio::time::timeout(Duration::from_secs(20), inbound.message()).await {
+                Ok(Ok(Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Ack(_)) }))) => acks += 1,
+                Ok(Ok(Some(_))) => {}
+                other => panic!("stream ended early: {other:?}"),
+            }
+        }
+    });
+    let (_, text) = http_get(collector.http_port, "/metrics").unwrap();
+    let exported = text.lines().filter(|l| l.starts_with("pikett_many{")).count();
+    assert_eq!(exported, 100, "series beyond the limit were exported");
+    assert!(text.contains("pikett_metrics_series_over_limit_total 100"), "the cut samples were not counted");
+    // Two batches over the limit opened the warning; the third, within it, resolved it.
+    let all = faults(&collector, &pki.path("ca.pem"));
+    let fault = all.iter().find(|f| f["host"] == "many-01" && f["check"] == "host/too-many-series");
+    let fault = fault.unwrap_or_else(|| panic!("no host/too-many-series fault: {all:?}"));
+    assert_eq!(fault["severity"], "warning");
+    assert_eq!(fault["state"], "resolved", "{fault}");
+}

@@ -49,6 +49,12 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
          distinct checks than max_checks_per_host.\n# TYPE pikett_ingest_checks_over_limit_total counter\n",
     );
     let _ = writeln!(text, "pikett_ingest_checks_over_limit_total {over}");
+    let series_over = s.latest.over_limit.load(std::sync::atomic::Ordering::Relaxed);
+    text.push_str(
+        "# HELP pikett_metrics_series_over_limit_total Samples not exported because their host has \
+         max_series_per_host series already.\n# TYPE pikett_metrics_series_over_limit_total counter\n",
+    );
+    let _ = writeln!(text, "pikett_metrics_series_over_limit_total {series_over}");
     let now = jiff::Timestamp::now().as_millisecond();
     let names = crate::services::latest::ExpositionNames::from_exposition(&text);
     s.latest.render(now, s.staleness.as_millis() as i64, &names, &mut text);

@@ -219,7 +219,8 @@ impl Ingest for IngestService {
                         tracing::warn!(host_id = %host_id, checks = ?status.checks.iter().map(|c| (&c.name, &c.summary)).collect::<Vec<_>>(), "agent reports trouble it cannot spool");
                         let (reply, _) = oneshot::channel();
                         let batch = pb::Batch { checks: status.checks, ..Default::default() };
-                        let req = WriteRequest { sender: sender.clone(), batch, status: true, reply };
+                        let req =
+                            WriteRequest { sender: sender.clone(), batch, status: true, series_over_limit: 0, reply };
                         if writer.send(req).await.is_err() {
                             break;
                         }
@@ -260,8 +261,8 @@ impl Ingest for IngestService {
                 previous = Some(seq);
                 let (reply, rx) = oneshot::channel();
                 let now_ms = jiff::Timestamp::now().as_millisecond();
-                latest.update(&sender.host_id, &sender.customer, &batch.samples, now_ms);
-                let req = WriteRequest { sender: sender.clone(), batch, status: false, reply };
+                let series_over_limit = latest.update(&sender.host_id, &sender.customer, &batch.samples, now_ms);
+                let req = WriteRequest { sender: sender.clone(), batch, status: false, series_over_limit, reply };
                 if writer.send(req).await.is_err() || pending_tx.send(Pending::Batch(seq, rx)).await.is_err() {
                     break;
                 }

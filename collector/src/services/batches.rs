@@ -74,6 +74,8 @@ pub struct WriteRequest {
     pub batch: pikett_proto::v1::Batch,
     /// An `AgentStatus` (checks only, `batch.seq` 0): evaluated, never stored as a batch.
     pub status: bool,
+    /// Samples of this batch not kept for `/metrics`: the host is at `max_series_per_host`.
+    pub series_over_limit: u64,
     pub reply: oneshot::Sender<Result<Stored, String>>,
 }
 
@@ -267,7 +269,8 @@ mod tests {
             min_interval_ms: 1000,
             spool_epoch: epoch,
         });
-        (WriteRequest { sender, batch: pb::Batch { seq, ..Default::default() }, status: false, reply }, rx)
+        let batch = pb::Batch { seq, ..Default::default() };
+        (WriteRequest { sender, batch, status: false, series_over_limit: 0, reply }, rx)
     }
 
     fn apply(log: &BatchLog, batches: &[(u64, u64)]) -> Vec<Stored> {

@@ -22,6 +22,9 @@ use pikett_core::faults::{
 
 use crate::store::{Storage, StoreError, Tree, WriteBatch};
 
+/// The check that says a host has more series than `max_series_per_host`.
+pub const TOO_MANY_SERIES: &str = "host/too-many-series";
+
 #[derive(Debug, thiserror::Error)]
 pub enum FaultStoreError {
     #[error("fault state: {0}")]
@@ -40,6 +43,8 @@ pub struct FaultService {
     checks_seen: Mutex<std::collections::HashMap<String, (std::collections::HashSet<String>, bool)>>,
     /// Results ignored because their host is over `max_checks_per_host`.
     pub checks_over_limit: std::sync::atomic::AtomicU64,
+    /// Hosts whose last batch had samples over `max_series_per_host`.
+    series_over: Mutex<std::collections::HashSet<String>>,
 }
 
 fn id_key(prefix: u8, id: u64) -> Vec<u8> {
@@ -110,6 +115,7 @@ impl FaultService {
             tree,
             checks_seen: Mutex::default(),
             checks_over_limit: std::sync::atomic::AtomicU64::new(0),
+            series_over: Mutex::default(),
         })
     }
 
@@ -197,6 +203,37 @@ impl FaultService {
         }
         self.persist(&mut engine);
         out
+    }
+
+    /// `host/too-many-series`: WARNING for a batch whose samples went over
+    /// `max_series_per_host` (`dropped` > 0), OK with the first batch after that did not.
+    pub fn series_limit(&self, host: &str, customer: &str, dropped: u64, now: Timestamp) -> Vec<Transition> {
+        let mut over = self.series_over.lock().unwrap_or_else(|p| p.into_inner());
+        let was = over.contains(host);
+        if dropped == 0 && !was {
+            return Vec::new();
+        }
+        let (state, summary) = if dropped > 0 {
+            over.insert(host.to_string());
+            let text = format!(
+                "more series than max_series_per_host: {dropped} samples of new series in the last batch were not \
+                 exported on /metrics"
+            );
+            (CheckState::Warning, text)
+        } else {
+            over.remove(host);
+            (CheckState::Ok, "series within max_series_per_host".to_string())
+        };
+        drop(over);
+        let input = CheckInput {
+            host: host.to_string(),
+            customer: customer.to_string(),
+            check: TOO_MANY_SERIES.to_string(),
+            state,
+            summary,
+            time: now,
+        };
+        self.with_engine(|e| e.check_result(input, now))
     }
 
     /// The collector's own `agent/data-dropped` result for a host whose agent reported

@@ -30,9 +30,18 @@ struct HostSeries {
     series: HashMap<(String, Vec<(String, String)>), Latest>,
 }
 
-#[derive(Default)]
 pub struct LatestSamples {
     hosts: RwLock<HashMap<String, Mutex<HostSeries>>>,
+    /// Series one host may have at most (`max_series_per_host`; 0: no limit).
+    max_series: usize,
+    /// Samples not kept because their host was at its limit.
+    pub over_limit: std::sync::atomic::AtomicU64,
+}
+
+impl Default for LatestSamples {
+    fn default() -> Self {
+        LatestSamples::new(0)
+    }
 }
 
 /// The metric names the collector exports itself (with every suffix an exposition may
@@ -107,22 +116,71 @@ fn escape_label_value(v: &str) -> String {
 }
 
 impl LatestSamples {
-    pub fn update(&self, host: &str, customer: &str, samples: &[pb::Sample], now_ms: i64) {
+    pub fn new(max_series: usize) -> LatestSamples {
+        LatestSamples { hosts: RwLock::default(), max_series, over_limit: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    /// The series limit per host.
+    pub fn max_series(&self) -> usize {
+        self.max_series
+    }
+
+    /// Drops series not updated within `staleness_ms`, and hosts left without any: runs on
+    /// its own schedule, so memory does not wait for a scrape.
+    pub fn sweep(&self, now_ms: i64, staleness_ms: i64) -> usize {
+        let mut removed = 0;
+        let mut empty = Vec::new();
+        {
+            let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
+            for (host, entry) in hosts.iter() {
+                let mut h = entry.lock().unwrap_or_else(|p| p.into_inner());
+                let before = h.series.len();
+                h.series.retain(|_, l| now_ms - l.at_ms <= staleness_ms);
+                removed += before - h.series.len();
+                if h.series.is_empty() {
+                    empty.push(host.clone());
+                }
+            }
+        }
+        if !empty.is_empty() {
+            let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
+            for host in empty {
+                if hosts.get(&host).is_some_and(|e| e.lock().unwrap_or_else(|p| p.into_inner()).series.is_empty()) {
+                    hosts.remove(&host);
+                }
+            }
+        }
+        removed
+    }
+
+    /// Records the samples' values; returns how many were not kept because the host is at
+    /// its series limit (new series only: known ones are always updated).
+    pub fn update(&self, host: &str, customer: &str, samples: &[pb::Sample], now_ms: i64) -> u64 {
         if samples.is_empty() {
-            return;
+            return 0;
         }
         if !self.hosts.read().unwrap_or_else(|p| p.into_inner()).contains_key(host) {
             self.hosts.write().unwrap_or_else(|p| p.into_inner()).entry(host.to_string()).or_default();
         }
         let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = hosts.get(host) else { return };
+        let Some(entry) = hosts.get(host) else { return 0 };
         let mut h = entry.lock().unwrap_or_else(|p| p.into_inner());
         customer.clone_into(&mut h.customer);
+        let mut dropped = 0;
         for s in samples {
             let mut labels: Vec<(String, String)> = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             labels.sort();
-            h.series.insert((s.name.clone(), labels), Latest { value: s.value, at_ms: now_ms });
+            let key = (s.name.clone(), labels);
+            if self.max_series > 0 && h.series.len() >= self.max_series && !h.series.contains_key(&key) {
+                dropped += 1;
+                continue;
+            }
+            h.series.insert(key, Latest { value: s.value, at_ms: now_ms });
         }
+        if dropped > 0 {
+            self.over_limit.fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
+        }
+        dropped
     }
 
     /// Drops stale series and renders the rest as Prometheus text (one family per metric
@@ -209,6 +267,19 @@ mod tests {
             labels,
             ["exported__name__", "a_b", "exported_a_b", "exported_customer", "exported_host", "exported_exported_host"]
         );
+    }
+
+    #[test]
+    fn series_are_capped_per_host_and_swept_without_a_scrape() {
+        let l = LatestSamples::new(2);
+        let s = |name: &str| pb::Sample { name: name.into(), value: 1.0, ..Default::default() };
+        assert_eq!(l.update("web-1", "acme", &[s("a"), s("b"), s("c")], 1_000), 1);
+        assert_eq!(l.update("web-1", "acme", &[s("a"), s("b")], 2_000), 0, "known series are always updated");
+        assert_eq!(l.update("web-2", "acme", &[s("c")], 2_000), 0, "the limit is per host");
+        assert_eq!(l.over_limit.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(l.sweep(2_500, 1_000), 0);
+        assert_eq!(l.sweep(10_000, 1_000), 3);
+        assert!(l.hosts.read().unwrap().is_empty(), "hosts without series were kept");
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub fn spawn_writer(
                         if let Some((warning, summary)) = &outcome.data_dropped {
                             changes.extend(f.data_dropped(host, customer, *warning, summary, now));
                         }
+                        if outcome.stored == Stored::New {
+                            changes.extend(f.series_limit(host, customer, req.series_over_limit, now));
+                        }
                     }
                 }
                 (group, r, changes)
