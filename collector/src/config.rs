@@ -44,6 +44,15 @@ pub struct CollectorConfig {
     /// How long a sample's latest value stays on `/metrics` without a new one.
     #[serde(default = "default_metrics_staleness", with = "humantime_serde")]
     pub metrics_staleness: Duration,
+    /// The collector's own disk: `collector/disk` on the pseudo-host `pikett-collector` is
+    /// WARNING below this share of free space on the data directory, CRITICAL below
+    /// `data_dir_crit_free_percent`; looked at every `self_check_interval`.
+    #[serde(default = "default_warn_free")]
+    pub data_dir_warn_free_percent: u8,
+    #[serde(default = "default_crit_free")]
+    pub data_dir_crit_free_percent: u8,
+    #[serde(default = "default_self_check_interval", with = "humantime_serde")]
+    pub self_check_interval: Duration,
     /// Series of one host kept for `/metrics` at most; samples of further series are not
     /// exported, counted, and `host/too-many-series` (WARNING) says so. 0: no limit.
     #[serde(default = "default_max_series_per_host")]
@@ -128,6 +137,16 @@ fn default_http_listen() -> SocketAddr {
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/pikett-collector")
 }
+fn default_warn_free() -> u8 {
+    15
+}
+fn default_crit_free() -> u8 {
+    5
+}
+fn default_self_check_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
 fn default_max_series_per_host() -> usize {
     10_000
 }
@@ -248,6 +267,11 @@ impl CollectorConfig {
                 "listen = \"{}\" is not a loopback address: plaintext is allowed on loopback only; configure [tls]",
                 self.listen
             ));
+        }
+        if self.data_dir_crit_free_percent > self.data_dir_warn_free_percent || self.data_dir_warn_free_percent > 100 {
+            problems.push(
+                "data_dir_crit_free_percent must be at most data_dir_warn_free_percent, both 0 to 100".to_string(),
+            );
         }
         if let Some(t) = self.host_timeout
             && t < Duration::from_secs(1)

@@ -98,6 +98,8 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         latest: latest.clone(),
         faults: faults.clone(),
         staleness: config.metrics_staleness,
+        storage: storage.clone(),
+        data_dir: config.data_dir.clone(),
     });
     let mut http_shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -155,6 +157,24 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         .await
         .with_context(|| format!("listen {}: cannot listen", config.listen))?;
 
+    // The collector's own disk, as faults of its pseudo-host.
+    let (own, dir, tx) = (faults.clone(), config.data_dir.clone(), transitions_tx.clone());
+    let (warn, crit, every) =
+        (config.data_dir_warn_free_percent, config.data_dir_crit_free_percent, config.self_check_interval);
+    let own_store = store.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let changes = crate::services::self_check::check_disk(&own, &dir, warn, crit, jiff::Timestamp::now());
+            if !changes.is_empty() {
+                if let Err(e) = own_store.flush().await {
+                    crate::services::storage_failure::stop("recording the collector's own disk check", &e);
+                }
+                let _ = tx.send(changes);
+            }
+        }
+    });
     tokio::spawn(clock_tick(store.clone(), faults.clone(), metrics.clone(), config.host_timeout, transitions_tx));
 
     ready.store(true, Ordering::Release);

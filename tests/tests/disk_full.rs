@@ -73,3 +73,52 @@ fn a_full_collector_disk_stops_acks_and_loses_nothing() {
     assert!(last > 20, "the agent sent only {last} batches");
     assert_eq!(stored, expected, "stored batches are not exactly 1..={last} once each");
 }
+
+/// Writes `mib` MiB of zeros to `file`.
+fn write_mib(file: &std::path::Path, mib: usize) {
+    let block = vec![0u8; 1 << 20];
+    let mut data = Vec::with_capacity(mib << 20);
+    for _ in 0..mib {
+        data.extend_from_slice(&block);
+    }
+    std::fs::write(file, data).unwrap();
+}
+
+#[test]
+fn the_collector_warns_before_its_disk_is_full() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("disk_full: not root, cannot mount a tmpfs; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let ca = pki.path("ca.pem");
+    let extra = "self_check_interval = \"1s\"\ndata_dir_warn_free_percent = 50\ndata_dir_crit_free_percent = 20\n";
+    let collector = CollectorSetup::new(dir.path(), &pki, extra);
+    let Some(_mount) = Mount::tmpfs(&collector.data_dir, "64m") else {
+        eprintln!("disk_full: cannot mount a tmpfs here; skipped");
+        return;
+    };
+    let _c = collector.start();
+    let own = |state: &str| {
+        faults(&collector, &ca)
+            .into_iter()
+            .find(|f| f["host"] == "pikett-collector" && f["check"] == "collector/disk" && f["state"] == state)
+    };
+    assert!(own("open").is_none(), "a warning with an empty disk");
+    write_mib(&collector.data_dir.join("filler-1"), 36);
+    let warning = wait_for(Duration::from_secs(20), || own("open").filter(|f| f["severity"] == "warning"));
+    assert!(warning.is_some(), "no warning at about 40% free: {:?}", faults(&collector, &ca));
+    write_mib(&collector.data_dir.join("filler-2"), 20);
+    let critical = wait_for(Duration::from_secs(20), || own("open").filter(|f| f["severity"] == "critical"));
+    assert!(critical.is_some(), "no critical at about 10% free: {:?}", faults(&collector, &ca));
+    let (_, metrics) = http_get(collector.http_port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("pikett_data_dir_free_bytes ") && metrics.contains("pikett_store_size_bytes "),
+        "{metrics}"
+    );
+    std::fs::remove_file(collector.data_dir.join("filler-1")).unwrap();
+    std::fs::remove_file(collector.data_dir.join("filler-2")).unwrap();
+    assert!(wait_for(Duration::from_secs(20), || own("resolved")).is_some(), "the disk fault did not clear");
+}

@@ -24,6 +24,9 @@ pub struct HttpState {
     pub latest: Arc<LatestSamples>,
     pub faults: Arc<FaultService>,
     pub staleness: Duration,
+    /// The store (its size on disk) and the data directory (free space), for `/metrics`.
+    pub storage: Arc<dyn crate::store::Storage>,
+    pub data_dir: std::path::PathBuf,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -49,6 +52,19 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
          distinct checks than max_checks_per_host.\n# TYPE pikett_ingest_checks_over_limit_total counter\n",
     );
     let _ = writeln!(text, "pikett_ingest_checks_over_limit_total {over}");
+    if let Ok(size) = s.storage.size_on_disk() {
+        text.push_str("# HELP pikett_store_size_bytes Bytes the store's files take on disk.\n");
+        text.push_str("# TYPE pikett_store_size_bytes gauge\n");
+        let _ = writeln!(text, "pikett_store_size_bytes {size}");
+    }
+    if let Ok((free, total)) = crate::services::self_check::free_space(&s.data_dir) {
+        text.push_str("# HELP pikett_data_dir_free_bytes Free bytes on the data directory's file system.\n");
+        text.push_str("# TYPE pikett_data_dir_free_bytes gauge\n");
+        let _ = writeln!(text, "pikett_data_dir_free_bytes {free}");
+        text.push_str("# HELP pikett_data_dir_size_bytes Size of the data directory's file system.\n");
+        text.push_str("# TYPE pikett_data_dir_size_bytes gauge\n");
+        let _ = writeln!(text, "pikett_data_dir_size_bytes {total}");
+    }
     let series_over = s.latest.over_limit.load(std::sync::atomic::Ordering::Relaxed);
     text.push_str(
         "# HELP pikett_metrics_series_over_limit_total Samples not exported because their host has \

@@ -69,4 +69,6 @@ pub trait Storage: Send + Sync {
     fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError>;
     /// Makes every write so far, to every tree, durable against a process crash.
     async fn flush(&self) -> Result<(), StoreError>;
+    /// Bytes the store's files take on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
 }

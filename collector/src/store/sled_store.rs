@@ -72,6 +72,10 @@ impl Storage for SledStorage {
         }
         Ok(())
     }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(engine_err)
+    }
 }
 
 struct SledTree(sled::Tree);
