@@ -87,6 +87,29 @@ pub struct CollectorConfig {
     /// Incident grouping: `[incidents] customer_window = "5m"`.
     #[serde(default)]
     pub incidents: pikett_core::incidents::IncidentsConfig,
+    /// How long stored data is kept (`[retention]`).
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: how long each kind of stored data is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Raw batches (the ingest log): what was received, for audits and re-evaluation.
+    /// Nothing reads them after their faults were evaluated, so weeks are enough.
+    #[serde(with = "humantime_serde")]
+    pub batches: Duration,
+    /// Resolved faults, ended maintenance windows and silences: SLA reports read them, and
+    /// last year's report for a month must stay possible next year (13 months + margin).
+    #[serde(with = "humantime_serde")]
+    pub faults: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { batches: Duration::from_secs(14 * 86_400), faults: Duration::from_secs(400 * 86_400) }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -32,7 +32,7 @@ use crate::services::faults::FaultService;
 use crate::services::identity::IdentityService;
 use crate::services::incidents::IncidentService;
 use crate::services::latest::LatestSamples;
-use crate::services::metrics::{Metrics, ReasonLabel, StatusLabel};
+use crate::services::metrics::{Metrics, ReasonLabel, StatusLabel, WhatLabel};
 use crate::services::pki::Ca;
 use crate::services::staff::StaffTokens;
 use crate::services::writer::spawn_writer;
@@ -157,6 +157,42 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         .await
         .with_context(|| format!("listen {}: cannot listen", config.listen))?;
 
+    // Retention: in small steps, so ingest never waits long for the store.
+    let (pruned_store, pruned_faults, pruned_metrics) = (store.clone(), faults.clone(), metrics.clone());
+    let retention = config.retention.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let now = jiff::Timestamp::now();
+            let cutoff = now.as_millisecond() - retention.batches.as_millis() as i64;
+            let s = pruned_store.clone();
+            let batches = tokio::task::spawn_blocking(move || s.prune_before(cutoff, 10_000)).await;
+            let batches = match batches {
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => crate::services::storage_failure::stop("pruning old batches", &e),
+                Err(_) => 0,
+            };
+            let before = now
+                .checked_sub(jiff::SignedDuration::try_from(retention.faults).unwrap_or(jiff::SignedDuration::MAX))
+                .unwrap_or(jiff::Timestamp::MIN);
+            let faults = pruned_faults.with_engine(|e| e.prune(before));
+            for (what, n) in [("batches", batches), ("faults", faults)] {
+                if n > 0 {
+                    pruned_metrics
+                        .retention_removed_total
+                        .get_or_create(&WhatLabel { what: what.into() })
+                        .inc_by(n as u64);
+                    tracing::info!(what, removed = n, "retention");
+                }
+            }
+            if batches + faults > 0
+                && let Err(e) = pruned_store.flush().await
+            {
+                crate::services::storage_failure::stop("pruning", &e);
+            }
+        }
+    });
     // The collector's own disk, as faults of its pseudo-host.
     let (own, dir, tx) = (faults.clone(), config.data_dir.clone(), transitions_tx.clone());
     let (warn, crit, every) =

@@ -242,6 +242,40 @@ impl BatchLog {
         Ok(results)
     }
 
+    /// Removes stored batches created before `cutoff_ms`, oldest first per host, at most
+    /// `max` in one call (small steps: ingest goes on between them). Returns how many went.
+    pub fn prune_before(&self, cutoff_ms: i64, max: usize) -> Result<usize, StoreError> {
+        let hosts: Vec<String> = self.hosts.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let mut removed = 0;
+        for host in hosts {
+            let mut prefix = host.as_bytes().to_vec();
+            prefix.push(0);
+            let mut old = Vec::new();
+            for item in self.batches.scan_prefix(&prefix) {
+                if removed + old.len() >= max {
+                    break;
+                }
+                let (k, v) = item?;
+                let created = prost::Message::decode(v.as_slice())
+                    .map(|b: pikett_proto::v1::Batch| b.created_unix_ms)
+                    .unwrap_or(0);
+                // Keys run in sequence order within an epoch: the first young batch ends it.
+                if created >= cutoff_ms {
+                    break;
+                }
+                old.push(k);
+            }
+            for k in &old {
+                self.batches.remove(k)?;
+            }
+            removed += old.len();
+            if removed >= max {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+
     /// The storage the log lives in, for the other services that keep state beside it.
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
@@ -311,6 +345,25 @@ mod tests {
         let rec = log.host("web1").unwrap();
         assert_eq!((rec.spool_epoch, rec.spool_resets, rec.last_seq, rec.batches), (9, 1, 2, 5));
         assert_eq!(log.stored_seqs("web1").unwrap(), vec![(7, 1), (7, 2), (7, 3), (9, 1), (9, 2)]);
+    }
+
+    #[test]
+    fn old_batches_are_pruned_in_steps_and_young_ones_kept() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let log = BatchLog::open(storage).unwrap();
+        let group: Vec<WriteRequest> = (1..=10)
+            .map(|seq| {
+                let (mut r, _) = request("web1", 7, seq);
+                r.batch.created_unix_ms = seq as i64 * 100;
+                r
+            })
+            .collect();
+        log.apply(&group, 1_000).unwrap();
+        assert_eq!(log.prune_before(650, 4).unwrap(), 4, "one step removes at most max");
+        assert_eq!(log.prune_before(650, 100).unwrap(), 2);
+        assert_eq!(log.prune_before(650, 100).unwrap(), 0);
+        let kept: Vec<u64> = log.stored_seqs("web1").unwrap().into_iter().map(|(_, s)| s).collect();
+        assert_eq!(kept, [7, 8, 9, 10]);
     }
 
     #[test]

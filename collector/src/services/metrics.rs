@@ -17,6 +17,11 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhatLabel {
+    pub what: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub batches_total: Counter,
@@ -30,6 +35,7 @@ pub struct Metrics {
     pub rejected_connections_total: Family<ReasonLabel, Counter>,
     pub sequence_gaps_total: Counter,
     pub invalid_checks_total: Counter,
+    pub retention_removed_total: Family<WhatLabel, Counter>,
     pub store_commit_seconds: Histogram,
     pub hosts: Family<StatusLabel, Gauge>,
     pub notifications_failed_total: Counter,
@@ -50,6 +56,7 @@ impl Metrics {
             rejected_connections_total: Family::default(),
             sequence_gaps_total: Counter::default(),
             invalid_checks_total: Counter::default(),
+            retention_removed_total: Family::default(),
             store_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             hosts: Family::default(),
             notifications_failed_total: Counter::default(),
@@ -88,6 +95,11 @@ impl Metrics {
             "ingest_sequence_gaps",
             "Gaps in a stream's sequence numbers (batches the agent dropped)",
             m.sequence_gaps_total.clone(),
+        );
+        registry.register(
+            "retention_removed",
+            "Stored records removed because they outlived [retention]",
+            m.retention_removed_total.clone(),
         );
         registry.register(
             "ingest_invalid_checks",
