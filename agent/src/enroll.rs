@@ -47,6 +47,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Writes `contents` to `path` through a temporary file and a rename, with `mode`.
 fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    let tmp = write_temporary(path, contents, mode)?;
+    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Writes `contents` next to `path` (`.tmp`), synced; returns the temporary path.
+fn write_temporary(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<std::path::PathBuf> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
@@ -61,7 +67,22 @@ fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<(
         .open(&tmp)
         .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
     f.write_all(contents).and_then(|()| f.sync_all()).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    Ok(tmp)
+}
+
+/// Puts a new key and certificate in place: both are written in full first, so a failure
+/// (a full disk) leaves the old pair untouched; then two renames.
+fn install_pair(paths: &Paths<'_>, key_pem: &[u8], cert_pem: &[u8]) -> anyhow::Result<()> {
+    let key_tmp = write_temporary(paths.key, key_pem, 0o600)?;
+    let cert_tmp = match write_temporary(paths.cert, cert_pem, 0o644) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = std::fs::remove_file(&key_tmp);
+            return Err(e);
+        }
+    };
+    std::fs::rename(&key_tmp, paths.key).map_err(|e| anyhow::anyhow!("{}: {e}", paths.key.display()))?;
+    std::fs::rename(&cert_tmp, paths.cert).map_err(|e| anyhow::anyhow!("{}: {e}", paths.cert.display()))
 }
 
 /// Accepts the collector's certificate only if it chains to the CA with the pinned
@@ -204,8 +225,7 @@ pub async fn enroll(config: &AgentConfig, collector: &str, ticket: &str) -> anyh
         .await
         .map_err(|s| anyhow::anyhow!("the collector refused the enrollment: {}", s.message()))?
         .into_inner();
-    write_atomically(paths.key, key.serialize_pem().as_bytes(), 0o600)?;
-    write_atomically(paths.cert, reply.certificate_pem.as_bytes(), 0o644)?;
+    install_pair(&paths, key.serialize_pem().as_bytes(), reply.certificate_pem.as_bytes())?;
     let until = jiff::Timestamp::from_millisecond(reply.not_after_unix_ms).map(|t| t.to_string()).unwrap_or_default();
     Ok(format!(
         "enrolled as {} (customer {}); certificate valid until {until}; written to {}",
@@ -233,7 +253,10 @@ pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
 pub async fn renewal(config: AgentConfig, host: String, mut shutdown: watch::Receiver<bool>) {
     let Ok(paths) = paths(config.tls.as_ref()) else { return };
     loop {
-        let Some((not_before, not_after)) = validity(paths.cert) else { return };
+        let Some((not_before, not_after)) = validity(paths.cert) else {
+            tracing::warn!(cert_file = %paths.cert.display(), "no readable certificate: not renewing it");
+            return;
+        };
         let lifetime = (not_after - not_before).max(1);
         let now = jiff::Timestamp::now().as_second();
         let mut wait = Duration::from_secs((lifetime as u64 / 10).clamp(1, 3600));
@@ -267,10 +290,7 @@ async fn renew(config: &AgentConfig, host: &str, paths: &Paths<'_>) -> anyhow::R
         match EnrollClient::new(channel).renew(pb::RenewRequest { csr_pem: csr.clone() }).await {
             Ok(reply) => {
                 let reply = reply.into_inner();
-                // The key first: a certificate never sits next to a key it does not match
-                // for longer than one rename.
-                write_atomically(paths.key, key.serialize_pem().as_bytes(), 0o600)?;
-                write_atomically(paths.cert, reply.certificate_pem.as_bytes(), 0o644)?;
+                install_pair(paths, key.serialize_pem().as_bytes(), reply.certificate_pem.as_bytes())?;
                 return Ok(jiff::Timestamp::from_millisecond(reply.not_after_unix_ms)
                     .map(|t| t.to_string())
                     .unwrap_or_default());

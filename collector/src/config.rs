@@ -104,11 +104,18 @@ pub struct RetentionConfig {
     /// last year's report for a month must stay possible next year (13 months + margin).
     #[serde(with = "humantime_serde")]
     pub faults: Duration,
+    /// Audit entries: as long as the history they explain.
+    #[serde(with = "humantime_serde")]
+    pub audit: Duration,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        RetentionConfig { batches: Duration::from_secs(14 * 86_400), faults: Duration::from_secs(400 * 86_400) }
+        RetentionConfig {
+            batches: Duration::from_secs(14 * 86_400),
+            faults: Duration::from_secs(400 * 86_400),
+            audit: Duration::from_secs(400 * 86_400),
+        }
     }
 }
 

@@ -159,6 +159,7 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
 
     // Retention: in small steps, so ingest never waits long for the store.
     let (pruned_store, pruned_faults, pruned_metrics) = (store.clone(), faults.clone(), metrics.clone());
+    let pruned_access = access.clone();
     let retention = config.retention.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -177,7 +178,12 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
                 .checked_sub(jiff::SignedDuration::try_from(retention.faults).unwrap_or(jiff::SignedDuration::MAX))
                 .unwrap_or(jiff::Timestamp::MIN);
             let faults = pruned_faults.with_engine(|e| e.prune(before));
-            for (what, n) in [("batches", batches), ("faults", faults)] {
+            let audit_before = now.as_millisecond() - retention.audit.as_millis() as i64;
+            let audit = match pruned_access.audit().prune_before(audit_before, 10_000) {
+                Ok(n) => n,
+                Err(e) => crate::services::storage_failure::stop("pruning the audit log", &e),
+            };
+            for (what, n) in [("batches", batches), ("faults", faults), ("audit", audit)] {
                 if n > 0 {
                     pruned_metrics
                         .retention_removed_total
@@ -186,7 +192,7 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
                     tracing::info!(what, removed = n, "retention");
                 }
             }
-            if batches + faults > 0
+            if batches + faults + audit > 0
                 && let Err(e) = pruned_store.flush().await
             {
                 crate::services::storage_failure::stop("pruning", &e);

@@ -73,7 +73,7 @@ async fn alarm_is_delivered_through_the_second_gateway() {
     let o = next_final(&mut rx).await;
 
     match &o.status {
-        OutcomeStatus::Delivered { receipt } => assert_eq!(receipt.endpoint, b.url),
+        OutcomeStatus::Delivered { receipt } => assert_eq!(receipt.endpoint, b.redacted_url()),
         other => panic!("{other:?}"),
     }
     assert_eq!(o.notification_id, "F42-primary-alice-sms-0");
@@ -170,7 +170,9 @@ async fn all_gateways_down_fails_after_max_attempts() {
     match &seen[2].status {
         OutcomeStatus::Failed { reason } => {
             assert!(reason.contains("after 3 attempts"), "{reason}");
-            assert!(reason.contains(&u1) && reason.contains(&u2), "{reason}");
+            // Gateways are named by scheme, host and port only (paths may hold secrets).
+            let origin = |u: &str| u.trim_end_matches("/send").to_string();
+            assert!(reason.contains(&origin(&u1)) && reason.contains(&origin(&u2)), "{reason}");
         }
         other => panic!("{other:?}"),
     }

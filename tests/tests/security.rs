@@ -172,10 +172,12 @@ fn enrollment_mutual_tls_identity_and_revocation() {
     drop(claimer);
     assert_eq!(host(&c.setup, &ca, "web-01").unwrap()["customer"], "acme");
 
-    // Revoked: cut off at its next connection.
+    // Revoked: the open stream is cut off at its next batch, and so is the next connection.
     let out = c.setup.pikett(&["host", "revoke", "web-01"], &ca);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("revoked"), "{}", text(&out));
+    let cut_live = wait_for(Duration::from_secs(15), || agent.log_text().contains("was revoked").then_some(()));
+    assert!(cut_live.is_some(), "the revoked host's open stream went on:\n{}", agent.log_text());
     assert_eq!(agent.sigterm(Duration::from_secs(10)), Some(0));
     let before = batches(&c.setup, &ca, "web-01");
     let agent = spawn("pikett-agent", &agent_cfg, &["run"], &dir.path().join("web-01-after.log"));

@@ -45,6 +45,23 @@ pub fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
+/// The longest argument text kept in the audit log: a refused caller must not be able to
+/// fill the disk with large requests.
+const MAX_AUDIT_ARGUMENTS: usize = 1024;
+
+fn arguments_of<T: std::fmt::Debug>(request: &Request<T>) -> String {
+    let mut text = format!("{:?}", request.get_ref());
+    if text.len() > MAX_AUDIT_ARGUMENTS {
+        let mut cut = MAX_AUDIT_ARGUMENTS;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
 /// What a role is called in a refusal, with the verb of the call.
 fn refusal(role: Role, verb: &str) -> String {
     format!("permission denied: role {} cannot {verb}", role.as_str())
@@ -120,7 +137,7 @@ impl Access {
         call: &'static str,
         verb: &str,
     ) -> Result<Caller, Status> {
-        let arguments = format!("{:?}", request.get_ref());
+        let arguments = arguments_of(request);
         match self.identify(request) {
             Ok(caller) if caller.role >= need => Ok(caller),
             Ok(caller) => {
@@ -149,10 +166,10 @@ impl Access {
         verb: &str,
     ) -> Result<Change<'_>, Status> {
         let caller = self.allow(request, need, call, verb).await?;
-        Ok(Change { access: self, caller, call, arguments: format!("{:?}", request.get_ref()) })
+        Ok(Change { access: self, caller, call, arguments: arguments_of(request) })
     }
 
-    /// The audit log, for `pikett audit`.
+    /// The audit log, for `pikett audit` and retention.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
     }

@@ -77,7 +77,8 @@ impl Enroll for EnrollService {
         let host = crate::services::pki::common_name(&cert)
             .ok_or_else(|| Status::unauthenticated("the client certificate has no subject common name"))?;
         let now = jiff::Timestamp::now();
-        let customer = match self.identity.check(&host, serial_of(&cert).as_deref(), now.as_millisecond()) {
+        let presented = serial_of(&cert).unwrap_or_default();
+        let customer = match self.identity.check(&host, Some(&presented), now.as_millisecond()) {
             CertVerdict::Accepted { customer } => customer,
             CertVerdict::Unenrolled => {
                 return Err(Status::failed_precondition(format!(
@@ -92,7 +93,7 @@ impl Enroll for EnrollService {
             .sign_client(&host, &r.csr_pem, now, self.validity)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.identity
-            .renew(&host, &signed, now.as_millisecond())
+            .renew(&host, &presented, &signed, now.as_millisecond())
             .await
             .map_err(|e| Status::permission_denied(e.to_string()))?;
         tracing::info!(host_id = %host, serial = %signed.serial, "agent certificate renewed");

@@ -198,6 +198,8 @@ impl Ingest for IngestService {
         let guard = StreamGuard(self.metrics.clone());
         let host_id = sender.host_id.clone();
         let metrics = self.metrics.clone();
+        let (identity, require_client_cert) = (self.identity.clone(), self.require_client_cert);
+        let stream_serial = request_serial.clone();
         tokio::spawn(async move {
             let _guard = guard;
             // The sequence rules of one stream (ingest.proto): no second hello, no seq 0,
@@ -233,6 +235,15 @@ impl Ingest for IngestService {
                     }
                     None => continue,
                 };
+                // A host revoked while its stream is open is cut off at its next batch.
+                let now_ms = jiff::Timestamp::now().as_millisecond();
+                if let CertVerdict::Refused(why) = identity.check(&host_id, stream_serial.as_deref(), now_ms)
+                    && (require_client_cert || why.contains("revoked"))
+                {
+                    let status = Status::permission_denied(why);
+                    let _ = pending_tx.send(Pending::Refuse(reject(&metrics, "certificate_refused", status))).await;
+                    break;
+                }
                 let mut batch = batch;
                 let before = batch.checks.len();
                 batch.checks.retain(|c| pikett_core::faults::valid_check_name(&c.name));

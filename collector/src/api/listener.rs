@@ -83,7 +83,22 @@ impl Drop for Slot {
     }
 }
 
+/// Whom a limit counts against: an IPv4 address, or an IPv6 /64 (one host usually has a
+/// whole /64, so counting single IPv6 addresses would limit nothing).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let mut seg = v6.segments();
+            seg[4..].fill(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(seg))
+        }
+        IpAddr::V6(v6) => IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
+        v4 => v4,
+    }
+}
+
 fn take_slot(pending: &Arc<Mutex<Pending>>, peer: IpAddr) -> Option<Slot> {
+    let peer = peer_key(peer);
     let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
     let mine = p.per_peer.get(&peer).copied().unwrap_or(0);
     if mine >= MAX_PENDING_PER_PEER || p.total >= MAX_PENDING {
@@ -160,5 +175,14 @@ mod tests {
         drop(slots);
         assert!(take_slot(&pending, a).is_some(), "finished handshakes were not given back");
         assert_eq!(pending.lock().unwrap().per_peer.get(&a).copied(), None);
+    }
+
+    #[test]
+    fn ipv6_peers_count_per_slash_64() {
+        let one: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(peer_key(one), peer_key(other));
+        assert_ne!(peer_key(one), peer_key("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(peer_key("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1".parse::<IpAddr>().unwrap());
     }
 }

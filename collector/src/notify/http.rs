@@ -66,7 +66,7 @@ pub(crate) fn client(
 /// about when the host is not loopback, since headers may carry tokens.
 pub(crate) fn check_url(channel: ChannelKind, key: &str, url: &str) -> Result<(), ConfigError> {
     let parsed =
-        reqwest::Url::parse(url).map_err(|e| ConfigError::new(channel, format!("{key}: invalid URL {url:?}: {e}")))?;
+        reqwest::Url::parse(url).map_err(|e| ConfigError::new(channel, format!("{key}: not a valid URL: {e}")))?;
     match parsed.scheme() {
         "https" => Ok(()),
         "http" => {
@@ -76,30 +76,24 @@ pub(crate) fn check_url(channel: ChannelKind, key: &str, url: &str) -> Result<()
             }
             Ok(())
         }
-        other => {
-            Err(ConfigError::new(channel, format!("{key}: URL {url:?} has scheme {other:?}, expected http or https")))
-        }
+        other => Err(ConfigError::new(
+            channel,
+            format!("{key}: URL {} has scheme {other:?}, expected http or https", redacted(url)),
+        )),
     }
 }
 
-/// A gateway URL fit for logs, receipts and timelines: user, password and query values
-/// (where gateways take API keys) replaced by `***`.
+/// A gateway URL fit for logs, receipts and timelines: scheme, host and port only. User
+/// info, query values and paths can all carry secrets (webhook URLs often hold their token
+/// in the path), so none of them is shown.
 pub(crate) fn redacted(url: &str) -> String {
-    let Ok(mut parsed) = reqwest::Url::parse(url) else {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
         return "(invalid URL)".to_string();
     };
-    if !parsed.username().is_empty() {
-        let _ = parsed.set_username("***");
-    }
-    if parsed.password().is_some() {
-        let _ = parsed.set_password(Some("***"));
-    }
-    if parsed.query().is_some() {
-        let keys: Vec<String> = parsed.query_pairs().map(|(k, _)| k.into_owned()).collect();
-        parsed.query_pairs_mut().clear().extend_pairs(keys.iter().map(|k| (k.as_str(), "***")));
-    }
-    parsed.set_fragment(None);
-    parsed.to_string()
+    let host = parsed.host_str().unwrap_or("?");
+    let port = parsed.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let rest = if parsed.path() == "/" && parsed.query().is_none() { "" } else { "/…" };
+    format!("{}://{host}{port}{rest}", parsed.scheme())
 }
 
 /// Whether a gateway URL carries a secret (user info or a query string).
@@ -294,11 +288,9 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     #[test]
     fn gateway_urls_are_redacted_for_logs_receipts_and_timelines() {
-        assert_eq!(
-            redacted("https://user:pw@sms.example/send?key=abc&to=1#x"),
-            "https://***:***@sms.example/send?key=***&to=***"
-        );
-        assert_eq!(redacted("https://sms.example/send"), "https://sms.example/send");
+        assert_eq!(redacted("https://user:pw@sms.example/send?key=abc&to=1#x"), "https://sms.example/…");
+        assert_eq!(redacted("https://hooks.example:8443/services/T0/B0/secret"), "https://hooks.example:8443/…");
+        assert_eq!(redacted("https://sms.example/"), "https://sms.example");
         assert!(url_holds_secret("https://sms.example/send?key=abc"));
         assert!(!url_holds_secret("https://sms.example/send"));
     }

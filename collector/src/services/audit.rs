@@ -42,6 +42,22 @@ impl AuditLog {
         self.storage.flush().await
     }
 
+    /// Removes entries older than `before_ms`, at most `max`; returns how many went.
+    pub fn prune_before(&self, before_ms: i64, max: usize) -> Result<usize, StoreError> {
+        let mut old = Vec::new();
+        for item in self.tree.iter() {
+            let (k, _) = item?;
+            if old.len() >= max || k.len() < 8 || i64::from_be_bytes(k[..8].try_into().expect("8 bytes")) >= before_ms {
+                break;
+            }
+            old.push(k);
+        }
+        for k in &old {
+            self.tree.remove(k)?;
+        }
+        Ok(old.len())
+    }
+
     /// Entries at or after `since_ms`, of `user` if given, oldest first, at most `limit`
     /// (the newest ones when there are more).
     pub fn list(&self, since_ms: i64, user: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {

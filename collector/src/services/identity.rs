@@ -124,15 +124,26 @@ impl IdentityService {
         Ok(identity)
     }
 
-    /// Adds a renewed certificate; expired ones are forgotten.
-    pub async fn renew(&self, host: &str, signed: &Signed, now_ms: i64) -> Result<Identity, IdentityError> {
+    /// Adds a renewed certificate for the holder of `presented` (checked again here, under
+    /// the lock, so a revocation or a new enrollment in between wins). Only the presented
+    /// certificate and the new one stay accepted.
+    pub async fn renew(
+        &self,
+        host: &str,
+        presented: &str,
+        signed: &Signed,
+        now_ms: i64,
+    ) -> Result<Identity, IdentityError> {
         let identity = {
             let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
             let mut id = self.identity(host).ok_or_else(|| IdentityError::NotEnrolled(host.to_string()))?;
             if id.revoked_ms.is_some() {
                 return Err(IdentityError::Revoked(host.to_string()));
             }
-            id.certificates.retain(|c| c.not_after_ms > now_ms);
+            if !id.certificates.iter().any(|c| c.serial == presented && c.not_after_ms > now_ms) {
+                return Err(IdentityError::Revoked(host.to_string()));
+            }
+            id.certificates.retain(|c| c.serial == presented);
             id.certificates.push(IssuedCert { serial: signed.serial.clone(), not_after_ms: signed.not_after_ms });
             self.put(host, &id)?;
             self.known.write().unwrap_or_else(|p| p.into_inner()).insert(host.to_string(), id.clone());
@@ -222,12 +233,13 @@ mod tests {
         assert!(matches!(ids.check("web-01", Some("zz"), 500), CertVerdict::Refused(_)));
         assert!(matches!(ids.check("web-01", Some("aa"), 1_000), CertVerdict::Refused(_)), "expired");
         // Renewal: both certificates work until the old one expires.
-        ids.renew("web-01", &signed("cc", 5_000), 600).await.unwrap();
+        assert!(ids.renew("web-01", "zz", &signed("xx", 5_000), 600).await.is_err(), "an unknown certificate renewed");
+        ids.renew("web-01", "aa", &signed("cc", 5_000), 600).await.unwrap();
         assert!(matches!(ids.check("web-01", Some("aa"), 700), CertVerdict::Accepted { .. }));
         assert!(matches!(ids.check("web-01", Some("cc"), 700), CertVerdict::Accepted { .. }));
         assert_eq!(ids.revoke("web-01", "acme", 800).await.unwrap(), 2);
         assert!(matches!(ids.check("web-01", Some("cc"), 900), CertVerdict::Refused(r) if r.contains("revoked")));
-        assert!(ids.renew("web-01", &signed("dd", 9_000), 900).await.is_err());
+        assert!(ids.renew("web-01", "cc", &signed("dd", 9_000), 900).await.is_err());
         // A new ticket enrolls it again; the state survives a reopen.
         ids.enroll(&ticket("n2"), &signed("ee", 9_000), 1_000).await.unwrap();
         drop(ids);

@@ -87,7 +87,8 @@ impl ExpositionNames {
     pub fn labels<'a>(&self, keys: impl Iterator<Item = &'a str>) -> Vec<String> {
         let mut used: std::collections::HashSet<String> = ["host".to_string(), "customer".to_string()].into();
         keys.map(|k| {
-            let mut name = sanitize_name(k);
+            // Label names, unlike metric names, may not contain ':'.
+            let mut name = sanitize_name(k).replace(':', "_");
             if name.starts_with("__") {
                 name = format!("exported{name}");
             }
@@ -262,10 +263,18 @@ mod tests {
         assert_eq!(ours.metric("pikett_hosts"), "pikett_agent_pikett_hosts");
         assert_eq!(ours.metric("pikett_ingest_batches_total"), "pikett_agent_pikett_ingest_batches_total_value");
         assert_eq!(ours.metric("pikett_x_total"), "pikett_x_total_value");
-        let labels = ours.labels(["__name__", "a-b", "a_b", "customer", "exported_host", "host"].into_iter());
+        let labels = ours.labels(["__name__", "a-b", "a_b", "customer", "exported_host", "host", "x:y"].into_iter());
         assert_eq!(
             labels,
-            ["exported__name__", "a_b", "exported_a_b", "exported_customer", "exported_host", "exported_exported_host"]
+            [
+                "exported__name__",
+                "a_b",
+                "exported_a_b",
+                "exported_customer",
+                "exported_host",
+                "exported_exported_host",
+                "x_y"
+            ]
         );
     }
 

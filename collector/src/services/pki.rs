@@ -163,6 +163,10 @@ impl Ca {
         let bad =
             |path: &Path, e: &dyn std::fmt::Display| PkiError::BadCa { path: path.to_owned(), reason: e.to_string() };
         let key_pair = KeyPair::from_pem(&key_pem).map_err(|e| bad(key, &e))?;
+        // The ticket key comes from the key's DER, so that re-encoding the key file does not
+        // void open tickets.
+        let mut material = b"pikett enrollment tickets v1\n".to_vec();
+        material.extend_from_slice(&key_pair.serialize_der());
         let der = rustls::pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
             .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
             .map_err(|e| bad(cert, &e))?;

@@ -230,11 +230,13 @@ impl StaffTokens {
         };
     }
 
-    /// Whether any token exists: then every staff call needs one.
+    /// Whether the token file exists: then every staff call needs a token. Revoking the
+    /// last token leaves the file (with no token) and so locks staff calls out rather than
+    /// falling back to loopback access.
     pub fn configured(&self) -> bool {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         self.refresh(&mut loaded);
-        !loaded.tokens.is_empty() || loaded.error.is_some()
+        loaded.stamp.is_some() || loaded.error.is_some()
     }
 
     pub fn authenticate(&self, token: &str) -> Result<Staff, AuthError> {
@@ -249,18 +251,25 @@ impl StaffTokens {
             let t = &loaded.tokens[i];
             return Ok(Staff { user: t.user.clone(), role: t.role });
         }
-        let Some(i) = loaded.tokens.iter().position(|t| t.id == id) else {
+        let Some(record) = loaded.tokens.iter().find(|t| t.id == id).cloned() else {
             return Err(AuthError::Unknown);
         };
-        let t = &loaded.tokens[i];
-        let salt = URL_SAFE_NO_PAD.decode(&t.salt).map_err(|_| AuthError::Unknown)?;
-        let expected = URL_SAFE_NO_PAD.decode(&t.hash).map_err(|_| AuthError::Unknown)?;
+        let stamp = loaded.stamp;
+        // The slow hash runs without the lock: other calls go on meanwhile.
+        drop(loaded);
+        let salt = URL_SAFE_NO_PAD.decode(&record.salt).map_err(|_| AuthError::Unknown)?;
+        let expected = URL_SAFE_NO_PAD.decode(&record.hash).map_err(|_| AuthError::Unknown)?;
         let rounds = NonZeroU32::new(ROUNDS).expect("non-zero");
         ring::pbkdf2::verify(ring::pbkdf2::PBKDF2_HMAC_SHA256, rounds, &salt, secret.as_bytes(), &expected)
             .map_err(|_| AuthError::Unknown)?;
-        let staff = Staff { user: t.user.clone(), role: t.role };
-        loaded.verified.insert(digest, i);
-        Ok(staff)
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        // Remember it only if the file did not change meanwhile (a revocation must win).
+        if loaded.stamp == stamp
+            && let Some(i) = loaded.tokens.iter().position(|t| t.id == record.id)
+        {
+            loaded.verified.insert(digest, i);
+        }
+        Ok(Staff { user: record.user, role: record.role })
     }
 }
 
@@ -273,7 +282,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens.json");
         let tokens = StaffTokens::open(&path).unwrap();
-        assert!(!tokens.configured());
+        assert!(!tokens.configured(), "no token file: loopback mode");
         let (alice, record) = create(&path, "alice", Role::Engineer, 1).unwrap();
         assert!(tokens.configured(), "a new token file was not noticed");
         let stored = std::fs::read_to_string(&path).unwrap();
@@ -288,6 +297,8 @@ mod tests {
         assert_eq!(tokens.authenticate(&alice), Err(AuthError::Unknown), "a revoked token still works");
         assert_eq!(tokens.authenticate(&bob).unwrap().role, Role::Viewer);
         assert!(matches!(revoke(&path, "carol"), Err(StaffError::NoSuchToken(_))));
+        revoke(&path, "bob").unwrap();
+        assert!(tokens.configured(), "revoking the last token fell back to loopback access");
         assert!(matches!(create(&path, "bad user", Role::Admin, 3), Err(StaffError::BadUser(_))));
     }
 

@@ -54,6 +54,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The URL as receipts and logs show it (secrets in paths are never shown).
+    pub fn redacted_url(&self) -> String {
+        format!("{}://{}/…", self.url.split("://").next().unwrap_or("http"), self.addr)
+    }
+
     pub async fn start(status: u16) -> Gateway {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         Self::serve(listener, status)
