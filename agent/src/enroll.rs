@@ -58,7 +58,10 @@ fn write_temporary(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<st
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     }
-    let tmp = path.with_extension("tmp");
+    // `agent.key.tmp`, `agent.pem.tmp`: one temporary per file, never shared.
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
