@@ -22,8 +22,10 @@ pub const TARGET: &str = "x86_64-unknown-linux-musl";
 const ARCH: &str = "x86_64";
 const PROFILE: &str = "dist";
 const LICENSE: &str = "Apache-2.0";
-/// The size goal for each binary (issue 8).
-const MAX_BINARY_BYTES: u64 = 8 * 1024 * 1024;
+/// The size goal for each binary: 8 MiB at first (issue 8), 10 MiB since the collector
+/// carries its own CA (rcgen: CSR parsing and signing) and TLS acceptor (issue 13). A
+/// binary over it fails the build: look at what grew before raising it again.
+const MAX_BINARY_BYTES: u64 = 10 * 1024 * 1024;
 
 #[derive(clap::Args)]
 pub struct Args {
