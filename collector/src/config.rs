@@ -101,7 +101,8 @@ pub struct RetentionConfig {
     #[serde(with = "humantime_serde")]
     pub batches: Duration,
     /// Resolved faults, ended maintenance windows and silences: SLA reports read them, and
-    /// last year's report for a month must stay possible next year (13 months + margin).
+    /// the month 13 months back must stay reportable on every day of the current month
+    /// (430 days: 14 months).
     #[serde(with = "humantime_serde")]
     pub faults: Duration,
     /// Audit entries: as long as the history they explain.
@@ -113,7 +114,7 @@ impl Default for RetentionConfig {
     fn default() -> Self {
         RetentionConfig {
             batches: Duration::from_secs(14 * 86_400),
-            faults: Duration::from_secs(400 * 86_400),
+            faults: Duration::from_secs(430 * 86_400),
             audit: Duration::from_secs(400 * 86_400),
         }
     }

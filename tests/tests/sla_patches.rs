@@ -102,6 +102,11 @@ fn critical_check_becomes_an_outage_and_force_majeure_excuses_it() {
     let bad = collector.pikett(&["sla", "report", "--customer", "nobody", "--month", &month], &ca);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("nobody"));
+    // A month older than the fault history kept is not reported as 100 %.
+    let gone = collector.pikett(&["sla", "report", "--customer", "acme", "--month", "2020-01"], &ca);
+    assert_eq!(gone.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&gone.stderr);
+    assert!(why.contains("2020-01 is older than the fault history kept"), "{why}");
 }
 
 #[test]

@@ -35,6 +35,8 @@ pub struct ReportsService {
     customers: BTreeMap<String, CustomerConfig>,
     contracts: BTreeMap<String, Contract>,
     pub access: Arc<Access>,
+    /// `[retention] faults`: reports for months older than this would see no faults.
+    fault_retention: std::time::Duration,
 }
 
 impl ReportsService {
@@ -54,6 +56,7 @@ impl ReportsService {
             customers: config.customers.clone(),
             contracts: config.sla.clone(),
             access,
+            fault_retention: config.retention.faults,
         })
     }
 
@@ -153,6 +156,23 @@ impl Reports for ReportsService {
             }
             _ => return Err(Status::invalid_argument("give either --month YYYY-MM or --year YYYY")),
         };
+        // A month older than the fault history kept would come out as 100 %: say it is gone.
+        let horizon = Timestamp::now()
+            .checked_sub(jiff::SignedDuration::try_from(self.fault_retention).unwrap_or(jiff::SignedDuration::MAX))
+            .unwrap_or(Timestamp::MIN);
+        for m in &months {
+            let start = m.first_day().to_zoned(contract.timezone.tz().clone()).map(|z| z.timestamp());
+            if start.is_ok_and(|start| start < horizon) {
+                return Err(Status::failed_precondition(format!(
+                    "{}-{:02} is older than the fault history kept ([retention] faults = {}, from {} on): \
+                     its availability cannot be computed any more",
+                    m.year(),
+                    m.month(),
+                    humantime::format_duration(self.fault_retention),
+                    horizon.round(jiff::Unit::Second).unwrap_or(horizon)
+                )));
+            }
+        }
         let hosts: BTreeSet<String> =
             self.store.hosts().into_iter().filter(|h| h.customer == r.customer).map(|h| h.host_id).collect();
         let (faults, maintenance): (Vec<Fault>, Vec<sla::Maintenance>) = self.faults.with_engine(|e| {
