@@ -41,7 +41,7 @@ use crate::store::{SledStorage, Storage};
 /// Largest message accepted from an agent (a batch). The agent cuts a batch at 5,000
 /// observations (a few hundred KiB; 2 MiB with long Redfish inventory); 16 MiB leaves
 /// room without letting one message hold much memory. Larger ones are refused with
-/// `RESOURCE_EXHAUSTED` before they are decoded.
+/// `OUT_OF_RANGE` ("message length too large") before they are decoded.
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Concurrent HTTP/2 streams per connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 32;

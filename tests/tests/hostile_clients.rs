@@ -184,17 +184,36 @@ fn hostile_clients_cannot_break_the_collector_or_its_metrics() {
         let batch = pb::AgentMessage {
             body: Some(pb::agent_message::Body::Batch(pb::Batch { seq: 2, samples: vec![huge], ..Default::default() })),
         };
-        let over = first_answer(
-            &collector,
-            &tls(&pki, Some("evil-01")),
-            vec![hello("evil-01"), batch],
-            Duration::from_secs(10),
-        )
-        .await;
-        match over {
-            Ok(Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Welcome(_)) })) | Err(_) => {}
-            other => panic!("unexpected answer to an oversized batch: {other:?}"),
+        // Whatever comes back (a welcome first, perhaps), the oversized batch is never
+        // acknowledged: the stream ends with an error instead.
+        let channel =
+            pikett_agent::uplink::connect(&collector.url(), Some(&tls(&pki, Some("evil-01")))).await.expect("connect");
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(hello("evil-01")).await.unwrap();
+        tx.send(batch).await.unwrap();
+        let mut client = IngestClient::new(channel).max_encoding_message_size(64 << 20);
+        let mut ended_with_error = false;
+        if let Ok(response) = client.stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+            let mut inbound = response.into_inner();
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
+                    Ok(Ok(Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Ack(a)) }))) => {
+                        panic!("the oversized batch {} was acknowledged", a.seq)
+                    }
+                    Ok(Ok(Some(_))) => {}
+                    Ok(Err(status)) => {
+                        assert!(status.message().contains("too large"), "{status:?}");
+                        ended_with_error = true;
+                        break;
+                    }
+                    Ok(Ok(None)) | Err(_) => break,
+                }
+            }
+        } else {
+            ended_with_error = true;
         }
+        assert!(ended_with_error, "an oversized batch did not end the stream with an error");
+        drop(tx);
 
         // A host id with a newline: refused, naming the rule.
         let status =

@@ -209,6 +209,12 @@ impl Ingest for IngestService {
                 let msg = match inbound.message().await {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
+                    // A message over the size limit: tell the agent why (after the answers to
+                    // the batches before it), instead of just ending the stream.
+                    Err(e) if e.code() == tonic::Code::OutOfRange => {
+                        let _ = pending_tx.send(Pending::Refuse(reject(&metrics, "message_too_large", e))).await;
+                        break;
+                    }
                     Err(e) => {
                         tracing::info!(host_id = %host_id, error = %e, "agent stream ended");
                         break;

@@ -181,8 +181,10 @@ impl IdentityService {
     }
 
     /// Whether the certificate with `serial` may speak for `host` now.
+    /// Borrows the record (no copy): the ingest reader asks this for every batch.
     pub fn check(&self, host: &str, serial: Option<&str>, now_ms: i64) -> CertVerdict {
-        let Some(id) = self.identity(host) else {
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        let Some(id) = known.get(host) else {
             return CertVerdict::Unenrolled;
         };
         if let Some(revoked) = id.revoked_ms {
@@ -193,7 +195,7 @@ impl IdentityService {
         }
         match serial {
             Some(s) if id.certificates.iter().any(|c| c.serial == s && c.not_after_ms > now_ms) => {
-                CertVerdict::Accepted { customer: id.customer }
+                CertVerdict::Accepted { customer: id.customer.clone() }
             }
             _ => CertVerdict::Refused(format!(
                 "this certificate was not issued to host {host} by its enrollment (or has expired); enroll again"
