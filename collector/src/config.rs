@@ -108,6 +108,9 @@ pub struct RetentionConfig {
     /// Audit entries: as long as the history they explain.
     #[serde(with = "humantime_serde")]
     pub audit: Duration,
+    /// How often the pruning pass runs. Each pass removes everything that is due, in steps.
+    #[serde(with = "humantime_serde")]
+    pub prune_every: Duration,
 }
 
 impl Default for RetentionConfig {
@@ -116,6 +119,7 @@ impl Default for RetentionConfig {
             batches: Duration::from_secs(14 * 86_400),
             faults: Duration::from_secs(430 * 86_400),
             audit: Duration::from_secs(400 * 86_400),
+            prune_every: Duration::from_secs(60),
         }
     }
 }

@@ -32,8 +32,9 @@ use crate::services::faults::FaultService;
 use crate::services::identity::IdentityService;
 use crate::services::incidents::IncidentService;
 use crate::services::latest::LatestSamples;
-use crate::services::metrics::{Metrics, ReasonLabel, StatusLabel, WhatLabel};
+use crate::services::metrics::{Metrics, ReasonLabel, StatusLabel};
 use crate::services::pki::Ca;
+use crate::services::retention::Retention;
 use crate::services::staff::StaffTokens;
 use crate::services::writer::spawn_writer;
 use crate::store::{SledStorage, Storage};
@@ -52,7 +53,8 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     let store = Arc::new(BatchLog::open(storage.clone())?);
     let identity = Arc::new(IdentityService::open(storage.clone())?);
     let tokens = Arc::new(StaffTokens::open(&config.tokens_path())?);
-    let access = Arc::new(Access::new(tokens, Arc::new(AuditLog::open(storage.clone())?)));
+    let audit = Arc::new(AuditLog::open(storage.clone())?);
+    let access = Arc::new(Access::new(tokens, audit.clone()));
     let ca = match config.tls.as_ref().and_then(|t| t.ca_key_file.as_ref().zip(t.client_ca_file.as_ref())) {
         Some((key, cert)) => Some(Arc::new(Ca::load(cert, key)?)),
         None => None,
@@ -142,6 +144,7 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         identity: identity.clone(),
         validity: config.tls.as_ref().map_or(Duration::from_secs(90 * 86_400), |t| t.client_cert_validity),
     };
+    let pager_for_retention = pager.clone();
     let admin = AdminService {
         store: store.clone(),
         faults: faults.clone(),
@@ -157,48 +160,16 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         .await
         .with_context(|| format!("listen {}: cannot listen", config.listen))?;
 
-    // Retention: in small steps, so ingest never waits long for the store.
-    let (pruned_store, pruned_faults, pruned_metrics) = (store.clone(), faults.clone(), metrics.clone());
-    let pruned_access = access.clone();
-    let retention = config.retention.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            let now = jiff::Timestamp::now();
-            let cutoff = now.as_millisecond() - retention.batches.as_millis() as i64;
-            let s = pruned_store.clone();
-            let batches = tokio::task::spawn_blocking(move || s.prune_before(cutoff, 10_000)).await;
-            let batches = match batches {
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => crate::services::storage_failure::stop("pruning old batches", &e),
-                Err(_) => 0,
-            };
-            let before = now
-                .checked_sub(jiff::SignedDuration::try_from(retention.faults).unwrap_or(jiff::SignedDuration::MAX))
-                .unwrap_or(jiff::Timestamp::MIN);
-            let faults = pruned_faults.with_engine(|e| e.prune(before));
-            let audit_before = now.as_millisecond() - retention.audit.as_millis() as i64;
-            let audit = match pruned_access.audit().prune_before(audit_before, 10_000) {
-                Ok(n) => n,
-                Err(e) => crate::services::storage_failure::stop("pruning the audit log", &e),
-            };
-            for (what, n) in [("batches", batches), ("faults", faults), ("audit", audit)] {
-                if n > 0 {
-                    pruned_metrics
-                        .retention_removed_total
-                        .get_or_create(&WhatLabel { what: what.into() })
-                        .inc_by(n as u64);
-                    tracing::info!(what, removed = n, "retention");
-                }
-            }
-            if batches + faults + audit > 0
-                && let Err(e) = pruned_store.flush().await
-            {
-                crate::services::storage_failure::stop("pruning", &e);
-            }
-        }
-    });
+    Retention {
+        config: config.retention.clone(),
+        batches: store.clone(),
+        faults: faults.clone(),
+        pager: pager_for_retention,
+        incidents: incidents.clone(),
+        audit,
+        metrics: metrics.clone(),
+    }
+    .spawn();
     // The collector's own disk, as faults of its pseudo-host.
     let (own, dir, tx) = (faults.clone(), config.data_dir.clone(), transitions_tx.clone());
     let (warn, crit, every) =

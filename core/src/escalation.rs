@@ -471,6 +471,13 @@ impl Escalation {
         s
     }
 
+    /// Resolved with nothing left to send (resolutions of warnings wait for support hours):
+    /// nothing can happen to it any more, so a caller need not keep it at hand. A fault that
+    /// opens again starts a new escalation.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status, Status::Resolved { .. }) && self.next_wakeup().is_none()
+    }
+
     /// When `due` next has something to do; `None`: nothing until the caller acts.
     pub fn next_wakeup(&self) -> Option<Timestamp> {
         let next = self.next.filter(|_| self.status == Status::Running).map(|n| n.at);

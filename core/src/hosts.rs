@@ -35,6 +35,10 @@ pub struct HostRecord {
     /// When staff removed (decommissioned) the host; 0 while it is monitored.
     #[serde(default)]
     pub removed_ms: i64,
+    /// Batches of this host stored now (stored minus pruned by retention). Counted from the
+    /// version that introduced it: older batches are not in it and leave it at 0 when pruned.
+    #[serde(default)]
+    pub retained: u64,
 }
 
 /// Host ids: 1 to 253 characters of letters, digits, '.', '_' and '-', starting with a

@@ -76,7 +76,7 @@ fn refused(e: IncidentError) -> Status {
 
 impl IncidentsGrpc {
     fn reply(&self, id: u64) -> Result<Response<pb::Incident>, Status> {
-        self.incidents.lock().get(id).map(incident_to_pb).map(Response::new).map_err(refused)
+        self.incidents.get(id).map(|i| Response::new(incident_to_pb(&i))).map_err(refused)
     }
 }
 
@@ -88,8 +88,7 @@ impl Incidents for IncidentsGrpc {
     ) -> Result<Response<pb::ListIncidentsReply>, Status> {
         self.access.read(&request, "list_incidents").await?;
         let all = request.into_inner().all;
-        let st = self.incidents.lock();
-        let incidents = st.incidents.values().rev().filter(|i| all || !i.is_closed()).map(incident_to_pb).collect();
+        let incidents = self.incidents.list(all).iter().map(incident_to_pb).collect();
         Ok(Response::new(pb::ListIncidentsReply { incidents }))
     }
 
@@ -120,7 +119,7 @@ impl Incidents for IncidentsGrpc {
     async fn report(&self, request: Request<pb::IncidentRequest>) -> Result<Response<pb::IncidentReport>, Status> {
         self.access.read(&request, "incident_report").await?;
         let id = request.into_inner().id;
-        let inc = self.incidents.lock().get(id).map_err(refused)?.clone();
+        let inc = self.incidents.get(id).map_err(refused)?;
         let faults = self.incidents.faults_of(&inc);
         let maintenance: Vec<pikett_core::faults::Maintenance> =
             self.incidents.faults.with_engine(|e| e.maintenances().cloned().collect());
@@ -154,7 +153,7 @@ impl IncidentsGrpc {
         };
         let (update, inc) = {
             let mut st = self.incidents.lock();
-            let u = st.update(r.id, &r.text, eta, &who, now).map_err(refused)?;
+            let u = st.update(r.id, &r.text, eta, &who, now).map_err(|e| refused(self.incidents.refusal(e)))?;
             (u, st.get(r.id).map_err(refused)?.clone())
         };
         self.incidents.persist(&[r.id]).await;
@@ -172,7 +171,8 @@ impl IncidentsGrpc {
 
     async fn escalate_as(&self, who: String, id: u64) -> Result<Response<pb::Incident>, Status> {
         let now = Timestamp::now();
-        let inc = self.incidents.lock().escalate(id, &who, now).map_err(refused)?.clone();
+        let escalated = self.incidents.lock().escalate(id, &who, now).cloned();
+        let inc = escalated.map_err(|e| refused(self.incidents.refusal(e)))?;
         self.incidents.persist(&[id]).await;
         // The chain is paged once for the incident: for its earliest unresolved fault,
         // preferably one nobody acknowledged yet.
@@ -200,10 +200,13 @@ impl IncidentsGrpc {
     }
 
     async fn close_as(&self, who: String, r: pb::CloseIncidentRequest) -> Result<Response<pb::Incident>, Status> {
-        self.incidents
+        let closed = self
+            .incidents
             .lock()
             .close(r.id, &r.root_cause, &r.recommendations, &who, Timestamp::now())
-            .map_err(refused)?;
+            .map(|_| ())
+            .map_err(|e| refused(self.incidents.refusal(e)));
+        closed?;
         self.incidents.persist(&[r.id]).await;
         self.reply(r.id)
     }

@@ -411,9 +411,6 @@ struct Inner {
     stats: OutboxStats,
 }
 
-/// How often the worker drops finished entries older than `keep_done`.
-const PURGE_EVERY: Duration = Duration::from_secs(3600);
-
 /// The outbox. Cheap to clone; all clones share one store and one worker.
 #[derive(Clone)]
 pub struct Outbox {
@@ -560,7 +557,6 @@ impl Outbox {
         let outbox = self.clone();
         let handle = tokio::spawn(async move {
             let mut tasks = JoinSet::new();
-            let mut last_purge: Option<std::time::Instant> = None;
             loop {
                 let next = match outbox.claim_due() {
                     Ok((due, next)) => {
@@ -576,14 +572,6 @@ impl Outbox {
                 };
                 // Finished attempts are reaped here; their results went out as outcomes.
                 while tasks.try_join_next().is_some() {}
-                if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
-                    last_purge = Some(std::time::Instant::now());
-                    match outbox.purge() {
-                        Ok(0) => {}
-                        Ok(n) => tracing::debug!(removed = n, "outbox: purged finished entries"),
-                        Err(e) => tracing::warn!(error = %e, "outbox: purge failed"),
-                    }
-                }
                 let wait = next.map_or(Duration::from_secs(60), |t| {
                     let d = t.duration_since(outbox.inner.clock.now());
                     Duration::try_from(d).unwrap_or(Duration::ZERO).min(Duration::from_secs(60))

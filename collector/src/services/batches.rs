@@ -145,6 +145,11 @@ impl BatchLog {
         self.hosts.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
+    /// Batches in the store now (see [`HostRecord::retained`]).
+    pub fn batches_retained(&self) -> u64 {
+        self.hosts.read().unwrap_or_else(|p| p.into_inner()).values().map(|h| h.retained).sum()
+    }
+
     pub fn batches_stored(&self) -> u64 {
         self.hosts.read().unwrap_or_else(|p| p.into_inner()).values().map(|h| h.batches).sum()
     }
@@ -228,6 +233,7 @@ impl BatchLog {
                     rec.last_seq = 0;
                 }
                 rec.batches += 1;
+                rec.retained += 1;
                 rec.last_seq = rec.last_seq.max(req.batch.seq);
                 data_dropped = rec.record_drops(req.batch.dropped_samples, req.batch.dropped_other, now_ms);
             }
@@ -267,6 +273,14 @@ impl BatchLog {
             }
             for k in &old {
                 self.batches.remove(k)?;
+            }
+            if !old.is_empty() {
+                let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
+                if let Some(rec) = hosts.get_mut(&host) {
+                    rec.retained = rec.retained.saturating_sub(old.len() as u64);
+                    let json = serde_json::to_vec(&*rec).expect("a HostRecord always serializes");
+                    self.hosts_tree.insert(host.as_bytes(), json)?;
+                }
             }
             removed += old.len();
             if removed >= max {
@@ -364,6 +378,8 @@ mod tests {
         assert_eq!(log.prune_before(650, 100).unwrap(), 0);
         let kept: Vec<u64> = log.stored_seqs("web1").unwrap().into_iter().map(|(_, s)| s).collect();
         assert_eq!(kept, [7, 8, 9, 10]);
+        assert_eq!(log.batches_retained(), 4, "the count follows what is stored");
+        assert_eq!(log.host("web1").unwrap().batches, 10, "the total received stays");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use pikett_core::faults::{EventKind, Fault, FaultFilter, Transition};
-use pikett_core::incidents::{FaultRef, Incident, Incidents, fault_ref};
+use pikett_core::incidents::{FaultRef, Incident, IncidentError, Incidents, fault_ref};
 use pikett_core::sla::Contract;
 
 use crate::config::{CollectorConfig, CustomerConfig};
@@ -63,7 +63,10 @@ impl IncidentService {
                 state.next_id = serde_json::from_slice(&v).map_err(corrupt)?;
             } else if k.starts_with(b"i/") {
                 let inc: Incident = serde_json::from_slice(&v).map_err(corrupt)?;
-                state.incidents.insert(inc.id, inc);
+                // Closed incidents stay on disk only (see `get`, `list`).
+                if !inc.is_closed() {
+                    state.incidents.insert(inc.id, inc);
+                }
             }
         }
         let service = IncidentService {
@@ -116,6 +119,81 @@ impl IncidentService {
         if let Err(e) = self.storage.flush().await {
             crate::services::storage_failure::stop("flushing incidents", &e);
         }
+        // Memory holds the incidents that can still change; closed ones are read from disk.
+        let mut st = self.lock();
+        for id in ids {
+            if st.incidents.get(id).is_some_and(Incident::is_closed) {
+                st.incidents.remove(id);
+            }
+        }
+    }
+
+    /// A closed incident, from disk.
+    fn stored(&self, id: u64) -> Option<Incident> {
+        let v = self.tree.get(&inc_key(id)).ok()??;
+        match serde_json::from_slice(&v) {
+            Ok(inc) => Some(inc),
+            Err(e) => {
+                tracing::error!(incident = id, error = %e, "stored incident cannot be read");
+                None
+            }
+        }
+    }
+
+    /// Incident `id`, open (memory) or closed (disk).
+    pub fn get(&self, id: u64) -> Result<Incident, IncidentError> {
+        if let Ok(inc) = self.lock().get(id) {
+            return Ok(inc.clone());
+        }
+        self.stored(id).ok_or(IncidentError::NoSuchIncident(id))
+    }
+
+    /// The model's refusal, where "no such incident" means one that closed and left memory.
+    pub fn refusal(&self, e: IncidentError) -> IncidentError {
+        match e {
+            IncidentError::NoSuchIncident(id) if self.stored(id).is_some() => IncidentError::Closed(id),
+            e => e,
+        }
+    }
+
+    /// Every incident not closed, and with `all` the closed ones too; newest first.
+    pub fn list(&self, all: bool) -> Vec<Incident> {
+        let mut out: BTreeMap<u64, Incident> = self.lock().incidents.clone();
+        if all {
+            for (k, v) in self.tree.scan_prefix(b"i/").flatten() {
+                if let Ok(inc) = serde_json::from_slice::<Incident>(&v) {
+                    out.entry(inc.id).or_insert(inc);
+                } else {
+                    tracing::error!(key = %String::from_utf8_lossy(&k), "stored incident cannot be read");
+                }
+            }
+        }
+        out.into_values().rev().filter(|i| all || !i.is_closed()).collect()
+    }
+
+    /// Incidents in memory (those not closed).
+    pub fn in_memory(&self) -> usize {
+        self.lock().incidents.len()
+    }
+
+    /// Removes incidents closed before `before` from disk, at most `max`; returns how many
+    /// went. Not flushed: the caller flushes.
+    pub fn prune(&self, before: Timestamp, max: usize) -> Result<usize, StoreError> {
+        let mut gone = Vec::new();
+        for item in self.tree.scan_prefix(b"i/") {
+            let (k, v) = item?;
+            let closed_at = serde_json::from_slice::<Incident>(&v).ok().and_then(|i| i.closed_at);
+            if closed_at.is_some_and(|at| at < before) {
+                gone.push(k);
+                if gone.len() >= max {
+                    break;
+                }
+            }
+        }
+        for k in &gone {
+            self.tree.remove(k)?;
+        }
+        Ok(gone.len())
     }
 
     /// Feeds fault transitions (the same batches the pager gets).

@@ -22,8 +22,15 @@ pub struct WhatLabel {
     pub what: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TreeLabel {
+    pub tree: String,
+}
+
 pub struct Metrics {
     pub registry: Registry,
+    pub store_records: Family<TreeLabel, Gauge>,
+    pub in_memory_records: Family<WhatLabel, Gauge>,
     pub batches_total: Counter,
     pub duplicate_batches_total: Counter,
     pub samples_total: Counter,
@@ -57,6 +64,8 @@ impl Metrics {
             sequence_gaps_total: Counter::default(),
             invalid_checks_total: Counter::default(),
             retention_removed_total: Family::default(),
+            store_records: Family::default(),
+            in_memory_records: Family::default(),
             store_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             hosts: Family::default(),
             notifications_failed_total: Counter::default(),
@@ -100,6 +109,16 @@ impl Metrics {
             "retention_removed",
             "Stored records removed because they outlived [retention]",
             m.retention_removed_total.clone(),
+        );
+        registry.register(
+            "store_records",
+            "Records in each part of the store (counted at every retention pass)",
+            m.store_records.clone(),
+        );
+        registry.register(
+            "in_memory_records",
+            "Records held in memory: open escalations and incidents, faults, latest-value series",
+            m.in_memory_records.clone(),
         );
         registry.register(
             "ingest_invalid_checks",

@@ -24,7 +24,7 @@ use crate::notify::{
 };
 use crate::services::faults::FaultService;
 use crate::services::metrics::Metrics;
-use crate::store::{Storage, Tree};
+use crate::store::{Storage, StoreError, Tree};
 use pikett_core::escalation::{
     Action, Context, Escalation, EscalationConfig, NotifyKind, Severity as EscSeverity, StartMode,
 };
@@ -94,7 +94,11 @@ pub fn spawn(
         } else if k.len() == 10 {
             let mut id = [0u8; 8];
             id.copy_from_slice(&k[2..]);
-            escalations.insert(u64::from_be_bytes(id), serde_json::from_slice(&v)?);
+            let escalation: Escalation = serde_json::from_slice(&v)?;
+            // Finished ones stay on disk only, until retention removes them with their fault.
+            if !escalation.is_finished() {
+                escalations.insert(u64::from_be_bytes(id), escalation);
+            }
         }
     }
     let channels = config.channels.build().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -522,12 +526,53 @@ impl Pager {
         }
     }
 
+    /// Removes finished notifications older than the outbox's `keep_done`; how many went.
+    pub fn purge_outbox(&self) -> Result<usize, crate::notify::outbox::OutboxError> {
+        self.outbox.purge()
+    }
+
+    /// Escalations in memory (those not finished).
+    pub fn escalations_in_memory(&self) -> usize {
+        self.lock().escalations.len()
+    }
+
+    /// Removes stored escalations of faults the engine no longer knows (retention removed
+    /// them), at most `max`; returns how many went. Not flushed: the caller flushes.
+    pub fn prune(&self, max: usize) -> Result<usize, StoreError> {
+        let mut gone = Vec::new();
+        for item in self.tree.iter() {
+            let (k, _) = item?;
+            if k.len() != 10 || k.as_slice() == OVERRIDES_KEY {
+                continue;
+            }
+            let id = u64::from_be_bytes(k[2..].try_into().expect("10-byte key"));
+            if !self.lock().escalations.contains_key(&id) && self.faults.with_engine(|e| e.fault(id).is_none()) {
+                gone.push(k);
+                if gone.len() >= max {
+                    break;
+                }
+            }
+        }
+        for k in &gone {
+            self.tree.remove(k)?;
+        }
+        Ok(gone.len())
+    }
+
     fn note(&self, fault: u64, text: &str, now: Timestamp) {
         let _ = self.faults.with_engine(|e| e.annotate(fault, None, text, now));
     }
 
     async fn persist(&self, fault: u64) {
-        let json = self.lock().escalations.get(&fault).map(|e| serde_json::to_vec(e).expect("escalations serialize"));
+        let json = {
+            let mut st = self.lock();
+            let json = st.escalations.get(&fault).map(|e| serde_json::to_vec(e).expect("escalations serialize"));
+            // Memory holds the escalations something can still happen to; the rest is on disk.
+            if st.escalations.get(&fault).is_some_and(Escalation::is_finished) {
+                st.escalations.remove(&fault);
+            }
+            json
+        };
         let r = match json {
             Some(j) => self.tree.insert(&esc_key(fault), j),
             None => Ok(()),

@@ -56,6 +56,15 @@ pub trait Tree: Send + Sync {
     fn apply(&self, batch: WriteBatch) -> Result<(), StoreError>;
     /// The entries whose key starts with `prefix`, in key order.
     fn scan_prefix<'a>(&'a self, prefix: &[u8]) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a>;
+    /// How many entries there are (reads them all: for small trees).
+    fn count(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.iter() {
+            item?;
+            n += 1;
+        }
+        Ok(n)
+    }
     /// Every entry, in key order.
     fn iter<'a>(&'a self) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a> {
         self.scan_prefix(&[])

@@ -342,8 +342,10 @@ fn resolved_after_ack_still_tells_the_paged() {
     let mut esc = Escalation::start("F1", Severity::Critical, t0, StartMode::Normal);
     esc.due(t0, &w.ctx());
     esc.ack(t0 + mins(1));
+    assert!(!esc.is_finished(), "acknowledged, not resolved: the resolution is still to be told");
     let actions = esc.resolve(t0 + mins(30), &w.ctx());
     assert_eq!(actions, vec![notify("alice", Channel::Sms, NotifyKind::Resolved, 2, None, 0)]);
+    assert!(esc.is_finished());
 }
 
 #[test]
@@ -465,9 +467,11 @@ fn warning_at_friday_night_is_delivered_monday_nine_local() {
     // Resolved Monday night: the resolution waits for Tuesday 09:00.
     let night = ts("2026-11-16T22:00:00Z");
     assert_eq!(esc.resolve(night, &w.ctx()), vec![]);
+    assert!(!esc.is_finished(), "the resolution is still to be sent");
     let tuesday = ts("2026-11-17T08:00:00Z");
     assert_eq!(esc.next_wakeup(), Some(tuesday));
     assert_eq!(esc.due(tuesday, &w.ctx()), vec![notify("alice", Channel::Email, NotifyKind::Resolved, 2, None, 0)]);
+    assert!(esc.is_finished());
 }
 
 #[test]

@@ -1,0 +1,136 @@
+//! Retention: removes what outlived `[retention]` (and the outbox's `keep_done`), in small
+//! steps so ingest never waits long for the store, and counts it in
+//! `pikett_retention_removed_total{what}`.
+//!
+//! One pass every `[retention] prune_every`: each kind is pruned in steps of [`STEP`]
+//! records, with a yield between steps, until nothing old is left. Order matters: faults go
+//! before their escalations, which are removed once the engine no longer knows their fault.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::config::RetentionConfig;
+use crate::services::audit::AuditLog;
+use crate::services::batches::BatchLog;
+use crate::services::faults::FaultService;
+use crate::services::incidents::IncidentService;
+use crate::services::metrics::{Metrics, TreeLabel, WhatLabel};
+use crate::services::pager::Pager;
+use crate::store::StoreError;
+
+/// Records removed per step; between steps ingest gets the store.
+const STEP: usize = 10_000;
+
+/// Everything retention prunes.
+pub struct Retention {
+    pub config: RetentionConfig,
+    pub batches: Arc<BatchLog>,
+    pub faults: Arc<FaultService>,
+    pub pager: Arc<Pager>,
+    pub incidents: Arc<IncidentService>,
+    pub audit: Arc<AuditLog>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn before(now: Timestamp, keep: Duration) -> Timestamp {
+    now.checked_sub(SignedDuration::try_from(keep).unwrap_or(SignedDuration::MAX)).unwrap_or(Timestamp::MIN)
+}
+
+impl Retention {
+    /// Starts the background task.
+    pub fn spawn(self) {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(self.config.prune_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = self.pass(Timestamp::now()).await {
+                    crate::services::storage_failure::stop("pruning old data", &e);
+                }
+            }
+        });
+    }
+
+    /// One pass at `now`; returns how many records of each kind went.
+    pub async fn pass(&self, now: Timestamp) -> Result<Vec<(&'static str, usize)>, StoreError> {
+        let mut removed = Vec::new();
+        let cutoff = now.as_millisecond() - self.config.batches.as_millis() as i64;
+        let batches = self.batches.clone();
+        let n = self.steps(move || batches.prune_before(cutoff, STEP)).await?;
+        removed.push(("batches", n));
+
+        let faults_before = before(now, self.config.faults);
+        removed.push(("faults", self.faults.with_engine(|e| e.prune(faults_before))));
+        let pager = self.pager.clone();
+        removed.push(("escalations", self.steps(move || pager.prune(STEP)).await?));
+        let incidents = self.incidents.clone();
+        removed.push(("incidents", self.steps(move || incidents.prune(faults_before, STEP)).await?));
+
+        let audit = self.audit.clone();
+        let audit_before = now.as_millisecond() - self.config.audit.as_millis() as i64;
+        removed.push(("audit", self.steps(move || audit.prune_before(audit_before, STEP)).await?));
+        let outbox = match self.pager.purge_outbox() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention: cannot purge finished notifications");
+                0
+            }
+        };
+        removed.push(("outbox", outbox));
+
+        for &(what, n) in &removed {
+            if n > 0 {
+                self.metrics.retention_removed_total.get_or_create(&WhatLabel { what: what.into() }).inc_by(n as u64);
+                tracing::info!(what, removed = n, "retention");
+            }
+        }
+        if removed.iter().any(|(_, n)| *n > 0) {
+            self.batches.flush().await?;
+        }
+        self.count()?;
+        Ok(removed)
+    }
+
+    /// Sets `pikett_store_records` and `pikett_in_memory_records`.
+    fn count(&self) -> Result<(), StoreError> {
+        let set = |tree: &str, n: u64| {
+            self.metrics.store_records.get_or_create(&TreeLabel { tree: tree.into() }).set(n as i64);
+        };
+        set("batches", self.batches.batches_retained());
+        set("hosts", self.batches.hosts().len() as u64);
+        let faults: u64 = self.faults.with_engine(|e| e.counts().values().sum());
+        set("faults", faults);
+        for tree in ["escalations", "incidents", "outbox", "audit"] {
+            set(tree, self.batches.storage().tree(tree)?.count()? as u64);
+        }
+        let memory = |what: &str, n: usize| {
+            self.metrics.in_memory_records.get_or_create(&WhatLabel { what: what.into() }).set(n as i64);
+        };
+        memory("faults", faults as usize);
+        memory("escalations", self.pager.escalations_in_memory());
+        memory("incidents", self.incidents.in_memory());
+        Ok(())
+    }
+
+    /// Runs `step` on a blocking thread until it removes fewer than [`STEP`]; the total.
+    async fn steps(
+        &self,
+        step: impl Fn() -> Result<usize, StoreError> + Send + Sync + 'static,
+    ) -> Result<usize, StoreError> {
+        let step = Arc::new(step);
+        let mut total = 0;
+        loop {
+            let s = step.clone();
+            let n = tokio::task::spawn_blocking(move || s())
+                .await
+                .map_err(|e| StoreError::Engine(format!("retention step: {e}")))??;
+            total += n;
+            if n < STEP {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
