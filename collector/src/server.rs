@@ -37,6 +37,7 @@ use crate::services::pki::Ca;
 use crate::services::retention::Retention;
 use crate::services::staff::StaffTokens;
 use crate::services::writer::spawn_writer;
+use crate::store::batch_files::{self, BatchFiles};
 use crate::store::{SledStorage, Storage};
 
 /// Largest message accepted from an agent (a batch). The agent cuts a batch at 5,000
@@ -50,7 +51,12 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let storage: Arc<dyn Storage> =
         Arc::new(SledStorage::open_with(&config.data_dir, config.store_cache_bytes, config.store_fsync)?);
-    let store = Arc::new(BatchLog::open(storage.clone())?);
+    let files = BatchFiles::open(
+        &config.data_dir.join(batch_files::DIR),
+        batch_files::span_for(config.retention.batches),
+        config.store_fsync,
+    )?;
+    let store = Arc::new(BatchLog::open(storage.clone(), files)?);
     let identity = Arc::new(IdentityService::open(storage.clone())?);
     let tokens = Arc::new(StaffTokens::open(&config.tokens_path())?);
     let audit = Arc::new(AuditLog::open(storage.clone())?);
@@ -101,6 +107,7 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         faults: faults.clone(),
         staleness: config.metrics_staleness,
         storage: storage.clone(),
+        batches: store.clone(),
         data_dir: config.data_dir.clone(),
     });
     let mut http_shutdown = shutdown.clone();

@@ -538,3 +538,14 @@ pub fn fill(file: &Path) {
     while f.write_all(&small).is_ok() {}
     let _ = f.sync_all();
 }
+
+/// The collector's ingest log in `data_dir` (the collector must be stopped), to check what
+/// it stored.
+pub fn open_batch_log(
+    storage: pikett_collector::store::SledStorage,
+    data_dir: &Path,
+) -> Result<pikett_collector::services::batches::BatchLog, pikett_collector::services::batches::BatchLogError> {
+    use pikett_collector::store::batch_files::{BatchFiles, DIR};
+    let files = BatchFiles::open(&data_dir.join(DIR), Duration::from_secs(3600), false)?;
+    pikett_collector::services::batches::BatchLog::open(std::sync::Arc::new(storage), files)
+}

@@ -81,7 +81,7 @@ fn a_full_agent_disk_is_reported_without_the_spool_and_spooling_resumes() {
     assert_eq!(spool.pending(), 0, "batches left unacknowledged in the agent's spool");
     drop(spool);
     let storage = pikett_collector::store::SledStorage::open(&collector.data_dir, 1 << 20).unwrap();
-    let log = pikett_collector::services::batches::BatchLog::open(std::sync::Arc::new(storage)).unwrap();
+    let log = pikett_tests::open_batch_log(storage, &collector.data_dir).unwrap();
     let expected: Vec<(u64, u64)> = (1..=last).map(|s| (epoch, s)).collect();
     assert_eq!(log.stored_seqs("diskfull-01").unwrap(), expected, "stored batches are not 1..={last} once each");
 }

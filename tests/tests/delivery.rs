@@ -12,8 +12,7 @@ const HOST_PROBE: &str = "[host]\ninterval = \"500ms\"\n";
 /// (the collector must be stopped).
 fn stored_seqs(data_dir: &std::path::Path, host: &str) -> Vec<(u64, u64)> {
     let storage = pikett_collector::store::SledStorage::open(data_dir, 1 << 20).expect("open collector store");
-    let log =
-        pikett_collector::services::batches::BatchLog::open(std::sync::Arc::new(storage)).expect("open the ingest log");
+    let log = pikett_tests::open_batch_log(storage, data_dir).expect("open the ingest log");
     log.stored_seqs(host).expect("read stored seqs")
 }
 

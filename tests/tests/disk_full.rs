@@ -67,7 +67,7 @@ fn a_full_collector_disk_stops_acks_and_loses_nothing() {
     assert_eq!(spool.pending(), 0, "batches left unacknowledged in the agent's spool");
     drop(spool);
     let storage = pikett_collector::store::SledStorage::open(&collector.data_dir, 1 << 20).unwrap();
-    let log = pikett_collector::services::batches::BatchLog::open(std::sync::Arc::new(storage)).unwrap();
+    let log = pikett_tests::open_batch_log(storage, &collector.data_dir).unwrap();
     let stored = log.stored_seqs("full-01").unwrap();
     let expected: Vec<(u64, u64)> = (1..=last).map(|s| (epoch, s)).collect();
     assert!(last > 20, "the agent sent only {last} batches");
@@ -115,7 +115,8 @@ fn the_collector_warns_before_its_disk_is_full() {
     assert!(critical.is_some(), "no critical at about 10% free: {:?}", faults(&collector, &ca));
     let (_, metrics) = http_get(collector.http_port, "/metrics").unwrap();
     assert!(
-        metrics.contains("pikett_data_dir_free_bytes ") && metrics.contains("pikett_store_size_bytes "),
+        metrics.contains("pikett_data_dir_free_bytes ")
+            && metrics.contains("pikett_store_size_bytes{part=\"batch_files\"} "),
         "{metrics}"
     );
     std::fs::remove_file(collector.data_dir.join("filler-1")).unwrap();

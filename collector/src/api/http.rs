@@ -26,6 +26,8 @@ pub struct HttpState {
     pub staleness: Duration,
     /// The store (its size on disk) and the data directory (free space), for `/metrics`.
     pub storage: Arc<dyn crate::store::Storage>,
+    /// The ingest log (the size of its batch files).
+    pub batches: Arc<crate::services::batches::BatchLog>,
     pub data_dir: std::path::PathBuf,
 }
 
@@ -55,7 +57,8 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     if let Ok(size) = s.storage.size_on_disk() {
         text.push_str("# HELP pikett_store_size_bytes Bytes the store's files take on disk.\n");
         text.push_str("# TYPE pikett_store_size_bytes gauge\n");
-        let _ = writeln!(text, "pikett_store_size_bytes {size}");
+        let _ = writeln!(text, "pikett_store_size_bytes{{part=\"index\"}} {size}");
+        let _ = writeln!(text, "pikett_store_size_bytes{{part=\"batch_files\"}} {}", s.batches.files_size());
     }
     if let Ok((free, total)) = crate::services::self_check::free_space(&s.data_dir) {
         text.push_str("# HELP pikett_data_dir_free_bytes Free bytes on the data directory's file system.\n");

@@ -1,12 +1,16 @@
 //! The ingest log: every stored batch per host, and the host registry.
 //!
-//! Trees: `batches` (host_id, 0x00, spool epoch big-endian, seq big-endian → encoded
-//! `pikett.v1.Batch`; stores from before epochs have host_id, 0x00, seq, read as epoch 0),
-//! `hosts` (host_id → JSON [`HostRecord`]).
+//! Batches: the payload (encoded `pikett.v1.Batch`, as received) in the batch files
+//! ([`BatchFiles`]: one file per time span, deleted whole by retention), and its place in
+//! the tree `batch_index` (host_id, 0x00, spool epoch big-endian, seq big-endian →
+//! [`Location`]). The tree `batches` holds what versions before the batch files stored in
+//! sled itself (same keys → the payload; from before epochs: host_id, 0x00, seq, read as
+//! epoch 0): read and pruned, never written. `hosts` (host_id → JSON [`HostRecord`]).
 //!
 //! A batch is identified by (host, spool epoch, seq): an agent whose spool was wiped comes
-//! back with a new epoch and sequence numbers from 1, which are new batches, not duplicates. Batches are inserted by the group-commit
-//! writer (`services::writer`), which also flushes them.
+//! back with a new epoch and sequence numbers from 1, which are new batches, not duplicates.
+//! Batches are inserted by the group-commit writer (`services::writer`), which also flushes
+//! them ([`BatchLog::flush`]: the batch files first, then the index).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -14,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use pikett_core::hosts::HostRecord;
 use tokio::sync::oneshot;
 
+use crate::store::batch_files::{BatchFiles, Location};
 use crate::store::{Storage, StoreError, Tree};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +31,10 @@ pub enum BatchLogError {
 
 pub struct BatchLog {
     storage: Arc<dyn Storage>,
-    batches: Arc<dyn Tree>,
+    files: Arc<BatchFiles>,
+    index: Arc<dyn Tree>,
+    /// Batches stored in sled by earlier versions.
+    legacy: Arc<dyn Tree>,
     hosts_tree: Arc<dyn Tree>,
     /// The host registry, mirrored in memory (read by every admin call).
     hosts: RwLock<HashMap<String, HostRecord>>,
@@ -104,8 +112,9 @@ pub struct Outcome {
 
 impl BatchLog {
     /// Opens the trees in `storage` and reads the host registry into memory.
-    pub fn open(storage: Arc<dyn Storage>) -> Result<BatchLog, BatchLogError> {
-        let batches = storage.tree("batches")?;
+    pub fn open(storage: Arc<dyn Storage>, files: BatchFiles) -> Result<BatchLog, BatchLogError> {
+        let index = storage.tree("batch_index")?;
+        let legacy = storage.tree("batches")?;
         let hosts_tree = storage.tree("hosts")?;
         let mut hosts = HashMap::new();
         for item in hosts_tree.iter() {
@@ -115,7 +124,7 @@ impl BatchLog {
                 .map_err(|source| BatchLogError::CorruptHost { host: host.clone(), source })?;
             hosts.insert(host, rec);
         }
-        Ok(BatchLog { storage, batches, hosts_tree, hosts: RwLock::new(hosts) })
+        Ok(BatchLog { storage, files: Arc::new(files), index, legacy, hosts_tree, hosts: RwLock::new(hosts) })
     }
 
     pub fn hosts(&self) -> Vec<HostRecord> {
@@ -156,8 +165,14 @@ impl BatchLog {
 
     /// The stored batch `seq` of `host`'s spool `epoch`, encoded.
     pub fn batch(&self, host: &str, epoch: u64, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.batches.get(&batch_key(host, epoch, seq))? {
-            None if epoch == 0 => self.batches.get(&legacy_batch_key(host, seq)),
+        let key = batch_key(host, epoch, seq);
+        if let Some(v) = self.index.get(&key)? {
+            let loc = Location::decode(&v)
+                .ok_or_else(|| StoreError::Engine(format!("batch_index: corrupt entry for {host} {epoch}/{seq}")))?;
+            return self.files.read(&loc).map(Some);
+        }
+        match self.legacy.get(&key)? {
+            None if epoch == 0 => self.legacy.get(&legacy_batch_key(host, seq)),
             found => Ok(found),
         }
     }
@@ -167,7 +182,7 @@ impl BatchLog {
         let mut prefix = host.as_bytes().to_vec();
         prefix.push(0);
         let mut out = Vec::new();
-        for item in self.batches.scan_prefix(&prefix) {
+        for item in self.index.scan_prefix(&prefix).chain(self.legacy.scan_prefix(&prefix)) {
             let (k, _) = item?;
             let rest = &k[prefix.len()..];
             match rest.len() {
@@ -179,12 +194,15 @@ impl BatchLog {
             }
         }
         out.sort_unstable();
+        out.dedup();
         Ok(out)
     }
 
     fn is_stored(&self, host: &str, epoch: u64, seq: u64) -> Result<bool, StoreError> {
-        Ok(self.batches.contains_key(&batch_key(host, epoch, seq))?
-            || (epoch == 0 && self.batches.contains_key(&legacy_batch_key(host, seq))?))
+        let key = batch_key(host, epoch, seq);
+        Ok(self.index.contains_key(&key)?
+            || self.legacy.contains_key(&key)?
+            || (epoch == 0 && self.legacy.contains_key(&legacy_batch_key(host, seq))?))
     }
 
     /// Inserts a group of batches (not yet flushed). Runs on a blocking thread.
@@ -199,7 +217,8 @@ impl BatchLog {
             } else if self.is_stored(host, epoch, seq)? {
                 Stored::Duplicate
             } else {
-                self.batches.insert(&batch_key(host, epoch, seq), prost::Message::encode_to_vec(&req.batch))?;
+                let loc = self.files.append(&prost::Message::encode_to_vec(&req.batch), now_ms)?;
+                self.index.insert(&batch_key(host, epoch, seq), loc.encode())?;
                 Stored::New
             };
             let rec = hosts.entry(req.sender.host_id.clone()).or_insert_with(|| HostRecord {
@@ -248,8 +267,10 @@ impl BatchLog {
         Ok(results)
     }
 
-    /// Removes stored batches created before `cutoff_ms`, oldest first per host, at most
-    /// `max` in one call (small steps: ingest goes on between them). Returns how many went.
+    /// Removes stored batches received before `cutoff_ms` (from before the batch files:
+    /// created before it), oldest first per host, at most `max` in one call (small steps:
+    /// ingest goes on between them). Once nothing old is left in the index, deletes the
+    /// batch files whose span ended before `cutoff_ms`. Returns how many batches went.
     pub fn prune_before(&self, cutoff_ms: i64, max: usize) -> Result<usize, StoreError> {
         let hosts: Vec<String> = self.hosts.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         let mut removed = 0;
@@ -257,22 +278,30 @@ impl BatchLog {
             let mut prefix = host.as_bytes().to_vec();
             prefix.push(0);
             let mut old = Vec::new();
-            for item in self.batches.scan_prefix(&prefix) {
-                if removed + old.len() >= max {
-                    break;
+            for (tree, legacy) in [(&self.index, false), (&self.legacy, true)] {
+                let mut gone = Vec::new();
+                for item in tree.scan_prefix(&prefix) {
+                    if removed + old.len() + gone.len() >= max {
+                        break;
+                    }
+                    let (k, v) = item?;
+                    let at = if legacy {
+                        prost::Message::decode(v.as_slice())
+                            .map(|b: pikett_proto::v1::Batch| b.created_unix_ms)
+                            .unwrap_or(0)
+                    } else {
+                        Location::decode(&v).map_or(0, |l| l.received_ms)
+                    };
+                    // Keys run in sequence order within an epoch: the first young batch ends it.
+                    if at >= cutoff_ms {
+                        break;
+                    }
+                    gone.push(k);
                 }
-                let (k, v) = item?;
-                let created = prost::Message::decode(v.as_slice())
-                    .map(|b: pikett_proto::v1::Batch| b.created_unix_ms)
-                    .unwrap_or(0);
-                // Keys run in sequence order within an epoch: the first young batch ends it.
-                if created >= cutoff_ms {
-                    break;
+                for k in &gone {
+                    tree.remove(k)?;
                 }
-                old.push(k);
-            }
-            for k in &old {
-                self.batches.remove(k)?;
+                old.extend(gone);
             }
             if !old.is_empty() {
                 let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
@@ -284,10 +313,16 @@ impl BatchLog {
             }
             removed += old.len();
             if removed >= max {
-                break;
+                return Ok(removed);
             }
         }
+        self.files.delete_before(cutoff_ms)?;
         Ok(removed)
+    }
+
+    /// Bytes the batch files take.
+    pub fn files_size(&self) -> u64 {
+        self.files.size()
     }
 
     /// The storage the log lives in, for the other services that keep state beside it.
@@ -297,6 +332,11 @@ impl BatchLog {
 
     /// Makes everything written so far durable (the group commit's flush).
     pub async fn flush(&self) -> Result<(), StoreError> {
+        // The payloads before the index that points to them.
+        let files = self.files.clone();
+        tokio::task::spawn_blocking(move || files.sync())
+            .await
+            .map_err(|e| StoreError::Engine(format!("syncing the batch files: {e}")))??;
         self.storage.flush().await
     }
 }
@@ -321,6 +361,13 @@ mod tests {
         (WriteRequest { sender, batch, status: false, series_over_limit: 0, reply }, rx)
     }
 
+    /// A log on a temporary store, with its batch files in a temporary directory (1 s spans).
+    fn open(storage: Arc<dyn Storage>) -> (BatchLog, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BatchFiles::open(dir.path(), std::time::Duration::from_secs(1), true).unwrap();
+        (BatchLog::open(storage, files).unwrap(), dir)
+    }
+
     fn apply(log: &BatchLog, batches: &[(u64, u64)]) -> Vec<Stored> {
         let group: Vec<WriteRequest> = batches.iter().map(|(e, s)| request("web1", *e, *s).0).collect();
         log.apply(&group, 1_000).unwrap().into_iter().map(|o| o.stored).collect()
@@ -329,7 +376,7 @@ mod tests {
     #[test]
     fn a_status_is_not_stored_and_drop_reports_are_counted_once() {
         let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
-        let log = BatchLog::open(storage).unwrap();
+        let (log, _dir) = open(storage);
         let (mut dropping, _) = request("web1", 7, 1);
         dropping.batch.dropped_samples = 40;
         dropping.batch.dropped_other = 2;
@@ -351,7 +398,7 @@ mod tests {
     #[test]
     fn duplicates_are_per_spool_epoch_and_a_new_epoch_is_counted() {
         let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
-        let log = BatchLog::open(storage).unwrap();
+        let (log, _dir) = open(storage);
         assert_eq!(apply(&log, &[(7, 1), (7, 2), (7, 3)]), vec![Stored::New; 3]);
         assert_eq!(apply(&log, &[(7, 2)]), vec![Stored::Duplicate]);
         // The same numbers from a new spool are new batches.
@@ -362,24 +409,43 @@ mod tests {
     }
 
     #[test]
-    fn old_batches_are_pruned_in_steps_and_young_ones_kept() {
+    fn old_batches_are_pruned_in_steps_young_ones_kept_and_their_files_deleted() {
         let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
-        let log = BatchLog::open(storage).unwrap();
-        let group: Vec<WriteRequest> = (1..=10)
-            .map(|seq| {
-                let (mut r, _) = request("web1", 7, seq);
-                r.batch.created_unix_ms = seq as i64 * 100;
-                r
-            })
-            .collect();
-        log.apply(&group, 1_000).unwrap();
-        assert_eq!(log.prune_before(650, 4).unwrap(), 4, "one step removes at most max");
-        assert_eq!(log.prune_before(650, 100).unwrap(), 2);
-        assert_eq!(log.prune_before(650, 100).unwrap(), 0);
+        let (log, dir) = open(storage);
+        // Batch n arrives at n × 300 ms: spans [0, 1 s) hold 1–3, [1 s, 2 s) 4–6, …
+        for seq in 1..=10 {
+            let (r, _) = request("web1", 7, seq);
+            log.apply(&[r], seq as i64 * 300).unwrap();
+        }
+        let files = || std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(files(), 4);
+        assert_eq!(log.prune_before(1_950, 4).unwrap(), 4, "one step removes at most max");
+        assert_eq!(files(), 4, "files go only once the index holds nothing old");
+        assert_eq!(log.prune_before(1_950, 100).unwrap(), 2);
+        assert_eq!(files(), 3, "the span [0, 1 s) ended before the cutoff; [1 s, 2 s) did not");
+        assert_eq!(log.prune_before(1_950, 100).unwrap(), 0);
         let kept: Vec<u64> = log.stored_seqs("web1").unwrap().into_iter().map(|(_, s)| s).collect();
         assert_eq!(kept, [7, 8, 9, 10]);
         assert_eq!(log.batches_retained(), 4, "the count follows what is stored");
         assert_eq!(log.host("web1").unwrap().batches, 10, "the total received stays");
+        let b: pb::Batch = prost::Message::decode(log.batch("web1", 7, 7).unwrap().unwrap().as_slice()).unwrap();
+        assert_eq!(b.seq, 7, "a kept batch reads back");
+    }
+
+    #[test]
+    fn batches_stored_in_sled_by_earlier_versions_are_read_and_pruned() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let tree = storage.tree("batches").unwrap();
+        for seq in 1..=3 {
+            let b = pb::Batch { seq, created_unix_ms: seq as i64 * 100, ..Default::default() };
+            tree.insert(&batch_key("web1", 7, seq), prost::Message::encode_to_vec(&b)).unwrap();
+        }
+        let (log, _dir) = open(storage);
+        assert_eq!(apply(&log, &[(7, 3), (7, 4)]), vec![Stored::Duplicate, Stored::New]);
+        assert_eq!(log.stored_seqs("web1").unwrap(), vec![(7, 1), (7, 2), (7, 3), (7, 4)]);
+        assert!(log.batch("web1", 7, 2).unwrap().is_some());
+        assert_eq!(log.prune_before(250, 100).unwrap(), 2, "by their creation time");
+        assert_eq!(log.stored_seqs("web1").unwrap(), vec![(7, 3), (7, 4)]);
     }
 
     #[test]
@@ -387,7 +453,7 @@ mod tests {
         let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
         let tree = storage.tree("batches").unwrap();
         tree.insert(&legacy_batch_key("web1", 4), b"old".to_vec()).unwrap();
-        let log = BatchLog::open(storage).unwrap();
+        let (log, _dir) = open(storage);
         assert_eq!(apply(&log, &[(0, 4), (0, 5)]), vec![Stored::Duplicate, Stored::New]);
         assert_eq!(log.batch("web1", 0, 4).unwrap().as_deref(), Some(b"old".as_slice()));
         assert_eq!(log.stored_seqs("web1").unwrap(), vec![(0, 4), (0, 5)]);

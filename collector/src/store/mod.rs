@@ -9,6 +9,7 @@
 //! Architecture invariant: only this folder names an engine's types. Services see
 //! `Arc<dyn Storage>` and `Arc<dyn Tree>`, never `sled::*`.
 
+pub mod batch_files;
 pub mod sled_store;
 
 use std::sync::Arc;

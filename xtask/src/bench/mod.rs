@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod paging_checks;
+mod soak;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -51,6 +52,9 @@ pub enum Which {
         #[arg(long, default_value_t = 120)]
         seconds: u64,
     },
+    /// Hours of traffic compressed into minutes with short retention: the data directory's
+    /// size and the collector's RSS over time, which must level off.
+    Soak(soak::Args),
     /// A release agent with the host probe at 30 s: RSS and CPU seconds per hour.
     Agent {
         #[arg(long, default_value_t = 180)]
@@ -65,6 +69,7 @@ pub fn run(which: Which) -> anyhow::Result<()> {
             ingest(agents, samples, interval_ms, seconds, rules, fsync)
         }
         Which::Agent { seconds } => agent(seconds),
+        Which::Soak(args) => soak::soak(args),
         Which::Paging { faults } => paging_checks::paging(faults),
         Which::Checks { tcp, command, seconds } => paging_checks::checks(tcp, command, seconds),
     }
@@ -87,6 +92,15 @@ pub(crate) fn start_collector(
     name: &str,
     extra_config: &str,
 ) -> anyhow::Result<(Killed, u16, std::path::PathBuf)> {
+    start_collector_http(bin, name, extra_config).map(|(c, grpc, _, dir)| (c, grpc, dir))
+}
+
+/// [`start_collector`], also returning the HTTP (`/metrics`) port.
+pub(crate) fn start_collector_http(
+    bin: &std::path::Path,
+    name: &str,
+    extra_config: &str,
+) -> anyhow::Result<(Killed, u16, u16, std::path::PathBuf)> {
     let dir = target_dir().join("bench").join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -109,7 +123,7 @@ pub(crate) fn start_collector(
         .spawn()
         .context("starting pikett-collector")?;
     wait_port(grpc, Duration::from_secs(10))?;
-    Ok((Killed(child), grpc, dir))
+    Ok((Killed(child), grpc, http, dir))
 }
 
 fn batch(seq: u64, samples: usize) -> pb::Batch {

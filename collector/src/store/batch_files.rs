@@ -1,0 +1,267 @@
+//! Batch files: the payloads of stored batches, appended to one file per time span
+//! (`data_dir/batch-files/SPANSTART.log`), and deleted a whole file at a time when retention
+//! has passed its span. Their index (which batch is where) lives in the [`super::Tree`]
+//! `batch_index`.
+//!
+//! Why not in sled: sled 0.34 keeps large values as blob files and rewrites segments only
+//! slowly, so deleting old batches did not give disk space back (a 4-minute soak with
+//! 1-minute retention grew its data directory linearly to 660 MiB). A file per span is
+//! given back exactly, at once, by `unlink`.
+//!
+//! Durability: a payload is written (`pwrite`) before its index entry, and [`BatchFiles::sync`]
+//! runs before the store's flush, so an acknowledged batch's index never points to bytes
+//! that did not reach the file. A write that fails half-way (disk full) leaves bytes no index
+//! points to; the next write goes over them. Every index entry carries the payload's CRC-32:
+//! a read of bytes that are not what was written says so instead of returning them.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::StoreError;
+
+/// The folder of the batch files under the collector's `data_dir`.
+pub const DIR: &str = "batch-files";
+
+/// The span of one batch file for a batch retention of `keep`: a twelfth of it, between
+/// 10 s and 1 h, so retention deletes old data in small slices (14 days: hourly files).
+pub fn span_for(keep: Duration) -> Duration {
+    (keep / 12).clamp(Duration::from_secs(10), Duration::from_secs(3600))
+}
+
+/// Where one payload is, and what it is: the value of its `batch_index` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Start (Unix ms) of the span whose file holds it.
+    pub span_start_ms: i64,
+    pub offset: u64,
+    pub len: u32,
+    pub crc: u32,
+    /// When the collector received it (retention counts from here).
+    pub received_ms: i64,
+}
+
+impl Location {
+    pub const ENCODED_LEN: usize = 32;
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(Self::ENCODED_LEN);
+        v.extend_from_slice(&self.span_start_ms.to_be_bytes());
+        v.extend_from_slice(&self.offset.to_be_bytes());
+        v.extend_from_slice(&self.len.to_be_bytes());
+        v.extend_from_slice(&self.crc.to_be_bytes());
+        v.extend_from_slice(&self.received_ms.to_be_bytes());
+        v
+    }
+
+    pub fn decode(v: &[u8]) -> Option<Location> {
+        if v.len() != Self::ENCODED_LEN {
+            return None;
+        }
+        let i64_at = |i: usize| i64::from_be_bytes(v[i..i + 8].try_into().expect("8 bytes"));
+        let u32_at = |i: usize| u32::from_be_bytes(v[i..i + 4].try_into().expect("4 bytes"));
+        Some(Location {
+            span_start_ms: i64_at(0),
+            offset: i64_at(8) as u64,
+            len: u32_at(16),
+            crc: u32_at(20),
+            received_ms: i64_at(24),
+        })
+    }
+}
+
+struct Open {
+    span_start_ms: i64,
+    file: File,
+    len: u64,
+}
+
+struct State {
+    current: Option<Open>,
+    /// Files written since the last sync (a span may end between two syncs).
+    unsynced: Vec<File>,
+}
+
+/// The batch files of one data directory.
+pub struct BatchFiles {
+    dir: PathBuf,
+    span_ms: i64,
+    fsync: bool,
+    state: Mutex<State>,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Engine(format!("{what} {}: {e}", path.display()))
+}
+
+impl BatchFiles {
+    /// Opens (creating) `dir`, with one file per `span`; `fsync`: [`Self::sync`] also
+    /// `fdatasync`s (survives a power loss, not only a crash).
+    pub fn open(dir: &Path, span: Duration, fsync: bool) -> Result<BatchFiles, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
+        Ok(BatchFiles {
+            dir: dir.to_path_buf(),
+            span_ms: (span.as_millis() as i64).max(1_000),
+            fsync,
+            state: Mutex::new(State { current: None, unsynced: Vec::new() }),
+        })
+    }
+
+    fn path(&self, span_start_ms: i64) -> PathBuf {
+        self.dir.join(format!("{span_start_ms:020}.log"))
+    }
+
+    /// Writes `payload` received at `now_ms`; returns where it is. Not durable before [`Self::sync`].
+    pub fn append(&self, payload: &[u8], now_ms: i64) -> Result<Location, StoreError> {
+        let span_start_ms = now_ms - now_ms.rem_euclid(self.span_ms);
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.current.as_ref().is_none_or(|c| c.span_start_ms != span_start_ms) {
+            let path = self.path(span_start_ms);
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(false)
+                .read(true)
+                .write(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| io_err("opening", &path, e))?;
+            let len = file.metadata().map_err(|e| io_err("reading the size of", &path, e))?.len();
+            if let Some(old) = st.current.take() {
+                st.unsynced.push(old.file);
+            }
+            st.current = Some(Open { span_start_ms, file, len });
+        }
+        let current = st.current.as_mut().expect("opened above");
+        let offset = current.len;
+        current.file.write_all_at(payload, offset).map_err(|e| io_err("writing", &self.path(span_start_ms), e))?;
+        current.len += payload.len() as u64;
+        Ok(Location {
+            span_start_ms,
+            offset,
+            len: payload.len() as u32,
+            crc: crc32fast::hash(payload),
+            received_ms: now_ms,
+        })
+    }
+
+    /// Makes every append so far durable: against a power loss with `fsync`, against a
+    /// process crash always (the bytes are in the page cache once written).
+    pub fn sync(&self) -> Result<(), StoreError> {
+        if !self.fsync {
+            return Ok(());
+        }
+        let (files, current) = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let current = st.current.as_ref().map(|c| c.file.try_clone()).transpose();
+            (std::mem::take(&mut st.unsynced), current)
+        };
+        let current = current.map_err(|e| io_err("reopening", &self.dir, e))?;
+        for f in files.iter().chain(current.iter()) {
+            f.sync_data().map_err(|e| io_err("fdatasync in", &self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// The payload at `loc`; an error when it is not what was written.
+    pub fn read(&self, loc: &Location) -> Result<Vec<u8>, StoreError> {
+        let path = self.path(loc.span_start_ms);
+        let file = File::open(&path).map_err(|e| io_err("opening", &path, e))?;
+        let mut buf = vec![0; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset).map_err(|e| io_err("reading", &path, e))?;
+        if crc32fast::hash(&buf) != loc.crc {
+            return Err(StoreError::Engine(format!(
+                "{}: the batch at offset {} does not match its checksum",
+                path.display(),
+                loc.offset
+            )));
+        }
+        Ok(buf)
+    }
+
+    /// Deletes the files whose whole span ended before `cutoff_ms`; returns the bytes freed.
+    pub fn delete_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        let mut freed = 0;
+        for (start, path) in self.files()? {
+            if start + self.span_ms > cutoff_ms {
+                break;
+            }
+            let len = path.metadata().map(|m| m.len()).unwrap_or(0);
+            {
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if st.current.as_ref().is_some_and(|c| c.span_start_ms == start) {
+                    st.current = None;
+                }
+            }
+            std::fs::remove_file(&path).map_err(|e| io_err("deleting", &path, e))?;
+            freed += len;
+        }
+        Ok(freed)
+    }
+
+    /// The files, oldest first, by span start.
+    fn files(&self) -> Result<BTreeMap<i64, PathBuf>, StoreError> {
+        let mut out = BTreeMap::new();
+        for e in std::fs::read_dir(&self.dir).map_err(|e| io_err("listing", &self.dir, e))? {
+            let e = e.map_err(|e| io_err("listing", &self.dir, e))?;
+            let name = e.file_name();
+            if let Some(start) = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse().ok()) {
+                out.insert(start, e.path());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes the files take.
+    pub fn size(&self) -> u64 {
+        self.files().map(|f| f.values().filter_map(|p| p.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_read_back_and_whole_spans_are_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BatchFiles::open(dir.path(), Duration::from_secs(10), true).unwrap();
+        let a = files.append(b"first", 1_000).unwrap();
+        let b = files.append(b"second", 9_999).unwrap();
+        let c = files.append(b"third", 10_000).unwrap();
+        files.sync().unwrap();
+        assert_eq!((a.span_start_ms, b.span_start_ms, c.span_start_ms), (0, 0, 10_000));
+        assert_eq!(b.offset, 5);
+        assert_eq!(Location::decode(&b.encode()), Some(b));
+        assert_eq!(files.read(&b).unwrap(), b"second");
+        // The span [0, 10 s) ends at 10 s: kept for a cutoff before that, gone at it.
+        assert_eq!(files.delete_before(9_999).unwrap(), 0);
+        assert_eq!(files.delete_before(10_000).unwrap(), 11);
+        assert!(files.read(&a).is_err());
+        assert_eq!(files.read(&c).unwrap(), b"third");
+    }
+
+    #[test]
+    fn bytes_that_are_not_what_was_written_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BatchFiles::open(dir.path(), Duration::from_secs(10), false).unwrap();
+        let loc = files.append(b"payload", 0).unwrap();
+        let path = dir.path().join(format!("{:020}.log", 0));
+        std::fs::write(&path, b"garbage").unwrap();
+        let err = files.read(&loc).unwrap_err().to_string();
+        assert!(err.contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn a_reopened_file_is_appended_to_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = BatchFiles::open(dir.path(), Duration::from_secs(10), false).unwrap().append(b"one", 0).unwrap();
+        let files = BatchFiles::open(dir.path(), Duration::from_secs(10), false).unwrap();
+        let b = files.append(b"two", 1).unwrap();
+        assert_eq!(b.offset, 3);
+        assert_eq!(files.read(&a).unwrap(), b"one");
+        assert_eq!(files.read(&b).unwrap(), b"two");
+    }
+}
