@@ -216,6 +216,16 @@ pub fn soak(a: Args) -> anyhow::Result<()> {
     let acked: u64 = agents.into_iter().map(|h| rt.block_on(h).ok().and_then(Result::ok).unwrap_or(0)).sum();
     println!("batches acked: {acked}");
     let m = get_metrics(http)?;
+    let stored = scrape(&m, "pikett_store_size_bytes{part=\"index\"}")
+        + scrape(&m, "pikett_store_size_bytes{part=\"batch_files\"}");
+    let batches = scrape(&m, "pikett_store_records{tree=\"batches\"}");
+    println!(
+        "store at the end: {:.1} MiB for {batches} batches = {:.0} bytes per batch ({} samples + {} checks)",
+        stored / 1048576.0,
+        stored / batches,
+        a.samples,
+        a.checks
+    );
     for what in ["batches", "faults", "escalations", "incidents", "outbox"] {
         println!(
             "removed by retention: {what:<12} {}",
