@@ -107,6 +107,12 @@ fn critical_check_becomes_an_outage_and_force_majeure_excuses_it() {
     assert_eq!(gone.status.code(), Some(1));
     let why = String::from_utf8_lossy(&gone.stderr);
     assert!(why.contains("2020-01 is older than the fault history kept"), "{why}");
+    // The same month last year, and the one before it (13 months back), are still kept.
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let thirteen_back = now.date().first_of_month().checked_sub(jiff::Span::new().months(13)).unwrap();
+    let back = format!("{}-{:02}", thirteen_back.year(), thirteen_back.month());
+    let old = collector.pikett(&["sla", "report", "--customer", "acme", "--month", &back], &ca);
+    assert!(old.status.success(), "{back}: {}", String::from_utf8_lossy(&old.stderr));
 }
 
 #[test]

@@ -108,7 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// The musl target and a C compiler for it (ring compiles C): present, or a
 /// message naming what to install.
-fn preflight() -> anyhow::Result<()> {
+pub(crate) fn preflight() -> anyhow::Result<()> {
     let sysroot =
         Command::new("rustc").args(["--print", "sysroot"]).output().context("running rustc --print sysroot")?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
@@ -136,7 +136,7 @@ fn on_path(program: &str) -> bool {
 }
 
 /// `cargo build --profile dist --target x86_64-unknown-linux-musl`; returns the binaries' directory.
-fn build() -> anyhow::Result<PathBuf> {
+pub(crate) fn build() -> anyhow::Result<PathBuf> {
     let status = util::cargo()
         // ring's build script reruns when it changes; the binaries embed no date.
         .env_remove("SOURCE_DATE_EPOCH")

@@ -5,11 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use jiff::Timestamp;
 use pikett_core::faults::{EventKind, Fault, FaultFilter, Transition};
-use pikett_core::incidents::{FaultRef, Incident, IncidentError, Incidents, fault_ref};
+use pikett_core::incidents::{FaultRef, Grouping, Incident, IncidentError, Incidents, fault_ref};
 use pikett_core::sla::Contract;
 
 use crate::config::{CollectorConfig, CustomerConfig};
@@ -38,7 +37,7 @@ pub struct IncidentService {
     state: Mutex<Incidents>,
     tree: Arc<dyn Tree>,
     storage: Arc<dyn Storage>,
-    window: Duration,
+    grouping: Grouping,
     pub(crate) faults: Arc<FaultService>,
     pub(crate) pager: Arc<Pager>,
     pub(crate) customers: BTreeMap<String, CustomerConfig>,
@@ -73,7 +72,7 @@ impl IncidentService {
             state: Mutex::new(state),
             tree,
             storage,
-            window: config.incidents.customer_window,
+            grouping: config.incidents.grouping(),
             faults,
             pager,
             customers: config.customers.clone(),
@@ -87,7 +86,7 @@ impl IncidentService {
                 all.iter().filter(|f| f.is_resolved()).map(|f| f.id).collect();
             (failing, resolved)
         });
-        let changed = service.lock().reconcile(&failing, service.window, now, |id| resolved.contains(&id));
+        let changed = service.lock().reconcile(&failing, service.grouping, now, |id| resolved.contains(&id));
         service.persist(&changed).await;
         Ok(service)
     }
@@ -208,7 +207,7 @@ impl IncidentService {
                     if t.kind == EventKind::Reopened {
                         changed.extend(st.fault_noted(fault.id, None, &format!("fault {} reopened", fault.id), t.at));
                     }
-                    changed.extend(st.fault_failing(&fault_ref(&fault), self.window, t.at));
+                    changed.extend(st.fault_failing(&fault_ref(&fault), self.grouping, t.at));
                 }
                 EventKind::Acknowledged => {
                     let who = fault.acked_by.as_deref();

@@ -8,6 +8,9 @@
 //! 1-minute retention grew its data directory linearly to 660 MiB). A file per span is
 //! given back exactly, at once, by `unlink`.
 //!
+//! Payloads are LZ4-compressed (block format, size prepended): a host's samples repeat
+//! their names and labels in every batch, which LZ4 removes cheaply (see BENCHMARKS.md).
+//!
 //! Durability: a payload is written (`pwrite`) before its index entry, and [`BatchFiles::sync`]
 //! runs before the store's flush, so an acknowledged batch's index never points to bytes
 //! that did not reach the file. A write that fails half-way (disk full) leaves bytes no index
@@ -114,8 +117,10 @@ impl BatchFiles {
         self.dir.join(format!("{span_start_ms:020}.log"))
     }
 
-    /// Writes `payload` received at `now_ms`; returns where it is. Not durable before [`Self::sync`].
+    /// Writes `payload` received at `now_ms` (compressed); returns where it is. Not durable
+    /// before [`Self::sync`].
     pub fn append(&self, payload: &[u8], now_ms: i64) -> Result<Location, StoreError> {
+        let stored = lz4_flex::compress_prepend_size(payload);
         let span_start_ms = now_ms - now_ms.rem_euclid(self.span_ms);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if st.current.as_ref().is_none_or(|c| c.span_start_ms != span_start_ms) {
@@ -136,13 +141,13 @@ impl BatchFiles {
         }
         let current = st.current.as_mut().expect("opened above");
         let offset = current.len;
-        current.file.write_all_at(payload, offset).map_err(|e| io_err("writing", &self.path(span_start_ms), e))?;
-        current.len += payload.len() as u64;
+        current.file.write_all_at(&stored, offset).map_err(|e| io_err("writing", &self.path(span_start_ms), e))?;
+        current.len += stored.len() as u64;
         Ok(Location {
             span_start_ms,
             offset,
-            len: payload.len() as u32,
-            crc: crc32fast::hash(payload),
+            len: stored.len() as u32,
+            crc: crc32fast::hash(&stored),
             received_ms: now_ms,
         })
     }
@@ -150,11 +155,14 @@ impl BatchFiles {
     /// Makes every append so far durable: against a power loss with `fsync`, against a
     /// process crash always (the bytes are in the page cache once written).
     pub fn sync(&self) -> Result<(), StoreError> {
-        if !self.fsync {
-            return Ok(());
-        }
         let (files, current) = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if !self.fsync {
+                // Files of ended spans are closed here either way: an open one would keep
+                // the disk space of a deleted file.
+                st.unsynced.clear();
+                return Ok(());
+            }
             let current = st.current.as_ref().map(|c| c.file.try_clone()).transpose();
             (std::mem::take(&mut st.unsynced), current)
         };
@@ -178,7 +186,13 @@ impl BatchFiles {
                 loc.offset
             )));
         }
-        Ok(buf)
+        lz4_flex::decompress_size_prepended(&buf).map_err(|e| {
+            StoreError::Engine(format!(
+                "{}: the batch at offset {} cannot be decompressed: {e}",
+                path.display(),
+                loc.offset
+            ))
+        })
     }
 
     /// Deletes the files whose whole span ended before `cutoff_ms`; returns the bytes freed.
@@ -233,12 +247,12 @@ mod tests {
         let c = files.append(b"third", 10_000).unwrap();
         files.sync().unwrap();
         assert_eq!((a.span_start_ms, b.span_start_ms, c.span_start_ms), (0, 0, 10_000));
-        assert_eq!(b.offset, 5);
+        assert_eq!(b.offset, a.len as u64);
         assert_eq!(Location::decode(&b.encode()), Some(b));
         assert_eq!(files.read(&b).unwrap(), b"second");
         // The span [0, 10 s) ends at 10 s: kept for a cutoff before that, gone at it.
         assert_eq!(files.delete_before(9_999).unwrap(), 0);
-        assert_eq!(files.delete_before(10_000).unwrap(), 11);
+        assert_eq!(files.delete_before(10_000).unwrap(), (a.len + b.len) as u64);
         assert!(files.read(&a).is_err());
         assert_eq!(files.read(&c).unwrap(), b"third");
     }
@@ -249,9 +263,25 @@ mod tests {
         let files = BatchFiles::open(dir.path(), Duration::from_secs(10), false).unwrap();
         let loc = files.append(b"payload", 0).unwrap();
         let path = dir.path().join(format!("{:020}.log", 0));
-        std::fs::write(&path, b"garbage").unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
         let err = files.read(&loc).unwrap_err().to_string();
         assert!(err.contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn files_of_ended_spans_are_closed_at_the_next_sync_with_or_without_fsync() {
+        for fsync in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = BatchFiles::open(dir.path(), Duration::from_secs(10), fsync).unwrap();
+            files.append(b"a", 0).unwrap();
+            files.append(b"b", 10_000).unwrap();
+            assert_eq!(files.state.lock().unwrap().unsynced.len(), 1);
+            files.sync().unwrap();
+            assert_eq!(files.state.lock().unwrap().unsynced.len(), 0, "fsync {fsync}: a file stays open");
+        }
     }
 
     #[test]
@@ -260,7 +290,7 @@ mod tests {
         let a = BatchFiles::open(dir.path(), Duration::from_secs(10), false).unwrap().append(b"one", 0).unwrap();
         let files = BatchFiles::open(dir.path(), Duration::from_secs(10), false).unwrap();
         let b = files.append(b"two", 1).unwrap();
-        assert_eq!(b.offset, 3);
+        assert_eq!(b.offset, a.len as u64);
         assert_eq!(files.read(&a).unwrap(), b"one");
         assert_eq!(files.read(&b).unwrap(), b"two");
     }

@@ -28,7 +28,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use model::{
-    FaultRef, Incident, IncidentError, IncidentEvent, IncidentState, Incidents, NOTFALL, Placement, StatusUpdate, place,
+    DEFAULT_MAX_FAULTS, FaultRef, Grouping, Incident, IncidentError, IncidentEvent, IncidentState, Incidents, NOTFALL,
+    Placement, StatusUpdate, place,
 };
 
 use crate::faults::Fault;
@@ -40,6 +41,20 @@ pub struct IncidentsConfig {
     /// Faults of several hosts of one customer opening within this of each other form one incident.
     #[serde(default = "default_window", with = "humantime_serde")]
     pub customer_window: Duration,
+    /// The most faults one incident takes; later ones start a new incident. Bounds an
+    /// incident that keeps collecting faults (a customer whose hosts flap for days).
+    #[serde(default = "default_max_faults")]
+    pub max_faults: usize,
+}
+
+fn default_max_faults() -> usize {
+    DEFAULT_MAX_FAULTS
+}
+
+impl IncidentsConfig {
+    pub fn grouping(&self) -> Grouping {
+        Grouping { window: self.customer_window, max_faults: self.max_faults.max(1) }
+    }
 }
 
 fn default_window() -> Duration {
@@ -48,7 +63,7 @@ fn default_window() -> Duration {
 
 impl Default for IncidentsConfig {
     fn default() -> Self {
-        IncidentsConfig { customer_window: default_window() }
+        IncidentsConfig { customer_window: default_window(), max_faults: default_max_faults() }
     }
 }
 

@@ -152,6 +152,24 @@ pub enum Placement {
     New,
 }
 
+/// How faults are grouped into incidents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grouping {
+    /// See `[incidents] customer_window`.
+    pub window: Duration,
+    /// See `[incidents] max_faults`.
+    pub max_faults: usize,
+}
+
+/// The most faults one incident takes by default.
+pub const DEFAULT_MAX_FAULTS: usize = 500;
+
+impl From<Duration> for Grouping {
+    fn from(window: Duration) -> Grouping {
+        Grouping { window, max_faults: DEFAULT_MAX_FAULTS }
+    }
+}
+
 /// Groups a failing fault (pure). Rules, in order:
 /// 1. a fault already in an incident that is not closed stays there;
 /// 2. an incident (not closed) that already has the fault's host takes it;
@@ -159,13 +177,25 @@ pub enum Placement {
 ///    than `window` before (or after) this one takes it: several hosts of the customer failing
 ///    together are one incident; of several candidates, the one with the latest fault;
 /// 4. otherwise a new incident.
-pub fn place<'a>(incidents: impl IntoIterator<Item = &'a Incident>, fault: &FaultRef, window: Duration) -> Placement {
-    let window = SignedDuration::try_from(window).unwrap_or(SignedDuration::MAX);
+///
+/// An incident that holds `max_faults` faults takes no more (rules 2 and 3 skip it).
+pub fn place<'a>(
+    incidents: impl IntoIterator<Item = &'a Incident>,
+    fault: &FaultRef,
+    grouping: impl Into<Grouping>,
+) -> Placement {
+    let grouping = grouping.into();
+    let window = SignedDuration::try_from(grouping.window).unwrap_or(SignedDuration::MAX);
     let mut host_match = None;
     let mut customer_match: Option<&Incident> = None;
     for inc in incidents.into_iter().filter(|i| !i.is_closed()) {
         if inc.fault_ids.contains(&fault.id) {
             return Placement::Member(inc.id);
+        }
+        if inc.fault_ids.len() >= grouping.max_faults {
+            // Full: an incident that would collect faults for as long as they keep coming
+            // would grow without bound; the next ones start a new incident.
+            continue;
         }
         if inc.hosts.contains(&fault.host) {
             host_match = host_match.or(Some(inc.id));
@@ -233,11 +263,11 @@ impl Incidents {
 
     /// A critical fault opened, reopened or became critical: groups it (see [`place`]).
     /// Returns the incident it is in, or `None` for warnings (they make no incidents).
-    pub fn fault_failing(&mut self, f: &FaultRef, window: Duration, now: Timestamp) -> Option<u64> {
+    pub fn fault_failing(&mut self, f: &FaultRef, grouping: impl Into<Grouping>, now: Timestamp) -> Option<u64> {
         if f.severity != Severity::Critical {
             return None;
         }
-        match place(self.incidents.values(), f, window) {
+        match place(self.incidents.values(), f, grouping) {
             Placement::Member(id) => Some(id),
             Placement::Join(id) => {
                 let inc = self.incidents.get_mut(&id).expect("placed in an existing incident");
@@ -314,10 +344,11 @@ impl Incidents {
     pub fn reconcile(
         &mut self,
         failing: &[FaultRef],
-        window: Duration,
+        grouping: impl Into<Grouping>,
         now: Timestamp,
         is_resolved: impl Fn(u64) -> bool,
     ) -> Vec<u64> {
+        let grouping = grouping.into();
         let mut changed = Vec::new();
         for inc in self.incidents.values_mut() {
             if inc.state == IncidentState::Open && inc.fault_ids.iter().all(|f| is_resolved(*f)) {
@@ -329,7 +360,7 @@ impl Incidents {
         }
         for f in failing {
             let known = self.incidents.values().any(|i| !i.is_closed() && i.fault_ids.contains(&f.id));
-            if !known && let Some(id) = self.fault_failing(f, window, now) {
+            if !known && let Some(id) = self.fault_failing(f, grouping, now) {
                 changed.push(id);
             }
         }

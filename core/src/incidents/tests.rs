@@ -45,6 +45,24 @@ fn faults_of_one_host_form_one_incident() {
 }
 
 #[test]
+fn a_full_incident_takes_no_more_faults_and_the_next_one_starts_a_new_incident() {
+    let mut s = Incidents::default();
+    let grouping = Grouping { window: WINDOW, max_faults: 3 };
+    let first: Vec<u64> = (1..=3)
+        .map(|id| s.fault_failing(&fault(id, &format!("web-{}", id % 2), "acme", id as i64), grouping, at(0)).unwrap())
+        .collect();
+    assert!(first.iter().all(|&i| i == first[0]), "{first:?}");
+    // Same host, same customer, inside the window: a new incident all the same.
+    let next = s.fault_failing(&fault(4, "web-1", "acme", 4), grouping, at(4)).unwrap();
+    assert_ne!(next, first[0]);
+    assert_eq!(s.get(first[0]).unwrap().fault_ids, vec![1, 2, 3]);
+    // A member stays a member.
+    assert_eq!(place(s.incidents.values(), &fault(2, "web-0", "acme", 2), grouping), Placement::Member(first[0]));
+    // The new incident goes on taking the customer's faults.
+    assert_eq!(s.fault_failing(&fault(5, "web-2", "acme", 5), grouping, at(5)), Some(next));
+}
+
+#[test]
 fn hosts_of_one_customer_failing_within_the_window_form_one_customer_incident() {
     let mut s = Incidents::default();
     let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();

@@ -39,6 +39,13 @@ pub struct Args {
     /// `[retention] faults` (and audit, outbox `keep_done`) for the run.
     #[arg(long, default_value = "4m")]
     faults_retention: String,
+    /// The collector's `store_cache_bytes`, in MiB.
+    #[arg(long, default_value_t = 64)]
+    store_cache_mib: u64,
+    /// Measure the packaged build (static musl, `dist` profile, as `cargo xtask rpm` makes
+    /// it) instead of a glibc release build.
+    #[arg(long)]
+    musl: bool,
     /// Seconds between two rows of the table.
     #[arg(long, default_value_t = 60)]
     report_every: u64,
@@ -153,9 +160,15 @@ async fn agent(
 }
 
 pub fn soak(a: Args) -> anyhow::Result<()> {
-    let bin = build("release")?;
+    let bin = if a.musl {
+        crate::rpm::preflight()?;
+        crate::rpm::build()?
+    } else {
+        build("release")?
+    };
     let config = format!(
-        "[faults]\nfor = 1\n[outbox]\nkeep_done = \"{f}\"\n[retention]\nbatches = \"{b}\"\nfaults = \"{f}\"\naudit = \"{f}\"\nprune_every = \"10s\"\n",
+        "store_cache_bytes = {}\n[faults]\nfor = 1\n[outbox]\nkeep_done = \"{f}\"\n[retention]\nbatches = \"{b}\"\nfaults = \"{f}\"\naudit = \"{f}\"\nprune_every = \"10s\"\n",
+        a.store_cache_mib << 20,
         b = a.batches_retention,
         f = a.faults_retention
     );
@@ -165,8 +178,15 @@ pub fn soak(a: Args) -> anyhow::Result<()> {
     let rate = a.agents as f64 * a.samples as f64 * 1000.0 / a.interval_ms as f64;
     println!(
         "bench soak: {} agents × {} samples + {} checks every {} ms ({rate:.0} samples/s) for {} min; \
-         retention: batches {}, faults {}; collector pid {pid}",
-        a.agents, a.samples, a.checks, a.interval_ms, a.minutes, a.batches_retention, a.faults_retention
+         retention: batches {}, faults {}; {} build; collector pid {pid}",
+        a.agents,
+        a.samples,
+        a.checks,
+        a.interval_ms,
+        a.minutes,
+        a.batches_retention,
+        a.faults_retention,
+        if a.musl { "musl (packaged)" } else { "glibc release" }
     );
     let start = Instant::now() + Duration::from_secs(5);
     let end = start + Duration::from_secs(a.minutes * 60);
@@ -185,8 +205,8 @@ pub fn soak(a: Args) -> anyhow::Result<()> {
         .collect();
 
     println!(
-        "{:>6} {:>12} {:>12} {:>10} {:>12} {:>8} {:>8} {:>8} {:>9} {:>8}",
-        "min", "samples", "data dir", "store", "batches", "faults", "escal.", "inc.", "RSS", "CPU s"
+        "{:>6} {:>12} {:>12} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "min", "samples", "data dir", "index", "files", "batches", "faults", "escal.", "inc.", "RSS", "CPU s"
     );
     let mut rows: Vec<(f64, f64, f64)> = Vec::new();
     std::thread::sleep(Duration::from_secs(5));
@@ -199,12 +219,11 @@ pub fn soak(a: Args) -> anyhow::Result<()> {
         let minutes = t0.elapsed().as_secs_f64() / 60.0;
         let rss_mib = rss as f64 / 1024.0;
         println!(
-            "{minutes:>6.1} {:>12.0} {:>8.1} MiB {:>6.1} MiB {:>12} {:>8} {:>8} {:>8} {:>5.1} MiB {cpu:>8.1}",
+            "{minutes:>6.1} {:>12.0} {:>8.1} MiB {:>6.1} MiB {:>6.1} MiB {:>10} {:>8} {:>8} {:>8} {:>5.1} MiB {cpu:>8.1}",
             scrape(&m, "pikett_ingest_samples_total"),
             disk,
-            (scrape(&m, "pikett_store_size_bytes{part=\"index\"}")
-                + scrape(&m, "pikett_store_size_bytes{part=\"batch_files\"}"))
-                / 1048576.0,
+            scrape(&m, "pikett_store_size_bytes{part=\"index\"}") / 1048576.0,
+            scrape(&m, "pikett_store_size_bytes{part=\"batch_files\"}") / 1048576.0,
             scrape(&m, "pikett_store_records{tree=\"batches\"}"),
             scrape(&m, "pikett_store_records{tree=\"faults\"}"),
             scrape(&m, "pikett_store_records{tree=\"escalations\"}"),
