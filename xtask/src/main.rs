@@ -2,7 +2,7 @@
 //!
 //! - `demo`: a collector and an agent on loopback, then `pikett status`.
 //! - `test`: installs the Debian packages the tests use, then `cargo test --workspace`.
-//! - `bench ingest|agent`: the benchmarks whose figures go in BENCHMARKS.md.
+//! - `bench ingest|paging|checks|agent|soak`: the benchmarks whose figures go in BENCHMARKS.md.
 //! - `rpm`: static musl binaries and the agent's and collector's RPMs in `target/dist/`.
 
 mod bench;
