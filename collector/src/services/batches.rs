@@ -3,7 +3,8 @@
 //! Batches: the payload (encoded `pikett.v1.Batch`, as received) in the batch files
 //! ([`BatchFiles`]: one file per time span, deleted whole by retention), and its place in
 //! the tree `batch_index` (host_id, 0x00, spool epoch big-endian, seq big-endian →
-//! [`Location`]). The tree `batches` holds what versions before the batch files stored in
+//! [`Location`]); the tree `batch_by_time` holds the same keys in arrival order
+//! (arrival time, key), for retention. The tree `batches` holds what versions before the batch files stored in
 //! sled itself (same keys → the payload; from before epochs: host_id, 0x00, seq, read as
 //! epoch 0): read and pruned, never written. `hosts` (host_id → JSON [`HostRecord`]).
 //!
@@ -33,6 +34,8 @@ pub struct BatchLog {
     storage: Arc<dyn Storage>,
     files: Arc<BatchFiles>,
     index: Arc<dyn Tree>,
+    /// The index in arrival order (arrival time, batch key → nothing), for retention.
+    by_time: Arc<dyn Tree>,
     /// Batches stored in sled by earlier versions.
     legacy: Arc<dyn Tree>,
     hosts_tree: Arc<dyn Tree>,
@@ -56,6 +59,23 @@ fn legacy_batch_key(host: &str, seq: u64) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// A key of `batch_by_time`: arrival time (Unix ms, big-endian) then the batch key.
+fn time_key(received_ms: i64, batch_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + batch_key.len());
+    k.extend_from_slice(&received_ms.to_be_bytes());
+    k.extend_from_slice(batch_key);
+    k
+}
+
+/// What [`BatchLog::find`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    No,
+    Stored,
+    /// Indexed, but its payload is not intact (the entry was removed).
+    Damaged,
 }
 
 fn be_u64(bytes: &[u8]) -> u64 {
@@ -114,6 +134,7 @@ impl BatchLog {
     /// Opens the trees in `storage` and reads the host registry into memory.
     pub fn open(storage: Arc<dyn Storage>, files: BatchFiles) -> Result<BatchLog, BatchLogError> {
         let index = storage.tree("batch_index")?;
+        let by_time = storage.tree("batch_by_time")?;
         let legacy = storage.tree("batches")?;
         let hosts_tree = storage.tree("hosts")?;
         let mut hosts = HashMap::new();
@@ -124,7 +145,7 @@ impl BatchLog {
                 .map_err(|source| BatchLogError::CorruptHost { host: host.clone(), source })?;
             hosts.insert(host, rec);
         }
-        Ok(BatchLog { storage, files: Arc::new(files), index, legacy, hosts_tree, hosts: RwLock::new(hosts) })
+        Ok(BatchLog { storage, files: Arc::new(files), index, by_time, legacy, hosts_tree, hosts: RwLock::new(hosts) })
     }
 
     pub fn hosts(&self) -> Vec<HostRecord> {
@@ -198,11 +219,31 @@ impl BatchLog {
         Ok(out)
     }
 
-    fn is_stored(&self, host: &str, epoch: u64, seq: u64) -> Result<bool, StoreError> {
+    /// Whether the batch is stored. An index entry whose payload is not intact does not
+    /// count: sled may make an index entry durable before the flush that syncs its payload,
+    /// so after a power loss an unacknowledged batch can be indexed without its bytes; its
+    /// resend is stored again instead of being answered as a duplicate.
+    fn find(&self, host: &str, epoch: u64, seq: u64) -> Result<Found, StoreError> {
         let key = batch_key(host, epoch, seq);
-        Ok(self.index.contains_key(&key)?
-            || self.legacy.contains_key(&key)?
-            || (epoch == 0 && self.legacy.contains_key(&legacy_batch_key(host, seq))?))
+        if let Some(v) = self.index.get(&key)? {
+            if let Some(loc) = Location::decode(&v)
+                && self.files.verify(&loc)
+            {
+                return Ok(Found::Stored);
+            }
+            tracing::warn!(
+                host_id = %host, epoch, seq,
+                "a stored batch's payload is missing or damaged (written just before a power loss?): storing the resent copy"
+            );
+            if let Some(loc) = Location::decode(&v) {
+                self.by_time.remove(&time_key(loc.received_ms, &key))?;
+            }
+            self.index.remove(&key)?;
+            return Ok(Found::Damaged);
+        }
+        let legacy = self.legacy.contains_key(&key)?
+            || (epoch == 0 && self.legacy.contains_key(&legacy_batch_key(host, seq))?);
+        Ok(if legacy { Found::Stored } else { Found::No })
     }
 
     /// Inserts a group of batches (not yet flushed). Runs on a blocking thread.
@@ -212,13 +253,16 @@ impl BatchLog {
         let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
         for req in group {
             let (host, epoch, seq) = (&req.sender.host_id, req.sender.spool_epoch, req.batch.seq);
+            let found = if req.status { Found::No } else { self.find(host, epoch, seq)? };
             let stored = if req.status {
                 Stored::Status
-            } else if self.is_stored(host, epoch, seq)? {
+            } else if found == Found::Stored {
                 Stored::Duplicate
             } else {
+                let key = batch_key(host, epoch, seq);
                 let loc = self.files.append(&prost::Message::encode_to_vec(&req.batch), now_ms)?;
-                self.index.insert(&batch_key(host, epoch, seq), loc.encode())?;
+                self.index.insert(&key, loc.encode())?;
+                self.by_time.insert(&time_key(loc.received_ms, &key), Vec::new())?;
                 Stored::New
             };
             let rec = hosts.entry(req.sender.host_id.clone()).or_insert_with(|| HostRecord {
@@ -226,6 +270,11 @@ impl BatchLog {
                 first_seen_ms: now_ms,
                 ..Default::default()
             });
+            if found == Found::Damaged {
+                // Counted when first stored; counted again below.
+                rec.retained = rec.retained.saturating_sub(1);
+                rec.batches = rec.batches.saturating_sub(1);
+            }
             rec.customer.clone_from(&req.sender.customer);
             rec.agent_version.clone_from(&req.sender.agent_version);
             rec.capabilities.clone_from(&req.sender.capabilities);
@@ -259,64 +308,93 @@ impl BatchLog {
             changed.insert(rec.host_id.clone(), rec.clone());
             results.push(Outcome { stored, data_dropped });
         }
-        drop(hosts);
+        // Written under the lock: retention updates the same records.
         for (id, rec) in changed {
             let json = serde_json::to_vec(&rec).expect("a HostRecord always serializes");
             self.hosts_tree.insert(id.as_bytes(), json)?;
         }
+        drop(hosts);
         Ok(results)
     }
 
     /// Removes stored batches received before `cutoff_ms` (from before the batch files:
-    /// created before it), oldest first per host, at most `max` in one call (small steps:
-    /// ingest goes on between them). Once nothing old is left in the index, deletes the
-    /// batch files whose span ended before `cutoff_ms`. Returns how many batches went.
+    /// created before it), oldest first, at most `max` in one call (small steps: ingest goes
+    /// on between them). Once no batch received before the cutoff is left, deletes the batch
+    /// files whose span ended by then. Returns how many batches went.
     pub fn prune_before(&self, cutoff_ms: i64, max: usize) -> Result<usize, StoreError> {
+        // `batch_by_time` runs in arrival order across every host and epoch.
+        let mut gone: HashMap<String, u64> = HashMap::new();
+        let mut removed = 0;
+        let mut old = Vec::new();
+        for item in self.by_time.iter() {
+            if old.len() >= max {
+                break;
+            }
+            let (k, _) = item?;
+            if k.len() < 8 || i64::from_be_bytes(k[..8].try_into().expect("8 bytes")) >= cutoff_ms {
+                break;
+            }
+            old.push(k);
+        }
+        for k in &old {
+            let key = &k[8..];
+            self.index.remove(key)?;
+            self.by_time.remove(k)?;
+            if let Some(end) = key.iter().position(|&b| b == 0) {
+                *gone.entry(String::from_utf8_lossy(&key[..end]).into_owned()).or_default() += 1;
+            }
+        }
+        removed += old.len();
+        if removed < max {
+            removed += self.prune_legacy(cutoff_ms, max - removed)?;
+        }
+        if !gone.is_empty() {
+            let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
+            for (host, n) in gone {
+                if let Some(rec) = hosts.get_mut(&host) {
+                    rec.retained = rec.retained.saturating_sub(n);
+                    let json = serde_json::to_vec(&*rec).expect("a HostRecord always serializes");
+                    self.hosts_tree.insert(host.as_bytes(), json)?;
+                }
+            }
+        }
+        if removed < max {
+            self.files.delete_before(cutoff_ms)?;
+        }
+        Ok(removed)
+    }
+
+    /// Batches earlier versions stored in sled, by their creation time, per host.
+    fn prune_legacy(&self, cutoff_ms: i64, max: usize) -> Result<usize, StoreError> {
         let hosts: Vec<String> = self.hosts.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         let mut removed = 0;
         for host in hosts {
             let mut prefix = host.as_bytes().to_vec();
             prefix.push(0);
             let mut old = Vec::new();
-            for (tree, legacy) in [(&self.index, false), (&self.legacy, true)] {
-                let mut gone = Vec::new();
-                for item in tree.scan_prefix(&prefix) {
-                    if removed + old.len() + gone.len() >= max {
-                        break;
-                    }
-                    let (k, v) = item?;
-                    let at = if legacy {
-                        prost::Message::decode(v.as_slice())
-                            .map(|b: pikett_proto::v1::Batch| b.created_unix_ms)
-                            .unwrap_or(0)
-                    } else {
-                        Location::decode(&v).map_or(0, |l| l.received_ms)
-                    };
-                    // Keys run in sequence order within an epoch: the first young batch ends it.
-                    if at >= cutoff_ms {
-                        break;
-                    }
-                    gone.push(k);
+            for item in self.legacy.scan_prefix(&prefix) {
+                if removed + old.len() >= max {
+                    break;
                 }
-                for k in &gone {
-                    tree.remove(k)?;
+                let (k, v) = item?;
+                let created = prost::Message::decode(v.as_slice())
+                    .map(|b: pikett_proto::v1::Batch| b.created_unix_ms)
+                    .unwrap_or(0);
+                // Keys run in sequence order within an epoch: the first young batch ends it
+                // (these batches are no longer added to, so what this leaves is bounded).
+                if created >= cutoff_ms {
+                    break;
                 }
-                old.extend(gone);
+                old.push(k);
             }
-            if !old.is_empty() {
-                let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
-                if let Some(rec) = hosts.get_mut(&host) {
-                    rec.retained = rec.retained.saturating_sub(old.len() as u64);
-                    let json = serde_json::to_vec(&*rec).expect("a HostRecord always serializes");
-                    self.hosts_tree.insert(host.as_bytes(), json)?;
-                }
+            for k in &old {
+                self.legacy.remove(k)?;
             }
             removed += old.len();
             if removed >= max {
-                return Ok(removed);
+                break;
             }
         }
-        self.files.delete_before(cutoff_ms)?;
         Ok(removed)
     }
 
@@ -430,6 +508,40 @@ mod tests {
         assert_eq!(log.host("web1").unwrap().batches, 10, "the total received stays");
         let b: pb::Batch = prost::Message::decode(log.batch("web1", 7, 7).unwrap().unwrap().as_slice()).unwrap();
         assert_eq!(b.seq, 7, "a kept batch reads back");
+    }
+
+    #[test]
+    fn a_batch_indexed_without_its_payload_is_stored_again_when_resent() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let (log, dir) = open(storage);
+        assert_eq!(apply(&log, &[(7, 1)]), vec![Stored::New]);
+        // A power loss took the file's bytes but not the index entry.
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            std::fs::write(f.unwrap().path(), b"").unwrap();
+        }
+        assert_eq!(apply(&log, &[(7, 1)]), vec![Stored::New], "the resend was answered as a duplicate");
+        assert_eq!(apply(&log, &[(7, 1)]), vec![Stored::Duplicate]);
+        let b: pb::Batch = prost::Message::decode(log.batch("web1", 7, 1).unwrap().unwrap().as_slice()).unwrap();
+        assert_eq!(b.seq, 1);
+        let rec = log.host("web1").unwrap();
+        assert_eq!((rec.batches, rec.retained), (1, 1), "counted twice");
+        assert_eq!(log.prune_before(i64::MAX, 100).unwrap(), 1, "one entry in arrival order, not two");
+        assert_eq!(log.batches_retained(), 0);
+    }
+
+    #[test]
+    fn batches_of_a_new_spool_with_a_smaller_epoch_are_pruned_in_arrival_order() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let (log, dir) = open(storage);
+        // Epoch 9 first, then the spool is wiped and epoch 3 (sorting before 9) follows.
+        for (epoch, seq, at) in [(9, 1, 100), (9, 2, 200), (3, 1, 1_500), (3, 2, 1_600)] {
+            let (r, _) = request("web1", epoch, seq);
+            log.apply(&[r], at).unwrap();
+        }
+        assert_eq!(log.prune_before(1_000, 100).unwrap(), 2);
+        assert_eq!(log.stored_seqs("web1").unwrap(), vec![(3, 1), (3, 2)], "the old epoch stayed");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "the old epoch's file stayed");
+        assert_eq!(log.batches_retained(), 2);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub fn span_for(keep: Duration) -> Duration {
 pub struct Location {
     /// Start (Unix ms) of the span whose file holds it.
     pub span_start_ms: i64,
+    /// Length of that span (the file is named by both, so a changed span length never
+    /// confuses which file ends when).
+    pub span_ms: u32,
     pub offset: u64,
     pub len: u32,
     pub crc: u32,
@@ -48,7 +51,7 @@ pub struct Location {
 }
 
 impl Location {
-    pub const ENCODED_LEN: usize = 32;
+    pub const ENCODED_LEN: usize = 36;
 
     pub fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(Self::ENCODED_LEN);
@@ -57,6 +60,7 @@ impl Location {
         v.extend_from_slice(&self.len.to_be_bytes());
         v.extend_from_slice(&self.crc.to_be_bytes());
         v.extend_from_slice(&self.received_ms.to_be_bytes());
+        v.extend_from_slice(&self.span_ms.to_be_bytes());
         v
     }
 
@@ -72,6 +76,7 @@ impl Location {
             len: u32_at(16),
             crc: u32_at(20),
             received_ms: i64_at(24),
+            span_ms: u32_at(32),
         })
     }
 }
@@ -86,6 +91,11 @@ struct State {
     current: Option<Open>,
     /// Files written since the last sync (a span may end between two syncs).
     unsynced: Vec<File>,
+    /// A file was created since the last sync: the directory needs a sync too.
+    created: bool,
+    /// The latest time appended at: a clock that steps back never reopens an older span
+    /// (whose file retention may already have deleted).
+    last_ms: i64,
 }
 
 /// The batch files of one data directory.
@@ -94,6 +104,9 @@ pub struct BatchFiles {
     span_ms: i64,
     fsync: bool,
     state: Mutex<State>,
+    /// Held for a whole [`BatchFiles::sync`]: a second caller waits for the first one's
+    /// syncs instead of returning before they are done.
+    syncing: Mutex<()>,
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -109,22 +122,26 @@ impl BatchFiles {
             dir: dir.to_path_buf(),
             span_ms: (span.as_millis() as i64).max(1_000),
             fsync,
-            state: Mutex::new(State { current: None, unsynced: Vec::new() }),
+            state: Mutex::new(State { current: None, unsynced: Vec::new(), created: false, last_ms: i64::MIN }),
+            syncing: Mutex::new(()),
         })
     }
 
-    fn path(&self, span_start_ms: i64) -> PathBuf {
-        self.dir.join(format!("{span_start_ms:020}.log"))
+    /// `START-END.log`, both in Unix ms.
+    fn path(&self, span_start_ms: i64, span_ms: i64) -> PathBuf {
+        self.dir.join(format!("{span_start_ms:020}-{:020}.log", span_start_ms + span_ms))
     }
 
     /// Writes `payload` received at `now_ms` (compressed); returns where it is. Not durable
     /// before [`Self::sync`].
     pub fn append(&self, payload: &[u8], now_ms: i64) -> Result<Location, StoreError> {
         let stored = lz4_flex::compress_prepend_size(payload);
-        let span_start_ms = now_ms - now_ms.rem_euclid(self.span_ms);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now_ms = now_ms.max(st.last_ms);
+        st.last_ms = now_ms;
+        let span_start_ms = now_ms - now_ms.rem_euclid(self.span_ms);
         if st.current.as_ref().is_none_or(|c| c.span_start_ms != span_start_ms) {
-            let path = self.path(span_start_ms);
+            let path = self.path(span_start_ms, self.span_ms);
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(false)
@@ -137,14 +154,19 @@ impl BatchFiles {
             if let Some(old) = st.current.take() {
                 st.unsynced.push(old.file);
             }
+            st.created = true;
             st.current = Some(Open { span_start_ms, file, len });
         }
         let current = st.current.as_mut().expect("opened above");
         let offset = current.len;
-        current.file.write_all_at(&stored, offset).map_err(|e| io_err("writing", &self.path(span_start_ms), e))?;
+        current
+            .file
+            .write_all_at(&stored, offset)
+            .map_err(|e| io_err("writing", &self.path(span_start_ms, self.span_ms), e))?;
         current.len += stored.len() as u64;
         Ok(Location {
             span_start_ms,
+            span_ms: self.span_ms as u32,
             offset,
             len: stored.len() as u32,
             crc: crc32fast::hash(&stored),
@@ -155,7 +177,8 @@ impl BatchFiles {
     /// Makes every append so far durable: against a power loss with `fsync`, against a
     /// process crash always (the bytes are in the page cache once written).
     pub fn sync(&self) -> Result<(), StoreError> {
-        let (files, current) = {
+        let _one_at_a_time = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
+        let (files, current, created) = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if !self.fsync {
                 // Files of ended spans are closed here either way: an open one would keep
@@ -164,18 +187,39 @@ impl BatchFiles {
                 return Ok(());
             }
             let current = st.current.as_ref().map(|c| c.file.try_clone()).transpose();
-            (std::mem::take(&mut st.unsynced), current)
+            (std::mem::take(&mut st.unsynced), current, std::mem::take(&mut st.created))
         };
-        let current = current.map_err(|e| io_err("reopening", &self.dir, e))?;
-        for f in files.iter().chain(current.iter()) {
-            f.sync_data().map_err(|e| io_err("fdatasync in", &self.dir, e))?;
+        let result = (|| {
+            let current = current.map_err(|e| io_err("reopening", &self.dir, e))?;
+            for f in files.iter().chain(current.iter()) {
+                f.sync_data().map_err(|e| io_err("fdatasync in", &self.dir, e))?;
+            }
+            if created {
+                // A new file's name is durable only once its directory is.
+                File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| io_err("fsync", &self.dir, e))?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            // Nothing counts as synced: the next call tries again.
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.unsynced.extend(files);
+            st.created |= created;
         }
-        Ok(())
+        result
+    }
+
+    /// Whether the bytes at `loc` are there and what was written (without decompressing).
+    pub fn verify(&self, loc: &Location) -> bool {
+        let path = self.path(loc.span_start_ms, i64::from(loc.span_ms));
+        let mut buf = vec![0; loc.len as usize];
+        File::open(&path).and_then(|f| f.read_exact_at(&mut buf, loc.offset)).is_ok()
+            && crc32fast::hash(&buf) == loc.crc
     }
 
     /// The payload at `loc`; an error when it is not what was written.
     pub fn read(&self, loc: &Location) -> Result<Vec<u8>, StoreError> {
-        let path = self.path(loc.span_start_ms);
+        let path = self.path(loc.span_start_ms, i64::from(loc.span_ms));
         let file = File::open(&path).map_err(|e| io_err("opening", &path, e))?;
         let mut buf = vec![0; loc.len as usize];
         file.read_exact_at(&mut buf, loc.offset).map_err(|e| io_err("reading", &path, e))?;
@@ -195,12 +239,13 @@ impl BatchFiles {
         })
     }
 
-    /// Deletes the files whose whole span ended before `cutoff_ms`; returns the bytes freed.
+    /// Deletes the files whose whole span ended at or before `cutoff_ms`; returns the bytes
+    /// freed. The caller makes sure no index entry points into them any more.
     pub fn delete_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
         let mut freed = 0;
-        for (start, path) in self.files()? {
-            if start + self.span_ms > cutoff_ms {
-                break;
+        for ((start, end), path) in self.files()? {
+            if end > cutoff_ms {
+                continue;
             }
             let len = path.metadata().map(|m| m.len()).unwrap_or(0);
             {
@@ -209,20 +254,25 @@ impl BatchFiles {
                     st.current = None;
                 }
             }
-            std::fs::remove_file(&path).map_err(|e| io_err("deleting", &path, e))?;
-            freed += len;
+            match std::fs::remove_file(&path) {
+                Ok(()) => freed += len,
+                // Gone already (removed by hand): what was wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("deleting", &path, e)),
+            }
         }
         Ok(freed)
     }
 
-    /// The files, oldest first, by span start.
-    fn files(&self) -> Result<BTreeMap<i64, PathBuf>, StoreError> {
+    /// The files by (span start, span end).
+    fn files(&self) -> Result<BTreeMap<(i64, i64), PathBuf>, StoreError> {
         let mut out = BTreeMap::new();
         for e in std::fs::read_dir(&self.dir).map_err(|e| io_err("listing", &self.dir, e))? {
             let e = e.map_err(|e| io_err("listing", &self.dir, e))?;
             let name = e.file_name();
-            if let Some(start) = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.parse().ok()) {
-                out.insert(start, e.path());
+            let span = name.to_str().and_then(|n| n.strip_suffix(".log")).and_then(|n| n.split_once('-'));
+            if let Some((Ok(start), Ok(end))) = span.map(|(a, b)| (a.parse(), b.parse())) {
+                out.insert((start, end), e.path());
             }
         }
         Ok(out)
@@ -262,7 +312,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = BatchFiles::open(dir.path(), Duration::from_secs(10), false).unwrap();
         let loc = files.append(b"payload", 0).unwrap();
-        let path = dir.path().join(format!("{:020}.log", 0));
+        let path = dir.path().join(format!("{:020}-{:020}.log", 0, 10_000));
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
@@ -282,6 +332,27 @@ mod tests {
             files.sync().unwrap();
             assert_eq!(files.state.lock().unwrap().unsynced.len(), 0, "fsync {fsync}: a file stays open");
         }
+    }
+
+    #[test]
+    fn a_file_is_deleted_by_its_own_span_end_after_the_span_length_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = BatchFiles::open(dir.path(), Duration::from_secs(3600), false).unwrap().append(b"a", 0).unwrap();
+        let short = BatchFiles::open(dir.path(), Duration::from_secs(10), false).unwrap();
+        assert_eq!(short.delete_before(3_599_999).unwrap(), 0, "the hourly file's span has not ended");
+        assert_eq!(short.read(&a).unwrap(), b"a");
+        assert!(short.delete_before(3_600_000).unwrap() > 0);
+        assert!(!short.verify(&a));
+    }
+
+    #[test]
+    fn a_clock_that_steps_back_appends_to_the_newest_span() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = BatchFiles::open(dir.path(), Duration::from_secs(10), false).unwrap();
+        files.append(b"a", 25_000).unwrap();
+        let b = files.append(b"b", 5_000).unwrap();
+        assert_eq!(b.span_start_ms, 20_000);
+        assert!(files.verify(&b));
     }
 
     #[test]
