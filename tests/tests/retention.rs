@@ -1,5 +1,5 @@
 //! Retention with the real binaries and short `[retention]` settings: a CRITICAL fault pages
-//! and opens an incident; once resolved, its escalation and the closed incident leave memory
+//! and opens an incident; once resolved, its escalation and (after 30 s) the closed incident leave memory
 //! but stay readable (also after a restart); once past retention, the fault, its escalation,
 //! the incident and the old batches are removed, and `/metrics` counts what went.
 
@@ -34,7 +34,7 @@ gateways = ["{sms_gateway}"]
 
 [retention]
 batches = "5s"
-faults = "25s"
+faults = "60s"
 prune_every = "1s"
 "#
     )
@@ -47,7 +47,7 @@ fn metric(collector: &CollectorSetup, name: &str) -> Option<f64> {
 }
 
 #[test]
-fn resolved_history_leaves_memory_at_once_and_the_store_after_retention() {
+fn resolved_history_leaves_memory_and_then_the_store_after_retention() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let ca = pki.path("ca.pem");
@@ -86,7 +86,8 @@ fn resolved_history_leaves_memory_at_once_and_the_store_after_retention() {
         .expect("the fault did not resolve");
     for (what, before) in [("escalations", escalations), ("incidents", incidents)] {
         assert!(
-            wait_for(Duration::from_secs(10), || in_memory(what).filter(|n| *n == before - 1.0)).is_some(),
+            // Escalations leave at once, closed incidents after 30 s (staff actions in flight).
+            wait_for(Duration::from_secs(45), || in_memory(what).filter(|n| *n < before)).is_some(),
             "{what} stayed in memory after resolution: {:?}",
             http_get(collector.http_port, "/metrics"),
         );
@@ -109,7 +110,7 @@ fn resolved_history_leaves_memory_at_once_and_the_store_after_retention() {
 
     // Past retention: the fault, its escalation and the incident are removed; old batches too.
     let removed = |what: &str| metric(&collector, &format!(r#"pikett_retention_removed_total{{what="{what}"}}"#));
-    let gone = wait_for(Duration::from_secs(60), || {
+    let gone = wait_for(Duration::from_secs(90), || {
         Some([removed("faults")?, removed("escalations")?, removed("incidents")?, removed("batches")?])
     });
     assert!(gone.is_some(), "not everything was pruned; /metrics:\n{:?}", http_get(collector.http_port, "/metrics"));
@@ -117,7 +118,9 @@ fn resolved_history_leaves_memory_at_once_and_the_store_after_retention() {
     assert!(!out.status.success(), "the incident outlived its retention");
     let out = collector.pikett(&["fault", "show", &fault_id], &ca);
     assert!(!out.status.success(), "the fault outlived its retention");
-    let stored = metric(&collector, r#"pikett_store_records{tree="incidents"}"#);
+    let stored = wait_for(Duration::from_secs(5), || {
+        metric(&collector, r#"pikett_store_records{tree="incidents"}"#).filter(|n| *n == 1.0)
+    });
     assert_eq!(stored, Some(1.0), "only the next-id record is left of the incidents");
     // Batches young enough are kept: the store still counts the agent's recent ones.
     let batches = metric(&collector, r#"pikett_store_records{tree="batches"}"#).unwrap_or(0.0);

@@ -118,13 +118,23 @@ impl IncidentService {
         if let Err(e) = self.storage.flush().await {
             crate::services::storage_failure::stop("flushing incidents", &e);
         }
-        // Memory holds the incidents that can still change; closed ones are read from disk.
+    }
+
+    /// Takes incidents closed before `before` out of memory (they are read from disk from
+    /// then on); returns how many. Not at once when they close: a staff action in flight
+    /// (a status update whose notifications are being queued) still finds its incident.
+    pub fn evict_closed(&self, before: Timestamp) -> usize {
         let mut st = self.lock();
-        for id in ids {
-            if st.incidents.get(id).is_some_and(Incident::is_closed) {
-                st.incidents.remove(id);
-            }
+        let old: Vec<u64> = st
+            .incidents
+            .values()
+            .filter(|i| i.is_closed() && i.closed_at.is_none_or(|at| at < before))
+            .map(|i| i.id)
+            .collect();
+        for id in &old {
+            st.incidents.remove(id);
         }
+        old.len()
     }
 
     /// A closed incident, from disk.

@@ -216,7 +216,9 @@ impl Pager {
         {
             let mut st = self.lock();
             for id in fault_ids {
-                let sev = self.faults.with_engine(|e| e.fault(*id).map(|f| f.severity));
+                // A fault resolved meanwhile pages nobody (its finished escalation may have
+                // left memory already, so this is checked here, not by the escalation).
+                let sev = self.faults.with_engine(|e| e.fault(*id).filter(|f| !f.is_resolved()).map(|f| f.severity));
                 let Some(sev) = sev else { continue };
                 st.escalations.entry(*id).and_modify(|e| e.escalate_emergency(now)).or_insert_with(|| {
                     Escalation::start(&id.to_string(), esc_severity(sev), now, StartMode::Emergency)

@@ -23,7 +23,11 @@ use crate::store::StoreError;
 /// Records removed per step; between steps ingest gets the store.
 const STEP: usize = 10_000;
 
+/// How long a closed incident stays in memory (staff actions in flight still find it).
+const CLOSED_IN_MEMORY: Duration = Duration::from_secs(30);
+
 /// Everything retention prunes.
+#[derive(Clone)]
 pub struct Retention {
     pub config: RetentionConfig,
     pub batches: Arc<BatchLog>,
@@ -67,6 +71,7 @@ impl Retention {
         removed.push(("escalations", self.steps(move || pager.prune(STEP)).await?));
         let incidents = self.incidents.clone();
         removed.push(("incidents", self.steps(move || incidents.prune(faults_before, STEP)).await?));
+        self.incidents.evict_closed(before(now, CLOSED_IN_MEMORY));
 
         let audit = self.audit.clone();
         let audit_before = now.as_millisecond() - self.config.audit.as_millis() as i64;
@@ -89,7 +94,11 @@ impl Retention {
         if removed.iter().any(|(_, n)| *n > 0) {
             self.batches.flush().await?;
         }
-        self.count()?;
+        // Counting reads every record of the small trees: not on a runtime thread.
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.count())
+            .await
+            .map_err(|e| StoreError::Engine(format!("retention count: {e}")))??;
         Ok(removed)
     }
 
