@@ -7,38 +7,8 @@ use std::time::Duration;
 
 use pikett_tests::*;
 
-const PRIMARY: &str = "+4915100000001";
-
-fn collector_extra(sms_gateway: &str) -> String {
-    format!(
-        r#"
-[faults]
-for = 1
-
-[people.alice]
-sms = "{PRIMARY}"
-rules = [ {{ channel = "sms" }} ]
-
-[[rotations]]
-role = "primary"
-members = ["alice"]
-start = "2026-01-05T09:00:00"
-period = "1w"
-timezone = "Europe/Berlin"
-
-[escalation]
-warning_channel = "sms"
-
-[channels.sms]
-gateways = ["{sms_gateway}"]
-
-[retention]
-batches = "5s"
-faults = "60s"
-prune_every = "1s"
-"#
-    )
-}
+/// Minutes of retention in seconds, pruned every second.
+const RETENTION: &str = "[retention]\nbatches = \"5s\"\nfaults = \"60s\"\nprune_every = \"1s\"\n";
 
 /// The value of the sample `name` (with its labels, as written) on `/metrics`.
 fn metric(collector: &CollectorSetup, name: &str) -> Option<f64> {
@@ -52,7 +22,7 @@ fn resolved_history_leaves_memory_and_then_the_store_after_retention() {
     let pki = Pki::new(dir.path());
     let ca = pki.path("ca.pem");
     let gateway = Receiver::start(200);
-    let collector = CollectorSetup::new(dir.path(), &pki, &collector_extra(&gateway.url()));
+    let collector = CollectorSetup::new(dir.path(), &pki, &alice_paged_by_sms(&gateway, "", RETENTION));
     let mut c = collector.start();
 
     let check = ControlledCheck::new(dir.path());

@@ -188,21 +188,9 @@ impl IncidentService {
     /// Removes incidents closed before `before` from disk, at most `max`; returns how many
     /// went. Not flushed: the caller flushes.
     pub fn prune(&self, before: Timestamp, max: usize) -> Result<usize, StoreError> {
-        let mut gone = Vec::new();
-        for item in self.tree.scan_prefix(b"i/") {
-            let (k, v) = item?;
-            let closed_at = serde_json::from_slice::<Incident>(&v).ok().and_then(|i| i.closed_at);
-            if closed_at.is_some_and(|at| at < before) {
-                gone.push(k);
-                if gone.len() >= max {
-                    break;
-                }
-            }
-        }
-        for k in &gone {
-            self.tree.remove(k)?;
-        }
-        Ok(gone.len())
+        crate::store::remove_where(self.tree.as_ref(), b"i/", max, |_, v| {
+            serde_json::from_slice::<Incident>(v).ok().and_then(|i| i.closed_at).is_some_and(|at| at < before)
+        })
     }
 
     /// Feeds fault transitions (the same batches the pager gets).

@@ -541,24 +541,11 @@ impl Pager {
     /// Removes stored escalations of faults the engine no longer knows (retention removed
     /// them), at most `max`; returns how many went. Not flushed: the caller flushes.
     pub fn prune(&self, max: usize) -> Result<usize, StoreError> {
-        let mut gone = Vec::new();
-        for item in self.tree.iter() {
-            let (k, _) = item?;
-            if k.len() != 10 || k.as_slice() == OVERRIDES_KEY {
-                continue;
-            }
-            let id = u64::from_be_bytes(k[2..].try_into().expect("10-byte key"));
-            if !self.lock().escalations.contains_key(&id) && self.faults.with_engine(|e| e.fault(id).is_none()) {
-                gone.push(k);
-                if gone.len() >= max {
-                    break;
-                }
-            }
-        }
-        for k in &gone {
-            self.tree.remove(k)?;
-        }
-        Ok(gone.len())
+        crate::store::remove_where(self.tree.as_ref(), b"e/", max, |k, _| {
+            let Some(id) = k.get(2..).and_then(|id| <[u8; 8]>::try_from(id).ok()) else { return false };
+            let id = u64::from_be_bytes(id);
+            !self.lock().escalations.contains_key(&id) && self.faults.with_engine(|e| e.fault(id).is_none())
+        })
     }
 
     fn note(&self, fault: u64, text: &str, now: Timestamp) {

@@ -72,6 +72,30 @@ pub trait Tree: Send + Sync {
     }
 }
 
+/// Removes the entries under `prefix` for which `gone(key, value)` holds, at most `max`,
+/// in key order; returns how many went (retention's step). Not flushed.
+pub fn remove_where(
+    tree: &dyn Tree,
+    prefix: &[u8],
+    max: usize,
+    mut gone: impl FnMut(&[u8], &[u8]) -> bool,
+) -> Result<usize, StoreError> {
+    let mut keys = Vec::new();
+    for item in tree.scan_prefix(prefix) {
+        if keys.len() >= max {
+            break;
+        }
+        let (k, v) = item?;
+        if gone(&k, &v) {
+            keys.push(k);
+        }
+    }
+    for k in &keys {
+        tree.remove(k)?;
+    }
+    Ok(keys.len())
+}
+
 /// A storage engine: named trees and one flush for all of them.
 #[async_trait]
 pub trait Storage: Send + Sync {

@@ -150,6 +150,35 @@ struct AgentStats {
     latencies_us: Vec<u64>,
 }
 
+/// A simulated agent's stream: connected, hello sent as `host_id` of `customer` with spool
+/// `epoch`, welcome received. Returns the sender for batches and the collector's answers.
+pub(crate) async fn connect_agent(
+    url: String,
+    host_id: String,
+    customer: &str,
+    min_interval: Duration,
+    epoch: u64,
+) -> anyhow::Result<(mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::CollectorMessage>)> {
+    let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
+    tx.send(pb::AgentMessage {
+        body: Some(pb::agent_message::Body::Hello(pb::Hello {
+            protocol_version: pikett_proto::PROTOCOL_VERSION,
+            host_id,
+            customer: customer.into(),
+            agent_version: "bench".into(),
+            capabilities: vec!["host".into()],
+            min_interval_ms: min_interval.as_millis() as u64,
+            spool_epoch: epoch,
+        })),
+    })
+    .await?;
+    let mut inbound =
+        IngestClient::new(channel).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    inbound.message().await?; // welcome
+    Ok((tx, inbound))
+}
+
 /// One simulated agent: connect, hello, then a batch every interval; ack latency per batch.
 async fn simulated_agent(
     url: String,
@@ -159,23 +188,7 @@ async fn simulated_agent(
     start_at: Instant,
     measure: (Instant, Instant),
 ) -> anyhow::Result<AgentStats> {
-    let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
-    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
-    tx.send(pb::AgentMessage {
-        body: Some(pb::agent_message::Body::Hello(pb::Hello {
-            protocol_version: pikett_proto::PROTOCOL_VERSION,
-            host_id: format!("bench-{id:05}"),
-            customer: "bench".into(),
-            agent_version: "bench".into(),
-            capabilities: vec!["host".into()],
-            min_interval_ms: interval.as_millis() as u64,
-            spool_epoch: id as u64 + 1,
-        })),
-    })
-    .await?;
-    let mut inbound =
-        IngestClient::new(channel).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-    inbound.message().await?; // welcome
+    let (tx, mut inbound) = connect_agent(url, format!("bench-{id:05}"), "bench", interval, id as u64 + 1).await?;
     tokio::time::sleep_until(start_at.into()).await;
     let sent: Arc<Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
     let sender = {

@@ -10,10 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use pikett_proto::v1 as pb;
-use pikett_proto::v1::ingest_client::IngestClient;
-use tokio::sync::mpsc;
 
-use super::start_collector_http;
+use super::{connect_agent, start_collector_http};
 use crate::util::{build, proc_usage};
 
 #[derive(clap::Args)]
@@ -118,23 +116,7 @@ async fn agent(
     end: Instant,
 ) -> anyhow::Result<u64> {
     let ((id, agents), (samples, checks, interval)) = (id, a);
-    let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
-    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
-    tx.send(pb::AgentMessage {
-        body: Some(pb::agent_message::Body::Hello(pb::Hello {
-            protocol_version: pikett_proto::PROTOCOL_VERSION,
-            host_id: format!("soak-{id:05}"),
-            customer: "soak".into(),
-            agent_version: "bench".into(),
-            capabilities: vec!["host".into()],
-            min_interval_ms: interval.as_millis() as u64,
-            spool_epoch: id as u64 + 1,
-        })),
-    })
-    .await?;
-    let mut inbound =
-        IngestClient::new(channel).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-    inbound.message().await?; // welcome
+    let (tx, mut inbound) = connect_agent(url, format!("soak-{id:05}"), "soak", interval, id as u64 + 1).await?;
     let acks = tokio::spawn(async move {
         let mut n = 0u64;
         while let Ok(Some(msg)) = inbound.message().await {
