@@ -24,11 +24,14 @@ fn resolved_history_leaves_memory_and_then_the_store_after_retention() {
     let gateway = Receiver::start(200);
     let collector = CollectorSetup::new(dir.path(), &pki, &alice_paged_by_sms(&gateway, "", RETENTION));
     let mut c = collector.start();
+    // Logged to a file, not a terminal: no colour codes (journald shows them as garbage).
+    let log = c.log_text();
+    assert!(log.contains("INFO") && !log.contains('\u{1b}'), "no log, or ANSI codes in it:\n{log}");
 
     let check = ControlledCheck::new(dir.path());
     check.set(2);
     let cfg = agent_config(dir.path(), &pki, "web-01", &collector.url(), &check.toml());
-    let _agent = spawn("pikett-agent", &cfg, &["run"], &dir.path().join("agent.log"));
+    let agent = spawn("pikett-agent", &cfg, &["run"], &dir.path().join("agent.log"));
 
     let fault = wait_for(Duration::from_secs(30), || find_fault(&collector, &ca, "web-01", "command/ctl", "open"))
         .unwrap_or_else(|| panic!("no fault opened; collector log:\n{}", c.log_text()));
@@ -42,6 +45,7 @@ fn resolved_history_leaves_memory_and_then_the_store_after_retention() {
     // below is about this fault, or a difference.
     let pages = || gateway.requests().into_iter().filter(|r| r.body.contains("command/ctl")).count();
     wait_for(Duration::from_secs(10), || (pages() > 0).then_some(())).expect("nobody paged");
+    assert!(!agent.log_text().contains('\u{1b}'), "ANSI codes in the agent's log:\n{}", agent.log_text());
     let in_memory = |what: &str| metric(&collector, &format!(r#"pikett_in_memory_records{{what="{what}"}}"#));
     let (escalations, incidents) = wait_for(Duration::from_secs(5), || {
         Some((in_memory("escalations").filter(|n| *n >= 1.0)?, in_memory("incidents").filter(|n| *n == 1.0)?))
