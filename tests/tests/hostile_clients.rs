@@ -301,7 +301,7 @@ fn a_storm_of_ten_thousand_failing_checks_pages_a_handful_of_times() {
         sms.requests()
             .into_iter()
             .map(|r| r.body)
-            .filter(|b| b.contains(ALICE_SMS) && !b.contains("host/reachable"))
+            .filter(|b| b.contains(ALICE_SMS) && b.contains("storm-01") && !b.contains("host/reachable"))
             .collect()
     };
     let storm_paged =
