@@ -59,6 +59,14 @@ struct Expect {
     unit: &'static str,
     thresholds: HashMap<&'static str, Option<f64>>,
     health: Option<String>,
+    /// `ReadingUnits` present but empty: a state sensor, judged by its health alone.
+    discrete: bool,
+}
+
+/// A sensor not in service (empty slot, disabled channel) without a reading: never reported.
+fn not_in_service(s: &Value, reading: Option<f64>) -> bool {
+    let state = s["Status"]["State"].as_str().unwrap_or("Enabled");
+    reading.is_none() && ["Absent", "Disabled", "UnavailableOffline", "StandbyOffline", "StandbySpare"].contains(&state)
 }
 
 fn sensor_thresholds(s: &Value) -> HashMap<&'static str, Option<f64>> {
@@ -88,6 +96,12 @@ fn classic_thresholds(s: &Value) -> HashMap<&'static str, Option<f64>> {
 fn assert_reading(obs: &[Observation], e: &Expect) {
     let checks = checks(obs);
     let c = checks.get(&e.check).unwrap_or_else(|| panic!("no check {}", e.check));
+    if e.discrete {
+        assert_eq!(c.state, expected_state(Some(0.0), &HashMap::new(), e.health.as_deref()), "{}", e.check);
+        assert!(c.summary.starts_with("discrete sensor"), "{}: {}", e.check, c.summary);
+        assert!(sample(obs, e.metric, "sensor", &e.label).is_none(), "{}: a state code exported as a sample", e.check);
+        return;
+    }
     let want = expected_state(e.value, &e.thresholds, e.health.as_deref());
     // A voltage without reading and thresholds is a discrete signal: its health is its state.
     let want = if e.value.is_none() && e.unit == "V" && e.thresholds.values().all(Option::is_none) && e.health.is_some()
@@ -121,8 +135,9 @@ fn assert_reading(obs: &[Observation], e: &Expect) {
 }
 
 /// Walks the fixture (not the probe) and lists what must be reported.
-/// Readings to check in full, drives, PSUs with their metrics, and check names that must merely exist.
-type Expectations = (Vec<Expect>, Vec<Value>, Vec<(Value, Option<Value>)>, BTreeSet<String>);
+/// Readings to check in full, drives, PSUs with their metrics, check names that must merely
+/// exist, and check names that must not (sensors not in service).
+type Expectations = (Vec<Expect>, Vec<Value>, Vec<(Value, Option<Value>)>, BTreeSet<String>, BTreeSet<String>);
 
 fn expectations(set: &str) -> Expectations {
     let root = fixture_json(set, "/redfish/v1");
@@ -130,6 +145,7 @@ fn expectations(set: &str) -> Expectations {
     let mut drives = Vec::new();
     let mut psus = Vec::new();
     let mut names_only = BTreeSet::new();
+    let mut skipped = BTreeSet::new();
     for ch in members(set, &root, "Chassis") {
         let mut new_names: BTreeSet<(String, String)> = BTreeSet::new();
         let psu_list: Vec<(Value, Option<Value>)> = match link(&ch, "PowerSubsystem") {
@@ -173,6 +189,10 @@ fn expectations(set: &str) -> Expectations {
                 name.clone()
             };
             new_names.insert((seg.to_string(), name.clone()));
+            if not_in_service(s, s["Reading"].as_f64()) {
+                skipped.insert(format!("redfish/{seg}/{label}"));
+                continue;
+            }
             out.push(Expect {
                 check: format!("redfish/{seg}/{label}"),
                 metric,
@@ -181,6 +201,7 @@ fn expectations(set: &str) -> Expectations {
                 unit,
                 thresholds: sensor_thresholds(s),
                 health: s["Status"]["Health"].as_str().map(str::to_string),
+                discrete: s["ReadingUnits"].as_str().is_some_and(|u| u.trim().is_empty()),
             });
         }
         // Old schema: every entry must be reported once; its value is checked when no new sensor supersedes it.
@@ -205,14 +226,46 @@ fn expectations(set: &str) -> Expectations {
             for x in p["Voltages"].as_array().into_iter().flatten() {
                 classic.push(("voltage", "pikett_redfish_voltage_volts", "V", x.clone(), x["ReadingVolts"].as_f64()));
             }
+            // The old total (PowerControl) unless a new board-level power sensor measures it.
+            let board_power = sensors.iter().any(|s| {
+                s["ReadingType"] == "Power"
+                    && s["PhysicalContext"] != "PowerSupply"
+                    && !s["ReadingUnits"].as_str().is_some_and(|u| u.trim().is_empty())
+                    && !psu_sources.contains(s["@odata.id"].as_str().unwrap_or(""))
+            });
+            if !board_power {
+                for x in p["PowerControl"].as_array().into_iter().flatten() {
+                    classic.push((
+                        "power",
+                        "pikett_redfish_power_watts",
+                        "W",
+                        x.clone(),
+                        x["PowerConsumedWatts"].as_f64(),
+                    ));
+                }
+            }
             for x in p["PowerSupplies"].as_array().into_iter().flatten() {
-                names_only.insert(format!("redfish/psu/{}", x["Name"].as_str().unwrap()));
+                // The same PSU in the new schema (same name or serial number) stands for it.
+                let same = |(n, _): &(Value, Option<Value>)| {
+                    n["Name"] == x["Name"] || (x["SerialNumber"].is_string() && n["SerialNumber"] == x["SerialNumber"])
+                };
+                if !psu_list.iter().any(same) {
+                    names_only.insert(format!("redfish/psu/{}", x["Name"].as_str().unwrap()));
+                }
             }
         }
         for (seg, metric, unit, x, value) in classic {
             let name = x["Name"].as_str().unwrap().to_string();
+            let check = format!("redfish/{seg}/{name}");
             if new_names.contains(&(seg.to_string(), name.clone())) {
-                names_only.insert(format!("redfish/{seg}/{name}"));
+                // The new schema's sensor stands for it (or, not in service, for neither).
+                if !skipped.contains(&check) {
+                    names_only.insert(check);
+                }
+                continue;
+            }
+            if not_in_service(&x, value) {
+                skipped.insert(check);
                 continue;
             }
             out.push(Expect {
@@ -223,6 +276,7 @@ fn expectations(set: &str) -> Expectations {
                 unit,
                 thresholds: classic_thresholds(&x),
                 health: x["Status"]["Health"].as_str().map(str::to_string),
+                discrete: false,
             });
         }
         if let Some(t) = link(&ch, "ThermalSubsystem") {
@@ -240,7 +294,7 @@ fn expectations(set: &str) -> Expectations {
             }
         }
     }
-    (out, drives, psus, names_only)
+    (out, drives, psus, names_only, skipped)
 }
 
 #[tokio::test]
@@ -251,7 +305,7 @@ async fn every_reading_of_every_fixture_set_matches_the_fixture() {
         let bmc = TestBmc::start(&set).await;
         let obs = poll_once(&bmc).await;
         let all = checks(&obs);
-        let (readings, drives, psus, names_only) = expectations(&set);
+        let (readings, drives, psus, names_only, skipped) = expectations(&set);
         assert!(readings.len() >= 10, "{set}: suspiciously few readings");
         for e in &readings {
             assert_reading(&obs, e);
@@ -259,6 +313,29 @@ async fn every_reading_of_every_fixture_set_matches_the_fixture() {
         for n in &names_only {
             assert!(all.contains_key(n), "{set}: {n} not reported");
         }
+        for n in &skipped {
+            assert!(!all.contains_key(n), "{set}: {n} is not in service but reported: {}", all[n].summary);
+        }
+        // Every present sensor exactly once: the reported sensor checks are exactly the
+        // fixture's, nothing twice under another name.
+        let mut want: BTreeSet<String> = readings.iter().map(|e| e.check.clone()).collect();
+        want.extend(names_only.iter().cloned());
+        want.extend(psus.iter().map(|(p, _)| format!("redfish/psu/{}", p["Name"].as_str().unwrap())));
+        let sensor_checks: BTreeSet<String> = all
+            .keys()
+            .filter(|n| ["thermal", "fan", "voltage", "power", "psu"].contains(&n.split('/').nth(1).unwrap_or("")))
+            .cloned()
+            .collect();
+        assert_eq!(
+            sensor_checks.difference(&want).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "{set}: reported but not in the fixture (or twice)"
+        );
+        assert_eq!(
+            want.difference(&sensor_checks).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "{set}: in the fixture but not reported"
+        );
         for (p, metrics) in &psus {
             let name = p["Name"].as_str().unwrap();
             let c = &all[&format!("redfish/psu/{name}")];
@@ -293,6 +370,29 @@ async fn every_reading_of_every_fixture_set_matches_the_fixture() {
                 );
             }
         }
+        // The number staff quote to the vendor: Dell's service tag, else the serial number;
+        // never another vendor's SKU (a part or machine-type number).
+        let root = fixture_json(&set, "/redfish/v1");
+        let sys = &members(&set, &root, "Systems")[0];
+        let serial = sys["SerialNumber"].as_str().unwrap();
+        let (label, want) = match root["Oem"]["Dell"]["ServiceTag"].as_str() {
+            Some(tag) => ("service tag", tag),
+            None => ("serial", serial),
+        };
+        let system = &all["redfish/system"];
+        assert!(system.summary.contains(&format!("{label} {want}")), "{set}: {}", system.summary);
+        if let Some(sku) = sys["SKU"].as_str().filter(|_| label == "serial") {
+            assert!(!system.summary.contains(sku), "{set}: SKU {sku} taken for the serial: {}", system.summary);
+        }
+        let inv = obs
+            .iter()
+            .find_map(|o| match o {
+                Observation::Inventory(i) if i.name == "hardware" => Some(i.data.clone()),
+                _ => None,
+            })
+            .expect("hardware inventory");
+        assert_eq!(inv["service_tag"].as_str(), Some(want), "{set}");
+        assert_eq!(inv["serial_number"].as_str(), Some(serial), "{set}");
         // The sets are healthy captures: nothing may be flagged.
         for c in all.values() {
             assert_eq!(c.state, State::Ok, "{set}: {} {}", c.name, c.summary);

@@ -309,9 +309,16 @@ impl RedfishProbe {
             return vec![Observation::check("redfish/system", State::Unknown, summary, now)];
         }
 
-        let service_tag = service_tag(&root, &systems, &chassis);
+        let (service_tag, is_serial) = match service_tag(&root, &systems, &chassis) {
+            Some((tag, is_serial)) => (Some(tag), is_serial),
+            None => (None, false),
+        };
         let power_state = text(systems[0].get("PowerState"));
-        let ctx = Context { service_tag: service_tag.clone(), power_off: power_state.clone().filter(|p| p != "On") };
+        let ctx = Context {
+            service_tag: service_tag.clone(),
+            is_serial,
+            power_off: power_state.clone().filter(|p| p != "On"),
+        };
         let multi = systems.len() > 1;
         let (system_obs, chassis_obs, manager_obs) = futures::join!(
             join_all(systems.iter().map(|s| poll.system(s, multi, &ctx, now))),
@@ -337,7 +344,8 @@ impl RedfishProbe {
                 "vendor": text(sys.get("Manufacturer")),
                 "model": text(sys.get("Model")),
                 "service_tag": service_tag,
-                "serial_number": text(sys.get("SerialNumber")),
+                "serial_number": text(sys.get("SerialNumber"))
+                    .or_else(|| chassis.iter().find_map(|c| text(c.get("SerialNumber")))),
                 "bios_version": text(sys.get("BiosVersion")),
                 "bmc_firmware": bmc_firmware,
                 "bmc_model": managers.iter().find_map(|m| text(m.get("Model"))),
@@ -577,15 +585,26 @@ fn link(v: &Value, pointer: &str) -> Option<String> {
     v.pointer(pointer).and_then(|l| l.get("@odata.id")).and_then(Value::as_str).map(str::to_string)
 }
 
-/// Service tag: the root's OEM `ServiceTag` (Dell), else the system's SKU or serial number.
-fn service_tag(root: &Value, systems: &[Value], chassis: &[Value]) -> Option<String> {
+/// What identifies the machine to its vendor, and whether it is a serial number: Dell's
+/// service tag (the root's OEM `ServiceTag`, or a Dell system's `SKU`), else the
+/// system's or a chassis' `SerialNumber`. Other vendors put a part or machine-type
+/// number in `SKU` (Lenovo `7Z23CTO1WW`, Supermicro `0x1D1415D9`), so it is not used.
+fn service_tag(root: &Value, systems: &[Value], chassis: &[Value]) -> Option<(String, bool)> {
+    let nonempty = |s: Option<String>| s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     let oem =
         root.get("Oem").and_then(Value::as_object).and_then(|o| o.values().find_map(|v| text(v.get("ServiceTag"))));
-    let nonempty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
-    nonempty(oem)
-        .or_else(|| systems.iter().find_map(|s| nonempty(text(s.get("SKU")))))
-        .or_else(|| systems.iter().find_map(|s| nonempty(text(s.get("SerialNumber")))))
+    let dell_sku = systems
+        .iter()
+        .filter(|s| text(s.get("Manufacturer")).is_some_and(|m| m.to_ascii_lowercase().contains("dell")))
+        .find_map(|s| nonempty(text(s.get("SKU"))));
+    if let Some(tag) = nonempty(oem).or(dell_sku) {
+        return Some((tag, false));
+    }
+    systems
+        .iter()
+        .find_map(|s| nonempty(text(s.get("SerialNumber"))))
         .or_else(|| chassis.iter().find_map(|c| nonempty(text(c.get("SerialNumber")))))
+        .map(|sn| (sn, true))
 }
 
 enum LogKind {
@@ -845,7 +864,8 @@ impl Poll<'_> {
             .collect();
         sensors.retain(|r| !psu_sources.contains(&r.odata_id));
         // The old PowerControl total is the same quantity as a new board-level power sensor.
-        if sensors.iter().any(|r| r.kind == Kind::Power && r.context.as_deref() != Some("PowerSupply")) {
+        // (A discrete power sensor, such as Lenovo's "PSU1 Failure", measures nothing.)
+        if sensors.iter().any(|r| r.kind == Kind::Power && !r.discrete && r.context.as_deref() != Some("PowerSupply")) {
             classic.retain(|r| r.field != "PowerConsumedWatts");
         }
         let mut out = Vec::new();
@@ -892,10 +912,15 @@ impl Poll<'_> {
             classic.extend(readings::classic_power(p));
             old_psus.extend(readings::array(p, "PowerSupplies").cloned());
         }
+        let chassis_id = text(c.get("Id")).unwrap_or_default();
+        let of_this_chassis = |mut r: Reading| {
+            r.chassis = chassis_id.clone();
+            r
+        };
         ChassisSources {
-            sensors: sensors.iter().filter_map(readings::from_sensor).collect(),
-            fans: fans.iter().map(readings::from_fan_resource).collect(),
-            classic,
+            sensors: sensors.iter().filter_map(readings::from_sensor).map(of_this_chassis).collect(),
+            fans: fans.iter().map(readings::from_fan_resource).map(of_this_chassis).collect(),
+            classic: classic.into_iter().map(of_this_chassis).collect(),
             new_psus,
             old_psus,
         }
@@ -955,7 +980,7 @@ fn reading_observations(r: &Reading, ctx: &Context, now: Timestamp) -> Vec<Obser
     };
     let mut out =
         vec![Observation::check(format!("redfish/{}/{}", r.kind.check_segment(), r.name), state, summary, now)];
-    if let Some(v) = r.value {
+    if let Some(v) = r.value.filter(|_| !r.discrete) {
         out.push(Observation::sample(metric_name(r), [("sensor", r.name.clone())], v, r.unit.clone(), now));
     }
     out
@@ -1065,11 +1090,16 @@ mod tests {
     }
 
     #[test]
-    fn service_tag_prefers_oem_then_sku() {
+    fn service_tag_is_dells_tag_else_the_serial_number_never_another_vendors_sku() {
         let root = json!({"Oem":{"Dell":{"ServiceTag":"F54P1G3"}}});
-        assert_eq!(service_tag(&root, &[], &[]).as_deref(), Some("F54P1G3"));
-        let sys = [json!({"SKU":"","SerialNumber":"SN1"})];
-        assert_eq!(service_tag(&json!({}), &sys, &[]).as_deref(), Some("SN1"));
+        assert_eq!(service_tag(&root, &[], &[]), Some(("F54P1G3".into(), false)));
+        let dell = [json!({"Manufacturer":"Dell Inc.","SKU":"F54P1G3","SerialNumber":"CNIVC0014M0388"})];
+        assert_eq!(service_tag(&json!({}), &dell, &[]), Some(("F54P1G3".into(), false)));
+        let lenovo = [json!({"Manufacturer":"Lenovo","SKU":"7Z23CTO1WW","SerialNumber":"J105958B"})];
+        assert_eq!(service_tag(&json!({}), &lenovo, &[]), Some(("J105958B".into(), true)));
+        let bare = [json!({"SKU":"","SerialNumber":" "})];
+        let chassis = [json!({"SerialNumber":"C8010MM21A30331"})];
+        assert_eq!(service_tag(&json!({}), &bare, &chassis), Some(("C8010MM21A30331".into(), true)));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Turns Redfish sensor payloads (old `Thermal`/`Power`, new `Sensors`/`ThermalSubsystem`/`PowerSubsystem`) into readings with states; pure functions over JSON.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -119,7 +119,18 @@ pub struct Reading {
     pub aliases: Vec<String>,
     /// `PhysicalContext` (`CPU`, `PowerSupply`, `SystemBoard`, ...).
     pub context: Option<String>,
+    /// `Id` of the chassis the sensor belongs to: sensors of different chassis are
+    /// different sensors even when their names match.
+    pub chassis: String,
+    /// A discrete (state) sensor: its `Reading` is a state code, not a quantity
+    /// (`ReadingUnits` present but empty, e.g. Lenovo's "PSU1 Failure" or "PCIe 5 OverTemp").
+    /// Only its health means anything; no sample is exported.
+    pub discrete: bool,
 }
+
+/// `Status.State` values of a sensor that is not in service (empty slot, disabled
+/// channel, powered-down part): with no reading it is skipped, never an UNKNOWN.
+pub const NOT_IN_SERVICE: [&str; 5] = ["Absent", "Disabled", "UnavailableOffline", "StandbyOffline", "StandbySpare"];
 
 /// A JSON number as f64; null, strings and absent fields are `None`.
 pub fn num(v: Option<&Value>) -> Option<f64> {
@@ -131,12 +142,13 @@ pub fn text(v: Option<&Value>) -> Option<String> {
     v.and_then(Value::as_str).map(str::to_string)
 }
 
-/// `40`, `1.22`, `-7`: integers without a decimal point.
+/// `40`, `1.22`, `3.6348`, `-7`: integers without a decimal point, at most four decimals
+/// (BMCs report up to four; float noise such as `91.0000026226044` goes).
 pub fn fmt_num(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
     } else {
-        let s = format!("{v:.3}");
+        let s = format!("{v:.4}");
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     }
 }
@@ -163,6 +175,12 @@ fn base_reading(kind: Kind, v: &Value, unit: &str, field: &str) -> Reading {
     if !id.is_empty() && v.get("Id").is_some() {
         aliases.push(normalise(&id));
     }
+    // The resource itself, and the sensor an old-schema entry says it comes from.
+    for uri in [odata_id(v), text(v.get("DataSourceUri")).unwrap_or_default()] {
+        if !uri.is_empty() {
+            aliases.push(format!("uri:{uri}"));
+        }
+    }
     Reading {
         kind,
         name: if name.is_empty() { id.clone() } else { name },
@@ -176,6 +194,8 @@ fn base_reading(kind: Kind, v: &Value, unit: &str, field: &str) -> Reading {
         status_state,
         aliases,
         context: text(v.get("PhysicalContext")),
+        chassis: String::new(),
+        discrete: v.get("ReadingUnits").and_then(Value::as_str).is_some_and(|u| u.trim().is_empty()),
     }
 }
 
@@ -284,37 +304,82 @@ pub fn array<'a>(v: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
 }
 
 /// Merges readings from several schemas, preferred source first: a reading whose
-/// name or id was already seen (for its kind) is dropped, so no sensor is reported
-/// twice. Then names that still collide within a kind fall back to the id.
+/// name, id or resource was already seen (for its chassis and kind) is dropped, so no
+/// sensor is reported twice, whatever precision each schema gives it. Then names are
+/// made unique per kind with [`unique_names`].
 pub fn merge(sources: Vec<Vec<Reading>>) -> Vec<Reading> {
-    let mut seen: HashSet<(Kind, String)> = HashSet::new();
+    // Alias → index in `out` of the reading that stands for it.
+    let mut seen: HashMap<(String, Kind, String), usize> = HashMap::new();
     let mut out: Vec<Reading> = Vec::new();
     for source in sources {
-        let mut added: Vec<Reading> = Vec::new();
+        let first_of_source = out.len();
         for r in source {
-            if r.aliases.iter().any(|a| !a.is_empty() && seen.contains(&(r.kind, a.clone()))) {
-                continue;
+            let kept = r.aliases.iter().find_map(|a| seen.get(&(r.chassis.clone(), r.kind, a.clone())).copied());
+            match kept {
+                // The same sensor in a less preferred schema: it may still know the
+                // thresholds the preferred one lacks (new-schema fans have none).
+                Some(i) => {
+                    if out[i].thresholds.is_empty() {
+                        out[i].thresholds = r.thresholds;
+                    }
+                }
+                None => out.push(r),
             }
-            added.push(r);
         }
-        // Mark after the whole source so duplicates inside one source are kept and renamed below.
-        for r in &added {
-            for a in &r.aliases {
-                seen.insert((r.kind, a.clone()));
+        // Mark after the whole source: several sensors of one source may share a name
+        // (one per PCIe card); they are distinct resources, kept and named apart below.
+        for (i, r) in out.iter().enumerate().skip(first_of_source) {
+            for a in r.aliases.iter().filter(|a| !a.is_empty()) {
+                seen.entry((r.chassis.clone(), r.kind, a.clone())).or_insert(i);
             }
         }
-        out.extend(added);
     }
-    let mut counts: BTreeMap<(Kind, String), usize> = BTreeMap::new();
-    for r in &out {
-        *counts.entry((r.kind, r.name.clone())).or_default() += 1;
-    }
-    for r in &mut out {
-        if counts[&(r.kind, r.name.clone())] > 1 && !r.id.is_empty() {
-            r.name = r.id.clone();
-        }
-    }
+    unique_names(&mut out);
     out
+}
+
+/// Check names must be unique per kind. A name shared by sensors of different chassis
+/// becomes `name [chassis]` (`GPU Temp [UBB_1]`); shared within one chassis, the resource
+/// `Id` (`PSU.Slot.1_InputPower`), or `name id` for the bare numbers of old-schema
+/// `MemberId`s; as a last resort the `@odata.id`.
+pub fn unique_names(readings: &mut [Reading]) {
+    type Namer = fn(&Reading) -> String;
+    let namers: [Namer; 3] = [
+        |r| if r.chassis.is_empty() { r.name.clone() } else { format!("{} [{}]", r.name, r.chassis) },
+        |r| match r.id.as_str() {
+            "" => r.name.clone(),
+            id if id.chars().all(|c| c.is_ascii_digit()) => format!("{} {id}", r.name),
+            id => id.to_string(),
+        },
+        |r| if r.odata_id.is_empty() { r.name.clone() } else { r.odata_id.clone() },
+    ];
+    for namer in namers {
+        let mut counts: BTreeMap<(Kind, String), usize> = BTreeMap::new();
+        for r in readings.iter() {
+            *counts.entry((r.kind, r.name.clone())).or_default() += 1;
+        }
+        let colliding: Vec<usize> =
+            (0..readings.len()).filter(|&i| counts[&(readings[i].kind, readings[i].name.clone())] > 1).collect();
+        if colliding.is_empty() {
+            return;
+        }
+        // Rename a colliding group only when the new names are unique among all names.
+        let proposed: Vec<(usize, String)> = colliding.iter().map(|&i| (i, namer(&readings[i]))).collect();
+        let taken: HashSet<(Kind, String)> = (0..readings.len())
+            .filter(|i| !colliding.contains(i))
+            .map(|i| (readings[i].kind, readings[i].name.clone()))
+            .collect();
+        let mut new_counts: BTreeMap<(Kind, String), usize> = BTreeMap::new();
+        for (i, n) in &proposed {
+            *new_counts.entry((readings[*i].kind, n.clone())).or_default() += 1;
+        }
+        for (i, n) in proposed {
+            let key = (readings[i].kind, n.clone());
+            if new_counts[&key] == 1 && !taken.contains(&key) {
+                readings[i].name = n;
+            }
+        }
+    }
 }
 
 /// `Status.Health` as a state: null contributes nothing (OK); unknown words are UNKNOWN.
@@ -330,24 +395,30 @@ pub fn health_state(health: Option<&str>) -> State {
 /// Context shared by every check of one poll.
 #[derive(Debug, Clone, Default)]
 pub struct Context {
+    /// What the staff on site quote to the vendor: Dell's service tag, else the serial number.
     pub service_tag: Option<String>,
+    /// True when `service_tag` is a serial number rather than a Dell service tag.
+    pub is_serial: bool,
     /// `PowerState` of the system when it is not `On` (readings are expected to be missing).
     pub power_off: Option<String>,
 }
 
 impl Context {
-    /// ` — service tag F54P1G3` or nothing.
+    /// `, service tag F54P1G3`, `, serial J105958B` or nothing.
     pub fn tag_suffix(&self) -> String {
         match &self.service_tag {
+            Some(t) if self.is_serial => format!(", serial {t}"),
             Some(t) => format!(", service tag {t}"),
             None => String::new(),
         }
     }
 }
 
-/// The state and summary of a reading, or `None` for an empty slot (`State = Absent`).
+/// The state and summary of a reading, or `None` for a sensor not in service
+/// ([`NOT_IN_SERVICE`], e.g. the temperature of an empty PCIe slot) without a reading.
 pub fn evaluate(r: &Reading, ctx: &Context) -> Option<(State, String)> {
-    if r.status_state.as_deref() == Some("Absent") {
+    let not_in_service = r.status_state.as_deref().is_some_and(|s| NOT_IN_SERVICE.contains(&s));
+    if not_in_service && (r.value.is_none() || r.status_state.as_deref() == Some("Absent")) {
         return None;
     }
     let health = health_state(r.health.as_deref());
@@ -356,6 +427,9 @@ pub fn evaluate(r: &Reading, ctx: &Context) -> Option<(State, String)> {
         Some(h) => format!("; health {h}"),
     };
     let (state, mut summary) = match r.value {
+        _ if r.discrete => {
+            (health, format!("discrete sensor, health {}", r.health.as_deref().unwrap_or("not reported")))
+        }
         Some(v) => {
             let t = r.thresholds.describe();
             let s = if t.is_empty() {
@@ -464,7 +538,7 @@ mod tests {
         let v = json!({"@odata.id":"/x/Sensors/T","Id":"T","Name":"Inlet","ReadingType":"Temperature",
             "Reading":20.5,"Status":{"Health":"Critical","State":"Enabled"}});
         let r = from_sensor(&v).unwrap();
-        let ctx = Context { service_tag: Some("ABC1234".into()), power_off: None };
+        let ctx = Context { service_tag: Some("ABC1234".into()), is_serial: false, power_off: None };
         let (s, sum) = evaluate(&r, &ctx).unwrap();
         assert_eq!(s, State::Critical);
         assert!(sum.starts_with("20.5 Cel; health Critical"), "{sum}");
@@ -478,7 +552,7 @@ mod tests {
         let (s, sum) = evaluate(&r, &Context::default()).unwrap();
         assert_eq!(s, State::Unknown);
         assert!(sum.contains("Reading is null"), "{sum}");
-        let off = Context { service_tag: None, power_off: Some("Off".into()) };
+        let off = Context { service_tag: None, is_serial: false, power_off: Some("Off".into()) };
         assert!(evaluate(&r, &off).unwrap().1.contains("power state Off"));
         let absent = json!({"Name":"Fan2","Reading":null,"Status":{"State":"Absent"}});
         assert!(evaluate(&from_classic_fan(&absent), &Context::default()).is_none());
@@ -516,6 +590,64 @@ mod tests {
     }
 
     #[test]
+    fn sensors_sharing_a_name_stay_apart_by_resource_and_chassis() {
+        let in_chassis = |chassis: &str, mut r: Reading| {
+            r.chassis = chassis.into();
+            r
+        };
+        // One "GPU Temp" per GPU board: old-schema MemberIds repeat across chassis.
+        let a = in_chassis(
+            "1",
+            from_classic_temperature(
+                &json!({"@odata.id":"/c/1/Thermal#/Temperatures/0","MemberId":"0","Name":"GPU Temp","ReadingCelsius":40}),
+            ),
+        );
+        let b = in_chassis(
+            "UBB_1",
+            from_classic_temperature(
+                &json!({"@odata.id":"/c/2/Thermal#/Temperatures/0","MemberId":"0","Name":"GPU Temp","ReadingCelsius":41}),
+            ),
+        );
+        // The new schema of chassis 1 has the same sensor, at another precision.
+        let new = in_chassis(
+            "1",
+            from_sensor(&json!({"@odata.id":"/c/1/Sensors/G","Id":"G","Name":"GPU Temp","ReadingType":"Temperature","Reading":40.25})).unwrap(),
+        );
+        let merged = merge(vec![vec![new], vec![a, b]]);
+        let names: Vec<(&str, Option<f64>)> = merged.iter().map(|r| (r.name.as_str(), r.value)).collect();
+        assert_eq!(names, [("GPU Temp [1]", Some(40.25)), ("GPU Temp [UBB_1]", Some(41.0))]);
+    }
+
+    #[test]
+    fn sensors_not_in_service_are_skipped_and_discrete_ones_judged_by_health() {
+        for state in NOT_IN_SERVICE {
+            let v = json!({"Name":"PCIe 15 Temp","ReadingType":"Temperature","Reading":null,"ReadingUnits":"C",
+                "Status":{"Health":null,"State":state}});
+            assert!(evaluate(&from_sensor(&v).unwrap(), &Context::default()).is_none(), "{state}");
+        }
+        // Enabled without a reading is still UNKNOWN: the sensor should be reading.
+        let enabled = json!({"Name":"T","ReadingType":"Temperature","Reading":null,"Status":{"State":"Enabled"}});
+        assert_eq!(evaluate(&from_sensor(&enabled).unwrap(), &Context::default()).unwrap().0, State::Unknown);
+        let failure = json!({"Name":"PSU1 Failure","ReadingType":"Power","Reading":0,"ReadingUnits":"",
+            "Status":{"Health":"Critical","State":"Enabled"}});
+        let r = from_sensor(&failure).unwrap();
+        assert!(r.discrete);
+        let (s, sum) = evaluate(&r, &Context::default()).unwrap();
+        assert_eq!(s, State::Critical);
+        assert!(sum.starts_with("discrete sensor, health Critical"), "{sum}");
+    }
+
+    #[test]
+    fn a_less_preferred_schema_lends_its_thresholds() {
+        let fan = from_fan_resource(&json!({"Id":"Fan1A","Name":"Fan 1A Tach","SpeedPercent":{"SpeedRPM":6608}}));
+        let old = from_classic_fan(&json!({"MemberId":"0","Name":"Fan 1A Tach","Reading":6431,"ReadingUnits":"RPM",
+            "LowerThresholdCritical":472}));
+        let merged = merge(vec![vec![fan], vec![old]]);
+        assert_eq!(merged.len(), 1);
+        assert_eq!((merged[0].value, merged[0].thresholds.lower_crit), (Some(6608.0), Some(472.0)));
+    }
+
+    #[test]
     fn fan_resource_uses_service_label_and_rpm() {
         let v = json!({"Id":"Fan.Embedded.1A","Name":"Fan 1A","SpeedPercent":{"SpeedRPM":18600},
             "Location":{"PartLocation":{"ServiceLabel":"System Board Fan1A"}},"Status":{"Health":"OK","State":"Enabled"}});
@@ -529,6 +661,7 @@ mod tests {
         assert_eq!(fmt_num(1.22), "1.22");
         assert_eq!(fmt_num(-7.0), "-7");
         assert_eq!(fmt_num(91.0000026226044), "91");
+        assert_eq!(fmt_num(3.6348), "3.6348");
     }
 
     #[test]
