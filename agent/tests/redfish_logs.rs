@@ -209,3 +209,87 @@ async fn an_unreadable_page_leaves_the_cursor_so_nothing_between_is_skipped() {
     assert_eq!(lclog(&p.poll().await), ["e1", "e2", "e3", "e4"], "the hole was skipped");
     p.shutdown().await;
 }
+
+/// Each vendor's hardware event log, as its capture lists it: (set, entries, source, oldest first).
+const VENDOR_LOGS: [(&str, &str, &str, bool); 4] = [
+    (R750, SEL, "redfish/sel", false),
+    (R750, LC, "redfish/lclog", false),
+    ("lenovo-sr670v2-xcc-2.83", "/redfish/v1/Systems/1/LogServices/PlatformLog/Entries", "redfish/platformlog", true),
+    ("supermicro-sys821ge-bmc-11.01", "/redfish/v1/Systems/1/LogServices/Log1/Entries", "redfish/sel", true),
+];
+
+/// Adds `new` (oldest first) where the log keeps its newest entries.
+fn add_newest(bmc: &TestBmc, path: &str, oldest_first: bool, new: Vec<Value>) {
+    if oldest_first {
+        bmc.edit(path, |v| {
+            let mut members = v["Members"].as_array().unwrap().clone();
+            members.extend(new);
+            v["Members@odata.count"] = json!(members.len());
+            v["Members"] = Value::Array(members);
+        });
+    } else {
+        prepend(bmc, path, new.into_iter().rev().collect());
+    }
+}
+
+fn newest_id(set: &str, path: &str) -> u64 {
+    let members = fixture_json(set, path)["Members"].as_array().unwrap().clone();
+    members.iter().filter_map(|m| m["Id"].as_str().and_then(|id| id.parse().ok())).max().unwrap()
+}
+
+#[tokio::test]
+async fn every_vendors_event_log_reports_new_entries_once_in_order() {
+    for (set, path, source, oldest_first) in VENDOR_LOGS {
+        let bmc = TestBmc::start(set).await;
+        let state = memory_state();
+        let mut p = RedfishProbe::new(bmc.config(), state.clone()).unwrap();
+        let first = poll_and_spool(&mut p, &state).await;
+        assert!(events(&first).is_empty(), "{set}: history replayed on the first poll");
+        let n = newest_id(set, path);
+        add_newest(
+            &bmc,
+            path,
+            oldest_first,
+            vec![
+                entry(path, n + 1, "2026-11-23T09:00:00Z", "Warning", "FAN0001", "fan 3 slow"),
+                entry(path, n + 2, "2026-11-23T09:00:05Z", "Critical", "PSU0003", "power supply 2 lost AC"),
+            ],
+        );
+        let ev: Vec<_> = events(&poll_and_spool(&mut p, &state).await);
+        let got: Vec<(&str, &str, &str)> =
+            ev.iter().map(|e| (e.source.as_str(), e.severity.as_str(), e.message.as_str())).collect();
+        assert_eq!(
+            got,
+            [(source, "Warning", "fan 3 slow"), (source, "Critical", "power supply 2 lost AC")],
+            "{set} {path}"
+        );
+        assert!(events(&poll_and_spool(&mut p, &state).await).is_empty(), "{set}: reported twice");
+        p.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_paged_oldest_first_log_is_read_from_its_end() {
+    let (set, path, source, _) = VENDOR_LOGS[3];
+    let bmc = TestBmc::start(set).await;
+    bmc.state.entries_page_size.store(10, std::sync::atomic::Ordering::SeqCst);
+    let total = fixture_json(set, path)["Members"].as_array().unwrap().len();
+    assert!(total > 20, "the capture should need several pages");
+    let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    assert!(events(&p.poll().await).is_empty());
+    let n = newest_id(set, path);
+    // 12 new entries: more than one page, so the page before the last is read too.
+    let new: Vec<Value> = (1..=12)
+        .map(|i| entry(path, n + i, &format!("2026-11-23T09:00:{i:02}Z"), "OK", "SEL0001", &format!("e{i}")))
+        .collect();
+    add_newest(&bmc, path, true, new);
+    bmc.reset_seen();
+    let ev: Vec<_> = events(&p.poll().await).into_iter().filter(|e| e.source == source).collect();
+    let want: Vec<String> = (1..=12).map(|i| format!("e{i}")).collect();
+    assert_eq!(ev.iter().map(|e| e.message.clone()).collect::<Vec<_>>(), want);
+    // From the end, not every page from the start.
+    let pages: Vec<String> =
+        bmc.seen().iter().filter(|s| s.target.starts_with(path)).map(|s| s.target.clone()).collect();
+    assert!(pages.len() <= 4, "{pages:?}");
+    p.shutdown().await;
+}

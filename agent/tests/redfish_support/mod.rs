@@ -95,6 +95,9 @@ pub struct BmcState {
     pub password: Mutex<String>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// When not 0, log entry collections (`…/Entries`) are served in pages of this many
+    /// members, with `$skip` and `Members@odata.nextLink` as BMCs do.
+    pub entries_page_size: AtomicUsize,
 }
 
 /// A running test BMC.
@@ -147,6 +150,7 @@ impl TestBmc {
             password: Mutex::new(PASSWORD.to_string()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
+            entries_page_size: AtomicUsize::new(0),
         });
         let st = state.clone();
         tokio::spawn(async move {
@@ -465,6 +469,24 @@ async fn handle(st: Arc<BmcState>, req: Request<Incoming>) -> Result<Response<Bo
             if let Ok(Some(full)) = st.load(&p, &p) {
                 *m = full;
             }
+        }
+    }
+    let page = st.entries_page_size.load(Ordering::SeqCst);
+    if page > 0
+        && path.ends_with("/Entries")
+        && let Some(members) = v.get("Members").and_then(Value::as_array).cloned()
+    {
+        let skip: usize =
+            query.split('&').find_map(|kv| kv.strip_prefix("$skip=")).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let total = members.len();
+        let slice: Vec<Value> = members.into_iter().skip(skip).take(page).collect();
+        v["Members"] = Value::Array(slice);
+        v["Members@odata.count"] = json!(total);
+        if let Some(o) = v.as_object_mut() {
+            o.remove("Members@odata.nextLink");
+        }
+        if skip + page < total {
+            v["Members@odata.nextLink"] = json!(format!("{path}?$skip={}", skip + page));
         }
     }
     Ok(json_response(StatusCode::OK, &v))

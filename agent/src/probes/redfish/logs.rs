@@ -32,7 +32,13 @@ impl Entry {
             id,
             created: text(v.get("Created")),
             severity: text(v.get("Severity")).unwrap_or_else(|| "OK".into()),
-            message_id: text(v.get("MessageId")).unwrap_or_default(),
+            // Lenovo's platform log has no MessageId: its documented event ids are
+            // `Oem.Lenovo.CommonEventID` (FQXSPIO0000I), then the raw `EventId`.
+            message_id: text(v.get("MessageId"))
+                .or_else(|| text(v.pointer("/Oem/Lenovo/CommonEventID")))
+                .or_else(|| text(v.get("EventId")))
+                .or_else(|| text(v.get("OemLogEntryCode")))
+                .unwrap_or_default(),
             message: text(v.get("Message")).unwrap_or_default(),
         })
     }
@@ -74,6 +80,20 @@ fn is_old(e: &Entry, c: &Cursor) -> bool {
         (Some(a), Some(b)) => a < b,
         _ => false,
     }
+}
+
+/// True when a page lists its entries oldest first (Lenovo, Supermicro), judged by the
+/// ids of its first and last entry when they are numbers, else by their times.
+pub fn oldest_first(entries: &[Entry]) -> bool {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return false;
+    };
+    if let (Some(a), Some(b)) = (numeric(&first.id), numeric(&last.id))
+        && a != b
+    {
+        return a < b;
+    }
+    matches!((first.time(), last.time()), (Some(a), Some(b)) if a < b)
 }
 
 /// How many entries lie between the cursor and the oldest entry read, when both ids are
@@ -177,6 +197,20 @@ mod tests {
             Scan::Resync { entries } => assert_eq!(entries.len(), 1),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_order_of_a_page_is_read_from_ids_or_times() {
+        let newest_first = [e(9, "2024-01-03T00:00:00Z"), e(8, "2024-01-02T00:00:00Z")];
+        assert!(!oldest_first(&newest_first));
+        let oldest = [e(1, "2024-01-01T00:00:00Z"), e(2, "2024-01-02T00:00:00Z")];
+        assert!(oldest_first(&oldest));
+        let by_time = |id: &str, t: &str| Entry { id: id.into(), ..e(0, t) };
+        assert!(oldest_first(&[by_time("a", "2024-01-01T00:00:00Z"), by_time("b", "2024-01-02T00:00:00Z")]));
+        assert!(!oldest_first(&[e(1, "2024-01-01T00:00:00Z")]));
+        let lenovo: Value = serde_json::json!({"Id":"1","EventId":"0x806f001b1f02ffff","Severity":"OK",
+            "Oem":{"Lenovo":{"CommonEventID":"FQXSPIO0000I"}},"Message":"The connector Front USB Detect has been detected as present or connected."});
+        assert_eq!(Entry::from_json(&lenovo).unwrap().message_id, "FQXSPIO0000I");
     }
 
     #[test]

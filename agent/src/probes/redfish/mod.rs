@@ -286,7 +286,13 @@ impl RedfishProbe {
     async fn poll_inner(&self, now: Timestamp) -> Vec<Observation> {
         let started = Instant::now();
         let requests_before = self.client.request_count();
-        let poll = Poll { client: &self.client, expand: None, errors: Mutex::new(Vec::new()), fetched: Mutex::new(0) };
+        let poll = Poll {
+            client: &self.client,
+            expand: None,
+            errors: Mutex::new(Vec::new()),
+            fetched: Mutex::new(0),
+            logs_read: Mutex::default(),
+        };
         let root = match self.client.get("/redfish/v1").await {
             Ok(r) => r,
             Err(e) => return self.fatal(now, &e).await,
@@ -398,6 +404,10 @@ impl RedfishProbe {
             let Some(entries) = link(svc, "/Entries") else {
                 continue;
             };
+            // A BMC may list one log under both its manager and its system (Lenovo).
+            if !poll.logs_read.lock().map(|mut l| l.insert(entries.clone())).unwrap_or(true) {
+                continue;
+            }
             match classify_log(svc) {
                 Some(LogKind::Faults) => out.extend(poll.faults(&entries, ctx, now).await),
                 Some(LogKind::Events(source)) => out.extend(self.log_events(poll, source, &entries).await),
@@ -417,7 +427,28 @@ impl RedfishProbe {
         let Some(first) = poll.get(entries_path).await else {
             return Vec::new();
         };
-        let first_entries: Vec<Entry> = readings::array(&first, "Members").filter_map(Entry::from_json).collect();
+        let mut first_entries: Vec<Entry> = readings::array(&first, "Members").filter_map(Entry::from_json).collect();
+        let mut next = LogPages::Links(text(first.get("Members@odata.nextLink")));
+        // Lenovo and Supermicro list entries oldest first: the newest are at the end, on
+        // the last page when the log is paged. Read from there backwards with `$skip`.
+        if logs::oldest_first(&first_entries) {
+            let total = first.get("Members@odata.count").and_then(Value::as_u64);
+            match (&next, total) {
+                (LogPages::Links(Some(_)), Some(total)) if total > first_entries.len() as u64 => {
+                    let len = first_entries.len() as u64;
+                    let skip = total - len;
+                    let last = with_query(entries_path, &format!("$skip={skip}"));
+                    let Some(page) = poll.get(&last).await else {
+                        tracing::warn!(log = source, page = %last, "redfish log page unreadable; this log is read again next poll");
+                        return Vec::new();
+                    };
+                    first_entries = readings::array(&page, "Members").filter_map(Entry::from_json).collect();
+                    next = LogPages::Backwards { skip, len };
+                }
+                _ => next = LogPages::Links(None),
+            }
+            first_entries.reverse();
+        }
         let newest = first_entries.first().map(Entry::cursor);
         let mut new: Vec<Entry> = Vec::new();
         let mut skipped = None;
@@ -435,10 +466,9 @@ impl RedfishProbe {
             Scan::New { entries, reached_cursor } => {
                 new = entries;
                 let mut reached = reached_cursor;
-                let mut next = text(first.get("Members@odata.nextLink"));
                 let mut pages = 1;
                 while !reached && pages < self.cfg.max_log_pages {
-                    let Some(n) = next.take() else { break };
+                    let Some(n) = next.next_path(entries_path) else { break };
                     // A page that cannot be read leaves a hole between the cursor and what was
                     // read: report none of this log now and read it again next time (the
                     // cursor stays), rather than skip the hole.
@@ -447,7 +477,12 @@ impl RedfishProbe {
                         return Vec::new();
                     };
                     pages += 1;
-                    let es: Vec<Entry> = readings::array(&page, "Members").filter_map(Entry::from_json).collect();
+                    let mut es: Vec<Entry> = readings::array(&page, "Members").filter_map(Entry::from_json).collect();
+                    if let LogPages::Backwards { .. } = next {
+                        es.reverse();
+                        // The first page may overlap the one read before it.
+                        es.retain(|e| !new.iter().any(|n| n.id == e.id) && !first_entries.iter().any(|f| f.id == e.id));
+                    }
                     match logs::scan(&es, cursor.as_ref()) {
                         Scan::New { entries, reached_cursor } => {
                             new.extend(entries);
@@ -455,9 +490,15 @@ impl RedfishProbe {
                         }
                         _ => break,
                     }
-                    next = text(page.get("Members@odata.nextLink"));
+                    if let LogPages::Links(l) = &mut next {
+                        *l = text(page.get("Members@odata.nextLink"));
+                    }
                 }
-                if !reached && next.is_some() {
+                let more = match &next {
+                    LogPages::Links(l) => l.is_some(),
+                    LogPages::Backwards { skip, .. } => *skip > 0,
+                };
+                if !reached && more {
                     skipped = Some(logs::skipped_between(cursor.as_ref(), new.last()));
                 }
             }
@@ -607,21 +648,61 @@ fn service_tag(root: &Value, systems: &[Value], chassis: &[Value]) -> Option<(St
         .map(|sn| (sn, true))
 }
 
+/// How the further pages of a log are reached, newest entries first.
+enum LogPages {
+    /// Newest-first logs: `Members@odata.nextLink`, if any.
+    Links(Option<String>),
+    /// Oldest-first logs read from the end: the page before the one at `skip`.
+    Backwards { skip: u64, len: u64 },
+}
+
+impl LogPages {
+    /// The path of the next (older) page, or `None` at the start of the log.
+    fn next_path(&mut self, entries_path: &str) -> Option<String> {
+        match self {
+            LogPages::Links(l) => l.take(),
+            LogPages::Backwards { skip, len } => {
+                if *skip == 0 {
+                    return None;
+                }
+                *skip = skip.saturating_sub(*len);
+                Some(with_query(entries_path, &format!("$skip={skip}")))
+            }
+        }
+    }
+}
+
 enum LogKind {
     Faults,
     Events(&'static str),
 }
 
-/// Which of our sources a LogService is: `redfish/sel`, `redfish/lclog`, the fault list, or none.
+/// Which of our sources a LogService is, by its `Id`, `Name` and `LogEntryType`:
+/// - active-fault lists (Dell `FaultList`, Lenovo `ActiveLog`): `redfish/faults`;
+/// - hardware event logs as events: `redfish/sel` (IPMI SEL of any vendor, Supermicro's
+///   health event log), `redfish/lclog` (Dell Lifecycle), `redfish/iml` and `redfish/iel`
+///   (HPE iLO's Integrated Management Log and iLO Event Log), `redfish/platformlog`
+///   (Lenovo XCC's platform event log);
+/// - audit, maintenance and diagnostic logs (who logged in, firmware updates, crash
+///   dumps) are not hardware events: not read.
 fn classify_log(svc: &Value) -> Option<LogKind> {
     let id = text(svc.get("Id")).unwrap_or_default().to_ascii_lowercase();
     let name = text(svc.get("Name")).unwrap_or_default().to_ascii_lowercase();
     let kind = text(svc.get("LogEntryType")).unwrap_or_default();
-    if id.contains("fault") || name.contains("fault") {
+    let either = |words: &[&str]| words.iter().any(|w| id.contains(w) || name.contains(w));
+    if either(&["fault"]) || id == "activelog" {
         Some(LogKind::Faults)
-    } else if id == "lclog" || name.contains("lifecycle") || name.contains("life cycle") {
+    } else if either(&["audit", "maintenance", "diagnostic"]) {
+        None
+    } else if id == "lclog" || either(&["lifecycle", "life cycle"]) {
         Some(LogKind::Events("redfish/lclog"))
-    } else if id == "sel" || id == "log1" || kind == "SEL" || name.contains("system event") {
+    } else if id == "iml" || name.contains("integrated management log") {
+        Some(LogKind::Events("redfish/iml"))
+    } else if id == "iel" || name.contains("ilo event log") {
+        Some(LogKind::Events("redfish/iel"))
+    } else if id == "platformlog" {
+        Some(LogKind::Events("redfish/platformlog"))
+    } else if id == "sel" || kind == "SEL" || either(&["system event", "health event"]) {
         Some(LogKind::Events("redfish/sel"))
     } else {
         None
@@ -634,6 +715,8 @@ struct Poll<'a> {
     expand: Option<String>,
     errors: Mutex<Vec<String>>,
     fetched: Mutex<usize>,
+    /// Entries collections already read in this poll.
+    logs_read: Mutex<HashSet<String>>,
 }
 
 /// A collection member that is only a reference (`@odata.id`, maybe `@odata.type`), not the resource.
@@ -1114,6 +1197,22 @@ mod tests {
         ));
         assert!(matches!(classify_log(&json!({"Id":"FaultList","LogEntryType":"SEL"})), Some(LogKind::Faults)));
         assert!(classify_log(&json!({"Id":"Journal"})).is_none());
+        let source = |v: Value| match classify_log(&v) {
+            Some(LogKind::Events(s)) => s,
+            Some(LogKind::Faults) => "faults",
+            None => "none",
+        };
+        // Other vendors' logs (names as their BMCs publish them).
+        assert_eq!(source(json!({"Id":"IML","Name":"Integrated Management Log"})), "redfish/iml");
+        assert_eq!(source(json!({"Id":"IEL","Name":"iLO Event Log"})), "redfish/iel");
+        assert_eq!(
+            source(json!({"Id":"PlatformLog","Name":"LogService","LogEntryType":"Multiple"})),
+            "redfish/platformlog"
+        );
+        assert_eq!(source(json!({"Id":"ActiveLog","Name":"LogService"})), "faults");
+        assert_eq!(source(json!({"Id":"AuditLog","Name":"LogService"})), "none");
+        assert_eq!(source(json!({"Id":"Log1","Name":"Health Event Log Service","LogEntryType":"SEL"})), "redfish/sel");
+        assert_eq!(source(json!({"Id":"Log1","Name":"Maintenance Event Log Service","LogEntryType":"OEM"})), "none");
     }
 
     #[test]
