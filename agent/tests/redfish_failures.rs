@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use pikett_agent::observation::{Observation, State};
 use pikett_agent::probes::Probe;
-use pikett_agent::probes::redfish::{RedfishError, RedfishProbe};
+use pikett_agent::probes::redfish::{RedfishError, RedfishProbe, tls};
 
 fn system(obs: &[Observation]) -> (State, String) {
     let c = &checks(obs)["redfish/system"];
@@ -121,6 +121,74 @@ async fn certificate_from_an_unknown_ca_is_unknown_with_the_reason() {
     assert_eq!(state, State::Unknown);
     assert!(summary.contains("invalid peer certificate") && summary.contains("ca_file"), "{summary}");
     assert!(bmc.seen().is_empty(), "a request got through an unverified connection");
+}
+
+#[tokio::test]
+async fn a_certificate_naming_the_bmc_not_its_address_passes_with_server_name() {
+    let name = "idrac-f54p1g3.mgmt.example";
+    let bmc = TestBmc::start_with_cert(R750, test_pki_for(&[name])).await;
+    let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    let (state, summary) = system(&p.poll().await);
+    assert_eq!(state, State::Unknown, "a certificate for {name} accepted for 127.0.0.1");
+    assert!(summary.contains("certificate"), "{summary}");
+    assert!(bmc.seen().is_empty(), "a request got through an unverified connection");
+    let mut cfg = bmc.config();
+    cfg.server_name = Some(name.into());
+    let mut p = RedfishProbe::new(cfg.clone(), memory_state()).unwrap();
+    assert_eq!(system(&p.poll().await).0, State::Ok);
+    p.shutdown().await;
+    // The chain is still verified: the right name from another CA does not pass.
+    let (other_ca, _, _) = test_pki_for(&[name]);
+    let other = bmc.dir.path().join("other-ca.pem");
+    std::fs::write(&other, other_ca).unwrap();
+    cfg.ca_file = Some(other);
+    let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
+    assert_eq!(system(&p.poll().await).0, State::Unknown);
+}
+
+#[tokio::test]
+async fn a_pinned_self_signed_certificate_is_trusted_and_only_that_one() {
+    let bmc = TestBmc::start_with_cert(R750, self_signed(&["idrac-F54P1G3"])).await;
+    let pin = tls::Fingerprint::of(&bmc.leaf_der);
+    let mut cfg = bmc.config();
+    cfg.ca_file = None;
+    cfg.tls_fingerprint = Some(pin.to_string());
+    let mut p = RedfishProbe::new(cfg.clone(), memory_state()).unwrap();
+    assert_eq!(system(&p.poll().await).0, State::Ok);
+    p.shutdown().await;
+    // After a certificate change the pin no longer matches: UNKNOWN, saying what was served.
+    let (_, other, _) = self_signed(&["idrac-F54P1G3"]);
+    cfg.tls_fingerprint =
+        Some(tls::Fingerprint::of(&other[0]).to_string().to_lowercase().replace("sha256:", "SHA256:"));
+    bmc.reset_seen();
+    let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
+    let (state, summary) = system(&p.poll().await);
+    assert_eq!(state, State::Unknown);
+    assert!(summary.contains(&pin.to_string()) && summary.contains("tls_fingerprint"), "{summary}");
+    assert!(bmc.seen().is_empty(), "a request got through to a certificate that is not the pinned one");
+}
+
+#[tokio::test]
+async fn tls_settings_that_contradict_each_other_are_refused_by_name() {
+    let bmc = TestBmc::start(R750).await;
+    let pin = tls::Fingerprint::of(&bmc.leaf_der).to_string();
+    let refused = |cfg: pikett_agent::probes::redfish::RedfishConfig| match RedfishProbe::new(cfg, memory_state()) {
+        Ok(_) => panic!("accepted"),
+        Err(e) => e.to_string(),
+    };
+    let mut both = bmc.config();
+    both.tls_fingerprint = Some(pin.clone());
+    assert!(refused(both).contains("tls_fingerprint"));
+    let mut insecure = bmc.config();
+    insecure.ca_file = None;
+    insecure.server_name = Some("idrac".into());
+    insecure.tls_insecure = true;
+    assert!(refused(insecure).contains("tls_insecure"));
+    let mut bad = bmc.config();
+    bad.ca_file = None;
+    bad.tls_fingerprint = Some("sha1:00".into());
+    let e = refused(bad);
+    assert!(e.contains("tls_fingerprint") && e.contains("sha256:"), "{e}");
 }
 
 #[tokio::test]

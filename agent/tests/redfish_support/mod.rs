@@ -107,6 +107,8 @@ pub struct TestBmc {
     pub dir: tempfile::TempDir,
     pub ca_file: PathBuf,
     pub password_file: PathBuf,
+    /// The DER bytes of the certificate the server presents.
+    pub leaf_der: Vec<u8>,
 }
 
 pub const USER: &str = "monitor";
@@ -114,6 +116,20 @@ pub const PASSWORD: &str = "s3cret-pw";
 
 /// A test CA and a server certificate for 127.0.0.1/localhost signed by it: (ca pem, cert chain, key).
 pub fn test_pki() -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    test_pki_for(&["127.0.0.1", "localhost"])
+}
+
+/// A self-signed certificate for `names`, as BMCs ship them: (its pem, chain, key).
+pub fn self_signed(names: &[&str]) -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    let key = KeyPair::generate().unwrap();
+    let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let der = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
+    (cert.pem(), vec![cert.der().clone()], der)
+}
+
+/// A test CA and a server certificate for `names` signed by it: (ca pem, cert chain, key).
+pub fn test_pki_for(names: &[&str]) -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -121,7 +137,7 @@ pub fn test_pki() -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'stati
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate().unwrap();
-    let leaf_params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let leaf_params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
     let key = PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).unwrap();
     (ca_cert.pem(), vec![leaf.der().clone(), ca_cert.der().clone()], key)
@@ -130,8 +146,17 @@ pub fn test_pki() -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'stati
 impl TestBmc {
     /// Starts a server for `set` on 127.0.0.1:0 with a fresh test CA; sessions and auth enforced.
     pub async fn start(set: &str) -> TestBmc {
+        Self::start_with_cert(set, test_pki()).await
+    }
+
+    /// Starts a server for `set` that presents `chain` (its first certificate is the
+    /// server's); `ca_pem` becomes the config's `ca_file`.
+    pub async fn start_with_cert(
+        set: &str,
+        (ca_pem, chain, key): (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    ) -> TestBmc {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let (ca_pem, chain, key) = test_pki();
+        let leaf_der = chain[0].to_vec();
         let cfg =
             tokio_rustls::rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(chain, key).unwrap();
         let acceptor = TlsAcceptor::from(Arc::new(cfg));
@@ -175,7 +200,7 @@ impl TestBmc {
         let password_file = dir.path().join("idrac.pass");
         std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
         set_mode(&password_file, 0o600);
-        TestBmc { addr, state, dir, ca_file, password_file }
+        TestBmc { addr, state, dir, ca_file, password_file, leaf_der }
     }
 
     pub fn endpoint(&self) -> String {

@@ -24,6 +24,7 @@
 mod client;
 mod logs;
 mod readings;
+pub mod tls;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -68,9 +69,20 @@ pub struct RedfishConfig {
     pub username: String,
     /// File holding the password (trailing newline ignored); must not be world-readable.
     pub password_file: PathBuf,
-    /// PEM bundle of CAs to verify the BMC's certificate against (instead of the system roots).
+    /// PEM bundle of CAs to verify the BMC's certificate against (instead of the system
+    /// roots, not in addition: a private CA's BMC is not also trusted with a public CA's
+    /// certificate for its name).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The name to verify the certificate for, when it is not the endpoint's host (BMC
+    /// certificates name the BMC, `idrac-F54P1G3`, not the address used to reach it).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Trust exactly the certificate with this SHA-256 (`"sha256:AB:CD:…"`, as `openssl x509
+    /// -noout -fingerprint -sha256` prints it), whatever its issuer, name and dates: for
+    /// the BMC's own self-signed certificate. Not together with `ca_file` or `server_name`.
+    #[serde(default)]
+    pub tls_fingerprint: Option<String>,
     /// Skip certificate verification (explicit, logged as a warning).
     #[serde(default)]
     pub tls_insecure: bool,
@@ -122,6 +134,8 @@ impl RedfishConfig {
             username: username.into(),
             password_file: password_file.into(),
             ca_file: None,
+            server_name: None,
+            tls_fingerprint: None,
             tls_insecure: false,
             interval: default_interval(),
             timeout: default_timeout(),
@@ -220,10 +234,17 @@ impl RedfishProbe {
         if cfg.max_response_bytes < 1024 {
             return Err(RedfishError::Config { field: "max_response_bytes", reason: "must be at least 1024".into() });
         }
-        if cfg.ca_file.is_some() && cfg.tls_insecure {
+        if cfg.tls_insecure && (cfg.ca_file.is_some() || cfg.server_name.is_some() || cfg.tls_fingerprint.is_some()) {
             return Err(RedfishError::Config {
                 field: "tls_insecure",
-                reason: "set either ca_file or tls_insecure = true, not both".into(),
+                reason: "tls_insecure = true turns verification off; it cannot go with ca_file, server_name or tls_fingerprint"
+                    .into(),
+            });
+        }
+        if cfg.tls_fingerprint.is_some() && (cfg.ca_file.is_some() || cfg.server_name.is_some()) {
+            return Err(RedfishError::Config {
+                field: "tls_fingerprint",
+                reason: "a pinned certificate is trusted whatever its issuer and name: set either tls_fingerprint or ca_file/server_name".into(),
             });
         }
         let password = read_password(&cfg.password_file)?;
@@ -235,15 +256,10 @@ impl RedfishProbe {
             .connect_timeout(cfg.timeout)
             .pool_max_idle_per_host(cfg.max_concurrency)
             .redirect(reqwest::redirect::Policy::none());
-        if let Some(ca) = &cfg.ca_file {
-            let pem =
-                std::fs::read(ca).map_err(|e| RedfishError::CaFile { path: ca.clone(), reason: e.to_string() })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| RedfishError::CaFile { path: ca.clone(), reason: e.to_string() })?;
-            if certs.is_empty() {
-                return Err(RedfishError::CaFile { path: ca.clone(), reason: "no PEM certificate in it".into() });
-            }
-            builder = builder.tls_certs_only(certs);
+        if let Some(tls) =
+            tls::client_tls(cfg.ca_file.as_deref(), cfg.server_name.as_deref(), cfg.tls_fingerprint.as_deref())?
+        {
+            builder = builder.tls_backend_preconfigured(tls);
         }
         if cfg.tls_insecure {
             tracing::warn!(endpoint = %cfg.endpoint, "redfish: tls_insecure = true, the BMC's certificate is NOT verified");
