@@ -22,7 +22,12 @@ async fn one_session_serves_many_polls_and_is_deleted_on_shutdown() {
     assert_eq!(bmc.sessions(), 1);
     assert!(p.has_session().await);
     let seen = bmc.seen();
-    let authed: Vec<_> = seen.iter().filter(|s| s.method == "GET" && s.target != "/redfish/v1").collect();
+    // Before its first login the agent looks for stale sessions of its own (Basic auth,
+    // there is no session yet); every other GET carries the session's token.
+    let authed: Vec<_> = seen
+        .iter()
+        .filter(|s| s.method == "GET" && s.target != "/redfish/v1" && !s.target.contains("/SessionService/Sessions"))
+        .collect();
     assert!(!authed.is_empty());
     assert!(authed.iter().all(|s| s.token.is_some() && !s.basic), "every GET carries the token, never Basic");
     let tokens: std::collections::BTreeSet<_> = authed.iter().map(|s| s.token.clone()).collect();
@@ -139,6 +144,51 @@ async fn session_is_given_back_when_a_poll_fails_and_recreated_after() {
     let obs = p.poll().await;
     assert_eq!(checks(&obs)["redfish/system"].state, State::Ok);
     assert_eq!(bmc.count("POST"), 2);
+    p.shutdown().await;
+    assert_eq!(bmc.sessions(), 0);
+}
+
+#[tokio::test]
+async fn a_login_answered_too_late_leaves_at_most_one_session_behind() {
+    let bmc = TestBmc::start(R750).await;
+    let mut cfg = bmc.config();
+    cfg.timeout = std::time::Duration::from_millis(500);
+    // The BMC creates the session, then answers after the agent has given up.
+    *bmc.state.login_reply_delay.lock().unwrap() = std::time::Duration::from_millis(800);
+    let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
+    for poll in 1..=5 {
+        let obs = p.poll().await;
+        assert_eq!(checks(&obs)["redfish/system"].state, State::Unknown, "poll {poll}");
+        // Let the late answer arrive (the session now exists on the BMC).
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert!(bmc.sessions() <= 1, "poll {poll}: {} agent sessions on the BMC", bmc.sessions());
+    }
+    // Once the BMC answers in time again, the agent logs in and keeps exactly its own.
+    *bmc.state.login_reply_delay.lock().unwrap() = std::time::Duration::ZERO;
+    let obs = p.poll().await;
+    assert_eq!(checks(&obs)["redfish/system"].state, State::Ok);
+    assert_eq!(bmc.sessions(), 1);
+    // Other users' sessions (the fixture's, user root) were never touched.
+    assert!(
+        !bmc.seen().iter().any(|s| s.method == "DELETE" && s.target.contains("/Sessions/27")),
+        "deleted another user's session"
+    );
+    p.shutdown().await;
+    assert_eq!(bmc.sessions(), 0);
+}
+
+#[tokio::test]
+async fn a_session_left_by_a_killed_agent_is_removed_at_the_next_start() {
+    let bmc = TestBmc::start(R750).await;
+    let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    p.poll().await;
+    assert_eq!(bmc.sessions(), 1);
+    // kill -9: no logout, no drop.
+    std::mem::forget(p);
+    let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    let obs = p.poll().await;
+    assert_eq!(checks(&obs)["redfish/bmc"].state, State::Ok);
+    assert_eq!(bmc.sessions(), 1, "the killed agent's session is still there");
     p.shutdown().await;
     assert_eq!(bmc.sessions(), 0);
 }

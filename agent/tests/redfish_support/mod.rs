@@ -98,6 +98,9 @@ pub struct BmcState {
     /// When not 0, log entry collections (`…/Entries`) are served in pages of this many
     /// members, with `$skip` and `Members@odata.nextLink` as BMCs do.
     pub entries_page_size: AtomicUsize,
+    /// The login creates the session, then waits this long before answering (a slow
+    /// BMC whose answer comes after the agent's timeout: the session exists all the same).
+    pub login_reply_delay: Mutex<Duration>,
 }
 
 /// A running test BMC.
@@ -176,6 +179,7 @@ impl TestBmc {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             entries_page_size: AtomicUsize::new(0),
+            login_reply_delay: Mutex::new(Duration::ZERO),
         });
         let st = state.clone();
         tokio::spawn(async move {
@@ -445,6 +449,8 @@ async fn handle(st: Arc<BmcState>, req: Request<Incoming>) -> Result<Response<Bo
         let tok = format!("token-{n}-{}", n * 7919);
         let loc = format!("{path}/{n}");
         st.sessions.lock().unwrap().insert(tok.clone(), loc.clone());
+        let delay = *st.login_reply_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
         let mut resp = json_response(
             StatusCode::CREATED,
             &json!({"@odata.id": loc, "Id": n.to_string(), "UserName": st.username}),
@@ -474,6 +480,12 @@ async fn handle(st: Arc<BmcState>, req: Request<Incoming>) -> Result<Response<Bo
         return Ok(full(StatusCode::METHOD_NOT_ALLOWED, "{}"));
     }
 
+    // Sessions are live: the collection lists the fixture's (other users') and ours.
+    let live: Vec<String> = st.sessions.lock().unwrap().values().cloned().collect();
+    if let Some(loc) = live.iter().find(|l| **l == path) {
+        let id = loc.rsplit('/').next().unwrap_or_default();
+        return Ok(json_response(StatusCode::OK, &json!({"@odata.id": loc, "Id": id, "UserName": st.username})));
+    }
     let mut v = match st.load(&target, &path) {
         Ok(Some(v)) => v,
         Ok(None) => {
@@ -495,6 +507,13 @@ async fn handle(st: Arc<BmcState>, req: Request<Incoming>) -> Result<Response<Bo
                 *m = full;
             }
         }
+    }
+    if path.ends_with("/SessionService/Sessions")
+        && let Some(members) = v.get_mut("Members").and_then(Value::as_array_mut)
+    {
+        members.extend(live.iter().map(|l| json!({"@odata.id": l})));
+        let n = members.len();
+        v["Members@odata.count"] = json!(n);
     }
     let page = st.entries_page_size.load(Ordering::SeqCst);
     if page > 0

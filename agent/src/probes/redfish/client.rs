@@ -1,7 +1,7 @@
 //! The HTTP side of the Redfish probe: one session, bounded concurrency, per-request timeout and a response-size cap.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -35,6 +35,11 @@ pub struct Client {
     /// Sessions collection URL from the service root's `Links.Sessions`.
     sessions_url: Mutex<Option<String>>,
     requests: AtomicU64,
+    /// The BMC may hold sessions of ours we cannot delete by their URL: a login whose
+    /// answer never came (the BMC created the session, then the request timed out), or
+    /// a previous agent process killed before its logout. Set at start and after such a
+    /// login; the next login first removes them ([`Client::remove_stale_sessions`]).
+    stale_sessions_possible: AtomicBool,
 }
 
 /// Cuts a response body for an error message.
@@ -72,6 +77,7 @@ impl Client {
             auth: Mutex::new(Auth::None),
             sessions_url: Mutex::new(None),
             requests: AtomicU64::new(0),
+            stale_sessions_possible: AtomicBool::new(true),
         })
     }
 
@@ -222,8 +228,20 @@ impl Client {
             return Ok(Auth::Basic);
         };
         let url = self.url(&sessions);
+        if self.stale_sessions_possible.load(Ordering::SeqCst) {
+            self.remove_stale_sessions(&url).await?;
+        }
         let body = serde_json::json!({"UserName": self.username, "Password": self.password});
-        let resp = self.send(Method::POST, &url, &Auth::None, Some(&body)).await?;
+        let resp = match self.send(Method::POST, &url, &Auth::None, Some(&body)).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                // The BMC may have created the session before the answer was lost.
+                if matches!(e, RedfishError::Timeout { .. } | RedfishError::Transport { .. }) {
+                    self.stale_sessions_possible.store(true, Ordering::SeqCst);
+                }
+                return Err(e);
+            }
+        };
         match resp.status {
             s if s.is_success() => match resp.token {
                 Some(token) => {
@@ -249,6 +267,65 @@ impl Client {
                 Err(RedfishError::Status { method: "POST".into(), url, status: s.as_u16(), body: snippet(&resp.body) })
             }
         }
+    }
+
+    /// Deletes the sessions of our user on the BMC (with Basic auth: there is no session of
+    /// ours to use yet). iDRACs allow only a handful of sessions; leaked ones would lock
+    /// out the agent and the staff until they time out. The account is the agent's own
+    /// (a dedicated read-only user), so a session under its name that the agent does not
+    /// hold is a leftover. Sessions of other users are never touched. Best effort: a
+    /// failure is logged and the login goes ahead; only rejected credentials stop it (a
+    /// login with them would fail too, and each failed attempt counts towards the BMC's
+    /// lock-out).
+    async fn remove_stale_sessions(&self, sessions_url: &str) -> Result<(), RedfishError> {
+        let list = match self.send(Method::GET, sessions_url, &Auth::Basic, None).await {
+            Ok(r) if r.status.is_success() => serde_json::from_slice::<Value>(&r.body).unwrap_or(Value::Null),
+            Ok(r) if r.status == StatusCode::UNAUTHORIZED => {
+                return Err(RedfishError::Unauthorized { url: sessions_url.to_string() });
+            }
+            Ok(r) => {
+                tracing::debug!(
+                    status = r.status.as_u16(),
+                    "redfish: cannot list sessions with Basic auth; stale sessions of ours may remain until they time out"
+                );
+                self.stale_sessions_possible.store(false, Ordering::SeqCst);
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "redfish: cannot list sessions; stale sessions of ours may remain until they time out");
+                return Ok(());
+            }
+        };
+        let links: Vec<String> = list
+            .get("Members")
+            .and_then(Value::as_array)
+            .map(|m| m.iter().filter_map(|m| m.get("@odata.id").and_then(Value::as_str).map(str::to_string)).collect())
+            .unwrap_or_default();
+        let mut removed = 0;
+        for link in links {
+            let url = self.url(&link);
+            let Ok(r) = self.send(Method::GET, &url, &Auth::Basic, None).await else {
+                continue;
+            };
+            let user = serde_json::from_slice::<Value>(&r.body)
+                .ok()
+                .and_then(|v| v.get("UserName").and_then(Value::as_str).map(str::to_string));
+            if !r.status.is_success() || user.as_deref() != Some(self.username.as_str()) {
+                continue;
+            }
+            match self.send(Method::DELETE, &url, &Auth::Basic, None).await {
+                Ok(r) if r.status.is_success() || r.status == StatusCode::NOT_FOUND => removed += 1,
+                Ok(r) => {
+                    tracing::warn!(url = %url, status = r.status.as_u16(), "deleting a stale redfish session failed")
+                }
+                Err(e) => tracing::warn!(url = %url, error = %e, "deleting a stale redfish session failed"),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(endpoint = %self.base, removed, "redfish: removed stale sessions of the agent's user (left by a timed-out login or an earlier process)");
+        }
+        self.stale_sessions_possible.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Deletes the session (best effort) and forgets it, so the BMC's session slots are not leaked.
