@@ -232,6 +232,9 @@ async fn config_errors_name_the_file_or_field() {
     set_mode(&bmc.password_file, 0o644);
     let e = RedfishProbe::new(bmc.config(), memory_state()).err().unwrap();
     assert!(matches!(e, RedfishError::WorldReadable { .. }), "{e}");
+    follow_the_hint_and_read_as_the_service(&e.to_string(), &bmc.password_file);
+    // The file the hint made is accepted.
+    RedfishProbe::new(bmc.config(), memory_state()).expect("the hint's file is refused");
     set_mode(&bmc.password_file, 0o600);
 
     std::fs::write(&bmc.password_file, "\n").unwrap();
@@ -255,4 +258,36 @@ async fn config_errors_name_the_file_or_field() {
     std::fs::write(&bmc.password_file, "pw\n").unwrap();
     let e = RedfishProbe::new(cfg, memory_state()).err().unwrap();
     assert!(e.to_string().contains("junk.pem"), "{e}");
+}
+
+/// Runs the `chgrp … && chmod …` of an error's hint as root, with the service's group
+/// replaced by a scratch group id, then reads the file as a user of that group (it must
+/// succeed) and as a user of another group (it must fail).
+fn follow_the_hint_and_read_as_the_service(error: &str, file: &std::path::Path) {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the hint's commands are checked only for their form");
+        assert!(error.contains("chmod 0640") && error.contains("chgrp "), "{error}");
+        return;
+    }
+    let hint = error.split('`').nth(1).unwrap_or_else(|| panic!("no command in {error:?}"));
+    let group = hint.strip_prefix("chgrp ").and_then(|r| r.split_whitespace().next()).expect("chgrp GROUP");
+    assert_eq!(group, "pikett-agent", "as root the hint names the packaged service's group");
+    let command = hint.replacen(group, "4242", 1);
+    let ok = std::process::Command::new("sh").args(["-c", &command]).status().unwrap();
+    assert!(ok.success(), "{command}");
+    let read_as = |gid: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups", "cat"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let service = read_as("4242");
+    assert!(
+        service.status.success(),
+        "the service's group cannot read it: {}",
+        String::from_utf8_lossy(&service.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&service.stdout).trim_end(), PASSWORD);
+    assert!(!read_as("4343").status.success(), "another user can read the password file");
 }

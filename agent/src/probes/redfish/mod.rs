@@ -151,12 +151,14 @@ impl RedfishConfig {
 /// Errors of the Redfish probe: configuration (from [`RedfishProbe::new`]) and requests (in summaries).
 #[derive(Debug, thiserror::Error)]
 pub enum RedfishError {
-    #[error("redfish: cannot read password_file {path}: {source}")]
-    PasswordFile { path: PathBuf, source: std::io::Error },
+    #[error("redfish: cannot read password_file {path}: {source}{hint}")]
+    PasswordFile { path: PathBuf, source: std::io::Error, hint: String },
     #[error("redfish: password_file {path} is empty")]
     EmptyPassword { path: PathBuf },
-    #[error("redfish: password_file {path} is readable by everyone (mode {mode:o}); run `chmod 600 {path}`")]
-    WorldReadable { path: PathBuf, mode: u32 },
+    #[error(
+        "redfish: password_file {path} is readable by everyone (mode {mode:o}); as root run `chgrp {group} {path} && chmod 0640 {path}` (the service's group may read it, nobody else)"
+    )]
+    WorldReadable { path: PathBuf, mode: u32, group: String },
     #[error("redfish: cannot read ca_file {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
     #[error("redfish: invalid {field}: {reason}")]
@@ -190,20 +192,48 @@ pub struct RedfishProbe {
     staged: Vec<StateUpdate>,
 }
 
+/// The group the password file should belong to: the agent's own when it runs as a
+/// service user, the packaged service's group when run as root (`check-config`, `test`).
+fn service_group() -> String {
+    // SAFETY: getegid has no preconditions; getgrgid returns null or a pointer to a static
+    // record that is read at once, on this thread, before any other getgr* call.
+    unsafe {
+        let gid = libc::getegid();
+        if gid != 0 {
+            let gr = libc::getgrgid(gid);
+            if !gr.is_null() && !(*gr).gr_name.is_null() {
+                return std::ffi::CStr::from_ptr((*gr).gr_name).to_string_lossy().into_owned();
+            }
+            return gid.to_string();
+        }
+    }
+    "pikett-agent".to_string()
+}
+
 /// Reads the password file: refuses world-readable files, strips the trailing newline.
+/// Errors say how to make a file only the service may read (root owns it, the service's
+/// group reads it: `chgrp pikett-agent F && chmod 0640 F`).
 fn read_password(path: &Path) -> Result<String, RedfishError> {
-    let meta = std::fs::metadata(path).map_err(|source| RedfishError::PasswordFile { path: path.into(), source })?;
+    let unreadable = |source: std::io::Error| {
+        let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
+            let (group, path) = (service_group(), path.display());
+            format!("; as root run `chgrp {group} {path} && chmod 0640 {path}` so that the service's group may read it")
+        } else {
+            String::new()
+        };
+        RedfishError::PasswordFile { path: path.into(), source, hint }
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o004 != 0 {
-            return Err(RedfishError::WorldReadable { path: path.into(), mode });
+            return Err(RedfishError::WorldReadable { path: path.into(), mode, group: service_group() });
         }
     }
     let _ = meta;
-    let raw =
-        std::fs::read_to_string(path).map_err(|source| RedfishError::PasswordFile { path: path.into(), source })?;
+    let raw = std::fs::read_to_string(path).map_err(unreadable)?;
     let pw = raw.trim_end_matches(['\n', '\r']).to_string();
     if pw.is_empty() {
         return Err(RedfishError::EmptyPassword { path: path.into() });
