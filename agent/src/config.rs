@@ -47,6 +47,12 @@ pub struct AgentConfig {
     /// Cache of the spool database (sled's default of 1 GiB is far too much for an agent).
     #[serde(default = "default_spool_cache_bytes")]
     pub spool_cache_bytes: ByteSize,
+    /// Command checks (plugins) running at once, across all `[[checks]]` of kind
+    /// `command` (default 8). The rest wait for a slot; waiting does not count
+    /// against a check's `timeout`. Each running plugin holds about 4 file
+    /// descriptors of the agent: keep `LimitNOFILE` of the unit well above 4×this.
+    #[serde(default = "default_max_concurrent_commands")]
+    pub max_concurrent_commands: usize,
     pub tls: Option<TlsConfig>,
     pub host: Option<HostConfig>,
     pub redfish: Option<RedfishConfig>,
@@ -82,6 +88,9 @@ fn default_spool_cache_bytes() -> ByteSize {
 }
 fn default_batch_interval() -> Duration {
     Duration::from_secs(1)
+}
+fn default_max_concurrent_commands() -> usize {
+    crate::probes::checks::command::DEFAULT_MAX_CONCURRENT_COMMANDS
 }
 fn default_spool_fsync() -> bool {
     true
@@ -132,6 +141,14 @@ impl AgentConfig {
             if let Some(p) = collector_url_problem(url) {
                 problems.push(format!("collectors: {url:?}: {p}"));
             }
+        }
+        let max_commands = crate::probes::checks::command::MAX_CONCURRENT_COMMANDS_LIMIT;
+        if !(1..=max_commands).contains(&self.max_concurrent_commands) {
+            problems.push(format!(
+                "max_concurrent_commands: must be between 1 and {max_commands} (command checks running at once), \
+                 is {}",
+                self.max_concurrent_commands
+            ));
         }
         if let Some(host) = &self.host {
             problems.extend(host.validate().into_iter().map(|p| format!("host: {p}")));
@@ -216,6 +233,23 @@ mod tests {
         let c = AgentConfig::parse(Path::new("a.toml"), "").unwrap();
         assert_eq!(c.spool_max_bytes, ByteSize::mib(256));
         assert_eq!(c.collectors, vec!["http://127.0.0.1:9740"]);
+    }
+
+    #[test]
+    fn max_concurrent_commands_defaults_to_8_and_refuses_0_naming_the_key() {
+        let c = AgentConfig::parse(Path::new("a.toml"), "").unwrap();
+        assert_eq!(c.max_concurrent_commands, 8);
+        let c = AgentConfig::parse(Path::new("a.toml"), "max_concurrent_commands = 50\n").unwrap();
+        assert_eq!(c.max_concurrent_commands, 50);
+        for bad in ["0", "20000"] {
+            let errs =
+                AgentConfig::parse(Path::new("a.toml"), &format!("max_concurrent_commands = {bad}\n")).unwrap_err();
+            let msg = errs[0].to_string();
+            assert!(msg.starts_with("a.toml: max_concurrent_commands: must be between 1 and"), "{msg}");
+            assert!(msg.ends_with(&format!("is {bad}")), "{msg}");
+        }
+        let errs = AgentConfig::parse(Path::new("a.toml"), "max_concurrent_commands = -1\n").unwrap_err();
+        assert!(errs[0].to_string().contains("a.toml:1:"), "{}", errs[0]);
     }
 
     #[test]

@@ -27,7 +27,8 @@ struct Cli {
 enum Command {
     /// The daemon: poll every probe on its interval, spool, stream.
     Run,
-    /// Poll every (or one) probe once and print each result as a JSON line; sends nothing.
+    /// Poll every (or one) probe once, all at once (command checks up to
+    /// max_concurrent_commands), and print each result as a JSON line; sends nothing.
     Test {
         /// Only this probe (host, redfish, services, checks, patches).
         #[arg(long)]
@@ -102,6 +103,9 @@ fn main() -> ExitCode {
             }
         }
     });
+    // A statvfs stuck on a hung mount holds a blocking thread; dropping the runtime
+    // would wait for it forever, so give blocking work a moment, then leave it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -120,15 +124,17 @@ async fn test(config: &AgentConfig, only: Option<&str>) -> anyhow::Result<()> {
     {
         anyhow::bail!("no probe {only:?} is configured (configured: {})", names.join(", "));
     }
-    let mut stdout = std::io::stdout().lock();
-    for mut probe in probes {
-        if only.is_some_and(|o| o != probe.name()) {
-            continue;
-        }
-        for o in probe.poll().await {
-            writeln!(stdout, "{}", serde_json::to_string(&o)?)?;
-        }
+    // All at once, as `run` would: hundreds of checks one after another would take
+    // minutes. Printed in the configured order.
+    let polls = probes.into_iter().filter(|p| only.is_none_or(|o| o == p.name())).map(|mut probe| async move {
+        let observations = probe.poll().await;
         probe.shutdown().await;
+        observations
+    });
+    let results = futures::future::join_all(polls).await;
+    let mut stdout = std::io::stdout().lock();
+    for o in results.iter().flatten() {
+        writeln!(stdout, "{}", serde_json::to_string(o)?)?;
     }
     Ok(())
 }

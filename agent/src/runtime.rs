@@ -40,6 +40,7 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     let state: SharedState = Arc::new(spool.state_store());
     let (status_tx, status_rx) = watch::channel::<Option<pb::AgentStatus>>(None);
     let probes = probes::from_config(&config, state).map_err(anyhow::Error::msg)?;
+    warn_if_few_fds(config.max_concurrent_commands);
     let capabilities: Vec<String> = {
         let mut names: Vec<String> = probes.iter().map(|p| p.name().to_string()).collect();
         names.dedup();
@@ -104,6 +105,25 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     }
 }
 
+/// Warns when the open-files limit leaves too little room for `max_concurrent_commands`
+/// plugins: they would fail to start with "too many open files".
+fn warn_if_few_fds(max_commands: usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct we pass, which we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let needed = probes::checks::command::fds_needed(max_commands);
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            open_files_limit = limit.rlim_cur,
+            needed,
+            max_concurrent_commands = max_commands,
+            "the open-files limit is low for max_concurrent_commands; raise LimitNOFILE or lower the key"
+        );
+    }
+}
+
 /// One poll's observations, and the probe state that must be spooled with them.
 struct Polled {
     observations: Vec<Observation>,
@@ -111,7 +131,8 @@ struct Polled {
 }
 
 async fn probe_loop(mut probe: Box<dyn Probe>, tx: mpsc::Sender<Polled>, mut shutdown: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(probe.interval());
+    let start = tokio::time::Instant::now() + probe.first_poll_delay();
+    let mut ticker = tokio::time::interval_at(start, probe.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

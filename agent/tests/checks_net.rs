@@ -278,7 +278,7 @@ async fn each_check_is_its_own_probe_with_its_own_interval() {
         .clone()
         .try_into()
         .unwrap();
-    let probes: Vec<CheckProbe> = pikett_agent::probes::checks::probes_from_config(cfgs).unwrap();
+    let probes: Vec<CheckProbe> = pikett_agent::probes::checks::probes_from_config(cfgs, &Default::default()).unwrap();
     use pikett_agent::probes::Probe;
     let names: Vec<_> = probes.iter().map(|p| (p.name(), p.check_name(), p.interval())).collect();
     assert_eq!(

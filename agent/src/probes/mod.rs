@@ -22,6 +22,10 @@ pub trait Probe: Send {
     fn name(&self) -> &str;
     /// How often `poll` is called.
     fn interval(&self) -> Duration;
+    /// How long after the agent starts the first `poll` comes (then every `interval`).
+    fn first_poll_delay(&self) -> Duration {
+        Duration::ZERO
+    }
     /// One poll. Never fails: a failure is reported as an UNKNOWN check whose
     /// summary says why, so a broken target never stops the agent.
     async fn poll(&mut self) -> Vec<Observation>;
@@ -76,7 +80,8 @@ pub fn from_config(config: &crate::config::AgentConfig, state: SharedState) -> R
         let probe = services::ServicesProbe::new(cfg.clone(), state.clone()).map_err(|e| format!("[services]: {e}"))?;
         probes.push(Box::new(probe));
     }
-    for probe in checks::probes_from_config(config.checks.clone()).map_err(|e| format!("[[checks]]: {e}"))? {
+    let limits = checks::command::CommandLimits::new(config.max_concurrent_commands);
+    for probe in checks::probes_from_config(config.checks.clone(), &limits).map_err(|e| format!("[[checks]]: {e}"))? {
         probes.push(Box::new(probe));
     }
     if let Some(cfg) = &config.patches {

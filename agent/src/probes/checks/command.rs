@@ -6,6 +6,14 @@
 //! [`OUTPUT_LIMIT`] is read and discarded, so a chatty plugin can neither block
 //! on a full pipe nor grow the agent's memory.
 //!
+//! At most `max_concurrent_commands` plugins run at once across the agent
+//! ([`CommandLimits`]): each holds pipes (file descriptors) and a process, and
+//! hundreds of checks firing together would exhaust both. A plugin that does not
+//! exit even after SIGKILL (uninterruptible sleep on a hung mount or device) is
+//! kept and counted (`pikett_agent_checks_stuck`); its check is not started
+//! again until it has exited and reports UNKNOWN instead, so a hang cannot pile
+//! up one stuck process per interval.
+//!
 //! Perfdata becomes samples `pikett_check_perfdata{check, label}` in UCUM units
 //! (times in `s`, sizes in `By`, see [`perfdata::ucum_unit`]). Thresholds and
 //! bounds, converted to the same unit, ride along as extra labels: `warn` and
@@ -13,10 +21,13 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::perfdata::{self, Exit, PerfDatum};
 use super::{CheckConfig, duration_sample, fmt_duration};
@@ -28,15 +39,86 @@ pub const OUTPUT_LIMIT: usize = 64 * 1024;
 const STDERR_LIMIT: usize = 8 * 1024;
 /// Longest summary reported; the rest of the first line is cut.
 const SUMMARY_LIMIT: usize = 1024;
+/// Default of `max_concurrent_commands`: a 2-core host gains nothing from more
+/// plugins at once, and most plugins wait on the network, not the CPU.
+pub const DEFAULT_MAX_CONCURRENT_COMMANDS: usize = 8;
+/// Largest `max_concurrent_commands` accepted.
+pub const MAX_CONCURRENT_COMMANDS_LIMIT: usize = 10_000;
+/// File descriptors one running plugin holds in the agent: stdout and stderr
+/// pipes, plus the write ends and the exec-error pipe while it is being spawned.
+pub const FDS_PER_COMMAND: u64 = 4;
+/// File descriptors the agent needs besides its plugins' (spool, uplink, other checks' sockets).
+pub const FD_HEADROOM: u64 = 256;
+
+/// The open-files limit (`RLIMIT_NOFILE`, the unit's `LimitNOFILE=`) the agent
+/// needs with `max_concurrent_commands` plugins running at once.
+pub fn fds_needed(max_concurrent_commands: usize) -> u64 {
+    (max_concurrent_commands as u64).saturating_mul(FDS_PER_COMMAND).saturating_add(FD_HEADROOM)
+}
+
+/// How long a killed plugin has to exit before it counts as stuck.
+const REAP_GRACE: Duration = Duration::from_secs(2);
+/// The sample counting plugins that did not exit after SIGKILL.
+pub const STUCK_SAMPLE: &str = "pikett_agent_checks_stuck";
+
+/// What every command check of one agent shares: the slots for plugins running
+/// at once, and the count of plugins stuck after SIGKILL.
+#[derive(Clone)]
+pub struct CommandLimits {
+    slots: Arc<Semaphore>,
+    stuck: Arc<AtomicUsize>,
+}
+
+impl CommandLimits {
+    /// At most `max_concurrent` plugins at once (at least 1; config validation refuses 0).
+    pub fn new(max_concurrent: usize) -> CommandLimits {
+        let permits = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        CommandLimits { slots: Arc::new(Semaphore::new(permits)), stuck: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// Plugins killed at their timeout that have not exited yet.
+    pub fn stuck(&self) -> usize {
+        self.stuck.load(Ordering::Relaxed)
+    }
+
+    fn stuck_sample(&self, now: Timestamp) -> Observation {
+        Observation::sample(STUCK_SAMPLE, std::iter::empty::<(&str, String)>(), self.stuck() as f64, "", now)
+    }
+}
+
+impl Default for CommandLimits {
+    fn default() -> Self {
+        CommandLimits::new(DEFAULT_MAX_CONCURRENT_COMMANDS)
+    }
+}
+
+/// A plugin that outlived SIGKILL: kept so it can be reaped once it exits.
+struct Stuck {
+    child: tokio::process::Child,
+    pid: u32,
+    since: Timestamp,
+}
+
+/// Leave to run a plugin: a slot under `max_concurrent_commands`, and
+/// observations to add to the run's (the stuck count when it changed).
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    pub extra: Vec<Observation>,
+}
 
 /// A validated `command` check.
 pub(crate) struct CommandCheck {
     argv: Vec<String>,
     timeout: Duration,
+    limits: CommandLimits,
+    /// SIGKILL; tests use SIGSTOP to make a plugin that "cannot be killed".
+    kill_signal: libc::c_int,
+    reap_grace: Duration,
+    stuck: Mutex<Option<Stuck>>,
 }
 
 impl CommandCheck {
-    pub fn from_config(cfg: &CheckConfig) -> Result<CommandCheck, String> {
+    pub fn from_config(cfg: &CheckConfig, limits: &CommandLimits) -> Result<CommandCheck, String> {
         let argv = cfg.command.clone().ok_or("`command` ([\"/path/to/plugin\", \"args\"...]) is required")?;
         match argv.first() {
             None => return Err("`command` is empty; it needs at least the program".into()),
@@ -46,7 +128,53 @@ impl CommandCheck {
         if argv.iter().any(|a| a.contains('\0')) {
             return Err("`command` contains a NUL byte".into());
         }
-        Ok(CommandCheck { argv, timeout: cfg.timeout })
+        Ok(CommandCheck {
+            argv,
+            timeout: cfg.timeout,
+            limits: limits.clone(),
+            kill_signal: libc::SIGKILL,
+            reap_grace: REAP_GRACE,
+            stuck: Mutex::new(None),
+        })
+    }
+
+    /// Waits for a slot to run the plugin, unless the previous run's plugin is
+    /// still alive: then `Err` holds the UNKNOWN result to report instead.
+    /// The wait is not part of the check's timeout.
+    pub async fn start(&self, check: &str) -> Result<Slot, Vec<Observation>> {
+        let mut extra = Vec::new();
+        {
+            let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(s) = stuck.as_mut() {
+                let now = Timestamp::now();
+                if let Ok(None) = s.child.try_wait() {
+                    let msg = format!(
+                        "previous run of {} is still alive (pid {}; killed at {}, did not exit: uninterruptible \
+                         sleep?); not started again until it exits",
+                        self.argv[0], s.pid, s.since
+                    );
+                    return Err(vec![
+                        Observation::check(check, State::Unknown, msg, now),
+                        self.limits.stuck_sample(now),
+                    ]);
+                }
+                // Exited (or no longer ours to wait for): the check runs again.
+                tracing::info!(check, pid = s.pid, "stuck plugin has exited; running the check again");
+                *stuck = None;
+                self.limits.stuck.fetch_sub(1, Ordering::Relaxed);
+                extra.push(self.limits.stuck_sample(now));
+            }
+        }
+        match self.limits.slots.clone().acquire_owned().await {
+            Ok(permit) => Ok(Slot { _permit: permit, extra }),
+            // The semaphore is never closed; reported rather than unwrapped all the same.
+            Err(_) => Err(vec![Observation::check(
+                check,
+                State::Unknown,
+                "no slot to run the plugin: the command-check limit was closed",
+                Timestamp::now(),
+            )]),
+        }
     }
 
     pub async fn run(&self, check: &str, now: Timestamp) -> Vec<Observation> {
@@ -75,7 +203,7 @@ impl CommandCheck {
             return vec![Observation::check(check, State::Unknown, format!("{program} vanished at start"), now)];
         };
         // The child leads its own group, so its pid is the group id.
-        let mut group = GroupGuard::new(pid);
+        let mut group = GroupGuard::new(pid, self.kill_signal);
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let io =
@@ -90,10 +218,12 @@ impl CommandCheck {
             Err(_) => {
                 group.kill();
                 // Reap the leader so no zombie is left behind.
-                let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-                tracing::warn!(check, program, pid, "plugin timed out; killed its process group");
-                let msg = format!("{program} timed out after {}, process group killed", fmt_duration(self.timeout));
-                return vec![Observation::check(check, State::Unknown, msg, now)];
+                if tokio::time::timeout(self.reap_grace, child.wait()).await.is_ok() {
+                    tracing::warn!(check, program, pid, "plugin timed out; killed its process group");
+                    let msg = format!("{program} timed out after {}, process group killed", fmt_duration(self.timeout));
+                    return vec![Observation::check(check, State::Unknown, msg, now)];
+                }
+                return self.keep_stuck(check, child, pid, now);
             }
         };
         let status = match status {
@@ -111,6 +241,28 @@ impl CommandCheck {
         let mut obs = evaluate(check, program, exit, &out, truncated, &err, now);
         obs.push(duration_sample(check, elapsed, now));
         obs
+    }
+
+    /// The plugin did not exit after SIGKILL: keep it to reap later, count it,
+    /// and say so.
+    fn keep_stuck(&self, check: &str, child: tokio::process::Child, pid: u32, now: Timestamp) -> Vec<Observation> {
+        let program = &self.argv[0];
+        let count = self.limits.stuck.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::error!(
+            check,
+            program,
+            pid,
+            stuck = count,
+            "plugin timed out and did not exit after SIGKILL (uninterruptible sleep?); not started again until it exits"
+        );
+        let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
+        *stuck = Some(Stuck { child, pid, since: Timestamp::now() });
+        let msg = format!(
+            "{program} timed out after {} and did not exit after SIGKILL (pid {pid}; uninterruptible sleep?); \
+             not started again until it exits",
+            fmt_duration(self.timeout)
+        );
+        vec![Observation::check(check, State::Unknown, msg, now), self.limits.stuck_sample(now)]
     }
 }
 
@@ -212,14 +364,15 @@ async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> (Ve
 /// check is dropped mid-run (agent shutdown), unless disarmed after a normal exit.
 struct GroupGuard {
     pgid: libc::pid_t,
+    signal: libc::c_int,
     armed: bool,
 }
 
 impl GroupGuard {
-    fn new(pid: u32) -> GroupGuard {
+    fn new(pid: u32, signal: libc::c_int) -> GroupGuard {
         // A pgid of 0 or 1 would address our own group or every process: never signal those.
         let pgid = libc::pid_t::try_from(pid).unwrap_or(0);
-        GroupGuard { pgid, armed: pgid > 1 }
+        GroupGuard { pgid, signal, armed: pgid > 1 }
     }
 
     fn disarm(&mut self) {
@@ -231,7 +384,7 @@ impl GroupGuard {
             // SAFETY: kill(2) with a negative pid signals that process group; no memory is involved.
             // ESRCH (group already gone) is fine.
             unsafe {
-                libc::kill(-self.pgid, libc::SIGKILL);
+                libc::kill(-self.pgid, self.signal);
             }
             self.armed = false;
         }
@@ -334,13 +487,90 @@ mod tests {
     #[test]
     fn guard_never_signals_our_own_group_or_every_process() {
         // kill(-0) would hit the agent's own group and kill(-1) every process.
-        assert!(!GroupGuard::new(0).armed);
-        assert!(!GroupGuard::new(1).armed);
-        assert!(!GroupGuard::new(u32::MAX).armed);
-        let mut g = GroupGuard::new(4242);
+        assert!(!GroupGuard::new(0, libc::SIGKILL).armed);
+        assert!(!GroupGuard::new(1, libc::SIGKILL).armed);
+        assert!(!GroupGuard::new(u32::MAX, libc::SIGKILL).armed);
+        let mut g = GroupGuard::new(4242, libc::SIGKILL);
         assert!(g.armed);
         g.disarm();
         assert!(!g.armed);
+    }
+
+    fn stuck_count(obs: &[Observation]) -> Option<f64> {
+        samples(obs).iter().find(|s| s.name == STUCK_SAMPLE).map(|s| s.value)
+    }
+
+    fn alive(pid: u32) -> bool {
+        // Stopped (T) counts as alive; a zombie (Z) or a missing entry does not.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|st| st.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()))
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    }
+
+    #[tokio::test]
+    async fn a_plugin_that_outlives_the_kill_is_counted_and_not_started_again() {
+        let cfg: CheckConfig =
+            toml::from_str("name = \"hang\"\nkind = \"command\"\ncommand = [\"sleep\", \"30\"]\ntimeout = \"300ms\"")
+                .unwrap();
+        let limits = CommandLimits::new(2);
+        let mut c = CommandCheck::from_config(&cfg, &limits).unwrap();
+        // SIGSTOP instead of SIGKILL: the plugin survives "the kill" like one in uninterruptible sleep.
+        c.kill_signal = libc::SIGSTOP;
+        c.reap_grace = Duration::from_millis(200);
+
+        let slot = c.start("command/hang").await.expect("first run starts");
+        assert!(slot.extra.is_empty());
+        let obs = c.run("command/hang", now()).await;
+        drop(slot);
+        let (state, summary) = check(&obs);
+        assert_eq!(state, State::Unknown);
+        assert!(summary.contains("did not exit after SIGKILL"), "{summary}");
+        assert_eq!(limits.stuck(), 1);
+        assert_eq!(stuck_count(&obs), Some(1.0));
+        let pid = c.stuck.lock().unwrap().as_ref().map(|s| s.pid).expect("the stuck plugin is kept");
+        assert!(summary.contains(&format!("pid {pid}")), "{summary}");
+        assert!(alive(pid));
+
+        // While it lives, the check is not started again (no second process) and says why.
+        let refused = c.start("command/hang").await.err().expect("no new run while the old one lives");
+        let (state, summary) = check(&refused);
+        assert_eq!(state, State::Unknown);
+        assert!(summary.contains("still alive") && summary.contains(&format!("pid {pid}")), "{summary}");
+        assert_eq!(stuck_count(&refused), Some(1.0));
+        // Its slot was given back: a stuck plugin does not use up max_concurrent_commands.
+        assert_eq!(limits.slots.available_permits(), 2);
+
+        // Once it is gone, the check runs again and the count drops back.
+        // SAFETY: kill(2) on the pid of our own child; no memory is involved.
+        unsafe {
+            libc::kill(libc::pid_t::try_from(pid).unwrap(), libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let slot = loop {
+            match c.start("command/hang").await {
+                Ok(slot) => break slot,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(obs) => panic!("the killed plugin was never reaped: {obs:?}"),
+            }
+        };
+        assert_eq!(limits.stuck(), 0);
+        assert_eq!(stuck_count(&slot.extra), Some(0.0));
+        assert!(!alive(pid));
+    }
+
+    #[tokio::test]
+    async fn slots_bound_the_plugins_running_at_once() {
+        let cfg: CheckConfig = toml::from_str("name = \"x\"\nkind = \"command\"\ncommand = [\"true\"]").unwrap();
+        let limits = CommandLimits::new(1);
+        let c = CommandCheck::from_config(&cfg, &limits).unwrap();
+        let first = c.start("command/x").await.unwrap();
+        // The second waits while the first holds the only slot...
+        assert!(tokio::time::timeout(Duration::from_millis(100), c.start("command/x")).await.is_err());
+        drop(first);
+        // ...and gets it once the first is done.
+        assert!(tokio::time::timeout(Duration::from_secs(1), c.start("command/x")).await.is_ok());
+        assert_eq!(CommandLimits::new(0).slots.available_permits(), 1, "0 would never run anything");
     }
 
     #[test]

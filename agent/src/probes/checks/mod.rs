@@ -2,11 +2,17 @@
 //!
 //! Each configured check becomes its own [`CheckProbe`], so the agent schedules it
 //! on its own task with its own interval and a slow check never delays another.
+//! A check's runs fall at a fixed phase of its interval ([`phase_delay`]: a hash
+//! of its name), so hundreds of checks do not all fire at once, and a restart
+//! keeps each one's phase. Command checks share [`command::CommandLimits`]: at
+//! most `max_concurrent_commands` plugins run at once.
 //! Results are named `<kind>/<name>` (`http/shop-frontend`, `command/raid`).
 //!
 //! Samples: `pikett_check_duration_seconds{check}` (s) for the time a check took,
-//! `pikett_check_cert_days_left{check}` (d) for http(s) and tls, and
-//! `pikett_check_perfdata{check,label}` for plugin perfdata (see [`command`]).
+//! `pikett_check_cert_days_left{check}` (d) for http(s) and tls,
+//! `pikett_check_perfdata{check,label}` for plugin perfdata (see [`command`]), and
+//! `pikett_agent_checks_stuck` (no labels) for plugins that outlived SIGKILL,
+//! sent with each result of a check whose plugin is stuck and when one exits.
 
 pub mod command;
 pub mod dns;
@@ -18,7 +24,7 @@ pub mod tls;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use jiff::Timestamp;
 use serde::Deserialize;
@@ -129,8 +135,14 @@ pub struct CheckProbe {
 }
 
 impl CheckProbe {
-    /// Validates one `[[checks]]` table and prepares it to run.
+    /// Validates one `[[checks]]` table and prepares it to run; a command check
+    /// gets a limit of its own ([`command::DEFAULT_MAX_CONCURRENT_COMMANDS`]).
     pub fn new(cfg: CheckConfig) -> Result<CheckProbe, CheckError> {
+        CheckProbe::with_limits(cfg, &command::CommandLimits::default())
+    }
+
+    /// Like [`CheckProbe::new`], a command check sharing `limits` with the agent's others.
+    pub fn with_limits(cfg: CheckConfig, limits: &command::CommandLimits) -> Result<CheckProbe, CheckError> {
         let label = if cfg.name.is_empty() { format!("{}/<no name>", cfg.kind.as_str()) } else { check_name(&cfg) };
         let invalid = |reason: String| CheckError::Invalid { check: label.clone(), reason };
         validate_common(&cfg).map_err(&invalid)?;
@@ -139,7 +151,7 @@ impl CheckProbe {
             CheckKind::Tcp => Runner::Tcp(tcp::TcpCheck::from_config(&cfg).map_err(&invalid)?),
             CheckKind::Dns => Runner::Dns(dns::DnsCheck::from_config(&cfg).map_err(&invalid)?),
             CheckKind::Tls => Runner::Tls(tls_from_config(&cfg).map_err(&invalid)?),
-            CheckKind::Command => Runner::Command(command::CommandCheck::from_config(&cfg).map_err(&invalid)?),
+            CheckKind::Command => Runner::Command(command::CommandCheck::from_config(&cfg, limits).map_err(&invalid)?),
         };
         Ok(CheckProbe { check: label, interval: cfg.interval, timeout: cfg.timeout, runner })
     }
@@ -151,6 +163,15 @@ impl CheckProbe {
 
     /// Runs the check once.
     pub async fn run_once(&self) -> Vec<Observation> {
+        // A command check first waits for a slot under `max_concurrent_commands`
+        // (not part of its timeout), or reports that its last plugin still lives.
+        let slot = match &self.runner {
+            Runner::Command(c) => match c.start(&self.check).await {
+                Ok(slot) => Some(slot),
+                Err(obs) => return obs,
+            },
+            _ => None,
+        };
         let now = Timestamp::now();
         let run = async {
             match &self.runner {
@@ -165,7 +186,10 @@ impl CheckProbe {
         // there can never stall the check's task.
         let backstop = self.timeout + Duration::from_secs(5);
         match tokio::time::timeout(backstop, run).await {
-            Ok(obs) => obs,
+            Ok(mut obs) => {
+                obs.extend(slot.map(|s| s.extra).unwrap_or_default());
+                obs
+            }
             Err(_) => {
                 tracing::warn!(check = %self.check, "check overran its timeout; abandoned");
                 vec![Observation::check(
@@ -179,12 +203,16 @@ impl CheckProbe {
     }
 }
 
-/// Builds one probe per `[[checks]]` entry, refusing duplicates (same `<kind>/<name>`).
-pub fn probes_from_config(cfgs: Vec<CheckConfig>) -> Result<Vec<CheckProbe>, CheckError> {
+/// Builds one probe per `[[checks]]` entry, refusing duplicates (same `<kind>/<name>`);
+/// the command checks share `limits`.
+pub fn probes_from_config(
+    cfgs: Vec<CheckConfig>,
+    limits: &command::CommandLimits,
+) -> Result<Vec<CheckProbe>, CheckError> {
     let mut seen = HashSet::new();
     let mut probes = Vec::with_capacity(cfgs.len());
     for cfg in cfgs {
-        let probe = CheckProbe::new(cfg)?;
+        let probe = CheckProbe::with_limits(cfg, limits)?;
         if !seen.insert(probe.check.clone()) {
             return Err(CheckError::Duplicate { check: probe.check });
         }
@@ -203,9 +231,32 @@ impl Probe for CheckProbe {
         self.interval
     }
 
+    fn first_poll_delay(&self) -> Duration {
+        let since_epoch = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        phase_delay(&self.check, self.interval, since_epoch)
+    }
+
     async fn poll(&mut self) -> Vec<Observation> {
         self.run_once().await
     }
+}
+
+/// How long from `now` (since the Unix epoch) until the check's next run: its
+/// runs fall at a fixed offset into each `interval` of wall-clock time, the
+/// offset a hash of the check's name. Checks spread over the interval instead
+/// of all starting at once, and keep their phase across restarts.
+pub fn phase_delay(check: &str, interval: Duration, now: Duration) -> Duration {
+    let period = interval.as_millis().max(1);
+    let offset = u128::from(fnv1a(check.as_bytes())) % period;
+    let into_period = now.as_millis() % period;
+    let wait = (offset + period - into_period) % period;
+    // wait < period = interval in ms, which fits u64 for any Duration from a config.
+    Duration::from_millis(u64::try_from(wait).unwrap_or(u64::MAX))
+}
+
+/// FNV-1a: a hash that is the same on every build and platform (std's is not promised to be).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn check_name(cfg: &CheckConfig) -> String {
@@ -418,11 +469,34 @@ mod tests {
     #[test]
     fn duplicates_are_refused() {
         let a = parse("name = \"db\"\nkind = \"tcp\"\naddress = \"a:1\"").unwrap();
-        let e = probes_from_config(vec![a.clone(), a.clone()]).err().unwrap();
+        let limits = command::CommandLimits::default();
+        let e = probes_from_config(vec![a.clone(), a.clone()], &limits).err().unwrap();
         assert!(e.to_string().contains("tcp/db"), "{e}");
         // Same name under another kind is a different check.
         let b = parse("name = \"db\"\nkind = \"tls\"\naddress = \"a:1\"").unwrap();
-        assert_eq!(probes_from_config(vec![a, b]).unwrap().len(), 2);
+        assert_eq!(probes_from_config(vec![a, b], &limits).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn phase_is_fixed_per_name_and_spreads_checks_over_the_interval() {
+        let minute = Duration::from_secs(60);
+        let t = Duration::from_secs(1_800_000_000);
+        let d = phase_delay("command/raid", minute, t);
+        assert!(d < minute, "{d:?}");
+        // The next run is at the same phase whenever the agent starts: restarting
+        // 7 s later, the wait is 7 s shorter (modulo the interval).
+        let later = phase_delay("command/raid", minute, t + Duration::from_secs(7));
+        assert_eq!((later + Duration::from_secs(7)).as_millis() % 60_000, d.as_millis() % 60_000);
+        // At the phase itself the check runs at once.
+        assert_eq!(phase_delay("command/raid", minute, t + d), Duration::ZERO);
+        // 600 checks land in many different seconds of the minute, not in one.
+        let seconds: HashSet<u64> =
+            (0..600).map(|i| phase_delay(&format!("command/c{i}"), minute, t).as_secs()).collect();
+        assert!(seconds.len() > 50, "only {} distinct start seconds", seconds.len());
+        // A hash that changed between builds would move every check's phase.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(phase_delay("x", Duration::from_millis(1), t), Duration::ZERO);
     }
 
     #[test]
