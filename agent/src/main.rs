@@ -78,8 +78,11 @@ fn main() -> ExitCode {
             Command::CheckConfig => {
                 // Building the probes validates what serde cannot (files, per-check keys).
                 let state: SharedState = Arc::new(MemoryState::default());
-                if let Err(e) = probes::from_config(&config, state) {
-                    eprintln!("{}: {e}", cli.config.display());
+                let built = probes::from_config(&config, state);
+                if !built.failures.is_empty() {
+                    for e in &built.failures {
+                        eprintln!("{}: {e}", cli.config.display());
+                    }
                     return Ok(ExitCode::from(2));
                 }
                 println!("{}: OK", cli.config.display());
@@ -117,7 +120,12 @@ fn main() -> ExitCode {
 
 async fn test(config: &AgentConfig, only: Option<&str>) -> anyhow::Result<()> {
     let state: SharedState = Arc::new(MemoryState::default());
-    let probes = probes::from_config(config, state).map_err(anyhow::Error::msg)?;
+    let built = probes::from_config(config, state);
+    // Shown, and the probe's UNKNOWN results below say it too: as the daemon would run.
+    for e in &built.failures {
+        eprintln!("pikett-agent: {e}");
+    }
+    let probes = built.probes;
     let names: Vec<String> = probes.iter().map(|p| p.name().to_string()).collect();
     if let Some(only) = only
         && !names.iter().any(|n| n == only)

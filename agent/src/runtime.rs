@@ -39,7 +39,12 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     )?);
     let state: SharedState = Arc::new(spool.state_store());
     let (status_tx, status_rx) = watch::channel::<Option<pb::AgentStatus>>(None);
-    let probes = probes::from_config(&config, state).map_err(anyhow::Error::msg)?;
+    let built = probes::from_config(&config, state);
+    // A probe that cannot start reports UNKNOWN with the reason; the others run on.
+    for e in &built.failures {
+        tracing::error!(error = %e, "a probe cannot start; it reports UNKNOWN until fixed");
+    }
+    let probes = built.probes;
     warn_if_few_fds(config.max_concurrent_commands);
     let capabilities: Vec<String> = {
         let mut names: Vec<String> = probes.iter().map(|p| p.name().to_string()).collect();

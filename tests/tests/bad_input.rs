@@ -87,3 +87,37 @@ fn agent_with_a_foreign_host_id_is_refused() {
     let out = collector.pikett(&["hosts", "--output", "json"], &pki.path("ca.pem"));
     assert!(json_lines(&out.stdout).is_empty());
 }
+
+#[test]
+fn a_probe_that_cannot_start_reports_unknown_and_the_others_run_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let ca = pki.path("ca.pem");
+    let collector = CollectorSetup::new(dir.path(), &pki, "");
+    let _c = collector.start();
+    let check = ControlledCheck::new(dir.path());
+    let missing = dir.path().join("idrac.pass");
+    let redfish = format!(
+        "[redfish]\nendpoint = \"https://127.0.0.1:1\"\nusername = \"monitor\"\npassword_file = \"{}\"\ninterval = \"1s\"\n",
+        missing.display()
+    );
+    let cfg = agent_config(dir.path(), &pki, "bmc-less", &collector.url(), &format!("{}{redfish}", check.toml()));
+
+    // check-config still refuses it, naming the section and the file.
+    let out = run("pikett-agent", &["--config", cfg.to_str().unwrap(), "check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[redfish]") && err.contains("idrac.pass"), "{err}");
+
+    // The daemon runs: the redfish probe reports why it cannot start, the check runs.
+    let mut agent = spawn("pikett-agent", &cfg, &["run"], &dir.path().join("agent.log"));
+    let unknown = wait_for(Duration::from_secs(20), || find_fault(&collector, &ca, "bmc-less", "redfish/bmc", "open"))
+        .unwrap_or_else(|| panic!("no redfish/bmc fault; agent log:\n{}", agent.log_text()));
+    let summary = unknown["summary"].as_str().unwrap();
+    assert!(summary.contains("cannot start") && summary.contains("idrac.pass"), "{summary}");
+    check.set(2);
+    let critical = wait_for(Duration::from_secs(20), || find_fault(&collector, &ca, "bmc-less", "command/ctl", "open"));
+    assert!(critical.is_some(), "the other probes stopped with redfish; agent log:\n{}", agent.log_text());
+    assert!(agent.log_text().contains("a probe cannot start"), "not logged:\n{}", agent.log_text());
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent exited");
+}

@@ -65,28 +65,125 @@ impl StateStore for MemoryState {
 
 pub type SharedState = Arc<dyn StateStore>;
 
+/// What [`from_config`] built: a probe for everything the config enables, and the
+/// reasons some of them could not start (those stand in as [`UnstartedProbe`]s).
+pub struct Built {
+    pub probes: Vec<Box<dyn Probe>>,
+    /// `[redfish]: cannot read password_file …`: for `check-config` (an error) and the
+    /// daemon's log; the daemon runs on.
+    pub failures: Vec<String>,
+}
+
+impl Built {
+    fn add(&mut self, section: &str, probe: Result<Box<dyn Probe>, String>, unstarted: UnstartedProbe) {
+        match probe {
+            Ok(p) => self.probes.push(p),
+            Err(e) => {
+                self.failures.push(format!("{section}: {e}"));
+                self.probes.push(Box::new(UnstartedProbe { reason: e, ..unstarted }));
+            }
+        }
+    }
+}
+
 /// Builds every probe the config enables. The `host` probe always runs
 /// (with defaults when `[host]` is absent); every `[[checks]]` entry is its
-/// own probe, so a slow check never delays another.
-pub fn from_config(config: &crate::config::AgentConfig, state: SharedState) -> Result<Vec<Box<dyn Probe>>, String> {
-    let mut probes: Vec<Box<dyn Probe>> = Vec::new();
+/// own probe, so a slow check never delays another. A probe that cannot start
+/// does not keep the others from running: an [`UnstartedProbe`] reports why.
+pub fn from_config(config: &crate::config::AgentConfig, state: SharedState) -> Built {
+    let mut built = Built { probes: Vec::new(), failures: Vec::new() };
     let host = config.host.clone().unwrap_or_default();
-    probes.push(Box::new(host::HostProbe::new(host).map_err(|e| format!("[host]: {e}"))?));
+    let interval = host.interval;
+    built.add(
+        "[host]",
+        host::HostProbe::new(host).map(|p| Box::new(p) as Box<dyn Probe>).map_err(|e| e.to_string()),
+        UnstartedProbe::new("host", ["host"], interval),
+    );
     if let Some(cfg) = &config.redfish {
-        let probe = redfish::RedfishProbe::new(cfg.clone(), state.clone()).map_err(|e| format!("[redfish]: {e}"))?;
-        probes.push(Box::new(probe));
+        built.add(
+            "[redfish]",
+            redfish::RedfishProbe::new(cfg.clone(), state.clone())
+                .map(|p| Box::new(p) as Box<dyn Probe>)
+                .map_err(|e| e.to_string()),
+            UnstartedProbe::new("redfish", ["redfish/system", "redfish/bmc"], cfg.interval),
+        );
     }
     if let Some(cfg) = &config.services {
-        let probe = services::ServicesProbe::new(cfg.clone(), state.clone()).map_err(|e| format!("[services]: {e}"))?;
-        probes.push(Box::new(probe));
+        built.add(
+            "[services]",
+            services::ServicesProbe::new(cfg.clone(), state.clone())
+                .map(|p| Box::new(p) as Box<dyn Probe>)
+                .map_err(|e| e.to_string()),
+            UnstartedProbe::new("services", ["services"], cfg.interval),
+        );
     }
     let limits = checks::command::CommandLimits::new(config.max_concurrent_commands);
-    for probe in checks::probes_from_config(config.checks.clone(), &limits).map_err(|e| format!("[[checks]]: {e}"))? {
-        probes.push(Box::new(probe));
+    let mut check_names = std::collections::HashSet::new();
+    for cfg in config.checks.clone() {
+        let interval = cfg.interval;
+        match checks::CheckProbe::with_limits(cfg, &limits) {
+            Ok(p) if !check_names.insert(p.check_name().to_string()) => {
+                // The first entry of that name runs; a second result under it would flap.
+                let e = checks::CheckError::Duplicate { check: p.check_name().to_string() };
+                built.failures.push(format!("[[checks]]: {e}"));
+            }
+            Ok(p) => built.probes.push(Box::new(p)),
+            Err(e) => {
+                let check = match &e {
+                    checks::CheckError::Invalid { check, .. } | checks::CheckError::Duplicate { check } => {
+                        check.clone()
+                    }
+                };
+                check_names.insert(check.clone());
+                built.add("[[checks]]", Err(e.to_string()), UnstartedProbe::new("checks", [check], interval));
+            }
+        }
     }
     if let Some(cfg) = &config.patches {
-        let probe = patches::PatchesProbe::new(cfg.clone(), state.clone()).map_err(|e| format!("[patches]: {e}"))?;
-        probes.push(Box::new(probe));
+        built.add(
+            "[patches]",
+            patches::PatchesProbe::new(cfg.clone(), state.clone())
+                .map(|p| Box::new(p) as Box<dyn Probe>)
+                .map_err(|e| e.to_string()),
+            UnstartedProbe::new("patches", ["patches"], cfg.interval),
+        );
     }
-    Ok(probes)
+    built
+}
+
+/// Stands in for a probe that could not start: reports UNKNOWN with the reason, on the
+/// checks the probe would have reported, every interval, until the agent is restarted
+/// with a config (or file) it can use.
+pub struct UnstartedProbe {
+    name: &'static str,
+    checks: Vec<String>,
+    reason: String,
+    interval: Duration,
+}
+
+impl UnstartedProbe {
+    fn new<const N: usize>(name: &'static str, checks: [impl Into<String>; N], interval: Duration) -> Self {
+        let interval = if interval.is_zero() { Duration::from_secs(60) } else { interval };
+        UnstartedProbe { name, checks: checks.into_iter().map(Into::into).collect(), reason: String::new(), interval }
+    }
+}
+
+#[async_trait::async_trait]
+impl Probe for UnstartedProbe {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    async fn poll(&mut self) -> Vec<Observation> {
+        let now = jiff::Timestamp::now();
+        let summary = format!("the {} probe cannot start: {}", self.name, self.reason);
+        self.checks
+            .iter()
+            .map(|c| Observation::check(c.as_str(), crate::observation::State::Unknown, summary.clone(), now))
+            .collect()
+    }
 }
