@@ -231,3 +231,39 @@ async fn real_apt_lists_lock_held_by_another_apt_get_is_unknown() {
     assert!(summary.contains("apt-get"), "names the holder: {summary}");
     assert!(inventory(&obs).is_none());
 }
+
+/// The agent as its packaged service runs it: an unprivileged user. The real apt-get
+/// cannot refresh the lists (their lock is root's); the probe says so and reads the
+/// lists as they are, instead of reporting a held lock forever.
+#[test]
+fn as_an_unprivileged_user_the_lists_are_read_and_the_reason_given() {
+    assert!(apt_get().is_some(), "apt-get not found: this test needs a Debian/Ubuntu machine");
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test switches to an unprivileged user: run it as root");
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, "host_id = \"apt-user\"\n[patches]\nmanager = \"apt\"\nrefresh = true\n").unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_pikett-agent"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["test", "--probe", "patches"])
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let check: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["type"] == "check" && v["name"] == "patches")
+        .unwrap_or_else(|| panic!("no patches check in {stdout}"));
+    let summary = check["summary"].as_str().unwrap();
+    assert_ne!(check["state"], "UNKNOWN", "{summary}");
+    assert!(!summary.contains("lock held"), "a misleading reason: {summary}");
+    assert!(summary.contains("apt-get update needs root") && summary.contains("apt-daily.timer"), "{summary}");
+    assert!(summary.contains("Permission denied"), "apt's own words are quoted: {summary}");
+}

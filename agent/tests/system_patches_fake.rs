@@ -102,6 +102,8 @@ impl Fakes {
             needs_restarting: self.nr.path(),
             reboot_required_file: self.reboot_file.clone(),
             apt_options: Vec::new(),
+            rpm_cache_dir: None,
+            as_root: true,
         }
     }
     fn probe(&self, manager: Manager, refresh: bool) -> (PatchesProbe, SharedState) {

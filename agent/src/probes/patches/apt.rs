@@ -88,20 +88,73 @@ fn apt_args(tools: &PatchTools, rest: &[&str]) -> Vec<OsString> {
     args
 }
 
-/// Refreshes the lists (when asked) and reads the pending updates.
-pub async fn run(tools: &PatchTools, refresh: bool, timeout: Duration) -> Result<Vec<Pending>, Failure> {
+/// Why `apt-get update` could not write its lists, when that is the reason it failed:
+/// the agent runs as an unprivileged user (the lists and their lock are root's) or in a
+/// read-only sandbox. Not a held lock, and not a failure of the probe: the lists the
+/// distribution's timer keeps fresh are read instead.
+pub fn cannot_write_lists(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.contains("Permission denied") || l.contains("Read-only file system") || l.contains("are you root?"))
+        .map(str::to_string)
+}
+
+/// The directory of apt's package lists (`Dir::State::Lists`, as the tools' options set it).
+fn lists_dir(tools: &PatchTools) -> std::path::PathBuf {
+    tools
+        .apt_options
+        .iter()
+        .find_map(|o| o.strip_prefix("Dir::State::Lists="))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/apt/lists".into())
+}
+
+/// How long ago the newest list in `dir` was written: `3 h`, `2 days`; `None` without lists.
+pub fn lists_age(dir: &std::path::Path, now: std::time::SystemTime) -> Option<String> {
+    let newest = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("_"))
+        .filter_map(|e| e.metadata().ok()?.modified().ok())
+        .max()?;
+    let secs = now.duration_since(newest).unwrap_or_default().as_secs();
+    Some(match secs {
+        s if s < 2 * 3600 => format!("{} min", s / 60),
+        s if s < 2 * 86400 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86400),
+    })
+}
+
+/// Refreshes the lists (when asked and allowed) and reads the pending updates; the note
+/// says when the lists could not be refreshed, and how old the ones read are.
+pub async fn run(
+    tools: &PatchTools,
+    refresh: bool,
+    timeout: Duration,
+) -> Result<(Vec<Pending>, Option<String>), Failure> {
     let name = tools.apt_get.display().to_string();
+    let mut note = None;
     if refresh {
         let out = exec::run(&tools.apt_get, &apt_args(tools, &["-q", "update"]), timeout)
             .await
             .map_err(|e| Failure::Other(e.to_string()))?;
         let text = out.combined();
-        // apt-get update exits 0 when some index files failed: read its words.
-        if let Some(f) = classify_failure(&text) {
-            return Err(f);
-        }
-        if out.code != Some(0) {
-            return Err(Failure::Other(format!("{name} update failed: {}", error_line(&text))));
+        if let Some(line) = cannot_write_lists(&text) {
+            let age = lists_age(&lists_dir(tools), std::time::SystemTime::now())
+                .map_or_else(|| "no lists found".to_string(), |a| format!("lists from {a} ago"));
+            tracing::debug!(reason = %line, "apt-get update not permitted; reading the lists as they are");
+            note = Some(format!(
+                "package lists not refreshed: apt-get update needs root (\"{line}\"); {age}, refreshed by the \
+                 distribution's apt-daily.timer (or set refresh = false to skip the attempt)"
+            ));
+        } else {
+            // apt-get update exits 0 when some index files failed: read its words.
+            if let Some(f) = classify_failure(&text) {
+                return Err(f);
+            }
+            if out.code != Some(0) {
+                return Err(Failure::Other(format!("{name} update failed: {}", error_line(&text))));
+            }
         }
     }
     let out = exec::run(&tools.apt_get, &apt_args(tools, &["-s", "-o", "Debug::NoLocking=1", "dist-upgrade"]), timeout)
@@ -126,7 +179,7 @@ pub async fn run(tools: &PatchTools, refresh: bool, timeout: Duration) -> Result
             tracing::debug!(reported = n, read = pending.len(), "apt-get lists more Inst lines than upgrades");
         }
     }
-    Ok(pending)
+    Ok((pending, note))
 }
 
 /// The first `E:` line of apt's output, else its last line.
@@ -140,6 +193,20 @@ mod tests {
 
     fn read(name: &str) -> String {
         std::fs::read_to_string(format!("{}/testdata/system/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn an_unprivileged_update_is_told_apart_from_a_held_lock() {
+        let as_user = "Reading package lists...\nE: Could not open lock file /var/lib/apt/lists/lock - open (13: Permission denied)\nE: Unable to lock directory /var/lib/apt/lists/\n";
+        assert!(cannot_write_lists(as_user).unwrap().contains("Permission denied"));
+        let sandboxed = "E: Could not open lock file /var/lib/apt/lists/lock - open (30: Read-only file system)\n";
+        assert!(cannot_write_lists(sandboxed).is_some());
+        assert!(cannot_write_lists(&read("apt-get-update-lock-held-debian12.txt")).is_none());
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(lists_age(dir.path(), std::time::SystemTime::now()), None);
+        std::fs::write(dir.path().join("deb.debian.org_debian_dists_bookworm_InRelease"), "x").unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5 * 3600);
+        assert_eq!(lists_age(dir.path(), later).as_deref(), Some("5 h"));
     }
 
     #[test]

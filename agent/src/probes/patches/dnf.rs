@@ -254,13 +254,25 @@ impl RpmFlow<'_> {
     }
 }
 
-/// The dnf command lines: quiet, never wait for another dnf's lock, and with
-/// `refresh = false` only the cached metadata.
+/// Where dnf or yum keep metadata: with `refresh = false` only the system's cache (`-C`:
+/// `/var/cache/dnf`, kept fresh by root's `dnf-makecache.timer`, readable by anyone);
+/// refreshing as an unprivileged user, the unit's cache directory, so metadata survives
+/// restarts (dnf's own `metadata_expire` decides when it is fetched again).
+pub(super) fn cache_args(tools: &PatchTools, refresh: bool) -> Vec<OsString> {
+    if !refresh {
+        return exec::args(["-C"]);
+    }
+    match &tools.rpm_cache_dir {
+        Some(dir) if !tools.as_root => vec![OsString::from(format!("--setopt=cachedir={}", dir.display()))],
+        _ => Vec::new(),
+    }
+}
+
+/// The dnf command lines: quiet, never wait for another dnf's lock, and the cache
+/// chosen by [`cache_args`].
 pub(super) fn flow(tools: &PatchTools, refresh: bool) -> RpmFlow<'_> {
     let mut base_args = exec::args(["-q", "--setopt=exit_on_lock=True"]);
-    if !refresh {
-        base_args.push("-C".into());
-    }
+    base_args.extend(cache_args(tools, refresh));
     RpmFlow {
         tool: &tools.dnf,
         base_args,
@@ -275,6 +287,23 @@ mod tests {
 
     fn read(name: &str) -> String {
         std::fs::read_to_string(format!("{}/testdata/system/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn an_unprivileged_agent_keeps_dnfs_cache_in_its_cache_directory() {
+        let tools = |as_root: bool, dir: Option<&str>| PatchTools {
+            as_root,
+            rpm_cache_dir: dir.map(Into::into),
+            ..PatchTools::default()
+        };
+        let user = tools(false, Some("/var/cache/pikett-agent/dnf"));
+        assert_eq!(cache_args(&user, true), [OsString::from("--setopt=cachedir=/var/cache/pikett-agent/dnf")]);
+        assert_eq!(cache_args(&user, false), [OsString::from("-C")]);
+        assert!(
+            cache_args(&tools(true, Some("/var/cache/pikett-agent/dnf")), true).is_empty(),
+            "root uses the system cache"
+        );
+        assert!(cache_args(&tools(false, None), true).is_empty());
     }
 
     #[test]

@@ -108,6 +108,13 @@ pub struct PatchTools {
     pub reboot_required_file: PathBuf,
     /// Extra arguments for every `apt-get` call (e.g. `-o Dir::State::Lists=...`).
     pub apt_options: Vec<String>,
+    /// Where dnf/yum keep their metadata when the agent is not root and refreshes it
+    /// itself: the unit's `CacheDirectory=` (`$CACHE_DIRECTORY/dnf`). Without it an
+    /// unprivileged dnf uses `/var/tmp/dnf-USER-*`, which `PrivateTmp=yes` throws away at
+    /// every restart (all metadata downloaded again).
+    pub rpm_cache_dir: Option<PathBuf>,
+    /// The agent runs as root (dnf and apt-get use the system's caches and locks).
+    pub as_root: bool,
 }
 
 impl Default for PatchTools {
@@ -120,6 +127,12 @@ impl Default for PatchTools {
             needs_restarting: "needs-restarting".into(),
             reboot_required_file: "/var/run/reboot-required".into(),
             apt_options: Vec::new(),
+            rpm_cache_dir: std::env::var_os("CACHE_DIRECTORY")
+                .filter(|d| !d.is_empty())
+                // systemd may list several directories, colon-separated: the first is ours.
+                .and_then(|d| d.to_string_lossy().split(':').next().map(|d| PathBuf::from(d).join("dnf"))),
+            // SAFETY: geteuid has no preconditions.
+            as_root: unsafe { libc::geteuid() } == 0,
         }
     }
 }
@@ -382,13 +395,15 @@ impl PatchesProbe {
         }
     }
 
-    /// One full look: the pending updates and whether a reboot is required.
-    pub async fn collect(&self) -> Result<(Manager, Vec<Pending>, Option<bool>), Failure> {
+    /// One full look: the pending updates, whether a reboot is required (or why that is
+    /// unknown), and notes on how fresh the answer is.
+    pub async fn collect(&self) -> Result<Look, Failure> {
         let manager = self
             .manager()
             .ok_or_else(|| Failure::Other("no supported package manager found (dnf, yum, apt-get)".to_string()))?;
         let timeout = self.cfg.timeout;
         let refresh = self.cfg.refresh;
+        let mut notes = Vec::new();
         let (pending, reboot) = match manager {
             Manager::Dnf | Manager::Auto => {
                 let pending = dnf::flow(&self.tools, refresh).run(&self.tools, timeout).await?;
@@ -399,12 +414,24 @@ impl PatchesProbe {
                 (pending, reboot::needs_restarting(&self.tools.needs_restarting, timeout).await)
             }
             Manager::Apt => {
-                let pending = apt::run(&self.tools, refresh, timeout).await?;
-                (pending, Some(reboot::flag_file(&self.tools.reboot_required_file)))
+                let (pending, note) = apt::run(&self.tools, refresh, timeout).await?;
+                notes.extend(note);
+                (pending, Ok(reboot::flag_file(&self.tools.reboot_required_file)))
             }
         };
-        Ok((manager, pending, reboot))
+        Ok(Look { manager, pending, reboot, notes })
     }
+}
+
+/// What one look at the package manager found.
+#[derive(Debug, Clone)]
+pub struct Look {
+    pub manager: Manager,
+    pub pending: Vec<Pending>,
+    /// Whether a reboot is required, or why that cannot be told.
+    pub reboot: Result<bool, String>,
+    /// Said in the summary: e.g. lists that could not be refreshed, and how old they are.
+    pub notes: Vec<String>,
 }
 
 /// `manager = "auto"`: dnf, then yum (EL8+ has both, yum being dnf), then
@@ -438,7 +465,7 @@ impl Probe for PatchesProbe {
     }
 
     async fn poll(&mut self) -> Vec<Observation> {
-        let (manager, pending, reboot) = match self.collect().await {
+        let Look { manager, pending, reboot: reboot_state, notes } = match self.collect().await {
             Ok(r) => r,
             Err(f) => {
                 tracing::warn!(reason = %f, "cannot tell pending updates");
@@ -457,7 +484,14 @@ impl Probe for PatchesProbe {
                 Err(e) => tracing::warn!(error = %e, "cannot encode patches first-seen state"),
             }
         }
-        let (state, summary) = evaluate(&pending, reboot);
+        let reboot = reboot_state.as_ref().ok().copied();
+        let (state, mut summary) = evaluate(&pending, reboot);
+        if let Err(why) = &reboot_state {
+            summary.push_str(&format!("; reboot state unknown: {why}"));
+        }
+        for note in &notes {
+            summary.push_str(&format!("; {note}"));
+        }
         let counts = count(&pending);
         let mut out = vec![Observation::check("patches", state, summary, now)];
         for t in [UpdateType::Security, UpdateType::Bugfix, UpdateType::Enhancement, UpdateType::Unknown] {

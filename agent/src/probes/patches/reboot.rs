@@ -1,6 +1,8 @@
 //! Whether the host needs a reboot to run its updated kernel and libraries.
 //!
-//! EL: `needs-restarting -r` exits 1 when a reboot is needed, 0 when not.
+//! EL: `needs-restarting -r` exits 1 when a reboot is needed, 0 when not (the agent's
+//! RPM recommends `/usr/bin/needs-restarting`; without it the state is unknown, and
+//! the `patches` check says so).
 //! Debian/Ubuntu: packages create `/var/run/reboot-required`.
 
 use std::path::Path;
@@ -8,15 +10,21 @@ use std::time::Duration;
 
 use super::exec;
 
-/// `Some(true)` reboot needed, `Some(false)` not, `None` when the tool is
-/// missing or failed (yum-utils/dnf-utils not installed).
-pub async fn needs_restarting(program: &Path, timeout: Duration) -> Option<bool> {
+/// Whether a reboot is needed (`needs-restarting -r`), or why that cannot be told:
+/// the tool is missing (it comes with dnf-utils, yum-utils on EL7) or failed.
+pub async fn needs_restarting(program: &Path, timeout: Duration) -> Result<bool, String> {
     match exec::run(&program.to_path_buf(), &exec::args(["-r"]), timeout).await {
-        Ok(out) => interpret_needs_restarting(out.code),
-        Err(e) => {
-            tracing::debug!(error = %e, "needs-restarting not available; reboot state unknown");
-            None
+        Ok(out) => interpret_needs_restarting(out.code).ok_or_else(|| {
+            format!(
+                "needs-restarting -r exited with {}: {}",
+                out.code.map_or_else(|| "a signal".to_string(), |c| c.to_string()),
+                exec::last_line(&out.combined())
+            )
+        }),
+        Err(exec::ExecError::Spawn { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err("needs-restarting is not installed (it comes with dnf-utils, yum-utils on EL7)".to_string())
         }
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -58,8 +66,9 @@ mod tests {
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(needs_restarting(&script, Duration::from_secs(5)).await, Some(true));
-        assert_eq!(needs_restarting(&dir.join("missing"), Duration::from_secs(5)).await, None);
+        assert_eq!(needs_restarting(&script, Duration::from_secs(5)).await, Ok(true));
+        let missing = needs_restarting(&dir.join("missing"), Duration::from_secs(5)).await.unwrap_err();
+        assert!(missing.contains("not installed") && missing.contains("dnf-utils"), "{missing}");
         assert!(!flag_file(&dir.join("reboot-required")));
         std::fs::write(dir.join("reboot-required"), "*** System restart required ***\n").unwrap();
         assert!(flag_file(&dir.join("reboot-required")));

@@ -11,9 +11,7 @@ use super::{PatchTools, exec};
 /// lock (instead of waiting forever), and with `refresh = false` only the cache.
 pub(super) fn flow(tools: &PatchTools, refresh: bool) -> RpmFlow<'_> {
     let mut base_args = exec::args(["-q", "--setopt=exit_on_lock=True"]);
-    if !refresh {
-        base_args.push("-C".into());
-    }
+    base_args.extend(super::dnf::cache_args(tools, refresh));
     RpmFlow { tool: &tools.yum, base_args, updateinfo_args: exec::args(["updateinfo", "list", "updates"]) }
 }
 
