@@ -157,6 +157,13 @@ fn agent_unit_shows_home_and_has_files_for_its_plugins() {
         "{}: LimitNOFILE={limit} leaves little headroom",
         path.display()
     );
+    // dnf's metadata survives restarts: PrivateTmp would throw away its per-user cache.
+    assert_eq!(
+        keys.get("CacheDirectory").map(Vec::as_slice),
+        Some(&["pikett-agent".to_string()][..]),
+        "{}",
+        path.display()
+    );
 }
 
 #[test]
@@ -433,6 +440,12 @@ fn rpm_metadata_files_modes_and_scriptlets() {
         let requires = rpm_query(&pkg, &["--requires"]);
         assert!(!requires.contains(".so") && !requires.contains("systemd"), "{requires}");
         assert!(requires.contains("shadow-utils"), "{requires}");
+        // The patches probe's reboot check: recommended, never required.
+        let recommends = rpm_query(&pkg, &["--recommends"]);
+        if name == "pikett-agent" {
+            assert!(recommends.contains("/usr/bin/needs-restarting"), "{recommends}");
+            assert!(!requires.contains("needs-restarting"), "{requires}");
+        }
         let provides = rpm_query(&pkg, &["--provides"]);
         assert!(provides.contains(&format!("{name} = {VERSION}-1")), "{provides}");
     }

@@ -53,6 +53,9 @@ struct Spec {
     /// Home and state directory of the service user, `/var/lib/<name>`.
     user: &'static str,
     user_comment: &'static str,
+    /// Weak dependencies (`Recommends:`): tools a probe uses when present, said
+    /// unknown in its results when not.
+    recommends: &'static [&'static str],
 }
 
 const PACKAGES: &[Spec] = &[
@@ -66,6 +69,9 @@ const PACKAGES: &[Spec] = &[
         config: "agent.toml",
         user: "pikett-agent",
         user_comment: "pikett monitoring agent",
+        // needs-restarting -r tells the patches probe whether a reboot is required; a file
+        // dependency, since dnf-utils (EL8, EL9) and yum-utils (EL7) both provide it.
+        recommends: &["/usr/bin/needs-restarting"],
     },
     Spec {
         name: "pikett-collector",
@@ -77,6 +83,7 @@ const PACKAGES: &[Spec] = &[
         config: "collector.toml",
         user: "pikett-collector",
         user_comment: "pikett monitoring collector",
+        recommends: &[],
     },
 ];
 
@@ -245,6 +252,9 @@ fn package(
         .requires(rpm::Dependency::script_post("/bin/sh"))
         .requires(rpm::Dependency::script_preun("/bin/sh"))
         .requires(rpm::Dependency::script_postun("/bin/sh"));
+    for dep in spec.recommends {
+        b.recommends(rpm::Dependency::any(*dep));
+    }
     // No Requires on systemd: the binaries are static, and the package must
     // also install in containers and chroots without systemd.
     Ok(b.build()?)
