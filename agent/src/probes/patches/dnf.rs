@@ -268,10 +268,12 @@ pub(super) fn cache_args(tools: &PatchTools, refresh: bool) -> Vec<OsString> {
     }
 }
 
-/// The dnf command lines: quiet, never wait for another dnf's lock, and the cache
-/// chosen by [`cache_args`].
+/// The dnf command lines: quiet, never wait for another dnf's lock, never skip an
+/// unreachable repository in silence (with `skip_if_unavailable=True`, Debian's default
+/// and some admins', `-q` hides the error and exit 0 would read as "nothing pending"),
+/// and the cache chosen by [`cache_args`].
 pub(super) fn flow(tools: &PatchTools, refresh: bool) -> RpmFlow<'_> {
-    let mut base_args = exec::args(["-q", "--setopt=exit_on_lock=True"]);
+    let mut base_args = exec::args(["-q", "--setopt=exit_on_lock=True", "--setopt=skip_if_unavailable=False"]);
     base_args.extend(cache_args(tools, refresh));
     RpmFlow {
         tool: &tools.dnf,
@@ -304,6 +306,31 @@ mod tests {
             "root uses the system cache"
         );
         assert!(cache_args(&tools(false, None), true).is_empty());
+    }
+
+    #[test]
+    fn recorded_real_dnf_4_14_outputs_parse() {
+        let rows = parse_check_update(&read("dnf-check-update-dnf4.14-localrepo.txt"));
+        assert_eq!(
+            rows,
+            [Available {
+                name: "pikett-demo".into(),
+                arch: "noarch".into(),
+                evr: "1.1-1".into(),
+                repo: "local".into()
+            }]
+        );
+        let adv = parse_updateinfo_list(&read("dnf-updateinfo-list-verbose-dnf4.14-localrepo.txt"));
+        assert_eq!(adv.len(), 1, "{adv:?}");
+        assert_eq!(
+            (adv[0].id.as_str(), adv[0].kind, adv[0].severity),
+            ("PKTSA-2026:0001", UpdateType::Security, Some(Severity::Critical))
+        );
+        assert_eq!(adv[0].updated.as_deref(), Some("2026-11-21 00:00:00"));
+        assert!(matches!(
+            classify_failure(&read("dnf-metadata-unreachable-dnf4.14.txt")),
+            Some(Failure::MetadataUnreachable(line)) if line.contains("'gone'")
+        ));
     }
 
     #[test]
