@@ -42,34 +42,47 @@ fn check<'a>(lines: &'a [Value], name: &str) -> &'a Value {
 
 #[test]
 fn redfish_probe_prints_checks_samples_and_inventory() {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let bmc = rt.block_on(redfish_support::TestBmc::start(redfish_support::R750));
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "host_id = \"r750\"\n[redfish]\nendpoint = \"{}\"\nusername = \"{}\"\npassword_file = \"{}\"\nca_file = \"{}\"\n",
-            bmc.endpoint(),
-            redfish_support::USER,
-            bmc.password_file.display(),
-            bmc.ca_file.display()
-        ),
-    )
-    .unwrap();
-    let lines = run_test(&cfg, "redfish", None);
-    let system = check(&lines, "redfish/system");
-    assert_eq!(system["state"], "OK", "{system}");
-    let temp = lines
-        .iter()
-        .find(|l| l["type"] == "sample" && l["name"] == "pikett_redfish_temperature_celsius")
-        .expect("a temperature sample");
-    assert_eq!(temp["unit"], "Cel");
-    let hw = lines.iter().find(|l| l["type"] == "inventory" && l["name"] == "hardware").expect("hardware inventory");
-    assert_eq!(hw["data"]["vendor"], "Dell Inc.");
-    assert!(hw["data"]["service_tag"].as_str().is_some_and(|s| !s.is_empty()), "{hw}");
-    // The session was deleted when the probe shut down.
-    assert_eq!(bmc.sessions(), 0);
+    // Every vendor's capture, through the real binary: no UNKNOWN from a BMC that answers
+    // every request, the vendor and serial number in the inventory.
+    for set in redfish_support::fixture_sets() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let bmc = rt.block_on(redfish_support::TestBmc::start(&set));
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("agent.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "host_id = \"bmc-host\"\n[redfish]\nendpoint = \"{}\"\nusername = \"{}\"\npassword_file = \"{}\"\nca_file = \"{}\"\n",
+                bmc.endpoint(),
+                redfish_support::USER,
+                bmc.password_file.display(),
+                bmc.ca_file.display()
+            ),
+        )
+        .unwrap();
+        let lines = run_test(&cfg, "redfish", None);
+        let system = check(&lines, "redfish/system");
+        assert_eq!(system["state"], "OK", "{set}: {system}");
+        for l in lines.iter().filter(|l| l["type"] == "check") {
+            assert_ne!(l["state"], "UNKNOWN", "{set}: {l}");
+        }
+        let temp = lines
+            .iter()
+            .find(|l| l["type"] == "sample" && l["name"] == "pikett_redfish_temperature_celsius")
+            .expect("a temperature sample");
+        assert_eq!(temp["unit"], "Cel");
+        let hw =
+            lines.iter().find(|l| l["type"] == "inventory" && l["name"] == "hardware").expect("hardware inventory");
+        let sys = redfish_support::fixture_json(&set, "/redfish/v1/Systems")["Members"][0]["@odata.id"]
+            .as_str()
+            .map(|p| redfish_support::fixture_json(&set, p))
+            .unwrap();
+        assert_eq!(hw["data"]["vendor"], sys["Manufacturer"], "{set}");
+        assert_eq!(hw["data"]["serial_number"], sys["SerialNumber"], "{set}");
+        assert!(hw["data"]["service_tag"].as_str().is_some_and(|s| !s.is_empty()), "{hw}");
+        // The session was deleted when the probe shut down.
+        assert_eq!(bmc.sessions(), 0, "{set}");
+    }
 }
 
 #[test]
