@@ -22,12 +22,7 @@ async fn one_session_serves_many_polls_and_is_deleted_on_shutdown() {
     assert_eq!(bmc.sessions(), 1);
     assert!(p.has_session().await);
     let seen = bmc.seen();
-    // Before its first login the agent looks for stale sessions of its own (Basic auth,
-    // there is no session yet); every other GET carries the session's token.
-    let authed: Vec<_> = seen
-        .iter()
-        .filter(|s| s.method == "GET" && s.target != "/redfish/v1" && !s.target.contains("/SessionService/Sessions"))
-        .collect();
+    let authed: Vec<_> = seen.iter().filter(|s| s.method == "GET" && s.target != "/redfish/v1").collect();
     assert!(!authed.is_empty());
     assert!(authed.iter().all(|s| s.token.is_some() && !s.basic), "every GET carries the token, never Basic");
     let tokens: std::collections::BTreeSet<_> = authed.iter().map(|s| s.token.clone()).collect();
@@ -180,15 +175,52 @@ async fn a_login_answered_too_late_leaves_at_most_one_session_behind() {
 #[tokio::test]
 async fn a_session_left_by_a_killed_agent_is_removed_at_the_next_start() {
     let bmc = TestBmc::start(R750).await;
-    let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    // The agent's state store outlives the process (it is in the spool).
+    let state = memory_state();
+    let mut p = RedfishProbe::new(bmc.config(), state.clone()).unwrap();
     p.poll().await;
     assert_eq!(bmc.sessions(), 1);
     // kill -9: no logout, no drop.
     std::mem::forget(p);
-    let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    // An operator's `pikett-agent test` meanwhile (its own state) leaves the daemon's
+    // session alone.
+    let mut test_run = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    test_run.poll().await;
+    test_run.shutdown().await;
+    assert_eq!(bmc.sessions(), 1, "a test run deleted the running agent's session");
+    let mut p = RedfishProbe::new(bmc.config(), state.clone()).unwrap();
     let obs = p.poll().await;
     assert_eq!(checks(&obs)["redfish/bmc"].state, State::Ok);
     assert_eq!(bmc.sessions(), 1, "the killed agent's session is still there");
+    p.shutdown().await;
+    assert_eq!(bmc.sessions(), 0);
+}
+
+#[tokio::test]
+async fn a_bmc_without_basic_auth_still_gets_its_session_login() {
+    let bmc = TestBmc::start(R750).await;
+    bmc.state.basic_disabled.store(true, Ordering::SeqCst);
+    let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+    let obs = p.poll().await;
+    assert_eq!(checks(&obs)["redfish/system"].state, State::Ok, "{}", checks(&obs)["redfish/system"].summary);
+    assert!(!bmc.seen().iter().any(|s| s.basic), "Basic auth used: {:?}", bmc.seen());
+    p.shutdown().await;
+    assert_eq!(bmc.sessions(), 0);
+}
+
+#[tokio::test]
+async fn a_lost_login_whose_answer_has_not_come_is_found_at_the_next_login() {
+    let bmc = TestBmc::start(R750).await;
+    let mut cfg = bmc.config();
+    cfg.timeout = std::time::Duration::from_millis(500);
+    *bmc.state.login_reply_delay.lock().unwrap() = std::time::Duration::from_secs(3);
+    let mut p = RedfishProbe::new(cfg, memory_state()).unwrap();
+    assert_eq!(checks(&p.poll().await)["redfish/system"].state, State::Unknown);
+    // The BMC holds the session; its answer is still on the way.
+    assert_eq!(bmc.sessions(), 1);
+    *bmc.state.login_reply_delay.lock().unwrap() = std::time::Duration::ZERO;
+    assert_eq!(checks(&p.poll().await)["redfish/system"].state, State::Ok);
+    assert_eq!(bmc.sessions(), 1, "the lost login's session is still on the BMC");
     p.shutdown().await;
     assert_eq!(bmc.sessions(), 0);
 }

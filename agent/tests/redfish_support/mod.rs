@@ -101,6 +101,8 @@ pub struct BmcState {
     /// The login creates the session, then waits this long before answering (a slow
     /// BMC whose answer comes after the agent's timeout: the session exists all the same).
     pub login_reply_delay: Mutex<Duration>,
+    /// Refuse HTTP Basic auth (BMCs where it is turned off): only sessions work.
+    pub basic_disabled: AtomicBool,
 }
 
 /// A running test BMC.
@@ -180,6 +182,7 @@ impl TestBmc {
             max_in_flight: AtomicUsize::new(0),
             entries_page_size: AtomicUsize::new(0),
             login_reply_delay: Mutex::new(Duration::ZERO),
+            basic_disabled: AtomicBool::new(false),
         });
         let st = state.clone();
         tokio::spawn(async move {
@@ -357,7 +360,9 @@ impl BmcState {
             return true;
         }
         if let Some((u, p)) = basic {
-            return *u == self.username && *p == *self.password.lock().unwrap();
+            return !self.basic_disabled.load(Ordering::SeqCst)
+                && *u == self.username
+                && *p == *self.password.lock().unwrap();
         }
         false
     }

@@ -190,6 +190,9 @@ pub struct RedfishProbe {
     polled_cursors: Mutex<Vec<(String, Cursor)>>,
     /// Cursor changes for the spool, written with the events they cover ([`Probe::take_state`]).
     staged: Vec<StateUpdate>,
+    /// The session URL last remembered in the state store, so that a process killed
+    /// before its logout has its session deleted by the next one.
+    remembered_session: tokio::sync::Mutex<Option<String>>,
 }
 
 /// The group the password file should belong to: the agent's own when it runs as a
@@ -309,6 +312,10 @@ impl RedfishProbe {
             cfg.timeout,
             cfg.max_response_bytes,
         );
+        let remembered = state.load(&session_key(&cfg.endpoint)).and_then(|b| String::from_utf8(b).ok());
+        if let Some(previous) = remembered.as_ref().filter(|l| !l.is_empty()) {
+            client.delete_at_login(previous.clone());
+        }
         Ok(RedfishProbe {
             cfg,
             state,
@@ -316,6 +323,7 @@ impl RedfishProbe {
             cursors: Mutex::default(),
             polled_cursors: Mutex::default(),
             staged: Vec::new(),
+            remembered_session: tokio::sync::Mutex::new(remembered),
         })
     }
 
@@ -347,6 +355,7 @@ impl RedfishProbe {
         if let Err(e) = self.client.ensure_login().await {
             return self.fatal(now, &e).await;
         }
+        self.remember_session().await;
         let poll = Poll { expand: expand_query(self.cfg.expand, &root), ..poll };
 
         let (systems, chassis, managers) = futures::join!(
@@ -422,6 +431,19 @@ impl RedfishProbe {
         };
         out.push(Observation::check("redfish/bmc", state, summary, now));
         out
+    }
+
+    /// Keeps the URL of the session held in the state store (empty when none), so the
+    /// next process can delete it if this one is killed before its logout.
+    async fn remember_session(&self) {
+        let current = self.client.session_location().await.unwrap_or_default();
+        let mut remembered = self.remembered_session.lock().await;
+        if remembered.as_deref().unwrap_or_default() != current {
+            if let Err(e) = self.state.save(&session_key(&self.cfg.endpoint), current.as_bytes()) {
+                tracing::warn!(error = %e, "redfish: cannot remember the session in the state store");
+            }
+            *remembered = Some(current);
+        }
     }
 
     /// The whole poll failed (root unreadable, login refused): one UNKNOWN `redfish/system`.
@@ -631,6 +653,7 @@ impl Probe for RedfishProbe {
 
     async fn shutdown(&mut self) {
         let _ = tokio::time::timeout(self.cfg.timeout, self.client.logout()).await;
+        self.remember_session().await;
     }
 
     fn take_state(&mut self) -> Vec<StateUpdate> {
@@ -646,6 +669,11 @@ impl Drop for RedfishProbe {
             handle.spawn(async move { c.logout().await });
         }
     }
+}
+
+/// The state-store key of the session URL held for `endpoint`.
+fn session_key(endpoint: &str) -> String {
+    format!("redfish/session/{}", endpoint.trim_end_matches('/'))
 }
 
 /// `$expand` query for collections, from the config and the root's `ProtocolFeaturesSupported`.
