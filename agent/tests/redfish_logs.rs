@@ -293,3 +293,29 @@ async fn a_paged_oldest_first_log_is_read_from_its_end() {
     assert!(pages.len() <= 4, "{pages:?}");
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_paged_oldest_first_log_without_count_or_skip_is_walked_to_its_end() {
+    let (set, path, source, _) = VENDOR_LOGS[3];
+    for (hide_count, ignore_skip) in [(true, false), (false, true), (true, true)] {
+        let bmc = TestBmc::start(set).await;
+        bmc.state.entries_page_size.store(10, std::sync::atomic::Ordering::SeqCst);
+        bmc.state.entries_hide_count.store(hide_count, std::sync::atomic::Ordering::SeqCst);
+        bmc.state.entries_ignore_skip.store(ignore_skip, std::sync::atomic::Ordering::SeqCst);
+        let mut p = RedfishProbe::new(bmc.config(), memory_state()).unwrap();
+        assert!(events(&p.poll().await).is_empty());
+        let n = newest_id(set, path);
+        let new: Vec<Value> = (1..=3)
+            .map(|i| entry(path, n + i, &format!("2026-11-23T09:00:{i:02}Z"), "OK", "SEL0001", &format!("e{i}")))
+            .collect();
+        add_newest(&bmc, path, true, new);
+        let ev: Vec<_> = events(&p.poll().await).into_iter().filter(|e| e.source == source).collect();
+        assert_eq!(
+            ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+            ["e1", "e2", "e3"],
+            "count hidden {hide_count}, $skip ignored {ignore_skip}"
+        );
+        assert!(events(&p.poll().await).is_empty(), "reported twice");
+        p.shutdown().await;
+    }
+}

@@ -98,6 +98,10 @@ pub struct BmcState {
     /// When not 0, log entry collections (`…/Entries`) are served in pages of this many
     /// members, with `$skip` and `Members@odata.nextLink` as BMCs do.
     pub entries_page_size: AtomicUsize,
+    /// Paged entries without `Members@odata.count`, as some BMCs serve them.
+    pub entries_hide_count: AtomicBool,
+    /// Paged entries ignoring `$skip` (always the first page; only `nextLink` works).
+    pub entries_ignore_skip: AtomicBool,
     /// The login creates the session, then waits this long before answering (a slow
     /// BMC whose answer comes after the agent's timeout: the session exists all the same).
     pub login_reply_delay: Mutex<Duration>,
@@ -181,6 +185,8 @@ impl TestBmc {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             entries_page_size: AtomicUsize::new(0),
+            entries_hide_count: AtomicBool::new(false),
+            entries_ignore_skip: AtomicBool::new(false),
             login_reply_delay: Mutex::new(Duration::ZERO),
             basic_disabled: AtomicBool::new(false),
         });
@@ -525,8 +531,13 @@ async fn handle(st: Arc<BmcState>, req: Request<Incoming>) -> Result<Response<Bo
         && path.ends_with("/Entries")
         && let Some(members) = v.get("Members").and_then(Value::as_array).cloned()
     {
-        let skip: usize =
-            query.split('&').find_map(|kv| kv.strip_prefix("$skip=")).and_then(|n| n.parse().ok()).unwrap_or(0);
+        // A BMC that ignores `$skip` follows only its own links (here `skiptoken`).
+        let param = if st.entries_ignore_skip.load(Ordering::SeqCst) { "skiptoken" } else { "$skip" };
+        let skip: usize = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(param).and_then(|r| r.strip_prefix('=')))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         let total = members.len();
         let slice: Vec<Value> = members.into_iter().skip(skip).take(page).collect();
         v["Members"] = Value::Array(slice);
@@ -535,7 +546,12 @@ async fn handle(st: Arc<BmcState>, req: Request<Incoming>) -> Result<Response<Bo
             o.remove("Members@odata.nextLink");
         }
         if skip + page < total {
-            v["Members@odata.nextLink"] = json!(format!("{path}?$skip={}", skip + page));
+            v["Members@odata.nextLink"] = json!(format!("{path}?{param}={}", skip + page));
+        }
+        if st.entries_hide_count.load(Ordering::SeqCst)
+            && let Some(o) = v.as_object_mut()
+        {
+            o.remove("Members@odata.count");
         }
     }
     Ok(json_response(StatusCode::OK, &v))

@@ -500,20 +500,54 @@ impl RedfishProbe {
         // Lenovo and Supermicro list entries oldest first: the newest are at the end, on
         // the last page when the log is paged. Read from there backwards with `$skip`.
         if logs::oldest_first(&first_entries) {
+            let page_len = readings::array(&first, "Members").count() as u64;
             let total = first.get("Members@odata.count").and_then(Value::as_u64);
-            match (&next, total) {
-                (LogPages::Links(Some(_)), Some(total)) if total > first_entries.len() as u64 => {
-                    let len = first_entries.len() as u64;
-                    let skip = total - len;
-                    let last = with_query(entries_path, &format!("$skip={skip}"));
-                    let Some(page) = poll.get(&last).await else {
-                        tracing::warn!(log = source, page = %last, "redfish log page unreadable; this log is read again next poll");
-                        return Vec::new();
-                    };
-                    first_entries = readings::array(&page, "Members").filter_map(Entry::from_json).collect();
-                    next = LogPages::Backwards { skip, len };
+            let has_next = matches!(next, LogPages::Links(Some(_)));
+            let mut last_page = None;
+            if let Some(total) = total.filter(|t| *t > page_len && page_len > 0) {
+                let skip = total - page_len;
+                let path = with_query(entries_path, &format!("$skip={skip}"));
+                let Some(page) = poll.get(&path).await else {
+                    tracing::warn!(log = source, page = %path, "redfish log page unreadable; this log is read again next poll");
+                    return Vec::new();
+                };
+                let es: Vec<Entry> = readings::array(&page, "Members").filter_map(Entry::from_json).collect();
+                // A BMC that ignores `$skip` answers with the first page again.
+                if es.first().map(|e| &e.id) != first_entries.first().map(|e| &e.id) {
+                    last_page = Some((es, LogPages::Backwards { skip, len: page_len }));
                 }
-                _ => next = LogPages::Links(None),
+            }
+            match last_page {
+                Some((es, pages)) => {
+                    first_entries = es;
+                    next = pages;
+                }
+                None if has_next => {
+                    // No usable count or `$skip`: walk forward to the end of the log.
+                    let mut all = std::mem::take(&mut first_entries);
+                    let mut link = text(first.get("Members@odata.nextLink"));
+                    let mut pages = 1;
+                    while let Some(n) = link.take() {
+                        if pages >= self.cfg.max_log_pages {
+                            tracing::warn!(
+                                log = source,
+                                max_log_pages = self.cfg.max_log_pages,
+                                "redfish log lists oldest first without a usable Members@odata.count or $skip, and is longer than max_log_pages pages: its newest entries cannot be found; raise max_log_pages"
+                            );
+                            return Vec::new();
+                        }
+                        let Some(page) = poll.get(&n).await else {
+                            tracing::warn!(log = source, page = %n, "redfish log page unreadable; this log is read again next poll");
+                            return Vec::new();
+                        };
+                        pages += 1;
+                        all.extend(readings::array(&page, "Members").filter_map(Entry::from_json));
+                        link = text(page.get("Members@odata.nextLink"));
+                    }
+                    first_entries = all;
+                    next = LogPages::Links(None);
+                }
+                None => next = LogPages::Links(None),
             }
             first_entries.reverse();
         }
