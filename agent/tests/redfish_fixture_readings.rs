@@ -63,10 +63,14 @@ struct Expect {
     discrete: bool,
 }
 
-/// A sensor not in service (empty slot, disabled channel) without a reading: never reported.
+/// A healthy sensor not in service (empty slot, disabled channel) without a reading:
+/// never reported.
 fn not_in_service(s: &Value, reading: Option<f64>) -> bool {
     let state = s["Status"]["State"].as_str().unwrap_or("Enabled");
-    reading.is_none() && ["Absent", "Disabled", "UnavailableOffline", "StandbyOffline", "StandbySpare"].contains(&state)
+    let healthy = matches!(s["Status"]["Health"].as_str(), None | Some("OK"));
+    healthy
+        && reading.is_none()
+        && ["Absent", "Disabled", "UnavailableOffline", "StandbyOffline", "StandbySpare"].contains(&state)
 }
 
 fn sensor_thresholds(s: &Value) -> HashMap<&'static str, Option<f64>> {
@@ -201,7 +205,8 @@ fn expectations(set: &str) -> Expectations {
                 unit,
                 thresholds: sensor_thresholds(s),
                 health: s["Status"]["Health"].as_str().map(str::to_string),
-                discrete: s["ReadingUnits"].as_str().is_some_and(|u| u.trim().is_empty()),
+                discrete: s["ReadingUnits"].as_str().is_some_and(|u| u.trim().is_empty())
+                    && sensor_thresholds(s).values().all(Option::is_none),
             });
         }
         // Old schema: every entry must be reported once; its value is checked when no new sensor supersedes it.

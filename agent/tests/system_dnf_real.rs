@@ -124,7 +124,22 @@ impl LocalRepo {
         let repo_dir = repo.display().to_string();
         let root_dir = root.display().to_string();
         script(&d.join("dnf"), &Self::dnf_wrapper(&root_dir, "local", &format!("file://{repo_dir}")));
-        script(&d.join("dnf-unreachable"), &Self::dnf_wrapper(&root_dir, "gone", "http://127.0.0.1:9/repo"));
+        // A repository that is down, whose .repo file says to skip it when unavailable
+        // (the probe must not read that as "nothing pending").
+        let reposd = d.join("repos.d");
+        std::fs::create_dir_all(&reposd).unwrap();
+        std::fs::write(
+            reposd.join("gone.repo"),
+            "[gone]\nname=gone\nbaseurl=http://127.0.0.1:9/repo\ngpgcheck=0\nskip_if_unavailable=1\n",
+        )
+        .unwrap();
+        script(
+            &d.join("dnf-unreachable"),
+            &format!(
+                "#!/bin/sh\nexec dnf --installroot='{root_dir}' --setopt=reposdir='{}' --releasever=8 \"$@\"\n",
+                reposd.display()
+            ),
+        );
         script(&d.join("rpm"), &format!("#!/bin/sh\nexec rpm --root '{root_dir}' \"$@\"\n"));
         LocalRepo { dir }
     }

@@ -134,8 +134,12 @@ pub fn from_config(config: &crate::config::AgentConfig, state: SharedState) -> B
                         check.clone()
                     }
                 };
-                check_names.insert(check.clone());
-                built.add("[[checks]]", Err(e.to_string()), UnstartedProbe::new("checks", [check], interval));
+                // Under a name another entry already reports, its UNKNOWN would flap with it.
+                if check_names.insert(check.clone()) {
+                    built.add("[[checks]]", Err(e.to_string()), UnstartedProbe::new("checks", [check], interval));
+                } else {
+                    built.failures.push(format!("[[checks]]: {e}"));
+                }
             }
         }
     }
@@ -185,5 +189,45 @@ impl Probe for UnstartedProbe {
             .iter()
             .map(|c| Observation::check(c.as_str(), crate::observation::State::Unknown, summary.clone(), now))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built(toml: &str) -> Built {
+        let config = crate::config::AgentConfig::parse(std::path::Path::new("agent.toml"), toml).expect("parses");
+        from_config(&config, Arc::new(MemoryState::default()))
+    }
+
+    #[tokio::test]
+    async fn a_bad_entry_under_a_good_entrys_name_does_not_report_under_it() {
+        let b = built(
+            "[[checks]]\nname = \"db\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n\
+             [[checks]]\nname = \"db\"\nkind = \"tcp\"\n",
+        );
+        assert_eq!(b.failures.len(), 1, "{:?}", b.failures);
+        // host and the good check; no stand-in reporting UNKNOWN as tcp/db.
+        let checks: Vec<&str> = b.probes.iter().map(|p| p.name()).collect();
+        assert_eq!(checks, ["host", "checks"]);
+    }
+
+    #[tokio::test]
+    async fn a_probe_that_cannot_start_stands_in_with_unknown() {
+        let mut b = built(
+            "[redfish]\nendpoint = \"https://127.0.0.1:1\"\nusername = \"u\"\npassword_file = \"/nonexistent/bmc.pass\"\n",
+        );
+        assert!(b.failures[0].starts_with("[redfish]: ") && b.failures[0].contains("bmc.pass"), "{:?}", b.failures);
+        let redfish = b.probes.iter_mut().find(|p| p.name() == "redfish").expect("a stand-in");
+        let obs = redfish.poll().await;
+        let names: Vec<String> = obs
+            .iter()
+            .filter_map(|o| match o {
+                Observation::Check(c) if c.state == crate::observation::State::Unknown => Some(c.name.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, ["redfish/system", "redfish/bmc"]);
     }
 }

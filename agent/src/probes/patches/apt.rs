@@ -93,8 +93,11 @@ fn apt_args(tools: &PatchTools, rest: &[&str]) -> Vec<OsString> {
 /// read-only sandbox. Not a held lock, and not a failure of the probe: the lists the
 /// distribution's timer keeps fresh are read instead.
 pub fn cannot_write_lists(text: &str) -> Option<String> {
+    // Only apt's own refusal to lock the lists counts: a successful update as root also
+    // prints "Permission denied" (`_apt` cannot reach a partial download, W: line).
     text.lines()
         .map(str::trim)
+        .filter(|l| l.starts_with("E:") && (l.contains("lock file") || l.contains("lock directory")))
         .find(|l| l.contains("Permission denied") || l.contains("Read-only file system") || l.contains("are you root?"))
         .map(str::to_string)
 }
@@ -144,7 +147,7 @@ pub async fn run(
                 .map_or_else(|| "no lists found".to_string(), |a| format!("lists from {a} ago"));
             tracing::debug!(reason = %line, "apt-get update not permitted; reading the lists as they are");
             note = Some(format!(
-                "package lists not refreshed: apt-get update needs root (\"{line}\"); {age}, refreshed by the \
+                "package lists not refreshed: apt-get update needs root and a writable /var/lib/apt (\"{line}\"); {age}, refreshed by the \
                  distribution's apt-daily.timer (or set refresh = false to skip the attempt)"
             ));
         } else {
@@ -202,6 +205,8 @@ mod tests {
         let sandboxed = "E: Could not open lock file /var/lib/apt/lists/lock - open (30: Read-only file system)\n";
         assert!(cannot_write_lists(sandboxed).is_some());
         assert!(cannot_write_lists(&read("apt-get-update-lock-held-debian12.txt")).is_none());
+        let root_sandbox_warning = "W: Download is performed unsandboxed as root as file '/var/lib/apt/lists/partial/x' couldn't be accessed by user '_apt'. - pkgAcquire::Run (13: Permission denied)\n";
+        assert!(cannot_write_lists(root_sandbox_warning).is_none());
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(lists_age(dir.path(), std::time::SystemTime::now()), None);
         std::fs::write(dir.path().join("deb.debian.org_debian_dists_bookworm_InRelease"), "x").unwrap();

@@ -273,7 +273,13 @@ pub(super) fn cache_args(tools: &PatchTools, refresh: bool) -> Vec<OsString> {
 /// and some admins', `-q` hides the error and exit 0 would read as "nothing pending"),
 /// and the cache chosen by [`cache_args`].
 pub(super) fn flow(tools: &PatchTools, refresh: bool) -> RpmFlow<'_> {
-    let mut base_args = exec::args(["-q", "--setopt=exit_on_lock=True", "--setopt=skip_if_unavailable=False"]);
+    // Per repository too: a `.repo` file's own setting wins over the main one.
+    let mut base_args = exec::args([
+        "-q",
+        "--setopt=exit_on_lock=True",
+        "--setopt=skip_if_unavailable=False",
+        "--setopt=*.skip_if_unavailable=False",
+    ]);
     base_args.extend(cache_args(tools, refresh));
     RpmFlow {
         tool: &tools.dnf,

@@ -11,7 +11,12 @@ use super::{PatchTools, exec};
 /// lock (instead of waiting forever), and with `refresh = false` only the cache.
 pub(super) fn flow(tools: &PatchTools, refresh: bool) -> RpmFlow<'_> {
     // As for dnf: an unreachable repository is an error, never silently skipped.
-    let mut base_args = exec::args(["-q", "--setopt=exit_on_lock=True", "--setopt=skip_if_unavailable=0"]);
+    let mut base_args = exec::args([
+        "-q",
+        "--setopt=exit_on_lock=True",
+        "--setopt=skip_if_unavailable=0",
+        "--setopt=*.skip_if_unavailable=0",
+    ]);
     base_args.extend(super::dnf::cache_args(tools, refresh));
     RpmFlow { tool: &tools.yum, base_args, updateinfo_args: exec::args(["updateinfo", "list", "updates"]) }
 }

@@ -195,7 +195,7 @@ fn base_reading(kind: Kind, v: &Value, unit: &str, field: &str) -> Reading {
         aliases,
         context: text(v.get("PhysicalContext")),
         chassis: String::new(),
-        discrete: v.get("ReadingUnits").and_then(Value::as_str).is_some_and(|u| u.trim().is_empty()),
+        discrete: false,
     }
 }
 
@@ -214,6 +214,9 @@ pub fn from_sensor(v: &Value) -> Option<Reading> {
     let mut r = base_reading(kind, v, &unit, "Reading");
     r.value = num(v.get("Reading"));
     r.thresholds = Thresholds::from_sensor(v);
+    // Units present but empty, and no numeric threshold: a state code, not a quantity.
+    r.discrete =
+        r.thresholds.is_empty() && v.get("ReadingUnits").and_then(Value::as_str).is_some_and(|u| u.trim().is_empty());
     Some(r)
 }
 
@@ -319,7 +322,8 @@ pub fn merge(sources: Vec<Vec<Reading>>) -> Vec<Reading> {
                 // The same sensor in a less preferred schema: it may still know the
                 // thresholds the preferred one lacks (new-schema fans have none).
                 Some(i) => {
-                    if out[i].thresholds.is_empty() {
+                    // Only in the same unit: RPM limits say nothing about a fan in %.
+                    if out[i].thresholds.is_empty() && out[i].unit == r.unit {
                         out[i].thresholds = r.thresholds;
                     }
                 }
@@ -380,6 +384,15 @@ pub fn unique_names(readings: &mut [Reading]) {
             }
         }
     }
+    // Nothing told them apart (no chassis, id or URL): number the later ones.
+    let mut seen: HashMap<(Kind, String), usize> = HashMap::new();
+    for r in readings.iter_mut() {
+        let n = seen.entry((r.kind, r.name.clone())).or_default();
+        *n += 1;
+        if *n > 1 {
+            r.name = format!("{} #{n}", r.name);
+        }
+    }
 }
 
 /// `Status.Health` as a state: null contributes nothing (OK); unknown words are UNKNOWN.
@@ -417,8 +430,10 @@ impl Context {
 /// The state and summary of a reading, or `None` for a sensor not in service
 /// ([`NOT_IN_SERVICE`], e.g. the temperature of an empty PCIe slot) without a reading.
 pub fn evaluate(r: &Reading, ctx: &Context) -> Option<(State, String)> {
+    // A failed part may be "UnavailableOffline" with a Critical health: that is reported.
+    let healthy = matches!(r.health.as_deref(), None | Some("OK"));
     let not_in_service = r.status_state.as_deref().is_some_and(|s| NOT_IN_SERVICE.contains(&s));
-    if not_in_service && (r.value.is_none() || r.status_state.as_deref() == Some("Absent")) {
+    if not_in_service && healthy && (r.value.is_none() || r.status_state.as_deref() == Some("Absent")) {
         return None;
     }
     let health = health_state(r.health.as_deref());
@@ -635,6 +650,42 @@ mod tests {
         let (s, sum) = evaluate(&r, &Context::default()).unwrap();
         assert_eq!(s, State::Critical);
         assert!(sum.starts_with("discrete sensor, health Critical"), "{sum}");
+    }
+
+    #[test]
+    fn thresholds_are_lent_only_in_the_same_unit() {
+        let percent = from_fan_resource(&json!({"Id":"Fan1","Name":"Fan1","SpeedPercent":{"Reading":45}}));
+        let rpm = from_classic_fan(&json!({"MemberId":"0","Name":"Fan1","Reading":6431,"ReadingUnits":"RPM",
+            "LowerThresholdCritical":1000}));
+        let merged = merge(vec![vec![percent], vec![rpm]]);
+        assert_eq!(merged.len(), 1);
+        assert!(merged[0].thresholds.is_empty(), "RPM limits lent to a fan in %");
+        assert_eq!(evaluate(&merged[0], &Context::default()).unwrap().0, State::Ok);
+    }
+
+    #[test]
+    fn a_failed_sensor_out_of_service_is_still_reported() {
+        let v = json!({"Name":"Fan 3","ReadingType":"Rotational","Reading":null,
+            "Status":{"Health":"Critical","State":"UnavailableOffline"}});
+        let (s, _) = evaluate(&from_sensor(&v).unwrap(), &Context::default()).expect("a dead fan hidden");
+        assert_eq!(s, State::Critical);
+    }
+
+    #[test]
+    fn a_temperature_with_thresholds_is_a_reading_even_without_units() {
+        let dts = json!({"Name":"CPU 1 DTS","ReadingType":"Temperature","Reading":-51,"ReadingUnits":"",
+            "Thresholds":{"UpperCritical":{"Reading":0}}});
+        let r = from_sensor(&dts).unwrap();
+        assert!(!r.discrete);
+        assert_eq!(evaluate(&r, &Context::default()).unwrap().1, "-51 Cel (crit 0)");
+    }
+
+    #[test]
+    fn names_nothing_else_tells_apart_are_numbered() {
+        let t = |v: f64| from_classic_temperature(&json!({"Name":"Temp","ReadingCelsius":v}));
+        let merged = merge(vec![vec![t(1.0), t(2.0), t(3.0)]]);
+        let names: Vec<&str> = merged.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["Temp", "Temp #2", "Temp #3"]);
     }
 
     #[test]
