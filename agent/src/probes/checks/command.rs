@@ -92,11 +92,29 @@ impl Default for CommandLimits {
     }
 }
 
-/// A plugin that outlived SIGKILL: kept so it can be reaped once it exits.
+/// A plugin that outlived SIGKILL: kept so it can be reaped once it exits. The leader
+/// may have exited while a process it started lives on in its group (a shell script's
+/// `df` on a hung mount): the group is what must be gone.
 struct Stuck {
-    child: tokio::process::Child,
+    child: Option<tokio::process::Child>,
     pid: u32,
     since: Timestamp,
+}
+
+impl Stuck {
+    fn alive(&mut self) -> bool {
+        let leader = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        leader || group_alive(self.pid)
+    }
+}
+
+/// Whether any process is left in the process group `pgid` (the plugin's pid).
+fn group_alive(pgid: u32) -> bool {
+    match libc::pid_t::try_from(pgid) {
+        // SAFETY: kill(2) with signal 0 only checks that the group exists; nothing is sent.
+        Ok(pgid) if pgid > 1 => unsafe { libc::kill(-pgid, 0) == 0 },
+        _ => false,
+    }
 }
 
 /// Leave to run a plugin: a slot under `max_concurrent_commands`, and
@@ -147,7 +165,7 @@ impl CommandCheck {
             let mut stuck = self.stuck.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(s) = stuck.as_mut() {
                 let now = Timestamp::now();
-                if let Ok(None) = s.child.try_wait() {
+                if s.alive() {
                     let msg = format!(
                         "previous run of {} is still alive (pid {}; killed at {}, did not exit: uninterruptible \
                          sleep?); not started again until it exits",
@@ -217,13 +235,21 @@ impl CommandCheck {
             }
             Err(_) => {
                 group.kill();
-                // Reap the leader so no zombie is left behind.
-                if tokio::time::timeout(self.reap_grace, child.wait()).await.is_ok() {
-                    tracing::warn!(check, program, pid, "plugin timed out; killed its process group");
-                    let msg = format!("{program} timed out after {}, process group killed", fmt_duration(self.timeout));
-                    return vec![Observation::check(check, State::Unknown, msg, now)];
+                // Reap the leader so no zombie is left behind; then the rest of its group
+                // must be gone too.
+                let deadline = Instant::now() + self.reap_grace;
+                if tokio::time::timeout(self.reap_grace, child.wait()).await.is_err() {
+                    return self.keep_stuck(check, Some(child), pid, now);
                 }
-                return self.keep_stuck(check, child, pid, now);
+                while group_alive(pid) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if group_alive(pid) {
+                    return self.keep_stuck(check, None, pid, now);
+                }
+                tracing::warn!(check, program, pid, "plugin timed out; killed its process group");
+                let msg = format!("{program} timed out after {}, process group killed", fmt_duration(self.timeout));
+                return vec![Observation::check(check, State::Unknown, msg, now)];
             }
         };
         let status = match status {
@@ -245,7 +271,13 @@ impl CommandCheck {
 
     /// The plugin did not exit after SIGKILL: keep it to reap later, count it,
     /// and say so.
-    fn keep_stuck(&self, check: &str, child: tokio::process::Child, pid: u32, now: Timestamp) -> Vec<Observation> {
+    fn keep_stuck(
+        &self,
+        check: &str,
+        child: Option<tokio::process::Child>,
+        pid: u32,
+        now: Timestamp,
+    ) -> Vec<Observation> {
         let program = &self.argv[0];
         let count = self.limits.stuck.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::error!(
@@ -557,6 +589,42 @@ mod tests {
         assert_eq!(limits.stuck(), 0);
         assert_eq!(stuck_count(&slot.extra), Some(0.0));
         assert!(!alive(pid));
+    }
+
+    #[tokio::test]
+    async fn a_process_left_in_the_plugins_group_keeps_it_stuck() {
+        // The shell (the leader) dies at "the kill"; a process it started ignores it and
+        // lives on in the group, like a `df` in uninterruptible sleep on a hung mount.
+        let cfg: CheckConfig = toml::from_str(
+            "name = \"sh\"\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"(trap '' TERM; exec sleep 30) & sleep 30\"]\ntimeout = \"300ms\"",
+        )
+        .unwrap();
+        let limits = CommandLimits::new(2);
+        let mut c = CommandCheck::from_config(&cfg, &limits).unwrap();
+        c.kill_signal = libc::SIGTERM;
+        c.reap_grace = Duration::from_millis(300);
+        let slot = c.start("command/sh").await.expect("first run starts");
+        let obs = c.run("command/sh", now()).await;
+        drop(slot);
+        let (state, summary) = check(&obs);
+        assert_eq!(state, State::Unknown);
+        assert!(summary.contains("did not exit"), "{summary}");
+        assert_eq!(limits.stuck(), 1);
+        let pgid = c.stuck.lock().unwrap().as_ref().map(|s| s.pid).expect("kept");
+        assert!(c.start("command/sh").await.is_err(), "started again while its group lives");
+        // SAFETY: kill(2) on the process group of our own child; no memory is involved.
+        unsafe {
+            libc::kill(-libc::pid_t::try_from(pgid).unwrap(), libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match c.start("command/sh").await {
+                Ok(_) => break,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(obs) => panic!("the group was never seen gone: {obs:?}"),
+            }
+        }
+        assert_eq!(limits.stuck(), 0);
     }
 
     #[tokio::test]

@@ -1,4 +1,7 @@
-//! Log cursors: which entries of a newest-first Redfish log collection are new since the last poll; pure functions.
+//! Log cursors: which entries of a Redfish log collection are new since the last poll; pure functions.
+//!
+//! The functions take entries newest first; logs that list oldest first (Lenovo,
+//! Supermicro; see [`oldest_first`]) are read from their end and reversed by the probe.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};

@@ -1,25 +1,31 @@
-//! The `[redfish]` probe: Dell iDRAC (or any Redfish BMC) hardware health, sensors, logs and inventory.
+//! The `[redfish]` probe: hardware health, sensors, logs and inventory from any
+//! Redfish BMC (tested against captures of Dell iDRAC9, Lenovo XClarity Controller and
+//! Supermicro BMCs).
 //!
 //! Everything is discovered by following links from the service root
 //! (`/redfish/v1`); no vendor path is hard-coded. One poll reads the systems
 //! (health, power state, memory/processor roll-ups, storage), the chassis
 //! (new `Sensors`/`ThermalSubsystem`/`PowerSubsystem` first, old
-//! `Thermal`/`Power` as fallback, merged so no sensor is reported twice) and
-//! the managers (firmware, SEL/Lifecycle logs, Dell `FaultList`). Any failure
-//! becomes an UNKNOWN check whose summary says why.
+//! `Thermal`/`Power` as fallback, merged so no sensor is reported twice; sensors
+//! identified per chassis and resource, so several sharing one `Name` stay apart) and
+//! the managers and systems (firmware, hardware event logs, active-fault lists). Any
+//! failure becomes an UNKNOWN check whose summary says why.
 //!
 //! Output (names are public interface):
 //! - checks `redfish/system`, `redfish/memory`, `redfish/processor`,
 //!   `redfish/storage/<Storage Id>`, `redfish/drive/<Drive Id up to ':'>`,
 //!   `redfish/thermal/<name>`, `redfish/fan/<name>`, `redfish/voltage/<name>`,
 //!   `redfish/power/<name>`, `redfish/psu/<name>`, `redfish/faults` (Dell
-//!   `FaultList`), `redfish/bmc` (was every resource readable, requests, time);
+//!   `FaultList`, Lenovo `ActiveLog`), `redfish/bmc` (was every resource readable,
+//!   requests, time);
 //! - samples `pikett_redfish_temperature_celsius` (`Cel`),
 //!   `pikett_redfish_fan_speed_rpm` (`RPM`) / `pikett_redfish_fan_speed_percent` (`%`),
 //!   `pikett_redfish_voltage_volts` (`V`), `pikett_redfish_power_watts` (`W`), all
 //!   labelled `sensor`; `pikett_redfish_psu_input_watts` / `_output_watts` (`W`,
 //!   label `psu`); `pikett_redfish_drive_life_left_percent` (`%`, label `drive`);
-//! - events from `redfish/sel` and `redfish/lclog`; inventory `hardware`.
+//! - events from `redfish/sel` (IPMI SEL of any vendor, Supermicro's health event
+//!   log), `redfish/lclog` (Dell Lifecycle), `redfish/iml` and `redfish/iel` (HPE),
+//!   `redfish/platformlog` (Lenovo); inventory `hardware`.
 
 mod client;
 mod logs;
@@ -78,9 +84,10 @@ pub struct RedfishConfig {
     /// certificates name the BMC, `idrac-F54P1G3`, not the address used to reach it).
     #[serde(default)]
     pub server_name: Option<String>,
-    /// Trust exactly the certificate with this SHA-256 (`"sha256:AB:CD:…"`, as `openssl x509
-    /// -noout -fingerprint -sha256` prints it), whatever its issuer, name and dates: for
-    /// the BMC's own self-signed certificate. Not together with `ca_file` or `server_name`.
+    /// Trust exactly the certificate with this SHA-256 (`"sha256:AB:CD:…"`; the output of
+    /// `openssl x509 -noout -fingerprint -sha256`, `sha256 Fingerprint=AB:CD:…`, is taken
+    /// as it is), whatever its issuer, name and dates: for the BMC's own self-signed
+    /// certificate. Not together with `ca_file` or `server_name`.
     #[serde(default)]
     pub tls_fingerprint: Option<String>,
     /// Skip certificate verification (explicit, logged as a warning).
@@ -156,9 +163,9 @@ pub enum RedfishError {
     #[error("redfish: password_file {path} is empty")]
     EmptyPassword { path: PathBuf },
     #[error(
-        "redfish: password_file {path} is readable by everyone (mode {mode:o}); as root run `chgrp {group} {path} && chmod 0640 {path}` (the service's group may read it, nobody else)"
+        "redfish: password_file {path} is readable by everyone (mode {mode:o}); as root run `chgrp {group} {word} && chmod 0640 {word}` (the service's group may read it, nobody else)"
     )]
-    WorldReadable { path: PathBuf, mode: u32, group: String },
+    WorldReadable { path: PathBuf, mode: u32, group: String, word: String },
     #[error("redfish: cannot read ca_file {path}: {reason}")]
     CaFile { path: PathBuf, reason: String },
     #[error("redfish: invalid {field}: {reason}")]
@@ -198,19 +205,35 @@ pub struct RedfishProbe {
 /// The group the password file should belong to: the agent's own when it runs as a
 /// service user, the packaged service's group when run as root (`check-config`, `test`).
 fn service_group() -> String {
-    // SAFETY: getegid has no preconditions; getgrgid returns null or a pointer to a static
-    // record that is read at once, on this thread, before any other getgr* call.
+    // SAFETY: getegid has no preconditions.
+    let gid = unsafe { libc::getegid() };
+    if gid == 0 {
+        return "pikett-agent".to_string();
+    }
+    let mut group: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 4096];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrgid_r writes only into `group` and `buf`, which we own and size, and
+    // sets `found` to `&mut group` or null; the name is read while both are alive.
     unsafe {
-        let gid = libc::getegid();
-        if gid != 0 {
-            let gr = libc::getgrgid(gid);
-            if !gr.is_null() && !(*gr).gr_name.is_null() {
-                return std::ffi::CStr::from_ptr((*gr).gr_name).to_string_lossy().into_owned();
-            }
-            return gid.to_string();
+        if libc::getgrgid_r(gid, &mut group, buf.as_mut_ptr(), buf.len(), &mut found) == 0
+            && !found.is_null()
+            && !group.gr_name.is_null()
+        {
+            return std::ffi::CStr::from_ptr(group.gr_name).to_string_lossy().into_owned();
         }
     }
-    "pikett-agent".to_string()
+    gid.to_string()
+}
+
+/// A path as one shell word, for the commands in error hints.
+fn shell_word(path: &Path) -> String {
+    let p = path.display().to_string();
+    if p.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c)) {
+        p
+    } else {
+        format!("'{}'", p.replace('\'', "'\\''"))
+    }
 }
 
 /// Reads the password file: refuses world-readable files, strips the trailing newline.
@@ -219,7 +242,7 @@ fn service_group() -> String {
 fn read_password(path: &Path) -> Result<String, RedfishError> {
     let unreadable = |source: std::io::Error| {
         let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
-            let (group, path) = (service_group(), path.display());
+            let (group, path) = (service_group(), shell_word(path));
             format!("; as root run `chgrp {group} {path} && chmod 0640 {path}` so that the service's group may read it")
         } else {
             String::new()
@@ -232,7 +255,12 @@ fn read_password(path: &Path) -> Result<String, RedfishError> {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o004 != 0 {
-            return Err(RedfishError::WorldReadable { path: path.into(), mode, group: service_group() });
+            return Err(RedfishError::WorldReadable {
+                path: path.into(),
+                mode,
+                group: service_group(),
+                word: shell_word(path),
+            });
         }
     }
     let _ = meta;

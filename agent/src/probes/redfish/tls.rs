@@ -30,13 +30,15 @@ use crate::probes::checks::tls::{client_config, load_ca_file, platform_verifier}
 pub struct Fingerprint(pub [u8; 32]);
 
 impl Fingerprint {
-    /// `sha256:` followed by 64 hex digits, colons allowed between bytes (as `openssl x509
-    /// -fingerprint -sha256` prints them), any case.
+    /// `sha256:` followed by 64 hex digits, colons allowed between bytes, any case; also
+    /// `openssl x509 -noout -fingerprint -sha256`'s own line, `sha256 Fingerprint=AB:CD:…`.
     pub fn parse(text: &str) -> Result<Fingerprint, String> {
-        let hex = text
-            .trim()
-            .strip_prefix("sha256:")
-            .or_else(|| text.trim().strip_prefix("SHA256:"))
+        let t = text.trim();
+        let lower = t.to_ascii_lowercase();
+        let hex = ["sha256:", "sha256 fingerprint="]
+            .iter()
+            .find(|p| lower.starts_with(**p))
+            .map(|p| &t[p.len()..])
             .ok_or_else(|| format!("{text:?} does not start with \"sha256:\""))?;
         let digits: String = hex.chars().filter(|c| *c != ':').collect();
         if digits.len() != 64 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -223,6 +225,8 @@ mod tests {
         assert_eq!(Fingerprint::parse(&plain).unwrap(), Fingerprint([0x0F; 32]));
         assert_eq!(Fingerprint([0xAB; 32]).to_string(), colons);
         assert!(Fingerprint::parse(&"ab".repeat(32)).unwrap_err().contains("sha256:"));
+        let openssl = "sha256 Fingerprint=".to_string() + &["AB"; 32].join(":");
+        assert_eq!(Fingerprint::parse(&openssl).unwrap(), Fingerprint([0xAB; 32]));
         assert!(Fingerprint::parse("sha256:abcd").unwrap_err().contains("64 hex digits"));
         assert!(Fingerprint::parse(&("sha256:".to_string() + &"zz".repeat(32))).is_err());
     }
