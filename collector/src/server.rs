@@ -145,6 +145,7 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         metrics: metrics.clone(),
         require_client_cert,
         latest,
+        shutdown: shutdown.clone(),
     };
     let enroll = EnrollService {
         ca: ca.clone(),
@@ -205,27 +206,43 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         .add_service(ReportsServer::new(reports))
         .add_service(IncidentsServer::new(IncidentsGrpc { incidents, access }))
         .add_service(EnrollServer::new(enroll));
+    let mut stopping = shutdown.clone();
     let stop = async move {
-        let _ = shutdown.changed().await;
+        let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
     };
-    match tls_config {
-        Some(tls_config) => {
-            let refused = metrics.clone();
-            let accepted = crate::api::listener::accept(listener, tls_config, move |reason| {
-                refused.rejected_connections_total.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
-            });
-            router.serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(accepted), stop).await
+    let served = async move {
+        match tls_config {
+            Some(tls_config) => {
+                let refused = metrics.clone();
+                let accepted = crate::api::listener::accept(listener, tls_config, move |reason| {
+                    refused.rejected_connections_total.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+                });
+                router.serve_with_incoming_shutdown(tokio_stream::wrappers::ReceiverStream::new(accepted), stop).await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop)
+                    .await
+            }
         }
-        None => {
-            router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop).await
-        }
+    };
+    // Streams end on the signal (IngestService); a client that keeps any other call open
+    // gets STOP_GRACE, then the server is dropped with its connections.
+    tokio::select! {
+        served = served => served.context("gRPC server")?,
+        _ = async {
+            let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+            tokio::time::sleep(STOP_GRACE).await;
+        } => tracing::warn!(grace = ?STOP_GRACE, "calls still open after the grace period; closing them"),
     }
-    .context("gRPC server")?;
     ready.store(false, Ordering::Release);
     store.flush().await?;
     tracing::info!("collector stopped");
     Ok(())
 }
+
+/// How long, after SIGTERM, calls other than agent streams may take to finish.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The clock's side of the fault engine (host timeouts, maintenance and
 /// silence boundaries) and the host status gauges, once a second.

@@ -32,6 +32,10 @@ pub struct IngestService {
     pub metrics: Arc<Metrics>,
     pub require_client_cert: bool,
     pub latest: Arc<crate::services::latest::LatestSamples>,
+    /// Turns true when the collector stops: every stream then ends (after the answers to
+    /// the batches already read), so the process exits on time instead of waiting for
+    /// the agents to hang up.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What the acker answers next, in the order the batches came.
@@ -200,13 +204,24 @@ impl Ingest for IngestService {
         let metrics = self.metrics.clone();
         let (identity, require_client_cert) = (self.identity.clone(), self.require_client_cert);
         let stream_serial = request_serial.clone();
+        let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let _guard = guard;
             // The sequence rules of one stream (ingest.proto): no second hello, no seq 0,
             // increasing numbers. A gap is allowed (the agent dropped batches) but logged.
             let mut previous: Option<u64> = None;
             loop {
-                let msg = match inbound.message().await {
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => {
+                        // What was read is still answered; then the agent is told to go.
+                        let status = Status::unavailable("the collector is shutting down; reconnect later");
+                        let _ = pending_tx.send(Pending::Refuse(status)).await;
+                        tracing::info!(host_id = %host_id, "collector shutting down: stream ended");
+                        break;
+                    }
+                };
+                let msg = match next {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     // A message over the size limit: tell the agent why (after the answers to
