@@ -19,6 +19,9 @@ struct Cli {
     /// The agent's configuration file.
     #[arg(long, global = true, default_value = "/etc/pikett/agent.toml", env = "PIKETT_AGENT_CONFIG")]
     config: PathBuf,
+    /// Log lines on stderr: `text` (colours only on a terminal) or `json` (one object per line).
+    #[arg(long, global = true, default_value = "text", env = "PIKETT_LOG_FORMAT")]
+    log_format: pikett_support::service::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,12 +52,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: journald and log files show them as garbage.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    pikett_support::service::init_logging(cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let config = match AgentConfig::load(&cli.config) {
@@ -95,6 +93,7 @@ fn main() -> ExitCode {
                 tokio::spawn(async move {
                     pikett_support::wait_for_signal().await;
                     tracing::info!("shutting down");
+                    pikett_support::service::notify_stopping();
                     let _ = tx.send(true);
                 });
                 pikett_agent::runtime::run(config, host_id, rx).await.map(|()| ExitCode::SUCCESS)

@@ -62,7 +62,11 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     drop(obs_tx);
 
     let wake = Arc::new(Notify::new());
-    let batcher = tokio::spawn(batcher(obs_rx, spool.clone(), wake.clone(), config.batch_interval, status_tx));
+    // The watchdog (WatchdogSec=) is fed while the batcher turns: it cuts a batch every
+    // batch_interval, so a hung spool or batcher gets the agent restarted.
+    let heartbeats = pikett_support::service::Heartbeats::new();
+    let beat = heartbeats.register("batcher", config.batch_interval * 3);
+    let batcher = tokio::spawn(batcher(obs_rx, spool.clone(), wake.clone(), config.batch_interval, status_tx, beat));
     let uplink = Uplink {
         collectors: config.collectors.clone(),
         ack_timeout: config.ack_timeout,
@@ -84,6 +88,16 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     let renewal = tokio::spawn(crate::enroll::renewal(config.clone(), host_id_for_renewal, shutdown.clone()));
     let (uplink_stop, uplink_stop_rx) = watch::channel(false);
     let uplink_task = tokio::spawn(uplink.run(uplink_stop_rx));
+    let watchdog = tokio::spawn(heartbeats.feed_watchdog());
+    pikett_support::service::notify_ready(&status_line(&spool));
+    let status_spool = spool.clone();
+    let status_task = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            every.tick().await;
+            pikett_support::service::notify_status(&status_line(&status_spool));
+        }
+    });
 
     // Probe tasks end on shutdown; the batcher ends when they all have (and spools what is left);
     // then the uplink sends what is spooled, for a bounded time.
@@ -100,6 +114,8 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
         tracing::info!("collector did not take the rest of the spool in time; it is sent after restart");
     }
     renewal.abort();
+    watchdog.abort();
+    status_task.abort();
     if let Err(e) = spool.flush().await {
         tracing::warn!(error = %e, "final spool flush failed");
     }
@@ -107,6 +123,14 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     match batcher_result {
         Ok(r) => r,
         Err(e) => Err(anyhow::anyhow!("batcher task failed: {e}")),
+    }
+}
+
+/// The `STATUS=` line `systemctl status` shows.
+fn status_line(spool: &Spool) -> String {
+    match spool.pending() {
+        0 => "running; every batch delivered".to_string(),
+        n => format!("running; {n} batches spooled, waiting for the collector"),
     }
 }
 
@@ -205,6 +229,7 @@ async fn batcher(
     wake: Arc<Notify>,
     every: Duration,
     status: watch::Sender<Option<pb::AgentStatus>>,
+    beat: pikett_support::service::Beat,
 ) -> anyhow::Result<()> {
     let mut held = Unspooled::default();
     // Set while the spool cannot be written: the error the agent reports.
@@ -215,6 +240,7 @@ async fn batcher(
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        beat.beat();
         // A batch is cut at every tick, when it is large, and when the probes have stopped.
         let (cut, closed) = tokio::select! {
             msg = rx.recv() => match msg {

@@ -15,6 +15,9 @@ struct Cli {
     /// path, embedded defaults apply (loopback, sled under data_dir).
     #[arg(long, global = true, env = "PIKETT_COLLECTOR_CONFIG")]
     config: Option<PathBuf>,
+    /// Log lines on stderr: `text` (colours only on a terminal) or `json` (one object per line).
+    #[arg(long, global = true, default_value = "text", env = "PIKETT_LOG_FORMAT")]
+    log_format: pikett_support::service::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -139,12 +142,7 @@ fn main() -> ExitCode {
     if let Command::Sla { contract, outages, maintenance, month, output } = &cli.command {
         return sla(contract, outages, maintenance.as_deref(), month, *output);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: journald and log files show them as garbage.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    pikett_support::service::init_logging(cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let (source, config) = match load_config(cli.config.as_ref()) {
@@ -171,6 +169,7 @@ fn main() -> ExitCode {
                 tokio::spawn(async move {
                     pikett_support::wait_for_signal().await;
                     tracing::info!("shutting down");
+                    pikett_support::service::notify_stopping();
                     let _ = tx.send(true);
                 });
                 tracing::info!(config = %source, "starting");

@@ -196,9 +196,31 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
             }
         }
     });
-    tokio::spawn(clock_tick(store.clone(), faults.clone(), metrics.clone(), config.host_timeout, transitions_tx));
+    // The watchdog (WatchdogSec=) is fed while the clock turns: it takes the store and the
+    // fault engine every second, so a deadlock or a hung disk there gets the collector
+    // restarted.
+    let heartbeats = pikett_support::service::Heartbeats::new();
+    let clock_beat = heartbeats.register("clock", Duration::from_secs(3));
+    tokio::spawn(clock_tick(
+        store.clone(),
+        faults.clone(),
+        metrics.clone(),
+        config.host_timeout,
+        transitions_tx,
+        clock_beat,
+    ));
+    tokio::spawn(heartbeats.feed_watchdog());
 
     ready.store(true, Ordering::Release);
+    pikett_support::service::notify_ready(&status_line(&metrics, &store));
+    let (status_metrics, status_store) = (metrics.clone(), store.clone());
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            every.tick().await;
+            pikett_support::service::notify_status(&status_line(&status_metrics, &status_store));
+        }
+    });
     tracing::info!(listen = %config.listen, http = %config.http_listen, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "collector serving");
     let router = builder
         .add_service(IngestServer::new(ingest).max_decoding_message_size(MAX_MESSAGE_BYTES))
@@ -241,6 +263,11 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     Ok(())
 }
 
+/// The `STATUS=` line `systemctl status` shows: agents streaming, hosts known.
+fn status_line(metrics: &Metrics, store: &BatchLog) -> String {
+    format!("serving; {} agent streams, {} hosts", metrics.streams.get(), store.active_hosts().len())
+}
+
 /// How long, after SIGTERM, calls other than agent streams may take to finish.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -252,10 +279,16 @@ async fn clock_tick(
     metrics: Arc<Metrics>,
     configured_timeout: Option<Duration>,
     transitions: mpsc::UnboundedSender<Vec<Transition>>,
+    beat: pikett_support::service::Beat,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        // Fault injection (feature `failpoints`, `FAILPOINTS=clock-hang=sleep(600000)`): a
+        // clock loop that hangs, for the watchdog test.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("clock-hang");
+        beat.beat();
         let now = jiff::Timestamp::now();
         let hosts = store.active_hosts();
         let timeouts: HashMap<String, Duration> =

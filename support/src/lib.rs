@@ -4,6 +4,9 @@
 //!   of the form `FILE:LINE:COLUMN: problem`.
 //! - [`wait_for_signal`] — the shutdown signal of a service (SIGTERM from systemd, SIGINT
 //!   from a terminal).
+//! - [`service`] — log format, readiness, status and the watchdog towards systemd.
+
+pub mod service;
 
 /// 1-based line and column (in characters) of a byte offset in `text`.
 pub fn line_column(text: &str, offset: usize) -> (usize, usize) {

@@ -109,6 +109,10 @@ fn unit_files_carry_the_hardening_keys() {
         assert_eq!(one("NoNewPrivileges"), "yes");
         assert_eq!(one("PrivateTmp"), "yes");
         assert_eq!(one("Restart"), "on-failure");
+        // Readiness and liveness from the service itself (READY=1, WATCHDOG=1).
+        assert_eq!(one("Type"), "notify");
+        assert_eq!(one("NotifyAccess"), "main");
+        assert_eq!(one("WatchdogSec"), "30s");
         // The only writable path is the state directory.
         assert_eq!(one("ReadWritePaths"), format!("/var/lib/{user}"));
         assert_eq!(one("StateDirectory"), user);
