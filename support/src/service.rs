@@ -81,9 +81,12 @@ fn notify(states: &[NotifyState<'_>]) {
 /// [`Beat::beat`] every turn; the watchdog task pings systemd only while every loop has
 /// beaten within its allowance, so a hung loop gets the service restarted
 /// (`WatchdogSec=`), not just a hung process.
+/// A registered loop: its name, its allowance, and when it last beat (ms since start).
+type Loop = (String, Duration, Arc<AtomicI64>);
+
 #[derive(Clone, Default)]
 pub struct Heartbeats {
-    loops: Arc<Mutex<Vec<(String, Duration, Arc<AtomicI64>)>>>,
+    loops: Arc<Mutex<Vec<Loop>>>,
     start: Option<Instant>,
     /// systemd's watchdog interval in ms once known: no loop is held to less.
     watchdog_ms: Arc<AtomicI64>,
