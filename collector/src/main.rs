@@ -125,6 +125,14 @@ fn sla(contract: &Path, outages: &Path, maintenance: Option<&Path>, month: &str,
     }
 }
 
+/// The file the configuration is read from (for reloads), if any.
+fn config_path(path: Option<&PathBuf>) -> Option<PathBuf> {
+    match path {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
+    }
+}
+
 fn load_config(path: Option<&PathBuf>) -> Result<(String, CollectorConfig), Vec<String>> {
     match path {
         Some(p) => CollectorConfig::load(p)
@@ -173,7 +181,7 @@ fn main() -> ExitCode {
                     let _ = tx.send(true);
                 });
                 tracing::info!(config = %source, "starting");
-                pikett_collector::server::serve(config, rx).await
+                pikett_collector::server::serve_from(config, config_path(cli.config.as_ref()), rx).await
             }),
             Err(e) => Err(anyhow::anyhow!("cannot start the runtime: {e}")),
         },

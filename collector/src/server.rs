@@ -48,7 +48,17 @@ const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Concurrent HTTP/2 streams per connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 
-pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn serve(config: CollectorConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    serve_from(config, None, shutdown).await
+}
+
+/// [`serve`], with the file the configuration came from: SIGHUP reloads it
+/// ([`crate::services::reload`]).
+pub async fn serve_from(
+    config: CollectorConfig,
+    config_path: Option<std::path::PathBuf>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let storage: Arc<dyn Storage> =
         Arc::new(SledStorage::open_with(&config.data_dir, config.store_cache_bytes, config.store_fsync)?);
     let files = BatchFiles::open(
@@ -93,8 +103,14 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     let patches = Arc::new(crate::services::patches::PatchService::from_config(storage.as_ref(), &config)?);
     let writer = spawn_writer(store.clone(), faults.clone(), patches.clone(), metrics.clone(), transitions_tx.clone());
     crate::services::patches::spawn_evaluator(patches.clone(), faults.clone(), storage.clone(), transitions_tx.clone());
-    let reports =
-        crate::api::reports::ReportsService::new(&config, store.clone(), faults.clone(), patches, access.clone())?;
+    let reports = crate::api::reports::ReportsService::new(
+        &config,
+        store.clone(),
+        faults.clone(),
+        patches,
+        access.clone(),
+        pager.clone(),
+    )?;
     let ready = Arc::new(AtomicBool::new(false));
 
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
@@ -153,6 +169,7 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
         validity: config.tls.as_ref().map_or(Duration::from_secs(90 * 86_400), |t| t.client_cert_validity),
     };
     let pager_for_retention = pager.clone();
+    let pager_for_reload = pager.clone();
     let admin = AdminService {
         store: store.clone(),
         faults: faults.clone(),
@@ -211,6 +228,10 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     ));
     tokio::spawn(heartbeats.feed_watchdog());
 
+    let reloader =
+        Arc::new(crate::services::reload::Reloader::new(config_path, config.clone(), faults.clone(), pager_for_reload));
+    tokio::spawn(reload_on_sighup(reloader.clone(), metrics.clone(), store.clone()));
+
     ready.store(true, Ordering::Release);
     pikett_support::service::notify_ready(&status_line(&metrics, &store));
     let (status_metrics, status_store) = (metrics.clone(), store.clone());
@@ -261,6 +282,36 @@ pub async fn serve(config: CollectorConfig, mut shutdown: watch::Receiver<bool>)
     store.flush().await?;
     tracing::info!("collector stopped");
     Ok(())
+}
+
+/// SIGHUP (`systemctl reload`): reloads the configuration file; an invalid one is
+/// refused and logged with every error, the configuration in force stays.
+async fn reload_on_sighup(
+    reloader: Arc<crate::services::reload::Reloader>,
+    metrics: Arc<Metrics>,
+    store: Arc<BatchLog>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: reload needs a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        pikett_support::service::notify_reloading();
+        match reloader.reload() {
+            Ok(r) if r.restart_needed.is_empty() => tracing::info!("configuration reloaded"),
+            Ok(r) => tracing::warn!(
+                restart_needed = ?r.restart_needed,
+                "configuration reloaded; these changes take effect only at the next restart"
+            ),
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!(error = %e, "configuration reload refused; the configuration in force stays");
+                }
+            }
+        }
+        pikett_support::service::notify_ready(&status_line(&metrics, &store));
+    }
 }
 
 /// The `STATUS=` line `systemctl status` shows: agents streaming, hosts known.

@@ -113,6 +113,9 @@ fn unit_files_carry_the_hardening_keys() {
         assert_eq!(one("Type"), "notify");
         assert_eq!(one("NotifyAccess"), "main");
         assert_eq!(one("WatchdogSec"), "30s");
+        if user == "pikett-collector" {
+            assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+        }
         // The only writable path is the state directory.
         assert_eq!(one("ReadWritePaths"), format!("/var/lib/{user}"));
         assert_eq!(one("StateDirectory"), user);

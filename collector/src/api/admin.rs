@@ -145,7 +145,7 @@ impl Admin for AdminService {
                 .sum();
             open_faults.push(pb::SeverityCount { severity: name_of(&sev), count: n });
         }
-        let on_call = if self.pager.people().is_empty() { Vec::new() } else { self.on_call(now) };
+        let on_call = if !self.pager.has_people() { Vec::new() } else { self.on_call(now) };
         Ok(Response::new(pb::StatusReply {
             hosts_up: up,
             hosts_down: hosts.len() as u32 - up,

@@ -123,12 +123,8 @@ impl Incidents for IncidentsGrpc {
         let faults = self.incidents.faults_of(&inc);
         let maintenance: Vec<pikett_core::faults::Maintenance> =
             self.incidents.faults.with_engine(|e| e.maintenances().cloned().collect());
-        let contract = self
-            .incidents
-            .customers
-            .get(&inc.customer)
-            .and_then(|c| c.sla.as_deref())
-            .and_then(|name| self.incidents.contracts.get(name).map(|c| (name, c)));
+        let plan = self.incidents.pager.plan();
+        let contract = plan.contract_of(&inc.customer);
         let markdown = report::render(&report::ReportInput {
             incident: &inc,
             faults: &faults,

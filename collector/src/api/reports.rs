@@ -7,7 +7,7 @@
 //! faults of those hosts (any check) opened inside the reported period (contract time zone),
 //! opened → first acknowledgement.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -17,7 +17,7 @@ use pikett_proto::v1::reports_server::Reports;
 use tonic::{Request, Response, Status};
 
 use crate::api::access::Access;
-use crate::config::{CollectorConfig, CustomerConfig};
+use crate::config::CollectorConfig;
 use crate::services::batches::BatchLog;
 use crate::services::causes::{SlaCauses, cause_name};
 use crate::services::faults::FaultService;
@@ -32,8 +32,8 @@ pub struct ReportsService {
     faults: Arc<FaultService>,
     patches: Arc<PatchService>,
     causes: SlaCauses,
-    customers: BTreeMap<String, CustomerConfig>,
-    contracts: BTreeMap<String, Contract>,
+    /// Customers and contracts come from the on-call plan, which a reload replaces.
+    pager: Arc<crate::services::pager::Pager>,
     pub access: Arc<Access>,
     /// `[retention] faults`: reports for months older than this would see no faults.
     fault_retention: std::time::Duration,
@@ -46,18 +46,10 @@ impl ReportsService {
         faults: Arc<FaultService>,
         patches: Arc<PatchService>,
         access: Arc<Access>,
+        pager: Arc<crate::services::pager::Pager>,
     ) -> anyhow::Result<ReportsService> {
         let causes = SlaCauses::open(store.storage().clone())?;
-        Ok(ReportsService {
-            store,
-            faults,
-            patches,
-            causes,
-            customers: config.customers.clone(),
-            contracts: config.sla.clone(),
-            access,
-            fault_retention: config.retention.faults,
-        })
+        Ok(ReportsService { store, faults, patches, causes, pager, access, fault_retention: config.retention.faults })
     }
 
     /// Every classification, by fault id.
@@ -65,15 +57,16 @@ impl ReportsService {
         self.causes.all().map_err(|e| Status::internal(e.to_string()))
     }
 
-    fn contract_of(&self, customer: &str) -> Result<(&str, &Contract), Status> {
-        let c = self.customers.get(customer).ok_or_else(|| {
+    fn contract_of(&self, customer: &str) -> Result<(String, Contract), Status> {
+        let plan = self.pager.plan();
+        let c = plan.customers.get(customer).ok_or_else(|| {
             Status::not_found(format!("no customer {customer:?} in the collector config ([customers.{customer}])"))
         })?;
         let name = c.sla.as_deref().ok_or_else(|| {
             Status::failed_precondition(format!("customer {customer:?} has no SLA contract (sla = ...)"))
         })?;
-        let contract = self.contracts.get(name).ok_or_else(|| Status::internal(format!("no [sla.{name}] contract")))?;
-        Ok((name, contract))
+        let contract = plan.contracts.get(name).ok_or_else(|| Status::internal(format!("no [sla.{name}] contract")))?;
+        Ok((name.to_string(), contract.clone()))
     }
 }
 
@@ -198,7 +191,7 @@ impl Reports for ReportsService {
         let causes = self.causes()?;
         let outages = sla::live::derive_outages(&faults, &contract.checks, &causes, now);
         let internal = |e: sla::SlaError| Status::internal(e.to_string());
-        let mut ledger = Ledger::new(contract, &outages, &maintenance).map_err(internal)?;
+        let mut ledger = Ledger::new(&contract, &outages, &maintenance).map_err(internal)?;
         for h in &hosts {
             ledger.add_host(h);
         }

@@ -401,7 +401,8 @@ pub struct OutboxStats {
 
 struct Inner {
     store: Box<dyn OutboxStore>,
-    channels: ChannelMap,
+    /// Replaced whole by a reload ([`Outbox::set_channels`]); sends in flight keep theirs.
+    channels: std::sync::RwLock<Arc<ChannelMap>>,
     cfg: OutboxConfig,
     clock: Arc<dyn Clock>,
     outcomes: mpsc::UnboundedSender<Outcome>,
@@ -432,6 +433,12 @@ impl Worker {
 }
 
 impl Outbox {
+    /// Sends from now on go through `channels` (a configuration reload). Pending
+    /// notifications keep their place and go out through the new channels.
+    pub fn set_channels(&self, channels: ChannelMap) {
+        *self.inner.channels.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(channels);
+    }
+
     /// An outbox over `store` sending through `channels`. Outcomes arrive on the receiver;
     /// nothing is sent until [`Outbox::start`] (or [`Outbox::run_due`]) is called.
     pub fn new(
@@ -444,7 +451,7 @@ impl Outbox {
         let permits = cfg.concurrency.max(1);
         let inner = Inner {
             store: Box::new(store),
-            channels,
+            channels: std::sync::RwLock::new(Arc::new(channels)),
             cfg,
             clock,
             outcomes: tx,
@@ -609,7 +616,8 @@ async fn attempt(inner: Arc<Inner>, mut entry: Entry) -> Outcome {
         // The semaphore is never closed; if it were, sending without a permit is still right.
         let _permit = inner.limit.acquire().await.ok();
         let n = &entry.notification;
-        Some(match inner.channels.get(&n.channel) {
+        let channel = inner.channels.read().unwrap_or_else(|p| p.into_inner()).get(&n.channel).cloned();
+        Some(match channel {
             Some(channel) => channel.send(n).await,
             None => Err(ChannelError::Permanent(format!("no [channels.{}] configured", n.channel))),
         })

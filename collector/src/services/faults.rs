@@ -266,6 +266,11 @@ impl FaultService {
     }
 
     /// Runs a staff action or query on the engine and persists what it changed.
+    /// A configuration reload: the new fault settings and rules apply from the next result.
+    pub fn reload(&self, config: EngineConfig) {
+        self.lock().set_config(config);
+    }
+
     pub fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
         let mut engine = self.lock();
         let r = f(&mut engine);

@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex};
 use jiff::Timestamp;
 use pikett_core::faults::{EventKind, Fault, FaultFilter, Transition};
 use pikett_core::incidents::{FaultRef, Grouping, Incident, IncidentError, Incidents, fault_ref};
-use pikett_core::sla::Contract;
 
-use crate::config::{CollectorConfig, CustomerConfig};
+use crate::config::CollectorConfig;
 use crate::services::faults::FaultService;
 use crate::services::pager::Pager;
 use crate::store::{Storage, StoreError, Tree, WriteBatch};
@@ -40,8 +39,6 @@ pub struct IncidentService {
     grouping: Grouping,
     pub(crate) faults: Arc<FaultService>,
     pub(crate) pager: Arc<Pager>,
-    pub(crate) customers: BTreeMap<String, CustomerConfig>,
-    pub(crate) contracts: BTreeMap<String, Contract>,
 }
 
 impl IncidentService {
@@ -75,8 +72,6 @@ impl IncidentService {
             grouping: config.incidents.grouping(),
             faults,
             pager,
-            customers: config.customers.clone(),
-            contracts: config.sla.clone(),
         };
         let now = Timestamp::now();
         let (failing, resolved) = service.faults.with_engine(|e| {

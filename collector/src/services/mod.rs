@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod pager;
 pub mod patches;
 pub mod pki;
+pub mod reload;
 pub mod retention;
 pub mod self_check;
 pub mod staff;

@@ -45,10 +45,37 @@ pub struct Pager {
     _worker: Mutex<Option<Worker>>,
     faults: Arc<FaultService>,
     metrics: Arc<Metrics>,
-    people: BTreeMap<String, Person>,
-    rotations: Vec<Rotation>,
-    escalation: EscalationConfig,
-    customers: BTreeMap<String, CustomerConfig>,
+    /// The on-call plan; replaced whole by a reload ([`Pager::reload`]).
+    plan: std::sync::RwLock<Arc<Plan>>,
+}
+
+/// Who is paged, how, and which customers get copies: the parts of the configuration
+/// a reload changes while escalations run on.
+pub struct Plan {
+    pub people: BTreeMap<String, Person>,
+    pub rotations: Vec<Rotation>,
+    pub escalation: EscalationConfig,
+    pub customers: BTreeMap<String, CustomerConfig>,
+    /// SLA contracts by name (`[sla.NAME]`), for incident and SLA reports.
+    pub contracts: BTreeMap<String, pikett_core::sla::Contract>,
+}
+
+impl Plan {
+    fn of(config: &CollectorConfig) -> Plan {
+        Plan {
+            people: config.people.clone(),
+            rotations: config.rotations.clone(),
+            escalation: config.escalation.clone(),
+            customers: config.customers.clone(),
+            contracts: config.sla.clone(),
+        }
+    }
+
+    /// A customer's SLA contract: (name, contract).
+    pub fn contract_of(&self, customer: &str) -> Option<(&str, &pikett_core::sla::Contract)> {
+        let name = self.customers.get(customer)?.sla.as_deref()?;
+        self.contracts.get(name).map(|c| (name, c))
+    }
 }
 
 const OVERRIDES_KEY: &[u8] = b"overrides";
@@ -113,10 +140,7 @@ pub fn spawn(
         _worker: Mutex::new(Some(worker)),
         faults,
         metrics,
-        people: config.people.clone(),
-        rotations: config.rotations.clone(),
-        escalation: config.escalation.clone(),
-        customers: config.customers.clone(),
+        plan: std::sync::RwLock::new(Arc::new(Plan::of(config))),
     });
     let p = pager.clone();
     tokio::spawn(async move {
@@ -137,6 +161,21 @@ pub fn spawn(
 impl Pager {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The on-call plan in force.
+    pub fn plan(&self) -> Arc<Plan> {
+        self.plan.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A configuration reload: the new plan and channels apply from the next step of
+    /// every escalation on. A page already sent stays sent; an escalation whose next
+    /// step names a person no longer in the rotation pages whoever holds the role now.
+    pub fn reload(&self, config: &CollectorConfig) -> anyhow::Result<()> {
+        let channels = config.channels.build().map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.outbox.set_channels(channels);
+        *self.plan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Plan::of(config));
+        Ok(())
     }
 
     /// At start-up: acts on the transitions the escalations missed while the collector was
@@ -167,20 +206,22 @@ impl Pager {
 
     /// Who holds each role at `at`.
     pub fn roster(&self, at: Timestamp) -> Vec<(Role, Option<String>)> {
+        let plan = self.plan();
         let st = self.lock();
-        pikett_core::oncall::roster(&self.rotations, &st.overrides, at)
+        pikett_core::oncall::roster(&plan.rotations, &st.overrides, at)
             .into_iter()
             .map(|(r, p)| (r, p.map(str::to_string)))
             .collect()
     }
 
-    pub fn people(&self) -> &BTreeMap<String, Person> {
-        &self.people
+    /// Whether anyone is configured to be paged.
+    pub fn has_people(&self) -> bool {
+        !self.plan().people.is_empty()
     }
 
     /// Adds an on-call override (validated) and persists it.
     pub async fn add_override(&self, ov: Override) -> Result<(), String> {
-        pikett_core::oncall::validate_override(&self.people, &ov).map_err(|e| e.to_string())?;
+        pikett_core::oncall::validate_override(&self.plan().people, &ov).map_err(|e| e.to_string())?;
         let json = {
             let mut st = self.lock();
             st.overrides.push(ov);
@@ -230,7 +271,8 @@ impl Pager {
 
     /// Sends a free-text notification (incident status update) to a customer's contacts.
     pub async fn notify_customer(&self, customer: &str, key: &str, subject: &str, text: &str, now: Timestamp) -> usize {
-        let Some(c) = self.customers.get(customer) else { return 0 };
+        let plan = self.plan();
+        let Some(c) = plan.customers.get(customer) else { return 0 };
         let mut sent = 0;
         for (i, contact) in c.contacts.iter().enumerate() {
             for (channel, to) in [(ChannelKind::Email, &contact.email), (ChannelKind::Sms, &contact.sms)] {
@@ -311,11 +353,12 @@ impl Pager {
             }
             EventKind::Resolved => {
                 let overrides = st.overrides.clone();
+                let plan = self.plan();
                 let ctx = Context {
-                    people: &self.people,
-                    rotations: &self.rotations,
+                    people: &plan.people,
+                    rotations: &plan.rotations,
                     overrides: &overrides,
-                    config: &self.escalation,
+                    config: &plan.escalation,
                 };
                 if let Some(e) = st.escalations.get_mut(&fault.id) {
                     actions = e.resolve(now, &ctx);
@@ -329,7 +372,8 @@ impl Pager {
 
     /// Premium customers (`copy_alerts`) get a copy of critical alarms and their resolution.
     async fn copy_to_customer(&self, fault: &Fault, kinds: &[NotificationKind], now: Timestamp) {
-        let Some(customer) = self.customers.get(&fault.customer) else { return };
+        let plan = self.plan();
+        let Some(customer) = plan.customers.get(&fault.customer) else { return };
         if !customer.copy_alerts || fault.severity != Severity::Critical {
             return;
         }
@@ -430,11 +474,12 @@ impl Pager {
         {
             let mut st = self.lock();
             let overrides = st.overrides.clone();
+            let plan = self.plan();
             let ctx = Context {
-                people: &self.people,
-                rotations: &self.rotations,
+                people: &plan.people,
+                rotations: &plan.rotations,
                 overrides: &overrides,
-                config: &self.escalation,
+                config: &plan.escalation,
             };
             for (id, e) in st.escalations.iter_mut() {
                 if e.next_wakeup().is_some_and(|t| t <= now) {

@@ -255,6 +255,12 @@ impl Engine {
         &self.config
     }
 
+    /// Replaces the configuration (a reload): open faults stay as they are; the new
+    /// `for`, flapping, dependency and rule settings apply from the next result on.
+    pub fn set_config(&mut self, config: EngineConfig) {
+        self.config = Arc::new(config);
+    }
+
     /// The configuration, shared (for callers that hold it while feeding the engine).
     pub fn shared_config(&self) -> Arc<EngineConfig> {
         Arc::clone(&self.config)
