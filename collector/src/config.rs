@@ -262,10 +262,20 @@ impl CollectorConfig {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<CollectorConfig, Vec<ConfigError>> {
-        let config: CollectorConfig = toml::from_str(text).map_err(|e| {
+        let mut config: CollectorConfig = toml::from_str(text).map_err(|e| {
             let (line, column) = pikett_support::toml_position(text, &e);
             vec![ConfigError::Parse { path: path.to_owned(), line, column, message: e.message().trim().to_string() }]
         })?;
+        // Warnings go by email unless the file says otherwise; without an email channel,
+        // by the first channel that is configured (sms, webhook, voice), so a file without
+        // email is not refused over a default it never chose.
+        let chose_warning_channel = toml::from_str::<toml::Table>(text)
+            .ok()
+            .and_then(|t| t.get("escalation").and_then(|e| e.get("warning_channel")).cloned())
+            .is_some();
+        if !chose_warning_channel {
+            config.escalation.warning_channel = config.channels.default_warning_channel();
+        }
         let problems = config.validate();
         if problems.is_empty() {
             Ok(config)
@@ -320,7 +330,12 @@ impl CollectorConfig {
             problems.extend(errors.iter().map(ToString::to_string));
         }
         if let Err(errors) = self.escalation.validate(&self.people, &self.rotations) {
-            problems.extend(errors.iter().map(|e| format!("escalation: {e}")));
+            problems.extend(errors.iter().map(|e| {
+                format!(
+                    "escalation: {e} (give them that address, or choose the channel warnings go by: \
+                     [escalation] warning_channel = \"sms\", \"email\", \"webhook\" or \"voice\")"
+                )
+            }));
         }
         for (name, contract) in &self.sla {
             if let Err(e) = contract.validate() {
@@ -403,5 +418,41 @@ mod tests {
     fn plaintext_off_loopback_is_refused() {
         let errs = CollectorConfig::parse(Path::new("c.toml"), "listen = \"0.0.0.0:9740\"\n").unwrap_err();
         assert!(errs[0].to_string().contains("loopback"));
+    }
+}
+
+#[cfg(test)]
+mod warning_channel_tests {
+    use super::*;
+
+    const SMS_ONLY: &str = r#"
+[people.alice]
+sms = "+4915100000001"
+rules = [ { channel = "sms" } ]
+
+[[rotations]]
+role = "primary"
+members = ["alice"]
+start = "2026-01-05T09:00:00"
+period = "1w"
+timezone = "Europe/Berlin"
+
+[channels.sms]
+gateways = ["http://127.0.0.1:1/send"]
+body = '{"to": "{{to}}", "text": "{{text}}"}'
+"#;
+
+    #[test]
+    fn without_email_warnings_go_by_a_configured_channel() {
+        let c = CollectorConfig::parse(Path::new("c.toml"), SMS_ONLY).expect("an sms-only plan is refused");
+        assert_eq!(c.escalation.warning_channel, pikett_core::oncall::Channel::Sms);
+    }
+
+    #[test]
+    fn an_unroutable_warning_channel_says_how_to_choose_another() {
+        let text = format!("[escalation]\nwarning_channel = \"email\"\n{SMS_ONLY}");
+        let errors = CollectorConfig::parse(Path::new("c.toml"), &text).expect_err("alice has no email");
+        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(all.iter().any(|e| e.contains("people.alice") && e.contains("warning_channel = \"sms\"")), "{all:?}");
     }
 }

@@ -32,7 +32,8 @@
 //!   pending (every attempt reported failed, or there was nobody to page).
 //! - Emergency mode pages all three roles at once, each round; the next round
 //!   after `ack_timeout` or when every notification of the round failed.
-//! - Warnings never page: one notification (`warning_channel`, default email)
+//! - Warnings never page: one notification (`warning_channel`, default email; the collector
+//!   picks a configured channel when the file has no email channel and sets none)
 //!   to the holder of `warning_role` (default primary), sent at the next moment
 //!   inside `support_hours`; its resolution goes out inside support hours too.
 //!   An unroutable or failed warning ends in `ChainExhausted { all_failed: true }`.

@@ -268,6 +268,23 @@ pub struct ChannelsConfig {
 pub type ChannelMap = HashMap<ChannelKind, Arc<dyn Channel>>;
 
 impl ChannelsConfig {
+    /// The channel warnings go by when `[escalation] warning_channel` is not set: email
+    /// when configured, else the first configured of sms, webhook, voice; email when none is.
+    pub fn default_warning_channel(&self) -> pikett_core::oncall::Channel {
+        use pikett_core::oncall::Channel;
+        if self.email.is_some() {
+            Channel::Email
+        } else if self.sms.is_some() {
+            Channel::Sms
+        } else if self.webhook.is_some() {
+            Channel::Webhook
+        } else if self.voice.is_some() {
+            Channel::Voice
+        } else {
+            Channel::Email
+        }
+    }
+
     /// The keys that hold a secret in the config file itself: a gateway URL with user
     /// info or a query string, or a header that looks like a credential and does not take
     /// it from a file (`{{secret:/path}}`).
