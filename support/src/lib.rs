@@ -25,6 +25,24 @@ pub fn toml_position(text: &str, e: &toml::de::Error) -> (usize, usize) {
     e.span().map_or((0, 0), |span| line_column(text, span.start))
 }
 
+/// An error with its causes, for people: `error sending request: client error (Connect):
+/// tcp connect error: Connection refused`. Top-level messages of reqwest, tonic and rustls
+/// are vague and the sources say why; a cause whose text is already said (layers often
+/// repeat their source's message) is skipped, so nothing reads twice.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = cause.source();
+    }
+    s
+}
+
 /// Waits for SIGTERM or SIGINT. If the handlers cannot be installed, waits forever (the
 /// process is then stopped by SIGKILL, as it would be without handlers).
 pub async fn wait_for_signal() {
@@ -53,6 +71,28 @@ mod tests {
         // Past the end, and inside a multi-byte character, stay in range.
         assert_eq!(line_column(text, 1000), (3, 1));
         assert_eq!(line_column(text, 7), (2, 1));
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let inner = E("Connection refused", None);
+        let repeated = E("tcp connect error", Some(Box::new(inner)));
+        let top = E("tcp connect error", Some(Box::new(repeated)));
+        assert_eq!(error_chain(&top), "tcp connect error: Connection refused");
+        let url = E("invalid URL, scheme is missing", Some(Box::new(E("invalid URL, scheme is missing", None))));
+        assert_eq!(error_chain(&url), "invalid URL, scheme is missing");
     }
 
     #[test]

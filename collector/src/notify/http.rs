@@ -273,15 +273,8 @@ pub(crate) async fn post(
 }
 
 /// reqwest's top-level messages are vague ("error sending request"); the sources say why.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    pikett_support::error_chain(e)
 }
 
 #[cfg(test)]
