@@ -168,6 +168,11 @@ fn main() -> ExitCode {
         Command::Ticket { host, customer, valid } => ticket(&config, &host, &customer, valid),
         Command::Token { command } => token(&config, command),
         Command::CheckConfig => {
+            // Built as `serve` builds them: gateway URLs, body templates, secret files.
+            if let Err(e) = config.channels.build() {
+                eprintln!("{source}: {e}");
+                return ExitCode::from(2);
+            }
             println!("{source}: OK");
             Ok(())
         }

@@ -22,6 +22,13 @@ fn config_typo_names_file_line_and_column_and_exits_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("collector.toml:2:1: unknown field `http_listn`"), "{err}");
 
+    // A channel `serve` could not build is caught by check-config too.
+    std::fs::write(&collector, "[channels.webhook]\nurl = \"not a url\"\n").unwrap();
+    let out = run("pikett-collector", &["--config", collector.to_str().unwrap(), "check-config"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("collector.toml") && err.contains("url"), "{err}");
+
     // A valid config passes.
     std::fs::write(&agent, "customer = \"acme\"\n").unwrap();
     let out = run("pikett-agent", &["--config", agent.to_str().unwrap(), "check-config"]);
