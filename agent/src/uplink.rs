@@ -277,11 +277,16 @@ pub async fn connect(url: &str, tls: Option<&TlsConfig>) -> Result<Channel, Stri
         .keep_alive_while_idle(true);
     if url.starts_with("https://") {
         let mut cfg = ClientTlsConfig::new();
-        if let Some(tls) = tls {
-            if let Some(ca) = &tls.ca_file {
+        // The collector's CA when given (and only it); else the public web roots, for a
+        // collector whose certificate comes from a public CA.
+        match tls.and_then(|t| t.ca_file.as_ref()) {
+            Some(ca) => {
                 let pem = std::fs::read(ca).map_err(|e| format!("tls.ca_file {}: {e}", ca.display()))?;
                 cfg = cfg.ca_certificate(Certificate::from_pem(pem));
             }
+            None => cfg = cfg.with_webpki_roots(),
+        }
+        if let Some(tls) = tls {
             if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
                 let c = std::fs::read(cert).map_err(|e| format!("tls.cert_file {}: {e}", cert.display()))?;
                 let k = std::fs::read(key).map_err(|e| format!("tls.key_file {}: {e}", key.display()))?;
