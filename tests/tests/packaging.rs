@@ -412,6 +412,11 @@ fn rpm_metadata_files_modes_and_scriptlets() {
             format!("d -rw-r--r-- root:root /usr/share/doc/{name}/README.md"),
             format!(" drwxr-x--- {user}:{user} /var/lib/{user}"),
         ]);
+        if name == "pikett-collector" {
+            for doc in ["pikett-alerts.yml", "pikett-alerts.test.yml"] {
+                expected.push(format!("d -rw-r--r-- root:root /usr/share/doc/{name}/{doc}"));
+            }
+        }
         expected.sort();
         let mut got: Vec<String> = files.lines().map(String::from).collect();
         got.sort();
@@ -566,4 +571,17 @@ fn upgrade_keeps_an_edited_config_and_leaves_rpmnew() {
     assert!(!root.path("/usr/bin/pikett-agent").exists());
     assert_eq!(std::fs::read_to_string(root.path("/etc/pikett/agent.toml.rpmsave")).unwrap(), edited);
     root.ids("pikett-agent");
+}
+
+/// The alerting rules for pikett's own health shipped with the collector pass promtool's
+/// checks and their unit tests (Debian's `prometheus` package brings promtool).
+#[test]
+fn alerting_rules_pass_promtool_test_rules() {
+    assert!(on_path("promtool"), "promtool not found: install Debian's prometheus package (cargo xtask test does)");
+    let dir = packaging_dir().join("prometheus");
+    let check = run(Command::new("promtool").arg("check").arg("rules").arg(dir.join("pikett-alerts.yml")));
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let test = run(Command::new("promtool").arg("test").arg("rules").arg("pikett-alerts.test.yml").current_dir(&dir));
+    let out = String::from_utf8_lossy(&test.stdout);
+    assert!(test.status.success() && out.contains("SUCCESS"), "{out}{}", String::from_utf8_lossy(&test.stderr));
 }

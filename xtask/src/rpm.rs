@@ -56,6 +56,8 @@ struct Spec {
     /// Weak dependencies (`Recommends:`): tools a probe uses when present, said
     /// unknown in its results when not.
     recommends: &'static [&'static str],
+    /// More documentation files: (path under packaging/, name under /usr/share/doc/NAME/).
+    extra_docs: &'static [(&'static str, &'static str)],
 }
 
 const PACKAGES: &[Spec] = &[
@@ -72,6 +74,7 @@ const PACKAGES: &[Spec] = &[
         // needs-restarting -r tells the patches probe whether a reboot is required; a file
         // dependency, since dnf-utils (EL8, EL9) and yum-utils (EL7) both provide it.
         recommends: &["/usr/bin/needs-restarting"],
+        extra_docs: &[],
     },
     Spec {
         name: "pikett-collector",
@@ -84,6 +87,11 @@ const PACKAGES: &[Spec] = &[
         user: "pikett-collector",
         user_comment: "pikett monitoring collector",
         recommends: &[],
+        // Alerting rules for pikett's own health, for the Prometheus that scrapes /metrics.
+        extra_docs: &[
+            ("prometheus/pikett-alerts.yml", "pikett-alerts.yml"),
+            ("prometheus/pikett-alerts.test.yml", "pikett-alerts.test.yml"),
+        ],
     },
 ];
 
@@ -239,6 +247,12 @@ fn package(
         read(packaging.join("README.md"))?,
         rpm::FileOptions::new(format!("/usr/share/doc/{name}/README.md")).permissions(0o644).doc(),
     )?;
+    for (file, dest) in spec.extra_docs {
+        b.with_file_contents(
+            read(packaging.join(file))?,
+            rpm::FileOptions::new(format!("/usr/share/doc/{name}/{dest}")).permissions(0o644).doc(),
+        )?;
+    }
 
     let sh = || vec!["/bin/sh"];
     b.pre_install_script(rpm::Scriptlet::new(pre_install(user, spec.user_comment)).prog(sh()))
