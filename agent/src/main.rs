@@ -51,6 +51,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = pikett_support::generate::from_args::<Cli>() {
+        return code;
+    }
     let cli = Cli::parse();
     pikett_support::service::init_logging(cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();

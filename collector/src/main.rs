@@ -144,6 +144,9 @@ fn load_config(path: Option<&PathBuf>) -> Result<(String, CollectorConfig), Vec<
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = pikett_support::generate::from_args::<Cli>() {
+        return code;
+    }
     let cli = Cli::parse();
     // Fault injection for the crash tests; does nothing unless built with `failpoints`.
     let _failpoints = fail::FailScenario::setup();

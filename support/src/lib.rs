@@ -5,7 +5,9 @@
 //! - [`wait_for_signal`] — the shutdown signal of a service (SIGTERM from systemd, SIGINT
 //!   from a terminal).
 //! - [`service`] — log format, readiness, status and the watchdog towards systemd.
+//! - [`generate`] — shell completions and man pages from a program's CLI definition.
 
+pub mod generate;
 pub mod service;
 
 /// 1-based line and column (in characters) of a byte offset in `text`.

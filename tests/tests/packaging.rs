@@ -404,6 +404,15 @@ fn rpm_metadata_files_modes_and_scriptlets() {
         );
         let mut expected: Vec<String> =
             binaries.iter().map(|b| format!(" -rwxr-xr-x root:root /usr/bin/{b}")).collect();
+        // Completions and man pages, generated from the binaries' own CLI definitions.
+        for b in binaries {
+            expected.extend([
+                format!(" -rw-r--r-- root:root /usr/share/bash-completion/completions/{b}"),
+                format!(" -rw-r--r-- root:root /usr/share/zsh/site-functions/_{b}"),
+                format!(" -rw-r--r-- root:root /usr/share/fish/vendor_completions.d/{b}.fish"),
+                format!("d -rw-r--r-- root:root /usr/share/man/man1/{b}.1"),
+            ]);
+        }
         expected.extend([
             " drwxr-xr-x root:root /etc/pikett".to_string(),
             format!("cn -rw-r----- root:{user} /etc/pikett/{config}"),
@@ -584,4 +593,20 @@ fn alerting_rules_pass_promtool_test_rules() {
     let test = run(Command::new("promtool").arg("test").arg("rules").arg("pikett-alerts.test.yml").current_dir(&dir));
     let out = String::from_utf8_lossy(&test.stdout);
     assert!(test.status.success() && out.contains("SUCCESS"), "{out}{}", String::from_utf8_lossy(&test.stderr));
+}
+
+/// `--generate` prints completions and a man page from each binary's own CLI definition
+/// (what the packages ship), naming every subcommand.
+#[test]
+fn binaries_generate_their_completions_and_man_pages() {
+    for (bin, subcommand) in [("pikett", "oncall"), ("pikett-agent", "enroll"), ("pikett-collector", "serve")] {
+        for kind in ["bash", "zsh", "fish", "man"] {
+            let out = stdout(Command::new(pikett_tests::bin(bin)).args(["--generate", kind]));
+            assert!(out.contains(subcommand), "{bin} --generate {kind} lacks {subcommand}:\n{out}");
+        }
+        let man = stdout(Command::new(pikett_tests::bin(bin)).args(["--generate", "man"]));
+        assert!(man.starts_with(".ie") && man.contains(&format!(".TH {bin} 1")), "{man}");
+        let bad = Command::new(pikett_tests::bin(bin)).args(["--generate", "powershell"]).output().unwrap();
+        assert_eq!(bad.status.code(), Some(2));
+    }
 }

@@ -226,6 +226,25 @@ fn package(
             read(bin_dir.join(bin))?,
             rpm::FileOptions::new(format!("/usr/bin/{bin}")).permissions(0o755),
         )?;
+        // Completions and the man page, printed by the binary itself from its CLI definition.
+        for (kind, dest, doc) in [
+            ("bash", format!("/usr/share/bash-completion/completions/{bin}"), false),
+            ("zsh", format!("/usr/share/zsh/site-functions/_{bin}"), false),
+            ("fish", format!("/usr/share/fish/vendor_completions.d/{bin}.fish"), false),
+            ("man", format!("/usr/share/man/man1/{bin}.1"), true),
+        ] {
+            let out = std::process::Command::new(bin_dir.join(bin))
+                .args(["--generate", kind])
+                .output()
+                .with_context(|| format!("running {bin} --generate {kind}"))?;
+            anyhow::ensure!(
+                out.status.success() && !out.stdout.is_empty(),
+                "{bin} --generate {kind} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let options = rpm::FileOptions::new(dest).permissions(0o644);
+            b.with_file_contents(out.stdout, if doc { options.doc() } else { options })?;
+        }
     }
     b.with_file_contents(
         read(packaging.join(format!("{name}.service")))?,
