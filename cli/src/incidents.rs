@@ -161,7 +161,14 @@ pub async fn close(
         recommendations: recommendations.unwrap_or_default(),
     };
     let i = rpc(client).close(client.req(r)).await.map_err(rpc_error)?.into_inner();
-    if json { one(&i, true) } else { Ok(format!("incident {id} closed by {}\n", i.closed_by)) }
+    if json {
+        one(&i, true)
+    } else if i.closed_by.is_empty() {
+        // It had closed by itself (every fault resolved): the root cause was recorded now.
+        Ok(format!("incident {id} closed by itself (every fault resolved); root cause and recommendations recorded\n"))
+    } else {
+        Ok(format!("incident {id} closed by {}\n", i.closed_by))
+    }
 }
 
 pub async fn report(client: &mut Client, id: u64, json: bool) -> anyhow::Result<String> {

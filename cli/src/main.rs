@@ -196,7 +196,8 @@ enum IncidentCommand {
     },
     /// Make it an emergency: tagged [Notfall], pages the whole escalation chain at once.
     Escalate { id: u64 },
-    /// Close it; a root cause and recommendations are required.
+    /// Close it; a root cause and recommendations are required. An incident that closed by
+    /// itself (every fault resolved) takes them afterwards the same way.
     Close {
         id: u64,
         #[arg(long)]
@@ -247,6 +248,9 @@ enum OncallCommand {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = pikett_support::generate::from_args::<Cli>() {
+        return code;
+    }
     let args = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -318,7 +322,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pikett: {e:#}");
+            eprintln!("pikett: {}", pikett_support::error_chain(e.as_ref()));
             ExitCode::from(1)
         }
     }

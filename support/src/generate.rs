@@ -21,10 +21,19 @@ pub fn from_args<C: CommandFactory>() -> Option<ExitCode> {
     let mut cmd = C::command();
     let name = cmd.get_name().to_string();
     let mut out = std::io::stdout().lock();
+    let shell = match kind {
+        "bash" => Some(clap_complete::Shell::Bash),
+        "zsh" => Some(clap_complete::Shell::Zsh),
+        "fish" => Some(clap_complete::Shell::Fish),
+        _ => None,
+    };
     let written = match kind {
-        "bash" => Ok(clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, &name, &mut out)),
-        "zsh" => Ok(clap_complete::generate(clap_complete::Shell::Zsh, &mut cmd, &name, &mut out)),
-        "fish" => Ok(clap_complete::generate(clap_complete::Shell::Fish, &mut cmd, &name, &mut out)),
+        _ if shell.is_some() => {
+            if let Some(shell) = shell {
+                clap_complete::generate(shell, &mut cmd, &name, &mut out);
+            }
+            Ok(())
+        }
         "man" => clap_mangen::Man::new(cmd).render(&mut out),
         other => {
             eprintln!("{name}: --generate {other:?}: expected one of {}", KINDS.join(", "));

@@ -254,6 +254,16 @@ fn built() -> &'static Built {
         std::fs::create_dir(&changed).unwrap();
         for entry in std::fs::read_dir(packaging_dir()).unwrap() {
             let path = entry.unwrap().path();
+            if path.is_dir() {
+                // Shipped as they are (alerting rules): copied unchanged.
+                let sub = changed.join(path.file_name().unwrap());
+                std::fs::create_dir(&sub).unwrap();
+                for f in std::fs::read_dir(&path).unwrap() {
+                    let f = f.unwrap().path();
+                    std::fs::copy(&f, sub.join(f.file_name().unwrap())).unwrap();
+                }
+                continue;
+            }
             let mut text = std::fs::read_to_string(&path).unwrap();
             if path.extension() == Some(OsStr::new("toml")) {
                 text.push_str("\n# A default changed in release 2.\n");

@@ -196,14 +196,8 @@ impl IncidentsGrpc {
     }
 
     async fn close_as(&self, who: String, r: pb::CloseIncidentRequest) -> Result<Response<pb::Incident>, Status> {
-        let closed = self
-            .incidents
-            .lock()
-            .close(r.id, &r.root_cause, &r.recommendations, &who, Timestamp::now())
-            .map(|_| ())
-            .map_err(|e| refused(self.incidents.refusal(e)));
-        closed?;
-        self.incidents.persist(&[r.id]).await;
+        // An incident that closed by itself takes its root cause and recommendations here too.
+        self.incidents.close(r.id, &r.root_cause, &r.recommendations, &who, Timestamp::now()).await.map_err(refused)?;
         self.reply(r.id)
     }
 }

@@ -160,6 +160,30 @@ impl IncidentService {
         }
     }
 
+    /// Staff close incident `id` (see [`Incidents::close`]), durably. An incident that closed by
+    /// itself takes its root cause and recommendations afterwards, also once it left memory
+    /// (it is read back from disk for that; retention's eviction takes it out again).
+    pub async fn close(
+        &self,
+        id: u64,
+        root_cause: &str,
+        recommendations: &str,
+        who: &str,
+        now: Timestamp,
+    ) -> Result<Incident, IncidentError> {
+        let stored = if self.lock().incidents.contains_key(&id) { None } else { self.stored(id) };
+        let closed = {
+            let mut st = self.lock();
+            if let Some(inc) = stored.filter(Incident::is_closed) {
+                st.incidents.entry(id).or_insert(inc);
+            }
+            st.close(id, root_cause, recommendations, who, now).cloned()
+        };
+        let inc = closed.map_err(|e| self.refusal(e))?;
+        self.persist(&[id]).await;
+        Ok(inc)
+    }
+
     /// Every incident not closed, and with `all` the closed ones too; newest first.
     pub fn list(&self, all: bool) -> Vec<Incident> {
         let mut out: BTreeMap<u64, Incident> = self.lock().incidents.clone();
@@ -233,5 +257,127 @@ impl IncidentService {
     /// The member faults of an incident (those still known to the engine).
     pub fn faults_of(&self, inc: &Incident) -> Vec<Fault> {
         self.faults.with_engine(|e| inc.fault_ids.iter().filter_map(|id| e.fault(*id).cloned()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pikett_core::incidents::report;
+    use pikett_proto::v1 as pb;
+
+    use crate::services::metrics::Metrics;
+    use crate::store::SledStorage;
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).unwrap()
+    }
+
+    fn result(state: pb::CheckState, at: Timestamp) -> pb::Batch {
+        pb::Batch {
+            checks: vec![pb::CheckResult {
+                name: "command/ctl".into(),
+                state: state as i32,
+                summary: format!("{state:?}"),
+                time_unix_ms: at.as_millisecond(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    async fn service() -> IncidentService {
+        let config = CollectorConfig::default();
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let faults = Arc::new(FaultService::open(storage.as_ref(), config.engine_config().unwrap()).unwrap());
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        // The pager's loop runs for the test's life.
+        std::mem::forget(tx);
+        let pager =
+            crate::services::pager::spawn(&config, storage.clone(), faults.clone(), Arc::new(Metrics::new()), rx)
+                .unwrap();
+        IncidentService::open(storage, &config, faults, pager).await.unwrap()
+    }
+
+    /// Feeds results of `state` from `*at` on, 10 s apart, until a transition of `kind`.
+    async fn feed_until(svc: &IncidentService, state: pb::CheckState, at: &mut i64, kind: EventKind) -> Transition {
+        for _ in 0..10 {
+            *at += 10;
+            let out = svc.faults.ingest("web-1", "acme", &result(state, t(*at)), t(*at));
+            svc.on_transitions(&out).await;
+            if let Some(tr) = out.into_iter().find(|tr| tr.kind == kind) {
+                return tr;
+            }
+        }
+        panic!("no {kind:?} transition");
+    }
+
+    fn staff(
+        svc: &IncidentService,
+        f: impl FnOnce(&mut pikett_core::faults::Engine) -> Vec<Transition>,
+    ) -> Vec<Transition> {
+        svc.faults.with_engine(f)
+    }
+
+    fn report_of(svc: &IncidentService, inc: &Incident, now: Timestamp) -> String {
+        let faults = svc.faults_of(inc);
+        report::render(&report::ReportInput { incident: inc, faults: &faults, contract: None, maintenance: &[], now })
+    }
+
+    #[tokio::test]
+    async fn a_reopened_fault_opens_an_incident_at_its_reopening_and_one_closed_by_itself_takes_a_root_cause() {
+        let svc = service().await;
+        let mut s = 0;
+        let fault = feed_until(&svc, pb::CheckState::Critical, &mut s, EventKind::Opened).await.fault_id;
+        let first = svc.list(false);
+        assert_eq!(first.len(), 1);
+        let a = first[0].id;
+        assert_eq!(first[0].timeline[0].at, first[0].opened_at);
+
+        // Acknowledged, resolved by hand (the incident closes by itself), still failing: reopened.
+        let out = staff(&svc, |e| e.acknowledge(fault, "eve@local", None, t(s + 5)).unwrap());
+        svc.on_transitions(&out).await;
+        let out = staff(&svc, |e| e.resolve(fault, "eve@local", None, t(s + 6)).unwrap());
+        svc.on_transitions(&out).await;
+        assert!(svc.get(a).unwrap().is_closed());
+        let reopened = feed_until(&svc, pb::CheckState::Critical, &mut s, EventKind::Reopened).await;
+        let open = svc.list(false);
+        assert_eq!(open.len(), 1, "{open:?}");
+        let b = open[0].id;
+        assert_ne!(a, b);
+        // The new incident opened at the reopening: header and timeline agree.
+        assert_eq!(open[0].opened_at, reopened.at);
+        assert_eq!(open[0].timeline[0].at, reopened.at);
+
+        // Acknowledged again 60 s after the reopening; then the check is OK: b closes by itself.
+        let out = staff(&svc, |e| {
+            e.acknowledge(fault, "bob@local", None, reopened.at + jiff::SignedDuration::from_secs(60)).unwrap()
+        });
+        svc.on_transitions(&out).await;
+        feed_until(&svc, pb::CheckState::Ok, &mut s, EventKind::Resolved).await;
+        let closed = svc.get(b).unwrap();
+        assert!(closed.is_closed() && closed.closed_by.is_none(), "{closed:?}");
+        let md = report_of(&svc, &closed, t(s + 100));
+        assert!(md.contains(&format!("- **Opened:** {}\n", reopened.at)), "{md}");
+        assert!(md.contains("Incident: first acknowledgement 1m after opening (within the target)."), "{md}");
+        assert!(md.contains("## Root cause\n\n(not yet recorded)\n"), "{md}");
+
+        // Out of memory (as retention does 30 s after closing), then closed by staff with a
+        // root cause: recorded, durably, and in the report.
+        assert_eq!(svc.evict_closed(t(1_000_000)), 2);
+        let inc = svc.close(b, "PSU failed", "Keep a spare PSU", "eve@local", t(s + 200)).await.unwrap();
+        assert_eq!((inc.root_cause.as_deref(), inc.closed_at), (Some("PSU failed"), closed.closed_at));
+        svc.evict_closed(t(1_000_000));
+        assert_eq!(svc.in_memory(), 0);
+        let stored = svc.get(b).unwrap();
+        assert_eq!(stored.recommendations.as_deref(), Some("Keep a spare PSU"));
+        let md = report_of(&svc, &stored, t(s + 300));
+        assert!(md.contains("## Root cause\n\nPSU failed\n"), "{md}");
+        assert!(md.contains("## Recommendations\n\nKeep a spare PSU\n"), "{md}");
+        // Recorded once: closing again is refused.
+        let again = svc.close(b, "other", "other", "bob@local", t(s + 400)).await.unwrap_err();
+        assert_eq!(again, IncidentError::Closed(b));
+        assert_eq!(svc.get(b).unwrap().root_cause.as_deref(), Some("PSU failed"));
+        // An unknown incident stays unknown.
+        assert_eq!(svc.close(99, "x", "y", "eve@local", t(s)).await.unwrap_err(), IncidentError::NoSuchIncident(99));
     }
 }

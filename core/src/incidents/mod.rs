@@ -11,7 +11,12 @@
 //! Choices where SPEC.md is silent:
 //! - Only critical faults make incidents (a warning that becomes critical joins then).
 //! - An incident never escalated closes by itself once every fault of it is resolved; an
-//!   emergency stays until staff close it with a root cause and recommendations.
+//!   emergency stays until staff close it with a root cause and recommendations. Closing an
+//!   incident that closed by itself records its root cause and recommendations afterwards
+//!   (a post-mortem); one closed by staff cannot be closed again.
+//! - An incident opens when its first fault began failing this time: a fault reopened after
+//!   its incident closed starts a new incident at its reopening (the header's "opened" and
+//!   the timeline's first entry are that time).
 //! - Escalating pages the chain once for the incident (its earliest unresolved,
 //!   preferably unacknowledged fault), not once per fault: nobody gets ten SMS at 3 a.m.
 //! - Status updates go to the customer's contacts (email and SMS) for any incident staff
@@ -32,7 +37,7 @@ pub use model::{
     Placement, StatusUpdate, place,
 };
 
-use crate::faults::Fault;
+use crate::faults::{EventKind, Fault};
 
 /// `[incidents]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -76,6 +81,17 @@ pub fn fault_ref(f: &Fault) -> FaultRef {
         check: f.check.clone(),
         severity: f.severity,
         opened_at: f.opened_at,
+        failing_since: failing_since(f),
         summary: f.last_summary.clone(),
     }
+}
+
+/// When the fault's current failing spell began: the latest of its opening, its reopenings
+/// and its severity raises (only a raise to critical makes it an incident's member).
+pub fn failing_since(f: &Fault) -> jiff::Timestamp {
+    f.timeline
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Reopened | EventKind::SeverityRaised))
+        .map(|e| e.at)
+        .fold(f.opened_at, jiff::Timestamp::max)
 }

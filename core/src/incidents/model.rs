@@ -138,6 +138,9 @@ pub struct FaultRef {
     pub check: String,
     pub severity: Severity,
     pub opened_at: Timestamp,
+    /// When this critical spell of the fault began: its opening, or its latest reopening or
+    /// raise to critical. A new incident opens at this time (see [`Incidents::fault_failing`]).
+    pub failing_since: Timestamp,
     pub summary: String,
 }
 
@@ -263,6 +266,11 @@ impl Incidents {
 
     /// A critical fault opened, reopened or became critical: groups it (see [`place`]).
     /// Returns the incident it is in, or `None` for warnings (they make no incidents).
+    ///
+    /// A new incident opens when the fault began failing this time (`failing_since`): a
+    /// fault reopened after its earlier incident closed starts an incident at its reopening,
+    /// not at its first opening (that belongs to the earlier incident). The timeline's
+    /// "opened with" entry has the same time, so the header and the timeline agree.
     pub fn fault_failing(&mut self, f: &FaultRef, grouping: impl Into<Grouping>, now: Timestamp) -> Option<u64> {
         if f.severity != Severity::Critical {
             return None;
@@ -288,7 +296,7 @@ impl Incidents {
                     customer: f.customer.clone(),
                     hosts: vec![f.host.clone()],
                     fault_ids: vec![f.id],
-                    opened_at: f.opened_at,
+                    opened_at: f.failing_since,
                     last_fault_at: f.opened_at,
                     state: IncidentState::Open,
                     escalated_at: None,
@@ -300,7 +308,9 @@ impl Incidents {
                     recommendations: None,
                     timeline: Vec::new(),
                 };
-                inc.note(now, None, format!("opened with {}", fault_line(f)));
+                // At the incident's opening, not at `now` (later when caught up by `reconcile`).
+                let opened_at = inc.opened_at;
+                inc.note(opened_at, None, format!("opened with {}", fault_line(f)));
                 self.incidents.insert(id, inc);
                 Some(id)
             }
@@ -433,6 +443,11 @@ impl Incidents {
     }
 
     /// Staff close: root cause and recommendations are both required.
+    ///
+    /// An incident that closed by itself (every fault resolved, never escalated) has neither:
+    /// like a post-mortem written after an incident resolved (PagerDuty, Statuspage), closing
+    /// it records them, keeping when and how it closed. One closed by staff (its root cause
+    /// already recorded) is refused as closed.
     pub fn close(
         &mut self,
         id: u64,
@@ -441,12 +456,21 @@ impl Incidents {
         who: &str,
         now: Timestamp,
     ) -> Result<&Incident, IncidentError> {
-        let inc = self.open_mut(id)?;
+        let inc = self.incidents.get_mut(&id).ok_or(IncidentError::NoSuchIncident(id))?;
+        if inc.is_closed() && (inc.closed_by.is_some() || inc.root_cause.is_some()) {
+            return Err(IncidentError::Closed(id));
+        }
         if root_cause.trim().is_empty() {
             return Err(IncidentError::Missing(id, "a root cause (--root-cause)"));
         }
         if recommendations.trim().is_empty() {
             return Err(IncidentError::Missing(id, "recommendations (--recommendations)"));
+        }
+        if inc.is_closed() {
+            inc.root_cause = Some(root_cause.trim().to_string());
+            inc.recommendations = Some(recommendations.trim().to_string());
+            inc.note(now, Some(who), format!("root cause recorded after closing: {}", root_cause.trim()));
+            return Ok(inc);
         }
         inc.state = IncidentState::Closed;
         inc.closed_at = Some(now);

@@ -1,8 +1,10 @@
 //! The post-incident report (`pikett incident report ID`): Markdown, pure.
 //!
 //! Sections: title (with `[Notfall]` for emergencies), summary, affected hosts and faults,
-//! the timeline (the incident's merged with its faults'), response times (time to acknowledge
-//! each fault vs. the contract's `response_target`), outage minutes (each host's fault
+//! the timeline (the incident's merged with its faults', from the incident's opening), response
+//! times (time to the first acknowledgement of each fault vs. the contract's
+//! `response_target`; the incident's: from its opening to the first acknowledgement of any of
+//! its faults), outage minutes (each host's fault
 //! intervals merged), SLA impact (the SLA-relevant outage minutes by the contract's windows and
 //! how they would be attributed), root cause and recommendations.
 
@@ -12,7 +14,7 @@ use std::fmt::Write as _;
 use jiff::Timestamp;
 
 use super::Incident;
-use crate::faults::{Fault, HOST_REACHABLE, Maintenance, Severity};
+use crate::faults::{EventKind, Fault, HOST_REACHABLE, Maintenance, Severity};
 use crate::sla::{
     Cause, Contract, Emergency, Interval, Ledger, Month, Outage, Reason, merge_overlapping, response_summary,
 };
@@ -60,6 +62,30 @@ pub fn outage_intervals<'f>(
         per_host.entry(f.host.clone()).or_default().push(Interval { start: f.opened_at, end });
     }
     per_host.into_iter().map(|(h, list)| (h, merge_overlapping(list))).collect()
+}
+
+/// When `f`'s failing that belongs to incident `inc` began: the latest of its opening and its
+/// reopenings and raises up to the incident's opening. A fault reopened after its earlier
+/// incident closed counts from its reopening here; its earlier spell is the earlier
+/// incident's. A fault reopened while the incident is open counts from its first opening.
+pub fn spell_start(f: &Fault, inc: &Incident) -> Timestamp {
+    f.timeline
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Reopened | EventKind::SeverityRaised) && e.at <= inc.opened_at)
+        .map(|e| e.at)
+        .fold(f.opened_at, Timestamp::max)
+}
+
+/// The first acknowledgement of `f` at or after `since`. From the timeline: a reopening or a
+/// raise clears the fault's `acked_at` and the next acknowledgement overwrites it, so
+/// `acked_at` may be a second acknowledgement.
+pub fn first_ack(f: &Fault, since: Timestamp) -> Option<Timestamp> {
+    f.timeline
+        .iter()
+        .filter(|e| e.kind == EventKind::Acknowledged && e.at >= since)
+        .map(|e| e.at)
+        .min()
+        .or_else(|| f.acked_at.filter(|a| *a >= since))
 }
 
 fn seconds(list: &[Interval]) -> i64 {
@@ -128,8 +154,16 @@ fn write_report(out: &mut String, r: &ReportInput<'_>) -> std::fmt::Result {
     for e in &inc.timeline {
         lines.push((e.at, "incident".into(), e.who.clone().unwrap_or_default(), e.text.clone()));
     }
+    // A fault's entries from before its spell in this incident (a reopened fault's earlier
+    // incident) are left out: the timeline starts at the incident's opening, like the header.
+    let mut left_out: Vec<(u64, usize)> = Vec::new();
     for f in r.faults {
-        for e in &f.timeline {
+        let since = spell_start(f, inc);
+        let earlier = f.timeline.iter().filter(|e| e.at < since).count();
+        if earlier > 0 {
+            left_out.push((f.id, earlier));
+        }
+        for e in f.timeline.iter().filter(|e| e.at >= since) {
             let text = format!("{}: {}", e.kind_str(), e.text);
             lines.push((e.at, format!("fault {} ({})", f.id, f.host), e.who.clone().unwrap_or_default(), text));
         }
@@ -141,6 +175,15 @@ fn write_report(out: &mut String, r: &ReportInput<'_>) -> std::fmt::Result {
         writeln!(out, "| {} | {} | {} | {} |", t(*at), cell(source), cell(who), cell(text))?;
     }
     writeln!(out)?;
+    if !left_out.is_empty() {
+        let list: Vec<String> = left_out.iter().map(|(id, n)| format!("{n} of fault {id}")).collect();
+        writeln!(
+            out,
+            "Left out: timeline entries from before this incident ({}; see `pikett fault show ID`).",
+            list.join(", ")
+        )?;
+        writeln!(out)?;
+    }
 
     writeln!(out, "## Response times")?;
     writeln!(out)?;
@@ -155,15 +198,20 @@ fn write_report(out: &mut String, r: &ReportInput<'_>) -> std::fmt::Result {
     writeln!(out, "| Fault | Opened | Acknowledged | Time to acknowledge | Within target |")?;
     writeln!(out, "|---|---|---|---|---|")?;
     let mut emergencies = Vec::new();
+    // Per fault: from its spell's start to its first acknowledgement in that spell.
+    let mut first_acks = Vec::new();
     for f in r.faults {
-        emergencies.push(Emergency { id: f.id.to_string(), opened: f.opened_at, acked: f.acked_at });
-        let (acked, tta, within) = match f.acked_at {
+        let opened = spell_start(f, inc);
+        let first = first_ack(f, opened);
+        first_acks.extend(first);
+        emergencies.push(Emergency { id: f.id.to_string(), opened, acked: first });
+        let (acked, tta, within) = match first {
             Some(a) => {
-                let secs = (a.as_second() - f.opened_at.as_second()).max(0);
+                let secs = (a.as_second() - opened.as_second()).max(0);
                 (t(a), dur(secs), if secs as u64 <= target.as_secs() { "yes" } else { "**no**" }.to_string())
             }
             None => {
-                let waited = r.now.as_second() - f.opened_at.as_second();
+                let waited = r.now.as_second() - opened.as_second();
                 let late = waited as u64 > target.as_secs();
                 (
                     "-".into(),
@@ -172,7 +220,7 @@ fn write_report(out: &mut String, r: &ReportInput<'_>) -> std::fmt::Result {
                 )
             }
         };
-        writeln!(out, "| {} | {} | {acked} | {tta} | {within} |", f.id, t(f.opened_at))?;
+        writeln!(out, "| {} | {} | {acked} | {tta} | {within} |", f.id, t(opened))?;
     }
     let s = response_summary(&emergencies, target);
     writeln!(out)?;
@@ -184,7 +232,9 @@ fn write_report(out: &mut String, r: &ReportInput<'_>) -> std::fmt::Result {
         write!(out, "; {} not acknowledged", s.unacknowledged)?;
     }
     writeln!(out, ".")?;
-    if let Some(first) = r.faults.iter().filter_map(|f| f.acked_at).min() {
+    // The incident's time to acknowledge: from its opening to the first acknowledgement of
+    // any of its faults (not a later one after a reopening or a raise).
+    if let Some(first) = first_acks.into_iter().min() {
         let secs = first.as_second() - inc.opened_at.as_second();
         let ok = secs.max(0) as u64 <= target.as_secs();
         writeln!(

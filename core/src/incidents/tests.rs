@@ -26,6 +26,7 @@ fn fault(id: u64, host: &str, customer: &str, mins: i64) -> FaultRef {
         check: "command/ctl".into(),
         severity: Severity::Critical,
         opened_at: at(mins),
+        failing_since: at(mins),
         summary: "CRITICAL - broken".into(),
     }
 }
@@ -257,4 +258,122 @@ checks = ["command/ctl"]
     assert!(md.contains("| off | 90.000% | 130.0 | 130.0 | 0.0 |"), "{md}");
     assert!(md.contains("## Root cause\n\npower supply\n"), "{md}");
     assert!(md.contains("## Recommendations\n\nsecond PSU\n"), "{md}");
+}
+
+fn entry(mins: i64, kind: crate::faults::EventKind, who: Option<&str>, text: &str) -> crate::faults::TimelineEntry {
+    crate::faults::TimelineEntry { at: at(mins), kind, who: who.map(String::from), text: text.into() }
+}
+
+fn render_plain(inc: &Incident, faults: &[crate::faults::Fault], now: i64) -> String {
+    report::render(&report::ReportInput { incident: inc, faults, contract: None, maintenance: &[], now: at(now) })
+}
+
+/// The rows of the report's timeline table, in order.
+fn timeline_rows(md: &str) -> Vec<&str> {
+    let section = md.split("## Timeline").nth(1).unwrap().split("## Response times").next().unwrap();
+    section.lines().filter(|l| l.starts_with("| 2")).collect()
+}
+
+#[test]
+fn closing_an_incident_that_closed_by_itself_records_the_root_cause_for_the_report() {
+    let mut s = Incidents::default();
+    let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    s.fault_resolved(1, "fault 1 resolved (check OK again)", at(10), |_| true);
+    assert_eq!(s.get(a).unwrap().state, IncidentState::Closed);
+
+    // Both are still required.
+    assert!(matches!(s.close(a, " ", "more disks", "eve@local", at(20)), Err(IncidentError::Missing(..))));
+    assert!(matches!(s.close(a, "disk died", "", "eve@local", at(20)), Err(IncidentError::Missing(..))));
+    let inc = s.close(a, " disk died ", "monitor SMART", "eve@local", at(20)).unwrap().clone();
+    // When and how it closed stay as they were.
+    assert_eq!((inc.state, inc.closed_at, inc.closed_by.clone()), (IncidentState::Closed, Some(at(10)), None));
+    assert_eq!(inc.root_cause.as_deref(), Some("disk died"));
+    assert_eq!(inc.recommendations.as_deref(), Some("monitor SMART"));
+    let last = inc.timeline.last().unwrap();
+    assert_eq!((last.at, last.who.as_deref()), (at(20), Some("eve@local")));
+    assert!(last.text.contains("root cause recorded after closing: disk died"), "{}", last.text);
+
+    let md = render_plain(&inc, &[engine_fault(1, "web-1", 0, None, Some(10))], 30);
+    assert!(md.contains("## Root cause\n\ndisk died\n"), "{md}");
+    assert!(md.contains("## Recommendations\n\nmonitor SMART\n"), "{md}");
+    assert!(md.contains("- **Closed:** 2026-11-24T02:10:00Z by pikett (every fault resolved)"), "{md}");
+
+    // Once recorded, it is closed like one closed by staff.
+    assert_eq!(s.close(a, "other", "other", "bob@local", at(30)).unwrap_err(), IncidentError::Closed(a));
+    assert_eq!(s.get(a).unwrap().root_cause.as_deref(), Some("disk died"));
+}
+
+#[test]
+fn report_time_to_acknowledge_counts_to_the_first_acknowledgement_not_a_later_one() {
+    use crate::faults::EventKind::*;
+    let mut s = Incidents::default();
+    let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    s.fault_failing(&fault(2, "web-2", "acme", 1), WINDOW, at(1));
+    // Fault 1: acknowledged at 3, resolved by hand at 4, reopened at 6 (the incident is still
+    // open: fault 2 fails), acknowledged again at 50 — the fault's `acked_at` is now 50.
+    let mut f1 = engine_fault(1, "web-1", 0, Some(50), None);
+    f1.timeline.extend([
+        entry(3, Acknowledged, Some("eve@local"), "acknowledged"),
+        entry(4, Resolved, Some("eve@local"), "resolved"),
+        entry(6, Reopened, None, "still failing after manual resolve"),
+        entry(50, Acknowledged, Some("bob@local"), "acknowledged"),
+    ]);
+    // Fault 2: acknowledged once, at 40.
+    let mut f2 = engine_fault(2, "web-2", 1, Some(40), None);
+    f2.timeline.push(entry(40, Acknowledged, Some("bob@local"), "acknowledged"));
+    assert_eq!(s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(6)), Some(a), "a member stays");
+    let inc = s.get(a).unwrap().clone();
+    assert_eq!(inc.opened_at, at(0));
+
+    let md = render_plain(&inc, &[f1, f2], 60);
+    assert!(md.contains("Incident: first acknowledgement 3m after opening (within the target)."), "{md}");
+    assert!(md.contains("| 1 | 2026-11-24T02:00:00Z | 2026-11-24T02:03:00Z | 3m | yes |"), "{md}");
+    assert!(md.contains("| 2 | 2026-11-24T02:01:00Z | 2026-11-24T02:40:00Z | 39m | yes |"), "{md}");
+    assert!(md.contains("2 of 2 fault(s) acknowledged within the target; slowest: 39m (fault 2)."), "{md}");
+}
+
+#[test]
+fn a_fault_reopened_after_its_incident_closed_opens_a_new_incident_at_its_reopening() {
+    use crate::faults::EventKind::*;
+    let mut s = Incidents::default();
+    let a = s.fault_failing(&fault(1, "web-1", "acme", 0), WINDOW, at(0)).unwrap();
+    s.fault_resolved(1, "fault 1 resolved by eve@local", at(5), |_| true);
+    assert!(s.get(a).unwrap().is_closed());
+
+    // The engine's fault as it is after the reopening: opened at 0, reopened at 10.
+    let mut f1 = engine_fault(1, "web-1", 0, Some(15), None);
+    f1.timeline.extend([
+        entry(2, Acknowledged, Some("eve@local"), "acknowledged"),
+        entry(5, Resolved, Some("eve@local"), "resolved"),
+        entry(10, Reopened, None, "still failing after manual resolve"),
+        entry(15, Acknowledged, Some("bob@local"), "acknowledged"),
+    ]);
+    let r = fault_ref(&f1);
+    assert_eq!((r.opened_at, r.failing_since), (at(0), at(10)));
+    let b = s.fault_failing(&r, WINDOW, at(10)).unwrap();
+    assert_ne!(a, b);
+    let inc = s.get(b).unwrap().clone();
+    // The header's opening and the timeline's first entry: the reopening.
+    assert_eq!(inc.opened_at, at(10));
+    assert_eq!(inc.timeline[0].at, at(10));
+    assert!(inc.timeline[0].text.starts_with("opened with fault 1"), "{:?}", inc.timeline);
+
+    let md = render_plain(&inc, std::slice::from_ref(&f1), 20);
+    assert!(md.contains("- **Opened:** 2026-11-24T02:10:00Z\n"), "{md}");
+    let rows = timeline_rows(&md);
+    assert!(rows[0].starts_with("| 2026-11-24T02:10:00Z | incident |"), "{rows:#?}");
+    assert!(rows.iter().all(|r| r.as_bytes() >= b"| 2026-11-24T02:10:00Z".as_slice()), "{rows:#?}");
+    assert!(md.contains("Left out: timeline entries from before this incident (3 of fault 1;"), "{md}");
+    // Its response time counts from the reopening to the acknowledgement after it.
+    assert!(md.contains("| 1 | 2026-11-24T02:10:00Z | 2026-11-24T02:15:00Z | 5m | yes |"), "{md}");
+    assert!(md.contains("Incident: first acknowledgement 5m after opening"), "{md}");
+}
+
+#[test]
+fn an_incident_caught_up_after_a_restart_opens_when_its_fault_did() {
+    let mut s = Incidents::default();
+    let changed = s.reconcile(&[fault(1, "web-1", "acme", 30)], WINDOW, at(45), |_| false);
+    let inc = s.get(changed[0]).unwrap();
+    assert_eq!(inc.opened_at, at(30));
+    assert_eq!(inc.timeline[0].at, at(30), "{:?}", inc.timeline);
 }
