@@ -170,6 +170,7 @@ pub async fn serve_from(
     };
     let pager_for_retention = pager.clone();
     let pager_for_reload = pager.clone();
+    let reloader_slot = Arc::new(std::sync::OnceLock::new());
     let admin = AdminService {
         store: store.clone(),
         faults: faults.clone(),
@@ -179,6 +180,7 @@ pub async fn serve_from(
         access: access.clone(),
         identity,
         ca,
+        reloader: reloader_slot.clone(),
     };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -230,6 +232,7 @@ pub async fn serve_from(
 
     let reloader =
         Arc::new(crate::services::reload::Reloader::new(config_path, config.clone(), faults.clone(), pager_for_reload));
+    let _ = reloader_slot.set(reloader.clone());
     tokio::spawn(reload_on_sighup(reloader.clone(), metrics.clone(), store.clone()));
 
     ready.store(true, Ordering::Release);

@@ -32,6 +32,8 @@ pub struct AdminService {
     pub identity: Arc<IdentityService>,
     /// The CA, when this collector enrolls agents (`[tls] ca_key_file`).
     pub ca: Option<Arc<Ca>>,
+    /// Set once the server is up: `pikett reload` does what SIGHUP does.
+    pub reloader: Arc<std::sync::OnceLock<Arc<crate::services::reload::Reloader>>>,
 }
 
 fn ms(t: Option<Timestamp>) -> i64 {
@@ -85,6 +87,17 @@ fn maintenance_to_pb(m: &faults::Maintenance) -> pb::Maintenance {
         reason: m.reason.clone(),
         announced_unix_ms: m.announced_at.as_millisecond(),
         who: m.who.clone(),
+    }
+}
+
+fn silence_to_pb(s: &faults::Silence) -> pb::Silence {
+    pb::Silence {
+        id: s.id,
+        host: s.host.clone(),
+        check: s.check.clone().unwrap_or_default(),
+        until_unix_ms: s.until.as_millisecond(),
+        reason: s.reason.clone(),
+        who: s.who.clone(),
     }
 }
 
@@ -291,6 +304,83 @@ impl Admin for AdminService {
         self.access.read(&request, "list_maintenance").await?;
         let maintenance = self.faults.with_engine(|e| e.maintenances().map(maintenance_to_pb).collect());
         Ok(Response::new(pb::ListMaintenanceReply { maintenance }))
+    }
+
+    async fn list_silences(
+        &self,
+        request: Request<pb::ListSilencesRequest>,
+    ) -> Result<Response<pb::ListSilencesReply>, Status> {
+        self.access.read(&request, "list_silences").await?;
+        let now = Timestamp::now();
+        let mut silences: Vec<pb::Silence> =
+            self.faults.with_engine(|e| e.silences().filter(|s| s.until > now).map(silence_to_pb).collect());
+        silences.sort_by_key(|s| s.id);
+        Ok(Response::new(pb::ListSilencesReply { silences }))
+    }
+
+    async fn remove_silence(
+        &self,
+        request: Request<pb::RemoveSilenceRequest>,
+    ) -> Result<Response<pb::Silence>, Status> {
+        let change = self.access.change(&request, StaffRole::Engineer, "remove_silence", "remove a silence").await?;
+        let id = request.into_inner().id;
+        let result = async {
+            let now = Timestamp::now();
+            let (removed, changes) = self.faults.with_engine(|e| {
+                let removed = e.silences().find(|s| s.id == id).map(silence_to_pb);
+                e.remove_silence(id, now).map(|changes| (removed, changes))
+            })
+            .map_err(refused)?;
+            self.durable().await?;
+            let _ = self.transitions.send(changes);
+            removed.map(Response::new).ok_or_else(|| Status::internal("silence vanished"))
+        }
+        .await;
+        change.finish(result).await
+    }
+
+    async fn remove_maintenance(
+        &self,
+        request: Request<pb::RemoveMaintenanceRequest>,
+    ) -> Result<Response<pb::Maintenance>, Status> {
+        let change =
+            self.access.change(&request, StaffRole::Engineer, "remove_maintenance", "remove maintenance").await?;
+        let id = request.into_inner().id;
+        let result = async {
+            let now = Timestamp::now();
+            let (removed, changes) = self.faults.with_engine(|e| {
+                let removed = e.maintenances().find(|m| m.id == id).map(maintenance_to_pb);
+                e.remove_maintenance(id, now).map(|changes| (removed, changes))
+            })
+            .map_err(refused)?;
+            self.durable().await?;
+            let _ = self.transitions.send(changes);
+            removed.map(Response::new).ok_or_else(|| Status::internal("maintenance window vanished"))
+        }
+        .await;
+        change.finish(result).await
+    }
+
+    async fn reload(&self, request: Request<pb::ReloadRequest>) -> Result<Response<pb::ReloadReply>, Status> {
+        let change = self.access.change(&request, StaffRole::Admin, "reload", "reload the configuration").await?;
+        let result = match self.reloader.get() {
+            None => Err(Status::unavailable("the collector is still starting; try again")),
+            Some(reloader) => {
+                let reloader = reloader.clone();
+                match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                    Err(e) => Err(Status::internal(format!("reload: {e}"))),
+                    Ok(Err(errors)) => Err(Status::failed_precondition(format!(
+                        "configuration refused; the configuration in force stays:\n{}",
+                        errors.join("\n")
+                    ))),
+                    Ok(Ok(r)) => Ok(Response::new(pb::ReloadReply {
+                        applied: vec![format!("configuration reloaded from {}", r.path.display())],
+                        needs_restart: r.restart_needed,
+                    })),
+                }
+            }
+        };
+        change.finish(result).await
     }
 
     async fn on_call(&self, request: Request<pb::OnCallRequest>) -> Result<Response<pb::OnCallReply>, Status> {

@@ -20,6 +20,8 @@ use crate::services::pager::Pager;
 /// What a reload applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reloaded {
+    /// The file read.
+    pub path: PathBuf,
     /// Top-level keys or tables that changed but take effect only at the next restart.
     pub restart_needed: Vec<String>,
 }
@@ -53,7 +55,7 @@ impl Reloader {
         self.faults.reload(engine);
         // What needs a restart stays as it is in force, so the next reload compares right.
         *current = reloadable_into(current.clone(), &new);
-        Ok(Reloaded { restart_needed })
+        Ok(Reloaded { path: path.clone(), restart_needed })
     }
 }
 
