@@ -8,7 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         unsafe { std::env::set_var("PROTOC", protoc) };
     }
     println!("cargo:rerun-if-changed=proto");
-    tonic_prost_build::configure().compile_protos(
+    let descriptor = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("pikett_descriptor.bin");
+    tonic_prost_build::configure().file_descriptor_set_path(descriptor).compile_protos(
         &[
             "proto/pikett/v1/ingest.proto",
             "proto/pikett/v1/admin.proto",

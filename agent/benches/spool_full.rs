@@ -25,12 +25,12 @@ fn batch(round: usize) -> pb::Batch {
             time_unix_ms: 1_700_000_000_000 + round as i64,
         })
         .collect();
-    let checks = vec![pb::CheckResult {
-        name: "host/load".into(),
-        state: pb::CheckState::Ok as i32,
-        summary: "load 0.4".into(),
-        time_unix_ms: 1_700_000_000_000 + round as i64,
-    }];
+    let checks = vec![pb::CheckResult::new(
+        "host/load".into(),
+        pb::CheckStatus::Ok,
+        "load 0.4".into(),
+        1_700_000_000_000 + round as i64,
+    )];
     pb::Batch { samples, checks, ..Default::default() }
 }
 

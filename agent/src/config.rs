@@ -62,7 +62,7 @@ pub struct AgentConfig {
     pub patches: Option<PatchesConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// CA that signed the collector's certificate.

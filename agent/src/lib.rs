@@ -8,6 +8,7 @@ pub mod enroll;
 pub mod errors;
 pub mod observation;
 pub mod probes;
+pub mod reload;
 pub mod runtime;
 pub mod spool;
 pub mod uplink;

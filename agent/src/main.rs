@@ -28,7 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The daemon: poll every probe on its interval, spool, stream.
+    /// The daemon: poll every probe on its interval, spool, stream. SIGHUP reloads the
+    /// configuration (probes and checks apply at once; an invalid file is refused and logged).
     Run,
     /// Poll every (or one) probe once, all at once (command checks up to
     /// max_concurrent_commands), and print each result as a JSON line; sends nothing.
@@ -99,7 +100,7 @@ fn main() -> ExitCode {
                     pikett_support::service::notify_stopping();
                     let _ = tx.send(true);
                 });
-                pikett_agent::runtime::run(config, host_id, rx).await.map(|()| ExitCode::SUCCESS)
+                pikett_agent::runtime::run(config, cli.config.clone(), host_id, rx).await.map(|()| ExitCode::SUCCESS)
             }
             Command::Enroll { collector, ticket } => {
                 let done = pikett_agent::enroll::enroll(&config, &collector, &ticket).await?;
@@ -127,7 +128,7 @@ async fn test(config: &AgentConfig, only: Option<&str>) -> anyhow::Result<()> {
     for e in &built.failures {
         eprintln!("pikett-agent: {e}");
     }
-    let probes = built.probes;
+    let probes = built.into_probes();
     let names: Vec<String> = probes.iter().map(|p| p.name().to_string()).collect();
     if let Some(only) = only
         && !names.iter().any(|n| n == only)

@@ -7,18 +7,27 @@
 //! observations in memory (bounded, samples dropped first and counted), reports a CRITICAL
 //! `agent/spool` straight through the uplink, reopens the spool at every batch interval
 //! and, once an append works again, sends the all-clear in that batch.
+//!
+//! SIGHUP reloads the configuration file ([`crate::reload`]): the probes of changed
+//! sections are stopped and started again; the batcher, the spool and the uplink (and so
+//! the stream to the collector) go on untouched.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use pikett_proto::v1 as pb;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::config::AgentConfig;
-use crate::observation::Observation;
-use crate::probes::{self, Probe, SharedState, StateUpdate};
+use crate::observation::{Observation, State};
+use crate::probes::checks::command::CommandLimits;
+use crate::probes::{self, BuiltProbe, Probe, Section, SharedState, StateUpdate};
+use crate::reload::{self, Plan, Stamp};
 use crate::spool::{Spool, SpoolError};
-use crate::uplink::Uplink;
+use crate::uplink::{Cadence, Uplink};
 use crate::wire;
 
 /// Observations gathered into one batch at most (a batch is also cut every `batch_interval`).
@@ -30,7 +39,15 @@ const SPOOL_CHECK: &str = "agent/spool";
 /// How long a stopping agent keeps sending what is spooled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// Runs the agent until `shutdown` turns true; SIGHUP reloads `config_path` meanwhile.
+pub async fn run(
+    config: AgentConfig,
+    config_path: PathBuf,
+    host_id: String,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    // Before anything slow: SIGHUP's default action would end the agent.
+    let mut hangup = listen_for_hangup();
     let spool = Arc::new(Spool::open_with(
         &config.spool_dir,
         config.spool_max_bytes.as_u64(),
@@ -39,48 +56,54 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     )?);
     let state: SharedState = Arc::new(spool.state_store());
     let (status_tx, status_rx) = watch::channel::<Option<pb::AgentStatus>>(None);
-    let built = probes::from_config(&config, state);
+    let limits = CommandLimits::new(config.max_concurrent_commands);
+    // Stamped before the probes read their files: a file changed in between counts as changed.
+    let stamps = reload::stamps(&config);
+    let built = probes::build(&config, state.clone(), &limits, |_| true);
     // A probe that cannot start reports UNKNOWN with the reason; the others run on.
     for e in &built.failures {
         tracing::error!(error = %e, "a probe cannot start; it reports UNKNOWN until fixed");
     }
-    let probes = built.probes;
     warn_if_few_fds(config.max_concurrent_commands);
-    let capabilities: Vec<String> = {
-        let mut names: Vec<String> = probes.iter().map(|p| p.name().to_string()).collect();
-        names.dedup();
-        names
-    };
+
+    let (obs_tx, obs_rx) = mpsc::channel::<ToBatcher>(1024);
+    let mut probes = Probes { tx: obs_tx, state, limits, running: BTreeMap::new() };
+    probes.start(built.probes, &stamps);
+    let capabilities = probes.capabilities();
     let host_id_for_renewal = host_id.clone();
     tracing::info!(host_id, probes = ?capabilities, next_seq = spool.next_seq()?, pending = spool.pending(), "agent starting");
 
-    let (obs_tx, obs_rx) = mpsc::channel::<Polled>(1024);
-    let mut probe_tasks = Vec::new();
-    for probe in probes {
-        probe_tasks.push(tokio::spawn(probe_loop(probe, obs_tx.clone(), shutdown.clone())));
-    }
-    drop(obs_tx);
-
     let wake = Arc::new(Notify::new());
+    let cadence = Arc::new(Cadence::new(config.min_interval()));
     // The watchdog (WatchdogSec=) is fed while the batcher turns: it cuts a batch every
     // batch_interval, so a hung spool or batcher gets the agent restarted.
     let heartbeats = pikett_support::service::Heartbeats::new();
     let beat = heartbeats.register("batcher", config.batch_interval * 3);
-    let batcher = tokio::spawn(batcher(obs_rx, spool.clone(), wake.clone(), config.batch_interval, status_tx, beat));
+    let mut batcher = tokio::spawn(batcher(
+        obs_rx,
+        spool.clone(),
+        wake.clone(),
+        config.batch_interval,
+        status_tx,
+        beat,
+        cadence.clone(),
+    ));
+    let (hello_tx, hello_rx) = watch::channel(pb::Hello {
+        protocol_version: pikett_proto::PROTOCOL_VERSION,
+        host_id,
+        customer: config.customer.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        capabilities,
+        min_interval_ms: config.min_interval().as_millis() as u64,
+        spool_epoch: spool.epoch(),
+    });
     let uplink = Uplink {
         collectors: config.collectors.clone(),
         ack_timeout: config.ack_timeout,
         failback_after: config.failback_after,
         tls: config.tls.clone(),
-        hello: pb::Hello {
-            protocol_version: pikett_proto::PROTOCOL_VERSION,
-            host_id,
-            customer: config.customer.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            capabilities,
-            min_interval_ms: config.min_interval().as_millis() as u64,
-            spool_epoch: spool.epoch(),
-        },
+        hello: hello_rx,
+        cadence: cadence.clone(),
         spool: spool.clone(),
         wake,
         status: status_rx,
@@ -99,12 +122,28 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
         }
     });
 
-    // Probe tasks end on shutdown; the batcher ends when they all have (and spools what is left);
+    // Until told to stop, or the batcher stops by itself: reloads, one at a time (a stop
+    // waits for the reload in progress).
+    let mut in_force = config;
+    let batcher_ended = loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break None,
+            ended = &mut batcher => break Some(ended),
+            () = hangup_received(&mut hangup) => {
+                pikett_support::service::notify_reloading();
+                reload(&config_path, &mut in_force, &mut probes, &hello_tx, &cadence).await;
+                pikett_support::service::notify_ready(&status_line(&spool));
+            }
+        }
+    };
+
+    // Probe tasks end first; the batcher ends when they all have (and spools what is left);
     // then the uplink sends what is spooled, for a bounded time.
-    for t in probe_tasks {
-        let _ = t.await;
-    }
-    let batcher_result = batcher.await;
+    probes.stop_all().await;
+    let batcher_result = match batcher_ended {
+        Some(ended) => ended,
+        None => batcher.await,
+    };
     let _ = uplink_stop.send(true);
     if let Ok(Err(e)) = &batcher_result {
         // The spool was replaced under the agent: stop now; the service manager restarts it.
@@ -123,6 +162,189 @@ pub async fn run(config: AgentConfig, host_id: String, shutdown: watch::Receiver
     match batcher_result {
         Ok(r) => r,
         Err(e) => Err(anyhow::anyhow!("batcher task failed: {e}")),
+    }
+}
+
+fn listen_for_hangup() -> Option<tokio::signal::unix::Signal> {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload needs a restart");
+            None
+        }
+    }
+}
+
+/// The next SIGHUP; never, when the agent cannot listen for it.
+async fn hangup_received(hangup: &mut Option<tokio::signal::unix::Signal>) {
+    if let Some(s) = hangup
+        && s.recv().await.is_some()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
+/// SIGHUP (`systemctl reload`): reads and validates the file; an invalid one is refused
+/// and logged with every error, the configuration in force stays.
+async fn reload(
+    path: &Path,
+    in_force: &mut AgentConfig,
+    probes: &mut Probes,
+    hello: &watch::Sender<pb::Hello>,
+    cadence: &Cadence,
+) {
+    let new = match reload::load(path) {
+        Ok(new) => new,
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!(error = %e, "configuration reload refused; the configuration in force stays");
+            }
+            return;
+        }
+    };
+    let restart_needed = reload::restart_needed(in_force, &new);
+    let applied = reload::applied(in_force.clone(), &new);
+    let stamps = reload::stamps(&applied);
+    let plan = reload::plan(&probes.stamps(), &stamps);
+    probes.apply(&applied, &plan, &stamps).await;
+    // The collector learns these at the next stream; until then the batcher keeps up the
+    // pace the stream announced (see `Cadence`).
+    let min_interval = applied.min_interval();
+    cadence.set_configured(min_interval);
+    let capabilities = probes.capabilities();
+    hello.send_modify(|h| {
+        h.capabilities = capabilities;
+        h.min_interval_ms = min_interval.as_millis() as u64;
+    });
+    *in_force = applied;
+    let names = |sections: &[Section]| sections.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let (added, changed, removed) = (names(&plan.added), names(&plan.changed), names(&plan.removed));
+    if restart_needed.is_empty() {
+        tracing::info!(?added, ?changed, ?removed, "configuration reloaded");
+    } else {
+        tracing::warn!(
+            ?added,
+            ?changed,
+            ?removed,
+            ?restart_needed,
+            "configuration reloaded; these changes take effect only at the next restart"
+        );
+    }
+}
+
+/// The running probes, one task each, by the section they come from.
+struct Probes {
+    tx: mpsc::Sender<ToBatcher>,
+    /// The spool's probe state.
+    state: SharedState,
+    /// Shared by every command check for the agent's life (`max_concurrent_commands`
+    /// needs a restart).
+    limits: CommandLimits,
+    running: BTreeMap<Section, Running>,
+}
+
+struct Running {
+    stamp: Stamp,
+    /// The probe's name ("host", "checks", ...), for the hello's capabilities.
+    name: String,
+    stop: watch::Sender<bool>,
+    /// Ends with the names of the checks the probe reported.
+    task: JoinHandle<BTreeSet<String>>,
+}
+
+impl Probes {
+    fn start(&mut self, built: Vec<BuiltProbe>, stamps: &BTreeMap<Section, Stamp>) {
+        for BuiltProbe { section, probe, started } in built {
+            let Some(stamp) = stamps.get(&section) else {
+                // Cannot be: both come from one configuration. Run it rather than lose it.
+                tracing::warn!(%section, "a probe without its section; it runs until the next restart");
+                continue;
+            };
+            let mut stamp = stamp.clone();
+            stamp.started = started;
+            let name = probe.name().to_string();
+            let (stop, stop_rx) = watch::channel(false);
+            let task = tokio::spawn(probe_loop(probe, self.tx.clone(), stop_rx));
+            if let Some(old) = self.running.insert(section.clone(), Running { stamp, name, stop, task }) {
+                // Not reached (a section is stopped before it starts again); stopped all the same.
+                let _ = old.stop.send(true);
+            }
+        }
+    }
+
+    fn stamps(&self) -> BTreeMap<Section, Stamp> {
+        self.running.iter().map(|(s, r)| (s.clone(), r.stamp.clone())).collect()
+    }
+
+    /// Probe names in the configured order, once each.
+    fn capabilities(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.running.values().map(|r| r.name.clone()).collect();
+        names.dedup();
+        names
+    }
+
+    /// Stops the removed and changed sections, reports the removed checks OK one last
+    /// time, and starts the added and changed ones from `config`.
+    async fn apply(&mut self, config: &AgentConfig, plan: &Plan, stamps: &BTreeMap<Section, Stamp>) {
+        let stopping: Vec<(bool, Section, Running)> = plan
+            .removed
+            .iter()
+            .map(|s| (true, s))
+            .chain(plan.changed.iter().map(|s| (false, s)))
+            .filter_map(|(removed, s)| self.running.remove(s).map(|r| (removed, s.clone(), r)))
+            .collect();
+        // All told at once: a Redfish probe's logout may take its timeout.
+        for (_, _, r) in &stopping {
+            let _ = r.stop.send(true);
+        }
+        let mut retired = BTreeSet::new();
+        for (removed, section, r) in stopping {
+            let reported = r.task.await.unwrap_or_default();
+            if removed {
+                retired.extend(reported);
+                if let Section::Check(name) = section {
+                    retired.insert(name);
+                }
+            }
+        }
+        // After their probes' last results (the tasks have ended), so nothing reopens them.
+        if !retired.is_empty() {
+            let now = jiff::Timestamp::now();
+            let observations =
+                retired.iter().map(|name| Observation::check(name.as_str(), State::Ok, reload::REMOVED_SUMMARY, now));
+            let polled = Polled { observations: observations.collect(), state: Vec::new() };
+            let _ = self.tx.send(ToBatcher::Polled(polled)).await;
+        }
+        let wanted: BTreeSet<&Section> = plan.added.iter().chain(&plan.changed).collect();
+        if wanted.is_empty() {
+            return;
+        }
+        // The stopped probes' last state may still be in the batcher, not spooled: the new
+        // ones read it from there first.
+        let (reply, pending) = oneshot::channel();
+        let pending = match self.tx.send(ToBatcher::Unspooled(reply)).await {
+            Ok(()) => pending.await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let state: SharedState = Arc::new(reload::PendingState::new(pending, self.state.clone()));
+        let built = probes::build(config, state, &self.limits, |s| wanted.contains(s));
+        // Validated a moment ago; a file may have changed since. As at start: UNKNOWN, and
+        // tried again at the next reload.
+        for e in &built.failures {
+            tracing::error!(error = %e, "a probe cannot start; it reports UNKNOWN until fixed");
+        }
+        self.start(built.probes, stamps);
+    }
+
+    /// Stops every probe and waits for them; the batcher then sees its input close.
+    async fn stop_all(self) {
+        for r in self.running.values() {
+            let _ = r.stop.send(true);
+        }
+        for (_, r) in self.running {
+            let _ = r.task.await;
+        }
     }
 }
 
@@ -159,25 +381,47 @@ struct Polled {
     state: Vec<StateUpdate>,
 }
 
-async fn probe_loop(mut probe: Box<dyn Probe>, tx: mpsc::Sender<Polled>, mut shutdown: watch::Receiver<bool>) {
+/// What the batcher is sent.
+enum ToBatcher {
+    Polled(Polled),
+    /// Asks for the probe state it holds that is not spooled yet (oldest first).
+    Unspooled(oneshot::Sender<Vec<StateUpdate>>),
+}
+
+/// Polls `probe` on its interval until `stop` turns true (or its sender is dropped);
+/// returns the names of the checks it reported.
+async fn probe_loop(
+    mut probe: Box<dyn Probe>,
+    tx: mpsc::Sender<ToBatcher>,
+    mut stop: watch::Receiver<bool>,
+) -> BTreeSet<String> {
+    let mut reported = BTreeSet::new();
     let start = tokio::time::Instant::now() + probe.first_poll_delay();
     let mut ticker = tokio::time::interval_at(start, probe.interval());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
         }
         let observations = tokio::select! {
             o = probe.poll() => o,
-            _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
         };
+        for o in &observations {
+            if let Observation::Check(c) = o
+                && !reported.contains(&c.name)
+            {
+                reported.insert(c.name.clone());
+            }
+        }
         let state = probe.take_state();
-        if tx.send(Polled { observations, state }).await.is_err() {
+        if tx.send(ToBatcher::Polled(Polled { observations, state })).await.is_err() {
             break;
         }
     }
     probe.shutdown().await;
+    reported
 }
 
 /// What the batcher holds that is not spooled yet.
@@ -214,22 +458,18 @@ impl Unspooled {
     }
 }
 
-fn spool_status(state: pb::CheckState, summary: String) -> pb::CheckResult {
-    pb::CheckResult {
-        name: SPOOL_CHECK.into(),
-        state: state as i32,
-        summary,
-        time_unix_ms: jiff::Timestamp::now().as_millisecond(),
-    }
+fn spool_status(status: pb::CheckStatus, summary: String) -> pb::CheckResult {
+    pb::CheckResult::new(SPOOL_CHECK.into(), status, summary, jiff::Timestamp::now().as_millisecond())
 }
 
 async fn batcher(
-    mut rx: mpsc::Receiver<Polled>,
+    mut rx: mpsc::Receiver<ToBatcher>,
     spool: Arc<Spool>,
     wake: Arc<Notify>,
     every: Duration,
     status: watch::Sender<Option<pb::AgentStatus>>,
     beat: pikett_support::service::Beat,
+    cadence: Arc<Cadence>,
 ) -> anyhow::Result<()> {
     let mut held = Unspooled::default();
     // Set while the spool cannot be written: the error the agent reports.
@@ -237,6 +477,8 @@ async fn batcher(
     // The first batch after a start says the spool works: a CRITICAL reported before a
     // restart (disk freed, agent restarted) must clear.
     let mut report_ok = true;
+    // When the last batch was spooled, for the keepalive (see `Cadence`).
+    let mut last_batch = tokio::time::Instant::now();
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -244,20 +486,26 @@ async fn batcher(
         // A batch is cut at every tick, when it is large, and when the probes have stopped.
         let (cut, closed) = tokio::select! {
             msg = rx.recv() => match msg {
-                Some(polled) => {
+                Some(ToBatcher::Polled(polled)) => {
                     held.observations.extend(polled.observations);
                     held.state.extend(polled.state);
                     (held.observations.len() >= MAX_BATCH_OBSERVATIONS && trouble.is_none(), false)
+                }
+                Some(ToBatcher::Unspooled(reply)) => {
+                    let _ = reply.send(held.state.clone());
+                    (false, false)
                 }
                 None => (true, true),
             },
             _ = ticker.tick() => (true, false),
         };
-        if cut && (!held.observations.is_empty() || !held.state.is_empty() || trouble.is_some()) {
+        let keepalive = cadence.keepalive().is_some_and(|k| last_batch.elapsed() >= k);
+        if cut && (!held.observations.is_empty() || !held.state.is_empty() || trouble.is_some() || keepalive) {
             let recovering = trouble.is_some();
-            match spool_held(&spool, &mut held, recovering || report_ok).await {
+            match spool_held(&spool, &mut held, recovering || report_ok, keepalive).await {
                 Ok(Some(seq)) => {
-                    tracing::debug!(seq, "batch spooled");
+                    tracing::debug!(seq, keepalive, "batch spooled");
+                    last_batch = tokio::time::Instant::now();
                     report_ok = false;
                     if trouble.take().is_some() {
                         tracing::info!(seq, "spooling works again");
@@ -279,7 +527,7 @@ async fn batcher(
                         tracing::error!(error = %e, "cannot spool; reporting agent/spool CRITICAL and retrying");
                     }
                     trouble = Some(summary.clone());
-                    let check = spool_status(pb::CheckState::Critical, summary);
+                    let check = spool_status(pb::CheckStatus::Critical, summary);
                     status.send_replace(Some(pb::AgentStatus { checks: vec![check] }));
                 }
             }
@@ -291,16 +539,21 @@ async fn batcher(
 }
 
 /// Spools what the batcher holds (after reopening a broken spool); with `recovering`, the
-/// batch also carries `agent/spool` OK (after trouble, and once after each start).
-/// `Ok(None)`: nothing needed spooling.
-async fn spool_held(spool: &Arc<Spool>, held: &mut Unspooled, recovering: bool) -> Result<Option<u64>, SpoolError> {
+/// batch also carries `agent/spool` OK (after trouble, and once after each start); with
+/// `keepalive`, a batch is spooled even when empty. `Ok(None)`: nothing needed spooling.
+async fn spool_held(
+    spool: &Arc<Spool>,
+    held: &mut Unspooled,
+    recovering: bool,
+    keepalive: bool,
+) -> Result<Option<u64>, SpoolError> {
     if spool.is_broken() {
         let s = spool.clone();
         tokio::task::spawn_blocking(move || s.recover())
             .await
             .map_err(|e| SpoolError::Sync(std::io::Error::other(e)))??;
     }
-    if held.observations.is_empty() && !recovering {
+    if held.observations.is_empty() && !recovering && !keepalive {
         spool.put_state(&held.state)?;
         held.state.clear();
         return Ok(None);
@@ -310,11 +563,74 @@ async fn spool_held(spool: &Arc<Spool>, held: &mut Unspooled, recovering: bool) 
     let mut batch = wire::to_batch(held.observations.clone());
     if recovering {
         let summary = "the spool works".to_string();
-        batch.checks.push(spool_status(pb::CheckState::Ok, summary));
+        batch.checks.push(spool_status(pb::CheckStatus::Ok, summary));
     }
     batch.dropped_samples += held.dropped_samples;
     batch.dropped_other += held.dropped_other;
     let seq = spool.append_with_state(batch, &held.state).await?;
     *held = Unspooled::default();
     Ok(Some(seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Running {
+        spool: Arc<Spool>,
+        tx: mpsc::Sender<ToBatcher>,
+        cadence: Arc<Cadence>,
+        task: JoinHandle<anyhow::Result<()>>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// A batcher on a fresh spool, cutting every `every`, past its first (immediate) tick.
+    async fn batcher_on_a_spool(every: Duration) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open_with(dir.path(), 64 << 20, 1 << 20, false).unwrap());
+        let (tx, rx) = mpsc::channel(16);
+        let (status, _) = watch::channel(None);
+        let beat = pikett_support::service::Heartbeats::new().register("batcher", Duration::from_secs(60));
+        let cadence = Arc::new(Cadence::new(Duration::from_secs(30)));
+        let task =
+            tokio::spawn(batcher(rx, spool.clone(), Arc::new(Notify::new()), every, status, beat, cadence.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Running { spool, tx, cadence, task, _dir: dir }
+    }
+
+    async fn unspooled(tx: &mpsc::Sender<ToBatcher>) -> Vec<StateUpdate> {
+        let (reply, answer) = oneshot::channel();
+        tx.send(ToBatcher::Unspooled(reply)).await.unwrap();
+        answer.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_batcher_tells_the_state_it_holds_until_it_is_spooled() {
+        let b = batcher_on_a_spool(Duration::from_millis(400)).await;
+        let state = vec![("redfish/cursor/x".to_string(), b"42".to_vec())];
+        let obs = vec![Observation::check("c", State::Ok, "fine", jiff::Timestamp::now())];
+        b.tx.send(ToBatcher::Polled(Polled { observations: obs, state: state.clone() })).await.unwrap();
+        assert_eq!(unspooled(&b.tx).await, state, "held, not spooled yet");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(b.spool.pending(), 1);
+        assert!(unspooled(&b.tx).await.is_empty(), "spooled with the batch");
+        drop(b.tx);
+        b.task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn empty_batches_keep_the_announced_pace_only_while_the_probes_are_slower() {
+        let b = batcher_on_a_spool(Duration::from_millis(100)).await;
+        // The probes are as fast as the stream announced: nothing to send, nothing spooled.
+        b.cadence.set_announced(30_000);
+        tokio::time::sleep(Duration::from_millis(1_300)).await;
+        assert_eq!(b.spool.pending(), 0);
+        // A reload made them slower than the 1 s the stream announced: a batch every second.
+        b.cadence.set_announced(1_000);
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        let spooled = b.spool.pending();
+        assert!((2..=3).contains(&spooled), "{spooled} batches in 2.5 s");
+        drop(b.tx);
+        b.task.await.unwrap().unwrap();
+    }
 }

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pikett_proto::v1 as pb;
@@ -33,12 +34,55 @@ pub struct Uplink {
     /// On a collector other than the first: go back to the first after this long.
     pub failback_after: Duration,
     pub tls: Option<TlsConfig>,
-    pub hello: pb::Hello,
+    /// Sent at the start of every stream; a reload changes it (probes, shortest interval)
+    /// for the next stream, never ending the one that is up.
+    pub hello: watch::Receiver<pb::Hello>,
+    /// What the stream that is up announced, for the batcher's keepalive.
+    pub cadence: Arc<Cadence>,
     pub spool: Arc<Spool>,
     /// Signalled when a new batch is spooled.
     pub wake: Arc<Notify>,
     /// The agent's trouble that cannot be spooled (`agent/spool`), sent straight on the stream.
     pub status: watch::Receiver<Option<pb::AgentStatus>>,
+}
+
+/// The agent's shortest probe interval: what the stream's hello announced and what the
+/// configuration in force has. They differ after a reload until the next stream.
+#[derive(Debug, Default)]
+pub struct Cadence {
+    announced_ms: AtomicU64,
+    configured_ms: AtomicU64,
+}
+
+impl Cadence {
+    pub fn new(configured: Duration) -> Cadence {
+        let cadence = Cadence::default();
+        cadence.set_configured(configured);
+        cadence
+    }
+
+    pub fn set_configured(&self, interval: Duration) {
+        self.configured_ms.store(u64::try_from(interval.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_announced(&self, min_interval_ms: u64) {
+        self.announced_ms.store(min_interval_ms, Ordering::Relaxed);
+    }
+
+    /// How often a batch must be spooled, empty if need be, to keep the host up at the
+    /// collector; `None` when the probes report often enough by themselves.
+    pub fn keepalive(&self) -> Option<Duration> {
+        keepalive(self.announced_ms.load(Ordering::Relaxed), self.configured_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// The collector finds a host down after 3× the shortest interval its hello announced
+/// (at least 10 s), and learns a new one only at the next stream. After a reload that made
+/// the shortest interval longer (a fast check removed), batches must still come at the
+/// announced pace until then: every announced interval (at least 1 s, the collector's
+/// floor). Pure, for the tests.
+pub fn keepalive(announced_ms: u64, configured_ms: u64) -> Option<Duration> {
+    (announced_ms > 0 && configured_ms > announced_ms).then(|| Duration::from_millis(announced_ms.max(1_000)))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +178,9 @@ impl Uplink {
         let fail = |error| Ended { progress: false, error };
         let channel = connect(url, self.tls.as_ref()).await.map_err(|e| fail(SessionError::Connect(e)))?;
         let (tx, rx) = mpsc::channel::<pb::AgentMessage>(WINDOW + 1);
-        let hello = pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(self.hello.clone())) };
+        let hello = self.hello.borrow().clone();
+        let min_interval_ms = hello.min_interval_ms;
+        let hello = pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(hello)) };
         tx.send(hello).await.map_err(|_| fail(SessionError::Protocol("stream closed".into())))?;
         let mut client = IngestClient::new(channel);
         let mut inbound = client
@@ -149,6 +195,7 @@ impl Uplink {
         match welcome {
             Some(pb::CollectorMessage { body: Some(pb::collector_message::Body::Welcome(w)) }) => {
                 tracing::info!(collector = %url, stored_up_to = w.last_seq, pending = self.spool.pending(), "connected to collector");
+                self.cadence.set_announced(min_interval_ms);
                 if let Err(e) = self.spool.skip_past(w.last_seq) {
                     // A broken spool assigns no numbers until it is reopened; the next
                     // session's welcome applies the rule then.
@@ -337,6 +384,24 @@ mod tests {
     fn failback_goes_to_the_first_collector_at_once() {
         let (next, pause, _) = next_attempt(3, 2, &ended(true, SessionError::Failback), Duration::from_secs(4));
         assert_eq!((next, pause), (0, Duration::ZERO));
+    }
+
+    #[test]
+    fn keepalive_only_while_the_stream_announced_a_shorter_interval_than_the_probes_have() {
+        // Nothing announced yet, or the probes are at least as fast as announced: none.
+        assert_eq!(keepalive(0, 30_000), None);
+        assert_eq!(keepalive(10_000, 10_000), None);
+        assert_eq!(keepalive(30_000, 10_000), None);
+        // A reload removed the 10 s check: a batch at least every 10 s until the next hello.
+        assert_eq!(keepalive(10_000, 30_000), Some(Duration::from_secs(10)));
+        // The collector counts anything under 1 s as 1 s.
+        assert_eq!(keepalive(200, 30_000), Some(Duration::from_secs(1)));
+        let cadence = Cadence::new(Duration::from_secs(30));
+        assert_eq!(cadence.keepalive(), None);
+        cadence.set_announced(10_000);
+        assert_eq!(cadence.keepalive(), Some(Duration::from_secs(10)));
+        cadence.set_configured(Duration::from_secs(5));
+        assert_eq!(cadence.keepalive(), None);
     }
 
     #[test]

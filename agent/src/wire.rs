@@ -8,12 +8,12 @@ fn ms(t: jiff::Timestamp) -> i64 {
     t.as_millisecond()
 }
 
-fn state(s: State) -> pb::CheckState {
+pub fn status(s: State) -> pb::CheckStatus {
     match s {
-        State::Ok => pb::CheckState::Ok,
-        State::Warning => pb::CheckState::Warning,
-        State::Critical => pb::CheckState::Critical,
-        State::Unknown => pb::CheckState::Unknown,
+        State::Ok => pb::CheckStatus::Ok,
+        State::Warning => pb::CheckStatus::Warning,
+        State::Critical => pb::CheckStatus::Critical,
+        State::Unknown => pb::CheckStatus::Unknown,
     }
 }
 
@@ -22,12 +22,9 @@ pub fn to_batch(observations: Vec<Observation>) -> pb::Batch {
     let mut batch = pb::Batch { created_unix_ms: jiff::Timestamp::now().as_millisecond(), ..Default::default() };
     for o in observations {
         match o {
-            Observation::Check(c) => batch.checks.push(pb::CheckResult {
-                name: c.name,
-                state: state(c.state) as i32,
-                summary: c.summary,
-                time_unix_ms: ms(c.time),
-            }),
+            Observation::Check(c) => {
+                batch.checks.push(pb::CheckResult::new(c.name, status(c.state), c.summary, ms(c.time)))
+            }
             Observation::Sample(s) => batch.samples.push(pb::Sample {
                 name: s.name,
                 labels: s.labels.into_iter().collect(),

@@ -1,5 +1,5 @@
 //! Calls to the `Admin` service (status, hosts, faults, ack/resolve, silences, maintenance,
-//! on-call) and their rendering: tables for people, JSON lines for scripts.
+//! on-call, reload) and their rendering: tables for people, JSON lines for scripts.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -17,13 +17,30 @@ fn fault_json(f: &pb::Fault) -> serde_json::Value {
         "acked_by": (!f.acked_by.is_empty()).then_some(&f.acked_by),
         "resolved": opt_time(f.resolved_unix_ms),
         "resolved_by": (!f.resolved_by.is_empty()).then_some(&f.resolved_by),
-        "summary": f.summary, "results": f.results, "flapping": f.flapping,
+        "summary": f.summary, "opened_summary": opened_summary(f), "results": f.results, "flapping": f.flapping,
         "suppressed": (!f.suppressed.is_empty()).then_some(&f.suppressed),
         "timeline": f.timeline.iter().map(|e| json!({
             "at": format_time(e.at_unix_ms), "kind": e.kind,
             "who": (!e.who.is_empty()).then_some(&e.who), "text": e.text,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// Why the fault opened: the summary of the result that opened it (a collector that
+/// predates the field sends none: then the latest result's).
+fn opened_summary(f: &pb::Fault) -> &str {
+    if f.opened_summary.is_empty() { &f.summary } else { &f.opened_summary }
+}
+
+/// The table's summary: why it opened, and the latest result when that says something else
+/// (a resolved fault's "OK - …", a warning that turned critical).
+fn fault_summary(f: &pb::Fault) -> String {
+    let opened = opened_summary(f);
+    if f.summary == opened || f.summary.is_empty() {
+        truncate(opened, 60)
+    } else {
+        format!("{} (last: {})", truncate(opened, 60), truncate(&f.summary, 40))
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -48,7 +65,7 @@ pub async fn faults(
     }
     writeln!(
         out,
-        "{:>5} {:<8} {:<12} {:<20} {:<28} {:<20} SUMMARY",
+        "{:>5} {:<8} {:<12} {:<20} {:<28} {:<20} WHY OPENED (LAST RESULT)",
         "ID", "SEVERITY", "STATE", "HOST", "CHECK", "OPENED"
     )?;
     for f in &reply.faults {
@@ -65,7 +82,7 @@ pub async fn faults(
             truncate(&f.host, 20),
             truncate(&f.check, 28),
             format_time(f.opened_unix_ms),
-            truncate(&f.summary, 60),
+            fault_summary(f),
             if f.suppressed.is_empty() { String::new() } else { format!(" [suppressed: {}]", f.suppressed) }
         )?;
     }
@@ -79,8 +96,9 @@ fn render_fault(f: &pb::Fault) -> anyhow::Result<String> {
     let mut out = String::new();
     writeln!(out, "fault {}: {} {} on {} ({})", f.id, f.severity, f.check, f.host, f.customer)?;
     writeln!(out, "state:      {}{}", f.state, if f.flapping { " (flapping)" } else { "" })?;
-    writeln!(out, "summary:    {}", f.summary)?;
     writeln!(out, "opened:     {}", format_time(f.opened_unix_ms))?;
+    writeln!(out, "why opened: {}", opened_summary(f))?;
+    writeln!(out, "summary:    {} (latest result)", f.summary)?;
     if f.acked_unix_ms != 0 {
         writeln!(out, "acked:      {} by {}", format_time(f.acked_unix_ms), f.acked_by)?;
     }
@@ -117,28 +135,84 @@ pub async fn resolve(client: &mut Client, id: u64, note: Option<String>, json: b
     if json { Ok(format!("{}\n", fault_json(&f))) } else { Ok(format!("fault {id} resolved by {}\n", f.resolved_by)) }
 }
 
-pub async fn silence(
-    client: &mut Client,
-    host: String,
-    check: Option<String>,
-    duration: Duration,
-    reason: String,
-    json: bool,
-) -> anyhow::Result<String> {
+/// What `pikett silence --host H [--check C] --for D --reason R [--force]` asks for.
+pub struct NewSilence {
+    pub host: String,
+    pub check: Option<String>,
+    pub duration: Duration,
+    pub reason: String,
+    pub force: bool,
+}
+
+fn silence_json(s: &pb::Silence) -> serde_json::Value {
+    json!({"id": s.id, "host": s.host, "check": (!s.check.is_empty()).then_some(&s.check),
+        "until": format_time(s.until_unix_ms), "reason": s.reason, "who": s.who,
+        "created": opt_time(s.created_unix_ms)})
+}
+
+fn silence_what(s: &pb::Silence) -> String {
+    if s.check.is_empty() { format!("{} (all checks)", s.host) } else { format!("{} {}", s.host, s.check) }
+}
+
+pub async fn silence(client: &mut Client, new: NewSilence, json: bool) -> anyhow::Result<String> {
     let r = pb::AddSilenceRequest {
-        host,
-        check: check.unwrap_or_default(),
-        duration_ms: duration.as_millis() as u64,
-        reason,
+        host: new.host,
+        check: new.check.unwrap_or_default(),
+        duration_ms: new.duration.as_millis() as u64,
+        reason: new.reason,
+        force: new.force,
     };
     let s = client.admin.add_silence(client.req(r)).await.map_err(rpc_error)?.into_inner();
     if json {
-        let v = json!({"id": s.id, "host": s.host, "check": (!s.check.is_empty()).then_some(&s.check),
-            "until": format_time(s.until_unix_ms), "reason": s.reason, "who": s.who});
-        return Ok(format!("{v}\n"));
+        return Ok(format!("{}\n", silence_json(&s)));
     }
     let what = if s.check.is_empty() { s.host.clone() } else { format!("{} {}", s.host, s.check) };
     Ok(format!("silence {} on {what} until {}\n", s.id, format_time(s.until_unix_ms)))
+}
+
+/// `pikett silence list`: the silences in force.
+pub async fn silence_list(client: &mut Client, json: bool) -> anyhow::Result<String> {
+    let r = client.admin.list_silences(client.req(pb::ListSilencesRequest {})).await.map_err(rpc_error)?;
+    let list = r.into_inner().silences;
+    let mut out = String::new();
+    if json {
+        for s in &list {
+            writeln!(out, "{}", silence_json(s))?;
+        }
+        return Ok(out);
+    }
+    writeln!(out, "{:>4} {:<20} {:<28} {:<20} {:<16} REASON", "ID", "HOST", "CHECK", "UNTIL", "BY")?;
+    for s in &list {
+        writeln!(
+            out,
+            "{:>4} {:<20} {:<28} {:<20} {:<16} {}",
+            s.id,
+            truncate(&s.host, 20),
+            if s.check.is_empty() { "(all checks)".to_string() } else { truncate(&s.check, 28) },
+            format_time(s.until_unix_ms),
+            truncate(&s.who, 16),
+            s.reason
+        )?;
+    }
+    if list.is_empty() {
+        writeln!(out, "(no silences in force)")?;
+    }
+    Ok(out)
+}
+
+/// `pikett silence remove ID`.
+pub async fn silence_remove(client: &mut Client, id: u64, json: bool) -> anyhow::Result<String> {
+    let r = pb::RemoveSilenceRequest { id };
+    let s = client.admin.remove_silence(client.req(r)).await.map_err(rpc_error)?.into_inner();
+    if json {
+        return Ok(format!("{}\n", silence_json(&s)));
+    }
+    Ok(format!(
+        "silence {} on {} removed (it would have run until {}); its faults page again from their next change\n",
+        s.id,
+        silence_what(&s),
+        format_time(s.until_unix_ms)
+    ))
 }
 
 fn maintenance_json(m: &pb::Maintenance) -> serde_json::Value {
@@ -146,19 +220,22 @@ fn maintenance_json(m: &pb::Maintenance) -> serde_json::Value {
         "reason": m.reason, "announced": format_time(m.announced_unix_ms), "who": m.who})
 }
 
-pub async fn maintenance_add(
-    client: &mut Client,
-    host: String,
-    start: jiff::Timestamp,
-    end: jiff::Timestamp,
-    reason: String,
-    json: bool,
-) -> anyhow::Result<String> {
+/// What `pikett maintenance add` asks for.
+pub struct NewMaintenance {
+    pub host: String,
+    pub start: jiff::Timestamp,
+    pub end: jiff::Timestamp,
+    pub reason: String,
+    pub force: bool,
+}
+
+pub async fn maintenance_add(client: &mut Client, new: NewMaintenance, json: bool) -> anyhow::Result<String> {
     let r = pb::AddMaintenanceRequest {
-        host,
-        start_unix_ms: start.as_millisecond(),
-        end_unix_ms: end.as_millisecond(),
-        reason,
+        host: new.host,
+        start_unix_ms: new.start.as_millisecond(),
+        end_unix_ms: new.end.as_millisecond(),
+        reason: new.reason,
+        force: new.force,
     };
     let m = client.admin.add_maintenance(client.req(r)).await.map_err(rpc_error)?.into_inner();
     if json {
@@ -200,6 +277,46 @@ pub async fn maintenance_list(client: &mut Client, json: bool) -> anyhow::Result
     }
     if list.is_empty() {
         writeln!(out, "(no maintenance windows)")?;
+    }
+    Ok(out)
+}
+
+/// `pikett maintenance remove ID`.
+pub async fn maintenance_remove(client: &mut Client, id: u64, json: bool) -> anyhow::Result<String> {
+    let r = pb::RemoveMaintenanceRequest { id };
+    let m = client.admin.remove_maintenance(client.req(r)).await.map_err(rpc_error)?.into_inner();
+    if json {
+        return Ok(format!("{}\n", maintenance_json(&m)));
+    }
+    Ok(format!(
+        "maintenance {} on {} ({} to {}) removed; its faults page again from their next change\n",
+        m.id,
+        m.host,
+        format_time(m.start_unix_ms),
+        format_time(m.end_unix_ms)
+    ))
+}
+
+/// `pikett reload`: the collector reads its configuration file again. A refused file comes
+/// back as an error (exit 1) listing each problem with its file:line:column.
+pub async fn reload(client: &mut Client, json: bool) -> anyhow::Result<String> {
+    let r = client.admin.reload(client.req(pb::ReloadRequest {})).await.map_err(rpc_error)?.into_inner();
+    let mut out = String::new();
+    if json {
+        writeln!(out, "{}", json!({"applied": r.applied, "needs_restart": r.needs_restart}))?;
+        return Ok(out);
+    }
+    for line in &r.applied {
+        writeln!(out, "{line}")?;
+    }
+    if r.needs_restart.is_empty() {
+        writeln!(out, "needs a restart: nothing")?;
+    } else {
+        writeln!(
+            out,
+            "needs a restart: {} (changed in the file; the old values stay in force until the collector restarts)",
+            r.needs_restart.join(", ")
+        )?;
     }
     Ok(out)
 }

@@ -136,6 +136,11 @@ fn host_json(h: &pb::HostPatches) -> serde_json::Value {
     })
 }
 
+/// The compliance rule in one line, under the `pikett patches` table (`pikett patches
+/// --help` says it at length; `pikett_core::patchday` decides it).
+pub const COMPLIANCE_RULE: &str = "due: an update available (released or first seen) before the LAST PATCH DAY; \
+     overdue: available before a patch day 7+ days past ([patches] patch_day, default 2nd tue)";
+
 /// `pikett patches [--host H] [--overdue]`.
 pub async fn patches(client: &mut Client, host: Option<String>, overdue: bool, json: bool) -> anyhow::Result<String> {
     let r = pb::PatchesRequest { host: host.unwrap_or_default(), overdue };
@@ -172,5 +177,6 @@ pub async fn patches(client: &mut Client, host: Option<String>, overdue: bool, j
     } else if reply.hosts.iter().any(|h| h.critical_overdue > 0) {
         writeln!(out, "! Critical security update pending longer than critical_patch_days: install out of cycle")?;
     }
+    writeln!(out, "{COMPLIANCE_RULE}")?;
     Ok(out)
 }

@@ -24,7 +24,7 @@ fn sample(name: &str, labels: &[(&str, &str)], value: f64, unit: &str, t: i64) -
 }
 
 fn check(name: &str, summary: &str, t: i64) -> pb::CheckResult {
-    pb::CheckResult { name: name.into(), state: 0, summary: summary.into(), time_unix_ms: t }
+    pb::CheckResult::new(name.into(), pb::CheckStatus::Ok, summary.into(), t)
 }
 
 /// What the host probe sends every 30 s.

@@ -90,6 +90,107 @@ pub struct CollectorConfig {
     /// How long stored data is kept (`[retention]`).
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Forwarding of every stored sample to a Prometheus remote-write store (`[remote_write]`).
+    pub remote_write: Option<RemoteWriteConfig>,
+}
+
+/// `[remote_write]`: where and how the collector forwards the samples it stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteConfig {
+    /// The store's write endpoint (`http://prometheus:9090/api/v1/write`).
+    pub url: String,
+    /// A file holding the bearer token (`Authorization: Bearer …`).
+    pub bearer_token_file: Option<PathBuf>,
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// PEM CA certificates trusted besides the system's (a store with an internal CA).
+    pub ca_file: Option<PathBuf>,
+    /// One request, connecting included.
+    #[serde(default = "default_remote_write_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Samples per request at most (whole batches: a larger batch goes alone).
+    #[serde(default = "default_max_samples_per_send")]
+    pub max_samples_per_send: usize,
+    /// Batches received longer ago than this and not forwarded yet are skipped (counted).
+    #[serde(default = "default_max_backlog", with = "humantime_serde")]
+    pub max_backlog: Duration,
+    /// Labels added to every series (a series' own labels win).
+    #[serde(default)]
+    pub extra_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    pub username: String,
+    pub password_file: PathBuf,
+}
+
+fn default_remote_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_samples_per_send() -> usize {
+    2_000
+}
+fn default_max_backlog() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+
+impl RemoteWriteConfig {
+    /// The secret files and the keys naming them.
+    pub fn secret_files(&self) -> Vec<(&'static str, &Path)> {
+        let mut out = Vec::new();
+        if let Some(f) = &self.bearer_token_file {
+            out.push(("remote_write.bearer_token_file", f.as_path()));
+        }
+        if let Some(b) = &self.basic_auth {
+            out.push(("remote_write.basic_auth.password_file", b.password_file.as_path()));
+        }
+        out
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        match reqwest::Url::parse(&self.url) {
+            Err(e) => problems.push(format!("remote_write.url: not a valid URL: {e}")),
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                problems.push(format!("remote_write.url: scheme {:?}, expected http or https", u.scheme()))
+            }
+            // The file may be readable by others; passwords come from files.
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => problems
+                .push("remote_write.url: holds user info; use [remote_write] basic_auth with password_file".into()),
+            Ok(_) => {}
+        }
+        if self.bearer_token_file.is_some() && self.basic_auth.is_some() {
+            problems.push("remote_write: bearer_token_file and basic_auth exclude each other; set one".into());
+        }
+        if self.basic_auth.as_ref().is_some_and(|b| b.username.is_empty() || b.username.contains(':')) {
+            problems.push("remote_write.basic_auth.username: must be non-empty, without ':'".into());
+        }
+        if self.timeout.is_zero() {
+            problems.push("remote_write.timeout: must be more than 0s".into());
+        }
+        if self.max_samples_per_send == 0 {
+            problems.push("remote_write.max_samples_per_send: must be at least 1".into());
+        }
+        if self.max_backlog < Duration::from_secs(60) {
+            problems.push("remote_write.max_backlog: must be at least 1m".into());
+        }
+        for (name, value) in &self.extra_labels {
+            let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid || name.starts_with("__") || ["host", "customer"].contains(&name.as_str()) {
+                problems.push(format!(
+                    "remote_write.extra_labels.{name}: not a label name of its own (letters, digits, '_'; \
+                     not starting with '__'; not host or customer)"
+                ));
+            }
+            if value.is_empty() {
+                problems.push(format!("remote_write.extra_labels.{name}: empty value (Prometheus drops those)"));
+            }
+        }
+        problems
+    }
 }
 
 /// `[retention]`: how long each kind of stored data is kept.
@@ -241,6 +342,28 @@ impl CollectorConfig {
                 ),
             });
         }
+        for (key, file) in config.remote_write.iter().flat_map(RemoteWriteConfig::secret_files) {
+            match (std::fs::read_to_string(file), readable_by_others(file)) {
+                (Err(e), _) => problems.push(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    message: format!("{key} {}: cannot read: {e}", file.display()),
+                }),
+                (Ok(text), _) if text.trim().is_empty() => problems.push(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    message: format!("{key} {}: is empty", file.display()),
+                }),
+                (Ok(_), Some(mode)) => problems.push(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    message: format!(
+                        "{key} {} is readable by others (mode {mode:o}): run `chmod 600 {}` (or 640 with the \
+                         service's group)",
+                        file.display(),
+                        file.display()
+                    ),
+                }),
+                (Ok(_), None) => {}
+            }
+        }
         if let Some(tls) = &config.tls {
             for (key, file) in [("tls.key_file", Some(&tls.key_file)), ("tls.ca_key_file", tls.ca_key_file.as_ref())] {
                 if let Some(file) = file
@@ -348,6 +471,9 @@ impl CollectorConfig {
             {
                 problems.push(format!("customers.{name}.sla = {sla:?}: there is no [sla.{sla}] contract"));
             }
+        }
+        if let Some(rw) = &self.remote_write {
+            problems.extend(rw.problems());
         }
         problems
     }

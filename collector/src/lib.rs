@@ -17,6 +17,7 @@ pub mod api;
 pub mod config;
 pub mod notify;
 pub mod offline_sla;
+pub mod remote_write;
 pub mod server;
 pub mod services;
 pub mod store;

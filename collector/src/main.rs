@@ -28,7 +28,7 @@ enum Command {
     Serve,
     /// Validate the configuration: exit 0, or print each error and exit 2.
     CheckConfig,
-    /// The collector's CA for agent certificates (SPEC.md section 5).
+    /// The collector's CA for agent certificates (enrollment, see docs/operations.md).
     Ca {
         #[command(subcommand)]
         command: CaCommand,
@@ -48,7 +48,7 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// SLA availability of one month from files, offline (SPEC.md section 3.4).
+    /// SLA availability of one month from files, offline (no running collector needed).
     Sla {
         /// TOML with the keys of one `[sla.NAME]` table at its top level.
         #[arg(long)]

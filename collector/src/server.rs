@@ -102,6 +102,9 @@ pub async fn serve_from(
     });
     let patches = Arc::new(crate::services::patches::PatchService::from_config(storage.as_ref(), &config)?);
     let writer = spawn_writer(store.clone(), faults.clone(), patches.clone(), metrics.clone(), transitions_tx.clone());
+    if let Some(rw) = &config.remote_write {
+        crate::remote_write::spawn(rw, config.retention.batches, store.clone(), metrics.clone(), shutdown.clone())?;
+    }
     crate::services::patches::spawn_evaluator(patches.clone(), faults.clone(), storage.clone(), transitions_tx.clone());
     let reports = crate::api::reports::ReportsService::new(
         &config,
@@ -246,7 +249,23 @@ pub async fn serve_from(
         }
     });
     tracing::info!(listen = %config.listen, http = %config.http_listen, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "collector serving");
+    // The standard services other tools expect: grpc.health.v1 (load balancers, grpc-health-probe)
+    // and server reflection (grpcurl, Postman) over every pikett service.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<IngestServer<crate::api::ingest::IngestService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pikett_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both versions: grpcurl asks v1 first, many clients (grpcio's) only know v1alpha.
+    let reflection_v1 = reflection().build_v1().context("gRPC reflection")?;
+    let reflection_v1alpha = reflection().build_v1alpha().context("gRPC reflection")?;
     let router = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(IngestServer::new(ingest).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AdminServer::new(admin))
         .add_service(ReportsServer::new(reports))

@@ -431,6 +431,7 @@ const COLLECTOR_LAYERS: &[(&str, u8)] = &[
     ("config", 3),
     ("services", 4),
     ("api", 5),
+    ("remote_write", 5),
     ("server", 6),
     ("offline_sla", 6),
     ("lib", 7),
@@ -470,6 +471,7 @@ fn collector_layers_import_only_downwards() {
         ("config", &["sled", "tonic", "axum", "tokio"]),
         ("services", &["sled", "tonic", "axum"]),
         ("api", &["sled"]),
+        ("remote_write", &["sled", "tonic", "axum"]),
     ];
     for (path, m) in &modules {
         let (layer, _) = layer_of(path);

@@ -262,11 +262,8 @@ fn a_storm_of_ten_thousand_failing_checks_pages_a_handful_of_times() {
     pki.agent_cert("storm-01");
     let rss_before = rss_kib(c.child.id());
     let checks: Vec<pb::CheckResult> = (0..10_000)
-        .map(|i| pb::CheckResult {
-            name: format!("command/c{i}"),
-            state: pb::CheckState::Critical as i32,
-            summary: "CRITICAL - broken".into(),
-            time_unix_ms: 0,
+        .map(|i| {
+            pb::CheckResult::new(format!("command/c{i}"), pb::CheckStatus::Critical, "CRITICAL - broken".into(), 0)
         })
         .collect();
     let batch = pb::AgentMessage {

@@ -87,10 +87,12 @@ const PACKAGES: &[Spec] = &[
         user: "pikett-collector",
         user_comment: "pikett monitoring collector",
         recommends: &[],
-        // Alerting rules for pikett's own health, for the Prometheus that scrapes /metrics.
+        // Alerting rules for pikett's own health, for the Prometheus that scrapes /metrics,
+        // and a Grafana dashboard on the same metrics.
         extra_docs: &[
             ("prometheus/pikett-alerts.yml", "pikett-alerts.yml"),
             ("prometheus/pikett-alerts.test.yml", "pikett-alerts.test.yml"),
+            ("grafana/pikett.json", "pikett-grafana.json"),
         ],
     },
 ];

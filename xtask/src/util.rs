@@ -152,6 +152,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // The patches probe's tests run the real dnf against a repository they build.
     ("dnf", "/usr/bin/dnf"),
     ("createrepo-c", "/usr/bin/createrepo_c"),
+    // A virtual environment for the Python gRPC client (grpcio from PyPI).
+    ("python3-venv", "/usr/share/doc/python3-venv"),
 ];
 
 pub fn test(args: &[String]) -> anyhow::Result<()> {

@@ -22,7 +22,7 @@ use sysinfo::{MemoryRefreshKind, System};
 use crate::observation::{Observation, State};
 use crate::probes::Probe;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     #[serde(default = "default_interval", with = "humantime_serde")]

@@ -1,8 +1,8 @@
 //! Probes: each one a source of observations, behind the [`Probe`] trait.
 //!
 //! A probe owns its config section (serde, unknown keys rejected), validates it
-//! in its constructor, and returns observations from `poll`. The scheduler
-//! (`crate::scheduler`) knows nothing else about it.
+//! in its constructor, and returns observations from `poll`. The runtime
+//! (`crate::runtime`) knows nothing else about it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,24 +65,66 @@ impl StateStore for MemoryState {
 
 pub type SharedState = Arc<dyn StateStore>;
 
+/// Where a probe comes from in the configuration: a probe's section, or one `[[checks]]`
+/// entry by its result name `<kind>/<name>`. A reload compares the configuration section by
+/// section (`crate::reload`). Ordered as [`from_config`] builds them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Section {
+    Host,
+    Redfish,
+    Services,
+    Check(String),
+    Patches,
+}
+
+impl std::fmt::Display for Section {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Section::Host => f.write_str("[host]"),
+            Section::Redfish => f.write_str("[redfish]"),
+            Section::Services => f.write_str("[services]"),
+            Section::Patches => f.write_str("[patches]"),
+            Section::Check(name) => write!(f, "[[checks]] {name}"),
+        }
+    }
+}
+
+/// One probe [`from_config`] built, with the section it came from.
+pub struct BuiltProbe {
+    pub section: Section,
+    pub probe: Box<dyn Probe>,
+    /// False when an [`UnstartedProbe`] stands in (the section's problem is in `failures`).
+    pub started: bool,
+}
+
 /// What [`from_config`] built: a probe for everything the config enables, and the
 /// reasons some of them could not start (those stand in as [`UnstartedProbe`]s).
 pub struct Built {
-    pub probes: Vec<Box<dyn Probe>>,
+    pub probes: Vec<BuiltProbe>,
     /// `[redfish]: cannot read password_file …`: for `check-config` (an error) and the
     /// daemon's log; the daemon runs on.
     pub failures: Vec<String>,
 }
 
 impl Built {
-    fn add(&mut self, section: &str, probe: Result<Box<dyn Probe>, String>, unstarted: UnstartedProbe) {
+    fn add(&mut self, section: Section, probe: Result<Box<dyn Probe>, String>, unstarted: UnstartedProbe) {
         match probe {
-            Ok(p) => self.probes.push(p),
+            Ok(probe) => self.probes.push(BuiltProbe { section, probe, started: true }),
             Err(e) => {
-                self.failures.push(format!("{section}: {e}"));
-                self.probes.push(Box::new(UnstartedProbe { reason: e, ..unstarted }));
+                let label = match &section {
+                    Section::Check(_) => "[[checks]]".to_string(),
+                    other => other.to_string(),
+                };
+                self.failures.push(format!("{label}: {e}"));
+                let probe = Box::new(UnstartedProbe { reason: e, ..unstarted });
+                self.probes.push(BuiltProbe { section, probe, started: false });
             }
         }
+    }
+
+    /// The probes alone, in the configured order.
+    pub fn into_probes(self) -> Vec<Box<dyn Probe>> {
+        self.probes.into_iter().map(|b| b.probe).collect()
     }
 }
 
@@ -91,43 +133,62 @@ impl Built {
 /// own probe, so a slow check never delays another. A probe that cannot start
 /// does not keep the others from running: an [`UnstartedProbe`] reports why.
 pub fn from_config(config: &crate::config::AgentConfig, state: SharedState) -> Built {
+    let limits = checks::command::CommandLimits::new(config.max_concurrent_commands);
+    build(config, state, &limits, |_| true)
+}
+
+/// [`from_config`] for the sections `wanted` accepts only, the command checks sharing
+/// `limits` (a reload builds the changed sections with the agent's limits in force).
+pub fn build(
+    config: &crate::config::AgentConfig,
+    state: SharedState,
+    limits: &checks::command::CommandLimits,
+    wanted: impl Fn(&Section) -> bool,
+) -> Built {
     let mut built = Built { probes: Vec::new(), failures: Vec::new() };
-    let host = config.host.clone().unwrap_or_default();
-    let interval = host.interval;
-    built.add(
-        "[host]",
-        host::HostProbe::new(host).map(|p| Box::new(p) as Box<dyn Probe>).map_err(|e| e.to_string()),
-        UnstartedProbe::new("host", ["host"], interval),
-    );
-    if let Some(cfg) = &config.redfish {
+    if wanted(&Section::Host) {
+        let host = config.host.clone().unwrap_or_default();
+        let interval = host.interval;
         built.add(
-            "[redfish]",
+            Section::Host,
+            host::HostProbe::new(host).map(|p| Box::new(p) as Box<dyn Probe>).map_err(|e| e.to_string()),
+            UnstartedProbe::new("host", ["host"], interval),
+        );
+    }
+    if let Some(cfg) = config.redfish.as_ref().filter(|_| wanted(&Section::Redfish)) {
+        built.add(
+            Section::Redfish,
             redfish::RedfishProbe::new(cfg.clone(), state.clone())
                 .map(|p| Box::new(p) as Box<dyn Probe>)
                 .map_err(|e| e.to_string()),
             UnstartedProbe::new("redfish", ["redfish/system", "redfish/bmc"], cfg.interval),
         );
     }
-    if let Some(cfg) = &config.services {
+    if let Some(cfg) = config.services.as_ref().filter(|_| wanted(&Section::Services)) {
         built.add(
-            "[services]",
+            Section::Services,
             services::ServicesProbe::new(cfg.clone(), state.clone())
                 .map(|p| Box::new(p) as Box<dyn Probe>)
                 .map_err(|e| e.to_string()),
             UnstartedProbe::new("services", ["services"], cfg.interval),
         );
     }
-    let limits = checks::command::CommandLimits::new(config.max_concurrent_commands);
     let mut check_names = std::collections::HashSet::new();
     for cfg in config.checks.clone() {
+        let section = Section::Check(checks::check_key(&cfg));
+        if !wanted(&section) {
+            // Still taken: a later entry of the same name is a duplicate all the same.
+            check_names.insert(checks::check_key(&cfg));
+            continue;
+        }
         let interval = cfg.interval;
-        match checks::CheckProbe::with_limits(cfg, &limits) {
+        match checks::CheckProbe::with_limits(cfg, limits) {
             Ok(p) if !check_names.insert(p.check_name().to_string()) => {
                 // The first entry of that name runs; a second result under it would flap.
                 let e = checks::CheckError::Duplicate { check: p.check_name().to_string() };
                 built.failures.push(format!("[[checks]]: {e}"));
             }
-            Ok(p) => built.probes.push(Box::new(p)),
+            Ok(p) => built.probes.push(BuiltProbe { section, probe: Box::new(p), started: true }),
             Err(e) => {
                 let check = match &e {
                     checks::CheckError::Invalid { check, .. } | checks::CheckError::Duplicate { check } => {
@@ -136,16 +197,17 @@ pub fn from_config(config: &crate::config::AgentConfig, state: SharedState) -> B
                 };
                 // Under a name another entry already reports, its UNKNOWN would flap with it.
                 if check_names.insert(check.clone()) {
-                    built.add("[[checks]]", Err(e.to_string()), UnstartedProbe::new("checks", [check], interval));
+                    let unstarted = UnstartedProbe::new("checks", [check], interval);
+                    built.add(section, Err(e.to_string()), unstarted);
                 } else {
                     built.failures.push(format!("[[checks]]: {e}"));
                 }
             }
         }
     }
-    if let Some(cfg) = &config.patches {
+    if let Some(cfg) = config.patches.as_ref().filter(|_| wanted(&Section::Patches)) {
         built.add(
-            "[patches]",
+            Section::Patches,
             patches::PatchesProbe::new(cfg.clone(), state.clone())
                 .map(|p| Box::new(p) as Box<dyn Probe>)
                 .map_err(|e| e.to_string()),
@@ -209,8 +271,36 @@ mod tests {
         );
         assert_eq!(b.failures.len(), 1, "{:?}", b.failures);
         // host and the good check; no stand-in reporting UNKNOWN as tcp/db.
-        let checks: Vec<&str> = b.probes.iter().map(|p| p.name()).collect();
+        let checks: Vec<&str> = b.probes.iter().map(|p| p.probe.name()).collect();
         assert_eq!(checks, ["host", "checks"]);
+    }
+
+    #[tokio::test]
+    async fn build_makes_only_the_wanted_sections_and_still_sees_duplicates() {
+        let config = crate::config::AgentConfig::parse(
+            std::path::Path::new("agent.toml"),
+            "[[checks]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"127.0.0.1:1\"\n\
+             [[checks]]\nname = \"b\"\nkind = \"tcp\"\naddress = \"127.0.0.1:2\"\n\
+             [[checks]]\nname = \"a\"\nkind = \"tcp\"\naddress = \"127.0.0.1:3\"\n",
+        )
+        .expect("parses");
+        let state: SharedState = Arc::new(MemoryState::default());
+        let limits = checks::command::CommandLimits::default();
+        let sections = |b: &Built| b.probes.iter().map(|p| p.section.clone()).collect::<Vec<_>>();
+        let only_b = build(&config, state.clone(), &limits, |s| *s == Section::Check("tcp/b".into()));
+        assert_eq!(sections(&only_b), [Section::Check("tcp/b".into())]);
+        assert!(only_b.failures.is_empty(), "{:?}", only_b.failures);
+        // Both `a` entries are one section: the second is its duplicate, built or not.
+        let only_a = build(&config, state.clone(), &limits, |s| *s == Section::Check("tcp/a".into()));
+        assert_eq!(sections(&only_a), [Section::Check("tcp/a".into())]);
+        assert!(only_a.failures[0].contains("duplicate") && only_a.failures.len() == 1, "{:?}", only_a.failures);
+        let not_a = build(&config, state.clone(), &limits, |s| *s != Section::Check("tcp/a".into()));
+        assert_eq!(sections(&not_a), [Section::Host, Section::Check("tcp/b".into())]);
+        assert!(not_a.failures.is_empty(), "{:?}", not_a.failures);
+        let all = from_config(&config, state);
+        let expected = [Section::Host, Section::Check("tcp/a".into()), Section::Check("tcp/b".into())];
+        assert_eq!(sections(&all), expected);
+        assert!(all.probes.iter().all(|p| p.started));
     }
 
     #[tokio::test]
@@ -219,8 +309,9 @@ mod tests {
             "[redfish]\nendpoint = \"https://127.0.0.1:1\"\nusername = \"u\"\npassword_file = \"/nonexistent/bmc.pass\"\n",
         );
         assert!(b.failures[0].starts_with("[redfish]: ") && b.failures[0].contains("bmc.pass"), "{:?}", b.failures);
-        let redfish = b.probes.iter_mut().find(|p| p.name() == "redfish").expect("a stand-in");
-        let obs = redfish.poll().await;
+        let redfish = b.probes.iter_mut().find(|p| p.probe.name() == "redfish").expect("a stand-in");
+        assert!(!redfish.started && redfish.section == Section::Redfish);
+        let obs = redfish.probe.poll().await;
         let names: Vec<String> = obs
             .iter()
             .filter_map(|o| match o {

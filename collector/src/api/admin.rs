@@ -62,6 +62,7 @@ pub fn fault_to_pb(f: &faults::Fault) -> pb::Fault {
         resolved_unix_ms: ms(f.resolved_at),
         resolved_by: f.resolved_by.clone().unwrap_or_default(),
         summary: f.last_summary.clone(),
+        opened_summary: opened_summary(f).unwrap_or_else(|| f.last_summary.clone()),
         results: f.results,
         flapping: f.flapping,
         suppressed: f.suppressed.as_ref().map(ToString::to_string).unwrap_or_default(),
@@ -76,6 +77,26 @@ pub fn fault_to_pb(f: &faults::Fault) -> pb::Fault {
             })
             .collect(),
     }
+}
+
+/// The summary of the result that opened `f`, from its timeline's `opened` entry, which
+/// the engine writes as `opened (SEVERITY): SUMMARY[; not paged: WHY]`.
+fn opened_summary(f: &faults::Fault) -> Option<String> {
+    let entry = f.timeline.iter().find(|e| e.kind == faults::EventKind::Opened)?;
+    let rest = entry.text.strip_prefix("opened (")?;
+    let (_, summary) = rest.split_once("): ")?;
+    // The suppression the engine appended, when the fault opened unpaged.
+    let summary = match summary.rsplit_once("; not paged: ") {
+        Some((s, why))
+            if ["host down", "parent host ", "maintenance ", "silence ", "fault storm"]
+                .iter()
+                .any(|p| why.starts_with(p)) =>
+        {
+            s
+        }
+        _ => summary,
+    };
+    Some(summary.to_string())
 }
 
 fn maintenance_to_pb(m: &faults::Maintenance) -> pb::Maintenance {
@@ -98,8 +119,29 @@ fn silence_to_pb(s: &faults::Silence) -> pb::Silence {
         until_unix_ms: s.until.as_millisecond(),
         reason: s.reason.clone(),
         who: s.who.clone(),
+        created_unix_ms: s.created_at.as_millisecond(),
     }
 }
+
+/// Checks the collector raises itself (or an agent reports outside its batches): every host
+/// may have them, whether they ever fired or not.
+const COLLECTOR_CHECKS: &[&str] = &[
+    faults::HOST_REACHABLE,
+    faults::TOO_MANY_CHECKS,
+    faults::FAULT_STORM,
+    pikett_core::hosts::DATA_DROPPED_CHECK,
+    crate::services::faults::TOO_MANY_SERIES,
+    crate::services::patches::CRITICAL_OVERDUE_CHECK,
+    "agent/spool",
+];
+
+/// How many of a host's newest stored batches a silence's check name is looked up in
+/// (about an hour at the agent's default `batch_interval` of 1 s; enough for every
+/// check interval up to that).
+const CHECK_LOOKUP_BATCHES: u64 = 4000;
+
+/// How many check names a refusal lists.
+const CHECKS_LISTED: usize = 8;
 
 fn refused(e: faults::ActionError) -> Status {
     match e {
@@ -108,6 +150,31 @@ fn refused(e: faults::ActionError) -> Status {
         | faults::ActionError::NoSuchSilence(_) => Status::not_found(e.to_string()),
         other => Status::failed_precondition(other.to_string()),
     }
+}
+
+/// What a reload puts in force at once (see `services::reload`).
+const RELOADED_AT_ONCE: &str =
+    "in force now: people, rotations, escalation, channels, customers, sla, faults, hosts, rules";
+
+/// Whether `check` is in one of `host`'s newest stored batches (at most
+/// [`CHECK_LOOKUP_BATCHES`], newest first, stopping at the first sight), and the check names
+/// seen on the way. Blocking: reads the batch files.
+fn recent_checks(store: &BatchLog, host: &str, check: &str) -> (bool, std::collections::BTreeSet<String>) {
+    use prost::Message as _;
+    let mut seen = std::collections::BTreeSet::new();
+    let Some(rec) = store.host(host) else { return (false, seen) };
+    let first = rec.last_seq.saturating_sub(CHECK_LOOKUP_BATCHES - 1).max(1);
+    for seq in (first..=rec.last_seq).rev() {
+        let Ok(Some(bytes)) = store.batch(host, rec.spool_epoch, seq) else { continue };
+        let Ok(batch) = pb::Batch::decode(bytes.as_slice()) else { continue };
+        for c in batch.checks {
+            if c.name == check {
+                return (true, seen);
+            }
+            seen.insert(c.name);
+        }
+    }
+    (false, seen)
 }
 
 impl AdminService {
@@ -326,11 +393,13 @@ impl Admin for AdminService {
         let id = request.into_inner().id;
         let result = async {
             let now = Timestamp::now();
-            let (removed, changes) = self.faults.with_engine(|e| {
-                let removed = e.silences().find(|s| s.id == id).map(silence_to_pb);
-                e.remove_silence(id, now).map(|changes| (removed, changes))
-            })
-            .map_err(refused)?;
+            let (removed, changes) = self
+                .faults
+                .with_engine(|e| {
+                    let removed = e.silences().find(|s| s.id == id).map(silence_to_pb);
+                    e.remove_silence(id, now).map(|changes| (removed, changes))
+                })
+                .map_err(refused)?;
             self.durable().await?;
             let _ = self.transitions.send(changes);
             removed.map(Response::new).ok_or_else(|| Status::internal("silence vanished"))
@@ -348,11 +417,13 @@ impl Admin for AdminService {
         let id = request.into_inner().id;
         let result = async {
             let now = Timestamp::now();
-            let (removed, changes) = self.faults.with_engine(|e| {
-                let removed = e.maintenances().find(|m| m.id == id).map(maintenance_to_pb);
-                e.remove_maintenance(id, now).map(|changes| (removed, changes))
-            })
-            .map_err(refused)?;
+            let (removed, changes) = self
+                .faults
+                .with_engine(|e| {
+                    let removed = e.maintenances().find(|m| m.id == id).map(maintenance_to_pb);
+                    e.remove_maintenance(id, now).map(|changes| (removed, changes))
+                })
+                .map_err(refused)?;
             self.durable().await?;
             let _ = self.transitions.send(changes);
             removed.map(Response::new).ok_or_else(|| Status::internal("maintenance window vanished"))
@@ -374,7 +445,10 @@ impl Admin for AdminService {
                         errors.join("\n")
                     ))),
                     Ok(Ok(r)) => Ok(Response::new(pb::ReloadReply {
-                        applied: vec![format!("configuration reloaded from {}", r.path.display())],
+                        applied: vec![
+                            format!("configuration reloaded from {}", r.path.display()),
+                            RELOADED_AT_ONCE.to_string(),
+                        ],
                         needs_restart: r.restart_needed,
                     })),
                 }
@@ -481,7 +555,82 @@ impl AdminService {
         self.fault_reply(r.id)
     }
 
+    /// Refuses a silence or maintenance window for a host the collector does not know:
+    /// a typo would otherwise silence nothing, quietly. `--force` announces one for a host
+    /// that does not report yet.
+    fn known_host(&self, host: &str, what: &str) -> Result<(), Status> {
+        match self.store.host(host) {
+            Some(h) if h.removed_ms == 0 => Ok(()),
+            Some(h) => Err(Status::failed_precondition(format!(
+                "host {host:?} was removed (decommissioned) at {}: a {what} for it would suppress nothing until \
+                 it reports again; see `pikett hosts` for the hosts monitored, or add --force to announce it anyway",
+                Timestamp::from_millisecond(h.removed_ms).map_or_else(|_| "-".to_string(), |t| t.to_string())
+            ))),
+            None => Err(Status::failed_precondition(format!(
+                "no host {host:?} is known to the collector (it has never reported): see `pikett hosts` for the \
+                 host ids; to announce a {what} for a host that does not report yet (e.g. before its \
+                 enrollment), add --force"
+            ))),
+        }
+    }
+
+    /// Refuses a silence for a check `host` has never reported (a typo would silence
+    /// nothing). Known: checks the collector raises itself, configured rules, checks the
+    /// fault engine tracks or had faults of, and checks in the host's newest stored batches.
+    async fn known_check(&self, host: &str, check: &str) -> Result<(), Status> {
+        if COLLECTOR_CHECKS.contains(&check) {
+            return Ok(());
+        }
+        let (from_engine, rule) = self.faults.with_engine(|e| {
+            let rule = e.config().rules.iter().any(|r| {
+                check
+                    .strip_prefix("rule/")
+                    .and_then(|c| c.strip_prefix(r.name.as_str()))
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('{'))
+            });
+            let mut names: std::collections::BTreeSet<String> = e
+                .faults(&FaultFilter { all: true, host: Some(host.to_string()), customer: None })
+                .into_iter()
+                .map(|f| f.check.clone())
+                .collect();
+            names.extend(e.state().tracks.keys().filter(|k| k.host == host).map(|k| k.check.clone()));
+            (names, rule)
+        });
+        if rule || from_engine.contains(check) {
+            return Ok(());
+        }
+        let (store, host_id, wanted) = (self.store.clone(), host.to_string(), check.to_string());
+        let (found, mut seen) = tokio::task::spawn_blocking(move || recent_checks(&store, &host_id, &wanted))
+            .await
+            .map_err(|e| Status::internal(format!("looking up the host's checks: {e}")))?;
+        if found {
+            return Ok(());
+        }
+        seen.extend(from_engine);
+        seen.retain(|c| !COLLECTOR_CHECKS.contains(&c.as_str()));
+        let listed = if seen.is_empty() {
+            "it has reported no checks lately".to_string()
+        } else {
+            let mut names: Vec<&str> = seen.iter().map(String::as_str).take(CHECKS_LISTED).collect();
+            if seen.len() > CHECKS_LISTED {
+                names.push("…");
+            }
+            format!("its checks include {}", names.join(", "))
+        };
+        Err(Status::failed_precondition(format!(
+            "host {host:?} has never reported a check {check:?} ({listed}); check names are as `pikett faults \
+             --host {host}` and `pikett-agent test` on the host show them; omit --check to silence the whole \
+             host, or add --force to silence a check it does not report yet"
+        )))
+    }
+
     async fn add_silence_as(&self, who: String, r: pb::AddSilenceRequest) -> Result<Response<pb::Silence>, Status> {
+        if !r.force {
+            self.known_host(&r.host, "silence")?;
+            if !r.check.is_empty() {
+                self.known_check(&r.host, &r.check).await?;
+            }
+        }
         let now = Timestamp::now();
         let until = now
             .checked_add(jiff::SignedDuration::from_millis(r.duration_ms as i64))
@@ -504,6 +653,7 @@ impl AdminService {
             until_unix_ms: until.as_millisecond(),
             reason: r.reason,
             who,
+            created_unix_ms: now.as_millisecond(),
         }))
     }
 
@@ -512,6 +662,9 @@ impl AdminService {
         who: String,
         r: pb::AddMaintenanceRequest,
     ) -> Result<Response<pb::Maintenance>, Status> {
+        if !r.force {
+            self.known_host(&r.host, "maintenance window")?;
+        }
         let m = NewMaintenance {
             host: r.host,
             start: ts(r.start_unix_ms, "--start")?,
@@ -545,5 +698,55 @@ impl AdminService {
         let from = ov.from;
         self.pager.add_override(ov).await.map_err(Status::invalid_argument)?;
         Ok(Response::new(pb::OnCallReply { at_unix_ms: from.as_millisecond(), on_call: self.on_call(from) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pikett_core::faults::{CheckInput, CheckState, Engine, EngineConfig, FaultsConfig, HostDeps};
+
+    fn result(state: CheckState, summary: &str, secs: i64) -> CheckInput {
+        CheckInput {
+            host: "web-1".into(),
+            customer: "acme".into(),
+            check: "command/ctl".into(),
+            state,
+            summary: summary.into(),
+            time: Timestamp::from_second(1_800_000_000 + secs).unwrap(),
+        }
+    }
+
+    fn engine() -> Engine {
+        let faults = FaultsConfig { for_results: 1, ..FaultsConfig::default() };
+        Engine::new(EngineConfig::new(faults, Vec::new(), HostDeps::default()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_resolved_fault_says_why_it_opened_not_only_its_last_result() {
+        let mut e = engine();
+        let t = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        // Opened while silenced: the timeline's text ends "; not paged: silence 1".
+        let silence =
+            NewSilence { host: "web-1".into(), check: None, until: t(100), reason: "r".into(), who: "a".into() };
+        e.add_silence(silence, t(0)).unwrap();
+        e.check_result(result(CheckState::Warning, "WARNING - degraded; disk 91%", 1), t(1));
+        e.check_result(result(CheckState::Critical, "CRITICAL - broken", 2), t(2));
+        e.check_result(result(CheckState::Ok, "OK - fine", 3), t(3));
+        let f = e.faults(&FaultFilter { all: true, host: None, customer: None })[0].clone();
+        assert!(f.timeline[0].text.contains("; not paged: silence 1"), "{:?}", f.timeline[0]);
+        let pb = fault_to_pb(&f);
+        assert_eq!(pb.state, "resolved");
+        assert_eq!(pb.opened_summary, "WARNING - degraded; disk 91%");
+        assert_eq!(pb.summary, "OK - fine");
+    }
+
+    #[test]
+    fn a_summary_that_looks_like_a_suppression_is_kept_whole() {
+        let mut e = engine();
+        let summary = "CRITICAL - queue stuck; not paged: by design";
+        e.check_result(result(CheckState::Critical, summary, 1), Timestamp::from_second(1_800_000_001).unwrap());
+        let f = e.faults(&FaultFilter::default())[0].clone();
+        assert_eq!(fault_to_pb(&f).opened_summary, summary);
     }
 }

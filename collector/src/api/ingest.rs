@@ -54,6 +54,18 @@ impl Drop for StreamGuard {
     }
 }
 
+/// Under protocol 2 a check result must say its state: the zero value is refused, so a
+/// client that forgot the field learns it instead of reporting healthy.
+fn missing_status(version: u32, checks: &[pb::CheckResult]) -> Option<String> {
+    if version < 2 {
+        return None;
+    }
+    let c = checks.iter().find(|c| c.status == pb::CheckStatus::Unspecified as i32)?;
+    Some(format!(
+        "check result {:?} has no status (CHECK_STATUS_UNSPECIFIED): protocol version 2 requires CheckResult.status",
+        c.name
+    ))
+}
 fn reject(metrics: &Metrics, reason: &str, status: Status) -> Status {
     metrics.rejected_streams_total.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
     tracing::warn!(reason, error = %status.message(), "agent stream refused");
@@ -103,13 +115,14 @@ impl Ingest for IngestService {
                 ));
             }
         };
-        if hello.protocol_version != pikett_proto::PROTOCOL_VERSION {
+        let version = hello.protocol_version;
+        if !(pikett_proto::OLDEST_PROTOCOL_VERSION..=pikett_proto::PROTOCOL_VERSION).contains(&version) {
             return Err(reject(
                 &self.metrics,
                 "protocol_version",
                 Status::failed_precondition(format!(
-                    "protocol version {} is not supported (this collector speaks {})",
-                    hello.protocol_version,
+                    "protocol version {version} is not supported (this collector speaks {} to {})",
+                    pikett_proto::OLDEST_PROTOCOL_VERSION,
                     pikett_proto::PROTOCOL_VERSION
                 )),
             ));
@@ -190,7 +203,7 @@ impl Ingest for IngestService {
         );
 
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::CollectorMessage, Status>>(256);
-        let welcome = pb::Welcome { protocol_version: pikett_proto::PROTOCOL_VERSION, last_seq };
+        let welcome = pb::Welcome { protocol_version: version, last_seq };
         let _ =
             out_tx.send(Ok(pb::CollectorMessage { body: Some(pb::collector_message::Body::Welcome(welcome)) })).await;
 
@@ -235,6 +248,16 @@ impl Ingest for IngestService {
                         break;
                     }
                 };
+                let checks = match &msg.body {
+                    Some(pb::agent_message::Body::Batch(b)) => &b.checks[..],
+                    Some(pb::agent_message::Body::Status(s)) => &s.checks[..],
+                    _ => &[],
+                };
+                if let Some(message) = missing_status(version, checks) {
+                    let status = Status::invalid_argument(message);
+                    let _ = pending_tx.send(Pending::Refuse(reject(&metrics, "check_without_status", status))).await;
+                    break;
+                }
                 let batch = match msg.body {
                     Some(pb::agent_message::Body::Batch(batch)) => batch,
                     Some(pb::agent_message::Body::Status(status)) => {

@@ -59,12 +59,13 @@ fn json_key<K: serde::Serialize>(prefix: u8, key: &K) -> Vec<u8> {
     k
 }
 
-fn check_state(code: i32) -> CheckState {
-    match pb::CheckState::try_from(code).unwrap_or(pb::CheckState::Unknown) {
-        pb::CheckState::Ok => CheckState::Ok,
-        pb::CheckState::Warning => CheckState::Warning,
-        pb::CheckState::Critical => CheckState::Critical,
-        pb::CheckState::Unknown => CheckState::Unknown,
+fn check_state(c: &pb::CheckResult) -> CheckState {
+    match c.effective_status() {
+        pb::CheckStatus::Ok => CheckState::Ok,
+        pb::CheckStatus::Warning => CheckState::Warning,
+        pb::CheckStatus::Critical => CheckState::Critical,
+        // Refused at ingest under protocol 2; never stored.
+        pb::CheckStatus::Unknown | pb::CheckStatus::Unspecified => CheckState::Unknown,
     }
 }
 
@@ -144,7 +145,7 @@ impl FaultService {
                     host: host.to_string(),
                     customer: customer.to_string(),
                     check: c.name.clone(),
-                    state: check_state(c.state),
+                    state: check_state(c),
                     summary: c.summary.clone(),
                     time: ts(c.time_unix_ms, now),
                 },

@@ -273,14 +273,9 @@ mod tests {
         Timestamp::from_second(1_800_000_000 + s).unwrap()
     }
 
-    fn result(state: pb::CheckState, at: Timestamp) -> pb::Batch {
+    fn result(state: pb::CheckStatus, at: Timestamp) -> pb::Batch {
         pb::Batch {
-            checks: vec![pb::CheckResult {
-                name: "command/ctl".into(),
-                state: state as i32,
-                summary: format!("{state:?}"),
-                time_unix_ms: at.as_millisecond(),
-            }],
+            checks: vec![pb::CheckResult::new("command/ctl".into(), state, format!("{state:?}"), at.as_millisecond())],
             ..Default::default()
         }
     }
@@ -299,7 +294,7 @@ mod tests {
     }
 
     /// Feeds results of `state` from `*at` on, 10 s apart, until a transition of `kind`.
-    async fn feed_until(svc: &IncidentService, state: pb::CheckState, at: &mut i64, kind: EventKind) -> Transition {
+    async fn feed_until(svc: &IncidentService, state: pb::CheckStatus, at: &mut i64, kind: EventKind) -> Transition {
         for _ in 0..10 {
             *at += 10;
             let out = svc.faults.ingest("web-1", "acme", &result(state, t(*at)), t(*at));
@@ -327,7 +322,7 @@ mod tests {
     async fn a_reopened_fault_opens_an_incident_at_its_reopening_and_one_closed_by_itself_takes_a_root_cause() {
         let svc = service().await;
         let mut s = 0;
-        let fault = feed_until(&svc, pb::CheckState::Critical, &mut s, EventKind::Opened).await.fault_id;
+        let fault = feed_until(&svc, pb::CheckStatus::Critical, &mut s, EventKind::Opened).await.fault_id;
         let first = svc.list(false);
         assert_eq!(first.len(), 1);
         let a = first[0].id;
@@ -339,7 +334,7 @@ mod tests {
         let out = staff(&svc, |e| e.resolve(fault, "eve@local", None, t(s + 6)).unwrap());
         svc.on_transitions(&out).await;
         assert!(svc.get(a).unwrap().is_closed());
-        let reopened = feed_until(&svc, pb::CheckState::Critical, &mut s, EventKind::Reopened).await;
+        let reopened = feed_until(&svc, pb::CheckStatus::Critical, &mut s, EventKind::Reopened).await;
         let open = svc.list(false);
         assert_eq!(open.len(), 1, "{open:?}");
         let b = open[0].id;
@@ -353,7 +348,7 @@ mod tests {
             e.acknowledge(fault, "bob@local", None, reopened.at + jiff::SignedDuration::from_secs(60)).unwrap()
         });
         svc.on_transitions(&out).await;
-        feed_until(&svc, pb::CheckState::Ok, &mut s, EventKind::Resolved).await;
+        feed_until(&svc, pb::CheckStatus::Ok, &mut s, EventKind::Resolved).await;
         let closed = svc.get(b).unwrap();
         assert!(closed.is_closed() && closed.closed_by.is_none(), "{closed:?}");
         let md = report_of(&svc, &closed, t(s + 100));

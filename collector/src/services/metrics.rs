@@ -46,6 +46,11 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     pub hosts: Family<StatusLabel, Gauge>,
     pub notifications_failed_total: Counter,
+    pub remote_write_samples_total: Counter,
+    pub remote_write_failed_sends_total: Counter,
+    pub remote_write_dropped_samples_total: Family<ReasonLabel, Counter>,
+    pub remote_write_backlog_seconds: Gauge,
+    pub remote_write_backlog_batches: Gauge,
 }
 
 impl Metrics {
@@ -69,6 +74,11 @@ impl Metrics {
             store_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             hosts: Family::default(),
             notifications_failed_total: Counter::default(),
+            remote_write_samples_total: Counter::default(),
+            remote_write_failed_sends_total: Counter::default(),
+            remote_write_dropped_samples_total: Family::default(),
+            remote_write_backlog_seconds: Gauge::default(),
+            remote_write_backlog_batches: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("ingest_batches", "Batches stored", m.batches_total.clone());
@@ -135,6 +145,31 @@ impl Metrics {
             "notifications_failed",
             "Escalations in which every channel of every role failed: nobody was reached",
             m.notifications_failed_total.clone(),
+        );
+        registry.register(
+            "remote_write_samples",
+            "Samples the remote-write store accepted",
+            m.remote_write_samples_total.clone(),
+        );
+        registry.register(
+            "remote_write_failed_sends",
+            "Remote-write requests that failed (retried; on a 4xx their samples are dropped)",
+            m.remote_write_failed_sends_total.clone(),
+        );
+        registry.register(
+            "remote_write_dropped_samples",
+            "Samples never forwarded: refused by the store (rejected) or older than max_backlog (backlog)",
+            m.remote_write_dropped_samples_total.clone(),
+        );
+        registry.register(
+            "remote_write_backlog_seconds",
+            "Age of the oldest stored batch not forwarded yet (0: caught up)",
+            m.remote_write_backlog_seconds.clone(),
+        );
+        registry.register(
+            "remote_write_backlog_batches",
+            "Stored batches not forwarded yet (counted up to 100000)",
+            m.remote_write_backlog_batches.clone(),
         );
         Metrics { registry, ..m }
     }

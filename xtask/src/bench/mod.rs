@@ -140,7 +140,7 @@ fn batch(seq: u64, samples: usize) -> pb::Batch {
                 time_unix_ms: now,
             })
             .collect(),
-        checks: vec![pb::CheckResult { name: "host/disk:/".into(), state: 0, summary: "ok".into(), time_unix_ms: now }],
+        checks: vec![pb::CheckResult::new("host/disk:/".into(), pb::CheckStatus::Ok, "ok".into(), now)],
         ..Default::default()
     }
 }

@@ -118,12 +118,12 @@ body = '{{"to": "{{{{to}}}}", "text": "{{{{text}}}}"}}'
                     let batch = pb::Batch {
                         seq: i as u64 + 1,
                         created_unix_ms: now,
-                        checks: vec![pb::CheckResult {
-                            name: check.clone(),
-                            state: pb::CheckState::Critical as i32,
-                            summary: "CRITICAL - bench".into(),
-                            time_unix_ms: now,
-                        }],
+                        checks: vec![pb::CheckResult::new(
+                            check.clone(),
+                            pb::CheckStatus::Critical,
+                            "CRITICAL - bench".into(),
+                            now,
+                        )],
                         ..Default::default()
                     };
                     sent.push((check, Instant::now()));

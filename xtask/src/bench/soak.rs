@@ -83,11 +83,11 @@ fn batch(id: usize, seq: u64, samples: usize, checks: usize) -> pb::Batch {
     let checks = (0..checks)
         .map(|i| {
             let (name, state) = if i == 0 {
-                ("bench/flap".to_string(), if phase < 20 { 2 } else { 0 })
+                ("bench/flap".to_string(), if phase < 20 { pb::CheckStatus::Critical } else { pb::CheckStatus::Ok })
             } else {
-                (format!("bench/check-{i}"), 0)
+                (format!("bench/check-{i}"), pb::CheckStatus::Ok)
             };
-            pb::CheckResult { name, state, summary: "soak".into(), time_unix_ms: now }
+            pb::CheckResult::new(name, state, "soak".into(), now)
         })
         .collect();
     pb::Batch {

@@ -65,7 +65,7 @@ fn default_timeout() -> Duration {
 
 /// One `[[checks]]` table as written in the config. Keys that do not apply to
 /// the check's `kind` are rejected by [`CheckProbe::new`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckConfig {
     /// The check's own name; results are named `<kind>/<name>`.
@@ -143,7 +143,7 @@ impl CheckProbe {
 
     /// Like [`CheckProbe::new`], a command check sharing `limits` with the agent's others.
     pub fn with_limits(cfg: CheckConfig, limits: &command::CommandLimits) -> Result<CheckProbe, CheckError> {
-        let label = if cfg.name.is_empty() { format!("{}/<no name>", cfg.kind.as_str()) } else { check_name(&cfg) };
+        let label = check_key(&cfg);
         let invalid = |reason: String| CheckError::Invalid { check: label.clone(), reason };
         validate_common(&cfg).map_err(&invalid)?;
         let runner = match cfg.kind {
@@ -259,8 +259,14 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-fn check_name(cfg: &CheckConfig) -> String {
-    format!("{}/{}", cfg.kind.as_str(), cfg.name)
+/// The name a check's results carry, `<kind>/<name>` (`<kind>/<no name>` for an entry
+/// without one): what identifies a `[[checks]]` entry.
+pub fn check_key(cfg: &CheckConfig) -> String {
+    if cfg.name.is_empty() {
+        format!("{}/<no name>", cfg.kind.as_str())
+    } else {
+        format!("{}/{}", cfg.kind.as_str(), cfg.name)
+    }
 }
 
 /// Which optional keys each kind accepts (the rest must be absent).

@@ -67,7 +67,7 @@ pub enum ExpandMode {
 }
 
 /// The `[redfish]` config section (SPEC.md section 2).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedfishConfig {
     /// `https://idrac.example` (scheme and host; paths come from discovery).
