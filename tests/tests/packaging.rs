@@ -1,4 +1,4 @@
-//! Packaging (SPEC.md section 6, issue 8): the unit files and default configs
+//! Packaging (issue 8): the unit files and default configs
 //! in `packaging/`, and the RPMs `cargo xtask rpm` builds from them.
 //!
 //! Two speeds. The unit-file and default-config tests are quick and run with
@@ -113,9 +113,8 @@ fn unit_files_carry_the_hardening_keys() {
         assert_eq!(one("Type"), "notify");
         assert_eq!(one("NotifyAccess"), "main");
         assert_eq!(one("WatchdogSec"), "30s");
-        if user == "pikett-collector" {
-            assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
-        }
+        // Both reload their configuration on SIGHUP (`systemctl reload`).
+        assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
         // The only writable path is the state directory.
         assert_eq!(one("ReadWritePaths"), format!("/var/lib/{user}"));
         assert_eq!(one("StateDirectory"), user);
@@ -432,7 +431,7 @@ fn rpm_metadata_files_modes_and_scriptlets() {
             format!(" drwxr-x--- {user}:{user} /var/lib/{user}"),
         ]);
         if name == "pikett-collector" {
-            for doc in ["pikett-alerts.yml", "pikett-alerts.test.yml"] {
+            for doc in ["pikett-alerts.yml", "pikett-alerts.test.yml", "pikett-grafana.json"] {
                 expected.push(format!("d -rw-r--r-- root:root /usr/share/doc/{name}/{doc}"));
             }
         }

@@ -10,7 +10,6 @@ mod bench;
 mod demo;
 mod rpm;
 // `util::demo` is superseded by `demo.rs` and is left for util.rs's owner to delete.
-#[allow(dead_code)]
 mod util;
 
 use clap::{Parser, Subcommand};

@@ -1,7 +1,7 @@
 //! Shared helpers of the xtasks, and `demo` and `test`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -79,68 +79,6 @@ impl Drop for Killed {
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
     }
-}
-
-pub fn demo(seconds: u64, keep: bool) -> anyhow::Result<()> {
-    let bin = build("dev")?;
-    let dir = target_dir().join("demo");
-    std::fs::create_dir_all(&dir)?;
-    let (grpc, http) = (free_port()?, free_port()?);
-    let collector_cfg = dir.join("collector.toml");
-    std::fs::write(
-        &collector_cfg,
-        format!(
-            "listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\ndata_dir = \"{}\"\n",
-            dir.join("collector-data").display()
-        ),
-    )?;
-    let agent_cfg = dir.join("agent.toml");
-    std::fs::write(
-        &agent_cfg,
-        format!(
-            "host_id = \"demo-host\"\ncustomer = \"demo\"\ncollectors = [\"http://127.0.0.1:{grpc}\"]\n\
-             spool_dir = \"{}\"\n\n[host]\ninterval = \"2s\"\n",
-            dir.join("agent-spool").display()
-        ),
-    )?;
-    println!("demo: configs in {}", dir.display());
-    let log = |name: &str| -> anyhow::Result<Stdio> { Ok(std::fs::File::create(dir.join(name))?.into()) };
-    let _collector = Killed(
-        Command::new(bin.join("pikett-collector"))
-            .arg("--config")
-            .arg(&collector_cfg)
-            .arg("serve")
-            .stderr(log("collector.log")?)
-            .spawn()?,
-    );
-    wait_port(grpc, Duration::from_secs(10))?;
-    let _agent = Killed(
-        Command::new(bin.join("pikett-agent"))
-            .arg("--config")
-            .arg(&agent_cfg)
-            .arg("run")
-            .stderr(log("agent.log")?)
-            .spawn()?,
-    );
-    println!(
-        "demo: collector on 127.0.0.1:{grpc} (metrics: http://127.0.0.1:{http}/metrics), agent running; waiting {seconds}s"
-    );
-    std::thread::sleep(Duration::from_secs(seconds));
-    let url = format!("http://127.0.0.1:{grpc}");
-    for args in [&["status"][..], &["hosts"][..]] {
-        println!("\n$ pikett {}", args.join(" "));
-        let status = Command::new(bin.join("pikett")).args(["--collector", &url]).args(args).status()?;
-        if !status.success() {
-            bail!("pikett {} failed", args.join(" "));
-        }
-    }
-    if keep {
-        println!("\ndemo: running; logs in {}; Ctrl-C to stop", dir.display());
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
-    }
-    Ok(())
 }
 
 /// Debian packages the tests use, with a file each one provides.
