@@ -107,9 +107,12 @@ pub fn test(args: &[String]) -> anyhow::Result<()> {
             );
         }
         println!("xtask test: installing {}", missing.join(" "));
-        let ok = Command::new("apt-get").arg("update").arg("-qq").status()?.success()
+        // Another apt run (unattended-upgrades on a fresh machine) holds the dpkg lock for a
+        // while: wait for it rather than fail.
+        const LOCK_WAIT: &str = "DPkg::Lock::Timeout=600";
+        let ok = Command::new("apt-get").args(["-o", LOCK_WAIT, "update", "-qq"]).status()?.success()
             && Command::new("apt-get")
-                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(["-o", LOCK_WAIT, "install", "-y", "-qq", "--no-install-recommends"])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive")
                 .status()?
