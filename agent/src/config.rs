@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use crate::probes::backups::BackupConfig;
 use crate::probes::checks::CheckConfig;
 use crate::probes::host::HostConfig;
 use crate::probes::patches::PatchesConfig;
@@ -60,6 +61,9 @@ pub struct AgentConfig {
     #[serde(default)]
     pub checks: Vec<CheckConfig>,
     pub patches: Option<PatchesConfig>,
+    /// One entry per backup set.
+    #[serde(default)]
+    pub backups: Vec<BackupConfig>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -179,6 +183,7 @@ impl AgentConfig {
         intervals.extend(self.services.as_ref().map(|s| s.interval));
         intervals.extend(self.patches.as_ref().map(|p| p.interval));
         intervals.extend(self.checks.iter().map(|c| c.interval));
+        intervals.extend(self.backups.iter().map(|b| b.interval));
         intervals.into_iter().min().unwrap_or(Duration::from_secs(30))
     }
 }

@@ -34,7 +34,7 @@ enum Command {
     /// Poll every (or one) probe once, all at once (command checks up to
     /// max_concurrent_commands), and print each result as a JSON line; sends nothing.
     Test {
-        /// Only this probe (host, redfish, services, checks, patches).
+        /// Only this probe (host, redfish, services, checks, patches, backups).
         #[arg(long)]
         probe: Option<String>,
     },

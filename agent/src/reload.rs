@@ -1,7 +1,7 @@
 //! Reloading the configuration without a restart (SIGHUP, `systemctl reload`).
 //!
 //! What changes weekly applies at once: the probe sections, `[host]`, `[redfish]`,
-//! `[services]`, `[patches]` and every `[[checks]]` entry. The file is validated whole first
+//! `[services]`, `[patches]`, every `[[checks]]` and every `[[backups]]` entry. The file is validated whole first
 //! (the same errors as `check-config`, every probe built); an invalid file is refused and
 //! the configuration in force stays. Then the agent compares section by section ([`plan`]):
 //! a new section starts, a removed one stops, a changed one restarts with its new settings,
@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::config::AgentConfig;
+use crate::probes::backups::{self, BackupConfig};
 use crate::probes::checks::{self, CheckConfig};
 use crate::probes::host::HostConfig;
 use crate::probes::patches::PatchesConfig;
@@ -39,6 +40,7 @@ enum Settings {
     Services(ServicesConfig),
     Patches(PatchesConfig),
     Check(Box<CheckConfig>),
+    Backup(Box<BackupConfig>),
 }
 
 /// A file as found on disk: a changed file changes these (a rewrite the size or times, a
@@ -95,6 +97,11 @@ pub fn stamps(config: &AgentConfig) -> BTreeMap<Section, Stamp> {
     }
     if let Some(p) = &config.patches {
         out.insert(Section::Patches, Stamp::new(Settings::Patches(p.clone()), &[]));
+    }
+    for b in &config.backups {
+        let files: Vec<&Path> = b.password_file.as_deref().into_iter().collect();
+        out.entry(Section::Backup(backups::check_name(b)))
+            .or_insert_with(|| Stamp::new(Settings::Backup(Box::new(b.clone())), &files));
     }
     out
 }
@@ -155,6 +162,7 @@ pub fn restart_needed(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str>
         services: _,
         checks: _,
         patches: _,
+        backups: _,
     } = new;
     let changed = [
         ("host_id", *host_id != old.host_id),
@@ -181,6 +189,7 @@ pub fn applied(mut old: AgentConfig, new: &AgentConfig) -> AgentConfig {
     old.services = new.services.clone();
     old.checks = new.checks.clone();
     old.patches = new.patches.clone();
+    old.backups = new.backups.clone();
     old
 }
 
@@ -315,6 +324,28 @@ mod tests {
         assert_eq!(plan(&old, &stamps(&c)).changed, [check("http/web")]);
         std::fs::remove_file(&ca).unwrap();
         assert_eq!(plan(&old, &stamps(&c)).changed, [check("http/web")]);
+    }
+
+    #[test]
+    fn backup_sets_are_sections_of_their_own_and_their_password_file_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let pass = dir.path().join("r.pass");
+        std::fs::write(&pass, "one").unwrap();
+        let entry = |name: &str, max_age: &str| {
+            format!(
+                "[[backups]]\nname = \"{name}\"\ntool = \"restic\"\nrepository = \"/r\"\npassword_file = \"{}\"\nmax_age = \"{max_age}\"\n",
+                pass.display()
+            )
+        };
+        let backup = |n: &str| Section::Backup(format!("backup/{n}"));
+        let old = parse(&format!("{BASE}{}", entry("home", "26h")));
+        let new = parse(&format!("{BASE}{}{}", entry("home", "50h"), entry("srv", "26h")));
+        let p = plan(&started(&old), &stamps(&new));
+        assert_eq!((p.added, p.changed), (vec![backup("srv")], vec![backup("home")]));
+        let running = started(&old);
+        std::fs::write(&pass, "two, longer").unwrap();
+        assert_eq!(plan(&running, &stamps(&old)).changed, [backup("home")]);
+        assert_eq!(applied(old.clone(), &new).backups, new.backups);
     }
 
     #[test]

@@ -303,7 +303,7 @@ impl Probes {
             let reported = r.task.await.unwrap_or_default();
             if removed {
                 retired.extend(reported);
-                if let Section::Check(name) = section {
+                if let Section::Check(name) | Section::Backup(name) = section {
                     retired.insert(name);
                 }
             }

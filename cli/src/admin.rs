@@ -23,6 +23,11 @@ fn fault_json(f: &pb::Fault) -> serde_json::Value {
             "at": format_time(e.at_unix_ms), "kind": e.kind,
             "who": (!e.who.is_empty()).then_some(&e.who), "text": e.text,
         })).collect::<Vec<_>>(),
+        "notifications": f.notifications.iter().map(|n| json!({
+            "id": n.id, "kind": n.kind, "channel": n.channel, "to": n.to, "delivery": n.delivery,
+            "sent": opt_time(n.sent_unix_ms), "delivery_at": opt_time(n.delivery_unix_ms),
+            "detail": (!n.detail.is_empty()).then_some(&n.detail),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -115,7 +120,33 @@ fn render_fault(f: &pb::Fault) -> anyhow::Result<String> {
         let who = if e.who.is_empty() { String::new() } else { format!(" [{}]", e.who) };
         writeln!(out, "  {}  {:<18}{who} {}", format_time(e.at_unix_ms), e.kind, e.text)?;
     }
+    if !f.notifications.is_empty() {
+        render_notifications(&mut out, &f.notifications)?;
+    }
     Ok(out)
+}
+
+/// One line per notification: where it went and whether it arrived ("sent": the gateway
+/// took it; "delivered": its receipt confirmed it; "not delivered").
+fn render_notifications(out: &mut String, notifications: &[pb::FaultNotification]) -> anyhow::Result<()> {
+    writeln!(out, "notifications:")?;
+    writeln!(out, "  {:<10} {:<8} {:<9} {:<24} {:<14} {:<20} DETAIL", "ID", "KIND", "CHANNEL", "TO", "DELIVERY", "AT")?;
+    for n in notifications {
+        let at = if n.delivery_unix_ms != 0 { n.delivery_unix_ms } else { n.sent_unix_ms };
+        let at = if at == 0 { "-".to_string() } else { format_time(at) };
+        writeln!(
+            out,
+            "  {:<10} {:<8} {:<9} {:<24} {:<14} {:<20} {}",
+            truncate(&n.id, 10),
+            n.kind,
+            n.channel,
+            truncate(&n.to, 24),
+            n.delivery,
+            at,
+            truncate(&n.detail, 60)
+        )?;
+    }
+    Ok(())
 }
 
 pub async fn fault_show(client: &mut Client, id: u64, json: bool) -> anyhow::Result<String> {
@@ -552,4 +583,40 @@ pub async fn hosts(client: &mut Client, stale: Option<Duration>, json: bool) -> 
         writeln!(out, "{none}")?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod fault_show_tests {
+    use super::*;
+
+    #[test]
+    fn fault_show_lists_each_notification_with_its_delivery() {
+        let sms = |id: &str, delivery: &str, detail: &str| pb::FaultNotification {
+            id: id.into(),
+            kind: "alarm".into(),
+            channel: "sms".into(),
+            to: "+4915100000001".into(),
+            delivery: delivery.into(),
+            sent_unix_ms: 1_700_000_000_000,
+            delivery_unix_ms: if delivery == "sent" { 0 } else { 1_700_000_007_000 },
+            detail: detail.into(),
+        };
+        let f = pb::Fault {
+            id: 7,
+            notifications: vec![sms("7/1", "delivered", ""), sms("7/2", "not delivered", "not delivered within 2m")],
+            ..Default::default()
+        };
+        let text = render_fault(&f).unwrap();
+        let lines: Vec<&str> = text.lines().skip_while(|l| *l != "notifications:").collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(
+            lines[2].contains("7/1") && lines[2].contains("delivered") && lines[2].contains("2023-11-14T22:13:27Z")
+        );
+        assert!(lines[3].contains("not delivered") && lines[3].ends_with("not delivered within 2m"), "{}", lines[3]);
+        let json = fault_json(&f);
+        assert_eq!(json["notifications"][1]["delivery"], "not delivered");
+        assert_eq!(json["notifications"][0]["detail"], serde_json::Value::Null);
+        let none = render_fault(&pb::Fault::default()).unwrap();
+        assert!(!none.contains("notifications:"), "a fault without notifications shows no table");
+    }
 }

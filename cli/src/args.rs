@@ -206,6 +206,35 @@ pub enum Command {
     /// restart. An invalid file is refused (exit 1) with each error's file:line:column, and
     /// the configuration in force stays.
     Reload,
+    /// Customer status pages: `create CUSTOMER` (role admin), `list`, `revoke ID`.
+    ///
+    /// A status page is a read-only web page on the collector's HTTP port showing one
+    /// customer's hosts, open incidents with their updates and ETA, this month's availability
+    /// and planned maintenance. Its address holds a secret: whoever has it can read the page.
+    StatusPage {
+        #[command(subcommand)]
+        command: StatusPageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StatusPageCommand {
+    /// Make a link for a customer (role admin); prints its path `/status/SECRET` once.
+    Create {
+        /// The customer: its name in the collector's [customers.NAME], or as the CUSTOMER
+        /// column of `pikett hosts` shows it. Unknown customers are refused unless --force.
+        customer: String,
+        /// Make the link for a customer the collector does not know yet.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Every link: id, customer, created, by whom (never the secret).
+    List,
+    /// Revoke a link (role engineer): its address answers 404 from now on.
+    Revoke {
+        /// The link's id: the first column of `pikett status-page list`.
+        id: u64,
+    },
 }
 
 /// `pikett silence --host H [--check C] --for DURATION --reason TEXT [--force]`, or a
@@ -564,6 +593,30 @@ mod tests {
             Command::Maintenance { command: MaintenanceCommand::Remove { id: 2 } }
         ));
         assert!(matches!(parse(&["reload"]).unwrap().command, Command::Reload));
+    }
+
+    #[test]
+    fn status_page_has_create_list_and_revoke() {
+        assert!(matches!(
+            parse(&["status-page", "create", "acme"]).unwrap().command,
+            Command::StatusPage { command: StatusPageCommand::Create { ref customer, force: false } } if customer == "acme"
+        ));
+        assert!(matches!(
+            parse(&["status-page", "create", "acme", "--force"]).unwrap().command,
+            Command::StatusPage { command: StatusPageCommand::Create { force: true, .. } }
+        ));
+        assert!(matches!(
+            parse(&["status-page", "list", "--output", "json"]).unwrap().command,
+            Command::StatusPage { command: StatusPageCommand::List }
+        ));
+        assert!(matches!(
+            parse(&["status-page", "revoke", "3"]).unwrap().command,
+            Command::StatusPage { command: StatusPageCommand::Revoke { id: 3 } }
+        ));
+        for bad in [&["status-page", "create"][..], &["status-page", "revoke", "x"], &["status-page"]] {
+            let e = parse(bad).err().unwrap_or_else(|| panic!("{bad:?} parsed"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
     }
 
     #[test]

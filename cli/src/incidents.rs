@@ -173,5 +173,10 @@ pub async fn close(
 
 pub async fn report(client: &mut Client, id: u64, json: bool) -> anyhow::Result<String> {
     let r = rpc(client).report(client.req(pb::IncidentRequest { id })).await.map_err(rpc_error)?.into_inner();
-    if json { Ok(format!("{}\n", json!({"id": r.id, "markdown": r.markdown}))) } else { Ok(r.markdown) }
+    let credits: Vec<serde_json::Value> = r.credits.iter().map(crate::reports::credit_json).collect();
+    if json {
+        Ok(format!("{}\n", json!({"id": r.id, "markdown": r.markdown, "credits": credits})))
+    } else {
+        Ok(r.markdown)
+    }
 }

@@ -11,10 +11,11 @@ mod args;
 mod client;
 mod incidents;
 mod reports;
+mod status_page;
 
 use args::{
     Cli, Command, FaultCommand, Format, HostCommand, IncidentCommand, MaintenanceCommand, OncallCommand, Output,
-    SilenceArgs, SilenceCommand, SlaCommand,
+    SilenceArgs, SilenceCommand, SlaCommand, StatusPageCommand,
 };
 use clap::Parser;
 
@@ -109,5 +110,10 @@ async fn run(client: &mut client::Client, command: Command, json: bool) -> anyho
         Command::Host { command: HostCommand::Remove { host } } => admin::remove(client, host, json).await?,
         Command::Audit { since, user } => admin::audit(client, since, user, json).await?,
         Command::Reload => admin::reload(client, json).await?,
+        Command::StatusPage { command } => match command {
+            StatusPageCommand::Create { customer, force } => status_page::create(client, customer, force, json).await?,
+            StatusPageCommand::List => status_page::list(client, json).await?,
+            StatusPageCommand::Revoke { id } => status_page::revoke(client, id, json).await?,
+        },
     })
 }

@@ -3,7 +3,8 @@
 //!
 //! `sla report --format json` prints exactly the JSON lines of SPEC.md 3.4 (one per host, window
 //! and month; the year view prints all twelve months); the response-time figures appear in the
-//! table only, so the JSON stays one object per host and window.
+//! table only, so the JSON stays one object per host and window. A contract with `credits` adds
+//! one line per month after them, `{"customer", "month", "credit": {…}}` (no `host` key).
 
 use std::fmt::Write as _;
 
@@ -79,7 +80,13 @@ pub async fn sla_report(
     let reply = reports(client).sla_report(client.req(r)).await.map_err(rpc_error)?.into_inner();
     let rows: Vec<ReportRow> = reply.rows.iter().map(row_from_pb).collect();
     Ok(match format {
-        ReportFormat::Json => sla::render_json_lines(&rows),
+        ReportFormat::Json => {
+            let mut out = sla::render_json_lines(&rows);
+            for c in &reply.credits {
+                writeln!(out, "{}", json!({"customer": reply.customer, "month": c.month, "credit": credit_json(c)}))?;
+            }
+            out
+        }
         ReportFormat::Csv => sla::render_csv(&rows),
         ReportFormat::Table => {
             let mut out = format!(
@@ -96,9 +103,48 @@ pub async fn sla_report(
             if let Some(resp) = &reply.response {
                 out.push_str(&response_text(resp));
             }
+            out.push_str(&credits_text(&reply.credits));
             out
         }
     })
+}
+
+fn nonempty_json(s: &str) -> serde_json::Value {
+    if s.is_empty() { serde_json::Value::Null } else { json!(s) }
+}
+
+/// A month's credit in JSON: money and percentages as decimal strings (exact), `null` where
+/// there is none (no tier, no fee).
+pub fn credit_json(c: &pb::SlaCredit) -> serde_json::Value {
+    json!({
+        "host": nonempty_json(&c.host), "window": nonempty_json(&c.window),
+        "window_seconds": c.window_seconds, "counted_seconds": c.counted_seconds,
+        "availability": c.availability, "below": nonempty_json(&c.below), "percent": c.percent,
+        "monthly_fee": nonempty_json(&c.monthly_fee), "currency": nonempty_json(&c.currency),
+        "amount": nonempty_json(&c.amount), "month_to_date": c.month_to_date,
+        "explanation": c.explanation,
+    })
+}
+
+/// The table's credit lines: per month, what is owed and the arithmetic.
+fn credits_text(credits: &[pb::SlaCredit]) -> String {
+    let mut out = String::new();
+    if credits.is_empty() {
+        return out;
+    }
+    out.push_str("credits (the lowest tier the month's lowest availability falls below; tiers are not cumulative):\n");
+    for c in credits {
+        let owed = match (c.amount.as_str(), c.currency.as_str()) {
+            ("", _) => format!("{} % of the monthly fee", c.percent),
+            (amount, currency) => format!("{amount} {currency}"),
+        };
+        let when = if c.month_to_date { " (month to date)" } else { "" };
+        let _ = writeln!(out, "  {}{when}: owed {owed} — {}", c.month, c.explanation);
+    }
+    if credits.iter().any(|c| c.month_to_date) {
+        out.push_str("  month to date: the outages so far against the whole month's service time\n");
+    }
+    out
 }
 
 /// `pikett sla classify --fault ID --cause force-majeure|customer|none`.

@@ -14,6 +14,7 @@ use pikett_core::escalation::EscalationConfig;
 use pikett_core::faults::{EngineConfig, FaultsConfig, HostDeps, Rule};
 use pikett_core::oncall::{Person, Rotation};
 use pikett_core::sla::Contract;
+use pikett_core::sla::credits::{Amount, Currency, MonthlyFee};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -254,6 +255,19 @@ pub struct CustomerConfig {
     pub copy_alerts: bool,
     #[serde(default)]
     pub contacts: Vec<Contact>,
+    /// What the customer pays per month (`"1200.00"`), the base of its SLA credits; needs
+    /// `currency`.
+    pub monthly_fee: Option<Amount>,
+    /// The fee's currency (`"EUR"`).
+    pub currency: Option<Currency>,
+}
+
+impl CustomerConfig {
+    /// The monthly fee, when both `monthly_fee` and `currency` are set (validation requires
+    /// both or neither).
+    pub fn fee(&self) -> Option<MonthlyFee> {
+        Some(MonthlyFee { amount: self.monthly_fee?, currency: self.currency.clone()? })
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -471,6 +485,17 @@ impl CollectorConfig {
             {
                 problems.push(format!("customers.{name}.sla = {sla:?}: there is no [sla.{sla}] contract"));
             }
+            match (&customer.monthly_fee, &customer.currency) {
+                (Some(fee), None) => problems.push(format!(
+                    "customers.{name}.monthly_fee = \"{}\" has no currency: add currency = \"EUR\" (or the fee's)",
+                    fee.plain()
+                )),
+                (None, Some(c)) => problems.push(format!(
+                    "customers.{name}.currency = \"{c}\" without monthly_fee: add monthly_fee = \"1200.00\" (the fee) \
+                     or remove currency"
+                )),
+                _ => {}
+            }
         }
         if let Some(rw) = &self.remote_write {
             problems.extend(rw.problems());
@@ -580,5 +605,42 @@ body = '{"to": "{{to}}", "text": "{{text}}"}'
         let errors = CollectorConfig::parse(Path::new("c.toml"), &text).expect_err("alice has no email");
         let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert!(all.iter().any(|e| e.contains("people.alice") && e.contains("warning_channel = \"sms\"")), "{all:?}");
+    }
+}
+
+#[cfg(test)]
+mod credit_tests {
+    use super::*;
+
+    const CONTRACT: &str = "[sla.standard]\ntimezone = \"UTC\"\n\
+        windows = [{ name = \"all\", from = \"00:00\", to = \"24:00\", target = \"99%\" }]\n";
+
+    #[test]
+    fn a_customer_fee_and_contract_credits_parse() {
+        let text = format!(
+            "[customers.acme]\nsla = \"standard\"\nmonthly_fee = \"1200.00\"\ncurrency = \"EUR\"\n{CONTRACT}\
+             credits = [{{ below = 99.9, percent = 10 }}, {{ below = 99.0, percent = 25 }}]\n"
+        );
+        let c = CollectorConfig::parse(Path::new("c.toml"), &text).expect("valid");
+        let fee = c.customers["acme"].fee().expect("a fee");
+        assert_eq!((fee.amount.cents(), fee.currency.as_str()), (120_000, "EUR"));
+        assert_eq!(c.sla["standard"].credits.tiers().len(), 2);
+    }
+
+    #[test]
+    fn bad_credits_and_fees_name_file_line_and_key() {
+        let dup = format!("{CONTRACT}credits = [{{ below = 99.9, percent = 10 }}, {{ below = 99.9, percent = 20 }}]\n");
+        let errs = CollectorConfig::parse(Path::new("c.toml"), &dup).unwrap_err();
+        let msg = errs[0].to_string();
+        assert!(msg.starts_with("c.toml:4:") && msg.contains("two tiers have below = 99.9"), "{msg}");
+        let float_fee = "[customers.acme]\nmonthly_fee = 1200.5\ncurrency = \"EUR\"\n";
+        let msg = CollectorConfig::parse(Path::new("c.toml"), float_fee).unwrap_err()[0].to_string();
+        assert!(msg.starts_with("c.toml:2:") && msg.contains("as a string"), "{msg}");
+        let no_currency = "[customers.acme]\nmonthly_fee = \"1200.00\"\n";
+        let msg = CollectorConfig::parse(Path::new("c.toml"), no_currency).unwrap_err()[0].to_string();
+        assert!(msg.contains("customers.acme.monthly_fee") && msg.contains("currency"), "{msg}");
+        let no_fee = "[customers.acme]\ncurrency = \"EUR\"\n";
+        let msg = CollectorConfig::parse(Path::new("c.toml"), no_fee).unwrap_err()[0].to_string();
+        assert!(msg.contains("customers.acme.currency") && msg.contains("without monthly_fee"), "{msg}");
     }
 }

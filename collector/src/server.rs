@@ -115,6 +115,16 @@ pub async fn serve_from(
         pager.clone(),
     )?;
     let ready = Arc::new(AtomicBool::new(false));
+    let status_links = Arc::new(crate::services::status_links::StatusLinks::open(storage.clone())?);
+    let status_pages = Arc::new(crate::api::status_page::StatusPages {
+        links: status_links.clone(),
+        store: store.clone(),
+        faults: faults.clone(),
+        incidents: incidents.clone(),
+        pager: pager.clone(),
+        causes: crate::services::causes::SlaCauses::open(storage.clone())?,
+        host_timeout: config.host_timeout,
+    });
 
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -128,7 +138,9 @@ pub async fn serve_from(
         storage: storage.clone(),
         batches: store.clone(),
         data_dir: config.data_dir.clone(),
-    });
+        status_pages,
+    })
+    .merge(crate::api::http::receipts_router(pager.receipts()));
     let mut http_shutdown = shutdown.clone();
     tokio::spawn(async move {
         let r = axum::serve(http_listener, app)
@@ -184,6 +196,7 @@ pub async fn serve_from(
         identity,
         ca,
         reloader: reloader_slot.clone(),
+        status_links,
     };
 
     let listener = tokio::net::TcpListener::bind(config.listen)

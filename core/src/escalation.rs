@@ -458,6 +458,11 @@ impl Escalation {
         out
     }
 
+    /// Who notification `step` went to (for the fault's timeline).
+    pub fn person_of_step(&self, step: u32) -> Option<&str> {
+        self.deliveries.iter().find(|d| d.step == Some(step)).map(|d| d.person.as_str())
+    }
+
     /// Outcomes of the alarms sent so far.
     pub fn delivery_summary(&self) -> DeliverySummary {
         let mut s = DeliverySummary::default();

@@ -90,8 +90,14 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     // The patches probe's tests run the real dnf against a repository they build.
     ("dnf", "/usr/bin/dnf"),
     ("createrepo-c", "/usr/bin/createrepo_c"),
+    // The backups probe's tests make real repositories and backups.
+    ("restic", "/usr/bin/restic"),
+    ("borgbackup", "/usr/bin/borg"),
+    ("duplicity", "/usr/bin/duplicity"),
     // A virtual environment for the Python gRPC client (grpcio from PyPI).
     ("python3-venv", "/usr/share/doc/python3-venv"),
+    // The customer status page is loaded in a real browser, headless.
+    ("chromium", "/usr/bin/chromium"),
 ];
 
 pub fn test(args: &[String]) -> anyhow::Result<()> {

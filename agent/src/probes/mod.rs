@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::observation::Observation;
 
+pub mod backups;
 pub mod checks;
 pub mod host;
 pub mod patches;
@@ -75,6 +76,8 @@ pub enum Section {
     Services,
     Check(String),
     Patches,
+    /// One `[[backups]]` entry, by its result name `backup/<name>`.
+    Backup(String),
 }
 
 impl std::fmt::Display for Section {
@@ -85,6 +88,7 @@ impl std::fmt::Display for Section {
             Section::Services => f.write_str("[services]"),
             Section::Patches => f.write_str("[patches]"),
             Section::Check(name) => write!(f, "[[checks]] {name}"),
+            Section::Backup(name) => write!(f, "[[backups]] {name}"),
         }
     }
 }
@@ -113,6 +117,7 @@ impl Built {
             Err(e) => {
                 let label = match &section {
                     Section::Check(_) => "[[checks]]".to_string(),
+                    Section::Backup(_) => "[[backups]]".to_string(),
                     other => other.to_string(),
                 };
                 self.failures.push(format!("{label}: {e}"));
@@ -212,6 +217,28 @@ pub fn build(
                 .map(|p| Box::new(p) as Box<dyn Probe>)
                 .map_err(|e| e.to_string()),
             UnstartedProbe::new("patches", ["patches"], cfg.interval),
+        );
+    }
+    let mut backup_names = std::collections::HashSet::new();
+    for cfg in &config.backups {
+        let check = backups::check_name(cfg);
+        // Taken even when not wanted: a later entry of the same name is a duplicate all the same.
+        let first = backup_names.insert(check.clone());
+        if !wanted(&Section::Backup(check.clone())) {
+            continue;
+        }
+        if !first {
+            // The first entry of that name runs; a second result under it would flap.
+            let e = backups::BackupConfigError::Duplicate { check };
+            built.failures.push(format!("[[backups]]: {e}"));
+            continue;
+        }
+        built.add(
+            Section::Backup(check.clone()),
+            backups::BackupProbe::new(cfg.clone(), state.clone())
+                .map(|p| Box::new(p) as Box<dyn Probe>)
+                .map_err(|e| e.to_string()),
+            UnstartedProbe::new("backups", [check], cfg.interval),
         );
     }
     built

@@ -34,6 +34,8 @@ pub struct AdminService {
     pub ca: Option<Arc<Ca>>,
     /// Set once the server is up: `pikett reload` does what SIGHUP does.
     pub reloader: Arc<std::sync::OnceLock<Arc<crate::services::reload::Reloader>>>,
+    /// Customer status page links (`pikett status-page`).
+    pub status_links: Arc<crate::services::status_links::StatusLinks>,
 }
 
 fn ms(t: Option<Timestamp>) -> i64 {
@@ -76,6 +78,21 @@ pub fn fault_to_pb(f: &faults::Fault) -> pb::Fault {
                 text: e.text.clone(),
             })
             .collect(),
+        // Only the single-fault answers carry them (fault_reply): listing reads no outbox.
+        notifications: Vec::new(),
+    }
+}
+
+fn notification_to_pb(n: &crate::notify::receipts::NotificationStatus) -> pb::FaultNotification {
+    pb::FaultNotification {
+        id: n.id.clone(),
+        kind: n.kind.to_string(),
+        channel: n.channel.as_str().to_string(),
+        to: n.to.clone(),
+        delivery: n.delivery.to_string(),
+        sent_unix_ms: ms(n.sent_at),
+        delivery_unix_ms: ms(n.delivery_at),
+        detail: n.detail.clone(),
     }
 }
 
@@ -200,10 +217,12 @@ impl AdminService {
     }
 
     fn fault_reply(&self, id: u64) -> Result<Response<pb::Fault>, Status> {
-        self.faults
+        let mut fault = self
+            .faults
             .with_engine(|e| e.fault(id).map(fault_to_pb))
-            .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("no fault with id {id}")))
+            .ok_or_else(|| Status::not_found(format!("no fault with id {id}")))?;
+        fault.notifications = self.pager.notifications_of(id).iter().map(notification_to_pb).collect();
+        Ok(Response::new(fault))
     }
 }
 
@@ -513,6 +532,74 @@ impl Admin for AdminService {
             .collect();
         Ok(Response::new(pb::ListAuditReply { entries }))
     }
+
+    async fn create_status_page(
+        &self,
+        request: Request<pb::CreateStatusPageRequest>,
+    ) -> Result<Response<pb::CreateStatusPageReply>, Status> {
+        let change =
+            self.access.change(&request, StaffRole::Admin, "create_status_page", "create status pages").await?;
+        let who = change.who().to_string();
+        let r = request.into_inner();
+        let result = async {
+            if r.customer.is_empty() || r.customer.len() > 256 || r.customer.chars().any(char::is_control) {
+                return Err(Status::invalid_argument("a status page needs a customer: 1 to 256 characters"));
+            }
+            if !r.force {
+                self.known_customer(&r.customer)?;
+            }
+            let (link, secret) = self
+                .status_links
+                .create(&r.customer, &who, Timestamp::now())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            tracing::info!(id = link.id, customer = %link.customer, %who, "status page link created");
+            Ok(Response::new(pb::CreateStatusPageReply {
+                page: Some(status_page_to_pb(&link)),
+                path: format!("{}{secret}", crate::api::status_page::PATH_PREFIX),
+            }))
+        }
+        .await;
+        change.finish(result).await
+    }
+
+    async fn list_status_pages(
+        &self,
+        request: Request<pb::ListStatusPagesRequest>,
+    ) -> Result<Response<pb::ListStatusPagesReply>, Status> {
+        self.access.read(&request, "list_status_pages").await?;
+        let pages = self.status_links.list().iter().map(status_page_to_pb).collect();
+        Ok(Response::new(pb::ListStatusPagesReply { pages }))
+    }
+
+    async fn revoke_status_page(
+        &self,
+        request: Request<pb::RevokeStatusPageRequest>,
+    ) -> Result<Response<pb::StatusPage>, Status> {
+        let change =
+            self.access.change(&request, StaffRole::Engineer, "revoke_status_page", "revoke status pages").await?;
+        let id = request.into_inner().id;
+        let result = match self.status_links.revoke(id).await {
+            Ok(link) => {
+                tracing::info!(id, customer = %link.customer, who = %change.who(), "status page link revoked");
+                Ok(Response::new(status_page_to_pb(&link)))
+            }
+            Err(e @ crate::services::status_links::StatusLinkError::NoSuchLink(_)) => {
+                Err(Status::not_found(e.to_string()))
+            }
+            Err(e) => Err(Status::internal(e.to_string())),
+        };
+        change.finish(result).await
+    }
+}
+
+fn status_page_to_pb(link: &crate::services::status_links::StatusLink) -> pb::StatusPage {
+    pb::StatusPage {
+        id: link.id,
+        customer: link.customer.clone(),
+        created_unix_ms: link.created_at.as_millisecond(),
+        created_by: link.created_by.clone(),
+    }
 }
 
 impl AdminService {
@@ -572,6 +659,20 @@ impl AdminService {
                  enrollment), add --force"
             ))),
         }
+    }
+
+    /// Refuses a status page for a customer the collector does not know (neither in
+    /// `[customers]` nor on any host): a typo would make a page that never shows anything.
+    fn known_customer(&self, customer: &str) -> Result<(), Status> {
+        let configured = self.pager.plan().customers.contains_key(customer);
+        if configured || self.store.hosts().iter().any(|h| h.customer == customer) {
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "no customer {customer:?} is known to the collector (no [customers.{customer}] and no host of it): see \
+             the CUSTOMER column of `pikett hosts`; to make the page before the customer's first host reports, \
+             add --force"
+        )))
     }
 
     /// Refuses a silence for a check `host` has never reported (a typo would silence

@@ -1,4 +1,5 @@
-//! The collector's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+//! The collector's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and the customer status
+//! pages (`/status/<secret>`, [`crate::api::status_page`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,14 +30,18 @@ pub struct HttpState {
     /// The ingest log (the size of its batch files).
     pub batches: Arc<crate::services::batches::BatchLog>,
     pub data_dir: std::path::PathBuf,
+    /// The customer status pages.
+    pub status_pages: Arc<crate::api::status_page::StatusPages>,
 }
 
 pub fn router(state: HttpState) -> Router {
+    let status_pages = crate::api::status_page::router(state.status_pages.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .merge(status_pages)
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
@@ -103,6 +108,73 @@ pub fn prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// Delivery receipts of SMS gateways: `POST /receipts/sms/{gateway}/{secret}`, or
+/// `POST /receipts/sms/{gateway}` with `Authorization: Bearer {secret}`. Unknown gateway (or
+/// one without callbacks): 404; wrong or missing secret: 401; a body over 64 KiB: 413; a
+/// receipt without message id or status: 400. The secret is never logged, nor the path.
+pub fn receipts_router(receipts: Arc<crate::notify::ReceiptTracker>) -> Router {
+    use axum::extract::DefaultBodyLimit;
+    use axum::routing::post;
+    Router::new()
+        .route("/receipts/sms/{gateway}", post(sms_receipt_by_header))
+        .route("/receipts/sms/{gateway}/{secret}", post(sms_receipt_by_path))
+        .layer(DefaultBodyLimit::max(crate::notify::receipts::MAX_RECEIPT_BYTES))
+        .with_state(receipts)
+}
+
+async fn sms_receipt_by_header(
+    State(receipts): State<Arc<crate::notify::ReceiptTracker>>,
+    axum::extract::Path(gateway): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, &'static str) {
+    let secret = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    sms_receipt(&receipts, &gateway, secret, &headers, &body).await
+}
+
+async fn sms_receipt_by_path(
+    State(receipts): State<Arc<crate::notify::ReceiptTracker>>,
+    axum::extract::Path((gateway, secret)): axum::extract::Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, &'static str) {
+    sms_receipt(&receipts, &gateway, Some(&secret), &headers, &body).await
+}
+
+async fn sms_receipt(
+    receipts: &crate::notify::ReceiptTracker,
+    gateway: &str,
+    secret: Option<&str>,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> (StatusCode, &'static str) {
+    use crate::notify::receipts::{CallbackError, CallbackOutcome};
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    match receipts.callback(gateway, secret, content_type, body).await {
+        Ok(CallbackOutcome::Applied) => (StatusCode::OK, "recorded\n"),
+        Ok(CallbackOutcome::NotFinal) => (StatusCode::OK, "noted, not final\n"),
+        // Answered 200 all the same: a gateway retries what it sees refused.
+        Ok(CallbackOutcome::Unknown) => (StatusCode::OK, "no such message awaits a receipt\n"),
+        Err(CallbackError::UnknownGateway) => (StatusCode::NOT_FOUND, "not found\n"),
+        Err(CallbackError::Unauthorized) => {
+            tracing::warn!(receipts = %gateway.chars().take(64).collect::<String>(), "delivery receipt refused: wrong or missing secret");
+            (StatusCode::UNAUTHORIZED, "unauthorized\n")
+        }
+        Err(CallbackError::BadReceipt(why)) => {
+            tracing::warn!(receipts = %gateway, %why, "delivery receipt refused");
+            (StatusCode::BAD_REQUEST, "receipt without message id or status\n")
+        }
+        Err(CallbackError::Store(e)) => {
+            tracing::error!(receipts = %gateway, error = %e, "delivery receipt not recorded");
+            (StatusCode::SERVICE_UNAVAILABLE, "try again\n")
+        }
+    }
 }
 
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {

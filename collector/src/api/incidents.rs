@@ -125,14 +125,24 @@ impl Incidents for IncidentsGrpc {
             self.incidents.faults.with_engine(|e| e.maintenances().cloned().collect());
         let plan = self.incidents.pager.plan();
         let contract = plan.contract_of(&inc.customer);
-        let markdown = report::render(&report::ReportInput {
-            incident: &inc,
-            faults: &faults,
-            contract,
-            maintenance: &maintenance,
-            now: Timestamp::now(),
-        });
-        Ok(Response::new(pb::IncidentReport { id, markdown }))
+        let now = Timestamp::now();
+        let input = report::ReportInput { incident: &inc, faults: &faults, contract, maintenance: &maintenance, now };
+        // The service credit is the customer's month (all its hosts), not only this incident's.
+        let fee = plan.customers.get(&inc.customer).and_then(|c| c.fee());
+        let credits = match contract.filter(|(_, c)| !c.credits.is_empty()) {
+            Some((_, c)) => {
+                let (outages, maint) = self
+                    .incidents
+                    .customer_sla_input(&inc.customer, &c.checks, now)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                report::incident_credits(&input, &outages, &maint, fee.as_ref())
+                    .map_err(|e| Status::internal(format!("service credit: {e}")))?
+            }
+            None => Vec::new(),
+        };
+        let markdown = report::render_with_credits(&input, &credits);
+        let credits = credits.iter().map(|c| crate::api::reports::credit_to_pb(c, fee.as_ref())).collect();
+        Ok(Response::new(pb::IncidentReport { id, markdown, credits }))
     }
 }
 

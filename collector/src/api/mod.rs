@@ -1,5 +1,6 @@
 //! The network interfaces: the gRPC services (agents' ingest stream, the staff CLI's admin,
-//! reports and incidents calls) and HTTP (`/metrics`, `/healthz`, `/readyz`).
+//! reports and incidents calls) and HTTP (`/metrics`, `/healthz`, `/readyz`, the customer
+//! status pages under `/status/`).
 //!
 //! Architecture invariant: an interface translates between the wire (`pikett_proto`, HTTP)
 //! and the services, and checks access ([`access`]); it keeps no state of its own.
@@ -12,3 +13,4 @@ pub mod incidents;
 pub mod ingest;
 pub mod listener;
 pub mod reports;
+pub mod status_page;

@@ -92,6 +92,26 @@ fn row_to_pb(r: &sla::ReportRow) -> pb::SlaRow {
     }
 }
 
+/// A month's service credit for the API (the JSON of `pikett sla report` and the incident
+/// report).
+pub fn credit_to_pb(c: &sla::credits::MonthCredit, fee: Option<&sla::credits::MonthlyFee>) -> pb::SlaCredit {
+    pb::SlaCredit {
+        month: c.month.to_string(),
+        host: c.host.clone().unwrap_or_default(),
+        window: c.window.clone().unwrap_or_default(),
+        window_seconds: c.availability.total_seconds,
+        counted_seconds: c.availability.total_seconds - c.availability.good_seconds,
+        availability: c.availability.as_fraction(),
+        below: c.credit.tier.map(|t| t.below.to_string()).unwrap_or_default(),
+        percent: c.credit.percent.to_string(),
+        monthly_fee: fee.map(|f| f.amount.plain()).unwrap_or_default(),
+        currency: fee.map(|f| f.currency.to_string()).unwrap_or_default(),
+        amount: c.credit.amount.map(|a| a.plain()).unwrap_or_default(),
+        explanation: c.explanation(),
+        month_to_date: c.month_to_date,
+    }
+}
+
 /// The critical faults opened in `[from, to)` as emergencies.
 pub fn emergencies<'a>(faults: impl IntoIterator<Item = &'a Fault>, from: Timestamp, to: Timestamp) -> Vec<Emergency> {
     faults
@@ -196,6 +216,8 @@ impl Reports for ReportsService {
             ledger.add_host(h);
         }
         let rows = ledger.months(&months).map_err(internal)?;
+        let fee = self.pager.plan().customers.get(&r.customer).and_then(|c| c.fee());
+        let credits = sla::credits::month_credits(&contract.credit_terms(), &months, &rows, fee.as_ref(), now);
         let tz = contract.timezone.tz();
         let bound = |m: Month| {
             tz.to_timestamp(m.first_day().at(0, 0, 0, 0)).map_err(|e| Status::internal(format!("month bound: {e}")))
@@ -218,6 +240,7 @@ impl Reports for ReportsService {
             timezone: contract.timezone.name().to_string(),
             rows: rows.iter().map(row_to_pb).collect(),
             response: Some(response),
+            credits: credits.iter().map(|c| credit_to_pb(c, fee.as_ref())).collect(),
         }))
     }
 

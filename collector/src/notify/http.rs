@@ -235,7 +235,21 @@ pub(crate) async fn post(
     body: Vec<u8>,
     content_type: &str,
 ) -> Result<Receipt, ChannelError> {
-    let response =
+    post_with_answer(client, channel, url, headers, body, content_type, 0).await.map(|(receipt, _)| receipt)
+}
+
+/// [`post`] that also returns up to `max_answer` bytes of a successful answer's body (an SMS
+/// gateway's message id for its delivery receipts); 0 reads none.
+pub(crate) async fn post_with_answer(
+    client: &reqwest::Client,
+    channel: ChannelKind,
+    url: &str,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    content_type: &str,
+    max_answer: usize,
+) -> Result<(Receipt, Vec<u8>), ChannelError> {
+    let mut response =
         client.post(url).headers(headers).header(CONTENT_TYPE, content_type).body(body).send().await.map_err(|e| {
             // reqwest's messages name the URL, with its secrets: never pass it on.
             let e = e.without_url();
@@ -254,7 +268,19 @@ pub(crate) async fn post(
         })?;
     let status = response.status();
     match classify_status(status.as_u16()) {
-        StatusClass::Delivered => Ok(Receipt { channel, endpoint: redacted(url), detail: format!("HTTP {status}") }),
+        StatusClass::Delivered => {
+            let receipt = Receipt { channel, endpoint: redacted(url), detail: format!("HTTP {status}") };
+            // The gateway took the message: an answer cut short or unreadable changes nothing.
+            let mut answer = Vec::new();
+            while answer.len() < max_answer {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => answer.extend_from_slice(&chunk),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            answer.truncate(max_answer);
+            Ok((receipt, answer))
+        }
         class => {
             // The gateway's own words help the on-call engineer; keep them short.
             let text = response.text().await.unwrap_or_default();

@@ -10,6 +10,7 @@
 pub mod email;
 mod http;
 pub mod outbox;
+pub mod receipts;
 pub mod sms;
 pub mod template;
 pub mod voice;
@@ -27,6 +28,7 @@ pub use outbox::{
     Clock, Enqueued, Entry, EntryState, ManualClock, Outbox, OutboxConfig, OutboxError, OutboxStore, Outcome,
     OutcomeStatus, SystemClock, TreeStore, Worker,
 };
+pub use receipts::{DeliveryReport, DeliveryState, ReceiptConfig, ReceiptTracker};
 pub use sms::{SmsChannel, SmsConfig};
 pub use template::{Template, TemplateError};
 pub use voice::{VoiceChannel, VoiceConfig};
@@ -316,6 +318,9 @@ impl ChannelsConfig {
                     out.push(format!("channels.sms.gateways[{i}]"));
                 }
             }
+            for (name, section) in &c.receipts {
+                out.extend(receipts::inline_secrets(name, section));
+            }
         }
         if let Some(c) = &self.voice
             && http::url_holds_secret(&c.url)
@@ -332,9 +337,21 @@ impl ChannelsConfig {
 
     /// Builds every configured channel, validating templates, secrets and addresses.
     pub fn build(&self) -> Result<ChannelMap, ConfigError> {
+        self.build_tracked(None)
+    }
+
+    /// [`ChannelsConfig::build`] whose SMS channel hands accepted SMS of gateways with
+    /// receipts to `receipts`; its receipt rules become this config's once all is built.
+    pub fn build_tracked(&self, receipts: Option<&Arc<ReceiptTracker>>) -> Result<ChannelMap, ConfigError> {
         let mut map: ChannelMap = HashMap::new();
+        let mut receipt_rules = Vec::new();
         if let Some(c) = &self.sms {
-            map.insert(ChannelKind::Sms, Arc::new(SmsChannel::new(c.clone())?));
+            let mut sms = SmsChannel::new(c.clone())?;
+            receipt_rules = sms.receipt_rules();
+            if let Some(tracker) = receipts {
+                sms = sms.tracked_by(tracker.clone());
+            }
+            map.insert(ChannelKind::Sms, Arc::new(sms));
         }
         if let Some(c) = &self.voice {
             map.insert(ChannelKind::Voice, Arc::new(VoiceChannel::new(c.clone())?));
@@ -344,6 +361,9 @@ impl ChannelsConfig {
         }
         if let Some(c) = &self.webhook {
             map.insert(ChannelKind::Webhook, Arc::new(WebhookChannel::new(c.clone())?));
+        }
+        if let Some(tracker) = receipts {
+            tracker.set_rules(receipt_rules);
         }
         Ok(map)
     }

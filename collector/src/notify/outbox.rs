@@ -209,6 +209,8 @@ pub trait OutboxStore: Send + Sync {
     fn quarantine(&self, key: &str) -> Result<(), OutboxError>;
     /// Removes finished entries finished before `before`; returns how many.
     fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError>;
+    /// Entries, pending and finished, whose id starts with `prefix` (a fault's: `FAULT/`).
+    fn with_id_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError>;
     /// Makes every write so far durable against a process crash.
     async fn flush(&self) -> Result<(), OutboxError>;
 }
@@ -333,6 +335,18 @@ impl OutboxStore for TreeStore {
             self.tree.remove(k).map_err(store_err)?;
         }
         Ok(old_keys.len())
+    }
+
+    fn with_id_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError> {
+        let mut out = Vec::new();
+        for state in [PENDING, DONE] {
+            let key = format!("{state}{prefix}");
+            for item in self.tree.scan_prefix(key.as_bytes()) {
+                let (k, v) = item.map_err(store_err)?;
+                out.push(decode(&k, &v)?);
+            }
+        }
+        Ok(out)
     }
 
     async fn flush(&self) -> Result<(), OutboxError> {
@@ -492,6 +506,13 @@ impl Outbox {
     /// The entry with this id, pending or finished.
     pub fn get(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
         self.inner.store.get(id)
+    }
+
+    /// Entries whose id starts with `prefix`, oldest first (a fault's: `FAULT/`).
+    pub fn with_id_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError> {
+        let mut entries = self.inner.store.with_id_prefix(prefix)?;
+        entries.sort_by(|a, b| (a.enqueued_at, &a.notification.id).cmp(&(b.enqueued_at, &b.notification.id)));
+        Ok(entries)
     }
 
     /// Pending entries. Undecodable ones are logged and quarantined (kept under `bad/`).
@@ -828,6 +849,11 @@ mod tests {
         assert!(store.pending().unwrap().is_empty());
         assert_eq!(store.insert_new(&entry("a")).unwrap(), Some(EntryState::Delivered));
         assert_eq!(store.get("a").unwrap().unwrap().state, EntryState::Delivered);
+        store.insert_new(&entry("4/1")).unwrap();
+        store.insert_new(&entry("42/1")).unwrap();
+        let of_4: Vec<String> = store.with_id_prefix("4/").unwrap().into_iter().map(|e| e.notification.id).collect();
+        assert_eq!(of_4, vec!["4/1"], "a fault's prefix must not match another fault's");
+        assert_eq!(store.with_id_prefix("a").unwrap().len(), 1, "finished entries are listed too");
         assert_eq!(store.purge_finished(t("2026-11-23T03:00:00Z")).unwrap(), 0);
         assert_eq!(store.purge_finished(t("2026-11-24T00:00:00Z")).unwrap(), 1);
         assert_eq!(store.get("a").unwrap(), None);

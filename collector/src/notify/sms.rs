@@ -3,16 +3,21 @@
 //! A gateway that failed with a retryable error (down, 5xx, timeout) is marked unhealthy and
 //! skipped for `unhealthy_for`; when every gateway is unhealthy they are all tried anyway,
 //! healthy ones first: skipping must never mean not trying at all.
+//!
+//! A gateway with a `[channels.sms.receipts.NAME]` section reports delivery: each SMS it
+//! accepts is handed to the [`ReceiptTracker`] (stored before `send` returns), which waits
+//! for the receipt (see `receipts.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::http::{self, BodyTemplate, HeaderTemplates};
+use super::receipts::{GatewayRules, MAX_RECEIPT_BYTES, ReceiptConfig, ReceiptTracker};
 use super::{Channel, ChannelError, ChannelKind, ConfigError, Notification, Receipt};
 
 /// The body of SPEC's example; the default for sms and voice.
@@ -55,6 +60,9 @@ pub struct SmsConfig {
     /// How long a failed gateway is skipped.
     #[serde(default = "default_unhealthy_for", with = "humantime_serde")]
     pub unhealthy_for: Duration,
+    /// Delivery receipts, per gateway: `[channels.sms.receipts.NAME]`.
+    #[serde(default)]
+    pub receipts: BTreeMap<String, ReceiptConfig>,
 }
 
 impl SmsConfig {
@@ -68,6 +76,7 @@ impl SmsConfig {
             content_type: None,
             timeout: default_timeout(),
             unhealthy_for: default_unhealthy_for(),
+            receipts: BTreeMap::new(),
         }
     }
 }
@@ -88,6 +97,10 @@ pub struct SmsChannel {
     unhealthy_for: Duration,
     client: reqwest::Client,
     failed_at: Mutex<Vec<Option<Instant>>>,
+    /// Per gateway (same index): how it reports delivery, if it does.
+    receipts: Vec<Option<Arc<GatewayRules>>>,
+    /// Where accepted SMS of gateways with receipts are tracked (none: not tracked).
+    tracker: Option<Arc<ReceiptTracker>>,
 }
 
 impl SmsChannel {
@@ -99,7 +112,21 @@ impl SmsChannel {
         for (i, url) in cfg.gateways.iter().enumerate() {
             http::check_url(kind, &format!("gateways[{i}]"), url)?;
         }
+        let mut receipts: Vec<Option<Arc<GatewayRules>>> = vec![None; cfg.gateways.len()];
+        for (name, section) in &cfg.receipts {
+            let rules = GatewayRules::build(name, section, &cfg.gateways, cfg.timeout, cfg.ca_file.as_deref())?;
+            let slot = &mut receipts[rules.gateway_index];
+            if let Some(other) = slot {
+                return Err(ConfigError::new(
+                    kind,
+                    format!("receipts.{name}.gateway: the same gateway as receipts.{}", other.name),
+                ));
+            }
+            *slot = Some(Arc::new(rules));
+        }
         Ok(SmsChannel {
+            receipts,
+            tracker: None,
             body: BodyTemplate::parse(kind, &cfg.body, cfg.content_type.as_deref())?,
             headers: HeaderTemplates::parse(kind, &cfg.headers)?,
             client: http::client(kind, cfg.timeout, cfg.ca_file.as_deref())?,
@@ -107,6 +134,45 @@ impl SmsChannel {
             unhealthy_for: cfg.unhealthy_for,
             gateways: cfg.gateways,
         })
+    }
+
+    /// Tracks the delivery of SMS accepted by gateways with receipts through `tracker`.
+    pub fn tracked_by(mut self, tracker: Arc<ReceiptTracker>) -> Self {
+        self.tracker = Some(tracker);
+        self
+    }
+
+    /// The receipts sections in force, for the tracker.
+    pub fn receipt_rules(&self) -> Vec<Arc<GatewayRules>> {
+        self.receipts.iter().flatten().cloned().collect()
+    }
+
+    /// One gateway: POST, and for a gateway with receipts, the tracking of the accepted SMS.
+    async fn send_via(
+        &self,
+        i: usize,
+        n: &Notification,
+        headers: reqwest::header::HeaderMap,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<Receipt, ChannelError> {
+        let url = &self.gateways[i];
+        let tracking = self.receipts[i].as_ref().zip(self.tracker.as_ref());
+        let Some((rules, tracker)) = tracking else {
+            return http::post(&self.client, ChannelKind::Sms, url, headers, body, content_type).await;
+        };
+        let max_answer = if rules.reads_answer() { MAX_RECEIPT_BYTES } else { 0 };
+        let (receipt, answer) =
+            http::post_with_answer(&self.client, ChannelKind::Sms, url, headers, body, content_type, max_answer)
+                .await?;
+        // JSON or form fields; which one is told by the bytes (see receipts::extract).
+        let message_id = rules.message_id(&answer, None, n);
+        if let Err(e) = tracker.track(n, rules, message_id).await {
+            // The gateway took the SMS: sending it again would not help. Untracked, it counts
+            // as delivered on acceptance, as without receipts.
+            tracing::error!(notification = %n.id, error = %e, "cannot track the SMS's delivery receipt");
+        }
+        Ok(receipt)
     }
 
     fn set_health(&self, i: usize, failed: Option<Instant>) {
@@ -145,7 +211,7 @@ impl Channel for SmsChannel {
         let mut any_retryable = false;
         for i in order {
             let url = &self.gateways[i];
-            match http::post(&self.client, ChannelKind::Sms, url, headers.clone(), body.clone(), content_type).await {
+            match self.send_via(i, n, headers.clone(), body.clone(), content_type).await {
                 Ok(receipt) => {
                     self.set_health(i, None);
                     return Ok(receipt);
@@ -216,6 +282,45 @@ mod tests {
     fn config_rejects_typos() {
         let err = toml::from_str::<SmsConfig>("gateway = [\"https://x\"]").unwrap_err();
         assert!(err.to_string().contains("gateway"), "{err}");
+    }
+
+    fn private_secret(dir: &std::path::Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("receipt.secret");
+        std::fs::write(&path, "0123456789abcdef0123").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    #[test]
+    fn receipts_sections_attach_to_their_gateway_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = private_secret(dir.path());
+        let section = |name: &str, gateway: &str| {
+            format!(
+                "[receipts.{name}]\ngateway = \"{gateway}\"\ndelivery_timeout = \"2m\"\n\
+                 callback_secret_file = \"{}\"\nreceipt_id_field = \"/id\"\nstatus_field = \"/status\"\n\
+                 delivered = [\"delivered\"]\n",
+                secret.display()
+            )
+        };
+        let head = "gateways = [\"https://sms-a.example.net/send\", \"https://sms-b.example.net/send\"]\n";
+        let cfg: SmsConfig =
+            toml::from_str(&format!("{head}{}", section("sms-b", "https://sms-b.example.net/send"))).unwrap();
+        let channel = SmsChannel::new(cfg).unwrap();
+        let rules = channel.receipt_rules();
+        assert_eq!(rules.len(), 1);
+        assert_eq!((rules[0].name.as_str(), rules[0].gateway_index), ("sms-b", 1));
+
+        let twice = format!(
+            "{head}{}{}",
+            section("one", "https://sms-a.example.net/send"),
+            section("two", "https://sms-a.example.net/send")
+        );
+        let err = SmsChannel::new(toml::from_str(&twice).unwrap()).err().unwrap().to_string();
+        assert!(err.contains("receipts.two.gateway: the same gateway as receipts.one"), "{err}");
+        let typo = format!("{head}{}deliverd = []\n", section("x", "https://sms-a.example.net/send"));
+        assert!(toml::from_str::<SmsConfig>(&typo).unwrap_err().to_string().contains("deliverd"));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum Escape {
     None,
     /// Escaped for the inside of a JSON string (`"` → `\"`, newlines → `\n`, ...).
     Json,
+    /// Percent-encoded as one URL component (every byte but `A-Z a-z 0-9 - . _ ~`).
+    Url,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +55,12 @@ pub enum TemplateError {
 
 impl Template {
     pub fn parse(s: &str) -> Result<Template, TemplateError> {
+        Template::parse_with(s, &[])
+    }
+
+    /// [`Template::parse`] admitting `extra` variable names as well (e.g. `message_id` in a
+    /// delivery-receipt status URL); their values are given to [`Template::render_with`].
+    pub fn parse_with(s: &str, extra: &[&'static str]) -> Result<Template, TemplateError> {
         let mut parts = Vec::new();
         let mut rest = s;
         let mut offset = 0;
@@ -70,9 +78,11 @@ impl Template {
                 }
                 parts.push(Part::Secret(PathBuf::from(path)));
             } else {
-                let var = VARIABLES.iter().find(|v| **v == name).ok_or_else(|| TemplateError::UnknownVariable {
-                    name: name.to_string(),
-                    known: VARIABLES.join(", "),
+                let var = VARIABLES.iter().chain(extra).find(|v| **v == name).ok_or_else(|| {
+                    TemplateError::UnknownVariable {
+                        name: name.to_string(),
+                        known: VARIABLES.iter().chain(extra).copied().collect::<Vec<_>>().join(", "),
+                    }
                 })?;
                 parts.push(Part::Var(var));
             }
@@ -103,11 +113,27 @@ impl Template {
     }
 
     pub fn render(&self, n: &Notification, escape: Escape) -> Result<String, TemplateError> {
+        self.render_with(n, &[], escape)
+    }
+
+    /// [`Template::render`] with the values of the extra variables of [`Template::parse_with`].
+    pub fn render_with(
+        &self,
+        n: &Notification,
+        extra: &[(&str, &str)],
+        escape: Escape,
+    ) -> Result<String, TemplateError> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),
-                Part::Var(name) => push_escaped(&mut out, &variable(n, name), escape),
+                Part::Var(name) => {
+                    let value = match extra.iter().find(|(k, _)| k == name) {
+                        Some((_, v)) => (*v).to_string(),
+                        None => variable(n, name),
+                    };
+                    push_escaped(&mut out, &value, escape)
+                }
                 Part::Secret(path) => push_escaped(&mut out, &read_secret(path)?, escape),
             }
         }
@@ -141,6 +167,15 @@ fn push_escaped(out: &mut String, value: &str, escape: Escape) {
             let quoted = serde_json::Value::String(value.to_string()).to_string();
             // A JSON string literal always starts and ends with '"'.
             out.push_str(&quoted[1..quoted.len() - 1]);
+        }
+        Escape::Url => {
+            for b in value.bytes() {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                    out.push(char::from(b));
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
         }
     }
 }
@@ -256,6 +291,15 @@ mod tests {
         write_private(&path, "\n");
         let t = Template::parse(&format!("{{{{secret:{}}}}}", path.display())).unwrap();
         assert!(matches!(t.check_secrets(), Err(TemplateError::SecretEmpty { .. })));
+    }
+
+    #[test]
+    fn extra_variables_render_url_escaped_and_stay_unknown_elsewhere() {
+        let t = Template::parse_with("https://gw.example/status/{{message_id}}?to={{to}}", &["message_id"]).unwrap();
+        let url = t.render_with(&sample_notification(), &[("message_id", "a/b c")], Escape::Url).unwrap();
+        assert_eq!(url, "https://gw.example/status/a%2Fb%20c?to=%2B4915100000001");
+        let err = Template::parse("{{message_id}}").unwrap_err();
+        assert!(err.to_string().contains("'{{message_id}}'"), "{err}");
     }
 
     #[test]

@@ -20,5 +20,6 @@ pub mod reload;
 pub mod retention;
 pub mod self_check;
 pub mod staff;
+pub mod status_links;
 pub mod storage_failure;
 pub mod writer;

@@ -9,6 +9,8 @@
 //!   collector continues each escalation where it stood.
 //! - No alarm is dropped silently: a chain that ends with every delivery
 //!   failed says so on the fault and raises `pikett_notifications_failed_total`.
+//! - An SMS whose gateway reports delivery (`notify::receipts`) is judged by its receipt,
+//!   not by the gateway's acceptance: delivered, failed, or failed at `delivery_timeout`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,9 +20,10 @@ use jiff::Timestamp;
 use tokio::sync::mpsc;
 
 use crate::config::{CollectorConfig, CustomerConfig};
+use crate::notify::receipts::{NotificationStatus, ReceiptWorker, notification_status};
 use crate::notify::{
-    ChannelKind, Enqueued, EntryState, Notification, NotificationKind, Outbox, OutcomeStatus, SystemClock, TreeStore,
-    Worker,
+    ChannelKind, DeliveryReport, DeliveryState, Enqueued, EntryState, Notification, NotificationKind, Outbox,
+    OutcomeStatus, ReceiptTracker, SystemClock, TreeStore, Worker,
 };
 use crate::services::faults::FaultService;
 use crate::services::metrics::Metrics;
@@ -43,6 +46,9 @@ pub struct Pager {
     storage: Arc<dyn Storage>,
     outbox: Outbox,
     _worker: Mutex<Option<Worker>>,
+    /// SMS awaiting their gateway's delivery receipt.
+    receipts: Arc<ReceiptTracker>,
+    _receipt_worker: Mutex<Option<ReceiptWorker>>,
     faults: Arc<FaultService>,
     metrics: Arc<Metrics>,
     /// The on-call plan; replaced whole by a reload ([`Pager::reload`]).
@@ -128,16 +134,21 @@ pub fn spawn(
             }
         }
     }
-    let channels = config.channels.build().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (receipts, mut delivery_reports) =
+        ReceiptTracker::open(storage.clone(), Arc::new(SystemClock), config.outbox.keep_done)?;
+    let channels = config.channels.build_tracked(Some(&receipts)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (outbox, mut outcomes) =
         Outbox::new(TreeStore::open(storage.clone())?, channels, config.outbox.clone(), Arc::new(SystemClock));
     let worker = outbox.start();
+    let receipt_worker = receipts.start();
     let pager = Arc::new(Pager {
         state: Mutex::new(State { escalations, overrides }),
         tree,
         storage,
         outbox,
         _worker: Mutex::new(Some(worker)),
+        receipts,
+        _receipt_worker: Mutex::new(Some(receipt_worker)),
         faults,
         metrics,
         plan: std::sync::RwLock::new(Arc::new(Plan::of(config))),
@@ -151,6 +162,7 @@ pub fn spawn(
             tokio::select! {
                 Some(batch) = transitions.recv() => p.on_transitions(batch).await,
                 Some(outcome) = outcomes.recv() => p.on_outcome(outcome).await,
+                Some(report) = delivery_reports.recv() => p.on_delivery_report(report).await,
                 _ = tick.tick() => p.run_due(Timestamp::now()).await,
             }
         }
@@ -172,7 +184,7 @@ impl Pager {
     /// every escalation on. A page already sent stays sent; an escalation whose next
     /// step names a person no longer in the rotation pages whoever holds the role now.
     pub fn reload(&self, config: &CollectorConfig) -> anyhow::Result<()> {
-        let channels = config.channels.build().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let channels = config.channels.build_tracked(Some(&self.receipts)).map_err(|e| anyhow::anyhow!("{e}"))?;
         self.outbox.set_channels(channels);
         *self.plan.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Plan::of(config));
         Ok(())
@@ -440,7 +452,16 @@ impl Pager {
         let now = Timestamp::now();
         let Some((fault, step)) = outcome.notification_id.split_once('/') else { return };
         let Ok(fault_id) = fault.parse::<u64>() else { return };
+        // An SMS whose gateway reports delivery is judged by its receipt (on_delivery_report).
+        let judged_by_receipt = matches!(outcome.status, OutcomeStatus::Delivered { .. })
+            && self.receipts.tracked_state(&outcome.notification_id).is_some();
         let text = match &outcome.status {
+            OutcomeStatus::Delivered { .. } if judged_by_receipt => format!(
+                "{} to {} accepted by the gateway (attempt {}), awaiting its delivery receipt",
+                outcome.channel.as_str(),
+                outcome.to,
+                outcome.attempts
+            ),
             OutcomeStatus::Delivered { .. } => {
                 format!("{} to {} delivered (attempt {})", outcome.channel.as_str(), outcome.to, outcome.attempts)
             }
@@ -454,6 +475,9 @@ impl Pager {
         self.note(fault_id, &text, now);
         // A first failed attempt already counts as failed for the escalation: the next
         // channel or role must not wait for the outbox's retries.
+        if judged_by_receipt {
+            return;
+        }
         let ok = matches!(outcome.status, OutcomeStatus::Delivered { .. });
         let first_failure = matches!(outcome.status, OutcomeStatus::Retrying { .. }) && outcome.attempts == 1;
         let final_failure = matches!(outcome.status, OutcomeStatus::Failed { .. }) && outcome.attempts <= 1;
@@ -466,6 +490,56 @@ impl Pager {
             self.persist(fault_id).await;
             self.run_due(now).await;
         }
+    }
+
+    /// A tracked SMS settled: on the fault's timeline, and (delivered or not) to its
+    /// escalation, exactly as a send's outcome would be.
+    async fn on_delivery_report(&self, report: DeliveryReport) {
+        let now = Timestamp::now();
+        let n = &report.notification;
+        let Some((fault, step)) = n.id.split_once('/') else { return };
+        let Ok(fault_id) = fault.parse::<u64>() else { return };
+        let step = step.parse::<u32>().ok();
+        let who = step
+            .and_then(|s| self.lock().escalations.get(&fault_id).and_then(|e| e.person_of_step(s).map(str::to_string)))
+            .map_or_else(|| n.to.clone(), |person| format!("{person} ({})", n.to));
+        let text = match &report.state {
+            DeliveryState::Delivered { at } => format!("SMS to {who} delivered {}", at.strftime("%H:%M:%S UTC")),
+            DeliveryState::NotDelivered { reason, .. } => format!("SMS to {who} {reason}"),
+            DeliveryState::NoReceipt { .. } => format!(
+                "SMS to {who}: no delivery receipt within {}",
+                humantime::format_duration(crate::notify::receipts::WAIT_WITHOUT_TIMEOUT)
+            ),
+            DeliveryState::Awaiting => return,
+        };
+        self.note(fault_id, &text, now);
+        if let (Some(step), Some(ok)) = (step, report.state.escalation_verdict()) {
+            if let Some(e) = self.lock().escalations.get_mut(&fault_id) {
+                e.on_delivery(step, ok, now);
+            }
+            self.persist(fault_id).await;
+            self.run_due(now).await;
+        }
+    }
+
+    /// The receipt tracker (the HTTP port hands it the gateways' callbacks).
+    pub fn receipts(&self) -> Arc<ReceiptTracker> {
+        self.receipts.clone()
+    }
+
+    /// Every notification of a fault with its delivery, oldest first (`pikett fault show`).
+    pub fn notifications_of(&self, fault: u64) -> Vec<NotificationStatus> {
+        let prefix = format!("{fault}/");
+        let entries = match self.outbox.with_id_prefix(&prefix) {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(fault, error = %e, "cannot list the fault's notifications");
+                return Vec::new();
+            }
+        };
+        let tracked: BTreeMap<String, crate::notify::receipts::Tracked> =
+            self.receipts.for_fault(&fault.to_string()).into_iter().map(|t| (t.notification.id.clone(), t)).collect();
+        entries.iter().map(|e| notification_status(e, tracked.get(&e.notification.id))).collect()
     }
 
     /// Runs every escalation step that is due.
@@ -517,6 +591,7 @@ impl Pager {
                         .get(&fault.id)
                         .is_some_and(|e| e.mode() == pikett_core::escalation::Mode::Emergency);
                     let role = role.map(|r| format!(" ({})", r.as_str())).unwrap_or_default();
+                    let n_id = n.id.clone();
                     match self.outbox.enqueue(n).await {
                         Ok(Enqueued::New) => {
                             self.note(fault.id, &format!("{} {person}{role} by {channel} to {to}", kind.as_str()), now)
@@ -531,7 +606,11 @@ impl Pager {
                                 now,
                             );
                             let verdict = match state {
-                                EntryState::Delivered => Some(true),
+                                // A tracked SMS is judged by its receipt (awaited: no verdict yet).
+                                EntryState::Delivered => match self.receipts.tracked_state(&n_id) {
+                                    Some(receipt) => receipt.escalation_verdict(),
+                                    None => Some(true),
+                                },
                                 EntryState::Failed => Some(false),
                                 EntryState::Pending => None,
                             };
@@ -575,6 +654,10 @@ impl Pager {
 
     /// Removes finished notifications older than the outbox's `keep_done`; how many went.
     pub fn purge_outbox(&self) -> Result<usize, crate::notify::outbox::OutboxError> {
+        // Settled receipts go with their notifications; a failure here is only logged.
+        if let Err(e) = self.receipts.purge() {
+            tracing::warn!(error = %e, "retention: cannot purge settled delivery receipts");
+        }
         self.outbox.purge()
     }
 

@@ -205,6 +205,19 @@ fn delivered_sms_keeps_the_voice_call_on_schedule() {
 }
 
 #[test]
+fn each_step_names_the_person_it_paged() {
+    let w = World::new(0);
+    let t0 = ts(T0);
+    let mut esc = Escalation::start("F1", Severity::Critical, t0, StartMode::Normal);
+    esc.due(t0, &w.ctx());
+    esc.due(t0 + mins(5), &w.ctx());
+    assert_eq!(esc.person_of_step(1), Some("alice"));
+    assert_eq!(esc.person_of_step(2), Some("alice"), "alice's voice call at 2m");
+    assert_eq!(esc.person_of_step(3), Some("bob"));
+    assert_eq!(esc.person_of_step(99), None);
+}
+
+#[test]
 fn a_retry_that_succeeds_overrides_the_failure() {
     let w = World::new(0);
     let t0 = ts(T0);

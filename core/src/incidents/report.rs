@@ -6,7 +6,9 @@
 //! `response_target`; the incident's: from its opening to the first acknowledgement of any of
 //! its faults), outage minutes (each host's fault
 //! intervals merged), SLA impact (the SLA-relevant outage minutes by the contract's windows and
-//! how they would be attributed), root cause and recommendations.
+//! how they would be attributed), service credit (when the contract has `credits`: each month
+//! the incident touched, month to date while it is not over, over all the customer's hosts;
+//! [`render_with_credits`]), root cause and recommendations.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -15,8 +17,9 @@ use jiff::Timestamp;
 
 use super::Incident;
 use crate::faults::{EventKind, Fault, HOST_REACHABLE, Maintenance, Severity};
+use crate::sla::credits::{MonthCredit, MonthlyFee, month_credits};
 use crate::sla::{
-    Cause, Contract, Emergency, Interval, Ledger, Month, Outage, Reason, merge_overlapping, response_summary,
+    Cause, Contract, Emergency, Interval, Ledger, Month, Outage, Reason, SlaError, merge_overlapping, response_summary,
 };
 
 /// What the report is made of.
@@ -95,11 +98,50 @@ fn seconds(list: &[Interval]) -> i64 {
 pub fn render(input: &ReportInput<'_>) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
-    let _ = write_report(&mut out, input);
+    let _ = write_report(&mut out, input, None);
     out
 }
 
-fn write_report(out: &mut String, r: &ReportInput<'_>) -> std::fmt::Result {
+/// The report with its "Service credit" section: `credits` from [`incident_credits`].
+pub fn render_with_credits(input: &ReportInput<'_>, credits: &[MonthCredit]) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_report(&mut out, input, Some(credits));
+    out
+}
+
+/// The customer's service credit for each month the incident touched (from its opening to
+/// its closing, or `now`), month to date while the month is not over. `outages` and
+/// `maintenance` are the customer's, of all its hosts (the credit is the month's, not the
+/// incident's): outages as `sla::live::derive_outages` gives them. Empty without a contract
+/// or without `credits` in it.
+pub fn incident_credits(
+    input: &ReportInput<'_>,
+    outages: &[Outage],
+    maintenance: &[crate::sla::Maintenance],
+    fee: Option<&MonthlyFee>,
+) -> Result<Vec<MonthCredit>, SlaError> {
+    let Some((_, contract)) = input.contract.filter(|(_, c)| !c.credits.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let tz = contract.timezone.tz().clone();
+    let month_of = |ts: Timestamp| {
+        let z = ts.to_zoned(tz.clone());
+        Month::new(z.year(), z.month())
+    };
+    let inc = input.incident;
+    let mut month = month_of(inc.opened_at)?;
+    let last = month_of(inc.closed_at.unwrap_or(input.now).max(inc.opened_at))?;
+    let mut months = vec![month];
+    while month < last {
+        month = month.next();
+        months.push(month);
+    }
+    let rows = Ledger::new(contract, outages, maintenance)?.months(&months)?;
+    Ok(month_credits(&contract.credit_terms(), &months, &rows, fee, input.now))
+}
+
+fn write_report(out: &mut String, r: &ReportInput<'_>, credits: Option<&[MonthCredit]>) -> std::fmt::Result {
     let inc = r.incident;
     writeln!(out, "# Incident {}: {}", inc.id, inc.title())?;
     writeln!(out)?;
@@ -276,6 +318,12 @@ fn write_report(out: &mut String, r: &ReportInput<'_>) -> std::fmt::Result {
         Some((name, contract)) => write_sla_impact(out, r, name, contract)?,
     }
     writeln!(out)?;
+    if let (Some((name, contract)), Some(credits)) = (r.contract, credits)
+        && !contract.credits.is_empty()
+    {
+        write_service_credit(out, name, contract, credits)?;
+        writeln!(out)?;
+    }
 
     writeln!(out, "## Root cause")?;
     writeln!(out)?;
@@ -398,6 +446,45 @@ fn write_sla_impact(out: &mut String, r: &ReportInput<'_>, name: &str, contract:
     )
 }
 
+fn write_service_credit(
+    out: &mut String,
+    name: &str,
+    contract: &Contract,
+    credits: &[MonthCredit],
+) -> std::fmt::Result {
+    writeln!(out, "## Service credit")?;
+    writeln!(out)?;
+    let tiers: Vec<String> =
+        contract.credits.tiers().iter().map(|t| format!("below {} % → {} %", t.below, t.percent)).collect();
+    let windows = if contract.credit_windows.is_empty() {
+        "every window".to_string()
+    } else {
+        contract.credit_windows.join(", ")
+    };
+    writeln!(
+        out,
+        "Contract `{name}` credits: {} of the monthly fee; the lowest tier the availability falls below applies \
+         (not cumulative), judged by the month's lowest availability of the customer's hosts in {windows}.",
+        tiers.join(", ")
+    )?;
+    writeln!(out)?;
+    for c in credits {
+        let owed = c.credit.owed();
+        let when = if c.month_to_date { " (month to date)" } else { "" };
+        writeln!(out, "- {}{when}: credit owed {owed} — {}", c.month, c.explanation())?;
+    }
+    if credits.iter().any(|c| c.month_to_date) {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "Month to date: the outages of all the customer's hosts this month so far (not only this incident's), \
+             against the whole month's service time; the credit grows if more outage counts before the month ends. \
+             `pikett sla report` for the month is authoritative."
+        )?;
+    }
+    Ok(())
+}
+
 fn reason_name(r: Reason) -> &'static str {
     match r {
         Reason::Counted => "counted",
@@ -415,5 +502,82 @@ trait KindStr {
 impl KindStr for crate::faults::TimelineEntry {
     fn kind_str(&self) -> String {
         serde_json::to_value(self.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod credit_tests {
+    use super::*;
+    use crate::incidents::{FaultRef, Incidents};
+    use crate::sla::credits::MonthlyFee;
+
+    fn t(s: &str) -> Timestamp {
+        format!("{s}:00Z").parse().unwrap()
+    }
+
+    fn outage(host: &str, from: &str, to: &str) -> Outage {
+        Outage { host: host.into(), start: t(from), end: t(to), cause: Cause::None }
+    }
+
+    #[test]
+    fn the_service_credit_covers_every_month_the_incident_touched_over_all_the_customers_hosts() {
+        let mut s = Incidents::default();
+        let f = FaultRef {
+            id: 1,
+            host: "web-1".into(),
+            customer: "acme".into(),
+            check: "host/reachable".into(),
+            severity: Severity::Critical,
+            opened_at: t("2026-04-30T22:00"),
+            failing_since: t("2026-04-30T22:00"),
+            summary: "down".into(),
+        };
+        let id = s.fault_failing(&f, std::time::Duration::from_secs(300), t("2026-04-30T22:00")).unwrap();
+        s.close(id, "power", "second PSU", "eve", t("2026-05-01T02:00")).unwrap();
+        let inc = s.get(id).unwrap().clone();
+        let contract = Contract::from_toml(
+            "timezone = \"UTC\"\nwindows = [{ name = \"all\", from = \"00:00\", to = \"24:00\", target = \"99%\" }]\n\
+             credits = [{ below = 99.9, percent = 10 }, { below = 99, percent = 25 }]\n",
+            "c.toml",
+        )
+        .unwrap();
+        let input = ReportInput {
+            incident: &inc,
+            faults: &[],
+            contract: Some(("standard", &contract)),
+            maintenance: &[],
+            now: t("2026-05-10T00:00"),
+        };
+        // The customer's outages: this incident's (2 h in April, 2 h in May) and another
+        // host's 8 h in April, which is not this incident's but decides April's credit.
+        let outages = [
+            outage("web-1", "2026-04-30T22:00", "2026-05-01T02:00"),
+            outage("web-2", "2026-04-10T00:00", "2026-04-10T08:00"),
+        ];
+        let fee = MonthlyFee { amount: "1200.00".parse().unwrap(), currency: "EUR".parse().unwrap() };
+        let credits = incident_credits(&input, &outages, &[], Some(&fee)).unwrap();
+        let md = render_with_credits(&input, &credits);
+        // April: 30 d = 2,592,000 s. web-2: 2,592,000 − 28,800 = 2,563,200 → 98.888… % (web-1:
+        // 2,584,800 → 99.72 %, higher) → under 99 → 25 % of 1,200.00 = 300.00 EUR.
+        assert!(
+            md.contains(
+                "- 2026-04: credit owed 300.00 EUR — web-2 all: 98.888 % < 99 % → 25 % of 1,200.00 EUR = 300.00 EUR\n"
+            ),
+            "{md}"
+        );
+        // May (not over on the 10th): 31 d = 2,678,400 s; web-1 2 h: 2,671,200 → 99.731… % →
+        // under 99.9, not under 99 → 10 % of 1,200.00 = 120.00 EUR.
+        assert!(
+            md.contains("- 2026-05 (month to date): credit owed 120.00 EUR — web-1 all: 99.731 % < 99.9 % → 10 % of 1,200.00 EUR = 120.00 EUR\n"),
+            "{md}"
+        );
+        assert!(md.contains("Month to date: the outages of all the customer's hosts"), "{md}");
+        let section = md.find("## Service credit").unwrap();
+        assert!(md.find("## SLA impact").unwrap() < section && section < md.find("## Root cause").unwrap());
+        // The plain report, and a contract without credits, have no such section.
+        assert!(!render(&input).contains("## Service credit"));
+        let plain = Contract { credits: Default::default(), ..contract.clone() };
+        let input = ReportInput { contract: Some(("standard", &plain)), ..input };
+        assert!(incident_credits(&input, &outages, &[], Some(&fee)).unwrap().is_empty());
     }
 }

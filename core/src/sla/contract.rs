@@ -10,6 +10,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use super::SlaError;
+use super::credits::{CreditTable, CreditTerms};
 pub use crate::calendar::{TimeOfDay, Weekdays};
 
 /// A contract, the keys of one `[sla.NAME]` table (SPEC.md 3.4).
@@ -18,7 +19,8 @@ pub use crate::calendar::{TimeOfDay, Weekdays};
 /// other ([`Contract::from_toml`] does both). Optional keys: `short_outage` (default `0s`: no
 /// outage is short), `short_outage_max_per_day` / `_per_week` (default: no limit),
 /// `maintenance_notice` (default `7d`), `maintenance_cap` (default none: maintenance is never
-/// excused), `response_target` (default `60m`), `checks` (default: the host itself).
+/// excused), `response_target` (default `60m`), `checks` (default: the host itself), `credits`
+/// (default none) and `credit_windows` (default: every window).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Contract {
@@ -39,6 +41,13 @@ pub struct Contract {
     /// SLA-relevant check names; empty means the host itself (`host/reachable`).
     #[serde(default)]
     pub checks: Vec<String>,
+    /// Service credits: `[{ below = 99.9, percent = 10 }, …]` (default: none); see
+    /// [`super::credits`].
+    #[serde(default)]
+    pub credits: CreditTable,
+    /// The windows whose availability the credits are judged by (default: every window).
+    #[serde(default)]
+    pub credit_windows: Vec<String>,
 }
 
 fn default_notice() -> Duration {
@@ -106,10 +115,29 @@ impl Contract {
                 ));
             }
         }
+        for name in &self.credit_windows {
+            if !self.windows.iter().any(|w| &w.name == name) {
+                let known: Vec<&str> = self.windows.iter().map(|w| w.name.as_str()).collect();
+                return err(format!(
+                    "credit_windows names window {name:?}, which is not defined (windows: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+        if !self.credit_windows.is_empty() && self.credits.is_empty() {
+            return err(
+                "credit_windows is set but credits is empty: add the credit tiers or remove credit_windows".into()
+            );
+        }
         if self.short_outage >= Duration::from_secs(86_400) {
             return err(format!("short_outage {} is not below 1 day", humantime::format_duration(self.short_outage)));
         }
         Ok(())
+    }
+
+    /// The credit table with the windows it judges and the contract's time zone.
+    pub fn credit_terms(&self) -> CreditTerms<'_> {
+        CreditTerms { table: &self.credits, windows: &self.credit_windows, tz: self.timezone.tz() }
     }
 
     /// The monthly maintenance cap of a window in whole seconds (0 when the window has none).

@@ -15,6 +15,7 @@
 
 pub mod compute;
 pub mod contract;
+pub mod credits;
 pub mod live;
 pub mod offline;
 pub mod render;
