@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use pikett_agent::observation::{Observation, State};
-use pikett_agent::probes::backups::{BackupConfig, BackupProbe, BackupTools, Listing, Verdict};
+use pikett_agent::probes::backups::{BackupConfig, BackupProbe, BackupTools, CheckOutcome, Listing, Verdict};
 use pikett_agent::probes::{MemoryState, SharedState};
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -93,6 +93,12 @@ async fn look(probe: &mut BackupProbe, now: Timestamp) -> (Listing, Verdict) {
     probe.look(now).await.unwrap_or_else(|e| panic!("cannot list: {e}"))
 }
 
+/// Runs the integrity check (when due) and then looks.
+async fn check_and_look(probe: &mut BackupProbe, now: Timestamp) -> (Listing, Verdict) {
+    probe.check_now(now).await;
+    look(probe, now).await
+}
+
 // --- restic -----------------------------------------------------------------------------
 
 fn restic_repo(lab: &Lab, name: &str, snapshots_hours_ago: &[i64]) -> PathBuf {
@@ -126,6 +132,13 @@ async fn restic_healthy_repository_is_ok_with_samples_and_inventory() {
         "min_full = 1\nmin_incremental = 2\ncheck_interval = \"7d\"\ncheck_subset = \"100%\"\n",
     );
     let mut probe = lab.probe(cfg, state());
+    // A poll reports the listing at once and starts the check in a task of its own...
+    let obs = pikett_agent::probes::Probe::poll(&mut probe).await;
+    let Observation::Check(c) = &obs[0] else { panic!("{obs:?}") };
+    assert_eq!(c.state, State::Ok, "{}", c.summary);
+    assert!(c.summary.contains("integrity check started") && !c.summary.contains("no errors"), "{}", c.summary);
+    // ...whose result comes with the next look after it ends.
+    probe.wait_for_check().await;
     let now = Timestamp::now();
     let (listing, verdict) = look(&mut probe, now).await;
     assert_eq!(verdict.state, State::Ok, "{}", verdict.summary);
@@ -214,14 +227,22 @@ async fn restic_corrupted_pack_fails_the_integrity_check_and_the_result_is_kept(
     let shared = state();
     let cfg = restic_config(&lab, &repo, "check_interval = \"1d\"\ncheck_subset = \"100%\"\n");
     let mut probe = lab.probe(cfg.clone(), shared.clone());
-    let (_, v) = look(&mut probe, Timestamp::now()).await;
+    let (_, v) = check_and_look(&mut probe, Timestamp::now()).await;
     assert_eq!(v.state, State::Critical, "{}", v.summary);
     assert!(v.summary.contains("integrity check") && v.summary.contains("FAILED"), "{}", v.summary);
     assert!(v.summary.contains("does not match"), "{}", v.summary);
-    // A restarted probe still knows (and checks again, as the last check failed).
+    // A restarted probe knows from the saved state, without checking again (a failure is
+    // retried after min(check_interval, 6h), not at every poll).
     let mut again = lab.probe(cfg, shared);
+    assert!(!again.check_due(Timestamp::now()), "a failed check is not repeated at once");
+    assert!(again.check_now(Timestamp::now()).await.is_none());
     let (_, v) = look(&mut again, Timestamp::now()).await;
     assert_eq!(v.state, State::Critical, "{}", v.summary);
+    assert!(v.summary.contains("FAILED") && v.summary.contains("does not match"), "{}", v.summary);
+    // Six hours on, it is retried (all data again) and still fails.
+    let later = Timestamp::now() + SignedDuration::from_hours(7);
+    assert!(again.check_due(later));
+    assert!(matches!(again.check_now(later).await, Some(CheckOutcome::Failed(_))));
 }
 
 #[tokio::test]
@@ -269,7 +290,7 @@ async fn borg_healthy_late_and_corrupted() {
     let lab = Lab::new();
     let repo = borg_repo(&lab, &[40, 20, 1]);
     let mut probe = lab.probe(borg_config(&lab, &repo, "min_full = 3\ncheck_interval = \"1d\"\n"), state());
-    let (listing, v) = look(&mut probe, Timestamp::now()).await;
+    let (listing, v) = check_and_look(&mut probe, Timestamp::now()).await;
     assert_eq!(v.state, State::Ok, "{}", v.summary);
     assert_eq!(listing.backups.len(), 3);
     let age = Timestamp::now().duration_since(v.newest.expect("a newest"));
@@ -292,7 +313,7 @@ async fn borg_healthy_late_and_corrupted() {
     segments.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
     overwrite(segments.last().expect("a segment"), 5000);
     let mut probe = lab.probe(borg_config(&lab, &repo, "min_full = 3\ncheck_interval = \"1d\"\n"), state());
-    let (_, v) = look(&mut probe, Timestamp::now()).await;
+    let (_, v) = check_and_look(&mut probe, Timestamp::now()).await;
     assert_eq!(v.state, State::Critical, "{}", v.summary);
     assert!(v.summary.contains("FAILED") && v.summary.contains("mismatch"), "{}", v.summary);
 }
@@ -330,7 +351,7 @@ async fn duplicity_chain_is_counted_verified_and_a_deleted_volume_is_critical() 
     let (target, url) = duplicity_target(&lab, 2);
     let cfg = duplicity_config(&lab, &url, "min_full = 1\nmin_incremental = 2\ncheck_interval = \"7d\"\n");
     let mut probe = lab.probe(cfg.clone(), state());
-    let (listing, v) = look(&mut probe, Timestamp::now()).await;
+    let (listing, v) = check_and_look(&mut probe, Timestamp::now()).await;
     assert_eq!(v.state, State::Ok, "{}", v.summary);
     assert!(v.summary.contains("1 full, 2 incremental in the current chain"), "{}", v.summary);
     assert!(v.summary.contains("every volume read back"), "verify ran: {}", v.summary);
@@ -389,8 +410,140 @@ async fn command_output_is_judged_and_told_when_to_check() {
     assert_eq!((listing.repository_size_bytes, listing.backups.len()), (Some(9000), 2));
     let mut checked = lab.probe(cfg("check_interval = \"1d\"\n"), state());
     let (_, v) = look(&mut checked, Timestamp::now()).await;
+    assert_eq!(v.state, State::Ok, "the listing does not ask for the check: {}", v.summary);
+    let (_, v) = check_and_look(&mut checked, Timestamp::now()).await;
     assert_eq!(v.state, State::Critical, "{}", v.summary);
     assert!(v.summary.contains("FAILED: tape 3 unreadable"), "{}", v.summary);
+}
+
+// --- fake tools: what the probe hands them -----------------------------------------------
+
+/// An executable shell script in the lab; `$LOG` in it is `log` (appended to by the script).
+fn fake_tool(lab: &Lab, name: &str, body: &str) -> (PathBuf, PathBuf) {
+    let log = lab.path(&format!("{name}.log"));
+    let script = lab.path(name);
+    std::fs::write(&script, format!("#!/bin/sh\nLOG='{}'\n{body}", log.display())).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (script, log)
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn duplicity_gets_the_url_password_in_its_environment_not_its_command_line() {
+    let lab = Lab::new();
+    let full = (Timestamp::now() - SignedDuration::from_hours(2)).strftime("%Y%m%dT%H%M%SZ").to_string();
+    let incomplete = lab.path("incomplete");
+    std::fs::write(&incomplete, "1").unwrap();
+    let (script, log) = fake_tool(
+        &lab,
+        "duplicity",
+        &format!(
+            "echo \"args: $*\" >> \"$LOG\"\necho \"env: $FTP_PASSWORD|$PASSPHRASE\" >> \"$LOG\"\n\
+             printf 'INFO 3 \\nchain-complete\\n full {full} 1 enc\\norphaned-sets-num 0\\nincomplete-sets-num %s\\n. x\\n' \"$(cat {})\"\n",
+            incomplete.display()
+        ),
+    );
+    let tools = BackupTools { duplicity: script, ..lab.tools() };
+    let cfg = duplicity_config(&lab, "ftp://backup:s3cr%65t@127.0.0.1/mail", "");
+    let mut probe = BackupProbe::with_tools(cfg, state(), tools).unwrap();
+    let (_, v) = look(&mut probe, Timestamp::now()).await;
+    let logged = read(&log);
+    assert!(logged.contains("args: collection-status") && logged.contains("ftp://backup@127.0.0.1/mail"), "{logged}");
+    assert!(
+        !logged.lines().any(|l| l.starts_with("args:") && l.contains("s3cr")),
+        "password on the command line: {logged}"
+    );
+    assert!(logged.contains(&format!("env: s3cret|{PASSWORD}")), "FTP_PASSWORD decoded, PASSPHRASE read: {logged}");
+    // An incomplete set at first sight: a note (a backup may be running)...
+    assert_eq!(v.state, State::Ok, "{}", v.summary);
+    assert!(v.summary.contains("1 incomplete backup sets (a backup running?"), "{}", v.summary);
+    // ...still there at the next poll: a WARNING.
+    let (_, v) = look(&mut probe, Timestamp::now()).await;
+    assert_eq!(v.state, State::Warning, "{}", v.summary);
+    // Gone: OK again.
+    std::fs::write(&incomplete, "0").unwrap();
+    let (_, v) = look(&mut probe, Timestamp::now()).await;
+    assert_eq!(v.state, State::Ok, "{}", v.summary);
+    assert!(!v.summary.contains("s3cr"), "{}", v.summary);
+}
+
+#[tokio::test]
+async fn a_password_in_the_repository_url_reaches_no_summary_inventory_or_state() {
+    let lab = Lab::new();
+    let newest = (Timestamp::now() - SignedDuration::from_hours(1)).to_string();
+    // A restic that lists, then fails quoting its repository (as restic does for a REST
+    // server it cannot reach), and fails its check the same way.
+    let (script, _) = fake_tool(
+        &lab,
+        "restic",
+        &format!(
+            "case \"$1\" in\n\
+             snapshots) echo '[{{\"time\":\"{newest}\",\"id\":\"abc\"}}]';;\n\
+             check) echo \"pack at $RESTIC_REPOSITORY does not match (http://u:s3cret@127.0.0.1:1/r)\" >&2; echo 'Fatal: repository contains errors' >&2; exit 1;;\n\
+             *) echo \"Fatal: unable to open repository at $RESTIC_REPOSITORY: Head http://u:s3cret@127.0.0.1:1/r/config\" >&2; exit 1;;\n\
+             esac\n"
+        ),
+    );
+    let repo = "rest:http://u:s3cr%65t@127.0.0.1:1/r";
+    let shared = state();
+    let cfg = lab.config(&format!(
+        "name = \"rest\"\ntool = \"restic\"\nrepository = \"{repo}\"\npassword_file = \"PASSWORD_FILE\"\ncheck_interval = \"1d\"\n"
+    ));
+    let mut probe =
+        BackupProbe::with_tools(cfg, shared.clone(), BackupTools { restic: script, ..lab.tools() }).unwrap();
+    let outcome = probe.check_now(Timestamp::now()).await;
+    assert!(matches!(&outcome, Some(CheckOutcome::Failed(s)) if s.contains("u:***@127.0.0.1")), "{outcome:?}");
+    let obs = pikett_agent::probes::Probe::poll(&mut probe).await;
+    let Observation::Check(c) = &obs[0] else { panic!("{obs:?}") };
+    assert_eq!(c.state, State::Critical, "{}", c.summary);
+    assert!(
+        c.summary.contains("size unknown") && c.summary.contains("rest:http://u:***@127.0.0.1:1/r"),
+        "{}",
+        c.summary
+    );
+    let all = format!("{obs:?}");
+    assert!(all.contains("Inventory"), "{all}");
+    for secret in ["s3cret", "s3cr%65t", PASSWORD] {
+        assert!(!all.contains(secret), "{secret} in {all}");
+        let stored = String::from_utf8_lossy(&shared.load("backups/rest/integrity").unwrap_or_default()).to_string();
+        assert!(stored.contains("FAILED") || stored.contains("\"ok\":false"), "{stored}");
+        assert!(!stored.contains(secret), "{secret} in the stored state {stored}");
+    }
+}
+
+#[tokio::test]
+async fn borg_gets_its_passphrase_cache_and_utc_and_its_size_is_read_at_the_check_interval() {
+    let lab = Lab::new();
+    let (script, log) = fake_tool(
+        &lab,
+        "borg",
+        "echo \"$* |$BORG_PASSPHRASE|${BORG_PASSCOMMAND-none}|${BORG_BASE_DIR-none}|$BORG_CACHE_DIR|$TZ\" >> \"$LOG\"\n\
+         case \"$2\" in\n\
+         list) echo '{\"archives\":[{\"name\":\"a\",\"start\":\"2026-12-06T07:09:05.000000\"}]}';;\n\
+         info) echo '{\"cache\":{\"stats\":{\"unique_csize\":4242}}}';;\n\
+         esac\n",
+    );
+    let tools = BackupTools { borg: script, ..lab.tools() };
+    let cfg = borg_config(&lab, Path::new("/srv/borg"), "check_interval = \"1d\"\n");
+    let mut probe = BackupProbe::with_tools(cfg, state(), tools).unwrap();
+    let now: Timestamp = "2026-12-06T08:09:05Z".parse().unwrap();
+    let (first, v) = look(&mut probe, now).await;
+    let (second, _) = look(&mut probe, now + SignedDuration::from_hours(1)).await;
+    assert_eq!(v.newest, Some("2026-12-06T07:09:05Z".parse().unwrap()), "borg's times read as UTC");
+    assert_eq!((first.repository_size_bytes, second.repository_size_bytes), (Some(4242), Some(4242)));
+    let logged = read(&log);
+    assert_eq!(logged.lines().filter(|l| l.contains(" info ")).count(), 1, "borg info once a check_interval: {logged}");
+    assert_eq!(logged.lines().filter(|l| l.contains(" list ")).count(), 2, "{logged}");
+    let cache = lab.path("cache/borg").display().to_string();
+    for line in logged.lines() {
+        assert!(line.ends_with(&format!("|{PASSWORD}|none|none|{cache}|UTC")), "{line}");
+    }
+    // A day on, the size is read again.
+    look(&mut probe, now + SignedDuration::from_hours(25)).await;
+    assert_eq!(read(&log).lines().filter(|l| l.contains(" info ")).count(), 2);
 }
 
 // --- helpers ----------------------------------------------------------------------------

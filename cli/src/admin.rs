@@ -130,14 +130,16 @@ fn render_fault(f: &pb::Fault) -> anyhow::Result<String> {
 /// took it; "delivered": its receipt confirmed it; "not delivered").
 fn render_notifications(out: &mut String, notifications: &[pb::FaultNotification]) -> anyhow::Result<()> {
     writeln!(out, "notifications:")?;
-    writeln!(out, "  {:<10} {:<8} {:<9} {:<24} {:<14} {:<20} DETAIL", "ID", "KIND", "CHANNEL", "TO", "DELIVERY", "AT")?;
+    // Ids are shown whole: cut short, `7/copy/alarm/0/sms` and `7/copy/alarm/0/email` look alike.
+    let w = notifications.iter().map(|n| n.id.chars().count()).max().unwrap_or(0).max(2);
+    writeln!(out, "  {:<w$} {:<8} {:<9} {:<24} {:<14} {:<20} DETAIL", "ID", "KIND", "CHANNEL", "TO", "DELIVERY", "AT")?;
     for n in notifications {
         let at = if n.delivery_unix_ms != 0 { n.delivery_unix_ms } else { n.sent_unix_ms };
         let at = if at == 0 { "-".to_string() } else { format_time(at) };
         writeln!(
             out,
-            "  {:<10} {:<8} {:<9} {:<24} {:<14} {:<20} {}",
-            truncate(&n.id, 10),
+            "  {:<w$} {:<8} {:<9} {:<24} {:<14} {:<20} {}",
+            n.id,
             n.kind,
             n.channel,
             truncate(&n.to, 24),
@@ -618,5 +620,31 @@ mod fault_show_tests {
         assert_eq!(json["notifications"][0]["detail"], serde_json::Value::Null);
         let none = render_fault(&pb::Fault::default()).unwrap();
         assert!(!none.contains("notifications:"), "a fault without notifications shows no table");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_ids_are_shown_whole() {
+        let n = |id: &str, channel: &str| pb::FaultNotification {
+            id: id.into(),
+            kind: "copy".into(),
+            channel: channel.into(),
+            to: "ops@example.net".into(),
+            delivery: "sent".into(),
+            ..Default::default()
+        };
+        let mut out = String::new();
+        render_notifications(&mut out, &[n("7/copy/alarm/0/sms", "sms"), n("7/copy/alarm/0/email", "email")]).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[2].trim_start().starts_with("7/copy/alarm/0/sms "), "{out}");
+        assert!(lines[3].trim_start().starts_with("7/copy/alarm/0/email "), "{out}");
+        // The columns stay aligned: KIND starts at the same place in every line.
+        let kind_at: Vec<usize> =
+            lines[1..].iter().map(|l| l.find("KIND").or_else(|| l.find("copy ")).unwrap()).collect();
+        assert!(kind_at.windows(2).all(|w| w[0] == w[1]), "{out}");
     }
 }

@@ -109,19 +109,15 @@ pub async fn sla_report(
     })
 }
 
-fn nonempty_json(s: &str) -> serde_json::Value {
-    if s.is_empty() { serde_json::Value::Null } else { json!(s) }
-}
-
 /// A month's credit in JSON: money and percentages as decimal strings (exact), `null` where
 /// there is none (no tier, no fee).
 pub fn credit_json(c: &pb::SlaCredit) -> serde_json::Value {
     json!({
-        "host": nonempty_json(&c.host), "window": nonempty_json(&c.window),
+        "host": nonempty(&c.host), "window": nonempty(&c.window),
         "window_seconds": c.window_seconds, "counted_seconds": c.counted_seconds,
-        "availability": c.availability, "below": nonempty_json(&c.below), "percent": c.percent,
-        "monthly_fee": nonempty_json(&c.monthly_fee), "currency": nonempty_json(&c.currency),
-        "amount": nonempty_json(&c.amount), "month_to_date": c.month_to_date,
+        "availability": c.availability, "below": nonempty(&c.below), "percent": c.percent,
+        "monthly_fee": nonempty(&c.monthly_fee), "currency": nonempty(&c.currency),
+        "amount": nonempty(&c.amount), "month_to_date": c.month_to_date,
         "explanation": c.explanation,
     })
 }

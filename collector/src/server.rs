@@ -114,6 +114,7 @@ pub async fn serve_from(
         access.clone(),
         pager.clone(),
     )?;
+    let sla_inputs = reports.sla_inputs();
     let ready = Arc::new(AtomicBool::new(false));
     let status_links = Arc::new(crate::services::status_links::StatusLinks::open(storage.clone())?);
     let status_pages = Arc::new(crate::api::status_page::StatusPages {
@@ -122,7 +123,7 @@ pub async fn serve_from(
         faults: faults.clone(),
         incidents: incidents.clone(),
         pager: pager.clone(),
-        causes: crate::services::causes::SlaCauses::open(storage.clone())?,
+        sla: sla_inputs.clone(),
         host_timeout: config.host_timeout,
     });
 
@@ -140,7 +141,7 @@ pub async fn serve_from(
         data_dir: config.data_dir.clone(),
         status_pages,
     })
-    .merge(crate::api::http::receipts_router(pager.receipts()));
+    .merge(crate::api::http::receipts_router(pager.receipts(), metrics.clone()));
     let mut http_shutdown = shutdown.clone();
     tokio::spawn(async move {
         let r = axum::serve(http_listener, app)
@@ -282,7 +283,7 @@ pub async fn serve_from(
         .add_service(IngestServer::new(ingest).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(AdminServer::new(admin))
         .add_service(ReportsServer::new(reports))
-        .add_service(IncidentsServer::new(IncidentsGrpc { incidents, access }))
+        .add_service(IncidentsServer::new(IncidentsGrpc { incidents, access, sla: sla_inputs }))
         .add_service(EnrollServer::new(enroll));
     let mut stopping = shutdown.clone();
     let stop = async move {

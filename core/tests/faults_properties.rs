@@ -145,7 +145,14 @@ fn apply(e: &mut Engine, op: &Op, now: Timestamp, seq: usize) -> Vec<Transition>
             let start = now.checked_add(jiff::SignedDuration::from_secs(*start)).unwrap();
             let end = start.checked_add(jiff::SignedDuration::from_secs(*len)).unwrap();
             e.add_maintenance(
-                NewMaintenance { host: HOSTS[*host].into(), start, end, reason: "work".into(), who: "carol".into() },
+                NewMaintenance {
+                    host: HOSTS[*host].into(),
+                    customer: "acme".into(),
+                    start,
+                    end,
+                    reason: "work".into(),
+                    who: "carol".into(),
+                },
                 now,
             )
             .map(|(_, out)| out)
@@ -377,6 +384,7 @@ proptest! {
             2 => {
                 let m = NewMaintenance {
                     host: "web-1".into(),
+                    customer: "acme".into(),
                     start: ts(0),
                     end: ts(100_000),
                     reason: "rack move".into(),

@@ -24,11 +24,17 @@ struct Sent {
 }
 
 /// An SMS gateway stand-in: `POST /send` answers `{"messageId": "gw-N"}`; `GET /status/ID`
-/// answers `{"status": S}` with the status the test sets, and is recorded.
+/// answers `{"status": S}` with the status the test sets, and is recorded. With
+/// `receipt_first` set, a send is confirmed by a `DELIVRD` receipt posted to the collector
+/// (its answer recorded in `early_answers`) before the send is answered, as a fast gateway
+/// may do.
 struct Gateway {
     port: u16,
     sent: Arc<Mutex<Vec<Sent>>>,
     status_requests: Arc<Mutex<Vec<String>>>,
+    receipt_first: Arc<std::sync::atomic::AtomicBool>,
+    collector_port: Arc<Mutex<Option<u16>>>,
+    early_answers: Arc<Mutex<Vec<Option<u16>>>>,
 }
 
 impl Gateway {
@@ -37,13 +43,27 @@ impl Gateway {
         let port = listener.local_addr().expect("addr").port();
         let sent: Arc<Mutex<Vec<Sent>>> = Arc::default();
         let status_requests: Arc<Mutex<Vec<String>>> = Arc::default();
+        let receipt_first: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let collector_port: Arc<Mutex<Option<u16>>> = Arc::default();
+        let early_answers: Arc<Mutex<Vec<Option<u16>>>> = Arc::default();
         let (sent2, polls2) = (sent.clone(), status_requests.clone());
+        let (first2, port2, early2) = (receipt_first.clone(), collector_port.clone(), early_answers.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let (sent, polls) = (sent2.clone(), polls2.clone());
+                let (first, port, early) = (first2.clone(), port2.clone(), early2.clone());
                 std::thread::spawn(move || {
                     let Some((method, path, headers, body)) = read_request(&mut stream) else { return };
+                    let port = *port.lock().expect("lock");
+                    if method == "POST" && path == "/send" && first.load(std::sync::atomic::Ordering::SeqCst) {
+                        let key = headers.get("idempotency-key").cloned().unwrap_or_default();
+                        let receipt = format!(r#"{{"id": "{key}", "status": "DELIVRD"}}"#);
+                        let bearer = format!("Authorization: Bearer {SECRET}\r\n");
+                        let answer = port
+                            .and_then(|p| http_post(p, "/receipts/sms/gw-a", &bearer, "application/json", &receipt));
+                        early.lock().expect("lock").push(answer);
+                    }
                     let answer = if method == "POST" && path == "/send" {
                         let mut sent = sent.lock().expect("lock");
                         sent.push(Sent {
@@ -71,7 +91,7 @@ impl Gateway {
                 });
             }
         });
-        Gateway { port, sent, status_requests }
+        Gateway { port, sent, status_requests, receipt_first, collector_port, early_answers }
     }
 
     fn url(&self) -> String {
@@ -175,7 +195,8 @@ url = "{voice}"
 }
 
 struct Scenario {
-    dir: tempfile::TempDir,
+    /// Kept for the scenario's life (configs, secret, logs).
+    _dir: tempfile::TempDir,
     ca: String,
     collector: CollectorSetup,
     _collector: Proc,
@@ -198,6 +219,7 @@ fn page_alice(
     let receipts = receipts(dir.path());
     let collector =
         CollectorSetup::new(dir.path(), &pki, &collector_extra(gateway, voice, delivery_timeout, &receipts));
+    *gateway.collector_port.lock().unwrap() = Some(collector.http_port);
     let c = collector.start();
     let check = ControlledCheck::new(dir.path());
     let cfg = agent_config(dir.path(), &pki, host, &collector.url(), &check.toml());
@@ -208,7 +230,7 @@ fn page_alice(
     let fault_id = fault["id"].as_u64().unwrap().to_string();
     let page = wait_for(Duration::from_secs(10), || gateway.sent_to(ALICE).first().cloned())
         .expect("alice was not paged by SMS");
-    Scenario { dir, ca, collector, _collector: c, _agent: agent, fault_id, page }
+    Scenario { _dir: dir, ca, collector, _collector: c, _agent: agent, fault_id, page }
 }
 
 fn fault_show(s: &Scenario) -> serde_json::Value {
@@ -296,7 +318,34 @@ fn an_sms_confirmed_by_callback_is_delivered_and_voice_is_not_called() {
         String::from_utf8_lossy(&s.collector.pikett(&["fault", "show", &s.fault_id], &s.ca).stdout).into_owned();
     let line = human.lines().find(|l| l.contains(&s.page.idempotency_key)).unwrap_or_default();
     assert!(line.contains(" delivered "), "{human}");
-    assert!(s.dir.path().join("receipt.secret").exists());
+    // The refused receipts are counted, and the secret (in the path of one of them, a wrong
+    // one in another) is in no log line.
+    let (_, metrics) = http_get(port, "/metrics").expect("/metrics");
+    assert!(metrics.lines().any(|l| l == "pikett_sms_receipts_refused_total 2"), "{metrics}");
+    let log = std::fs::read_to_string(&s.collector.log).unwrap_or_default();
+    assert!(log.contains("delivery receipts refused"), "the refusal was not logged:\n{log}");
+    assert!(!log.contains(SECRET), "the receipt secret is in the collector's log:\n{log}");
+    assert!(!log.contains("0123456789abcdef"), "part of the receipt secret is in the collector's log:\n{log}");
+}
+
+#[test]
+fn a_receipt_posted_before_the_gateway_answers_the_send_is_not_lost() {
+    let (gateway, voice) = (Gateway::start("queued"), Receiver::start(200));
+    gateway.receipt_first.store(true, std::sync::atomic::Ordering::SeqCst);
+    let s = page_alice("web-14", &gateway, &voice, "3s", |dir| {
+        format!("callback_secret_file = \"{}\"\nreceipt_id_field = \"/id\"\n", write_secret(dir))
+    });
+    // The gateway confirmed the SMS before it answered the send: the collector took it.
+    assert_eq!(gateway.early_answers.lock().unwrap().first().copied(), Some(Some(200)));
+    let f = wait_for_delivery(&s, "delivered").expect("the receipt that came before the send's answer was lost");
+    assert!(timeline_text(&f).contains(&format!("SMS to alice ({ALICE}) delivered ")), "{}", timeline_text(&f));
+    // Past delivery_timeout (3s from the SMS): no voice call.
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(s.page.at.elapsed().unwrap_or_default()));
+    assert!(voice.requests().is_empty(), "voice was called although the SMS was delivered");
+    let f = fault_show(&s);
+    assert_eq!(f["notifications"][0]["delivery"], "delivered", "{f}");
+    assert!(!timeline_text(&f).contains("not delivered"), "{}", timeline_text(&f));
+    assert_eq!(gateway.sent_to(ALICE).len(), 1, "the SMS was sent again");
 }
 
 #[test]

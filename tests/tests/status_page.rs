@@ -2,8 +2,10 @@
 //! customers, links made and revoked with the CLI, and headless Chromium (Debian's
 //! `chromium`) loading the pages. Acme's page shows its host, its incident with the status
 //! update (escaped) and ETA, its maintenance and availability, and nothing of globex; globex's
-//! only globex's. A wrong or revoked secret gets the very 404 of any unknown path. Links
-//! survive a restart; the secret is shown once and is nowhere in the list or the audit log.
+//! only globex's. A wrong or revoked secret gets the very 404 of any unknown path, whatever
+//! the method and however long the path; so does a valid secret with another method than GET
+//! or HEAD. Links survive a restart; the secret is shown once and is nowhere in the list, the
+//! audit log or the collector's log at `RUST_LOG=debug`.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -91,9 +93,16 @@ impl Browser {
 /// The whole HTTP/1.1 response to `GET path` (status line, headers, body), with the `date`
 /// header taken out so two answers can be compared.
 fn raw_get(port: u16, path: &str) -> String {
+    raw(port, "GET", path)
+}
+
+/// [`raw_get`] with another method (a POST with an empty body).
+fn raw(port: u16, method: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the HTTP port");
     s.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send request");
+    let length = if method == "POST" { "Content-Length: 0\r\n" } else { "" };
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{length}Connection: close\r\n\r\n")
+        .expect("send request");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("read response");
     text.split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("date:")).collect::<Vec<_>>().join("\r\n")
@@ -150,7 +159,9 @@ fn status_pages_show_one_customer_each_in_a_browser_and_wrong_or_revoked_links_s
     let pki = Pki::new(dir.path());
     let ca = pki.path("ca.pem");
     let collector = CollectorSetup::new(dir.path(), &pki, CONFIG);
-    let mut c = collector.start();
+    // At debug, so that the check at the end covers every line that might carry a path.
+    let debug = [("RUST_LOG", "debug")];
+    let mut c = collector.start_env(&debug);
     let pikett = |args: &[&str]| collector.pikett(args, &ca);
     let browser = Browser::new();
     let page_url = |path: &str| format!("http://127.0.0.1:{}{path}", collector.http_port);
@@ -210,8 +221,12 @@ fn status_pages_show_one_customer_each_in_a_browser_and_wrong_or_revoked_links_s
     let window = ["--start", "2099-01-01T00:00:00Z", "--end", "2099-01-01T02:00:00Z", "--reason", "Kernel update"];
     ok(&pikett(&[&["maintenance", "add", "--host", "web-1"][..], &window[..]].concat()));
 
-    // Acme's page in the browser.
+    // Acme's page in the browser (the first view of it: built now, not cached).
+    let fault = find_fault(&collector, &ca, "web-1", "command/ctl", "open").expect("web-1's open fault");
+    let opened_ms = fault["opened_unix_ms"].as_i64().expect("opened_unix_ms");
+    let before = jiff::Timestamp::now();
     let dom = browser.dom(&page_url(&acme_path));
+    let after = jiff::Timestamp::now();
     assert!(dom.contains("acme — service status"), "{dom}");
     assert!(dom.contains("<tr><td>web-1</td><td><span class=\"badge down\">Down</span>"), "{dom}");
     assert!(dom.contains("command/ctl <span class=\"badge down\">Down</span>"), "{dom}");
@@ -220,7 +235,28 @@ fn status_pages_show_one_customer_each_in_a_browser_and_wrong_or_revoked_links_s
     assert!(dom.contains("Disk &lt;b&gt;replaced&lt;/b&gt; &amp; RAID rebuilding"), "{dom}");
     assert!(!dom.contains("<b>"), "{dom}");
     assert!(dom.contains("Kernel update") && dom.contains("2099-01-01 00:00 UTC"), "{dom}");
-    assert!(dom.contains("Availability this month") && dom.contains("99.500&nbsp;%"), "{dom}");
+    assert!(dom.contains("Availability this month") && dom.contains("so far"), "{dom}");
+    // web-1 is down since its fault opened, of the service time since the month began (the
+    // window is all day, UTC): between what that is at `before` and at `after`, as shown
+    // (three decimals), next to the target.
+    let row = "<tr><td>web-1</td><td>all</td><td>";
+    let shown: f64 = dom
+        .split_once(row)
+        .and_then(|(_, rest)| rest.split_once("&nbsp;%</td><td>99.500&nbsp;%</td>"))
+        .and_then(|(value, _)| value.parse().ok())
+        .unwrap_or_else(|| panic!("no availability row for web-1 with the target: {dom}"));
+    let month_start = before.to_zoned(jiff::tz::TimeZone::UTC).first_of_month().expect("first of month");
+    let month_start = month_start.start_of_day().expect("midnight").timestamp().as_second();
+    let percent_at = |now: i64| {
+        let (down, so_far) = ((now - opened_ms.div_euclid(1000)).max(0), now - month_start);
+        100.0 * (1.0 - down as f64 / so_far as f64)
+    };
+    let (low, high) = (percent_at(after.as_second() + 1), percent_at(before.as_second()));
+    assert!(
+        shown >= low - 0.0005 && shown <= high + 0.0005,
+        "web-1's availability {shown} % is not the share of this month's service time so far \
+         ({low:.5} … {high:.5} %): {dom}"
+    );
     assert!(dom.contains("Some services are down"), "{dom}");
     assert!(!dom.contains("globex"), "globex on acme's page: {dom}");
 
@@ -256,6 +292,27 @@ fn status_pages_show_one_customer_each_in_a_browser_and_wrong_or_revoked_links_s
     for path in [format!("/status/{wrong_secret}"), "/status/x".to_string(), "/status/%FF".to_string()] {
         assert_eq!(raw_get(collector.http_port, &path), unknown, "{path} answers unlike an unknown path");
     }
+    // Other methods: a wrong secret, and a valid one, answer as an unknown path does.
+    for method in ["POST", "HEAD", "PUT", "DELETE"] {
+        let unknown = raw(collector.http_port, method, "/no-such-page");
+        assert!(unknown.starts_with("HTTP/1.1 404"), "{method}: {unknown}");
+        for path in [&acme_path, &format!("/status/{wrong_secret}")] {
+            let answer = raw(collector.http_port, method, path);
+            if method == "HEAD" && path == &acme_path {
+                assert!(answer.starts_with("HTTP/1.1 200"), "HEAD of a valid link: {answer}");
+                assert!(!answer.contains("service status"), "HEAD with a body: {answer}");
+            } else {
+                assert_eq!(answer, unknown, "{method} {path} answers unlike an unknown path");
+            }
+        }
+    }
+    // A very long path: the same 404 as an unknown path as long, and the collector serves on.
+    let long = format!("/status/{}", "A".repeat(60_000));
+    let long_unknown = format!("/{}", "A".repeat(60_007));
+    let answer = raw_get(collector.http_port, &long);
+    assert!(answer.starts_with("HTTP/1.1 4"), "{}", &answer[..answer.len().min(200)]);
+    assert_eq!(answer, raw_get(collector.http_port, &long_unknown), "a long /status/ path answers differently");
+    assert!(raw_get(collector.http_port, &acme_path).starts_with("HTTP/1.1 200"), "the page is gone");
     let dom = browser.dom(&page_url(&format!("/status/{wrong_secret}")));
     for name in ["web-1", "globex-db", "service status"] {
         assert!(!dom.contains(name), "{name} shown for a wrong secret: {dom}");
@@ -272,15 +329,18 @@ fn status_pages_show_one_customer_each_in_a_browser_and_wrong_or_revoked_links_s
     assert!(String::from_utf8_lossy(&out.stderr).contains("no status page link with id"), "{out:?}");
 
     assert_eq!(c.sigterm(Duration::from_secs(20)), Some(0), "collector did not stop cleanly:\n{}", c.log_text());
-    let c = collector.start();
+    let c = collector.start_env(&debug);
     let dom = browser.dom(&page_url(&globex_path));
     assert!(dom.contains("<td>globex-db</td>"), "globex's link lost in the restart: {dom}");
     assert_eq!(raw_get(collector.http_port, &acme_path), unknown, "the revoked link came back");
 
-    // The audit log has the changes, never a secret; neither has the collector's log.
+    // The audit log has the changes, never a secret; neither has the collector's log (both
+    // runs, at debug).
     let audit = ok(&pikett(&["audit", "--output", "json"]));
     assert!(audit.contains("\"create_status_page\"") && audit.contains("\"revoke_status_page\""), "{audit}");
-    for text in [&audit, &c.log_text()] {
+    let log = c.log_text();
+    assert!(log.contains("DEBUG"), "the collector did not log at debug: {log}");
+    for text in [&audit, &log] {
         assert!(!text.contains(&acme_secret) && !text.contains(&globex_secret), "a secret leaked: {text}");
     }
 }

@@ -3,7 +3,7 @@
 //! - `demo`: a collector, an agent and an SMS gateway stand-in on loopback, with people on
 //!   call and a check to break; prints what to try (`demo.rs`).
 //! - `test`: installs the Debian packages the tests use, then `cargo test --workspace`.
-//! - `bench ingest|paging|checks|agent|soak`: the benchmarks whose figures go in BENCHMARKS.md.
+//! - `bench ingest|compare|paging|checks|agent|soak`: the benchmarks whose figures go in BENCHMARKS.md.
 //! - `rpm`: static musl binaries and the agent's and collector's RPMs in `target/dist/`.
 
 mod bench;

@@ -12,6 +12,7 @@ use crate::observation::Observation;
 pub mod backups;
 pub mod checks;
 pub mod host;
+pub mod password_file;
 pub mod patches;
 pub mod redfish;
 pub mod services;
@@ -235,7 +236,7 @@ pub fn build(
         }
         built.add(
             Section::Backup(check.clone()),
-            backups::BackupProbe::new(cfg.clone(), state.clone())
+            backups::BackupProbe::with_limits(cfg.clone(), state.clone(), limits)
                 .map(|p| Box::new(p) as Box<dyn Probe>)
                 .map_err(|e| e.to_string()),
             UnstartedProbe::new("backups", [check], cfg.interval),

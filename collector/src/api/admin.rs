@@ -766,8 +766,13 @@ impl AdminService {
         if !r.force {
             self.known_host(&r.host, "maintenance window")?;
         }
+        // The host's customer now, kept with the window (a host re-enrolled for another
+        // customer keeps its windows under the old one); unknown for a host that does not
+        // report (yet, or again): the engine sets it from the host's next report.
+        let customer = self.store.host(&r.host).filter(|h| h.removed_ms == 0).map(|h| h.customer).unwrap_or_default();
         let m = NewMaintenance {
             host: r.host,
+            customer,
             start: ts(r.start_unix_ms, "--start")?,
             end: ts(r.end_unix_ms, "--end")?,
             reason: r.reason,

@@ -1,5 +1,6 @@
-//! The collector's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, and the customer status
-//! pages (`/status/<secret>`, [`crate::api::status_page`]).
+//! The collector's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, the customer status
+//! pages (`/status/<secret>`, [`crate::api::status_page`]) and SMS delivery receipts
+//! (`/receipts/sms/NAME`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,62 +111,113 @@ pub fn prometheus_text(openmetrics: &str) -> String {
     out
 }
 
+/// Receipt requests handled at once; more wait up to [`RECEIPT_WAIT`], then get 503.
+const MAX_RECEIPT_REQUESTS: usize = 32;
+const RECEIPT_WAIT: Duration = Duration::from_secs(5);
+/// At most one warning about refused receipts per this long (the metric counts them all).
+const REFUSED_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+struct ReceiptsState {
+    receipts: Arc<crate::notify::ReceiptTracker>,
+    metrics: Arc<Metrics>,
+    permits: Arc<tokio::sync::Semaphore>,
+    /// When the last warning about refused receipts went out, and how many were refused
+    /// since without one.
+    refused: Arc<std::sync::Mutex<(Option<std::time::Instant>, u64)>>,
+}
+
 /// Delivery receipts of SMS gateways: `POST /receipts/sms/{gateway}/{secret}`, or
 /// `POST /receipts/sms/{gateway}` with `Authorization: Bearer {secret}`. Unknown gateway (or
-/// one without callbacks): 404; wrong or missing secret: 401; a body over 64 KiB: 413; a
-/// receipt without message id or status: 400. The secret is never logged, nor the path.
-pub fn receipts_router(receipts: Arc<crate::notify::ReceiptTracker>) -> Router {
-    use axum::extract::DefaultBodyLimit;
+/// one without callbacks): 404; wrong or missing secret: 401, before the body is read; a body
+/// over 64 KiB: 413; a receipt without message id or status: 400; more than 32 requests at
+/// once for over 5 s, or the receipt not stored: 503. The secret is never logged, nor the
+/// path; refusals are counted (`pikett_sms_receipts_refused_total`) and logged at most once a
+/// minute.
+pub fn receipts_router(receipts: Arc<crate::notify::ReceiptTracker>, metrics: Arc<Metrics>) -> Router {
     use axum::routing::post;
+    let state = ReceiptsState {
+        receipts,
+        metrics,
+        permits: Arc::new(tokio::sync::Semaphore::new(MAX_RECEIPT_REQUESTS)),
+        refused: Arc::default(),
+    };
     Router::new()
         .route("/receipts/sms/{gateway}", post(sms_receipt_by_header))
         .route("/receipts/sms/{gateway}/{secret}", post(sms_receipt_by_path))
-        .layer(DefaultBodyLimit::max(crate::notify::receipts::MAX_RECEIPT_BYTES))
-        .with_state(receipts)
+        .with_state(state)
 }
 
 async fn sms_receipt_by_header(
-    State(receipts): State<Arc<crate::notify::ReceiptTracker>>,
+    State(s): State<ReceiptsState>,
     axum::extract::Path(gateway): axum::extract::Path<String>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> (StatusCode, &'static str) {
     let secret = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    sms_receipt(&receipts, &gateway, secret, &headers, &body).await
+    sms_receipt(&s, &gateway, secret, &headers, body).await
 }
 
 async fn sms_receipt_by_path(
-    State(receipts): State<Arc<crate::notify::ReceiptTracker>>,
+    State(s): State<ReceiptsState>,
     axum::extract::Path((gateway, secret)): axum::extract::Path<(String, String)>,
     headers: axum::http::HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> (StatusCode, &'static str) {
-    sms_receipt(&receipts, &gateway, Some(&secret), &headers, &body).await
+    sms_receipt(&s, &gateway, Some(&secret), &headers, body).await
+}
+
+/// Counts a refused receipt; warns at most once per [`REFUSED_WARNING_EVERY`].
+fn refused(s: &ReceiptsState, gateway: &str) {
+    s.metrics.sms_receipts_refused_total.inc();
+    let now = std::time::Instant::now();
+    let mut last = s.refused.lock().unwrap_or_else(|p| p.into_inner());
+    last.1 += 1;
+    if last.0.is_none_or(|at| now.duration_since(at) >= REFUSED_WARNING_EVERY) {
+        let gateway: String = gateway.chars().filter(|c| !c.is_control()).take(64).collect();
+        tracing::warn!(receipts = %gateway, refused = last.1, "delivery receipts refused: wrong or missing secret (counted in pikett_sms_receipts_refused_total; logged at most once a minute)");
+        *last = (Some(now), 0);
+    }
 }
 
 async fn sms_receipt(
-    receipts: &crate::notify::ReceiptTracker,
+    s: &ReceiptsState,
     gateway: &str,
     secret: Option<&str>,
     headers: &axum::http::HeaderMap,
-    body: &[u8],
+    body: axum::body::Body,
 ) -> (StatusCode, &'static str) {
-    use crate::notify::receipts::{CallbackError, CallbackOutcome};
+    use crate::notify::receipts::{CallbackError, CallbackOutcome, MAX_RECEIPT_BYTES};
+    let busy = (StatusCode::SERVICE_UNAVAILABLE, "busy, try again\n");
+    let Ok(Ok(_permit)) = tokio::time::timeout(RECEIPT_WAIT, s.permits.acquire()).await else { return busy };
+    // The secret first: nothing of an unauthenticated request's body is read.
+    let authorized = match s.receipts.authorize(gateway, secret) {
+        Ok(a) => a,
+        Err(CallbackError::Unauthorized) => {
+            refused(s, gateway);
+            return (StatusCode::UNAUTHORIZED, "unauthorized\n");
+        }
+        Err(_) => return (StatusCode::NOT_FOUND, "not found\n"),
+    };
+    let too_large = (StatusCode::PAYLOAD_TOO_LARGE, "a receipt has at most 64 KiB\n");
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    if declared.is_some_and(|n: usize| n > MAX_RECEIPT_BYTES) {
+        return too_large;
+    }
+    let Ok(body) = axum::body::to_bytes(body, MAX_RECEIPT_BYTES).await else { return too_large };
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
-    match receipts.callback(gateway, secret, content_type, body).await {
+    match s.receipts.receipt(&authorized, content_type, &body).await {
         Ok(CallbackOutcome::Applied) => (StatusCode::OK, "recorded\n"),
         Ok(CallbackOutcome::NotFinal) => (StatusCode::OK, "noted, not final\n"),
-        // Answered 200 all the same: a gateway retries what it sees refused.
+        // Answered 200 all the same: a gateway retries what it sees refused. A final status
+        // is kept for a while, for an SMS whose send answer is still on its way.
         Ok(CallbackOutcome::Unknown) => (StatusCode::OK, "no such message awaits a receipt\n"),
         Err(CallbackError::UnknownGateway) => (StatusCode::NOT_FOUND, "not found\n"),
-        Err(CallbackError::Unauthorized) => {
-            tracing::warn!(receipts = %gateway.chars().take(64).collect::<String>(), "delivery receipt refused: wrong or missing secret");
-            (StatusCode::UNAUTHORIZED, "unauthorized\n")
-        }
+        Err(CallbackError::Unauthorized) => (StatusCode::UNAUTHORIZED, "unauthorized\n"),
         Err(CallbackError::BadReceipt(why)) => {
             tracing::warn!(receipts = %gateway, %why, "delivery receipt refused");
             (StatusCode::BAD_REQUEST, "receipt without message id or status\n")

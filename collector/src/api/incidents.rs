@@ -14,11 +14,14 @@ use pikett_core::incidents::{Incident, IncidentError, NOTFALL, report};
 
 use crate::api::access::Access;
 use crate::services::incidents::IncidentService;
+use crate::services::sla_input::{SlaInputError, SlaInputs};
 use crate::services::staff::Role as StaffRole;
 
 pub struct IncidentsGrpc {
     pub incidents: Arc<IncidentService>,
     pub access: Arc<Access>,
+    /// A customer's SLA input, as `pikett sla report` gathers it (for the service credit).
+    pub sla: Arc<SlaInputs>,
 }
 
 fn ms(t: Option<Timestamp>) -> i64 {
@@ -127,20 +130,31 @@ impl Incidents for IncidentsGrpc {
         let contract = plan.contract_of(&inc.customer);
         let now = Timestamp::now();
         let input = report::ReportInput { incident: &inc, faults: &faults, contract, maintenance: &maintenance, now };
-        // The service credit is the customer's month (all its hosts), not only this incident's.
+        // The service credit is the customer's month (all its hosts), not only this incident's,
+        // from the same input as `pikett sla report` (services::sla_input).
         let fee = plan.customers.get(&inc.customer).and_then(|c| c.fee());
         let credits = match contract.filter(|(_, c)| !c.credits.is_empty()) {
             Some((_, c)) => {
-                let (outages, maint) = self
-                    .incidents
-                    .customer_sla_input(&inc.customer, &c.checks, now)
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                report::incident_credits(&input, &outages, &maint, fee.as_ref())
-                    .map_err(|e| Status::internal(format!("service credit: {e}")))?
+                let months = report::incident_months(&input).map_err(|e| Status::internal(e.to_string()))?;
+                match self.sla.customer(&inc.customer, c, &months, now) {
+                    Ok(sla) => {
+                        let hosts: Vec<String> = sla.hosts.into_iter().collect();
+                        let credits =
+                            report::incident_credits(&input, &hosts, &sla.outages, &sla.maintenance, fee.as_ref())
+                                .map_err(|e| Status::internal(format!("service credit: {e}")))?;
+                        Ok(credits)
+                    }
+                    Err(SlaInputError::BeyondRetention(why)) => Err(why),
+                    Err(e) => return Err(Status::internal(e.to_string())),
+                }
             }
-            None => Vec::new(),
+            None => Ok(Vec::new()),
         };
-        let markdown = report::render_with_credits(&input, &credits);
+        let markdown = match &credits {
+            Ok(credits) => report::render_with_credits(&input, credits),
+            Err(why) => report::render_credit_unavailable(&input, why),
+        };
+        let credits = credits.unwrap_or_default();
         let credits = credits.iter().map(|c| crate::api::reports::credit_to_pb(c, fee.as_ref())).collect();
         Ok(Response::new(pb::IncidentReport { id, markdown, credits }))
     }

@@ -7,7 +7,6 @@
 //! faults of those hosts (any check) opened inside the reported period (contract time zone),
 //! opened → first acknowledgement.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -22,21 +21,21 @@ use crate::services::batches::BatchLog;
 use crate::services::causes::{SlaCauses, cause_name};
 use crate::services::faults::FaultService;
 use crate::services::patches::{self, PatchService};
+use crate::services::sla_input::{CustomerSla, SlaInputError, SlaInputs};
 use crate::services::staff::Role as StaffRole;
-use pikett_core::faults::{Fault, FaultFilter, Severity};
+use pikett_core::faults::{Fault, Severity};
 use pikett_core::patchday::Compliance;
 use pikett_core::sla::{self, Cause, Contract, Emergency, Ledger, Month};
 
 pub struct ReportsService {
-    store: Arc<BatchLog>,
     faults: Arc<FaultService>,
     patches: Arc<PatchService>,
     causes: SlaCauses,
     /// Customers and contracts come from the on-call plan, which a reload replaces.
     pager: Arc<crate::services::pager::Pager>,
     pub access: Arc<Access>,
-    /// `[retention] faults`: reports for months older than this would see no faults.
-    fault_retention: std::time::Duration,
+    /// A customer's hosts, faults, outages and maintenance, shared with the incident report.
+    sla: Arc<SlaInputs>,
 }
 
 impl ReportsService {
@@ -49,12 +48,13 @@ impl ReportsService {
         pager: Arc<crate::services::pager::Pager>,
     ) -> anyhow::Result<ReportsService> {
         let causes = SlaCauses::open(store.storage().clone())?;
-        Ok(ReportsService { store, faults, patches, causes, pager, access, fault_retention: config.retention.faults })
+        let sla = Arc::new(SlaInputs::new(store, faults.clone(), config.retention.faults)?);
+        Ok(ReportsService { faults, patches, causes, pager, access, sla })
     }
 
-    /// Every classification, by fault id.
-    fn causes(&self) -> Result<HashMap<u64, Cause>, Status> {
-        self.causes.all().map_err(|e| Status::internal(e.to_string()))
+    /// The SLA input gathering, for the incident report's service credit.
+    pub fn sla_inputs(&self) -> Arc<SlaInputs> {
+        self.sla.clone()
     }
 
     fn contract_of(&self, customer: &str) -> Result<(String, Contract), Status> {
@@ -169,47 +169,14 @@ impl Reports for ReportsService {
             }
             _ => return Err(Status::invalid_argument("give either --month YYYY-MM or --year YYYY")),
         };
-        // A month older than the fault history kept would come out as 100 %: say it is gone.
-        let horizon = Timestamp::now()
-            .checked_sub(jiff::SignedDuration::try_from(self.fault_retention).unwrap_or(jiff::SignedDuration::MAX))
-            .unwrap_or(Timestamp::MIN);
-        for m in &months {
-            let start = m.first_day().to_zoned(contract.timezone.tz().clone()).map(|z| z.timestamp());
-            if start.is_ok_and(|start| start < horizon) {
-                return Err(Status::failed_precondition(format!(
-                    "{}-{:02} is older than the fault history kept ([retention] faults = {}, from {} on): \
-                     its availability cannot be computed any more",
-                    m.year(),
-                    m.month(),
-                    humantime::format_duration(self.fault_retention),
-                    horizon.round(jiff::Unit::Second).unwrap_or(horizon)
-                )));
-            }
-        }
-        let hosts: BTreeSet<String> =
-            self.store.hosts().into_iter().filter(|h| h.customer == r.customer).map(|h| h.host_id).collect();
-        let (faults, maintenance): (Vec<Fault>, Vec<sla::Maintenance>) = self.faults.with_engine(|e| {
-            let f = e
-                .faults(&FaultFilter { all: true, ..Default::default() })
-                .into_iter()
-                .filter(|f| hosts.contains(&f.host))
-                .cloned()
-                .collect();
-            let m = e
-                .maintenances()
-                .filter(|m| hosts.contains(&m.host) && m.end > m.start)
-                .map(|m| sla::Maintenance {
-                    host: m.host.clone(),
-                    start: m.start,
-                    end: m.end,
-                    announced: m.announced_at,
-                })
-                .collect();
-            (f, m)
-        });
+        // The same input as an incident report's service credit (services::sla_input); a month
+        // older than the fault history kept would come out as 100 %: it is refused.
         let now = Timestamp::now();
-        let causes = self.causes()?;
-        let outages = sla::live::derive_outages(&faults, &contract.checks, &causes, now);
+        let input = self.sla.customer(&r.customer, &contract, &months, now).map_err(|e| match e {
+            SlaInputError::BeyondRetention(why) => Status::failed_precondition(why),
+            other => Status::internal(other.to_string()),
+        })?;
+        let CustomerSla { hosts, faults, outages, maintenance } = input;
         let internal = |e: sla::SlaError| Status::internal(e.to_string());
         let mut ledger = Ledger::new(&contract, &outages, &maintenance).map_err(internal)?;
         for h in &hosts {

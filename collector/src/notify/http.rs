@@ -271,14 +271,11 @@ pub(crate) async fn post_with_answer(
         StatusClass::Delivered => {
             let receipt = Receipt { channel, endpoint: redacted(url), detail: format!("HTTP {status}") };
             // The gateway took the message: an answer cut short or unreadable changes nothing.
-            let mut answer = Vec::new();
-            while answer.len() < max_answer {
-                match response.chunk().await {
-                    Ok(Some(chunk)) => answer.extend_from_slice(&chunk),
-                    Ok(None) | Err(_) => break,
-                }
-            }
-            answer.truncate(max_answer);
+            let answer = if max_answer == 0 {
+                Vec::new()
+            } else {
+                read_capped(&mut response, max_answer).await.unwrap_or_default()
+            };
             Ok((receipt, answer))
         }
         class => {
@@ -296,6 +293,19 @@ pub(crate) async fn post_with_answer(
             })
         }
     }
+}
+
+/// At most `max` bytes of a response's body: the rest is not read.
+pub(crate) async fn read_capped(response: &mut reqwest::Response, max: usize) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while body.len() < max {
+        match response.chunk().await? {
+            Some(chunk) => body.extend_from_slice(&chunk),
+            None => break,
+        }
+    }
+    body.truncate(max);
+    Ok(body)
 }
 
 /// reqwest's top-level messages are vague ("error sending request"); the sources say why.

@@ -11,8 +11,14 @@
 //! The decisions are plain functions ([`extract`], [`StatusMap::classify`], [`advance`],
 //! [`notification_status`]) over times from an injected [`Clock`]; HTTP and storage stay in
 //! [`ReceiptTracker`]. Receipt secrets are never logged.
+//!
+//! A final state is reported until the pager has persisted it: every record carries a
+//! `reported` flag, set only after the pager saved the escalation's verdict, and at start-up
+//! every final record not yet reported goes out again (the pager tolerates repeats). A receipt
+//! that arrives before the gateway's answer to the send (a fast gateway) is kept for a while
+//! and applied when the SMS is tracked.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -37,6 +43,13 @@ pub const MAX_RECEIPT_BYTES: usize = 64 * 1024;
 
 /// A callback secret shorter than this is refused: the receipt URL is on the internet.
 const MIN_SECRET_CHARS: usize = 16;
+
+/// How much of a gateway's status text goes into reasons, logs and timelines.
+pub const MAX_STATUS_CHARS: usize = 64;
+
+/// Receipts for messages not (yet) tracked that are kept, at most: a fast gateway may post
+/// its receipt before it answers the send request.
+const MAX_EARLY_RECEIPTS: usize = 1024;
 
 /// How often timeouts and due polls are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
@@ -185,20 +198,27 @@ pub enum DeliveryState {
         at: Timestamp,
         reason: String,
     },
-    /// No receipt within [`WAIT_WITHOUT_TIMEOUT`] from a gateway without `delivery_timeout`.
+    /// No receipt within [`WAIT_WITHOUT_TIMEOUT`] from a gateway without `delivery_timeout`,
+    /// or the SMS was sent again through a gateway without receipts: accepted counts as
+    /// delivered, as without receipts.
     NoReceipt {
         at: Timestamp,
     },
 }
 
 impl DeliveryState {
-    /// What the escalation learns: delivered (true), failed (false) or nothing.
+    /// What the escalation learns: delivered (true), failed (false) or nothing yet. Without
+    /// a receipt from a gateway without `delivery_timeout`, the acceptance counts (true).
     pub fn escalation_verdict(&self) -> Option<bool> {
         match self {
-            DeliveryState::Delivered { .. } => Some(true),
+            DeliveryState::Delivered { .. } | DeliveryState::NoReceipt { .. } => Some(true),
             DeliveryState::NotDelivered { .. } => Some(false),
-            DeliveryState::Awaiting | DeliveryState::NoReceipt { .. } => None,
+            DeliveryState::Awaiting => None,
         }
+    }
+
+    pub fn is_final(&self) -> bool {
+        *self != DeliveryState::Awaiting
     }
 }
 
@@ -216,6 +236,10 @@ pub struct Tracked {
     /// When the status URL is asked next (`None`: not polled).
     pub next_poll: Option<Timestamp>,
     pub state: DeliveryState,
+    /// The final state reached the pager and it persisted the verdict; until then it is
+    /// reported again at every start.
+    #[serde(default)]
+    pub reported: bool,
 }
 
 fn add(t: Timestamp, d: Duration) -> Timestamp {
@@ -241,7 +265,7 @@ pub fn advance(t: &Tracked, event: Event<'_>, now: Timestamp) -> Option<Delivery
         Event::Reported { status: ReportedStatus::Delivered, .. } => Some(DeliveryState::Delivered { at: now }),
         Event::Reported { status: ReportedStatus::Failed, raw } => Some(DeliveryState::NotDelivered {
             at: now,
-            reason: format!("not delivered: the gateway reported {:?}", raw.trim()),
+            reason: format!("not delivered: the gateway reported {:?}", status_text(raw)),
         }),
         Event::Reported { status: ReportedStatus::Pending, .. } => None,
         Event::Tick => match t.delivery_timeout {
@@ -254,6 +278,18 @@ pub fn advance(t: &Tracked, event: Event<'_>, now: Timestamp) -> Option<Delivery
             None => None,
         },
     }
+}
+
+/// A gateway's status text fit for a reason, a log line and a timeline: control characters
+/// left out, at most [`MAX_STATUS_CHARS`] characters (cut ones marked with `…`).
+pub fn status_text(raw: &str) -> String {
+    let clean: String = raw.chars().filter(|c| !c.is_control()).collect();
+    let clean = clean.trim();
+    let mut out: String = clean.chars().take(MAX_STATUS_CHARS).collect();
+    if clean.chars().nth(MAX_STATUS_CHARS).is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// Whether the status URL is due to be asked about `t` at `now`.
@@ -317,10 +353,12 @@ pub struct DeliveryReport {
     pub state: DeliveryState,
 }
 
-/// Equality that takes as long for every wrong secret of the right length.
+/// Whether `given` is the secret, in time independent of both (their SHA-256 digests,
+/// compared in constant time: neither the length nor a matching prefix shows).
 fn same_secret(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq as _;
+    let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    bool::from(digest(given).as_ref().ct_eq(digest(expected).as_ref()))
 }
 
 struct Callback {
@@ -423,10 +461,8 @@ impl GatewayRules {
         };
         let poll = match &cfg.status_url {
             Some(url) => {
-                let lower = url.trim_start().to_ascii_lowercase();
-                if !(lower.starts_with("https://") || lower.starts_with("http://")) {
-                    return Err(err("status_url: must be an https:// or http:// URL".into()));
-                }
+                // The same check as the send URLs (`{{...}}` is valid in a URL's path and query).
+                http::check_url(kind, &format!("receipts.{name}.status_url"), url)?;
                 let template =
                     Template::parse_with(url, &["message_id"]).map_err(|e| err(format!("status_url: {e}")))?;
                 template.check_secrets().map_err(|e| err(format!("status_url: {e}")))?;
@@ -522,8 +558,34 @@ pub enum CallbackOutcome {
     Applied,
     /// A status that is not final yet.
     NotFinal,
-    /// No SMS awaiting a receipt has this message id (finished already, or unknown).
+    /// No SMS awaits a receipt with this message id (finished already, or unknown). A final
+    /// status is kept for a while all the same, for an SMS whose sending is still under way.
     Unknown,
+}
+
+/// A callback whose secret was checked ([`ReceiptTracker::authorize`]); only then is its
+/// body read.
+pub struct Authorized(Arc<GatewayRules>);
+
+/// What [`ReceiptTracker::finish`] did.
+#[derive(Debug)]
+enum Finish {
+    /// Stored, flushed and reported.
+    Done,
+    /// No longer awaited: something else (the deadline, another receipt) settled it first.
+    Gone,
+    /// Not stored: still awaited, the state is tried again at the next check.
+    NotSaved(ReceiptError),
+}
+
+/// A final receipt for a message not tracked (yet), kept until `expires`.
+#[derive(Debug, Clone)]
+struct Early {
+    gateway: String,
+    message_id: String,
+    raw: String,
+    status: ReportedStatus,
+    expires: Timestamp,
 }
 
 /// Tracks accepted SMS until their delivery is confirmed or given up. One per collector.
@@ -532,8 +594,14 @@ pub struct ReceiptTracker {
     tree: Arc<dyn Tree>,
     /// By section name; replaced whole by a reload.
     rules: RwLock<Arc<BTreeMap<String, Arc<GatewayRules>>>>,
-    /// Those still awaiting a receipt, by notification id (mirrors the tree).
+    /// Those still awaiting a receipt, by notification id (mirrors the tree). Its lock is
+    /// held while the tree is written, so the tree sees the changes in the same order.
     awaiting: Mutex<BTreeMap<String, Tracked>>,
+    /// Final receipts that matched no awaited SMS, oldest first (at most
+    /// [`MAX_EARLY_RECEIPTS`]); taken with the `awaiting` lock held.
+    early: Mutex<VecDeque<Early>>,
+    /// Final states whose storing failed, by notification id: tried again at every check.
+    unsaved: Mutex<BTreeMap<String, DeliveryState>>,
     polling: Mutex<HashSet<String>>,
     clock: Arc<dyn Clock>,
     keep_done: Duration,
@@ -558,9 +626,14 @@ fn decode(key: &[u8], value: &[u8]) -> Result<Tracked, ReceiptError> {
         .map_err(|e| ReceiptError::Store(format!("entry {}: cannot decode: {e}", String::from_utf8_lossy(key))))
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl ReceiptTracker {
     /// Opens the tree `sms_receipts` and takes up every SMS still awaiting its receipt.
-    /// Final records are kept `keep_done` (for `pikett fault show`).
+    /// Final records are kept `keep_done` (for `pikett fault show`); those the pager has not
+    /// confirmed ([`ReceiptTracker::mark_reported`]) are reported again at once.
     pub fn open(
         storage: Arc<dyn Storage>,
         clock: Arc<dyn Clock>,
@@ -568,22 +641,34 @@ impl ReceiptTracker {
     ) -> Result<(Arc<ReceiptTracker>, mpsc::UnboundedReceiver<DeliveryReport>), ReceiptError> {
         let tree = storage.tree("sms_receipts").map_err(store_err)?;
         let mut awaiting = BTreeMap::new();
+        let mut unreported = Vec::new();
         for item in tree.iter() {
             let (k, v) = item.map_err(store_err)?;
             match decode(&k, &v) {
                 Ok(t) if t.state == DeliveryState::Awaiting => {
                     awaiting.insert(t.notification.id.clone(), t);
                 }
+                Ok(t) if !t.reported => {
+                    unreported.push(DeliveryReport { notification: t.notification, state: t.state })
+                }
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "delivery receipts: undecodable entry skipped"),
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        if !unreported.is_empty() {
+            tracing::info!(count = unreported.len(), "delivery receipts settled before a restart reported again");
+        }
+        for report in unreported {
+            let _ = tx.send(report);
+        }
         let tracker = ReceiptTracker {
             storage,
             tree,
             rules: RwLock::new(Arc::default()),
             awaiting: Mutex::new(awaiting),
+            early: Mutex::default(),
+            unsaved: Mutex::default(),
             polling: Mutex::default(),
             clock,
             keep_done,
@@ -603,7 +688,7 @@ impl ReceiptTracker {
     }
 
     fn awaiting(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Tracked>> {
-        self.awaiting.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.awaiting)
     }
 
     /// Number of SMS awaiting their receipt.
@@ -611,43 +696,120 @@ impl ReceiptTracker {
         self.awaiting().len()
     }
 
-    async fn store(&self, t: &Tracked) -> Result<(), ReceiptError> {
+    fn write(&self, t: &Tracked) -> Result<(), ReceiptError> {
         let value = serde_json::to_vec(t).map_err(store_err)?;
-        self.tree.insert(t.notification.id.as_bytes(), value).map_err(store_err)?;
-        self.storage.flush().await.map_err(store_err)
+        self.tree.insert(t.notification.id.as_bytes(), value).map_err(store_err)
     }
 
     /// Starts tracking `n`, just accepted by the gateway of `rules` (stored and flushed
-    /// before the outbox records the acceptance). The same notification sent again (a
-    /// resend after a restart, same idempotency key) keeps its first deadline.
+    /// before the outbox records the acceptance). It is awaited from before the flush on, and
+    /// a final receipt that came before it (kept by [`ReceiptTracker::callback`]) applies at
+    /// once. The same notification sent again (a resend after a restart, same idempotency key)
+    /// keeps its first acceptance and deadline, with the gateway and message id of the resend.
     pub async fn track(&self, n: &Notification, rules: &GatewayRules, message_id: String) -> Result<(), ReceiptError> {
         let now = self.clock.now();
-        let existing = match self.awaiting().get(&n.id).cloned() {
-            Some(t) => Some(t),
-            None => match self.tree.get(n.id.as_bytes()).map_err(store_err)? {
-                Some(v) => Some(decode(n.id.as_bytes(), &v)?),
-                None => None,
-            },
-        };
-        let tracked = match existing {
-            Some(t) if t.state != DeliveryState::Awaiting => return Ok(()),
-            Some(mut t) => {
-                t.message_id = message_id;
-                t
+        let first_poll = rules.poll.as_ref().map(|p| add(now, p.interval.min(Duration::from_secs(1))));
+        let (tracked, early) = {
+            let mut awaiting = self.awaiting();
+            let previous = awaiting.get(&n.id).cloned();
+            let existing = match &previous {
+                Some(t) => Some(t.clone()),
+                None => match self.tree.get(n.id.as_bytes()).map_err(store_err)? {
+                    Some(v) => Some(decode(n.id.as_bytes(), &v)?),
+                    None => None,
+                },
+            };
+            let tracked = match existing {
+                Some(t) if t.state.is_final() => return Ok(()),
+                Some(mut t) => {
+                    t.gateway = rules.name.clone();
+                    t.message_id = message_id;
+                    t.next_poll = first_poll;
+                    t
+                }
+                None => Tracked {
+                    notification: n.clone(),
+                    gateway: rules.name.clone(),
+                    message_id,
+                    accepted_at: now,
+                    delivery_timeout: rules.delivery_timeout,
+                    next_poll: first_poll,
+                    state: DeliveryState::Awaiting,
+                    reported: false,
+                },
+            };
+            awaiting.insert(n.id.clone(), tracked.clone());
+            if let Err(e) = self.write(&tracked) {
+                match previous {
+                    Some(p) => awaiting.insert(n.id.clone(), p),
+                    None => awaiting.remove(&n.id),
+                };
+                return Err(e);
             }
-            None => Tracked {
-                notification: n.clone(),
-                gateway: rules.name.clone(),
-                message_id,
-                accepted_at: now,
-                delivery_timeout: rules.delivery_timeout,
-                next_poll: rules.poll.as_ref().map(|p| add(now, p.interval.min(Duration::from_secs(1)))),
-                state: DeliveryState::Awaiting,
-            },
+            (tracked.clone(), self.take_early(&tracked.gateway, &tracked.message_id, now))
         };
-        self.store(&tracked).await?;
-        self.awaiting().insert(n.id.clone(), tracked);
-        Ok(())
+        let flushed = self.storage.flush().await.map_err(store_err);
+        if let Some(e) = early {
+            let event = Event::Reported { status: e.status, raw: &e.raw };
+            if let Some(state) = advance(&tracked, event, now) {
+                tracing::info!(notification = %n.id, receipts = %tracked.gateway, "a delivery receipt that came before the gateway's answer applies");
+                if let Finish::NotSaved(e) = self.finish(&n.id, state).await {
+                    tracing::warn!(notification = %n.id, error = %e, "delivery receipts: the early receipt is stored at the next check");
+                }
+            }
+        }
+        flushed
+    }
+
+    /// The SMS `n` was accepted by a gateway without receipts (sent again through another
+    /// gateway after a restart): one still awaiting a receipt from the first gateway never
+    /// gets one, so it ends as accepted without receipt, which counts as delivered.
+    pub async fn accepted_untracked(&self, n: &Notification) {
+        if !self.awaiting().contains_key(&n.id) {
+            return;
+        }
+        let at = self.clock.now();
+        if let Finish::NotSaved(e) = self.finish(&n.id, DeliveryState::NoReceipt { at }).await {
+            tracing::warn!(notification = %n.id, error = %e, "delivery receipts: stored at the next check");
+        }
+    }
+
+    /// Keeps a final receipt for a message not awaited (yet). Called with the `awaiting` lock
+    /// held, so a [`ReceiptTracker::track`] under way either found it awaited or finds this.
+    fn keep_early(&self, gateway: &str, message_id: &str, raw: &str, status: ReportedStatus, now: Timestamp) {
+        if message_id.len() > 256 {
+            return;
+        }
+        let wait = self.rules_named(gateway).and_then(|r| r.delivery_timeout).unwrap_or(WAIT_WITHOUT_TIMEOUT);
+        let expires = add(now, wait.saturating_mul(2));
+        let mut early = lock(&self.early);
+        early.retain(|e| e.expires > now);
+        if early.len() >= MAX_EARLY_RECEIPTS {
+            early.pop_front();
+        }
+        // One character more than shown, so a cut status is still marked as cut.
+        let raw = raw.chars().take(MAX_STATUS_CHARS + 1).collect();
+        early.push_back(Early { gateway: gateway.into(), message_id: message_id.into(), raw, status, expires });
+    }
+
+    /// The latest final receipt kept for (`gateway`, `message_id`), removed with its older ones.
+    fn take_early(&self, gateway: &str, message_id: &str, now: Timestamp) -> Option<Early> {
+        let mut early = lock(&self.early);
+        early.retain(|e| e.expires > now);
+        let mut found = None;
+        early.retain(|e| {
+            let same = e.gateway == gateway && e.message_id == message_id;
+            if same {
+                found = Some(e.clone());
+            }
+            !same
+        });
+        found
+    }
+
+    /// Receipts kept for messages not tracked (yet).
+    pub fn early_count(&self) -> usize {
+        lock(&self.early).len()
     }
 
     /// Whether the delivery of notification `id` is (or was) tracked here; `Some(state)`.
@@ -669,20 +831,81 @@ impl ReceiptTracker {
             .collect()
     }
 
-    /// Moves `id` to `state` (final): stored, flushed, reported. A store failure is logged;
-    /// the report still goes out, so the escalation does not wait on the disk.
-    async fn finish(&self, id: &str, state: DeliveryState) {
-        let Some(mut t) = self.awaiting().remove(id) else { return };
-        t.state = state.clone();
-        if let Err(e) = self.store(&t).await {
-            tracing::error!(notification = %id, error = %e, "delivery receipts: cannot record the final state");
+    /// Moves `id` to `state` (final): stored, flushed, then reported. When it cannot be
+    /// stored it stays awaited and the state is tried again at the next check, so the disk
+    /// never says "awaiting" about an SMS the escalation has a verdict on.
+    async fn finish(&self, id: &str, state: DeliveryState) -> Finish {
+        let (t, written) = {
+            let mut awaiting = self.awaiting();
+            let Some(mut t) = awaiting.remove(id) else { return Finish::Gone };
+            t.state = state.clone();
+            t.reported = false;
+            let written = self.write(&t);
+            (t, written)
+        };
+        let saved = match written {
+            Ok(()) => self.storage.flush().await.map_err(store_err),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            tracing::error!(notification = %id, error = %e, "delivery receipts: cannot record the final state; trying again");
+            let mut back = t;
+            back.state = DeliveryState::Awaiting;
+            self.awaiting().entry(id.to_string()).or_insert(back);
+            lock(&self.unsaved).insert(id.to_string(), state);
+            return Finish::NotSaved(e);
         }
+        lock(&self.unsaved).remove(id);
         tracing::info!(notification = %id, fault = %t.notification.fault_id, receipts = %t.gateway, state = ?state, "SMS delivery settled");
         let _ = self.reports.send(DeliveryReport { notification: t.notification, state });
+        Finish::Done
     }
 
-    /// A receipt posted to `/receipts/sms/{gateway}`, with the secret from the path or the
-    /// `Authorization: Bearer` header.
+    /// The pager has persisted the verdict of `id`'s final state: it is not reported again
+    /// at the next start (were this lost, the report would go out once more, which the pager
+    /// tolerates).
+    pub async fn mark_reported(&self, id: &str) -> Result<(), ReceiptError> {
+        {
+            let _order = self.awaiting();
+            let Some(v) = self.tree.get(id.as_bytes()).map_err(store_err)? else { return Ok(()) };
+            let mut t = decode(id.as_bytes(), &v)?;
+            if !t.state.is_final() || t.reported {
+                return Ok(());
+            }
+            t.reported = true;
+            self.write(&t)?;
+        }
+        self.storage.flush().await.map_err(store_err)
+    }
+
+    /// Checks the secret of a receipt posted to `/receipts/sms/{gateway}` (from the path or
+    /// the `Authorization: Bearer` header), before its body is read.
+    pub fn authorize(&self, gateway: &str, secret: Option<&str>) -> Result<Authorized, CallbackError> {
+        let rules = self.rules_named(gateway).ok_or(CallbackError::UnknownGateway)?;
+        let callback = rules.callback.as_ref().ok_or(CallbackError::UnknownGateway)?;
+        if !secret.is_some_and(|s| same_secret(s, &callback.secret)) {
+            return Err(CallbackError::Unauthorized);
+        }
+        Ok(Authorized(rules))
+    }
+
+    /// The body of an authorized receipt.
+    pub async fn receipt(
+        &self,
+        authorized: &Authorized,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Result<CallbackOutcome, CallbackError> {
+        let rules = &authorized.0;
+        let Some(callback) = rules.callback.as_ref() else { return Err(CallbackError::UnknownGateway) };
+        let id = extract(body, content_type, &callback.id_field)
+            .ok_or_else(|| CallbackError::BadReceipt("the receipt has no message id at receipt_id_field".into()))?;
+        let raw = extract(body, content_type, &rules.status_field)
+            .ok_or_else(|| CallbackError::BadReceipt("the receipt has no status at status_field".into()))?;
+        Ok(self.report(&rules.name, &id, &raw, &rules.statuses).await?)
+    }
+
+    /// [`ReceiptTracker::authorize`], then [`ReceiptTracker::receipt`].
     pub async fn callback(
         &self,
         gateway: &str,
@@ -690,56 +913,77 @@ impl ReceiptTracker {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<CallbackOutcome, CallbackError> {
-        let rules = self.rules_named(gateway).ok_or(CallbackError::UnknownGateway)?;
-        let callback = rules.callback.as_ref().ok_or(CallbackError::UnknownGateway)?;
-        if !secret.is_some_and(|s| same_secret(s, &callback.secret)) {
-            return Err(CallbackError::Unauthorized);
-        }
-        let id = extract(body, content_type, &callback.id_field)
-            .ok_or_else(|| CallbackError::BadReceipt("the receipt has no message id at receipt_id_field".into()))?;
-        let raw = extract(body, content_type, &rules.status_field)
-            .ok_or_else(|| CallbackError::BadReceipt("the receipt has no status at status_field".into()))?;
-        Ok(self.report(gateway, &id, &raw, &rules.statuses).await)
+        let authorized = self.authorize(gateway, secret)?;
+        self.receipt(&authorized, content_type, body).await
     }
 
-    /// A status `raw` reported for message `message_id` of gateway section `gateway`.
-    async fn report(&self, gateway: &str, message_id: &str, raw: &str, statuses: &StatusMap) -> CallbackOutcome {
+    /// A status `raw` reported for message `message_id` of gateway section `gateway`. A final
+    /// one for a message not awaited is kept for a while (see [`ReceiptTracker::track`]).
+    async fn report(
+        &self,
+        gateway: &str,
+        message_id: &str,
+        raw: &str,
+        statuses: &StatusMap,
+    ) -> Result<CallbackOutcome, ReceiptError> {
         let now = self.clock.now();
         let status = statuses.classify(raw);
         let found = {
             let awaiting = self.awaiting();
-            awaiting
+            let found = awaiting
                 .values()
                 .find(|t| t.gateway == gateway && t.message_id == message_id)
-                .map(|t| (t.notification.id.clone(), advance(t, Event::Reported { status, raw }, now)))
+                .map(|t| (t.notification.id.clone(), advance(t, Event::Reported { status, raw }, now)));
+            if found.is_none() && status != ReportedStatus::Pending {
+                self.keep_early(gateway, message_id, raw, status, now);
+            }
+            found
         };
         match found {
             None => {
-                tracing::debug!(receipts = %gateway, "receipt for a message not awaiting one ignored");
-                CallbackOutcome::Unknown
+                tracing::debug!(receipts = %gateway, "receipt for a message not awaiting one kept for a while");
+                Ok(CallbackOutcome::Unknown)
             }
-            Some((_, None)) => CallbackOutcome::NotFinal,
-            Some((id, Some(state))) => {
-                self.finish(&id, state).await;
-                CallbackOutcome::Applied
-            }
+            Some((_, None)) => Ok(CallbackOutcome::NotFinal),
+            Some((id, Some(state))) => match self.finish(&id, state).await {
+                Finish::Done => Ok(CallbackOutcome::Applied),
+                Finish::Gone => Ok(CallbackOutcome::Unknown),
+                Finish::NotSaved(e) => Err(e),
+            },
         }
     }
 
-    /// Deadlines passed at the clock's now: each SMS past its `delivery_timeout` is reported
-    /// not delivered. Returns how many settled.
+    /// Final states not stored yet are stored again, then deadlines passed at the clock's
+    /// now: each SMS past its `delivery_timeout` is reported not delivered. Returns how many
+    /// settled.
     pub async fn check_deadlines(&self) -> usize {
-        let now = self.clock.now();
-        let due: Vec<(String, DeliveryState)> = self
-            .awaiting()
-            .values()
-            .filter_map(|t| advance(t, Event::Tick, now).map(|s| (t.notification.id.clone(), s)))
-            .collect();
-        let n = due.len();
-        for (id, state) in due {
-            self.finish(&id, state).await;
+        let mut settled = 0;
+        let retry: Vec<(String, DeliveryState)> =
+            lock(&self.unsaved).iter().map(|(id, s)| (id.clone(), s.clone())).collect();
+        for (id, state) in retry {
+            match self.finish(&id, state).await {
+                Finish::Done => settled += 1,
+                Finish::Gone => {
+                    lock(&self.unsaved).remove(&id);
+                }
+                Finish::NotSaved(_) => {}
+            }
         }
-        n
+        let now = self.clock.now();
+        let due: Vec<(String, DeliveryState)> = {
+            let unsaved = lock(&self.unsaved);
+            self.awaiting()
+                .values()
+                .filter(|t| !unsaved.contains_key(&t.notification.id))
+                .filter_map(|t| advance(t, Event::Tick, now).map(|s| (t.notification.id.clone(), s)))
+                .collect()
+        };
+        for (id, state) in due {
+            if let Finish::Done = self.finish(&id, state).await {
+                settled += 1;
+            }
+        }
+        settled
     }
 
     /// Claims the SMS whose status URL is due (moving their next poll on).
@@ -763,8 +1007,10 @@ impl ReceiptTracker {
     /// Asks the status URL about `t` once; a final answer settles it.
     async fn poll_once(&self, t: Tracked, rules: Arc<GatewayRules>) {
         let id = t.notification.id.clone();
-        if let Some(raw) = self.ask_status(&t, &rules).await {
-            self.report(&rules.name, &t.message_id, &raw, &rules.statuses).await;
+        if let Some(raw) = self.ask_status(&t, &rules).await
+            && let Err(e) = self.report(&rules.name, &t.message_id, &raw, &rules.statuses).await
+        {
+            tracing::warn!(receipts = %rules.name, error = %e, "delivery receipts: the status answer is stored at the next check");
         }
         self.polling.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
@@ -800,15 +1046,7 @@ impl ReceiptTracker {
             return None;
         }
         let content_type = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let mut body = Vec::new();
-        while body.len() < MAX_RECEIPT_BYTES {
-            match response.chunk().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-                Ok(None) => break,
-                Err(_) => return None,
-            }
-        }
-        body.truncate(MAX_RECEIPT_BYTES);
+        let body = http::read_capped(&mut response, MAX_RECEIPT_BYTES).await.ok()?;
         let status = extract(&body, content_type.as_deref(), &rules.status_field);
         if status.is_none() {
             tracing::warn!(receipts = %rules.name, "status answer has no status at status_field");
@@ -899,6 +1137,7 @@ mod tests {
             delivery_timeout: timeout.map(Duration::from_secs),
             next_poll: None,
             state: DeliveryState::Awaiting,
+            reported: false,
         }
     }
 
@@ -969,15 +1208,34 @@ mod tests {
     }
 
     #[test]
-    fn without_delivery_timeout_the_wait_ends_as_no_receipt_not_as_a_failure() {
+    fn without_delivery_timeout_the_wait_ends_as_no_receipt_which_counts_as_delivered() {
         let rec = tracked(None);
         assert_eq!(advance(&rec, Event::Tick, t("2026-11-23T03:59:59Z")), None);
         let at = t("2026-11-23T04:00:00Z");
         let state = advance(&rec, Event::Tick, at).unwrap();
         assert_eq!(state, DeliveryState::NoReceipt { at });
-        assert_eq!(state.escalation_verdict(), None);
+        // Accepted without a receipt counts as delivered (as documented), so the escalation's
+        // step does not stay "sent" for ever.
+        assert_eq!(state.escalation_verdict(), Some(true));
+        assert_eq!(DeliveryState::Awaiting.escalation_verdict(), None);
         assert_eq!(DeliveryState::Delivered { at }.escalation_verdict(), Some(true));
         assert_eq!(DeliveryState::NotDelivered { at, reason: String::new() }.escalation_verdict(), Some(false));
+    }
+
+    #[test]
+    fn the_gateways_status_text_is_cut_and_cleaned_before_reasons_logs_and_timelines() {
+        let now = t("2026-11-23T03:00:05Z");
+        let raw = format!("UNDELIV\n\x1b[31mforged line{}", "x".repeat(500));
+        let failed = Event::Reported { status: ReportedStatus::Failed, raw: &raw };
+        let Some(DeliveryState::NotDelivered { reason, .. }) = advance(&tracked(Some(120)), failed, now) else {
+            panic!("a failed status must settle the SMS");
+        };
+        assert!(!reason.chars().any(char::is_control), "{reason:?}");
+        assert!(reason.len() < 120, "{} bytes: {reason}", reason.len());
+        assert!(reason.contains("UNDELIV[31mforged line"), "{reason}");
+        assert_eq!(status_text(&"é".repeat(MAX_STATUS_CHARS)), "é".repeat(MAX_STATUS_CHARS), "not cut");
+        assert_eq!(status_text(&"é".repeat(MAX_STATUS_CHARS + 1)), format!("{}…", "é".repeat(MAX_STATUS_CHARS)));
+        assert_eq!(status_text(" DELIVRD\r\n"), "DELIVRD");
     }
 
     #[test]
@@ -1034,6 +1292,7 @@ mod tests {
         assert!(!same_secret("0123456789abcdeX", "0123456789abcdef"));
         assert!(!same_secret("0123456789abcde", "0123456789abcdef"));
         assert!(!same_secret("", "0123456789abcdef"));
+        assert!(!same_secret("0123456789abcdef0", "0123456789abcdef"), "a longer one is not the secret");
     }
 
     fn write_private(dir: &Path, name: &str, content: &str) -> PathBuf {
@@ -1098,6 +1357,12 @@ mod tests {
         assert!(build("sms-a", &polled).unwrap().poll.is_some());
         polled.status_url = Some("https://sms-a.example.net/status/{{msgid}}".into());
         assert!(err("sms-a", &polled).contains("status_url"));
+        // The same URL check as the send URLs.
+        polled.status_url = Some("ftp://sms-a.example.net/status/{{message_id}}".into());
+        let msg = err("sms-a", &polled);
+        assert!(msg.contains("receipts.sms-a.status_url") && msg.contains("expected http or https"), "{msg}");
+        polled.status_url = Some("https://sms a.example.net/{{message_id}}".into());
+        assert!(err("sms-a", &polled).contains("not a valid URL"));
     }
 
     #[test]
@@ -1195,5 +1460,177 @@ mod tests {
         clock.advance(Duration::from_secs(3601));
         assert_eq!(tracker.purge().unwrap(), 1);
         assert!(tracker.for_fault("42").is_empty());
+    }
+
+    fn open_at(dir: &Path, clock: &Arc<ManualClock>) -> (Arc<ReceiptTracker>, mpsc::UnboundedReceiver<DeliveryReport>) {
+        let storage: Arc<dyn Storage> = Arc::new(crate::store::SledStorage::open(dir, 1 << 20).unwrap());
+        ReceiptTracker::open(storage, clock.clone(), Duration::from_secs(3600)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_verdict_not_confirmed_by_the_pager_is_reported_again_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules =
+            Arc::new(build("sms-a", &config(Some(write_private(dir.path(), "s", "0123456789abcdef0123")))).unwrap());
+        let db_dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(t("2026-11-23T03:00:00Z")));
+        let n = page();
+        {
+            let (tracker, mut reports) = open_at(db_dir.path(), &clock);
+            tracker.track(&n, &rules, "m-1".into()).await.unwrap();
+            clock.advance(Duration::from_secs(120));
+            assert_eq!(tracker.check_deadlines().await, 1);
+            assert!(reports.try_recv().is_ok(), "reported in memory");
+            // The collector dies here: before the pager saved the escalation.
+        }
+        let at = t("2026-11-23T03:02:00Z");
+        let want = DeliveryState::NotDelivered { at, reason: "not delivered within 2m".into() };
+        {
+            let (tracker, mut reports) = open_at(db_dir.path(), &clock);
+            let again = reports.try_recv().expect("the verdict was lost in the restart");
+            assert_eq!((again.notification.id.as_str(), &again.state), (n.id.as_str(), &want));
+            assert!(reports.try_recv().is_err());
+            assert_eq!(tracker.awaiting_count(), 0);
+            tracker.mark_reported(&n.id).await.unwrap();
+            tracker.mark_reported("no/such").await.unwrap();
+        }
+        let (tracker, mut reports) = open_at(db_dir.path(), &clock);
+        assert!(reports.try_recv().is_err(), "reported again although the pager saved it");
+        assert_eq!(tracker.tracked_state(&n.id), Some(want));
+    }
+
+    /// Sled whose flush fails while `fail` is set.
+    struct FlakyStorage {
+        inner: crate::store::SledStorage,
+        fail: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for FlakyStorage {
+        fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, crate::store::StoreError> {
+            self.inner.tree(name)
+        }
+        async fn flush(&self) -> Result<(), crate::store::StoreError> {
+            if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(crate::store::StoreError::Engine("disk on fire".into()));
+            }
+            self.inner.flush().await
+        }
+        fn size_on_disk(&self) -> Result<u64, crate::store::StoreError> {
+            self.inner.size_on_disk()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_final_state_that_cannot_be_stored_stays_awaited_and_is_stored_at_the_next_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = write_private(dir.path(), "secret", "0123456789abcdef0123");
+        let rules = Arc::new(build("sms-a", &config(Some(secret))).unwrap());
+        let db_dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(FlakyStorage {
+            inner: crate::store::SledStorage::open(db_dir.path(), 1 << 20).unwrap(),
+            fail: Default::default(),
+        });
+        let clock = Arc::new(ManualClock::new(t("2026-11-23T03:00:00Z")));
+        let (tracker, mut reports) = ReceiptTracker::open(storage.clone(), clock.clone(), Duration::ZERO).unwrap();
+        tracker.set_rules(vec![rules.clone()]);
+        let n = page();
+        tracker.track(&n, &rules, "m-7".into()).await.unwrap();
+        storage.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        clock.advance(Duration::from_secs(5));
+        let body = br#"{"id": "m-7", "status": "DELIVERED"}"#;
+        let outcome = tracker.callback("sms-a", Some("0123456789abcdef0123"), Some("application/json"), body).await;
+        assert!(matches!(outcome, Err(CallbackError::Store(_))), "{outcome:?}: the gateway must send it again");
+        assert!(reports.try_recv().is_err(), "reported although not stored");
+        assert_eq!(tracker.tracked_state(&n.id), Some(DeliveryState::Awaiting), "it left memory unstored");
+        assert_eq!(tracker.awaiting_count(), 1);
+        // Past the deadline: the receipt's verdict is kept, not replaced by the deadline's.
+        clock.advance(Duration::from_secs(200));
+        assert_eq!(tracker.check_deadlines().await, 0, "still failing");
+        storage.fail.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(tracker.check_deadlines().await, 1);
+        let delivered = DeliveryState::Delivered { at: t("2026-11-23T03:00:05Z") };
+        assert_eq!(reports.try_recv().map(|r| r.state).ok(), Some(delivered.clone()));
+        assert!(reports.try_recv().is_err(), "reported once");
+        assert_eq!(tracker.tracked_state(&n.id), Some(delivered));
+        assert_eq!(tracker.awaiting_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_receipt_that_comes_before_the_gateways_answer_applies_when_the_sms_is_tracked() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = write_private(dir.path(), "secret", "0123456789abcdef0123");
+        let rules = Arc::new(build("sms-a", &config(Some(secret))).unwrap());
+        let (_db_dir, storage) = sled();
+        let clock = Arc::new(ManualClock::new(t("2026-11-23T03:00:00Z")));
+        let (tracker, mut reports) = ReceiptTracker::open(storage, clock.clone(), Duration::from_secs(3600)).unwrap();
+        tracker.set_rules(vec![rules.clone()]);
+        let good = Some("0123456789abcdef0123");
+        let json = Some("application/json");
+        // A status that is not final is not kept; a final one is.
+        let queued = br#"{"id": "m-9", "status": "queued"}"#;
+        assert_eq!(tracker.callback("sms-a", good, json, queued).await.unwrap(), CallbackOutcome::Unknown);
+        assert_eq!(tracker.early_count(), 0);
+        let body = br#"{"id": "m-9", "status": "DELIVERED"}"#;
+        assert_eq!(tracker.callback("sms-a", good, json, body).await.unwrap(), CallbackOutcome::Unknown);
+        assert_eq!(tracker.early_count(), 1);
+        clock.advance(Duration::from_secs(1));
+        let n = page();
+        tracker.track(&n, &rules, "m-9".into()).await.unwrap();
+        let report = reports.try_recv().expect("the early receipt was lost");
+        assert_eq!(report.state, DeliveryState::Delivered { at: t("2026-11-23T03:00:01Z") });
+        assert_eq!(tracker.awaiting_count(), 0);
+        assert_eq!(tracker.early_count(), 0, "used up");
+
+        // Kept for twice delivery_timeout only, and at most MAX_EARLY_RECEIPTS of them.
+        let late = br#"{"id": "m-10", "status": "DELIVERED"}"#;
+        tracker.callback("sms-a", good, json, late).await.unwrap();
+        clock.advance(Duration::from_secs(241));
+        let mut other = page();
+        other.id = "42/2".into();
+        tracker.track(&other, &rules, "m-10".into()).await.unwrap();
+        assert!(reports.try_recv().is_err(), "an expired receipt applied");
+        assert_eq!(tracker.tracked_state(&other.id), Some(DeliveryState::Awaiting));
+        for i in 0..MAX_EARLY_RECEIPTS + 10 {
+            let body = format!(r#"{{"id": "x-{i}", "status": "failed"}}"#);
+            tracker.callback("sms-a", good, json, body.as_bytes()).await.unwrap();
+        }
+        assert_eq!(tracker.early_count(), MAX_EARLY_RECEIPTS);
+    }
+
+    #[tokio::test]
+    async fn a_resend_through_another_gateway_is_awaited_there_from_the_first_acceptance() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = write_private(dir.path(), "secret", "0123456789abcdef0123");
+        let a = Arc::new(build("sms-a", &config(Some(secret.clone()))).unwrap());
+        let mut cfg_b = config(None);
+        cfg_b.gateway = GATEWAYS[1].into();
+        cfg_b.status_url = Some("https://sms-b.example.net/status/{{message_id}}".into());
+        let b = Arc::new(build("sms-b", &cfg_b).unwrap());
+        let (_db_dir, storage) = sled();
+        let clock = Arc::new(ManualClock::new(t("2026-11-23T03:00:00Z")));
+        let (tracker, mut reports) = ReceiptTracker::open(storage, clock.clone(), Duration::from_secs(3600)).unwrap();
+        tracker.set_rules(vec![a.clone(), b.clone()]);
+        let n = page();
+        tracker.track(&n, &a, "a-1".into()).await.unwrap();
+        clock.advance(Duration::from_secs(30));
+        tracker.track(&n, &b, "b-1".into()).await.unwrap();
+        let rec = tracker.for_fault("42").pop().unwrap();
+        assert_eq!((rec.gateway.as_str(), rec.message_id.as_str()), ("sms-b", "b-1"));
+        assert_eq!(rec.accepted_at, t("2026-11-23T03:00:00Z"), "the first acceptance stays");
+        assert_eq!(rec.next_poll, Some(t("2026-11-23T03:00:31Z")), "polled at sms-b");
+        // sms-b's status answer is matched: by its gateway and message id.
+        let outcome = tracker.report("sms-b", "b-1", "delivered", &StatusMap::new(&["delivered".into()], &[])).await;
+        assert_eq!(outcome.unwrap(), CallbackOutcome::Applied);
+        assert!(matches!(reports.try_recv().map(|r| r.state), Ok(DeliveryState::Delivered { .. })));
+
+        // Sent again through a gateway without receipts: accepted without receipt.
+        let mut other = page();
+        other.id = "42/3".into();
+        tracker.track(&other, &a, "a-2".into()).await.unwrap();
+        tracker.accepted_untracked(&other).await;
+        let state = reports.try_recv().map(|r| r.state).unwrap();
+        assert_eq!(state, DeliveryState::NoReceipt { at: t("2026-11-23T03:00:30Z") });
+        assert_eq!(state.escalation_verdict(), Some(true));
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! A gateway with a `[channels.sms.receipts.NAME]` section reports delivery: each SMS it
 //! accepts is handed to the [`ReceiptTracker`] (stored before `send` returns), which waits
-//! for the receipt (see `receipts.rs`).
+//! for the receipt (see `receipts.rs`); one a gateway without receipts accepts ends any wait
+//! for a receipt of an earlier attempt.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -157,20 +158,27 @@ impl SmsChannel {
         content_type: &str,
     ) -> Result<Receipt, ChannelError> {
         let url = &self.gateways[i];
-        let tracking = self.receipts[i].as_ref().zip(self.tracker.as_ref());
-        let Some((rules, tracker)) = tracking else {
+        let Some(tracker) = self.tracker.as_ref() else {
             return http::post(&self.client, ChannelKind::Sms, url, headers, body, content_type).await;
+        };
+        let Some(rules) = self.receipts[i].as_ref() else {
+            let receipt = http::post(&self.client, ChannelKind::Sms, url, headers, body, content_type).await?;
+            // Sent again through a gateway without receipts: no receipt will come for it.
+            tracker.accepted_untracked(n).await;
+            return Ok(receipt);
         };
         let max_answer = if rules.reads_answer() { MAX_RECEIPT_BYTES } else { 0 };
         let (receipt, answer) =
             http::post_with_answer(&self.client, ChannelKind::Sms, url, headers, body, content_type, max_answer)
                 .await?;
-        // JSON or form fields; which one is told by the bytes (see receipts::extract).
+        // JSON or form fields; which one is told by the bytes (see receipts::extract). A
+        // receipt the gateway posted before this answer is applied by `track`.
         let message_id = rules.message_id(&answer, None, n);
         if let Err(e) = tracker.track(n, rules, message_id).await {
-            // The gateway took the SMS: sending it again would not help. Untracked, it counts
-            // as delivered on acceptance, as without receipts.
-            tracing::error!(notification = %n.id, error = %e, "cannot track the SMS's delivery receipt");
+            // The gateway took the SMS: sending it again would not help. Awaited in memory
+            // if the flush failed; untracked (counted delivered on acceptance, as without
+            // receipts) if it could not be written at all.
+            tracing::error!(notification = %n.id, error = %e, "cannot store the tracking of the SMS's delivery receipt");
         }
         Ok(receipt)
     }

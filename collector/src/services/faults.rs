@@ -279,6 +279,12 @@ impl FaultService {
         r
     }
 
+    /// A query that changes nothing: takes the lock, never writes (so a reader, e.g. a
+    /// public page, cannot make the store write or stop the collector on a failed write).
+    pub fn read_engine<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
+        f(&self.lock())
+    }
+
     fn persist(&self, engine: &mut Engine) {
         let dirty = engine.take_dirty();
         if let Err(e) = self.write(dirty) {

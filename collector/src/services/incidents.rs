@@ -11,12 +11,9 @@ use pikett_core::faults::{EventKind, Fault, FaultFilter, Transition};
 use pikett_core::incidents::{FaultRef, Grouping, Incident, IncidentError, Incidents, fault_ref};
 
 use crate::config::CollectorConfig;
-use crate::services::causes::{CausesError, SlaCauses};
 use crate::services::faults::FaultService;
 use crate::services::pager::Pager;
 use crate::store::{Storage, StoreError, Tree, WriteBatch};
-use pikett_core::sla::live::derive_outages;
-use pikett_core::sla::{Maintenance, Outage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IncidentStoreError {
@@ -260,34 +257,6 @@ impl IncidentService {
     /// The member faults of an incident (those still known to the engine).
     pub fn faults_of(&self, inc: &Incident) -> Vec<Fault> {
         self.faults.with_engine(|e| inc.fault_ids.iter().filter_map(|id| e.fault(*id).cloned()).collect())
-    }
-
-    /// A customer's SLA outages (every host's, staff classifications applied, as the SLA
-    /// report derives them) and its hosts' maintenance: the input of an incident report's
-    /// service credit, which is the month's, not only the incident's.
-    pub fn customer_sla_input(
-        &self,
-        customer: &str,
-        checks: &[String],
-        now: Timestamp,
-    ) -> Result<(Vec<Outage>, Vec<Maintenance>), CausesError> {
-        let causes = SlaCauses::open(self.storage.clone())?.all()?;
-        let (faults, maintenance) = self.faults.with_engine(|e| {
-            let faults: Vec<Fault> = e
-                .faults(&FaultFilter { all: true, ..Default::default() })
-                .into_iter()
-                .filter(|f| f.customer == customer)
-                .cloned()
-                .collect();
-            let hosts: std::collections::BTreeSet<&str> = faults.iter().map(|f| f.host.as_str()).collect();
-            let maintenance: Vec<Maintenance> = e
-                .maintenances()
-                .filter(|m| hosts.contains(m.host.as_str()) && m.end > m.start)
-                .map(|m| Maintenance { host: m.host.clone(), start: m.start, end: m.end, announced: m.announced_at })
-                .collect();
-            (faults, maintenance)
-        });
-        Ok((derive_outages(&faults, checks, &causes, now), maintenance))
     }
 }
 

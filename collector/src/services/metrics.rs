@@ -46,6 +46,7 @@ pub struct Metrics {
     pub store_commit_seconds: Histogram,
     pub hosts: Family<StatusLabel, Gauge>,
     pub notifications_failed_total: Counter,
+    pub sms_receipts_refused_total: Counter,
     pub remote_write_samples_total: Counter,
     pub remote_write_failed_sends_total: Counter,
     pub remote_write_dropped_samples_total: Family<ReasonLabel, Counter>,
@@ -74,6 +75,7 @@ impl Metrics {
             store_commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             hosts: Family::default(),
             notifications_failed_total: Counter::default(),
+            sms_receipts_refused_total: Counter::default(),
             remote_write_samples_total: Counter::default(),
             remote_write_failed_sends_total: Counter::default(),
             remote_write_dropped_samples_total: Family::default(),
@@ -145,6 +147,11 @@ impl Metrics {
             "notifications_failed",
             "Escalations in which every channel of every role failed: nobody was reached",
             m.notifications_failed_total.clone(),
+        );
+        registry.register(
+            "sms_receipts_refused",
+            "SMS delivery receipts refused for a wrong or missing secret",
+            m.sms_receipts_refused_total.clone(),
         );
         registry.register(
             "remote_write_samples",

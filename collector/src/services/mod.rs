@@ -19,6 +19,7 @@ pub mod pki;
 pub mod reload;
 pub mod retention;
 pub mod self_check;
+pub mod sla_input;
 pub mod staff;
 pub mod status_links;
 pub mod storage_failure;

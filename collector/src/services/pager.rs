@@ -453,14 +453,19 @@ impl Pager {
         let Some((fault, step)) = outcome.notification_id.split_once('/') else { return };
         let Ok(fault_id) = fault.parse::<u64>() else { return };
         // An SMS whose gateway reports delivery is judged by its receipt (on_delivery_report).
-        let judged_by_receipt = matches!(outcome.status, OutcomeStatus::Delivered { .. })
-            && self.receipts.tracked_state(&outcome.notification_id).is_some();
+        let receipt = match outcome.status {
+            OutcomeStatus::Delivered { .. } => self.receipts.tracked_state(&outcome.notification_id),
+            _ => None,
+        };
+        let judged_by_receipt = receipt.is_some();
         let text = match &outcome.status {
             OutcomeStatus::Delivered { .. } if judged_by_receipt => format!(
-                "{} to {} accepted by the gateway (attempt {}), awaiting its delivery receipt",
+                "{} to {} accepted by the gateway (attempt {}){}",
                 outcome.channel.as_str(),
                 outcome.to,
-                outcome.attempts
+                outcome.attempts,
+                // A receipt that came before the gateway's answer has settled it already.
+                if receipt == Some(DeliveryState::Awaiting) { ", awaiting its delivery receipt" } else { "" }
             ),
             OutcomeStatus::Delivered { .. } => {
                 format!("{} to {} delivered (attempt {})", outcome.channel.as_str(), outcome.to, outcome.attempts)
@@ -493,8 +498,17 @@ impl Pager {
     }
 
     /// A tracked SMS settled: on the fault's timeline, and (delivered or not) to its
-    /// escalation, exactly as a send's outcome would be.
+    /// escalation, exactly as a send's outcome would be. Once the escalation is saved the
+    /// tracker is told, so the report does not go out again after a restart; one that does
+    /// (a crash in between) changes nothing the second time.
     async fn on_delivery_report(&self, report: DeliveryReport) {
+        self.apply_delivery_report(&report).await;
+        if let Err(e) = self.receipts.mark_reported(&report.notification.id).await {
+            tracing::warn!(notification = %report.notification.id, error = %e, "delivery receipts: the verdict will be reported again after a restart");
+        }
+    }
+
+    async fn apply_delivery_report(&self, report: &DeliveryReport) {
         let now = Timestamp::now();
         let n = &report.notification;
         let Some((fault, step)) = n.id.split_once('/') else { return };
@@ -506,10 +520,9 @@ impl Pager {
         let text = match &report.state {
             DeliveryState::Delivered { at } => format!("SMS to {who} delivered {}", at.strftime("%H:%M:%S UTC")),
             DeliveryState::NotDelivered { reason, .. } => format!("SMS to {who} {reason}"),
-            DeliveryState::NoReceipt { .. } => format!(
-                "SMS to {who}: no delivery receipt within {}",
-                humantime::format_duration(crate::notify::receipts::WAIT_WITHOUT_TIMEOUT)
-            ),
+            DeliveryState::NoReceipt { .. } => {
+                format!("SMS to {who}: no delivery receipt; accepted by the gateway, it counts as delivered")
+            }
             DeliveryState::Awaiting => return,
         };
         self.note(fault_id, &text, now);

@@ -202,6 +202,8 @@ pub struct Engine {
     /// Faults opened per host in the current storm window: (window start, count). Not
     /// persisted: a restart starts the windows afresh.
     storms: std::collections::HashMap<String, (Timestamp, u32)>,
+    /// Some maintenance window has no customer yet (see [`Maintenance::customer`]).
+    unassigned_windows: bool,
 }
 
 /// The observation time used for a result: never after `now`, never before `floor`.
@@ -220,6 +222,7 @@ impl Engine {
             open: BTreeMap::new(),
             dirty: DirtySet::default(),
             storms: Default::default(),
+            unassigned_windows: false,
         })
     }
 
@@ -248,7 +251,15 @@ impl Engine {
         {
             return Err(RestoreError::CounterBehind { next: state.next.fault, max });
         }
-        Ok(Engine { config: Arc::new(config), state, open, dirty: DirtySet::default(), storms: Default::default() })
+        let unassigned_windows = state.maintenances.values().any(|m| m.customer.is_empty());
+        Ok(Engine {
+            config: Arc::new(config),
+            state,
+            open,
+            dirty: DirtySet::default(),
+            storms: Default::default(),
+            unassigned_windows,
+        })
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -367,12 +378,30 @@ impl Engine {
         info.last_seen = now;
         info.reopen = None;
         self.dirty.hosts.insert(host.to_string());
+        if self.unassigned_windows {
+            self.assign_windows(host, customer);
+        }
         if let Some(&id) = self.open.get(&TrackKey::new(host, HOST_REACHABLE)) {
             self.refresh_suppression(id, now, false, &mut out);
             self.resolve_fault(id, now, None, "host seen again".into(), &mut out);
             self.refresh_all(now, &mut out);
         }
         out
+    }
+
+    /// Gives `host`'s maintenance windows without a customer to `customer`, the one it
+    /// reports for.
+    fn assign_windows(&mut self, host: &str, customer: &str) {
+        let mut left = false;
+        for m in self.state.maintenances.values_mut().filter(|m| m.customer.is_empty()) {
+            if m.host == host {
+                m.customer = customer.to_string();
+                self.dirty.maintenances.insert(m.id);
+            } else {
+                left = true;
+            }
+        }
+        self.unassigned_windows = left;
     }
 
     /// One check result. A result named `host/reachable` is ignored (the engine owns it).
@@ -592,6 +621,7 @@ impl Engine {
             Maintenance {
                 id,
                 host: m.host,
+                customer: m.customer,
                 start: m.start,
                 end: m.end,
                 reason: m.reason,
@@ -600,6 +630,7 @@ impl Engine {
             },
         );
         self.dirty.maintenances.insert(id);
+        self.unassigned_windows |= self.state.maintenances.get(&id).is_some_and(|m| m.customer.is_empty());
         let mut out = Vec::new();
         self.refresh_all(now, &mut out);
         Ok((id, out))

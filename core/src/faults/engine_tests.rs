@@ -320,6 +320,7 @@ fn maintenance_suppresses_paging_and_pages_what_is_still_open_when_it_ends() {
         .add_maintenance(
             NewMaintenance {
                 host: "db-1".into(),
+                customer: "acme".into(),
                 start: ts(100),
                 end: ts(200),
                 reason: "kernel update".into(),
@@ -329,7 +330,7 @@ fn maintenance_suppresses_paging_and_pages_what_is_still_open_when_it_ends() {
         )
         .unwrap();
     let m = e.maintenances().next().unwrap();
-    assert_eq!((m.id, m.announced_at), (mid, ts(0)));
+    assert_eq!((m.id, m.announced_at, m.customer.as_str()), (mid, ts(0), "acme"));
     // Before the window: pages.
     result(&mut e, "db-1", "a", Critical, 50);
     assert_eq!(kinds(&result(&mut e, "db-1", "a", Critical, 60)), [(Opened, true)]);
@@ -357,11 +358,55 @@ fn maintenance_that_ends_before_it_starts_is_refused() {
     let mut e = engine();
     let err = e
         .add_maintenance(
-            NewMaintenance { host: "db-1".into(), start: ts(100), end: ts(100), reason: "x".into(), who: "a".into() },
+            NewMaintenance {
+                host: "db-1".into(),
+                customer: "acme".into(),
+                start: ts(100),
+                end: ts(100),
+                reason: "x".into(),
+                who: "a".into(),
+            },
             ts(0),
         )
         .unwrap_err();
     assert!(matches!(err, ActionError::InvalidWindow { .. }), "{err}");
+}
+
+#[test]
+fn a_window_keeps_its_customer_and_one_without_gets_the_customer_its_host_next_reports_for() {
+    let mut e = engine();
+    let window = |host: &str, customer: &str| NewMaintenance {
+        host: host.into(),
+        customer: customer.into(),
+        start: ts(100),
+        end: ts(200),
+        reason: "work".into(),
+        who: "alice".into(),
+    };
+    let (known, _) = e.add_maintenance(window("db-1", "acme"), ts(0)).unwrap();
+    // Announced (--force) before web-9 ever reported, and before db-2 reported again.
+    let (forced, _) = e.add_maintenance(window("web-9", ""), ts(0)).unwrap();
+    let (other, _) = e.add_maintenance(window("db-2", ""), ts(0)).unwrap();
+    let customer = |e: &Engine, id: u64| e.maintenances().find(|m| m.id == id).map(|m| m.customer.clone());
+    e.take_dirty();
+    e.host_seen("web-9", "globex", ts(10));
+    assert_eq!(customer(&e, forced).as_deref(), Some("globex"));
+    assert_eq!(customer(&e, other).as_deref(), Some(""), "another host's window was assigned");
+    assert!(e.take_dirty().maintenances.iter().any(|(id, m)| *id == forced && m.is_some()), "not persisted");
+    // db-1 re-enrolled for globex: its window stays acme's.
+    e.host_seen("db-1", "globex", ts(20));
+    assert_eq!(customer(&e, known).as_deref(), Some("acme"));
+    // A record written before the field reads with no customer, and gets one after a restart.
+    let mut state = EngineState::default();
+    let old = r#"{"id":7,"host":"db-2","start":"2026-03-01T00:00:00Z","end":"2026-03-01T01:00:00Z",
+        "reason":"old","announced_at":"2026-02-01T00:00:00Z","who":"alice"}"#;
+    let m: Maintenance = serde_json::from_str(old).unwrap();
+    assert_eq!(m.customer, "");
+    state.maintenances.insert(7, m);
+    state.next.maintenance = 8;
+    let mut e = Engine::restore(config(), state).unwrap();
+    e.host_seen("db-2", "acme", ts(30));
+    assert_eq!(customer(&e, 7).as_deref(), Some("acme"));
 }
 
 #[test]

@@ -90,6 +90,7 @@ mod tests {
         let m = Maintenance {
             id: 4,
             host: "db-1".into(),
+            customer: "acme".into(),
             start: ts(100),
             end: ts(200),
             reason: "kernel update".into(),

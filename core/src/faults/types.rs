@@ -219,6 +219,12 @@ pub struct SampleInput {
 pub struct Maintenance {
     pub id: u64,
     pub host: String,
+    /// The host's customer when the window was announced (a host re-enrolled for another
+    /// customer keeps its windows under the old one). Empty when the host's customer was not
+    /// known then (announced with `--force`, or by a collector before this field): the
+    /// engine fills it in from the host's next report ([`crate::faults::Engine::host_seen`]).
+    #[serde(default)]
+    pub customer: String,
     pub start: Timestamp,
     pub end: Timestamp,
     pub reason: String,
@@ -237,6 +243,8 @@ impl Maintenance {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMaintenance {
     pub host: String,
+    /// The host's customer now; empty when not known (see [`Maintenance::customer`]).
+    pub customer: String,
     pub start: Timestamp,
     pub end: Timestamp,
     pub reason: String,

@@ -106,17 +106,57 @@ pub fn render(input: &ReportInput<'_>) -> String {
 pub fn render_with_credits(input: &ReportInput<'_>, credits: &[MonthCredit]) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
-    let _ = write_report(&mut out, input, Some(credits));
+    let _ = write_report(&mut out, input, Some(CreditSection::Owed(credits)));
     out
 }
 
-/// The customer's service credit for each month the incident touched (from its opening to
-/// its closing, or `now`), month to date while the month is not over. `outages` and
-/// `maintenance` are the customer's, of all its hosts (the credit is the month's, not the
-/// incident's): outages as `sla::live::derive_outages` gives them. Empty without a contract
-/// or without `credits` in it.
+/// The report with a "Service credit" section saying why no credit could be computed
+/// (`why`: a month older than the fault history kept).
+pub fn render_credit_unavailable(input: &ReportInput<'_>, why: &str) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = write_report(&mut out, input, Some(CreditSection::Unavailable(why)));
+    out
+}
+
+/// What the "Service credit" section shows.
+#[derive(Clone, Copy)]
+enum CreditSection<'a> {
+    Owed(&'a [MonthCredit]),
+    Unavailable(&'a str),
+}
+
+/// The months (in the contract's time zone) the incident touched: from its opening to its
+/// closing, or `now`, the end excluded: an incident closed at 00:00 on the 1st does not touch
+/// the month that begins then. Empty without a contract.
+pub fn incident_months(input: &ReportInput<'_>) -> Result<Vec<Month>, SlaError> {
+    let Some((_, contract)) = input.contract else { return Ok(Vec::new()) };
+    let tz = contract.timezone.tz().clone();
+    let month_of = |ts: Timestamp| {
+        let z = ts.to_zoned(tz.clone());
+        Month::new(z.year(), z.month())
+    };
+    let inc = input.incident;
+    let end = inc.closed_at.unwrap_or(input.now);
+    let last_instant = end.checked_sub(jiff::SignedDuration::from_nanos(1)).unwrap_or(end).max(inc.opened_at);
+    let mut month = month_of(inc.opened_at)?;
+    let last = month_of(last_instant)?;
+    let mut months = vec![month];
+    while month < last {
+        month = month.next();
+        months.push(month);
+    }
+    Ok(months)
+}
+
+/// The customer's service credit for each month the incident touched ([`incident_months`]),
+/// month to date while the month is not over. `hosts`, `outages` and `maintenance` are the
+/// customer's, of all its hosts (the credit is the month's, not the incident's), as the SLA
+/// report gathers them: outages as `sla::live::derive_outages` gives them. Empty without a
+/// contract or without `credits` in it.
 pub fn incident_credits(
     input: &ReportInput<'_>,
+    hosts: &[String],
     outages: &[Outage],
     maintenance: &[crate::sla::Maintenance],
     fee: Option<&MonthlyFee>,
@@ -124,24 +164,16 @@ pub fn incident_credits(
     let Some((_, contract)) = input.contract.filter(|(_, c)| !c.credits.is_empty()) else {
         return Ok(Vec::new());
     };
-    let tz = contract.timezone.tz().clone();
-    let month_of = |ts: Timestamp| {
-        let z = ts.to_zoned(tz.clone());
-        Month::new(z.year(), z.month())
-    };
-    let inc = input.incident;
-    let mut month = month_of(inc.opened_at)?;
-    let last = month_of(inc.closed_at.unwrap_or(input.now).max(inc.opened_at))?;
-    let mut months = vec![month];
-    while month < last {
-        month = month.next();
-        months.push(month);
+    let months = incident_months(input)?;
+    let mut ledger = Ledger::new(contract, outages, maintenance)?;
+    for h in hosts {
+        ledger.add_host(h);
     }
-    let rows = Ledger::new(contract, outages, maintenance)?.months(&months)?;
+    let rows = ledger.months(&months)?;
     Ok(month_credits(&contract.credit_terms(), &months, &rows, fee, input.now))
 }
 
-fn write_report(out: &mut String, r: &ReportInput<'_>, credits: Option<&[MonthCredit]>) -> std::fmt::Result {
+fn write_report(out: &mut String, r: &ReportInput<'_>, credits: Option<CreditSection<'_>>) -> std::fmt::Result {
     let inc = r.incident;
     writeln!(out, "# Incident {}: {}", inc.id, inc.title())?;
     writeln!(out)?;
@@ -450,10 +482,14 @@ fn write_service_credit(
     out: &mut String,
     name: &str,
     contract: &Contract,
-    credits: &[MonthCredit],
+    section: CreditSection<'_>,
 ) -> std::fmt::Result {
     writeln!(out, "## Service credit")?;
     writeln!(out)?;
+    let credits = match section {
+        CreditSection::Owed(credits) => credits,
+        CreditSection::Unavailable(why) => return writeln!(out, "Not computed: {why}."),
+    };
     let tiers: Vec<String> =
         contract.credits.tiers().iter().map(|t| format!("below {} % → {} %", t.below, t.percent)).collect();
     let windows = if contract.credit_windows.is_empty() {
@@ -555,7 +591,8 @@ mod credit_tests {
             outage("web-2", "2026-04-10T00:00", "2026-04-10T08:00"),
         ];
         let fee = MonthlyFee { amount: "1200.00".parse().unwrap(), currency: "EUR".parse().unwrap() };
-        let credits = incident_credits(&input, &outages, &[], Some(&fee)).unwrap();
+        let hosts = ["web-1".to_string(), "web-2".to_string()];
+        let credits = incident_credits(&input, &hosts, &outages, &[], Some(&fee)).unwrap();
         let md = render_with_credits(&input, &credits);
         // April: 30 d = 2,592,000 s. web-2: 2,592,000 − 28,800 = 2,563,200 → 98.888… % (web-1:
         // 2,584,800 → 99.72 %, higher) → under 99 → 25 % of 1,200.00 = 300.00 EUR.
@@ -578,6 +615,48 @@ mod credit_tests {
         assert!(!render(&input).contains("## Service credit"));
         let plain = Contract { credits: Default::default(), ..contract.clone() };
         let input = ReportInput { contract: Some(("standard", &plain)), ..input };
-        assert!(incident_credits(&input, &outages, &[], Some(&fee)).unwrap().is_empty());
+        assert!(incident_credits(&input, &hosts, &outages, &[], Some(&fee)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_incident_closed_at_midnight_on_the_first_does_not_touch_the_next_month() {
+        let mut s = Incidents::default();
+        let f = FaultRef {
+            id: 1,
+            host: "web-1".into(),
+            customer: "acme".into(),
+            check: "host/reachable".into(),
+            severity: Severity::Critical,
+            opened_at: t("2026-04-30T22:00"),
+            failing_since: t("2026-04-30T22:00"),
+            summary: "down".into(),
+        };
+        let id = s.fault_failing(&f, std::time::Duration::from_secs(300), t("2026-04-30T22:00")).unwrap();
+        s.close(id, "power", "second PSU", "eve", t("2026-05-01T00:00")).unwrap();
+        let inc = s.get(id).unwrap().clone();
+        let contract = Contract::from_toml(
+            "timezone = \"UTC\"\nwindows = [{ name = \"all\", from = \"00:00\", to = \"24:00\", target = \"99%\" }]\n\
+             credits = [{ below = 99.9, percent = 10 }]\n",
+            "c.toml",
+        )
+        .unwrap();
+        let input = ReportInput {
+            incident: &inc,
+            faults: &[],
+            contract: Some(("standard", &contract)),
+            maintenance: &[],
+            now: t("2026-05-10T00:00"),
+        };
+        let months: Vec<String> = incident_months(&input).unwrap().iter().map(|m| m.to_string()).collect();
+        assert_eq!(months, ["2026-04"]);
+        let outages = [outage("web-1", "2026-04-30T22:00", "2026-05-01T00:00")];
+        let credits = incident_credits(&input, &["web-1".into()], &outages, &[], None).unwrap();
+        assert_eq!(credits.iter().map(|c| c.month.to_string()).collect::<Vec<_>>(), ["2026-04"]);
+        // Closed one minute later, it does.
+        let mut later = inc.clone();
+        later.closed_at = Some(t("2026-05-01T00:01"));
+        let input = ReportInput { incident: &later, ..input };
+        let months: Vec<String> = incident_months(&input).unwrap().iter().map(|m| m.to_string()).collect();
+        assert_eq!(months, ["2026-04", "2026-05"]);
     }
 }

@@ -186,19 +186,12 @@ impl Target {
     }
     /// Whether `good / total` reaches the target (an empty window always does).
     pub fn is_met(self, good: u64, total: u64) -> bool {
-        total == 0 || u128::from(good) * u128::from(self.den) >= u128::from(self.num) * u128::from(total)
+        super::decimal::reaches(good, total, self.num, self.den)
     }
 
     fn from_decimal(digits: &str, percent: bool) -> Option<Target> {
-        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-        if int.is_empty() && frac.is_empty()
-            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-            || frac.len() > 9
-        {
-            return None;
-        }
-        let num: u64 = format!("{int}{frac}").parse().ok()?;
-        let den = 10u64.pow(frac.len() as u32) * if percent { 100 } else { 1 };
+        let (num, decimals) = super::decimal::parse(digits, 9)?;
+        let den = 10u64.pow(decimals) * if percent { 100 } else { 1 };
         (num <= den).then_some(Target { num, den })
     }
 }

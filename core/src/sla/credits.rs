@@ -30,6 +30,9 @@ const PERCENT_DECIMALS: u32 = 6;
 const ONE_PERCENT: u64 = 10u64.pow(PERCENT_DECIMALS);
 /// The largest fee accepted, in cents (10^13 currency units; keeps every product in range).
 const MAX_CENTS: u64 = 10u64.pow(15);
+/// The largest percentage read (a tier's `percent` and `below` are checked against 100 later,
+/// with a message that says so).
+const MAX_PERCENT: u64 = 1_000_000;
 
 /// A percentage, exactly: millionths of a percent (`99.9` → 99,900,000).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -68,22 +71,14 @@ impl Percent {
         self.0 as f64 / (100 * ONE_PERCENT) as f64
     }
 
-    /// A plain decimal (`99.9`, `10`); an optional trailing `%` is allowed.
+    /// A plain decimal (`99.9`, `10`); an optional trailing `%` is allowed. Read as a
+    /// target is (`sla::decimal`), with at most 6 decimals.
     fn parse_decimal(text: &str) -> Option<Percent> {
         let t = text.trim();
         let t = t.strip_suffix('%').unwrap_or(t).trim();
-        let (int, frac) = t.split_once('.').unwrap_or((t, ""));
-        if int.is_empty()
-            || frac.len() > PERCENT_DECIMALS as usize
-            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-            || int.len() > 6
-        {
-            return None;
-        }
-        let int: u64 = int.parse().ok()?;
-        let frac_value: u64 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
-        let frac_scaled = frac_value * 10u64.pow(PERCENT_DECIMALS - frac.len() as u32);
-        Some(Percent(int * ONE_PERCENT + frac_scaled))
+        let (digits, decimals) = super::decimal::parse(t, PERCENT_DECIMALS)?;
+        let value = digits.checked_mul(10u64.pow(PERCENT_DECIMALS - decimals))?;
+        (value <= MAX_PERCENT * ONE_PERCENT).then_some(Percent(value))
     }
 }
 
@@ -133,7 +128,7 @@ impl<'de> Deserialize<'de> for Percent {
                 self.visit_u64(v)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Percent, E> {
-                if v > 1_000_000 {
+                if v > MAX_PERCENT {
                     return Err(E::custom(format!("percentage {v} is out of range")));
                 }
                 Ok(Percent::whole(v))
@@ -356,11 +351,10 @@ impl Availability {
         if self.total_seconds == 0 { 1.0 } else { self.good_seconds as f64 / self.total_seconds as f64 }
     }
 
-    /// Whether it is strictly below `p`: good / total < p / 100, in integers.
+    /// Whether it is strictly below `p`: `p` not reached, compared exactly as the SLA
+    /// report judges its targets (`Target::is_met`); an empty month is never below.
     pub fn is_below(self, p: Percent) -> bool {
-        self.total_seconds > 0
-            && u128::from(self.good_seconds) * u128::from(100 * ONE_PERCENT)
-                < u128::from(p.0) * u128::from(self.total_seconds)
+        !super::decimal::reaches(self.good_seconds, self.total_seconds, p.0, 100 * ONE_PERCENT)
     }
 
     /// Whether it is lower than `other` (exactly).
@@ -491,9 +485,10 @@ impl CreditTerms<'_> {
     }
 }
 
-/// Per month of `months`: the credit owed for the month's lowest availability among `rows`
-/// (report rows of the customer's hosts) in the credit windows. Empty when the contract has
-/// no credit table. `now` tells an ongoing month (month to date).
+/// Per month of `months` that has begun at `now`: the credit owed for the month's lowest
+/// availability among `rows` (report rows of the customer's hosts) in the credit windows.
+/// Empty when the contract has no credit table. `now` tells an ongoing month (month to date);
+/// a month not begun owes nothing yet and is left out.
 pub fn month_credits(
     terms: &CreditTerms<'_>,
     months: &[Month],
@@ -504,8 +499,10 @@ pub fn month_credits(
     if terms.table.is_empty() {
         return Vec::new();
     }
+    let start = |m: Month| terms.tz.to_timestamp(m.first_day().at(0, 0, 0, 0)).unwrap_or(Timestamp::MAX);
     months
         .iter()
+        .filter(|&&month| start(month) <= now)
         .map(|&month| {
             let label = month.to_string();
             let mut worst: Option<(&ReportRow, Availability)> = None;
@@ -517,7 +514,7 @@ pub fn month_credits(
                 }
             }
             let availability = worst.map_or(Availability::full(), |(_, a)| a);
-            let end = terms.tz.to_timestamp(month.next().first_day().at(0, 0, 0, 0)).unwrap_or(Timestamp::MAX);
+            let end = start(month.next());
             MonthCredit {
                 month,
                 host: worst.map(|(r, _)| r.host.clone()),
@@ -706,6 +703,23 @@ mod tests {
         assert_eq!(m.explanation(), "web1 core: 99.343 % < 99.9 % → 10 % of 1,200.00 EUR = 120.00 EUR");
         let may: Timestamp = "2026-05-01T00:00:00Z".parse().unwrap();
         assert!(!month_credits(&c.credit_terms(), &[april], &rows, Some(&eur("1200.00")), may)[0].month_to_date);
+    }
+
+    #[test]
+    fn months_not_begun_are_left_out_not_shown_as_owing_nothing() {
+        let c = contract("");
+        let year = Month::year_months(2026).unwrap();
+        let rows = crate::sla::compute_month(&c, "2026-04".parse().unwrap(), &[], &[]).unwrap();
+        let now: Timestamp = "2026-04-20T00:00:00Z".parse().unwrap();
+        let credits = month_credits(&c.credit_terms(), &year, &rows, Some(&eur("1200.00")), now);
+        let months: Vec<String> = credits.iter().map(|m| m.month.to_string()).collect();
+        assert_eq!(months, ["2026-01", "2026-02", "2026-03", "2026-04"]);
+        assert!(credits[3].month_to_date && !credits[2].month_to_date);
+        // A month begins at its first instant in the contract's time zone.
+        let first: Timestamp = "2026-05-01T00:00:00Z".parse().unwrap();
+        assert_eq!(month_credits(&c.credit_terms(), &year, &rows, None, first).len(), 5);
+        let before = first.checked_sub(jiff::SignedDuration::from_nanos(1)).unwrap();
+        assert_eq!(month_credits(&c.credit_terms(), &year, &rows, None, before).len(), 4);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod compute;
 pub mod contract;
 pub mod credits;
+mod decimal;
 pub mod live;
 pub mod offline;
 pub mod render;

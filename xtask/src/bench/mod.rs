@@ -1,17 +1,22 @@
 //! Benchmarks that start the real release binaries and print figures for BENCHMARKS.md.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod agent_footprint;
+mod compare;
+mod load;
 mod paging_checks;
+mod pki;
+mod prom_target;
+mod series;
 mod soak;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use pikett_proto::v1 as pb;
-use pikett_proto::v1::ingest_client::IngestClient;
-use tokio::sync::mpsc;
+
+use load::{BatchKind, Load, LoadResult, connect_all, drive};
 
 use crate::util::{Killed, build, free_port, proc_usage, target_dir, wait_port};
 
@@ -55,11 +60,15 @@ pub enum Which {
     /// Hours of traffic compressed into minutes with short retention: the data directory's
     /// size and the collector's RSS over time, which must level off.
     Soak(soak::Args),
-    /// A release agent with the host probe at 30 s: RSS and CPU seconds per hour.
+    /// A release agent (host probe and five `tcp` checks every 30 s) next to Debian's
+    /// prometheus-node-exporter scraped every 30 s: RSS and CPU seconds per hour of each.
     Agent {
         #[arg(long, default_value_t = 180)]
         seconds: u64,
     },
+    /// The release collector and Prometheus at the same sample rate, one after the other in
+    /// one run: CPU per sample, RSS, bytes on disk per sample.
+    Compare(compare::Args),
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
@@ -68,7 +77,8 @@ pub fn run(which: Which) -> anyhow::Result<()> {
         Which::Ingest { agents, samples, interval_ms, seconds, rules, fsync } => {
             ingest(agents, samples, interval_ms, seconds, rules, fsync)
         }
-        Which::Agent { seconds } => agent(seconds),
+        Which::Agent { seconds } => agent_footprint::agent(seconds),
+        Which::Compare(args) => compare::compare(args),
         Which::Soak(args) => soak::soak(args),
         Which::Paging { faults } => paging_checks::paging(faults),
         Which::Checks { tcp, command, seconds } => paging_checks::checks(tcp, command, seconds),
@@ -126,110 +136,6 @@ pub(crate) fn start_collector_http(
     Ok((Killed(child), grpc, http, dir))
 }
 
-fn batch(seq: u64, samples: usize) -> pb::Batch {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    pb::Batch {
-        seq,
-        created_unix_ms: now,
-        samples: (0..samples)
-            .map(|i| pb::Sample {
-                name: "pikett_redfish_temperature_celsius".into(),
-                labels: [("sensor".to_string(), format!("Sensor {i}"))].into_iter().collect(),
-                value: 40.0 + (i % 7) as f64,
-                unit: "Cel".into(),
-                time_unix_ms: now,
-            })
-            .collect(),
-        checks: vec![pb::CheckResult::new("host/disk:/".into(), pb::CheckStatus::Ok, "ok".into(), now)],
-        ..Default::default()
-    }
-}
-
-struct AgentStats {
-    acked: u64,
-    latencies_us: Vec<u64>,
-}
-
-/// A simulated agent's stream: connected, hello sent as `host_id` of `customer` with spool
-/// `epoch`, welcome received. Returns the sender for batches and the collector's answers.
-pub(crate) async fn connect_agent(
-    url: String,
-    host_id: String,
-    customer: &str,
-    min_interval: Duration,
-    epoch: u64,
-) -> anyhow::Result<(mpsc::Sender<pb::AgentMessage>, tonic::Streaming<pb::CollectorMessage>)> {
-    let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
-    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(64);
-    tx.send(pb::AgentMessage {
-        body: Some(pb::agent_message::Body::Hello(pb::Hello {
-            protocol_version: pikett_proto::PROTOCOL_VERSION,
-            host_id,
-            customer: customer.into(),
-            agent_version: "bench".into(),
-            capabilities: vec!["host".into()],
-            min_interval_ms: min_interval.as_millis() as u64,
-            spool_epoch: epoch,
-        })),
-    })
-    .await?;
-    let mut inbound =
-        IngestClient::new(channel).stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-    inbound.message().await?; // welcome
-    Ok((tx, inbound))
-}
-
-/// One simulated agent: connect, hello, then a batch every interval; ack latency per batch.
-async fn simulated_agent(
-    url: String,
-    id: usize,
-    samples: usize,
-    interval: Duration,
-    start_at: Instant,
-    measure: (Instant, Instant),
-) -> anyhow::Result<AgentStats> {
-    let (tx, mut inbound) = connect_agent(url, format!("bench-{id:05}"), "bench", interval, id as u64 + 1).await?;
-    tokio::time::sleep_until(start_at.into()).await;
-    let sent: Arc<Mutex<std::collections::HashMap<u64, Instant>>> = Arc::default();
-    let sender = {
-        let sent = sent.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            let mut seq = 0;
-            loop {
-                tick.tick().await;
-                if Instant::now() >= measure.1 {
-                    break;
-                }
-                seq += 1;
-                let b = batch(seq, samples);
-                sent.lock().expect("lock").insert(seq, Instant::now());
-                if tx.send(pb::AgentMessage { body: Some(pb::agent_message::Body::Batch(b)) }).await.is_err() {
-                    break;
-                }
-            }
-        })
-    };
-    let mut stats = AgentStats { acked: 0, latencies_us: Vec::new() };
-    let deadline = measure.1 + Duration::from_secs(5);
-    while let Ok(Ok(Some(msg))) = tokio::time::timeout_at(deadline.into(), inbound.message()).await {
-        if let Some(pb::collector_message::Body::Ack(ack)) = msg.body
-            && let Some(t) = sent.lock().expect("lock").remove(&ack.seq)
-        {
-            let now = Instant::now();
-            if t >= measure.0 && t < measure.1 {
-                stats.acked += 1;
-                stats.latencies_us.push(now.duration_since(t).as_micros() as u64);
-            }
-        }
-        if Instant::now() >= measure.1 && sent.lock().expect("lock").is_empty() {
-            break;
-        }
-    }
-    sender.abort();
-    Ok(stats)
-}
-
 pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -264,35 +170,21 @@ fn ingest(
     println!(
         "bench ingest: {agents} agents × {samples} samples every {interval_ms} ms, {rules} rules, store_fsync {fsync}, {seconds} s measured, collector pid {pid}"
     );
+    let load = Load { url, agents, samples, interval, kind: BatchKind::Sensors, pki: None };
     let rt = tokio::runtime::Runtime::new()?;
-    let (stats, elapsed) = rt.block_on(async {
-        // Connect everyone first (warm-up), then start sending staggered over one interval.
-        let connect_budget = Duration::from_secs(20 + agents as u64 / 100);
-        let start_at = Instant::now() + connect_budget;
+    let (result, elapsed) = rt.block_on(async {
+        // Connect everyone first, then start sending staggered over one interval; 2 s of
+        // warm-up before the measured window.
+        let streams = connect_all(&load).await;
+        let start_at = Instant::now() + Duration::from_secs(1);
         let measure = (start_at + Duration::from_secs(2), start_at + Duration::from_secs(2 + seconds));
-        let mut tasks = Vec::new();
-        for id in 0..agents {
-            let stagger = interval.mul_f64(id as f64 / agents as f64);
-            tasks.push(tokio::spawn(simulated_agent(url.clone(), id, samples, interval, start_at + stagger, measure)));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            match t.await {
-                Ok(Ok(s)) => all.push(s),
-                Ok(Err(e)) => eprintln!("agent failed: {e:#}"),
-                Err(e) => eprintln!("agent task failed: {e}"),
-            }
-        }
-        (all, measure.1 - measure.0)
+        (drive(&load, streams, start_at, measure).await, measure.1 - measure.0)
     });
     let (peak_kib, _, cpu) = proc_usage(pid)?;
-    let connected = stats.len();
+    let LoadResult { connected, acked_batches: acked, latencies_us: lat } = result;
     if connected == 0 {
         bail!("no simulated agent could connect");
     }
-    let acked: u64 = stats.iter().map(|s| s.acked).sum();
-    let mut lat: Vec<u64> = stats.into_iter().flat_map(|s| s.latencies_us).collect();
-    lat.sort_unstable();
     let secs = elapsed.as_secs_f64();
     println!("agents connected:        {connected}/{agents}");
     println!("batches acked:           {acked} in {secs:.1} s = {:.0} batches/s", acked as f64 / secs);
@@ -308,36 +200,86 @@ fn ingest(
     Ok(())
 }
 
-fn agent(seconds: u64) -> anyhow::Result<()> {
-    let bin = build("release")?;
-    let (_collector, port, dir) = start_collector(&bin, "agent", "")?;
-    let cfg = dir.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "host_id = \"bench-agent\"\ncollectors = [\"http://127.0.0.1:{port}\"]\nspool_dir = \"{}\"\n\n[host]\ninterval = \"30s\"\n",
-            dir.join("spool").display()
-        ),
-    )?;
-    let log = std::fs::File::create(dir.join("agent.log"))?;
-    let agent = Killed(
-        Command::new(bin.join("pikett-agent"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("run")
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::from(log))
-            .spawn()?,
-    );
-    let pid = agent.0.id();
-    println!("bench agent: host probe every 30 s for {seconds} s, agent pid {pid}");
-    std::thread::sleep(Duration::from_secs(10));
-    let (_, _, cpu_start) = proc_usage(pid)?;
-    std::thread::sleep(Duration::from_secs(seconds.saturating_sub(10).max(1)));
-    let (peak, rss, cpu_end) = proc_usage(pid)?;
-    let steady = (cpu_end - cpu_start) / (seconds.saturating_sub(10).max(1)) as f64 * 3600.0;
-    println!("agent RSS:               {:.1} MiB now, {:.1} MiB peak", rss as f64 / 1024.0, peak as f64 / 1024.0);
-    println!("agent CPU:               {cpu_end:.2} s in {seconds} s (incl. start-up)");
-    println!("agent CPU per hour:      {steady:.2} s (steady state, after the first 10 s)");
+/// Makes sure a Debian package is installed (`file` is one it provides): installs it with
+/// apt-get when running as root, else says what to install.
+pub(crate) fn ensure_package(package: &str, file: &str) -> anyhow::Result<()> {
+    if Path::new(file).exists() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("{file} is missing: install Debian's {package} (as root: apt-get install {package})");
+    }
+    println!("bench: installing {package} (apt-get)");
+    // Another apt run may hold the dpkg lock for a while: wait for it rather than fail.
+    const LOCK_WAIT: &str = "DPkg::Lock::Timeout=600";
+    let apt = |args: &[&str]| -> anyhow::Result<bool> {
+        Ok(Command::new("apt-get")
+            .args(["-o", LOCK_WAIT])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get (is this Debian?)")?
+            .success())
+    };
+    let install = || apt(&["install", "-y", "-qq", "--no-install-recommends", package]);
+    // The package lists may be missing or stale: update them only when the install fails.
+    let installed = install()? || (apt(&["update", "-qq"])? && install()?);
+    if !installed {
+        bail!("apt-get install {package} failed; install it by hand");
+    }
+    if !Path::new(file).exists() {
+        bail!("{package} is installed but {file} is still missing");
+    }
     Ok(())
+}
+
+/// GET over plain HTTP/1.1 on loopback: the body, or an error unless the status is 200.
+pub(crate) fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connecting to :{port}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).with_context(|| format!("reading GET :{port}{path}"))?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if head.split_whitespace().nth(1) != Some("200") {
+        bail!("GET :{port}{path}: {}", head.lines().next().unwrap_or("no answer"));
+    }
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Ok(dechunk(body));
+    }
+    Ok(body.to_string())
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// The sum of a metric's series in a text exposition (all label sets).
+pub(crate) fn metric_sum(exposition: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue;
+        }
+        // The value follows the labels (which may hold spaces in quoted values).
+        let value = rest.rsplit_once('}').map_or(rest, |(_, v)| v).split_whitespace().next();
+        if let Some(v) = value.and_then(|v| v.parse::<f64>().ok()) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
 }

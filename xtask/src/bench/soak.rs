@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use pikett_proto::v1 as pb;
 
-use super::{connect_agent, start_collector_http};
+use super::load::connect_agent;
+use super::start_collector_http;
 use crate::util::{build, proc_usage};
 
 #[derive(clap::Args)]
@@ -116,7 +117,7 @@ async fn agent(
     end: Instant,
 ) -> anyhow::Result<u64> {
     let ((id, agents), (samples, checks, interval)) = (id, a);
-    let (tx, mut inbound) = connect_agent(url, format!("soak-{id:05}"), "soak", interval, id as u64 + 1).await?;
+    let (tx, mut inbound) = connect_agent(url, None, format!("soak-{id:05}"), "soak", interval, id as u64 + 1).await?;
     let acks = tokio::spawn(async move {
         let mut n = 0u64;
         while let Ok(Some(msg)) = inbound.message().await {

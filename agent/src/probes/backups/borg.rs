@@ -19,34 +19,25 @@ struct Archive {
     time: Option<String>,
 }
 
-/// A borg time: with an offset (newer borg), or without one in the local time zone `tz`
-/// (borg 1.2 prints local times as `2026-12-06T07:09:05.000000`).
-pub fn parse_time(s: &str, tz: &TimeZone) -> Result<Timestamp, String> {
+/// A borg time: with an offset (newer borg), or without one, in UTC (borg 1.2 prints
+/// local times as `2026-12-06T07:09:05.000000`, and the probe runs it with `TZ=UTC`).
+pub fn parse_time(s: &str) -> Result<Timestamp, String> {
     if let Ok(t) = s.parse::<Timestamp>() {
         return Ok(t);
     }
     let civil: jiff::civil::DateTime = s.parse().map_err(|e| format!("borg time {s:?} is not a time: {e}"))?;
-    tz.to_ambiguous_zoned(civil)
-        .compatible()
-        .map(|z| z.timestamp())
-        .map_err(|e| format!("borg time {s:?} does not exist in the local time zone: {e}"))
+    civil.to_zoned(TimeZone::UTC).map(|z| z.timestamp()).map_err(|e| format!("borg time {s:?}: {e}"))
 }
 
 /// The archives of `borg list --json` (each one a snapshot), at their start time.
-pub fn parse_list(json: &str, tz: &TimeZone) -> Result<Vec<Backup>, String> {
+pub fn parse_list(json: &str) -> Result<Vec<Backup>, String> {
     let list: ListOutput =
         serde_json::from_str(json.trim()).map_err(|e| format!("unexpected output of borg list --json: {e}"))?;
     list.archives
         .into_iter()
         .map(|a| {
             let time = a.start.or(a.time).ok_or("borg list --json: an archive without a time")?;
-            Ok(Backup {
-                time: parse_time(&time, tz)?,
-                kind: Kind::Snapshot,
-                id: a.name,
-                size_bytes: None,
-                volumes: None,
-            })
+            Ok(Backup { time: parse_time(&time)?, kind: Kind::Snapshot, id: a.name, size_bytes: None, volumes: None })
         })
         .collect()
 }
@@ -101,22 +92,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn list_of_borg_1_2_parses_local_times() {
+    fn list_of_borg_1_2_parses_times_without_offset_as_utc() {
         // Recorded from borg 1.2.4 (Debian 12); the first archive made with --timestamp.
         let json = r#"{"archives":[{"archive":"first","barchive":"first","id":"5ff6","name":"first","start":"2026-01-01T10:00:00.000000","time":"2026-01-01T10:00:00.000000"},{"archive":"second","barchive":"second","id":"3410","name":"second","start":"2026-12-06T07:09:05.000000","time":"2026-12-06T07:09:05.000000"}],"encryption":{"mode":"repokey"},"repository":{"id":"6f5a","last_modified":"2026-12-06T07:09:05.000000","location":"/tmp/bk/borg"}}"#;
-        let berlin = TimeZone::get("Europe/Berlin").unwrap();
-        let b = parse_list(json, &berlin).unwrap();
+        let b = parse_list(json).unwrap();
         assert_eq!(b.len(), 2);
-        assert_eq!(b[0].time, "2026-01-01T09:00:00Z".parse::<Timestamp>().unwrap());
+        assert_eq!(b[0].time, "2026-01-01T10:00:00Z".parse::<Timestamp>().unwrap());
         assert_eq!((b[1].kind, b[1].id.as_deref()), (Kind::Snapshot, Some("second")));
-        let b = parse_list(json, &TimeZone::UTC).unwrap();
         assert_eq!(b[1].time, "2026-12-06T07:09:05Z".parse::<Timestamp>().unwrap());
-        assert!(parse_list("{}", &TimeZone::UTC).is_err());
+        assert!(parse_list("{}").is_err());
     }
 
     #[test]
     fn times_with_an_offset_keep_it() {
-        let t = parse_time("2026-12-06T07:09:05.000000+01:00", &TimeZone::UTC).unwrap();
+        let t = parse_time("2026-12-06T07:09:05.000000+01:00").unwrap();
         assert_eq!(t, "2026-12-06T06:09:05Z".parse::<Timestamp>().unwrap());
     }
 

@@ -34,8 +34,10 @@ fn parse_time(s: &str) -> Result<Timestamp, String> {
 /// - a set without volumes in the current chain (its volume files are missing): CRITICAL,
 ///   nothing after it in the chain can be restored; in an older chain: WARNING;
 /// - no chain whose signatures match (the newest chain's signatures are missing): WARNING;
-/// - orphaned sets (a set whose manifest or chain is missing) and incomplete sets (an
-///   interrupted or running backup): WARNING.
+/// - orphaned sets (a set whose manifest or chain is missing): WARNING.
+///
+/// Incomplete sets (an interrupted or running backup) are counted in
+/// [`Listing::incomplete_sets`]; the probe judges them over two polls.
 pub fn parse_collection_status(text: &str) -> Result<Listing, String> {
     let mut lines = text.lines().skip_while(|l| !l.starts_with("INFO 3"));
     if lines.next().is_none() {
@@ -103,14 +105,8 @@ pub fn parse_collection_status(text: &str) -> Result<Listing, String> {
             ),
         });
     }
-    if incomplete > 0 {
-        problems.push(ChainProblem {
-            state: State::Warning,
-            problem: format!("{incomplete} incomplete backup sets (an interrupted or running backup)"),
-        });
-    }
     let backups = chains.into_iter().flat_map(|c| c.sets).collect();
-    Ok(Listing { backups, problems, snapshots: false, ..Listing::default() })
+    Ok(Listing { backups, problems, snapshots: false, incomplete_sets: incomplete, ..Listing::default() })
 }
 
 /// What `duplicity verify` concluded: "Verify complete" means every volume read back with
@@ -169,6 +165,14 @@ mod tests {
         let states: Vec<State> = l.problems.iter().map(|p| p.state).collect();
         assert_eq!(states, [State::Warning, State::Warning]);
         assert!(l.problems[1].problem.starts_with("1 backup sets belong to no chain"), "{:?}", l.problems);
+    }
+
+    #[test]
+    fn incomplete_sets_are_counted_not_judged() {
+        let text = HEALTHY.replace("incomplete-sets-num 0", "incomplete-sets-num 2");
+        let l = parse_collection_status(&text).unwrap();
+        assert_eq!(l.incomplete_sets, 2);
+        assert!(l.problems.is_empty(), "a running backup is no problem at first sight: {:?}", l.problems);
     }
 
     #[test]

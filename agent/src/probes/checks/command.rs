@@ -26,12 +26,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::perfdata::{self, Exit, PerfDatum};
 use super::{CheckConfig, duration_sample, fmt_duration};
 use crate::observation::{Observation, State};
+use crate::probes::patches::exec::{GroupGuard, group_alive, read_capped};
 
 /// Most stdout kept from one plugin run (the guidelines allow 4 KiB; be generous).
 pub const OUTPUT_LIMIT: usize = 64 * 1024;
@@ -76,6 +76,17 @@ impl CommandLimits {
         CommandLimits { slots: Arc::new(Semaphore::new(permits)), stuck: Arc::new(AtomicUsize::new(0)) }
     }
 
+    /// Waits for a slot to run a program (the `backups` probe's `tool = "command"` takes
+    /// one too); `None` only if the limit were closed, which it never is.
+    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().acquire_owned().await.ok()
+    }
+
+    /// Slots free right now.
+    pub fn available(&self) -> usize {
+        self.slots.available_permits()
+    }
+
     /// Plugins killed at their timeout that have not exited yet.
     pub fn stuck(&self) -> usize {
         self.stuck.load(Ordering::Relaxed)
@@ -105,15 +116,6 @@ impl Stuck {
     fn alive(&mut self) -> bool {
         let leader = self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)));
         leader || group_alive(self.pid)
-    }
-}
-
-/// Whether any process is left in the process group `pgid` (the plugin's pid).
-fn group_alive(pgid: u32) -> bool {
-    match libc::pid_t::try_from(pgid) {
-        // SAFETY: kill(2) with signal 0 only checks that the group exists; nothing is sent.
-        Ok(pgid) if pgid > 1 => unsafe { libc::kill(-pgid, 0) == 0 },
-        _ => false,
     }
 }
 
@@ -368,67 +370,6 @@ fn truncate_chars(s: &mut String, max: usize) {
     }
 }
 
-/// Reads a pipe to its end, keeping at most `limit` bytes. Keeps draining past
-/// the limit so the plugin never blocks on a full pipe.
-async fn read_capped<R: AsyncRead + Unpin>(pipe: Option<R>, limit: usize) -> (Vec<u8>, bool) {
-    let Some(mut pipe) = pipe else {
-        return (Vec::new(), false);
-    };
-    let mut kept = Vec::new();
-    let mut truncated = false;
-    let mut buf = [0u8; 8192];
-    loop {
-        match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                let room = limit - kept.len();
-                if n > room {
-                    truncated = true;
-                }
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-        }
-    }
-    (kept, truncated)
-}
-
-/// Kills the plugin's process group with SIGKILL, at the timeout or if the
-/// check is dropped mid-run (agent shutdown), unless disarmed after a normal exit.
-struct GroupGuard {
-    pgid: libc::pid_t,
-    signal: libc::c_int,
-    armed: bool,
-}
-
-impl GroupGuard {
-    fn new(pid: u32, signal: libc::c_int) -> GroupGuard {
-        // A pgid of 0 or 1 would address our own group or every process: never signal those.
-        let pgid = libc::pid_t::try_from(pid).unwrap_or(0);
-        GroupGuard { pgid, signal, armed: pgid > 1 }
-    }
-
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-
-    fn kill(&mut self) {
-        if self.armed {
-            // SAFETY: kill(2) with a negative pid signals that process group; no memory is involved.
-            // ESRCH (group already gone) is fine.
-            unsafe {
-                libc::kill(-self.pgid, self.signal);
-            }
-            self.armed = false;
-        }
-    }
-}
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,18 +455,6 @@ mod tests {
         let long = "x".repeat(5000);
         let (_, m) = check(&evaluate("c", "p", Exit::Code(0), long.as_bytes(), false, b"", now()));
         assert_eq!(m.chars().count(), SUMMARY_LIMIT + 1);
-    }
-
-    #[test]
-    fn guard_never_signals_our_own_group_or_every_process() {
-        // kill(-0) would hit the agent's own group and kill(-1) every process.
-        assert!(!GroupGuard::new(0, libc::SIGKILL).armed);
-        assert!(!GroupGuard::new(1, libc::SIGKILL).armed);
-        assert!(!GroupGuard::new(u32::MAX, libc::SIGKILL).armed);
-        let mut g = GroupGuard::new(4242, libc::SIGKILL);
-        assert!(g.armed);
-        g.disarm();
-        assert!(!g.armed);
     }
 
     fn stuck_count(obs: &[Observation]) -> Option<f64> {

@@ -13,7 +13,7 @@ use super::exec;
 /// Whether a reboot is needed (`needs-restarting -r`), or why that cannot be told:
 /// the tool is missing (it comes with dnf-utils, yum-utils on EL7) or failed.
 pub async fn needs_restarting(program: &Path, timeout: Duration) -> Result<bool, String> {
-    match exec::run(&program.to_path_buf(), &exec::args(["-r"]), timeout).await {
+    match exec::run(program, &exec::args(["-r"]), timeout).await {
         Ok(out) => interpret_needs_restarting(out.code).ok_or_else(|| {
             format!(
                 "needs-restarting -r exited with {}: {}",

@@ -43,6 +43,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::observation::{Event, Inventory, Observation, State};
+use crate::probes::password_file::{PasswordFileError, read_password_file};
 use crate::probes::{Probe, SharedState, StateUpdate};
 
 use client::{Auth, Client};
@@ -202,74 +203,21 @@ pub struct RedfishProbe {
     remembered_session: tokio::sync::Mutex<Option<String>>,
 }
 
-/// The group the password file should belong to: the agent's own when it runs as a
-/// service user, the packaged service's group when run as root (`check-config`, `test`).
-fn service_group() -> String {
-    // SAFETY: getegid has no preconditions.
-    let gid = unsafe { libc::getegid() };
-    if gid == 0 {
-        return "pikett-agent".to_string();
-    }
-    let mut group: libc::group = unsafe { std::mem::zeroed() };
-    let mut buf = vec![0 as libc::c_char; 4096];
-    let mut found: *mut libc::group = std::ptr::null_mut();
-    // SAFETY: getgrgid_r writes only into `group` and `buf`, which we own and size, and
-    // sets `found` to `&mut group` or null; the name is read while both are alive.
-    unsafe {
-        if libc::getgrgid_r(gid, &mut group, buf.as_mut_ptr(), buf.len(), &mut found) == 0
-            && !found.is_null()
-            && !group.gr_name.is_null()
-        {
-            return std::ffi::CStr::from_ptr(group.gr_name).to_string_lossy().into_owned();
-        }
-    }
-    gid.to_string()
-}
-
-/// A path as one shell word, for the commands in error hints.
-fn shell_word(path: &Path) -> String {
-    let p = path.display().to_string();
-    if p.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c)) {
-        p
-    } else {
-        format!("'{}'", p.replace('\'', "'\\''"))
-    }
-}
-
-/// Reads the password file: refuses world-readable files, strips the trailing newline.
-/// Errors say how to make a file only the service may read (root owns it, the service's
-/// group reads it: `chgrp pikett-agent F && chmod 0640 F`).
+/// Reads the password file with the rules of [`read_password_file`].
 fn read_password(path: &Path) -> Result<String, RedfishError> {
-    let unreadable = |source: std::io::Error| {
-        let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
-            let (group, path) = (service_group(), shell_word(path));
-            format!("; as root run `chgrp {group} {path} && chmod 0640 {path}` so that the service's group may read it")
-        } else {
-            String::new()
-        };
-        RedfishError::PasswordFile { path: path.into(), source, hint }
-    };
-    let meta = std::fs::metadata(path).map_err(unreadable)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o004 != 0 {
-            return Err(RedfishError::WorldReadable {
-                path: path.into(),
-                mode,
-                group: service_group(),
-                word: shell_word(path),
-            });
+    read_password_file(path).map_err(RedfishError::from)
+}
+
+impl From<PasswordFileError> for RedfishError {
+    fn from(e: PasswordFileError) -> Self {
+        match e {
+            PasswordFileError::Unreadable { path, source, hint } => RedfishError::PasswordFile { path, source, hint },
+            PasswordFileError::Empty { path } => RedfishError::EmptyPassword { path },
+            PasswordFileError::WorldReadable { path, mode, group, word } => {
+                RedfishError::WorldReadable { path, mode, group, word }
+            }
         }
     }
-    let _ = meta;
-    let raw = std::fs::read_to_string(path).map_err(unreadable)?;
-    let pw = raw.trim_end_matches(['\n', '\r']).to_string();
-    if pw.is_empty() {
-        return Err(RedfishError::EmptyPassword { path: path.into() });
-    }
-    Ok(pw)
 }
 
 impl RedfishProbe {

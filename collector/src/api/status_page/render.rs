@@ -110,13 +110,20 @@ pub fn render(view: &StatusPageView) -> String {
             out,
             "<div class=\"incident\" id=\"incident-{}\">\n<p><strong>Incident {}</strong> ({}) — {}<br>\
              <span class=\"muted\">Since {}</span></p>\n",
-            inc.id,
-            inc.id,
+            inc.number,
+            inc.number,
             escape(&inc.state),
             escape(&inc.hosts.join(", ")),
             time(inc.opened_at, tz)
         );
         match inc.eta {
+            Some(eta) if inc.eta_passed => {
+                let _ = writeln!(
+                    out,
+                    "<p class=\"eta\">Expected resolution (ETA): {} — passed; a new estimate will follow.</p>",
+                    time(eta, tz)
+                );
+            }
             Some(eta) => {
                 let _ = writeln!(out, "<p class=\"eta\">Expected resolution (ETA): {}</p>", time(eta, tz));
             }
@@ -146,7 +153,12 @@ pub fn render(view: &StatusPageView) -> String {
         Availability::NoContract => out.push_str("<p>No availability target is agreed for this account.</p>\n"),
         Availability::Unavailable => out.push_str("<p>The availability figures are unavailable right now.</p>\n"),
         Availability::Month { month, rows } => {
-            let _ = writeln!(out, "<p class=\"muted\">{} so far, by service window.</p>", escape(month));
+            let _ = writeln!(
+                out,
+                "<p class=\"muted\">{} so far, by service window: the share of the service time from the start \
+                 of the month up to now.</p>",
+                escape(month)
+            );
             out.push_str(
                 "<table id=\"availability\">\n<tr><th>Host</th><th>Window</th><th>Availability</th>\
                  <th>Target</th><th></th></tr>\n",
@@ -218,11 +230,12 @@ mod tests {
                 HostView { name: "db-1".into(), health: Health::Down, checks: vec![] },
             ],
             incidents: vec![IncidentView {
-                id: 7,
+                number: 1,
                 hosts: vec!["db-1".into()],
                 state: "open".into(),
                 opened_at: t("2026-03-10T11:00:00Z"),
                 eta: Some(t("2030-01-01T12:00:00Z")),
+                eta_passed: false,
                 updates: vec![UpdateView {
                     at: t("2026-03-10T11:30:00Z"),
                     text: "Disk <b>replaced</b> & 'tested'".into(),
@@ -292,8 +305,22 @@ mod tests {
         assert!(html.contains("Expected resolution (ETA): 2030-01-01 13:00 CET"), "{html}");
         assert!(html.contains("99.512&nbsp;%") && html.contains("99.000&nbsp;%") && html.contains(">Met<"), "{html}");
         assert!(html.contains("kernel &lt;update&gt;") && html.contains("2026-03-20 03:00 CET"), "{html}");
+        assert!(!html.contains("passed"), "{html}");
         let mut v = view();
         v.incidents[0].eta = None;
         assert!(render(&v).contains("No estimate of the resolution time yet."));
+        v.incidents[0].eta = Some(t("2026-03-10T11:45:00Z"));
+        v.incidents[0].eta_passed = true;
+        let html = render(&v);
+        assert!(html.contains("(ETA): 2026-03-10 12:45 CET — passed; a new estimate will follow."), "{html}");
+    }
+
+    #[test]
+    fn incidents_carry_their_page_number_and_the_availability_says_it_is_so_far() {
+        let mut v = view();
+        v.incidents[0].number = 2;
+        let html = render(&v);
+        assert!(html.contains("id=\"incident-2\"") && html.contains("<strong>Incident 2</strong>"), "{html}");
+        assert!(html.contains("2026-03 so far, by service window: the share of the service time from the start"));
     }
 }
