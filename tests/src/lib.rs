@@ -331,6 +331,40 @@ pub struct Received {
     pub status: u16,
 }
 
+/// One HTTP/1.1 request as a test's stand-in server reads it.
+pub struct HttpRequest {
+    pub method: String,
+    pub path: String,
+    /// Header names in lower case.
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: String,
+}
+
+/// Reads one request (request line, headers, a `Content-Length` body) from `stream`;
+/// `None` when the peer sent no complete request.
+pub fn read_http_request(stream: &std::net::TcpStream) -> Option<HttpRequest> {
+    use std::io::{BufRead, BufReader, Read};
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut headers = std::collections::HashMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(HttpRequest { method, path, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
 /// A local HTTP/1.1 receiver standing in for an SMS or voice gateway: records
 /// every request and answers with a status the test sets.
 pub struct Receiver {
@@ -341,7 +375,7 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start(status: u16) -> Receiver {
-        use std::io::{BufRead, BufReader, Read, Write};
+        use std::io::Write;
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
         let port = listener.local_addr().expect("addr").port();
         let status = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(status));
@@ -352,30 +386,14 @@ impl Receiver {
                 let Ok(mut stream) = stream else { continue };
                 let (st, rec) = (st.clone(), rec.clone());
                 std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().expect("clone stream"));
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).is_err() || line.is_empty() {
+                    let Some(HttpRequest { path, headers, body, .. }) = read_http_request(&stream) else {
                         return;
-                    }
-                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                    let mut headers = std::collections::HashMap::new();
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                        }
-                    }
-                    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    let mut body = vec![0u8; len];
-                    let _ = reader.read_exact(&mut body);
+                    };
                     let code = st.load(std::sync::atomic::Ordering::SeqCst);
                     rec.lock().expect("lock").push(Received {
                         path,
                         headers,
-                        body: String::from_utf8_lossy(&body).into_owned(),
+                        body,
                         at: std::time::SystemTime::now(),
                         status: code,
                     });

@@ -25,8 +25,8 @@ use std::sync::OnceLock;
 use pikett_tests::{bin, cargo, workspace_root};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
-/// The size goal of `xtask/src/rpm.rs` (10 MiB since the collector carries its own CA).
-const MAX_BINARY_BYTES: u64 = 10 * 1024 * 1024;
+/// The size goal of `xtask/src/rpm.rs` (12 MiB since issues 18 and 19; see there).
+const MAX_BINARY_BYTES: u64 = 12 * 1024 * 1024;
 
 // ---------------------------------------------------------------- helpers
 

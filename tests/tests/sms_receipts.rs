@@ -4,7 +4,7 @@
 //! counts as failed after `delivery_timeout` (the voice call follows); one confirmed by
 //! callback or by the status URL does not.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -54,7 +54,7 @@ impl Gateway {
                 let (sent, polls) = (sent2.clone(), polls2.clone());
                 let (first, port, early) = (first2.clone(), port2.clone(), early2.clone());
                 std::thread::spawn(move || {
-                    let Some((method, path, headers, body)) = read_request(&mut stream) else { return };
+                    let Some(HttpRequest { method, path, headers, body }) = read_http_request(&stream) else { return };
                     let port = *port.lock().expect("lock");
                     if method == "POST" && path == "/send" && first.load(std::sync::atomic::Ordering::SeqCst) {
                         let key = headers.get("idempotency-key").cloned().unwrap_or_default();
@@ -101,30 +101,6 @@ impl Gateway {
     fn sent_to(&self, number: &str) -> Vec<Sent> {
         self.sent.lock().expect("lock").iter().filter(|s| s.body.contains(number)).cloned().collect()
     }
-}
-
-type Request = (String, String, std::collections::HashMap<String, String>, String);
-
-fn read_request(stream: &mut std::net::TcpStream) -> Option<Request> {
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
-    let mut headers = std::collections::HashMap::new();
-    loop {
-        let mut h = String::new();
-        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-        }
-    }
-    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).ok()?;
-    Some((method, path, headers, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// A POST to the collector's HTTP port; its status code.

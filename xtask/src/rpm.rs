@@ -23,9 +23,13 @@ const ARCH: &str = "x86_64";
 const PROFILE: &str = "dist";
 const LICENSE: &str = "Apache-2.0";
 /// The size goal for each binary: 8 MiB at first (issue 8), 10 MiB since the collector
-/// carries its own CA (rcgen: CSR parsing and signing) and TLS acceptor (issue 13). A
-/// binary over it fails the build: look at what grew before raising it again.
-const MAX_BINARY_BYTES: u64 = 10 * 1024 * 1024;
+/// carries its own CA (rcgen: CSR parsing and signing) and TLS acceptor (issue 13), 12 MiB
+/// since it serves gRPC reflection and health, remote write, status pages and delivery
+/// receipts (issues 18 and 19). What grew was looked at (`cargo bloat --profile dist
+/// --crates`, strip off): of 7.2 MiB of code, the collector's own crate is 2.6 MiB and
+/// tonic-reflection 86 KiB; no dependency came in by accident. A binary over the goal
+/// fails the build: look at what grew before raising it again.
+const MAX_BINARY_BYTES: u64 = 12 * 1024 * 1024;
 
 #[derive(clap::Args)]
 pub struct Args {
