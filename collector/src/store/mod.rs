@@ -103,6 +103,13 @@ pub trait Storage: Send + Sync {
     fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError>;
     /// Makes every write so far, to every tree, durable against a process crash.
     async fn flush(&self) -> Result<(), StoreError>;
+    /// [`Storage::flush`] on the calling thread, for a caller already on one of the
+    /// runtime's blocking threads (the group commit syncs the batch files and flushes the
+    /// store in one hop). Engines should override it; the default blocks on `flush`, so it
+    /// must not be called from an async task.
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        tokio::runtime::Handle::current().block_on(self.flush())
+    }
     /// Bytes the store's files take on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
 }

@@ -62,13 +62,19 @@ impl Storage for SledStorage {
     }
 
     async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map_err(engine_err)?;
+        // One hop to a blocking thread for sled's flush and the sync together (sled's
+        // `flush_async` would hop to its own thread pool first, then back, then again for
+        // the sync).
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.flush_blocking())
+            .await
+            .map_err(|e| StoreError::Engine(e.to_string()))?
+    }
+
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(engine_err)?;
         if let Some(file) = &self.sync {
-            let file = file.clone();
-            tokio::task::spawn_blocking(move || file.sync_data())
-                .await
-                .map_err(|e| StoreError::Engine(e.to_string()))?
-                .map_err(|e| StoreError::Engine(format!("fdatasync: {e}")))?;
+            file.sync_data().map_err(|e| StoreError::Engine(format!("fdatasync: {e}")))?;
         }
         Ok(())
     }

@@ -1,13 +1,19 @@
-//! `cargo xtask bench agent`: the release agent (host probe and five `tcp` checks every 30 s,
-//! streaming to a local collector) next to Debian's prometheus-node-exporter scraped every
-//! 30 s, in the same run: RSS and CPU seconds per hour of each.
+//! `cargo xtask bench agent`: the agent (host probe and five `tcp` checks every 30 s, streaming
+//! to a local collector) next to Debian's prometheus-node-exporter scraped every 30 s, in the
+//! same run: RSS (anonymous and file-backed), threads and CPU seconds per hour of each. Two
+//! builds of the agent run side by side: the one that ships (`cargo xtask rpm`: static musl,
+//! `dist` profile) and the glibc release build of the other benches. Most of an idle agent's
+//! RSS is its own code mapped from the binary (file-backed, shared, reclaimable), so the two
+//! differ by the size of their code and glibc's shared libraries, not by the heap.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
 use super::{ensure_package, http_get, start_collector};
+use crate::rpm;
 use crate::util::{Killed, build, free_port, proc_usage, wait_port};
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
@@ -19,6 +25,15 @@ const WARMUP_S: u64 = 10;
 pub fn agent(seconds: u64) -> anyhow::Result<()> {
     ensure_package("prometheus-node-exporter", NODE_EXPORTER)?;
     let bin = build("release")?;
+    // The shipped build, built as `cargo xtask rpm` builds it (the same packages, so the same
+    // dependency features); without the musl tools only the release build is measured.
+    let dist = match rpm::preflight().and_then(|()| rpm::build()) {
+        Ok(dir) => Some(dir),
+        Err(e) => {
+            println!("bench agent: not measuring the shipped build (static musl, dist profile): {e:#}");
+            None
+        }
+    };
     let (_collector, port, dir) = start_collector(&bin, "agent", "")?;
     // Five services for the tcp checks to find listening.
     let mut checks = String::new();
@@ -30,26 +45,11 @@ pub fn agent(seconds: u64) -> anyhow::Result<()> {
             "\n[[checks]]\nname = \"tcp-{i}\"\nkind = \"tcp\"\naddress = \"{address}\"\ninterval = \"{INTERVAL_S}s\"\n"
         );
     }
-    let cfg = dir.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "host_id = \"bench-agent\"\ncollectors = [\"http://127.0.0.1:{port}\"]\nspool_dir = \"{}\"\n\n\
-             [host]\ninterval = \"{INTERVAL_S}s\"\n{checks}",
-            dir.join("spool").display()
-        ),
-    )?;
-    let log = std::fs::File::create(dir.join("agent.log"))?;
-    let agent = Killed(
-        Command::new(bin.join("pikett-agent"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("run")
-            .env("RUST_LOG", "warn")
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("starting pikett-agent")?,
-    );
+    let mut agents = Vec::new();
+    if let Some(dist) = &dist {
+        agents.push(("agent (dist, musl)", start_agent(&dist.join("pikett-agent"), &dir, "dist", port, &checks)?));
+    }
+    agents.push(("agent (release, glibc)", start_agent(&bin.join("pikett-agent"), &dir, "release", port, &checks)?));
     let ne_port = free_port()?;
     let ne_log = std::fs::File::create(dir.join("node-exporter.log"))?;
     let exporter = Killed(
@@ -61,10 +61,12 @@ pub fn agent(seconds: u64) -> anyhow::Result<()> {
             .with_context(|| format!("starting {NODE_EXPORTER}"))?,
     );
     wait_port(ne_port, Duration::from_secs(10)).context("prometheus-node-exporter did not start")?;
-    let (agent_pid, ne_pid) = (agent.0.id(), exporter.0.id());
+    let mut pids: Vec<(&str, u32)> = agents.iter().map(|(label, a)| (*label, a.0.id())).collect();
+    pids.push(("node_exporter", exporter.0.id()));
     println!(
-        "bench agent: host probe + 5 tcp checks every {INTERVAL_S} s (agent pid {agent_pid}) next to \
-         prometheus-node-exporter scraped every {INTERVAL_S} s (pid {ne_pid}), {seconds} s"
+        "bench agent: host probe + 5 tcp checks every {INTERVAL_S} s ({}) next to prometheus-node-exporter \
+         scraped every {INTERVAL_S} s, {seconds} s",
+        pids.iter().map(|(label, pid)| format!("{label} pid {pid}")).collect::<Vec<_>>().join(", ")
     );
     // The window is a whole number of intervals after the warm-up, so it holds as many rounds
     // of the agent's probes as of scrapes.
@@ -92,40 +94,81 @@ pub fn agent(seconds: u64) -> anyhow::Result<()> {
         (series, in_window)
     });
     std::thread::sleep(window.0.saturating_duration_since(Instant::now()));
-    let (_, _, agent_cpu0) = proc_usage(agent_pid)?;
-    let (_, _, ne_cpu0) = proc_usage(ne_pid)?;
+    let cpu0 = pids.iter().map(|(_, pid)| proc_usage(*pid).map(|u| u.2)).collect::<anyhow::Result<Vec<_>>>()?;
     std::thread::sleep(window.1.saturating_duration_since(Instant::now()));
-    let (agent_hwm, agent_rss, agent_cpu1) = proc_usage(agent_pid)?;
-    let (ne_hwm, ne_rss, ne_cpu1) = proc_usage(ne_pid)?;
+    let end = pids.iter().map(|(_, pid)| Usage::read(*pid)).collect::<anyhow::Result<Vec<_>>>()?;
     let measured = measured.as_secs_f64();
     let (series, scrapes) = scraper.join().unwrap_or((0, 0));
     let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
-    let per_hour = |a: f64, b: f64| format!("{:.2} s", (b - a) / measured * 3600.0);
-    println!("{:<32} {:>16} {:>16}", "", "pikett-agent", "node_exporter");
-    println!("{:<32} {:>16} {:>16}", "RSS (VmRSS)", mib(agent_rss), mib(ne_rss));
-    println!("{:<32} {:>16} {:>16}", "peak RSS (VmHWM)", mib(agent_hwm), mib(ne_hwm));
-    println!(
-        "{:<32} {:>16} {:>16}",
-        "CPU per hour (steady state)",
-        per_hour(agent_cpu0, agent_cpu1),
-        per_hour(ne_cpu0, ne_cpu1)
-    );
-    println!(
-        "{:<32} {:>16} {:>16}",
-        "CPU in the window",
-        format!("{:.2} s", agent_cpu1 - agent_cpu0),
-        format!("{:.2} s", ne_cpu1 - ne_cpu0)
-    );
-    println!(
-        "{:<32} {:>16} {:>16}",
-        "CPU in all (incl. start-up)",
-        format!("{agent_cpu1:.2} s"),
-        format!("{ne_cpu1:.2} s")
-    );
+    let row = |name: &str, cell: &dyn Fn(usize) -> String| {
+        let cells: String = (0..pids.len()).map(|i| format!(" {:>24}", cell(i))).collect();
+        println!("{name:<36}{cells}");
+    };
+    row("", &|i| pids[i].0.to_string());
+    row("RSS (VmRSS)", &|i| mib(end[i].rss));
+    row("  anonymous (RssAnon: heap, stacks)", &|i| mib(end[i].anon));
+    row("  file-backed (RssFile: code, libs)", &|i| mib(end[i].file));
+    row("peak RSS (VmHWM)", &|i| mib(end[i].hwm));
+    row("threads", &|i| end[i].threads.to_string());
+    row("CPU per hour (steady state)", &|i| format!("{:.2} s", (end[i].cpu - cpu0[i]) / measured * 3600.0));
+    row("CPU in the window", &|i| format!("{:.2} s", end[i].cpu - cpu0[i]));
+    row("CPU in all (incl. start-up)", &|i| format!("{:.2} s", end[i].cpu));
     println!(
         "steady state: {measured:.0} s ({intervals} × {INTERVAL_S} s) after the first {WARMUP_S} s, {scrapes} \
          scrape(s) of node_exporter in it ({series} series each, its default collectors); CPU is counted in \
          10 ms ticks, so short runs are coarse"
     );
+    drop(agents);
     Ok(())
+}
+
+/// One `pikett-agent run` with the host probe and `checks`, its own host id and spool.
+fn start_agent(bin: &Path, dir: &Path, name: &str, port: u16, checks: &str) -> anyhow::Result<Killed> {
+    let cfg = dir.join(format!("agent-{name}.toml"));
+    let spool: PathBuf = dir.join(format!("spool-{name}"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "host_id = \"bench-agent-{name}\"\ncollectors = [\"http://127.0.0.1:{port}\"]\nspool_dir = \"{}\"\n\n\
+             [host]\ninterval = \"{INTERVAL_S}s\"\n{checks}",
+            spool.display()
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join(format!("agent-{name}.log")))?;
+    Ok(Killed(
+        Command::new(bin)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("run")
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    ))
+}
+
+/// What a process holds at the end of the window, from /proc/PID/status and stat.
+struct Usage {
+    rss: u64,
+    anon: u64,
+    file: u64,
+    hwm: u64,
+    threads: u64,
+    cpu: f64,
+}
+
+impl Usage {
+    fn read(pid: u32) -> anyhow::Result<Usage> {
+        let (hwm, rss, cpu) = proc_usage(pid)?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Usage { rss, anon: field("RssAnon:"), file: field("RssFile:"), hwm, threads: field("Threads:"), cpu })
+    }
 }

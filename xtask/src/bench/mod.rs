@@ -60,7 +60,7 @@ pub enum Which {
     /// Hours of traffic compressed into minutes with short retention: the data directory's
     /// size and the collector's RSS over time, which must level off.
     Soak(soak::Args),
-    /// A release agent (host probe and five `tcp` checks every 30 s) next to Debian's
+    /// The shipped agent build and a release build (host probe and five `tcp` checks every 30 s) next to Debian's
     /// prometheus-node-exporter scraped every 30 s: RSS and CPU seconds per hour of each.
     Agent {
         #[arg(long, default_value_t = 180)]
