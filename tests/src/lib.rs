@@ -587,3 +587,40 @@ pub fn open_batch_log(
     let files = BatchFiles::open(&data_dir.join(DIR), Duration::from_secs(3600), false)?;
     pikett_collector::services::batches::BatchLog::open(std::sync::Arc::new(storage), files)
 }
+
+/// The stdout of a command that must succeed; its exit code, stdout and stderr otherwise.
+pub fn success_stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The single JSON line a successful `--output json` command printed.
+pub fn one_json_line(out: &Output) -> serde_json::Value {
+    let mut lines = json_lines(success_stdout(out).as_bytes());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines.remove(0)
+}
+
+/// [`alice_paged_by_sms`] with `who` in the primary rotation and bob as a person too.
+pub fn primary_rotation_of(sms: &Receiver, who: &str) -> String {
+    alice_paged_by_sms(sms, "", "").replace("members = [\"alice\"]", &format!("members = [\"{who}\"]")).replace(
+        "[people.alice]",
+        "[people.bob]\nsms = \"+4915100000002\"\nrules = [ { channel = \"sms\" } ]\n\n[people.alice]",
+    )
+}
+
+/// Who `pikett oncall` says holds the primary role now.
+pub fn oncall_primary(collector: &CollectorSetup, ca: &str) -> String {
+    let out = collector.pikett(&["oncall", "--output", "json"], ca);
+    json_lines(success_stdout(&out).as_bytes())
+        .iter()
+        .find(|r| r["role"] == "primary")
+        .and_then(|r| r["person"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no primary in {}", String::from_utf8_lossy(&out.stdout)))
+}

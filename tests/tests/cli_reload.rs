@@ -4,33 +4,15 @@
 
 use pikett_tests::*;
 
-/// The setup of reload.rs: alice (or `who`) is primary; bob is a person too.
-fn with_primary(sms: &Receiver, who: &str) -> String {
-    alice_paged_by_sms(sms, "", "").replace("members = [\"alice\"]", &format!("members = [\"{who}\"]")).replace(
-        "[people.alice]",
-        "[people.bob]\nsms = \"+4915100000002\"\nrules = [ { channel = \"sms\" } ]\n\n[people.alice]",
-    )
-}
-
-fn primary(collector: &CollectorSetup, ca: &str) -> String {
-    let out = collector.pikett(&["oncall", "--output", "json"], ca);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    json_lines(&out.stdout)
-        .iter()
-        .find(|r| r["role"] == "primary")
-        .and_then(|r| r["person"].as_str().map(str::to_string))
-        .unwrap_or_else(|| panic!("no primary in {}", String::from_utf8_lossy(&out.stdout)))
-}
-
 #[test]
 fn pikett_reload_applies_a_new_rotation_names_restart_keys_and_refuses_a_broken_file() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let ca = pki.path("ca.pem");
     let sms = Receiver::start(200);
-    let collector = CollectorSetup::new(dir.path(), &pki, &with_primary(&sms, "alice"));
+    let collector = CollectorSetup::new(dir.path(), &pki, &primary_rotation_of(&sms, "alice"));
     let c = collector.start();
-    assert_eq!(primary(&collector, &ca), "alice");
+    assert_eq!(oncall_primary(&collector, &ca), "alice");
 
     // Nothing changed yet: a reload applies the same file and needs no restart.
     let out = collector.pikett(&["reload"], &ca);
@@ -51,7 +33,7 @@ fn pikett_reload_applies_a_new_rotation_names_restart_keys_and_refuses_a_broken_
     assert!(text.contains("rotations"), "what was applied is not said: {text}");
     let restart = text.lines().find(|l| l.starts_with("needs a restart:")).unwrap_or_else(|| panic!("{text}"));
     assert!(restart.contains("metrics_staleness"), "{restart}");
-    assert_eq!(primary(&collector, &ca), "bob", "the new rotation was not applied; log:\n{}", c.log_text());
+    assert_eq!(oncall_primary(&collector, &ca), "bob", "the new rotation was not applied; log:\n{}", c.log_text());
 
     // JSON: the same, for scripts (the restart key stays pending until a restart).
     let out = collector.pikett(&["reload", "--output", "json"], &ca);
@@ -69,7 +51,7 @@ fn pikett_reload_applies_a_new_rotation_names_restart_keys_and_refuses_a_broken_
     let line = good.lines().position(|l| l.contains("period = \"1w\"")).unwrap() + 2;
     assert!(err.contains(&format!("{name}:{line}:1:")), "no {name}:{line}:1: in: {err}");
     assert!(err.contains("unknown field `periode`") && err.contains("configuration in force stays"), "{err}");
-    assert_eq!(primary(&collector, &ca), "bob", "a refused file changed the plan");
+    assert_eq!(oncall_primary(&collector, &ca), "bob", "a refused file changed the plan");
 
     // Both reloads and the refusal are in the audit log.
     let audit = json_lines(&collector.pikett(&["audit", "--output", "json"], &ca).stdout);

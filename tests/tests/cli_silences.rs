@@ -8,27 +8,10 @@ use std::time::Duration;
 
 use pikett_tests::*;
 
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The stderr of a call that must be refused with exit 1.
 fn refused(out: &Output) -> String {
     assert_eq!(out.status.code(), Some(1), "not refused: {}", String::from_utf8_lossy(&out.stdout));
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn one_json(out: &Output) -> serde_json::Value {
-    let mut lines = json_lines(ok(out).as_bytes());
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    lines.remove(0)
 }
 
 #[test]
@@ -62,7 +45,7 @@ fn silences_and_maintenance_round_trip_and_unknown_hosts_and_checks_are_refused_
             "--output",
             "json",
         ]);
-        out.status.success().then(|| one_json(&out))
+        out.status.success().then(|| one_json_line(&out))
     })
     .unwrap_or_else(|| panic!("web-1's check was never accepted; agent log:\n{}", agent.log_text()));
     assert_eq!(silence["host"], "web-1");
@@ -80,7 +63,7 @@ fn silences_and_maintenance_round_trip_and_unknown_hosts_and_checks_are_refused_
         refused(&pikett(&["silence", "--host", "web-1", "--check", "command/nope", "--for", "1h", "--reason", "x"]));
     assert!(err.contains("command/nope") && err.contains("command/ctl") && err.contains("--force"), "{err}");
     // --force announces both.
-    let forced = one_json(&pikett(&[
+    let forced = one_json_line(&pikett(&[
         "silence",
         "--host",
         "web-9",
@@ -93,30 +76,41 @@ fn silences_and_maintenance_round_trip_and_unknown_hosts_and_checks_are_refused_
         "json",
     ]));
     assert_eq!((forced["host"].as_str(), forced["check"].is_null()), (Some("web-9"), true), "{forced}");
-    ok(&pikett(&["silence", "--host", "web-1", "--check", "command/nope", "--for", "1h", "--reason", "x", "--force"]));
+    success_stdout(&pikett(&[
+        "silence",
+        "--host",
+        "web-1",
+        "--check",
+        "command/nope",
+        "--for",
+        "1h",
+        "--reason",
+        "x",
+        "--force",
+    ]));
 
     // The flag form still prints its line for people.
-    let text = ok(&pikett(&["silence", "--host", "web-1", "--for", "30m", "--reason", "whole host"]));
+    let text = success_stdout(&pikett(&["silence", "--host", "web-1", "--for", "30m", "--reason", "whole host"]));
     assert!(text.starts_with("silence ") && text.contains(" on web-1 until "), "{text}");
 
     // List: table and JSON.
-    let table = ok(&pikett(&["silence", "list"]));
+    let table = success_stdout(&pikett(&["silence", "list"]));
     assert!(table.lines().next().unwrap().starts_with("  ID HOST"), "{table}");
     let row = table.lines().find(|l| l.trim_start().starts_with(&format!("{check_silence} "))).expect(&table);
     assert!(row.contains("web-1") && row.contains("command/ctl") && row.contains("deploy"), "{row}");
     assert!(table.contains("(all checks)") && table.contains("web-9"), "{table}");
-    let listed = json_lines(ok(&pikett(&["silence", "list", "--output", "json"])).as_bytes());
+    let listed = json_lines(success_stdout(&pikett(&["silence", "list", "--output", "json"])).as_bytes());
     assert_eq!(listed.len(), 4, "{listed:?}");
     assert!(listed.iter().any(|s| s["id"] == check_silence && s["check"] == "command/ctl" && s["reason"] == "deploy"));
 
     // Remove: the removed silence comes back, and is gone from the list.
-    let removed = one_json(&pikett(&["silence", "remove", &check_silence.to_string(), "--output", "json"]));
+    let removed = one_json_line(&pikett(&["silence", "remove", &check_silence.to_string(), "--output", "json"]));
     assert_eq!((removed["id"].as_u64(), removed["check"].as_str()), (Some(check_silence), Some("command/ctl")));
-    let listed = json_lines(ok(&pikett(&["silence", "list", "--output", "json"])).as_bytes());
+    let listed = json_lines(success_stdout(&pikett(&["silence", "list", "--output", "json"])).as_bytes());
     assert!(listed.iter().all(|s| s["id"] != check_silence) && listed.len() == 3, "{listed:?}");
     let err = refused(&pikett(&["silence", "remove", &check_silence.to_string()]));
     assert!(err.contains(&format!("no silence with id {check_silence}")), "{err}");
-    let text = ok(&pikett(&["silence", "remove", &forced["id"].to_string()]));
+    let text = success_stdout(&pikett(&["silence", "remove", &forced["id"].to_string()]));
     assert!(text.contains("removed") && text.contains("web-9"), "{text}");
 
     // Maintenance: unknown host refused, --force accepted, add/list/remove for a known one.
@@ -128,28 +122,28 @@ fn silences_and_maintenance_round_trip_and_unknown_hosts_and_checks_are_refused_
     };
     let err = refused(&add("db-7", &[]));
     assert!(err.contains("\"db-7\"") && err.contains("pikett hosts") && err.contains("--force"), "{err}");
-    let forced = one_json(&add("db-7", &["--force", "--output", "json"]));
+    let forced = one_json_line(&add("db-7", &["--force", "--output", "json"]));
     assert_eq!(forced["host"], "db-7");
-    let text = ok(&add("web-1", &[]));
+    let text = success_stdout(&add("web-1", &[]));
     assert!(text.starts_with("maintenance ") && text.contains(" on web-1 from "), "{text}");
-    let windows = json_lines(ok(&pikett(&["maintenance", "list", "--output", "json"])).as_bytes());
+    let windows = json_lines(success_stdout(&pikett(&["maintenance", "list", "--output", "json"])).as_bytes());
     assert_eq!(windows.len(), 2, "{windows:?}");
     let web = windows.iter().find(|m| m["host"] == "web-1").expect("web-1's window listed");
     assert_eq!((web["reason"].as_str(), web["end"].as_str()), (Some("kernel"), Some("2099-01-01T00:00:00Z")));
     assert!(web["who"].as_str().unwrap().ends_with("@local"));
-    let table = ok(&pikett(&["maintenance", "list"]));
+    let table = success_stdout(&pikett(&["maintenance", "list"]));
     assert!(table.contains("web-1") && table.contains("db-7") && table.contains("kernel"), "{table}");
     let web_id = web["id"].to_string();
-    let removed = one_json(&pikett(&["maintenance", "remove", &web_id, "--output", "json"]));
+    let removed = one_json_line(&pikett(&["maintenance", "remove", &web_id, "--output", "json"]));
     assert_eq!(removed["host"], "web-1");
-    let text = ok(&pikett(&["maintenance", "remove", &forced["id"].to_string()]));
+    let text = success_stdout(&pikett(&["maintenance", "remove", &forced["id"].to_string()]));
     assert!(text.contains("db-7") && text.contains("removed"), "{text}");
-    assert!(ok(&pikett(&["maintenance", "list"])).contains("(no maintenance windows)"));
+    assert!(success_stdout(&pikett(&["maintenance", "list"])).contains("(no maintenance windows)"));
     let err = refused(&pikett(&["maintenance", "remove", &web_id]));
     assert!(err.contains(&format!("no maintenance window with id {web_id}")), "{err}");
 
     // Every change was audited under the acting user.
-    let audit = json_lines(ok(&pikett(&["audit", "--output", "json"])).as_bytes());
+    let audit = json_lines(success_stdout(&pikett(&["audit", "--output", "json"])).as_bytes());
     for call in ["add_silence", "remove_silence", "add_maintenance", "remove_maintenance"] {
         assert!(audit.iter().any(|e| e["call"] == call && e["outcome"] == "ok"), "{call} not audited");
     }
@@ -176,11 +170,11 @@ fn faults_all_shows_why_a_resolved_fault_opened() {
     assert!(fault["opened_summary"].as_str().unwrap().contains("CRITICAL - broken"), "{fault}");
 
     let out = collector.pikett(&["faults", "--all"], &ca);
-    let table = ok(&out);
+    let table = success_stdout(&out);
     assert!(table.lines().next().unwrap().contains("WHY OPENED"), "{table}");
     let row = table.lines().find(|l| l.contains("command/ctl") && l.contains("resolved")).expect(&table);
     assert!(row.contains("CRITICAL - broken") && row.contains("(last: OK - fine"), "{row}");
 
-    let shown = ok(&collector.pikett(&["fault", "show", &fault["id"].to_string()], &ca));
+    let shown = success_stdout(&collector.pikett(&["fault", "show", &fault["id"].to_string()], &ca));
     assert!(shown.lines().any(|l| l.starts_with("why opened:") && l.contains("CRITICAL - broken")), "{shown}");
 }

@@ -6,25 +6,6 @@ use std::time::Duration;
 
 use pikett_tests::*;
 
-fn with_primary(sms: &Receiver, who: &str) -> String {
-    alice_paged_by_sms(sms, "", "").replace("members = [\"alice\"]", &format!("members = [\"{who}\"]")).replace(
-        "[people.alice]",
-        "[people.bob]\nsms = \"+4915100000002\"\nrules = [ { channel = \"sms\" } ]\n\n[people.alice]",
-    )
-}
-
-fn primary(collector: &CollectorSetup, ca: &str) -> String {
-    let out = collector.pikett(&["oncall", "--output", "json"], ca);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let roles = json_lines(&out.stdout);
-    roles
-        .iter()
-        .find(|r| r["role"] == "primary")
-        .and_then(|r| r["person"].as_str().map(str::to_string))
-        .unwrap_or_else(|| panic!("no primary in {text}"))
-}
-
 fn sighup(p: &Proc) {
     // SAFETY: kill(2) with a pid we own and a valid signal number.
     unsafe { libc::kill(p.child.id() as i32, libc::SIGHUP) };
@@ -36,19 +17,19 @@ fn sighup_applies_a_new_rotation_and_refuses_a_broken_file() {
     let pki = Pki::new(dir.path());
     let ca = pki.path("ca.pem");
     let sms = Receiver::start(200);
-    let collector = CollectorSetup::new(dir.path(), &pki, &with_primary(&sms, "alice"));
+    let collector = CollectorSetup::new(dir.path(), &pki, &primary_rotation_of(&sms, "alice"));
     let c = collector.start();
     let cfg = agent_config(dir.path(), &pki, "web-1", &collector.url(), "[host]\ninterval = \"500ms\"\n");
     let agent = spawn("pikett-agent", &cfg, &["run"], &dir.path().join("agent.log"));
     let connected = wait_for(Duration::from_secs(30), || c.log_text().contains("agent connected").then_some(()));
     assert!(connected.is_some(), "agent log:\n{}", agent.log_text());
-    assert_eq!(primary(&collector, &ca), "alice");
+    assert_eq!(oncall_primary(&collector, &ca), "alice");
 
     // This week's swap: bob takes over.
     let text = std::fs::read_to_string(&collector.config).unwrap();
     std::fs::write(&collector.config, text.replace("members = [\"alice\"]", "members = [\"bob\"]")).unwrap();
     sighup(&c);
-    let swapped = wait_for(Duration::from_secs(10), || (primary(&collector, &ca) == "bob").then_some(()));
+    let swapped = wait_for(Duration::from_secs(10), || (oncall_primary(&collector, &ca) == "bob").then_some(()));
     assert!(swapped.is_some(), "the new rotation was not applied; log:\n{}", c.log_text());
     assert!(c.log_text().contains("configuration reloaded"), "{}", c.log_text());
 
@@ -64,7 +45,7 @@ fn sighup_applies_a_new_rotation_and_refuses_a_broken_file() {
     assert!(refused.contains(&name) && refused.contains("unknown field `periode`"), "{refused}");
     let line = good.lines().position(|l| l.contains("period = \"1w\"")).unwrap() + 2;
     assert!(refused.contains(&format!(":{line}:1:")), "no line {line}, column 1 in: {refused}");
-    assert_eq!(primary(&collector, &ca), "bob", "a refused file changed the plan");
+    assert_eq!(oncall_primary(&collector, &ca), "bob", "a refused file changed the plan");
 
     // The agent's stream lived through both reloads.
     assert_eq!(c.log_text().matches("agent connected").count(), 1, "the agent reconnected:\n{}", c.log_text());

@@ -9,29 +9,12 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pikett_tests::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn one_json(out: &Output) -> serde_json::Value {
-    let mut lines = json_lines(ok(out).as_bytes());
-    assert_eq!(lines.len(), 1, "{lines:?}");
-    lines.remove(0)
-}
 
 /// Headless Chromium with its own profile and HOME in a temporary directory.
 struct Browser {
@@ -180,12 +163,12 @@ fn status_pages_show_one_customer_each_in_a_browser_and_wrong_or_revoked_links_s
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"acne\"") && err.contains("pikett hosts") && err.contains("--force"), "{err}");
-    let forced = one_json(&pikett(&["status-page", "create", "initech", "--force", "--output", "json"]));
+    let forced = one_json_line(&pikett(&["status-page", "create", "initech", "--force", "--output", "json"]));
     assert_eq!(forced["customer"], "initech");
 
     // The links: the path carries the secret, shown once.
-    let acme = one_json(&pikett(&["status-page", "create", "acme", "--output", "json"]));
-    let globex_text = ok(&pikett(&["status-page", "create", "globex"]));
+    let acme = one_json_line(&pikett(&["status-page", "create", "acme", "--output", "json"]));
+    let globex_text = success_stdout(&pikett(&["status-page", "create", "globex"]));
     let acme_path = acme["path"].as_str().expect("path").to_string();
     let globex_path =
         globex_text.lines().find(|l| l.starts_with("/status/")).expect("the path on a line of its own").to_string();
@@ -196,13 +179,13 @@ fn status_pages_show_one_customer_each_in_a_browser_and_wrong_or_revoked_links_s
     assert_ne!(acme_secret, globex_secret);
 
     // List: id, customer, created, by whom; never a secret.
-    let listed = json_lines(ok(&pikett(&["status-page", "list", "--output", "json"])).as_bytes());
+    let listed = json_lines(success_stdout(&pikett(&["status-page", "list", "--output", "json"])).as_bytes());
     assert_eq!(listed.len(), 3, "{listed:?}");
     let acme_listed = listed.iter().find(|p| p["id"] == acme["id"]).expect("acme's link listed");
     assert_eq!(acme_listed["customer"], "acme");
     assert!(acme_listed["created_by"].as_str().is_some_and(|w| w.ends_with("@local")), "{acme_listed}");
     assert!(acme_listed["created"].is_string() && acme_listed.get("path").is_none(), "{acme_listed}");
-    let table = ok(&pikett(&["status-page", "list"]));
+    let table = success_stdout(&pikett(&["status-page", "list"]));
     assert!(table.starts_with("  ID CUSTOMER") && table.contains("globex") && table.contains("initech"), "{table}");
     for text in [&table, &serde_json::to_string(&listed).unwrap()] {
         assert!(!text.contains(&acme_secret) && !text.contains(&globex_secret), "a secret is listed: {text}");
@@ -217,9 +200,9 @@ fn status_pages_show_one_customer_each_in_a_browser_and_wrong_or_revoked_links_s
     .unwrap_or_else(|| panic!("no acme incident; collector log:\n{}", c.log_text()));
     let id = incident["id"].to_string();
     let text = "Disk <b>replaced</b> & RAID rebuilding";
-    ok(&pikett(&["incident", "update", &id, "--text", text, "--eta", "2030-01-01T12:00:00Z"]));
+    success_stdout(&pikett(&["incident", "update", &id, "--text", text, "--eta", "2030-01-01T12:00:00Z"]));
     let window = ["--start", "2099-01-01T00:00:00Z", "--end", "2099-01-01T02:00:00Z", "--reason", "Kernel update"];
-    ok(&pikett(&[&["maintenance", "add", "--host", "web-1"][..], &window[..]].concat()));
+    success_stdout(&pikett(&[&["maintenance", "add", "--host", "web-1"][..], &window[..]].concat()));
 
     // Acme's page in the browser (the first view of it: built now, not cached).
     let fault = find_fault(&collector, &ca, "web-1", "command/ctl", "open").expect("web-1's open fault");
@@ -319,7 +302,7 @@ fn status_pages_show_one_customer_each_in_a_browser_and_wrong_or_revoked_links_s
     }
 
     // Revoked: acme's link is gone; globex's still works, also after a restart.
-    let revoked = one_json(&pikett(&["status-page", "revoke", &acme["id"].to_string(), "--output", "json"]));
+    let revoked = one_json_line(&pikett(&["status-page", "revoke", &acme["id"].to_string(), "--output", "json"]));
     assert_eq!(revoked["customer"], "acme");
     assert_eq!(raw_get(collector.http_port, &acme_path), unknown, "a revoked link still answers");
     let dom = browser.dom(&page_url(&acme_path));
@@ -336,7 +319,7 @@ fn status_pages_show_one_customer_each_in_a_browser_and_wrong_or_revoked_links_s
 
     // The audit log has the changes, never a secret; neither has the collector's log (both
     // runs, at debug).
-    let audit = ok(&pikett(&["audit", "--output", "json"]));
+    let audit = success_stdout(&pikett(&["audit", "--output", "json"]));
     assert!(audit.contains("\"create_status_page\"") && audit.contains("\"revoke_status_page\""), "{audit}");
     let log = c.log_text();
     assert!(log.contains("DEBUG"), "the collector did not log at debug: {log}");

@@ -139,6 +139,11 @@ impl Client {
         let excerpt: String = text.trim().chars().take(MAX_ERROR_BODY).collect();
         let message = format!("HTTP {status}: {excerpt}");
         match status.as_u16() {
+            // 401/403/404: the credentials or the URL are wrong, which the operator fixes
+            // (and restarts the collector); the samples wait for that instead of being thrown away.
+            401 | 403 | 404 => Err(SendError::Retryable(format!(
+                "{message} (check [remote_write] url, bearer_token_file or basic_auth, then restart the collector)"
+            ))),
             408 | 429 | 500..=599 => Err(SendError::Retryable(message)),
             code => Err(SendError::Refused { status: code, message }),
         }

@@ -92,8 +92,9 @@ pub fn spawn(
     let now_ms = jiff::Timestamp::now().as_millisecond();
     let retention_ms = retention_batches.as_millis() as i64;
     let pos = match state.get(position::KEY)?.map(|v| Position::decode(&v)) {
-        Some(Some(pos)) if pos.ms > now_ms + 60_000 => {
-            // New batches get the clock's time: they would sort before the position.
+        Some(Some(pos)) if pos.ms > now_ms => {
+            // New batches get at least the newest stored arrival time, which may be behind the
+            // position after a restart with the clock stepped back: resend rather than skip.
             tracing::warn!(
                 behind_ms = pos.ms - now_ms,
                 "remote write: the clock is behind the last batch forwarded; forwarding from now on \
@@ -107,8 +108,10 @@ pub fn spawn(
             let received_since = log.hosts().iter().any(|h| h.last_seen_ms > pos.ms);
             if pos.ms < now_ms - retention_ms && received_since {
                 tracing::warn!(
+                    behind_ms = now_ms - pos.ms,
                     "remote write: the last batch forwarded is older than [retention] batches; batches received \
-                     after it may be removed by retention before they are forwarded"
+                     after it may be removed by retention before they are forwarded (counted in \
+                     pikett_remote_write_dropped_samples_total); raise [retention] batches to keep them longer"
                 );
             }
             pos
@@ -306,6 +309,9 @@ impl Forwarder {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "remote write: the reading task failed; trying again");
+                    if !pause(BACKOFF_MAX, &mut shutdown).await {
+                        return;
+                    }
                     continue;
                 }
             };

@@ -41,6 +41,10 @@ pub struct BatchLog {
     hosts_tree: Arc<dyn Tree>,
     /// The host registry, mirrored in memory (read by every admin call).
     hosts: RwLock<HashMap<String, HostRecord>>,
+    /// The newest arrival time given to a batch: arrival times never go back, even when
+    /// the clock does, so readers of `by_time` that keep a position (remote write) never
+    /// find a new batch sorted before what they have read.
+    newest_received_ms: std::sync::atomic::AtomicI64,
 }
 
 fn batch_key(host: &str, epoch: u64, seq: u64) -> Vec<u8> {
@@ -145,7 +149,17 @@ impl BatchLog {
                 .map_err(|source| BatchLogError::CorruptHost { host: host.clone(), source })?;
             hosts.insert(host, rec);
         }
-        Ok(BatchLog { storage, files: Arc::new(files), index, by_time, legacy, hosts_tree, hosts: RwLock::new(hosts) })
+        let newest_received_ms = hosts.values().map(|h| h.last_seen_ms).max().unwrap_or(0).into();
+        Ok(BatchLog {
+            storage,
+            files: Arc::new(files),
+            index,
+            by_time,
+            legacy,
+            hosts_tree,
+            hosts: RwLock::new(hosts),
+            newest_received_ms,
+        })
     }
 
     pub fn hosts(&self) -> Vec<HostRecord> {
@@ -248,6 +262,7 @@ impl BatchLog {
 
     /// Inserts a group of batches (not yet flushed). Runs on a blocking thread.
     pub(crate) fn apply(&self, group: &[WriteRequest], now_ms: i64) -> Result<Vec<Outcome>, StoreError> {
+        let now_ms = self.newest_received_ms.fetch_max(now_ms, std::sync::atomic::Ordering::SeqCst).max(now_ms);
         let mut results = Vec::with_capacity(group.len());
         let mut changed: HashMap<String, HostRecord> = HashMap::new();
         let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
@@ -474,6 +489,24 @@ mod tests {
         let rec = log.host("web1").unwrap();
         assert_eq!((rec.dropped_samples, rec.dropped_other, rec.batches, rec.last_seen_ms), (40, 2, 1, 2_000));
         assert_eq!(log.stored_seqs("web1").unwrap(), vec![(7, 1)], "a status was stored as a batch");
+    }
+
+    #[test]
+    fn arrival_times_never_go_back_when_the_clock_does_nor_across_a_reopen() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let (log, _dir) = open(storage.clone());
+        log.apply(&[request("web1", 7, 1).0], 5_000).unwrap();
+        // The clock steps back 2 s: the next batch still arrives "at" 5 s, so a reader that
+        // has read up to 5 s (remote write) finds it after its position, and retention
+        // does not take it for an old one.
+        log.apply(&[request("web1", 7, 2).0], 3_000).unwrap();
+        assert_eq!(log.prune_before(4_500, 100).unwrap(), 0, "a batch got an arrival time before the newest");
+        assert_eq!(log.host("web1").unwrap().last_seen_ms, 5_000);
+        drop(log);
+        let (reopened, _dir2) = open(storage);
+        reopened.apply(&[request("web1", 7, 3).0], 1_000).unwrap();
+        assert_eq!(reopened.prune_before(4_500, 100).unwrap(), 0, "a reopened log forgot the newest arrival time");
+        assert_eq!(reopened.stored_seqs("web1").unwrap(), vec![(7, 1), (7, 2), (7, 3)]);
     }
 
     #[test]
