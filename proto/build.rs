@@ -9,15 +9,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("cargo:rerun-if-changed=proto");
     let descriptor = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("pikett_descriptor.bin");
-    tonic_prost_build::configure().file_descriptor_set_path(descriptor).compile_protos(
-        &[
-            "proto/pikett/v1/ingest.proto",
-            "proto/pikett/v1/admin.proto",
-            "proto/pikett/v1/reports.proto",
-            "proto/pikett/v1/incidents.proto",
-            "proto/pikett/v1/enroll.proto",
-        ],
-        &["proto"],
-    )?;
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptor)
+        // A sample's labels in key order: the collector's latest-value table and remote
+        // write need them sorted, and a small ordered map costs no hashing per label.
+        .btree_map(".pikett.v1.Sample.labels")
+        .compile_protos(
+            &[
+                "proto/pikett/v1/ingest.proto",
+                "proto/pikett/v1/admin.proto",
+                "proto/pikett/v1/reports.proto",
+                "proto/pikett/v1/incidents.proto",
+                "proto/pikett/v1/enroll.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! probe, a Redfish poll of a two-socket server, the services probe, external checks),
 //! written through the real batch files and index. Prints a table for BENCHMARKS.md.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pikett_collector::store::batch_files::{BatchFiles, Location};
@@ -16,7 +16,7 @@ type MakeBatch = fn(i64, u64) -> pb::Batch;
 fn sample(name: &str, labels: &[(&str, &str)], value: f64, unit: &str, t: i64) -> pb::Sample {
     pb::Sample {
         name: name.into(),
-        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<HashMap<_, _>>(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
         value,
         unit: unit.into(),
         time_unix_ms: t,

@@ -35,6 +35,12 @@ pub struct CollectorConfig {
     /// power loss, not only a crash (default on; see BENCHMARKS.md for the cost).
     #[serde(default = "default_true")]
     pub store_fsync: bool,
+    /// The shortest time between the starts of two group-commit flushes. Batches arriving
+    /// meanwhile wait and share the next flush: under load, fewer flushes (each a sled write
+    /// and two `fdatasync`s) at the price of at most this much ack latency; an idle collector
+    /// flushes at once. `0s` flushes as soon as the previous flush ends.
+    #[serde(default = "default_store_commit_window", with = "humantime_serde")]
+    pub store_commit_window: Duration,
     pub tls: Option<TlsConfig>,
     /// Staff tokens (hashes only), managed by `pikett-collector token …`; default
     /// `<data_dir>/tokens.json`. While it holds no token, staff calls are accepted from
@@ -307,6 +313,9 @@ fn default_metrics_staleness() -> Duration {
 fn default_true() -> bool {
     true
 }
+fn default_store_commit_window() -> Duration {
+    Duration::from_millis(10)
+}
 fn default_store_cache_bytes() -> u64 {
     64 << 20
 }
@@ -459,6 +468,12 @@ impl CollectorConfig {
             && t < Duration::from_secs(1)
         {
             problems.push("host_timeout: must be at least 1s".into());
+        }
+        if self.store_commit_window > Duration::from_secs(1) {
+            problems.push(format!(
+                "store_commit_window = \"{}\": at most 1s (acknowledgements wait this long under load)",
+                humantime::format_duration(self.store_commit_window)
+            ));
         }
         if let Err(e) = self.engine_config() {
             problems.push(e);

@@ -8,6 +8,11 @@ use pikett_collector::config::CollectorConfig;
 
 const DEFAULT_CONFIG: &str = "/etc/pikett/collector.toml";
 
+/// Ingest allocates and frees per sample (decoded labels); mimalloc's thread-local free lists
+/// make that a fraction of glibc's (and musl's) cost. See BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "pikett-collector", version, about = "pikett's central collector")]
 struct Cli {

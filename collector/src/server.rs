@@ -101,7 +101,14 @@ pub async fn serve_from(
         }
     });
     let patches = Arc::new(crate::services::patches::PatchService::from_config(storage.as_ref(), &config)?);
-    let writer = spawn_writer(store.clone(), faults.clone(), patches.clone(), metrics.clone(), transitions_tx.clone());
+    let writer = spawn_writer(
+        store.clone(),
+        faults.clone(),
+        patches.clone(),
+        metrics.clone(),
+        transitions_tx.clone(),
+        config.store_commit_window,
+    );
     if let Some(rw) = &config.remote_write {
         crate::remote_write::spawn(rw, config.retention.batches, store.clone(), metrics.clone(), shutdown.clone())?;
     }

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, RwLock};
 
 use pikett_proto::v1 as pb;
@@ -23,11 +24,63 @@ struct Latest {
     at_ms: i64,
 }
 
+/// A series' identity: the metric name and its labels in key order.
+#[derive(PartialEq, Eq)]
+struct SeriesKey {
+    name: String,
+    labels: Vec<(String, String)>,
+}
+
+/// The identity of an incoming sample, borrowed from it: a known series is found and updated
+/// without allocating. Hashes exactly like the [`SeriesKey`] it stands for.
+struct SampleKey<'a> {
+    name: &'a str,
+    labels: &'a BTreeMap<String, String>,
+}
+
+impl Hash for SeriesKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_series(state, &self.name, self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())), self.labels.len());
+    }
+}
+
+impl Hash for SampleKey<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_series(state, self.name, self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())), self.labels.len());
+    }
+}
+
+fn hash_series<'a, H: Hasher>(state: &mut H, name: &str, labels: impl Iterator<Item = (&'a str, &'a str)>, n: usize) {
+    name.hash(state);
+    n.hash(state);
+    for (k, v) in labels {
+        k.hash(state);
+        v.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<SeriesKey> for SampleKey<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        self.name == key.name
+            && self.labels.len() == key.labels.len()
+            && self.labels.iter().zip(&key.labels).all(|((k, v), (kk, vv))| k == kk && v == vv)
+    }
+}
+
+impl SampleKey<'_> {
+    fn to_owned(&self) -> SeriesKey {
+        SeriesKey {
+            name: self.name.to_string(),
+            labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct HostSeries {
     customer: String,
-    /// (metric name, sorted labels) → latest value.
-    series: HashMap<(String, Vec<(String, String)>), Latest>,
+    /// Series → latest value.
+    series: hashbrown::HashMap<SeriesKey, Latest>,
 }
 
 pub struct LatestSamples {
@@ -166,17 +219,23 @@ impl LatestSamples {
         let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
         let Some(entry) = hosts.get(host) else { return 0 };
         let mut h = entry.lock().unwrap_or_else(|p| p.into_inner());
-        customer.clone_into(&mut h.customer);
+        if h.customer != customer {
+            customer.clone_into(&mut h.customer);
+        }
         let mut dropped = 0;
         for s in samples {
-            let mut labels: Vec<(String, String)> = s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            labels.sort();
-            let key = (s.name.clone(), labels);
-            if self.max_series > 0 && h.series.len() >= self.max_series && !h.series.contains_key(&key) {
+            // Labels arrive in key order (a `BTreeMap`), so the borrowed key is the series'.
+            let key = SampleKey { name: &s.name, labels: &s.labels };
+            let latest = Latest { value: s.value, at_ms: now_ms };
+            if let Some(known) = h.series.get_mut(&key) {
+                *known = latest;
+                continue;
+            }
+            if self.max_series > 0 && h.series.len() >= self.max_series {
                 dropped += 1;
                 continue;
             }
-            h.series.insert(key, Latest { value: s.value, at_ms: now_ms });
+            h.series.insert(key.to_owned(), latest);
         }
         if dropped > 0 {
             self.over_limit.fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
@@ -192,7 +251,7 @@ impl LatestSamples {
         for (host, entry) in hosts.iter() {
             let mut h = entry.lock().unwrap_or_else(|p| p.into_inner());
             h.series.retain(|_, l| now_ms - l.at_ms <= staleness_ms);
-            for ((name, labels), latest) in &h.series {
+            for (SeriesKey { name, labels }, latest) in &h.series {
                 let mut series = String::new();
                 let metric = names.metric(name);
                 let _ = write!(
@@ -276,6 +335,33 @@ mod tests {
                 "x_y"
             ]
         );
+    }
+
+    #[test]
+    fn a_known_series_is_found_by_its_borrowed_key_and_updated_in_place() {
+        let l = LatestSamples::new(3);
+        let s = |labels: &[(&str, &str)], v| pb::Sample {
+            name: "pikett_host_fs_used_ratio".into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            value: v,
+            ..Default::default()
+        };
+        let (root, var) = ([("mount", "/"), ("fs", "ext4")], [("mount", "/var"), ("fs", "ext4")]);
+        assert_eq!(l.update("web-1", "acme", &[s(&root, 0.1), s(&var, 0.2)], 1_000), 0);
+        // Labels given in another order are the same series; the limit (3) is never reached.
+        let root_reordered = [("fs", "ext4"), ("mount", "/")];
+        for i in 0..10 {
+            assert_eq!(l.update("web-1", "acme", &[s(&root_reordered, i as f64), s(&var, 0.3)], 2_000 + i), 0);
+        }
+        let hosts = l.hosts.read().unwrap();
+        let h = hosts["web-1"].lock().unwrap();
+        assert_eq!(h.series.len(), 2);
+        let labels: BTreeMap<String, String> = root.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let key = SampleKey { name: "pikett_host_fs_used_ratio", labels: &labels };
+        assert_eq!(h.series.get(&key).map(|l| (l.value, l.at_ms)), Some((9.0, 2_009)));
+        use std::hash::BuildHasher as _;
+        let hasher = h.series.hasher();
+        assert_eq!(hasher.hash_one(&key), hasher.hash_one(key.to_owned()), "borrowed and owned keys hash alike");
     }
 
     #[test]

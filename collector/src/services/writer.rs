@@ -3,11 +3,12 @@
 //! Architecture invariant: a batch is acknowledged only after the flush that made it durable
 //! has completed. Many batches share one flush: the writer takes every request waiting (up
 //! to [`MAX_GROUP`]), inserts them, feeds the new ones to the fault engine and the patch
-//! service, flushes once, then answers each in order. The engine's changes are in the same
+//! service, flushes once, then answers each in order. Flushes start at least
+//! `store_commit_window` apart, so under load one flush covers the groups applied meanwhile. The engine's changes are in the same
 //! flush, so fault state always matches the acknowledged batches.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use pikett_core::faults::Transition;
 use tokio::sync::mpsc;
@@ -31,6 +32,7 @@ pub fn spawn_writer(
     patches: Arc<PatchService>,
     metrics: Arc<Metrics>,
     transitions: mpsc::UnboundedSender<Vec<Transition>>,
+    commit_window: Duration,
 ) -> mpsc::Sender<WriteRequest> {
     let (tx, mut rx) = mpsc::channel::<WriteRequest>(16 * 1024);
     let (done_tx, done_rx) = mpsc::channel::<Applied>(1);
@@ -89,7 +91,7 @@ pub fn spawn_writer(
             }
         }
     });
-    tokio::spawn(complete(done_rx, store, metrics, transitions));
+    tokio::spawn(complete(done_rx, store, metrics, transitions, commit_window));
     tx
 }
 
@@ -101,52 +103,81 @@ struct Applied {
     started: Instant,
 }
 
-/// Flushes each applied group in order, then answers its requests and hands on its
+/// Flushes the applied groups in order, then answers their requests and hands on their
 /// transitions. A flush covers every insert made before it started, so a group's answers
 /// always follow the durability of its own inserts.
+///
+/// Flushes start at least `commit_window` apart: groups applied meanwhile wait and share the
+/// next flush (under load one flush covers many batches; an idle collector flushes at once).
 async fn complete(
     mut done: mpsc::Receiver<Applied>,
     store: Arc<BatchLog>,
     metrics: Arc<Metrics>,
     transitions: mpsc::UnboundedSender<Vec<Transition>>,
+    commit_window: Duration,
 ) {
-    while let Some(Applied { group, result, changes, started }) = done.recv().await {
-        let result = match result {
-            Ok(r) => store.flush().await.map(|()| r),
-            Err(e) => Err(e),
-        };
-        metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
-        match result {
-            Ok(stored) => {
-                if !changes.is_empty() {
-                    let _ = transitions.send(changes);
-                }
-                for (req, outcome) in group.into_iter().zip(stored) {
-                    match outcome.stored {
-                        Stored::New => {
-                            metrics.batches_total.inc();
-                            metrics.samples_total.inc_by(req.batch.samples.len() as u64);
-                            metrics.agent_dropped_samples_total.inc_by(req.batch.dropped_samples);
-                            metrics.agent_dropped_other_total.inc_by(req.batch.dropped_other);
-                        }
-                        Stored::Duplicate => {
-                            metrics.duplicate_batches_total.inc();
-                        }
-                        Stored::Status => {
-                            metrics.agent_status_messages_total.inc();
-                        }
+    let mut last_flush: Option<tokio::time::Instant> = None;
+    while let Some(first) = done.recv().await {
+        if let Some(last) = last_flush {
+            tokio::time::sleep_until(last + commit_window).await;
+        }
+        let mut ready = vec![first];
+        while let Ok(more) = done.try_recv() {
+            ready.push(more);
+        }
+        let needs_flush = ready.iter().any(|a| a.result.is_ok());
+        last_flush = Some(tokio::time::Instant::now());
+        let flushed = if needs_flush { store.flush().await } else { Ok(()) };
+        for Applied { group, result, changes, started } in ready {
+            let result = match (result, &flushed) {
+                (Ok(r), Ok(())) => Ok(r),
+                (Ok(_), Err(e)) => Err(StoreError::Engine(e.to_string())),
+                (Err(e), _) => Err(e),
+            };
+            metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+            answer(group, result, changes, &metrics, &transitions);
+        }
+    }
+}
+
+/// Answers a flushed (or failed) group and hands on its transitions.
+fn answer(
+    group: Vec<WriteRequest>,
+    result: Result<Vec<Outcome>, StoreError>,
+    changes: Vec<Transition>,
+    metrics: &Metrics,
+    transitions: &mpsc::UnboundedSender<Vec<Transition>>,
+) {
+    match result {
+        Ok(stored) => {
+            if !changes.is_empty() {
+                let _ = transitions.send(changes);
+            }
+            for (req, outcome) in group.into_iter().zip(stored) {
+                match outcome.stored {
+                    Stored::New => {
+                        metrics.batches_total.inc();
+                        metrics.samples_total.inc_by(req.batch.samples.len() as u64);
+                        metrics.agent_dropped_samples_total.inc_by(req.batch.dropped_samples);
+                        metrics.agent_dropped_other_total.inc_by(req.batch.dropped_other);
                     }
-                    let _ = req.reply.send(Ok(outcome.stored));
+                    Stored::Duplicate => {
+                        metrics.duplicate_batches_total.inc();
+                    }
+                    Stored::Status => {
+                        metrics.agent_status_messages_total.inc();
+                    }
                 }
+                let _ = req.reply.send(Ok(outcome.stored));
             }
-            Err(e) => {
-                // Nothing of this group is acknowledged; the agents resend it to the restarted
-                // collector, which evaluates it from the state on disk.
-                for req in group {
-                    let _ = req.reply.send(Err(e.to_string()));
-                }
-                crate::services::storage_failure::stop("storing a group of batches", &e);
+        }
+        Err(e) => {
+            // Nothing of this group is acknowledged; the agents resend it to the restarted
+            // collector, which evaluates it from the state on disk.
+            for req in group {
+                let _ = req.reply.send(Err(e.to_string()));
             }
+            crate::services::storage_failure::stop("storing a group of batches", &e);
         }
     }
 }

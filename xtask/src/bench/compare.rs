@@ -36,6 +36,14 @@ pub struct Args {
     /// Measure the collector only (for rates Prometheus is not run at).
     #[arg(long)]
     collector_only: bool,
+    /// Run the `pikett-collector` in this directory instead of building the tree's release
+    /// build (to compare two builds on the same machine in one sitting).
+    #[arg(long)]
+    bin_dir: Option<std::path::PathBuf>,
+    /// A line added to the collector's configuration, e.g. `--collector-toml
+    /// 'store_commit_window = "20ms"'` (repeatable; top-level keys only).
+    #[arg(long)]
+    collector_toml: Vec<String>,
 }
 
 pub fn compare(args: Args) -> anyhow::Result<()> {
@@ -45,7 +53,10 @@ pub fn compare(args: Args) -> anyhow::Result<()> {
     if !args.collector_only {
         ensure_package("prometheus", PROMETHEUS)?;
     }
-    let bin = build("release")?;
+    let bin = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => build("release")?,
+    };
     let collector = collector_side(&bin, &args)?;
     let prometheus = if args.collector_only { None } else { Some(prometheus_side(&args)?) };
     print_table(&args, &collector, prometheus.as_ref());
@@ -164,7 +175,9 @@ fn collector_side(bin: &Path, args: &Args) -> anyhow::Result<Side> {
     let samples = (args.rate as usize / agents).max(1);
     let pki =
         if args.tls { Some(Arc::new(BenchPki::new(&target_dir().join("bench").join("compare-pki"))?)) } else { None };
-    let extra = pki.as_ref().map(|p| p.collector_toml()).unwrap_or_default();
+    let mut extra = args.collector_toml.join("\n");
+    extra.push('\n');
+    extra.push_str(&pki.as_ref().map(|p| p.collector_toml()).unwrap_or_default());
     let (collector, grpc, http, dir) = start_collector_http(bin, "compare", &extra)?;
     let pid = collector.0.id();
     let data = dir.join("data");
