@@ -467,11 +467,11 @@ fn collector_layers_import_only_downwards() {
     // Which external crates each layer may name.
     let forbidden: &[(&str, &[&str])] = &[
         ("store", &["tonic", "axum", "lettre", "reqwest"]),
-        ("notify", &["sled", "tonic", "axum"]),
-        ("config", &["sled", "tonic", "axum", "tokio"]),
-        ("services", &["sled", "tonic", "axum"]),
-        ("api", &["sled"]),
-        ("remote_write", &["sled", "tonic", "axum"]),
+        ("notify", &["sled", "tokio_postgres", "tonic", "axum"]),
+        ("config", &["sled", "tokio_postgres", "tonic", "axum", "tokio"]),
+        ("services", &["sled", "tokio_postgres", "tonic", "axum"]),
+        ("api", &["sled", "tokio_postgres"]),
+        ("remote_write", &["sled", "tokio_postgres", "tonic", "axum"]),
     ];
     for (path, m) in &modules {
         let (layer, _) = layer_of(path);
@@ -487,7 +487,7 @@ fn collector_layers_import_only_downwards() {
 #[test]
 fn the_cli_links_no_collector_or_storage() {
     let manifest = std::fs::read_to_string(root().join("cli/Cargo.toml")).expect("cli/Cargo.toml");
-    for forbidden in ["pikett-collector", "sled", "axum"] {
+    for forbidden in ["pikett-collector", "sled", "tokio-postgres", "axum"] {
         assert!(!manifest.contains(forbidden), "cli/Cargo.toml names {forbidden}: the CLI is a gRPC client only");
     }
     let modules = crate_modules(&root().join("cli/src"));

@@ -98,6 +98,8 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "/usr/share/doc/python3-venv"),
     // The customer status page is loaded in a real browser, headless.
     ("chromium", "/usr/bin/chromium"),
+    // The collector's PostgreSQL engine is tested against a throwaway PostgreSQL 15.
+    ("postgresql-15", "/usr/lib/postgresql/15/bin/initdb"),
 ];
 
 pub fn test(args: &[String]) -> anyhow::Result<()> {

@@ -3,14 +3,18 @@
 //! Every service keeps its state in named [`Tree`]s (ordered maps of bytes to bytes) of one
 //! [`Storage`]; [`Storage::flush`] makes every write to every tree so far durable at once,
 //! which is what the group commit builds on. The embedded engine is sled
-//! ([`sled_store::SledStorage`]); a second engine (PostgreSQL for high availability) plugs in
-//! by implementing these two traits.
+//! ([`sled_store::SledStorage`]); the second, [`pg::PgStorage`] (PostgreSQL, for high
+//! availability), is built and tested but not selectable yet. Both pass the one shared test
+//! suite, `suite.rs`, which is the contract's executable form.
 //!
 //! Architecture invariant: only this folder names an engine's types. Services see
 //! `Arc<dyn Storage>` and `Arc<dyn Tree>`, never `sled::*`.
 
 pub mod batch_files;
+pub mod pg;
 pub mod sled_store;
+#[cfg(test)]
+pub(crate) mod suite;
 
 use std::sync::Arc;
 
@@ -24,6 +28,8 @@ pub enum StoreError {
     Open { dir: String, message: String },
     #[error("storage: {0}")]
     Engine(String),
+    #[error(transparent)]
+    Postgres(#[from] pg::PgError),
 }
 
 /// One key/value pair read from a [`Tree`].

@@ -140,29 +140,22 @@ pub(crate) fn reopen_for_test(dir: &Path) -> SledStorage {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn writes_survive_reopening_after_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = SledStorage::open(dir.path(), 1 << 20).unwrap();
-            let t = s.tree("t").unwrap();
-            t.insert(b"a/1", b"one".to_vec()).unwrap();
-            let mut b = WriteBatch::default();
-            b.insert(b"a/2".to_vec(), b"two".to_vec());
-            b.insert(b"b/1".to_vec(), b"x".to_vec());
-            b.remove(b"a/1".to_vec());
-            t.apply(b).unwrap();
-            s.flush().await.unwrap();
+    /// The shared contract suite on a sled database in a temporary directory.
+    struct SledEngine(tempfile::TempDir);
+
+    impl crate::store::suite::Engine for SledEngine {
+        const UNFLUSHED_ON_DROP: crate::store::suite::UnflushedOnDrop = crate::store::suite::UnflushedOnDrop::Kept;
+
+        async fn open(&self) -> Arc<dyn Storage> {
+            Arc::new(reopen_for_test(self.0.path()))
         }
-        let s = reopen_for_test(dir.path());
-        let t = s.tree("t").unwrap();
-        assert_eq!(t.get(b"a/1").unwrap(), None);
-        let a: Vec<_> = t.scan_prefix(b"a/").map(|e| e.unwrap()).collect();
-        assert_eq!(a, vec![(b"a/2".to_vec(), b"two".to_vec())]);
-        assert_eq!(t.iter().count(), 2);
-        assert!(t.contains_key(b"b/1").unwrap());
-        assert_eq!(t.remove(b"b/1").unwrap(), Some(b"x".to_vec()));
     }
+
+    async fn sled_engine() -> SledEngine {
+        SledEngine(tempfile::tempdir().unwrap())
+    }
+
+    crate::store::suite::storage_suite!(sled_engine);
 
     #[tokio::test]
     async fn with_fsync_a_flush_syncs_the_data_file() {

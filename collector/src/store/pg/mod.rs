@@ -1,0 +1,296 @@
+//! The PostgreSQL engine: [`Storage`] and [`Tree`] on a `kv(tree, key, value)` table, as a
+//! write-behind journal (option A of the HA design).
+//!
+//! Every tree lives in memory (a `BTreeMap`), loaded from `kv` when the storage opens; reads
+//! never leave the process. A write changes the map and records the key in the tree's
+//! journal (the last write per key wins). [`Storage::flush`] writes the journals of all trees
+//! in ONE transaction (batched `UNNEST` upserts and deletes) and forgets the journaled writes
+//! only after COMMIT: a failed flush returns the error and keeps them for the next one. So the
+//! contract of `store/mod.rs` holds exactly: visible at once, durable at flush, one flush for
+//! every tree (the group commit). Unflushed writes die with the process (see
+//! `suite::UnflushedOnDrop::Lost`).
+//!
+//! Why everything is loaded in [`PgStorage::open`]: `Tree` is synchronous and called from
+//! async tasks, so it must never wait on the network, and `Storage::tree` is synchronous too
+//! and called from async code at start-up, where blocking on a query would stall (or, on a
+//! current-thread runtime, deadlock) the runtime. An async `open` that loads every tree in
+//! one consistent snapshot makes `tree()` a map lookup. The price: the whole `kv` table is in
+//! memory, which suits only bounded trees written by one node (the design's leader trees).
+//!
+//! A flush takes a consistent cut: writes hold the shared side of a lock while they change a
+//! tree, the flush holds its exclusive side while it copies the journals, so one flush commits
+//! a prefix of the write history across all trees, and a `WriteBatch` is never split.
+//!
+//! The session is re-established by the next flush when it was lost (the journal was kept).
+//! Re-sending a journal is harmless (upserts and deletes of final values; one writer per
+//! tree), so a flush whose COMMIT went through but whose answer was lost is simply repeated;
+//! a flush cancelled midway drops its session, whose open transaction the server rolls back.
+//! Statements carry at most 5,000 rows each, so each stays well inside `statement_timeout`.
+//! Not yet: the leader fence (design step 6).
+
+mod conn;
+mod migrate;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
+mod tree;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use tokio_postgres::{Client, IsolationLevel};
+
+pub use conn::PgConnect;
+pub use migrate::{LATEST as SCHEMA_VERSION, Migrated};
+
+use self::tree::{Cut, Journal, PgTree, TreeData};
+use super::{Storage, StoreError, Tree};
+
+/// What went wrong with PostgreSQL, naming the step. tokio-postgres's own messages are vague
+/// ("db error"); the server's reason is in their sources, so the messages carry the chain.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("PostgreSQL URL: {0}")]
+    Url(String),
+    #[error("PostgreSQL TLS: {0}")]
+    Tls(String),
+    #[error("PostgreSQL, {what}: {}", pikett_support::error_chain(source))]
+    Db {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("PostgreSQL schema migration {version} failed: {}", pikett_support::error_chain(source))]
+    Migration {
+        version: i32,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "the database's schema version {found} is newer than this pikett-collector knows ({known}): \
+         upgrade the collector, or point it at another database"
+    )]
+    SchemaTooNew { found: i32, known: i32 },
+}
+
+fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> PgError {
+    move |source| PgError::Db { what, source }
+}
+
+/// At most this many rows per statement of a flush (bounds one statement's parameters).
+const ROWS_PER_STATEMENT: usize = 5_000;
+
+/// How often `size_on_disk`'s figure is refreshed (it is synchronous: it answers from the
+/// figure read after a flush).
+const SIZE_REFRESH: Duration = Duration::from_secs(30);
+
+/// [`Storage`] on a PostgreSQL database; see the module doc.
+#[derive(Clone)]
+pub struct PgStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    connect: PgConnect,
+    /// The session; `None` after it was lost. The lock also orders flushes.
+    session: tokio::sync::Mutex<Session>,
+    trees: Mutex<HashMap<String, Arc<TreeData>>>,
+    cut: Arc<Cut>,
+    size: AtomicU64,
+}
+
+struct Session {
+    client: Option<Client>,
+    size_read: Instant,
+}
+
+impl PgStorage {
+    /// Connects, migrates the schema to this binary's version (refusing a newer one) and
+    /// loads every tree.
+    pub async fn open(connect: PgConnect) -> Result<PgStorage, StoreError> {
+        let mut client = connect.connect().await?;
+        migrate::migrate(&mut client).await?;
+        let trees = load(&mut client).await?;
+        let size = database_size(&client).await?;
+        let trees = trees.into_iter().map(|(name, map)| (name, Arc::new(TreeData::new(map)))).collect();
+        Ok(PgStorage {
+            inner: Arc::new(Inner {
+                connect,
+                session: tokio::sync::Mutex::new(Session { client: Some(client), size_read: Instant::now() }),
+                trees: Mutex::new(trees),
+                cut: Arc::new(Cut::default()),
+                size: AtomicU64::new(size),
+            }),
+        })
+    }
+
+    /// The server process of the current session (tests end it to simulate a lost link).
+    #[cfg(test)]
+    pub(crate) async fn backend_pid(&self) -> Option<i32> {
+        let session = self.inner.session.lock().await;
+        let client = session.client.as_ref()?;
+        client.query_one("SELECT pg_backend_pid()", &[]).await.ok().map(|r| r.get(0))
+    }
+
+    /// Whether the current session is known to be gone.
+    #[cfg(test)]
+    pub(crate) async fn session_closed(&self) -> bool {
+        self.inner.session.lock().await.client.as_ref().is_none_or(Client::is_closed)
+    }
+
+    fn trees(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TreeData>>> {
+        self.inner.trees.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Reads every tree in one snapshot. The statement timeout is lifted for this read: the table
+/// is as large as the trees, and it is read once.
+async fn load(client: &mut Client) -> Result<HashMap<String, BTreeMap<Vec<u8>, Vec<u8>>>, PgError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db("loading the trees"))?;
+    tx.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(db("loading the trees"))?;
+    let rows = tx
+        .query_raw("SELECT tree, key, value FROM kv", std::iter::empty::<i32>())
+        .await
+        .map_err(db("loading the trees"))?;
+    let mut trees: HashMap<String, BTreeMap<Vec<u8>, Vec<u8>>> = HashMap::new();
+    futures::pin_mut!(rows);
+    while let Some(row) = rows.try_next().await.map_err(db("loading the trees"))? {
+        let name: String = row.try_get(0).map_err(db("reading a kv row"))?;
+        trees
+            .entry(name)
+            .or_default()
+            .insert(row.try_get(1).map_err(db("reading a kv row"))?, row.try_get(2).map_err(db("reading a kv row"))?);
+    }
+    tx.commit().await.map_err(db("loading the trees"))?;
+    Ok(trees)
+}
+
+async fn database_size(client: &Client) -> Result<u64, PgError> {
+    let row = client
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .map_err(db("reading the database size"))?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}
+
+/// The copied journals of all trees as the columns of the flush's statements.
+#[derive(Default)]
+struct Changes<'a> {
+    up_tree: Vec<&'a str>,
+    up_key: Vec<&'a [u8]>,
+    up_value: Vec<&'a [u8]>,
+    del_tree: Vec<&'a str>,
+    del_key: Vec<&'a [u8]>,
+}
+
+/// Writes the copied journals in one transaction.
+async fn write(client: &mut Client, journals: &[(String, Journal)]) -> Result<(), PgError> {
+    let mut c = Changes::default();
+    for (name, entries) in journals {
+        for (key, value) in entries {
+            match value {
+                Some(v) => {
+                    c.up_tree.push(name);
+                    c.up_key.push(key);
+                    c.up_value.push(v);
+                }
+                None => {
+                    c.del_tree.push(name);
+                    c.del_key.push(key);
+                }
+            }
+        }
+    }
+    let tx = client.transaction().await.map_err(db("starting a flush"))?;
+    let upsert = "INSERT INTO kv (tree, key, value) SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
+                  ON CONFLICT (tree, key) DO UPDATE SET value = excluded.value";
+    for start in (0..c.up_key.len()).step_by(ROWS_PER_STATEMENT) {
+        let end = (start + ROWS_PER_STATEMENT).min(c.up_key.len());
+        tx.execute(upsert, &[&&c.up_tree[start..end], &&c.up_key[start..end], &&c.up_value[start..end]])
+            .await
+            .map_err(db("flushing writes"))?;
+    }
+    let delete = "DELETE FROM kv USING unnest($1::text[], $2::bytea[]) AS d(tree, key) \
+                  WHERE kv.tree = d.tree AND kv.key = d.key";
+    for start in (0..c.del_key.len()).step_by(ROWS_PER_STATEMENT) {
+        let end = (start + ROWS_PER_STATEMENT).min(c.del_key.len());
+        tx.execute(delete, &[&&c.del_tree[start..end], &&c.del_key[start..end]])
+            .await
+            .map_err(db("flushing removals"))?;
+    }
+    tx.commit().await.map_err(db("committing a flush"))
+}
+
+#[async_trait]
+impl Storage for PgStorage {
+    fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError> {
+        let data =
+            self.trees().entry(name.to_string()).or_insert_with(|| Arc::new(TreeData::new(BTreeMap::new()))).clone();
+        Ok(Arc::new(PgTree::new(data, self.inner.cut.clone())))
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        let mut session = self.inner.session.lock().await;
+        // The cut: no write is halfway while the journals are copied.
+        let (journals, upto) = {
+            let _cut = self.inner.cut.exclusive();
+            let upto = self.inner.cut.last_seq();
+            let journals: Vec<_> = self
+                .trees()
+                .iter()
+                .filter_map(|(name, data)| {
+                    let entries = data.journal_copy();
+                    (!entries.is_empty()).then(|| (name.clone(), entries))
+                })
+                .collect();
+            (journals, upto)
+        };
+        if journals.is_empty() {
+            return Ok(());
+        }
+        let mut client = match session.client.take() {
+            Some(client) if !client.is_closed() => client,
+            _ => self.inner.connect.connect().await?,
+        };
+        let written = write(&mut client, &journals).await;
+        if !client.is_closed() {
+            session.client = Some(client);
+        }
+        written?;
+        for data in self.trees().values() {
+            data.forget_journal(upto);
+        }
+        if session.size_read.elapsed() >= SIZE_REFRESH {
+            session.size_read = Instant::now();
+            if let Some(client) = &session.client
+                && let Ok(size) = database_size(client).await
+            {
+                self.inner.size.store(size, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks on [`Storage::flush`]: the session's connection is a task of the runtime, which
+    /// keeps running while this (blocking) thread waits.
+    fn flush_blocking(&self) -> Result<(), StoreError> {
+        tokio::runtime::Handle::current().block_on(self.flush())
+    }
+
+    /// The database's size (`pg_database_size`) as read at open and then at most every 30 s
+    /// after a flush.
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.size.load(Ordering::Relaxed))
+    }
+}
