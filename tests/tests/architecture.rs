@@ -495,3 +495,16 @@ fn the_cli_links_no_collector_or_storage() {
         assert!(!m.external.contains("pikett_collector"), "{} names pikett_collector", m.file.display());
     }
 }
+
+#[test]
+fn no_openssl_or_aws_lc_is_built() {
+    // TLS everywhere (agents, the CLI, reqwest, PostgreSQL) is rustls with ring: one crypto
+    // library, no system OpenSSL to match on the hosts, no C++ toolchain for aws-lc.
+    let lock = std::fs::read_to_string(root().join("Cargo.lock")).expect("Cargo.lock");
+    for forbidden in ["openssl", "openssl-sys", "aws-lc-rs", "aws-lc-sys", "native-tls"] {
+        assert!(
+            !lock.lines().any(|l| l == format!("name = \"{forbidden}\"")),
+            "Cargo.lock has the package {forbidden}: TLS must stay rustls with ring"
+        );
+    }
+}

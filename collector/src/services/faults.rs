@@ -16,8 +16,8 @@ use jiff::Timestamp;
 use pikett_proto::v1 as pb;
 
 use pikett_core::faults::{
-    CheckInput, CheckState, Dirty, Engine, EngineConfig, EngineState, Fault, Maintenance, SampleInput, Silence,
-    Transition,
+    CheckInput, CheckState, Dirty, Engine, EngineConfig, EngineState, Fault, Maintenance, NextIds, SampleInput,
+    Silence, Transition,
 };
 
 use crate::store::{Storage, StoreError, Tree, WriteBatch};
@@ -45,6 +45,9 @@ pub struct FaultService {
     pub checks_over_limit: std::sync::atomic::AtomicU64,
     /// Hosts whose last batch had samples over `max_series_per_host`.
     series_over: Mutex<std::collections::HashSet<String>>,
+    /// The id counters as last written (`n/`): rewritten only when they change, not with
+    /// every batch. Written under the engine's lock.
+    written_next: Mutex<Option<NextIds>>,
 }
 
 fn id_key(prefix: u8, id: u64) -> Vec<u8> {
@@ -78,11 +81,15 @@ impl FaultService {
     pub fn open(storage: &dyn Storage, config: EngineConfig) -> Result<FaultService, FaultStoreError> {
         let tree = storage.tree("engine")?;
         let mut state = EngineState::default();
+        let mut written_next = None;
         for item in tree.iter() {
             let (k, v) = item?;
             let corrupt = |source| FaultStoreError::Corrupt { key: String::from_utf8_lossy(&k).into_owned(), source };
             match k.first() {
-                Some(b'n') => state.next = serde_json::from_slice(&v).map_err(corrupt)?,
+                Some(b'n') => {
+                    state.next = serde_json::from_slice(&v).map_err(corrupt)?;
+                    written_next = Some(state.next);
+                }
                 Some(b'f') => {
                     let f: Fault = serde_json::from_slice(&v).map_err(corrupt)?;
                     state.faults.insert(f.id, f);
@@ -117,6 +124,7 @@ impl FaultService {
             checks_seen: Mutex::default(),
             checks_over_limit: std::sync::atomic::AtomicU64::new(0),
             series_over: Mutex::default(),
+            written_next: Mutex::new(written_next),
         })
     }
 
@@ -295,7 +303,10 @@ impl FaultService {
 
     fn write(&self, dirty: Dirty) -> Result<(), StoreError> {
         let mut b = WriteBatch::default();
-        b.insert(b"n/".as_slice(), serde_json::to_vec(&dirty.next).expect("serializes"));
+        let mut written_next = self.written_next.lock().unwrap_or_else(|p| p.into_inner());
+        if *written_next != Some(dirty.next) {
+            b.insert(b"n/".as_slice(), serde_json::to_vec(&dirty.next).expect("serializes"));
+        }
         fn put<V: serde::Serialize>(b: &mut WriteBatch, key: Vec<u8>, v: Option<V>) {
             match v {
                 Some(v) => b.insert(key, serde_json::to_vec(&v).expect("engine records serialize")),
@@ -322,7 +333,12 @@ impl FaultService {
         for (id, s) in dirty.silences {
             put(&mut b, id_key(b's', id), s);
         }
-        self.tree.apply(b)
+        if b.ops.is_empty() {
+            return Ok(());
+        }
+        self.tree.apply(b)?;
+        *written_next = Some(dirty.next);
+        Ok(())
     }
 }
 
@@ -370,5 +386,41 @@ mod tests {
         });
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].state, FaultState::Resolved, "the cooled-down sample did not resolve the restored fault");
+    }
+
+    #[tokio::test]
+    async fn id_counters_are_written_when_they_change_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let rule: Rule = toml::from_str("name = \"hot\"\nmetric = \"temp\"\nop = \">\"\nthreshold = 5.0\n").unwrap();
+        let config = EngineConfig::new(FaultsConfig::default(), vec![rule], HostDeps::default()).unwrap();
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |s: i64| t0.checked_add(jiff::SignedDuration::from_secs(s)).unwrap();
+        let ids = |svc: &FaultService| {
+            svc.with_engine(|e| {
+                e.faults(&FaultFilter { all: true, ..Default::default() }).iter().map(|f| f.id).collect::<Vec<_>>()
+            })
+        };
+        {
+            let db = SledStorage::open(dir.path(), 1 << 20).unwrap();
+            let svc = FaultService::open(&db, config.clone()).unwrap();
+            let tree = db.tree("engine").unwrap();
+            svc.ingest("h1", "acme", &sample(9.0), at(0));
+            assert!(tree.get(b"n/").unwrap().is_some(), "a new fault's id counter was not written");
+            // Behind the engine's back: a batch that allocates no id must not write it again.
+            tree.remove(b"n/").unwrap();
+            svc.ingest("h1", "acme", &sample(9.5), at(10));
+            assert!(tree.get(b"n/").unwrap().is_none(), "unchanged id counters were written again");
+            svc.ingest("h2", "acme", &sample(9.0), at(20));
+            assert!(tree.get(b"n/").unwrap().is_some(), "the changed id counter was not written");
+            assert_eq!(ids(&svc).len(), 2);
+            db.flush().await.unwrap();
+        }
+        let db = crate::store::sled_store::reopen_for_test(dir.path());
+        let svc = FaultService::open(&db, config).unwrap();
+        svc.ingest("h3", "acme", &sample(9.0), at(30));
+        let mut all = ids(&svc);
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 3, "a fault id was handed out twice across the reopen: {all:?}");
     }
 }

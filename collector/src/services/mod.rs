@@ -12,6 +12,7 @@ pub mod faults;
 pub mod identity;
 pub mod incidents;
 pub mod latest;
+pub mod leadership;
 pub mod metrics;
 pub mod pager;
 pub mod patches;

@@ -30,6 +30,9 @@ pub enum StoreError {
     Engine(String),
     #[error(transparent)]
     Postgres(#[from] pg::PgError),
+    /// A leader-only write under a term that no longer holds the lease (see [`Lease`]).
+    #[error("fenced: node {node} no longer holds the leader lease of term {term}")]
+    Fenced { node: String, term: i64 },
 }
 
 /// One key/value pair read from a [`Tree`].
@@ -118,4 +121,79 @@ pub trait Storage: Send + Sync {
     }
     /// Bytes the store's files take on disk.
     fn size_on_disk(&self) -> Result<u64, StoreError>;
+}
+
+/// What a node publishes about itself in the cluster table (its heartbeat).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeInfo {
+    /// The address agents and staff reach this node at.
+    pub addr: String,
+    /// This binary's version.
+    pub version: String,
+}
+
+/// The answer of [`Lease::try_acquire_or_renew`], as the database saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// The caller holds the lease with this term until the database's `now() + ttl`.
+    Leader { term: i64 },
+    /// Someone else holds it (`leader`), or nobody does and the caller could not take it.
+    Follower { leader: Option<String> },
+}
+
+/// One node's row of the cluster table; times are the database's, in Unix milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    pub node: String,
+    pub addr: String,
+    pub version: String,
+    pub started_at_ms: Option<i64>,
+    pub heartbeat_at_ms: Option<i64>,
+}
+
+/// The lease and every node's heartbeat, read in one go; times are the database's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// The lease's holder as written (possibly expired: see [`Cluster::leader`]).
+    pub holder: Option<String>,
+    pub term: i64,
+    pub expires_at_ms: Option<i64>,
+    /// The database's `now()` when this was read.
+    pub now_ms: i64,
+    /// Every node that ever sent a heartbeat, by name.
+    pub nodes: Vec<NodeRow>,
+}
+
+impl Cluster {
+    /// The holder whose lease has not expired yet.
+    pub fn leader(&self) -> Option<&str> {
+        match (self.holder.as_deref(), self.expires_at_ms) {
+            (Some(holder), Some(expires)) if expires > self.now_ms => Some(holder),
+            _ => None,
+        }
+    }
+}
+
+/// Leadership among collectors: one lease with a fencing term, renewed on the database's
+/// clock, plus the nodes' heartbeats. The decisions on top (the leader's own deadline,
+/// stepping down) are in `services::leadership`; this is only what the database says.
+#[async_trait]
+pub trait Lease: Send + Sync {
+    /// With `held = Some(term)`: renews the lease this node holds with `term` (fails to
+    /// `Follower` when it lost it). With `None`: takes the lease if it is free or expired,
+    /// under a new term (the previous term + 1).
+    async fn try_acquire_or_renew(
+        &self,
+        node: &str,
+        ttl: std::time::Duration,
+        held: Option<i64>,
+    ) -> Result<LeaseState, StoreError>;
+    /// Records that `node` is alive (the database's `now()`), with its `info`.
+    async fn heartbeat(&self, node: &str, info: &NodeInfo) -> Result<(), StoreError>;
+    /// The lease and every node's last heartbeat.
+    async fn cluster(&self) -> Result<Cluster, StoreError>;
+    /// Gives the lease up at once if `node` still holds it with `term` (a clean shutdown), so
+    /// another node takes over without waiting for the expiry. The term stays: the next
+    /// holder's is higher.
+    async fn release(&self, node: &str, term: i64) -> Result<(), StoreError>;
 }

@@ -10,7 +10,8 @@
 //!
 //! TLS is all or nothing: with a CA the server must present a certificate for the URL's host
 //! signed by it (stricter than libpq's `sslmode=require`); without one the URL must say
-//! `sslmode=disable` and name a loopback address or a Unix socket. `prefer`, which falls back
+//! `sslmode=disable` and name a loopback address or a Unix socket (and any `hostaddr=`, where
+//! tokio-postgres then connects, a loopback address). `prefer`, which falls back
 //! to plain text when the server asks, is never used.
 
 use std::net::IpAddr;
@@ -48,14 +49,28 @@ impl PgConnect {
     /// `ca_pem` the PEM certificates the server's certificate must chain to. Without them the
     /// URL must say `sslmode=disable` and point at this machine.
     pub fn new(url: &str, ca_pem: Option<&[u8]>) -> Result<PgConnect, PgError> {
-        let mut config = Config::from_str(url).map_err(|e| PgError::Url(pikett_support::error_chain(&e)))?;
+        let mut config = Config::from_str(url).map_err(|e| match verify_mode_hint(url) {
+            Some(hint) => PgError::Url(hint.into()),
+            None => PgError::Url(pikett_support::error_chain(&e)),
+        })?;
         if config.get_hosts().is_empty() {
-            return Err(PgError::Url("names no host".into()));
+            return Err(PgError::Url(
+                "names no host: hostaddr= alone is not enough, give host= too (the name TLS verifies; \
+                 hostaddr= is only the address it is reached at)"
+                    .into(),
+            ));
         }
         let tls = match ca_pem {
             Some(pem) => {
                 if config.get_ssl_mode() == SslMode::Disable {
                     return Err(PgError::Url("says sslmode=disable, but a CA for TLS is given".into()));
+                }
+                if let Some(host) = config.get_hosts().iter().find(|h| matches!(h, Host::Unix(_))) {
+                    return Err(PgError::Url(format!(
+                        "a CA for TLS is given, but {} is a Unix socket, and PostgreSQL has no TLS on Unix \
+                         sockets: name a TCP host, or drop the CA and say sslmode=disable",
+                        show_host(host)
+                    )));
                 }
                 config.ssl_mode(SslMode::Require);
                 Some(MakeRustlsConnect::new(client_config(pem)?))
@@ -72,6 +87,13 @@ impl PgConnect {
                     return Err(PgError::Url(format!(
                         "sslmode=disable is only for loopback or a Unix socket, not {}",
                         show_host(host)
+                    )));
+                }
+                // tokio-postgres connects to hostaddr when given, whatever host says (even a
+                // Unix socket): the address reached must be loopback too.
+                if let Some(addr) = config.get_hostaddrs().iter().find(|a| !a.is_loopback()) {
+                    return Err(PgError::Url(format!(
+                        "sslmode=disable is only for loopback or a Unix socket, not hostaddr={addr}"
                     )));
                 }
                 None
@@ -115,8 +137,20 @@ impl PgConnect {
 
 fn log_end(result: Result<(), tokio_postgres::Error>) {
     if let Err(e) = result {
-        tracing::warn!("PostgreSQL connection ended: {e}");
+        tracing::warn!("PostgreSQL connection ended: {}", pikett_support::error_chain(&e));
     }
+}
+
+/// For a URL tokio-postgres refused: the reason when it asks for libpq's own verification
+/// (`sslmode=verify-full`/`verify-ca`, `sslrootcert=`), which tokio-postgres does not parse.
+fn verify_mode_hint(url: &str) -> Option<&'static str> {
+    let flat: String = url.to_ascii_lowercase().chars().filter(|c| !c.is_whitespace()).collect();
+    let asks = flat.contains("sslmode=verify-") || flat.contains("sslmode='verify-") || flat.contains("sslrootcert");
+    asks.then_some(
+        "sslmode=verify-full, verify-ca and sslrootcert= are not taken: pikett always verifies the server's \
+         certificate and name against the configured CA file; say sslmode=require (or nothing) and give the CA \
+         file in the configuration",
+    )
 }
 
 fn client_config(ca_pem: &[u8]) -> Result<rustls::ClientConfig, PgError> {
@@ -162,6 +196,16 @@ mod tests {
         }
         let err = PgConnect::new("postgresql://db.example/x?sslmode=disable", None).unwrap_err().to_string();
         assert!(err.contains("not db.example"), "{err}");
+        // hostaddr is where tokio-postgres connects, whatever host names.
+        for url in [
+            "postgresql://pikett@localhost/p?sslmode=disable&hostaddr=203.0.113.7",
+            "host=/run/postgresql hostaddr=203.0.113.7 sslmode=disable",
+            "host=localhost,127.0.0.1 hostaddr=127.0.0.1,203.0.113.7 sslmode=disable",
+        ] {
+            let err = PgConnect::new(url, None).expect_err(url).to_string();
+            assert!(err.contains("not hostaddr=203.0.113.7"), "{url}: {err}");
+        }
+        PgConnect::new("host=localhost hostaddr=127.0.0.1 sslmode=disable", None).expect("loopback hostaddr");
         for url in ["postgresql://127.0.0.1/x?sslmode=disable", "host=/run/postgresql sslmode=disable"] {
             PgConnect::new(url, None).expect(url);
         }
@@ -184,5 +228,26 @@ mod tests {
         assert!(err.contains("sslmode=disable"), "{err}");
         let err = PgConnect::new("postgresql://h:notaport/x", None).unwrap_err().to_string();
         assert!(err.contains("PostgreSQL URL"), "{err}");
+        let err = PgConnect::new("hostaddr=127.0.0.1 sslmode=disable", None).unwrap_err().to_string();
+        assert!(err.contains("names no host: hostaddr= alone"), "{err}");
+    }
+
+    #[test]
+    fn tls_on_a_unix_socket_is_refused() {
+        let err = PgConnect::new("host=/run/postgresql", Some(b"")).unwrap_err().to_string();
+        assert!(err.contains("/run/postgresql is a Unix socket") && err.contains("no TLS on Unix sockets"), "{err}");
+    }
+
+    #[test]
+    fn libpq_verify_modes_point_to_the_ca_file() {
+        for url in [
+            "postgresql://db.example/x?sslmode=verify-full",
+            "postgresql://db.example/x?sslmode=verify-ca",
+            "host=db.example sslmode = verify-full",
+            "postgresql://db.example/x?sslrootcert=/etc/ca.pem",
+        ] {
+            let err = PgConnect::new(url, None).expect_err(url).to_string();
+            assert!(err.contains("always verifies") && err.contains("sslmode=require"), "{url}: {err}");
+        }
     }
 }

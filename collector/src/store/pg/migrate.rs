@@ -1,7 +1,10 @@
 //! The schema migrator: numbered SQL files, embedded in the binary, applied in order at open.
 //!
-//! `schema_migrations` records each applied version. Every migration runs in a transaction
-//! of its own that first takes `pg_advisory_xact_lock(SCHEMA_LOCK)`: collectors starting at
+//! `pikett_schema_migrations` records each applied version (pikett's tables carry its name:
+//! other tools keep a `schema_migrations` of their own). Every migration runs in a transaction
+//! of its own that first lifts the session's `lock_timeout` and `statement_timeout` (a
+//! collector starting while another migrates waits for it, and a long migration can finish)
+//! and then takes `pg_advisory_xact_lock(SCHEMA_LOCK)`: collectors starting at
 //! once apply each version exactly once (the second waits, then finds it applied), and the
 //! lock ends with the transaction, so a collector killed mid-migration leaves no lock behind
 //! and its migration rolled back. A database whose version is newer than this binary's is
@@ -18,10 +21,13 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration { version: 1, name: "kv", sql: include_str!("migrations/0001_kv.sql") }];
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "kv", sql: include_str!("migrations/0001_kv.sql") },
+    Migration { version: 2, name: "cluster", sql: include_str!("migrations/0002_cluster.sql") },
+];
 
 /// The advisory lock key of schema changes ("pikett" in ASCII).
-const SCHEMA_LOCK: i64 = 0x7069_6b65_7474;
+pub(super) const SCHEMA_LOCK: i64 = 0x7069_6b65_7474;
 
 /// The schema version this binary brings.
 pub const LATEST: i32 = MIGRATIONS.len() as i32;
@@ -41,20 +47,26 @@ pub async fn migrate(client: &mut Client) -> Result<Migrated, PgError> {
     let mut applied = Vec::new();
     loop {
         let tx = client.transaction().await.map_err(db("starting a migration"))?;
+        // No timeouts here: waiting for another collector's migration, or a migration that
+        // takes long, is not a failure.
+        tx.batch_execute("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0")
+            .await
+            .map_err(db("starting a migration"))?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK]).await.map_err(db("locking the schema"))?;
         tx.batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
+            "CREATE TABLE IF NOT EXISTS pikett_schema_migrations (
                  version int PRIMARY KEY,
                  name text NOT NULL,
                  applied_at timestamptz NOT NULL DEFAULT now())",
         )
         .await
-        .map_err(db("creating schema_migrations"))?;
+        .map_err(db("creating pikett_schema_migrations"))?;
         let row = tx
-            .query_one("SELECT coalesce(max(version), 0) FROM schema_migrations", &[])
+            .query_one("SELECT coalesce(max(version), 0) FROM pikett_schema_migrations", &[])
             .await
-            .map_err(db("reading the schema version"))?;
-        let current: i32 = row.get(0);
+            .map_err(|source| not_ours(source, "pikett_schema_migrations", "reading the schema version"))?;
+        let current: i32 =
+            row.try_get(0).map_err(|source| PgError::NotOurs { table: "pikett_schema_migrations", source })?;
         from.get_or_insert(current);
         if current > LATEST {
             return Err(PgError::SchemaTooNew { found: current, known: LATEST });
@@ -64,9 +76,12 @@ pub async fn migrate(client: &mut Client) -> Result<Migrated, PgError> {
             return Ok(Migrated { from: from.unwrap_or(current), applied });
         };
         tx.batch_execute(next.sql).await.map_err(|source| PgError::Migration { version: next.version, source })?;
-        tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[&next.version, &next.name])
-            .await
-            .map_err(|source| PgError::Migration { version: next.version, source })?;
+        tx.execute(
+            "INSERT INTO pikett_schema_migrations (version, name) VALUES ($1, $2)",
+            &[&next.version, &next.name],
+        )
+        .await
+        .map_err(|source| PgError::Migration { version: next.version, source })?;
         tx.commit().await.map_err(|source| PgError::Migration { version: next.version, source })?;
         tracing::info!(version = next.version, name = next.name, "PostgreSQL schema migrated");
         applied.push(next.version);
@@ -75,6 +90,18 @@ pub async fn migrate(client: &mut Client) -> Result<Migrated, PgError> {
 
 fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> PgError {
     move |source| PgError::Db { what, source }
+}
+
+/// A query on one of pikett's tables failed: when because a column is missing or of another
+/// type, the table is someone else's.
+fn not_ours(source: tokio_postgres::Error, table: &'static str, what: &'static str) -> PgError {
+    use tokio_postgres::error::SqlState;
+    match source.code() {
+        Some(code) if *code == SqlState::UNDEFINED_COLUMN || *code == SqlState::DATATYPE_MISMATCH => {
+            PgError::NotOurs { table, source }
+        }
+        _ => PgError::Db { what, source },
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
-//! The PostgreSQL engine: [`Storage`] and [`Tree`] on a `kv(tree, key, value)` table, as a
+//! The PostgreSQL engine: [`Storage`] and [`Tree`] on a `pikett_kv(tree, key, value)` table, as a
 //! write-behind journal (option A of the HA design).
 //!
-//! Every tree lives in memory (a `BTreeMap`), loaded from `kv` when the storage opens; reads
+//! Every tree lives in memory (a `BTreeMap`), loaded from `pikett_kv` when the storage opens; reads
 //! never leave the process. A write changes the map and records the key in the tree's
 //! journal (the last write per key wins). [`Storage::flush`] writes the journals of all trees
 //! in ONE transaction (batched `UNNEST` upserts and deletes) and forgets the journaled writes
@@ -14,7 +14,7 @@
 //! async tasks, so it must never wait on the network, and `Storage::tree` is synchronous too
 //! and called from async code at start-up, where blocking on a query would stall (or, on a
 //! current-thread runtime, deadlock) the runtime. An async `open` that loads every tree in
-//! one consistent snapshot makes `tree()` a map lookup. The price: the whole `kv` table is in
+//! one consistent snapshot makes `tree()` a map lookup. The price: the whole `pikett_kv` table is in
 //! memory, which suits only bounded trees written by one node (the design's leader trees).
 //!
 //! A flush takes a consistent cut: writes hold the shared side of a lock while they change a
@@ -25,10 +25,22 @@
 //! Re-sending a journal is harmless (upserts and deletes of final values; one writer per
 //! tree), so a flush whose COMMIT went through but whose answer was lost is simply repeated;
 //! a flush cancelled midway drops its session, whose open transaction the server rolls back.
-//! Statements carry at most 5,000 rows each, so each stays well inside `statement_timeout`.
+//!
+//! Every flush transaction first takes `pg_advisory_xact_lock(FLUSH_LOCK)`, so flushes of all
+//! sessions run one after the other. Without it a flush whose COMMIT stalls while its
+//! connection drops could commit AFTER a later flush on the new session: that one's DELETE of
+//! a key the stalled flush inserted does not wait for the uncommitted insert (it does not see
+//! the row), and the insert, committed last, resurrects the key. With the lock the later flush
+//! waits (up to `lock_timeout`, then fails and keeps its journal) until the stalled one has
+//! committed or rolled back.
+//!
+//! Statements carry at most 5,000 rows and 8 MiB of keys and values each (a bigger single row
+//! goes alone), so each stays well inside `statement_timeout`. Tree names are PostgreSQL
+//! `text`, which cannot hold NUL: `tree()` refuses such names rather than fail every flush.
 //! Not yet: the leader fence (design step 6).
 
 mod conn;
+mod lease;
 mod migrate;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -46,6 +58,7 @@ use futures::TryStreamExt;
 use tokio_postgres::{Client, IsolationLevel};
 
 pub use conn::PgConnect;
+pub use lease::{PgLease, fence};
 pub use migrate::{LATEST as SCHEMA_VERSION, Migrated};
 
 use self::tree::{Cut, Journal, PgTree, TreeData};
@@ -65,9 +78,30 @@ pub enum PgError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// A flush's step failed; `rows` and `bytes` (of keys and values) are the step's statement,
+    /// or the whole flush for its other steps.
+    #[error("PostgreSQL, {what} ({rows} rows, {bytes} bytes): {}", pikett_support::error_chain(source))]
+    Flush {
+        what: &'static str,
+        rows: usize,
+        bytes: usize,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("tree name {0:?} contains NUL, which PostgreSQL text cannot hold")]
+    TreeName(String),
     #[error("PostgreSQL schema migration {version} failed: {}", pikett_support::error_chain(source))]
     Migration {
         version: i32,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error(
+        "table {table} exists but is not pikett's ({}): point the collector at another database",
+        pikett_support::error_chain(source)
+    )]
+    NotOurs {
+        table: &'static str,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -84,6 +118,14 @@ fn db(what: &'static str) -> impl Fn(tokio_postgres::Error) -> PgError {
 
 /// At most this many rows per statement of a flush (bounds one statement's parameters).
 const ROWS_PER_STATEMENT: usize = 5_000;
+
+/// At most this many bytes of keys and values per statement of a flush (a single bigger row
+/// goes alone).
+const BYTES_PER_STATEMENT: usize = 8 << 20;
+
+/// The advisory lock key every flush transaction takes ("pikettf" in ASCII; the schema's is
+/// "pikett"): see the module doc.
+const FLUSH_LOCK: i64 = 0x70_696b_6574_7466;
 
 /// How often `size_on_disk`'s figure is refreshed (it is synchronous: it answers from the
 /// figure read after a flush).
@@ -160,7 +202,7 @@ async fn load(client: &mut Client) -> Result<HashMap<String, BTreeMap<Vec<u8>, V
         .map_err(db("loading the trees"))?;
     tx.batch_execute("SET LOCAL statement_timeout = 0").await.map_err(db("loading the trees"))?;
     let rows = tx
-        .query_raw("SELECT tree, key, value FROM kv", std::iter::empty::<i32>())
+        .query_raw("SELECT tree, key, value FROM pikett_kv", std::iter::empty::<i32>())
         .await
         .map_err(db("loading the trees"))?;
     let mut trees: HashMap<String, BTreeMap<Vec<u8>, Vec<u8>>> = HashMap::new();
@@ -212,29 +254,55 @@ async fn write(client: &mut Client, journals: &[(String, Journal)]) -> Result<()
             }
         }
     }
-    let tx = client.transaction().await.map_err(db("starting a flush"))?;
-    let upsert = "INSERT INTO kv (tree, key, value) SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
+    let up_sizes: Vec<usize> = c.up_key.iter().zip(&c.up_value).map(|(k, v)| k.len() + v.len()).collect();
+    let del_sizes: Vec<usize> = c.del_key.iter().map(|k| k.len()).collect();
+    let (rows, bytes) = (up_sizes.len() + del_sizes.len(), up_sizes.iter().chain(&del_sizes).sum::<usize>());
+    let whole = |what| move |source| PgError::Flush { what, rows, bytes, source };
+    let tx = client.transaction().await.map_err(whole("starting a flush"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FLUSH_LOCK]).await.map_err(whole("locking the flush"))?;
+    let upsert = "INSERT INTO pikett_kv (tree, key, value) \
+                  SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
                   ON CONFLICT (tree, key) DO UPDATE SET value = excluded.value";
-    for start in (0..c.up_key.len()).step_by(ROWS_PER_STATEMENT) {
-        let end = (start + ROWS_PER_STATEMENT).min(c.up_key.len());
-        tx.execute(upsert, &[&&c.up_tree[start..end], &&c.up_key[start..end], &&c.up_value[start..end]])
+    for (r, bytes) in statements(&up_sizes) {
+        tx.execute(upsert, &[&&c.up_tree[r.clone()], &&c.up_key[r.clone()], &&c.up_value[r.clone()]])
             .await
-            .map_err(db("flushing writes"))?;
+            .map_err(|source| PgError::Flush { what: "flushing writes", rows: r.len(), bytes, source })?;
     }
-    let delete = "DELETE FROM kv USING unnest($1::text[], $2::bytea[]) AS d(tree, key) \
-                  WHERE kv.tree = d.tree AND kv.key = d.key";
-    for start in (0..c.del_key.len()).step_by(ROWS_PER_STATEMENT) {
-        let end = (start + ROWS_PER_STATEMENT).min(c.del_key.len());
-        tx.execute(delete, &[&&c.del_tree[start..end], &&c.del_key[start..end]])
+    let delete = "DELETE FROM pikett_kv USING unnest($1::text[], $2::bytea[]) AS d(tree, key) \
+                  WHERE pikett_kv.tree = d.tree AND pikett_kv.key = d.key";
+    for (r, bytes) in statements(&del_sizes) {
+        tx.execute(delete, &[&&c.del_tree[r.clone()], &&c.del_key[r.clone()]])
             .await
-            .map_err(db("flushing removals"))?;
+            .map_err(|source| PgError::Flush { what: "flushing removals", rows: r.len(), bytes, source })?;
     }
-    tx.commit().await.map_err(db("committing a flush"))
+    tx.commit().await.map_err(whole("committing a flush"))
+}
+
+/// Splits rows of these sizes (bytes of key and value) into statements of at most
+/// [`ROWS_PER_STATEMENT`] rows and [`BYTES_PER_STATEMENT`] bytes (a bigger row alone):
+/// each statement's row range and bytes.
+fn statements(sizes: &[usize]) -> Vec<(std::ops::Range<usize>, usize)> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, &size) in sizes.iter().enumerate() {
+        if i > start && (i - start == ROWS_PER_STATEMENT || bytes + size > BYTES_PER_STATEMENT) {
+            out.push((start..i, bytes));
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < sizes.len() {
+        out.push((start..sizes.len(), bytes));
+    }
+    out
 }
 
 #[async_trait]
 impl Storage for PgStorage {
     fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError> {
+        if name.contains('\0') {
+            return Err(PgError::TreeName(name.to_string()).into());
+        }
         let data =
             self.trees().entry(name.to_string()).or_insert_with(|| Arc::new(TreeData::new(BTreeMap::new()))).clone();
         Ok(Arc::new(PgTree::new(data, self.inner.cut.clone())))

@@ -7,8 +7,11 @@
 //! certificate for `localhost` and `127.0.0.1` signed by a test CA ([`TestPg::ca_pem`]).
 //!
 //! The server is stopped (`pg_ctl stop -m immediate`) and its directory removed by an
-//! `atexit` handler when the test binary exits normally; a test binary that is killed leaves
-//! the server running until its directory is removed by hand.
+//! `atexit` handler, registered before the server starts, when the test binary exits
+//! normally. A test binary that is killed leaves its server running: its directory is named
+//! `pikett-pg-<pid>-…` after the test binary's process, and the next start stops the servers
+//! (and removes the directories) of such processes that are gone. A start that fails because
+//! its port was taken meanwhile is retried on another.
 //!
 //! Missing binaries fail the tests with a message saying how to install them: PostgreSQL
 //! tests never skip silently.
@@ -24,16 +27,19 @@ const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// The running test server.
 pub(crate) struct TestPg {
-    /// The data directory (also the Unix socket's directory).
-    data: PathBuf,
-    /// The temporary directory holding `data`, removed at exit.
-    root: PathBuf,
     pub(crate) port: u16,
     /// The CA that signed the server's certificate.
     pub(crate) ca_pem: String,
 }
 
 static SERVER: OnceLock<Result<TestPg, String>> = OnceLock::new();
+
+/// The data directory (also the Unix socket's directory) and the temporary directory holding
+/// it, of this binary's server, for [`stop_at_exit`]; set before the server starts.
+static CLEANUP: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+
+/// The prefix of the temporary directories; the test binary's pid and a `-` follow.
+const DIR_PREFIX: &str = "pikett-pg-";
 
 /// The test server, started on first use.
 pub(crate) fn server() -> &'static TestPg {
@@ -73,11 +79,19 @@ fn start() -> Result<TestPg, String> {
              the Debian package postgresql-15 (or: apt-get install postgresql-15)"
         ));
     }
-    let root = tempfile::Builder::new().prefix("pikett-pg-").tempdir().map_err(|e| e.to_string())?.keep();
-    let data = root.join("data");
-    std::fs::create_dir(&data).map_err(|e| e.to_string())?;
     // SAFETY: geteuid has no preconditions.
     let as_root = unsafe { libc::geteuid() } == 0;
+    stop_leftovers(as_root);
+    let root = tempfile::Builder::new()
+        .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+        .tempdir()
+        .map_err(|e| e.to_string())?
+        .keep();
+    let data = root.join("data");
+    let _ = CLEANUP.set((data.clone(), root.clone()));
+    // SAFETY: registering a plain extern "C" function with no arguments.
+    unsafe { libc::atexit(stop_at_exit) };
+    std::fs::create_dir(&data).map_err(|e| e.to_string())?;
     if as_root {
         set_mode(&root, 0o755)?;
         run(Command::new("chown").arg("postgres:postgres").arg(&data))?;
@@ -87,24 +101,80 @@ fn start() -> Result<TestPg, String> {
     run(pg_command(as_root, "initdb")
         .args(["-A", "trust", "-U", "pikett", "-E", "UTF8", "--locale=C", "--no-sync", "-D"])
         .arg(&data))?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("finding a free port: {e}"))?
-        .port();
-    let options = format!(
-        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c ssl=on -c ssl_cert_file=../server.crt \
-         -c ssl_key_file=../server.key",
-        data.display()
-    );
-    run(pg_command(as_root, "pg_ctl")
-        .arg("-D")
-        .arg(&data)
-        .args(["-o", &options, "-l"])
-        .arg(data.join("log"))
-        .args(["-w", "start"]))?;
-    // SAFETY: registering a plain extern "C" function with no arguments.
-    unsafe { libc::atexit(stop_at_exit) };
-    Ok(TestPg { data, root, port, ca_pem })
+    // The free port found may be taken by someone else before the server binds it: then
+    // the start fails on the bind, and is retried on another port.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("finding a free port: {e}"))?
+            .port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c ssl=on -c ssl_cert_file=../server.crt \
+             -c ssl_key_file=../server.key",
+            data.display()
+        );
+        let started = run(pg_command(as_root, "pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &options, "-l"])
+            .arg(data.join("log"))
+            .args(["-w", "start"]));
+        match started {
+            Ok(()) => return Ok(TestPg { port, ca_pem }),
+            Err(e) if attempt < 5 && bind_failed(&data) => {
+                eprintln!("the test PostgreSQL could not bind port {port}, retrying on another: {e}");
+                stop(as_root, &data);
+                // The next attempt's log shows its own reason.
+                let _ = std::fs::remove_file(data.join("log"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether the server's log says it could not bind its port.
+fn bind_failed(data: &Path) -> bool {
+    let log = std::fs::read_to_string(data.join("log")).unwrap_or_default();
+    log.contains("could not bind") || log.contains("Address already in use")
+}
+
+/// Stops the servers of earlier test binaries that were killed: their directories carry the
+/// pid of a process that is gone.
+fn stop_leftovers(as_root: bool) {
+    let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(DIR_PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid <= 0 || pid as u32 == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        let root = entry.path();
+        let data = root.join("data");
+        let postmaster = std::fs::read_to_string(data.join("postmaster.pid")).ok();
+        let server = postmaster.as_deref().and_then(|p| p.lines().next()).and_then(|l| l.trim().parse::<i32>().ok());
+        if server.is_some_and(process_alive) {
+            stop(as_root, &data);
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+}
+
+fn stop(as_root: bool, data: &Path) {
+    let _ = pg_command(as_root, "pg_ctl").arg("-D").arg(data).args(["-m", "immediate", "-w", "stop"]).output();
 }
 
 /// The server's key and certificate beside the data directory (initdb wants it empty),
@@ -163,10 +233,12 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), String> {
 }
 
 extern "C" fn stop_at_exit() {
-    if let Some(Ok(pg)) = SERVER.get() {
+    if let Some((data, root)) = CLEANUP.get() {
         // SAFETY: geteuid has no preconditions.
         let as_root = unsafe { libc::geteuid() } == 0;
-        let _ = pg_command(as_root, "pg_ctl").arg("-D").arg(&pg.data).args(["-m", "immediate", "-w", "stop"]).output();
-        let _ = std::fs::remove_dir_all(&pg.root);
+        if data.join("postmaster.pid").exists() {
+            stop(as_root, data);
+        }
+        let _ = std::fs::remove_dir_all(root);
     }
 }

@@ -33,7 +33,7 @@ async fn open(url: &str) -> PgStorage {
 async fn versions(url: &str) -> Vec<i32> {
     let admin = admin_client(url).await;
     admin
-        .query("SELECT version FROM schema_migrations ORDER BY version", &[])
+        .query("SELECT version FROM pikett_schema_migrations ORDER BY version", &[])
         .await
         .unwrap()
         .iter()
@@ -55,8 +55,8 @@ async fn a_fresh_database_is_migrated_to_the_latest_version_and_a_second_run_doe
     let second = migrate::migrate(&mut client).await.unwrap();
     assert_eq!(second, Migrated { from: SCHEMA_VERSION, applied: Vec::new() });
     assert_eq!(versions(&url).await, all_versions());
-    // The schema is usable: the kv table is there.
-    client.execute("INSERT INTO kv VALUES ('t', '\\x00', '\\x01')", &[]).await.unwrap();
+    // The schema is usable: the pikett_kv table is there.
+    client.execute("INSERT INTO pikett_kv VALUES ('t', '\\x00', '\\x01')", &[]).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +87,7 @@ async fn a_database_newer_than_the_binary_is_refused() {
     let newer = SCHEMA_VERSION + 1;
     admin_client(&url)
         .await
-        .execute("INSERT INTO schema_migrations (version, name) VALUES ($1, 'from the future')", &[&newer])
+        .execute("INSERT INTO pikett_schema_migrations (version, name) VALUES ($1, 'from the future')", &[&newer])
         .await
         .unwrap();
     let err = PgStorage::open(PgConnect::new(&url, None).unwrap()).await.err().expect("a newer schema is refused");
@@ -108,10 +108,11 @@ async fn a_failed_flush_keeps_the_journal_for_the_next_one() {
     t.insert(b"k", b"v".to_vec()).unwrap();
     let mut admin = admin_client(&url).await;
     let lock = admin.transaction().await.unwrap();
-    lock.batch_execute("LOCK TABLE kv IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    lock.batch_execute("LOCK TABLE pikett_kv IN ACCESS EXCLUSIVE MODE").await.unwrap();
     let err = s.flush().await.expect_err("the flush cannot take its lock");
     assert!(
-        err.to_string().contains("flushing writes: db error: ERROR: canceling statement due to lock timeout"),
+        err.to_string()
+            .contains("flushing writes (1 rows, 2 bytes): db error: ERROR: canceling statement due to lock timeout"),
         "{err}"
     );
     assert_eq!(t.get(b"k").unwrap(), Some(b"v".to_vec()), "memory stays ahead of the database");
@@ -148,33 +149,170 @@ async fn a_lost_session_is_replaced_by_the_next_flush() {
 }
 
 /// Writes made while a flush is in flight belong to the next flush: forgetting the journal
-/// after COMMIT must not drop them.
+/// after COMMIT must not drop them. The flush is held in flight (another session holds the
+/// flush lock) after it copied the journals, and only then does the writer write the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_during_flushes_are_kept_for_the_next_flush() {
     let url = fresh_database().await;
     let s = open(&url).await;
     let t = s.tree("t").unwrap();
     let n = 3000u32;
+    let (half_done, half) = tokio::sync::oneshot::channel();
+    let (go, wait_for_go) = tokio::sync::oneshot::channel::<()>();
     let writer = {
         let t = t.clone();
         std::thread::spawn(move || {
-            for i in 0..n {
+            let write = |i: u32| {
                 t.insert(&i.to_be_bytes(), b"v".to_vec()).unwrap();
                 t.insert(b"last", i.to_be_bytes().to_vec()).unwrap();
-            }
+            };
+            (0..n / 2).for_each(write);
+            half_done.send(()).unwrap();
+            wait_for_go.blocking_recv().unwrap();
+            (n / 2..n).for_each(write);
         })
     };
-    let mut flushes = 0;
+    half.await.unwrap();
+    let admin = admin_client(&url).await;
+    admin.execute("SELECT pg_advisory_lock($1)", &[&FLUSH_LOCK]).await.unwrap();
+    let first = tokio::spawn({
+        let s = s.clone();
+        async move { s.flush().await }
+    });
+    wait_for_lock_waiter(&admin).await;
+    go.send(()).unwrap();
     while !writer.is_finished() {
-        s.flush().await.unwrap();
-        flushes += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     writer.join().unwrap();
+    admin.execute("SELECT pg_advisory_unlock($1)", &[&FLUSH_LOCK]).await.unwrap();
+    first.await.unwrap().unwrap();
+    let after_first = open(&url).await.tree("t").unwrap();
+    assert_eq!(after_first.count().unwrap(), n as usize / 2 + 1, "the first flush wrote the first half");
     s.flush().await.unwrap();
-    assert!(flushes > 1, "flushes ran while writing");
     let reopened = open(&url).await.tree("t").unwrap();
     assert_eq!(reopened.count().unwrap(), n as usize + 1);
     assert_eq!(reopened.get(b"last").unwrap(), Some((n - 1).to_be_bytes().to_vec()));
+}
+
+/// Waits until a session waits for an advisory lock.
+async fn wait_for_lock_waiter(admin: &tokio_postgres::Client) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting: i64 = admin
+            .query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nobody ever waited for the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Flushes of all sessions are serialized: a flush waits while another session holds the
+/// flush lock (a stalled flush of a lost session), then goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_waits_for_the_flush_of_another_session() {
+    let url = fresh_database().await;
+    let s = open(&url).await;
+    s.tree("t").unwrap().insert(b"k", b"v".to_vec()).unwrap();
+    let admin = admin_client(&url).await;
+    admin.execute("SELECT pg_advisory_lock($1)", &[&FLUSH_LOCK]).await.unwrap();
+    let started = Instant::now();
+    let flush = tokio::spawn({
+        let s = s.clone();
+        async move { s.flush().await }
+    });
+    wait_for_lock_waiter(&admin).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!flush.is_finished(), "the flush waits for the lock");
+    admin.execute("SELECT pg_advisory_unlock($1)", &[&FLUSH_LOCK]).await.unwrap();
+    flush.await.unwrap().unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    assert_eq!(open(&url).await.tree("t").unwrap().get(b"k").unwrap(), Some(b"v".to_vec()));
+}
+
+/// A collector starting while another migrates (here: holds the schema lock for 3 s, longer
+/// than the session's `lock_timeout`) waits for it instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_waits_for_a_migration_in_progress() {
+    let url = fresh_database().await;
+    let admin = admin_client(&url).await;
+    admin.execute("SELECT pg_advisory_lock($1)", &[&migrate::SCHEMA_LOCK]).await.unwrap();
+    let started = Instant::now();
+    let opening = tokio::spawn({
+        let url = url.clone();
+        async move { PgStorage::open(PgConnect::new(&url, None).unwrap()).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    admin.execute("SELECT pg_advisory_unlock($1)", &[&migrate::SCHEMA_LOCK]).await.unwrap();
+    opening.await.unwrap().expect("the open waited for the lock");
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(versions(&url).await, all_versions());
+}
+
+/// Another tool's `pikett_schema_migrations` (golang-migrate's columns) is named, not a panic.
+#[tokio::test]
+async fn a_foreign_migrations_table_is_refused_with_a_clear_error() {
+    let url = fresh_database().await;
+    admin_client(&url)
+        .await
+        .batch_execute(
+            "CREATE TABLE pikett_schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL);
+             INSERT INTO pikett_schema_migrations VALUES (3, false)",
+        )
+        .await
+        .unwrap();
+    let err = PgStorage::open(PgConnect::new(&url, None).unwrap()).await.err().expect("a foreign table is refused");
+    assert!(err.to_string().contains("table pikett_schema_migrations exists but is not pikett's"), "{err}");
+}
+
+#[tokio::test]
+async fn a_tree_name_with_nul_is_refused() {
+    let s = open(&fresh_database().await).await;
+    let err = s.tree("a\0b").err().expect("NUL is refused");
+    assert!(err.to_string().contains("contains NUL"), "{err}");
+}
+
+/// A flush larger than one statement's byte cap is split and written whole.
+#[tokio::test]
+async fn a_flush_of_large_values_is_split_by_bytes() {
+    let url = fresh_database().await;
+    let s = open(&url).await;
+    let t = s.tree("t").unwrap();
+    let big = vec![7u8; 3 << 20];
+    for i in 0..5u8 {
+        t.insert(&[i], big.clone()).unwrap();
+    }
+    t.insert(b"small", b"s".to_vec()).unwrap();
+    s.flush().await.unwrap();
+    t.remove(&[0]).unwrap();
+    s.flush().await.unwrap();
+    let reopened = open(&url).await.tree("t").unwrap();
+    assert_eq!(reopened.count().unwrap(), 5);
+    assert_eq!(reopened.get(&[4]).unwrap().map(|v| v.len()), Some(3 << 20));
+}
+
+#[test]
+fn statements_are_capped_by_rows_and_bytes() {
+    assert_eq!(statements(&[]), vec![]);
+    let many = vec![1; ROWS_PER_STATEMENT * 2 + 1];
+    assert_eq!(
+        statements(&many),
+        vec![
+            (0..ROWS_PER_STATEMENT, ROWS_PER_STATEMENT),
+            (ROWS_PER_STATEMENT..2 * ROWS_PER_STATEMENT, ROWS_PER_STATEMENT),
+            (2 * ROWS_PER_STATEMENT..2 * ROWS_PER_STATEMENT + 1, 1),
+        ]
+    );
+    let mib = 1 << 20;
+    assert_eq!(
+        statements(&[3 * mib, 3 * mib, 3 * mib, 20 * mib, 1]),
+        vec![(0..2, 6 * mib), (2..3, 3 * mib), (3..4, 20 * mib), (4..5, 1)]
+    );
 }
 
 #[tokio::test]
@@ -218,7 +356,10 @@ async fn tls_with_the_right_ca_connects_and_a_wrong_ca_or_name_is_refused() {
 
 #[tokio::test]
 async fn an_unreachable_server_is_named_in_the_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A socket bound but not listening, kept for the test: the port stays taken and refuses.
+    let bound = tokio::net::TcpSocket::new_v4().unwrap();
+    bound.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = bound.local_addr().unwrap().port();
     let url = format!("postgresql://pikett@127.0.0.1:{port}/x?sslmode=disable");
     let err = PgStorage::open(PgConnect::new(&url, None).unwrap()).await.err().expect("nothing listens there");
     let text = err.to_string();
@@ -226,4 +367,5 @@ async fn an_unreachable_server_is_named_in_the_error() {
         text.starts_with("PostgreSQL, connecting: error connecting to server") && text.contains("refused"),
         "{text}"
     );
+    drop(bound);
 }
