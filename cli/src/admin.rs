@@ -396,6 +396,10 @@ fn ago(now_ms: i64, then_ms: i64) -> String {
 
 pub async fn status(client: &mut Client, json: bool) -> anyhow::Result<String> {
     let s = client.admin.status(client.req(pb::StatusRequest {})).await.map_err(rpc_error)?.into_inner();
+    render_status(&s, json)
+}
+
+fn render_status(s: &pb::StatusReply, json: bool) -> anyhow::Result<String> {
     let mut out = String::new();
     if json {
         let faults: serde_json::Map<String, serde_json::Value> =
@@ -407,6 +411,13 @@ pub async fn status(client: &mut Client, json: bool) -> anyhow::Result<String> {
             "open_faults": faults, "on_call": oncall, "collector_version": s.collector_version,
             "time": format_time(s.now_unix_ms), "caller": s.caller, "caller_role": s.caller_role,
             "access": s.access,
+            "cluster": s.cluster.iter().map(|n| json!({
+                "node": n.node, "addr": n.addr, "role": n.role, "version": n.version,
+                "last_heartbeat": opt_time(n.last_heartbeat_unix_ms),
+                "last_heartbeat_unix_ms": n.last_heartbeat_unix_ms,
+            })).collect::<Vec<_>>(),
+            "leader": (!s.leader.is_empty()).then_some(&s.leader), "term": s.term,
+            "lease_expires": opt_time(s.lease_expires_unix_ms),
         });
         writeln!(out, "{v}")?;
         return Ok(out);
@@ -436,7 +447,32 @@ pub async fn status(client: &mut Client, json: bool) -> anyhow::Result<String> {
         "tokens" => writeln!(out, "access:      staff tokens; you are {} (role {})", s.caller, s.caller_role)?,
         _ => {}
     }
+    render_cluster(&mut out, s)?;
     Ok(out)
+}
+
+/// The "Cluster" section of `pikett status`: the leader and term, then one line per
+/// collector. Heartbeat ages count from the collector's time (`now_unix_ms`).
+fn render_cluster(out: &mut String, s: &pb::StatusReply) -> std::fmt::Result {
+    writeln!(out)?;
+    if s.cluster.is_empty() {
+        return writeln!(out, "Cluster: not reported (no heartbeat yet, or a collector older than this CLI)");
+    }
+    match s.leader.as_str() {
+        "" => writeln!(out, "Cluster: no leader (term {})", s.term)?,
+        leader => writeln!(out, "Cluster: leader {leader}, term {}", s.term)?,
+    }
+    let width = s.cluster.iter().map(|n| n.node.chars().count()).max().unwrap_or(0).max(4);
+    writeln!(out, "{:<width$}  {:<10}  {:<14}  {:<10}  ADDRESS", "NODE", "ROLE", "LAST HEARTBEAT", "VERSION")?;
+    for n in &s.cluster {
+        let heartbeat = if n.last_heartbeat_unix_ms == 0 {
+            "never".to_string()
+        } else {
+            ago(s.now_unix_ms, n.last_heartbeat_unix_ms)
+        };
+        writeln!(out, "{:<width$}  {:<10}  {:<14}  {:<10}  {}", n.node, n.role, heartbeat, n.version, n.addr)?;
+    }
+    Ok(())
 }
 
 pub async fn ticket(
@@ -626,6 +662,60 @@ mod fault_show_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn standalone_status() -> pb::StatusReply {
+        pb::StatusReply {
+            collector_version: "0.1.0".into(),
+            now_unix_ms: 1_700_000_010_000,
+            access: "loopback".into(),
+            caller: "alice@local".into(),
+            cluster: vec![pb::ClusterNode {
+                node: "pikett-1".into(),
+                addr: "0.0.0.0:9740".into(),
+                role: "standalone".into(),
+                last_heartbeat_unix_ms: 1_700_000_008_000,
+                version: "0.1.0".into(),
+            }],
+            leader: "pikett-1".into(),
+            term: 1,
+            lease_expires_unix_ms: 1_700_000_013_000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_shows_the_cluster_with_heartbeat_ages() {
+        let out = render_status(&standalone_status(), false).unwrap();
+        assert!(out.contains("\nCluster: leader pikett-1, term 1\n"), "{out}");
+        let row = out.lines().find(|l| l.starts_with("pikett-1 ")).unwrap_or_else(|| panic!("{out}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cells, ["pikett-1", "standalone", "2s", "ago", "0.1.0", "0.0.0.0:9740"], "{out}");
+        let header = out.lines().find(|l| l.starts_with("NODE")).unwrap();
+        assert_eq!(header.find("ROLE"), row.find("standalone"), "{out}");
+        // No leader, a node that never beat, and a collector that sends no cluster.
+        let mut s = standalone_status();
+        s.leader.clear();
+        s.cluster[0].last_heartbeat_unix_ms = 0;
+        let out = render_status(&s, false).unwrap();
+        assert!(out.contains("Cluster: no leader (term 1)") && out.contains(" never "), "{out}");
+        s.cluster.clear();
+        assert!(render_status(&s, false).unwrap().contains("Cluster: not reported"));
+    }
+
+    #[test]
+    fn status_json_has_the_cluster() {
+        let out = render_status(&standalone_status(), true).unwrap();
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!((v["leader"].as_str(), v["term"].as_u64()), (Some("pikett-1"), Some(1)));
+        assert_eq!(v["lease_expires"], "2023-11-14T22:13:33Z");
+        let node = &v["cluster"][0];
+        assert_eq!(node["node"], "pikett-1");
+        assert_eq!(node["role"], "standalone");
+        assert_eq!(node["addr"], "0.0.0.0:9740");
+        assert_eq!(node["version"], "0.1.0");
+        assert_eq!(node["last_heartbeat_unix_ms"], 1_700_000_008_000_i64);
+        assert_eq!(node["last_heartbeat"], "2023-11-14T22:13:28Z");
+    }
 
     #[test]
     fn notification_ids_are_shown_whole() {

@@ -32,13 +32,14 @@ use crate::services::faults::FaultService;
 use crate::services::identity::IdentityService;
 use crate::services::incidents::IncidentService;
 use crate::services::latest::LatestSamples;
+use crate::services::leadership::{self, ClusterView, StandaloneLease, Timing};
 use crate::services::metrics::{Metrics, ReasonLabel, StatusLabel};
 use crate::services::pki::Ca;
 use crate::services::retention::Retention;
 use crate::services::staff::StaffTokens;
 use crate::services::writer::spawn_writer;
 use crate::store::batch_files::{self, BatchFiles};
-use crate::store::{SledStorage, Storage};
+use crate::store::{NodeInfo, SledStorage, Storage};
 
 /// Largest message accepted from an agent (a batch). The agent cuts a batch at 5,000
 /// observations (a few hundred KiB; 2 MiB with long Redfish inventory); 16 MiB leaves
@@ -47,6 +48,15 @@ use crate::store::{SledStorage, Storage};
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Concurrent HTTP/2 streams per connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+/// The leader lease's ttl (the design's default `lease_ttl`; no `[store]` section yet).
+const LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// This collector's name in the cluster table: the host name, or the gRPC listen address
+/// when there is none.
+fn node_name(config: &CollectorConfig) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+    if host.is_empty() { config.listen.to_string() } else { host }
+}
 
 pub async fn serve(config: CollectorConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     serve_from(config, None, shutdown).await
@@ -194,6 +204,9 @@ pub async fn serve_from(
     let pager_for_retention = pager.clone();
     let pager_for_reload = pager.clone();
     let reloader_slot = Arc::new(std::sync::OnceLock::new());
+    // The embedded setup is one collector: always the leader (HA design, step 11). The
+    // task heartbeats, so `pikett status` shows this node with its last heartbeat.
+    let cluster = ClusterView { lease: Arc::new(StandaloneLease::new()), ttl: LEASE_TTL, standalone: true };
     let admin = AdminService {
         store: store.clone(),
         faults: faults.clone(),
@@ -205,6 +218,7 @@ pub async fn serve_from(
         ca,
         reloader: reloader_slot.clone(),
         status_links,
+        cluster: cluster.clone(),
     };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -258,6 +272,14 @@ pub async fn serve_from(
         Arc::new(crate::services::reload::Reloader::new(config_path, config.clone(), faults.clone(), pager_for_reload));
     let _ = reloader_slot.set(reloader.clone());
     tokio::spawn(reload_on_sighup(reloader.clone(), metrics.clone(), store.clone()));
+
+    let node = node_name(&config);
+    let info = NodeInfo { addr: config.listen.to_string(), version: env!("CARGO_PKG_VERSION").to_string() };
+    let mut leadership_stop = shutdown.clone();
+    let (_leadership, leadership_task) =
+        leadership::spawn(cluster.lease, node, info, Timing::for_ttl(LEASE_TTL), async move {
+            let _ = leadership_stop.wait_for(|stop| *stop).await;
+        });
 
     ready.store(true, Ordering::Release);
     pikett_support::service::notify_ready(&status_line(&metrics, &store));
@@ -322,6 +344,10 @@ pub async fn serve_from(
         } => tracing::warn!(grace = ?STOP_GRACE, "calls still open after the grace period; closing them"),
     }
     ready.store(false, Ordering::Release);
+    // The task saw the signal too: let it give the lease up.
+    if tokio::time::timeout(LEASE_TTL, leadership_task).await.is_err() {
+        tracing::warn!("the leadership task did not stop in time");
+    }
     store.flush().await?;
     tracing::info!("collector stopped");
     Ok(())

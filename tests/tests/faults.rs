@@ -68,6 +68,33 @@ fn critical_check_opens_ack_acknowledges_ok_resolves_and_agent_loss_raises_reach
     let status = json_lines(&collector.pikett(&["status", "--output", "json"], &ca).stdout);
     assert_eq!(status[0]["hosts_down"], 1);
     assert_eq!(status[0]["open_faults"]["critical"], 1);
+
+    // And shows the cluster: this one collector, standalone, heartbeating.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    let node = if host.is_empty() { format!("127.0.0.1:{}", collector.grpc_port) } else { host };
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert_eq!(status[0]["leader"].as_str(), Some(node.as_str()));
+    // Term 1, unless the collector stalled past its lease (a new term each time).
+    assert!(status[0]["term"].as_u64().is_some_and(|t| t >= 1), "{}", status[0]);
+    let cluster = status[0]["cluster"].as_array().unwrap_or_else(|| panic!("no cluster: {}", status[0]));
+    assert_eq!(cluster.len(), 1, "{cluster:?}");
+    assert_eq!((cluster[0]["node"].as_str(), cluster[0]["role"].as_str()), (Some(node.as_str()), Some("standalone")));
+    assert_eq!(cluster[0]["addr"], format!("127.0.0.1:{}", collector.grpc_port));
+    assert_eq!(cluster[0]["version"], status[0]["collector_version"]);
+    let beat_ms = cluster[0]["last_heartbeat_unix_ms"].as_i64().unwrap();
+    assert!((now_ms - 5_000..=now_ms + 1_000).contains(&beat_ms), "heartbeat {beat_ms}, now {now_ms}");
+    let out = collector.pikett(&["status"], &ca);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("\nCluster: leader {node}, term ")), "{text}");
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{node} ")))
+        .unwrap_or_else(|| panic!("no row for {node}: {text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[1], "standalone", "{text}");
+    let age: u64 = row[2].strip_suffix('s').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("age: {text}"));
+    assert!(age <= 5 && row[3] == "ago", "{text}");
 }
 
 #[test]

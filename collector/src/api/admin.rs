@@ -17,6 +17,7 @@ use crate::api::access::Access;
 use crate::services::batches::BatchLog;
 use crate::services::faults::FaultService;
 use crate::services::identity::IdentityService;
+use crate::services::leadership::{ClusterView, node_role};
 use crate::services::pager::Pager;
 use crate::services::pki::Ca;
 use crate::services::staff::Role as StaffRole;
@@ -36,6 +37,8 @@ pub struct AdminService {
     pub reloader: Arc<std::sync::OnceLock<Arc<crate::services::reload::Reloader>>>,
     /// Customer status page links (`pikett status-page`).
     pub status_links: Arc<crate::services::status_links::StatusLinks>,
+    /// The leader lease and the nodes' heartbeats, for the cluster of `pikett status`.
+    pub cluster: ClusterView,
 }
 
 fn ms(t: Option<Timestamp>) -> i64 {
@@ -245,6 +248,23 @@ impl Admin for AdminService {
             open_faults.push(pb::SeverityCount { severity: name_of(&sev), count: n });
         }
         let on_call = if !self.pager.has_people() { Vec::new() } else { self.on_call(now) };
+        let view = &self.cluster;
+        let cluster = view
+            .lease
+            .cluster()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot read the cluster table: {e}")))?;
+        let nodes = cluster
+            .nodes
+            .iter()
+            .map(|n| pb::ClusterNode {
+                node: n.node.clone(),
+                addr: n.addr.clone(),
+                role: node_role(&cluster, n, view.ttl, view.standalone).as_str().to_string(),
+                last_heartbeat_unix_ms: n.heartbeat_at_ms.unwrap_or(0),
+                version: n.version.clone(),
+            })
+            .collect();
         Ok(Response::new(pb::StatusReply {
             hosts_up: up,
             hosts_down: hosts.len() as u32 - up,
@@ -256,6 +276,10 @@ impl Admin for AdminService {
             caller: caller.user,
             caller_role: caller.role.as_str().to_string(),
             access: self.access.mode().to_string(),
+            cluster: nodes,
+            leader: cluster.leader().unwrap_or_default().to_string(),
+            term: u64::try_from(cluster.term).unwrap_or(0),
+            lease_expires_unix_ms: cluster.expires_at_ms.unwrap_or(0),
         }))
     }
 

@@ -10,6 +10,8 @@
 pub mod email;
 mod http;
 pub mod outbox;
+#[cfg(test)]
+mod outbox_suite;
 pub mod receipts;
 pub mod sms;
 pub mod template;
@@ -25,8 +27,8 @@ use serde::{Deserialize, Serialize};
 
 pub use email::{EmailChannel, EmailConfig};
 pub use outbox::{
-    Clock, Enqueued, Entry, EntryState, ManualClock, Outbox, OutboxConfig, OutboxError, OutboxStore, Outcome,
-    OutcomeStatus, SystemClock, TreeStore, Worker,
+    Claimed, Claimer, Clock, Enqueued, Entry, EntryState, ManualClock, Outbox, OutboxConfig, OutboxError, OutboxStore,
+    Outcome, OutcomeStatus, PgStore, Recorded, SystemClock, TreeStore, Worker,
 };
 pub use receipts::{DeliveryReport, DeliveryState, ReceiptConfig, ReceiptTracker};
 pub use sms::{SmsChannel, SmsConfig};

@@ -5,21 +5,30 @@
 //! after restart, with the same idempotency key, so gateways and mail servers can drop the
 //! duplicate. Finished entries are kept for `keep_done` to refuse re-enqueueing the same key.
 //!
+//! Several collector nodes can share one outbox ([`PgStore`]): only the leader sends. Its
+//! worker claims due entries as a [`Claimer`] (node and lease term) and records a result only
+//! while the claim is still its own; a newer term takes an older term's claims over at once,
+//! so a page in flight when a leader dies is sent again by the next one, with the same key.
+//! A result refused as stale (or a fenced claim) deposes the outbox: its outcome is dropped
+//! and its worker stops ([`Outbox::deposed`]). On one node ([`TreeStore`]) the term is 0.
+//!
 //! Architecture invariant: the outbox knows channels only through [`Channel`]; retry timing is
 //! the pure [`backoff`] / [`after_failure`], over times from an injected [`Clock`].
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::{ChannelError, ChannelKind, ChannelMap, Notification, NotificationKind, Receipt};
-use crate::store::{Storage, Tree, WriteBatch};
+use crate::store::pg::{OutboxRow, PgConnect, PgOutbox};
+use crate::store::{Storage, StoreError, Tree, WriteBatch};
 
 /// The source of "now" for retry timing, so tests and simulations can drive time.
 pub trait Clock: Send + Sync {
@@ -189,40 +198,149 @@ pub enum OutboxError {
     Decode { key: String, message: String },
     #[error("notification has an empty id (the idempotency key)")]
     EmptyId,
+    /// The claimer's term no longer holds the leader lease: it must step down.
+    #[error("outbox: fenced: node {node} no longer holds the leader lease of term {term}")]
+    Fenced { node: String, term: i64 },
 }
 
-/// The outbox's storage, kept behind a trait so the engine can change without touching callers.
+/// Who claims entries: a node under its leader term. Each term has one holder, so claims of
+/// one term all come from one node and one clock. A standalone collector is
+/// [`Claimer::standalone`] (term 0, never deposed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Claimer {
+    pub node: String,
+    pub term: i64,
+}
+
+impl Claimer {
+    /// The one node of a collector without high availability (sled): term 0.
+    pub fn standalone() -> Self {
+        Claimer { node: "local".into(), term: 0 }
+    }
+}
+
+/// The answer of [`OutboxStore::claim_due`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    /// The entries now claimed, by next attempt, then id.
+    pub due: Vec<Entry>,
+    /// The earliest next attempt of the pending entries this claimer could claim later (a
+    /// time at or before `now` when `limit` left some due ones).
+    pub next: Option<Timestamp>,
+}
+
+/// The answer of [`OutboxStore::record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The attempt's result is stored, durably, and the claim ended.
+    Stored,
+    /// The claim is not the caller's any more (a newer term took it over, or it ended): nothing
+    /// changed. The caller's outcome is dropped, and its worker steps down.
+    Stale,
+}
+
+/// How long a claim keeps other workers of the same term away from an entry: longer than a
+/// send takes (channels time out well within it). A newer term takes a claim over at once.
+pub const CLAIM_FOR: Duration = Duration::from_secs(120);
+
+/// The outbox's storage, kept behind a trait so the engine can change without touching callers:
+/// [`TreeStore`] (sled, one node) and [`PgStore`] (PostgreSQL, shared by the collector nodes).
+/// Both pass the one suite in `outbox_suite.rs`.
+///
+/// Claims: a worker claims due entries as a [`Claimer`] until `now + claim_for`, and records a
+/// result only while the claim is still its own (same node and term). A claim of an older term
+/// is taken over at once by a newer term (no page is lost when a leader dies); a claim of the
+/// same term only after it ran out. Times are the claimer's clock: `claim_until` is compared
+/// only within one term, that is on one node.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
+    /// Stores `entry` as a new pending entry, durably, unless its id exists; then returns the
+    /// existing one's state and changes nothing. Fails [`OutboxError::Fenced`] when `by` no
+    /// longer leads (on engines with a lease).
+    async fn enqueue(&self, by: &Claimer, entry: &Entry) -> Result<Option<EntryState>, OutboxError>;
     /// The entry with this id, pending or finished.
-    fn get(&self, id: &str) -> Result<Option<Entry>, OutboxError>;
-    /// Stores a new pending entry unless the id exists; returns the existing one's state.
-    fn insert_new(&self, entry: &Entry) -> Result<Option<EntryState>, OutboxError>;
-    /// Replaces a pending entry (after a failed attempt).
-    fn update_pending(&self, entry: &Entry) -> Result<(), OutboxError>;
-    /// Atomically moves an entry from pending to finished.
-    fn finish(&self, entry: &Entry) -> Result<(), OutboxError>;
-    /// All pending entries. Undecodable ones are reported as errors in the list.
-    fn pending(&self) -> Result<Vec<Result<Entry, OutboxError>>, OutboxError>;
-    /// Moves an undecodable pending entry (by its key from [`OutboxError::Decode`]) aside,
-    /// keeping its bytes for inspection, so it is reported once and not on every pass.
-    fn quarantine(&self, key: &str) -> Result<(), OutboxError>;
-    /// Removes finished entries finished before `before`; returns how many.
-    fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError>;
+    async fn entry(&self, id: &str) -> Result<Option<Entry>, OutboxError>;
     /// Entries, pending and finished, whose id starts with `prefix` (a fault's: `FAULT/`).
-    fn with_id_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError>;
-    /// Makes every write so far durable against a process crash.
-    async fn flush(&self) -> Result<(), OutboxError>;
+    async fn entries_with_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError>;
+    /// All pending entries, claimed or not. Undecodable ones are logged and set aside (kept
+    /// for inspection), so they are reported once and not on every pass.
+    async fn pending_entries(&self) -> Result<Vec<Entry>, OutboxError>;
+    /// Claims for `by`, until `now + claim_for`, at most `limit` pending entries due at `now`
+    /// (by next attempt, then id) that are unclaimed, claimed by an older term, or claimed by
+    /// `by`'s term with the claim run out. Fails [`OutboxError::Fenced`] when `by` no longer
+    /// leads (on engines with a lease).
+    async fn claim_due(
+        &self,
+        by: &Claimer,
+        now: Timestamp,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Claimed, OutboxError>;
+    /// Records an attempt's result, durably, if `by` still holds the entry's claim: `entry`
+    /// pending replaces the pending entry (a retry), delivered or failed finishes it. The claim
+    /// ends either way.
+    async fn record(&self, by: &Claimer, entry: &Entry) -> Result<Recorded, OutboxError>;
+    /// Ends `by`'s claim on `id` without a result (an attempt cancelled): the entry is due
+    /// again at once. A claim that is not `by`'s is left alone.
+    async fn release(&self, by: &Claimer, id: &str) -> Result<(), OutboxError>;
+    /// Removes finished entries finished before `before`; returns how many.
+    async fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError>;
+}
+
+/// A shared store (one per node, or one for several outboxes in tests) is a store.
+#[async_trait]
+impl<S: OutboxStore + ?Sized> OutboxStore for Arc<S> {
+    async fn enqueue(&self, by: &Claimer, entry: &Entry) -> Result<Option<EntryState>, OutboxError> {
+        (**self).enqueue(by, entry).await
+    }
+    async fn entry(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
+        (**self).entry(id).await
+    }
+    async fn entries_with_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError> {
+        (**self).entries_with_prefix(prefix).await
+    }
+    async fn pending_entries(&self) -> Result<Vec<Entry>, OutboxError> {
+        (**self).pending_entries().await
+    }
+    async fn claim_due(
+        &self,
+        by: &Claimer,
+        now: Timestamp,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Claimed, OutboxError> {
+        (**self).claim_due(by, now, claim_for, limit).await
+    }
+    async fn record(&self, by: &Claimer, entry: &Entry) -> Result<Recorded, OutboxError> {
+        (**self).record(by, entry).await
+    }
+    async fn release(&self, by: &Claimer, id: &str) -> Result<(), OutboxError> {
+        (**self).release(by, id).await
+    }
+    async fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError> {
+        (**self).purge_finished(before).await
+    }
+}
+
+/// Whether `by` may claim an entry whose claim is `held` (claimer and until), at `now`.
+fn claimable(held: Option<&(Claimer, Timestamp)>, by: &Claimer, now: Timestamp) -> bool {
+    match held {
+        None => true,
+        Some((holder, until)) => holder.term < by.term || (holder.term == by.term && *until <= now),
+    }
 }
 
 /// [`OutboxStore`] on the storage tree `outbox`: keys `p/ID` (pending), `d/ID` (finished) and
-/// `bad/KEY` (quarantined), JSON values.
+/// `bad/KEY` (quarantined), JSON values. Claims live in memory: one node uses the tree, and a
+/// restart starts with no claim (what was in flight is sent again, at-least-once).
 #[derive(Clone)]
 pub struct TreeStore {
     storage: Arc<dyn Storage>,
     tree: Arc<dyn Tree>,
     /// Serialises the read-check-write sequences (insert-if-new, quarantine) against each other.
     write: Arc<std::sync::Mutex<()>>,
+    /// Claimed entries: by id, the claimer and until when.
+    claims: Arc<Mutex<HashMap<String, (Claimer, Timestamp)>>>,
 }
 
 const PENDING: &str = "p/";
@@ -242,21 +360,28 @@ fn decode(key: &[u8], value: &[u8]) -> Result<Entry, OutboxError> {
         .map_err(|e| OutboxError::Decode { key: String::from_utf8_lossy(key).into_owned(), message: e.to_string() })
 }
 
+/// Logs an undecodable pending entry that is being set aside.
+fn log_undecodable(e: &OutboxError) {
+    tracing::error!(error = %e, "outbox: undecodable notification set aside, it cannot be sent");
+}
+
 impl TreeStore {
     /// Opens (or creates) the tree `outbox` in `storage`.
     pub fn open(storage: Arc<dyn Storage>) -> Result<Self, OutboxError> {
         let tree = storage.tree("outbox").map_err(store_err)?;
-        Ok(TreeStore { storage, tree, write: Arc::default() })
+        Ok(TreeStore { storage, tree, write: Arc::default(), claims: Arc::default() })
     }
 
     fn locked(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
 
-#[async_trait]
-impl OutboxStore for TreeStore {
-    fn get(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Claimer, Timestamp)>> {
+        self.claims.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The entry with this id, pending or finished.
+    pub fn get(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
         for prefix in [PENDING, DONE] {
             let key = format!("{prefix}{id}");
             if let Some(v) = self.tree.get(key.as_bytes()).map_err(store_err)? {
@@ -266,7 +391,9 @@ impl OutboxStore for TreeStore {
         Ok(None)
     }
 
-    fn insert_new(&self, entry: &Entry) -> Result<Option<EntryState>, OutboxError> {
+    /// Stores a new pending entry unless the id exists (not flushed); returns the existing
+    /// one's state.
+    pub fn insert_new(&self, entry: &Entry) -> Result<Option<EntryState>, OutboxError> {
         let id = &entry.notification.id;
         let pending_key = format!("{PENDING}{id}");
         let done_key = format!("{DONE}{id}");
@@ -284,13 +411,15 @@ impl OutboxStore for TreeStore {
         Ok(None)
     }
 
-    fn update_pending(&self, entry: &Entry) -> Result<(), OutboxError> {
+    /// Replaces a pending entry (after a failed attempt); not flushed.
+    pub fn update_pending(&self, entry: &Entry) -> Result<(), OutboxError> {
         let key = format!("{PENDING}{}", entry.notification.id);
         self.tree.insert(key.as_bytes(), encode(entry)?).map_err(store_err)?;
         Ok(())
     }
 
-    fn finish(&self, entry: &Entry) -> Result<(), OutboxError> {
+    /// Atomically moves an entry from pending to finished; not flushed.
+    pub fn finish(&self, entry: &Entry) -> Result<(), OutboxError> {
         let id = &entry.notification.id;
         let mut batch = WriteBatch::default();
         batch.remove(format!("{PENDING}{id}"));
@@ -298,7 +427,8 @@ impl OutboxStore for TreeStore {
         self.tree.apply(batch).map_err(store_err)
     }
 
-    fn pending(&self) -> Result<Vec<Result<Entry, OutboxError>>, OutboxError> {
+    /// All pending entries. Undecodable ones are reported as errors in the list.
+    pub fn pending(&self) -> Result<Vec<Result<Entry, OutboxError>>, OutboxError> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(PENDING.as_bytes()) {
             let (k, v) = item.map_err(store_err)?;
@@ -307,7 +437,9 @@ impl OutboxStore for TreeStore {
         Ok(out)
     }
 
-    fn quarantine(&self, key: &str) -> Result<(), OutboxError> {
+    /// Moves an undecodable pending entry (by its key from [`OutboxError::Decode`]) aside,
+    /// keeping its bytes for inspection, so it is reported once and not on every pass.
+    pub fn quarantine(&self, key: &str) -> Result<(), OutboxError> {
         let _guard = self.locked();
         if let Some(v) = self.tree.get(key.as_bytes()).map_err(store_err)? {
             let mut batch = WriteBatch::default();
@@ -318,7 +450,8 @@ impl OutboxStore for TreeStore {
         Ok(())
     }
 
-    fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError> {
+    /// Removes finished entries finished before `before`; returns how many (not flushed).
+    pub fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError> {
         let mut old_keys = Vec::new();
         for item in self.tree.scan_prefix(DONE.as_bytes()) {
             let (k, v) = item.map_err(store_err)?;
@@ -337,7 +470,8 @@ impl OutboxStore for TreeStore {
         Ok(old_keys.len())
     }
 
-    fn with_id_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError> {
+    /// Entries, pending and finished, whose id starts with `prefix` (a fault's: `FAULT/`).
+    pub fn with_id_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError> {
         let mut out = Vec::new();
         for state in [PENDING, DONE] {
             let key = format!("{state}{prefix}");
@@ -349,8 +483,229 @@ impl OutboxStore for TreeStore {
         Ok(out)
     }
 
-    async fn flush(&self) -> Result<(), OutboxError> {
-        self.storage.flush().await.map_err(store_err)
+    /// Pending entries; undecodable ones are logged and quarantined.
+    fn decodable_pending(&self) -> Result<Vec<Entry>, OutboxError> {
+        let mut out = Vec::new();
+        for item in self.pending()? {
+            match item {
+                Ok(entry) => out.push(entry),
+                Err(e) => {
+                    log_undecodable(&e);
+                    if let OutboxError::Decode { key, .. } = &e
+                        && let Err(q) = self.quarantine(key)
+                    {
+                        tracing::error!(error = %q, "outbox: cannot quarantine entry");
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl OutboxStore for TreeStore {
+    async fn enqueue(&self, _by: &Claimer, entry: &Entry) -> Result<Option<EntryState>, OutboxError> {
+        if let Some(state) = self.insert_new(entry)? {
+            return Ok(Some(state));
+        }
+        self.storage.flush().await.map_err(store_err)?;
+        Ok(None)
+    }
+
+    async fn entry(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
+        self.get(id)
+    }
+
+    async fn entries_with_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError> {
+        self.with_id_prefix(prefix)
+    }
+
+    async fn pending_entries(&self) -> Result<Vec<Entry>, OutboxError> {
+        self.decodable_pending()
+    }
+
+    async fn claim_due(
+        &self,
+        by: &Claimer,
+        now: Timestamp,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Claimed, OutboxError> {
+        let pending = self.decodable_pending()?;
+        let mut claims = self.claims();
+        let mut due = Vec::new();
+        let mut next: Option<Timestamp> = None;
+        for e in pending {
+            if !claimable(claims.get(&e.notification.id), by, now) {
+                continue;
+            }
+            if e.next_attempt <= now {
+                due.push(e);
+            } else {
+                next = Some(next.map_or(e.next_attempt, |n| n.min(e.next_attempt)));
+            }
+        }
+        due.sort_by(|a, b| (a.next_attempt, &a.notification.id).cmp(&(b.next_attempt, &b.notification.id)));
+        if let Some(first_left) = due.get(limit) {
+            let at = first_left.next_attempt;
+            next = Some(next.map_or(at, |n| n.min(at)));
+            due.truncate(limit);
+        }
+        let until = add(now, claim_for);
+        for e in &due {
+            claims.insert(e.notification.id.clone(), (by.clone(), until));
+        }
+        Ok(Claimed { due, next })
+    }
+
+    async fn record(&self, by: &Claimer, entry: &Entry) -> Result<Recorded, OutboxError> {
+        let id = &entry.notification.id;
+        {
+            let mut claims = self.claims();
+            if claims.get(id).is_none_or(|(holder, _)| holder != by) {
+                return Ok(Recorded::Stale);
+            }
+            claims.remove(id);
+            if !self.tree.contains_key(format!("{PENDING}{id}").as_bytes()).map_err(store_err)? {
+                return Ok(Recorded::Stale);
+            }
+            match entry.state {
+                EntryState::Pending => self.update_pending(entry)?,
+                EntryState::Delivered | EntryState::Failed => self.finish(entry)?,
+            }
+        }
+        self.storage.flush().await.map_err(store_err)?;
+        Ok(Recorded::Stored)
+    }
+
+    async fn release(&self, by: &Claimer, id: &str) -> Result<(), OutboxError> {
+        let mut claims = self.claims();
+        if claims.get(id).is_some_and(|(holder, _)| holder == by) {
+            claims.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError> {
+        TreeStore::purge_finished(self, before)
+    }
+}
+
+/// [`OutboxStore`] on PostgreSQL (the table `pikett_outbox`, see `store::pg::outbox`), shared
+/// by every collector node: claims and enqueues are fenced by the leader lease, results count
+/// only while the claim is the caller's. Entries are the same JSON as [`TreeStore`]'s.
+pub struct PgStore {
+    db: PgOutbox,
+}
+
+impl PgStore {
+    /// The outbox on the database `connect` reaches (its schema migrated by `PgStorage::open`);
+    /// connects on first use, on a session of its own.
+    pub fn new(connect: PgConnect) -> Self {
+        PgStore { db: PgOutbox::new(connect) }
+    }
+}
+
+fn pg_err(e: StoreError) -> OutboxError {
+    match e {
+        StoreError::Fenced { node, term } => OutboxError::Fenced { node, term },
+        other => store_err(other),
+    }
+}
+
+fn micros(t: Timestamp) -> i64 {
+    t.as_microsecond()
+}
+
+fn state_name(state: EntryState) -> &'static str {
+    match state {
+        EntryState::Pending => "pending",
+        EntryState::Delivered => "delivered",
+        EntryState::Failed => "failed",
+    }
+}
+
+fn row_of(entry: &Entry) -> Result<OutboxRow, OutboxError> {
+    Ok(OutboxRow {
+        id: entry.notification.id.clone(),
+        state: state_name(entry.state),
+        entry: serde_json::to_string(entry).map_err(store_err)?,
+        next_attempt_us: micros(entry.next_attempt),
+        finished_at_us: entry.finished_at.map(micros),
+    })
+}
+
+/// Decodes rows `(id, JSON)`; undecodable ones are logged and set aside when `quarantine`.
+async fn decode_rows(db: &PgOutbox, rows: Vec<(String, String)>, quarantine: bool) -> Result<Vec<Entry>, OutboxError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, json) in rows {
+        match decode(id.as_bytes(), json.as_bytes()) {
+            Ok(e) => out.push(e),
+            Err(e) if quarantine => {
+                log_undecodable(&e);
+                db.quarantine(&id).await.map_err(pg_err)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl OutboxStore for PgStore {
+    async fn enqueue(&self, by: &Claimer, entry: &Entry) -> Result<Option<EntryState>, OutboxError> {
+        let existing = self.db.insert(&by.node, by.term, &row_of(entry)?).await.map_err(pg_err)?;
+        Ok(existing.map(|state| match state.as_str() {
+            "pending" => EntryState::Pending,
+            "delivered" => EntryState::Delivered,
+            _ => EntryState::Failed,
+        }))
+    }
+
+    async fn entry(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
+        match self.db.get(id).await.map_err(pg_err)? {
+            Some(json) => decode(id.as_bytes(), json.as_bytes()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn entries_with_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError> {
+        decode_rows(&self.db, self.db.with_prefix(prefix).await.map_err(pg_err)?, false).await
+    }
+
+    async fn pending_entries(&self) -> Result<Vec<Entry>, OutboxError> {
+        decode_rows(&self.db, self.db.pending().await.map_err(pg_err)?, true).await
+    }
+
+    async fn claim_due(
+        &self,
+        by: &Claimer,
+        now: Timestamp,
+        claim_for: Duration,
+        limit: usize,
+    ) -> Result<Claimed, OutboxError> {
+        let (rows, next) =
+            self.db.claim(&by.node, by.term, micros(now), micros(add(now, claim_for)), limit).await.map_err(pg_err)?;
+        let mut due = decode_rows(&self.db, rows, true).await?;
+        due.sort_by(|a, b| (a.next_attempt, &a.notification.id).cmp(&(b.next_attempt, &b.notification.id)));
+        let next = next.and_then(|us| Timestamp::from_microsecond(us).ok());
+        Ok(Claimed { due, next })
+    }
+
+    async fn record(&self, by: &Claimer, entry: &Entry) -> Result<Recorded, OutboxError> {
+        Ok(match self.db.record(&by.node, by.term, &row_of(entry)?).await.map_err(pg_err)? {
+            true => Recorded::Stored,
+            false => Recorded::Stale,
+        })
+    }
+
+    async fn release(&self, by: &Claimer, id: &str) -> Result<(), OutboxError> {
+        self.db.release(&by.node, by.term, id).await.map_err(pg_err)
+    }
+
+    async fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError> {
+        self.db.purge_finished(micros(before)).await.map_err(pg_err)
     }
 }
 
@@ -415,15 +770,31 @@ pub struct OutboxStats {
 
 struct Inner {
     store: Box<dyn OutboxStore>,
+    /// Who this outbox claims entries as.
+    claimer: Claimer,
     /// Replaced whole by a reload ([`Outbox::set_channels`]); sends in flight keep theirs.
     channels: std::sync::RwLock<Arc<ChannelMap>>,
     cfg: OutboxConfig,
     clock: Arc<dyn Clock>,
     outcomes: mpsc::UnboundedSender<Outcome>,
     wake: Notify,
-    in_flight: Mutex<HashSet<String>>,
+    /// Set once the store said the claimer's term is over (a stale result, a fenced claim):
+    /// the worker stops and nothing more is sent.
+    deposed: watch::Sender<bool>,
     limit: Semaphore,
     stats: OutboxStats,
+}
+
+impl Inner {
+    fn depose(&self, why: &str) {
+        tracing::warn!(node = %self.claimer.node, term = self.claimer.term, why, "outbox: this term's claims are over, the worker steps down");
+        self.deposed.send_replace(true);
+        self.wake.notify_one();
+    }
+
+    fn is_deposed(&self) -> bool {
+        *self.deposed.borrow()
+    }
 }
 
 /// The outbox. Cheap to clone; all clones share one store and one worker.
@@ -453,28 +824,49 @@ impl Outbox {
         *self.inner.channels.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(channels);
     }
 
-    /// An outbox over `store` sending through `channels`. Outcomes arrive on the receiver;
-    /// nothing is sent until [`Outbox::start`] (or [`Outbox::run_due`]) is called.
+    /// An outbox over `store` sending through `channels`, claiming as
+    /// [`Claimer::standalone`]. Outcomes arrive on the receiver; nothing is sent until
+    /// [`Outbox::start`] (or [`Outbox::run_due`]) is called.
     pub fn new(
         store: impl OutboxStore + 'static,
         channels: ChannelMap,
         cfg: OutboxConfig,
         clock: Arc<dyn Clock>,
     ) -> (Outbox, mpsc::UnboundedReceiver<Outcome>) {
+        Outbox::claiming_as(store, channels, cfg, clock, Claimer::standalone())
+    }
+
+    /// [`Outbox::new`] for a leader: enqueues and claims as `claimer` (a node and its term).
+    /// Once the store says the term is over, the outbox sends nothing more
+    /// ([`Outbox::deposed`]); the next term builds a new outbox.
+    pub fn claiming_as(
+        store: impl OutboxStore + 'static,
+        channels: ChannelMap,
+        cfg: OutboxConfig,
+        clock: Arc<dyn Clock>,
+        claimer: Claimer,
+    ) -> (Outbox, mpsc::UnboundedReceiver<Outcome>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let permits = cfg.concurrency.max(1);
         let inner = Inner {
             store: Box::new(store),
+            claimer,
             channels: std::sync::RwLock::new(Arc::new(channels)),
             cfg,
             clock,
             outcomes: tx,
             wake: Notify::new(),
-            in_flight: Mutex::new(HashSet::new()),
+            deposed: watch::Sender::new(false),
             limit: Semaphore::new(permits),
             stats: OutboxStats::default(),
         };
         (Outbox { inner: Arc::new(inner) }, rx)
+    }
+
+    /// Turns `true` once the store refused this outbox's term (a stale result or a fenced
+    /// claim): its worker has stopped, and the node should step down.
+    pub fn deposed(&self) -> watch::Receiver<bool> {
+        self.inner.deposed.subscribe()
     }
 
     /// Stores `n` durably (flushed) and wakes the worker. Same id twice = one notification.
@@ -493,45 +885,52 @@ impl Outbox {
             receipt: None,
             finished_at: None,
         };
-        if let Some(state) = self.inner.store.insert_new(&entry)? {
+        let stored = self.inner.store.enqueue(&self.inner.claimer, &entry).await;
+        if let Err(OutboxError::Fenced { .. }) = &stored {
+            self.inner.depose("enqueue fenced");
+        }
+        if let Some(state) = stored? {
             tracing::debug!(notification = %entry.notification.id, ?state, "duplicate enqueue ignored");
             return Ok(Enqueued::Duplicate(state));
         }
-        self.inner.store.flush().await?;
         tracing::debug!(notification = %entry.notification.id, channel = %entry.notification.channel, "notification enqueued");
         self.inner.wake.notify_one();
         Ok(Enqueued::New)
     }
 
     /// The entry with this id, pending or finished.
-    pub fn get(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
-        self.inner.store.get(id)
+    pub async fn entry(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
+        self.inner.store.entry(id).await
     }
 
     /// Entries whose id starts with `prefix`, oldest first (a fault's: `FAULT/`).
-    pub fn with_id_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError> {
-        let mut entries = self.inner.store.with_id_prefix(prefix)?;
+    pub async fn entries_with_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError> {
+        let mut entries = self.inner.store.entries_with_prefix(prefix).await?;
         entries.sort_by(|a, b| (a.enqueued_at, &a.notification.id).cmp(&(b.enqueued_at, &b.notification.id)));
         Ok(entries)
     }
 
     /// Pending entries. Undecodable ones are logged and quarantined (kept under `bad/`).
+    pub async fn pending_entries(&self) -> Result<Vec<Entry>, OutboxError> {
+        self.inner.store.pending_entries().await
+    }
+
+    /// [`Outbox::entry`] for a synchronous caller. It answers when the store answers without
+    /// waiting ([`TreeStore`]); a store on the network ([`PgStore`]) fails, and its callers
+    /// must use the async form. So do [`Outbox::with_id_prefix`], [`Outbox::pending`] and
+    /// [`Outbox::purge`].
+    pub fn get(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
+        now_or_fail(self.entry(id))
+    }
+
+    /// [`Outbox::entries_with_prefix`] for a synchronous caller (see [`Outbox::get`]).
+    pub fn with_id_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError> {
+        now_or_fail(self.entries_with_prefix(prefix))
+    }
+
+    /// [`Outbox::pending_entries`] for a synchronous caller (see [`Outbox::get`]).
     pub fn pending(&self) -> Result<Vec<Entry>, OutboxError> {
-        let mut out = Vec::new();
-        for item in self.inner.store.pending()? {
-            match item {
-                Ok(entry) => out.push(entry),
-                Err(e) => {
-                    tracing::error!(error = %e, "outbox: undecodable notification set aside, it cannot be sent");
-                    if let OutboxError::Decode { key, .. } = &e
-                        && let Err(q) = self.inner.store.quarantine(key)
-                    {
-                        tracing::error!(error = %q, "outbox: cannot quarantine entry");
-                    }
-                }
-            }
-        }
-        Ok(out)
+        now_or_fail(self.pending_entries())
     }
 
     pub fn stats(&self) -> &OutboxStats {
@@ -539,67 +938,75 @@ impl Outbox {
     }
 
     /// Removes finished entries older than `keep_done`.
-    pub fn purge(&self) -> Result<usize, OutboxError> {
+    pub async fn purge_finished(&self) -> Result<usize, OutboxError> {
         let before = self
             .inner
             .clock
             .now()
             .checked_sub(SignedDuration::try_from(self.inner.cfg.keep_done).unwrap_or(SignedDuration::MAX))
             .unwrap_or(Timestamp::MIN);
-        self.inner.store.purge_finished(before)
+        self.inner.store.purge_finished(before).await
     }
 
-    /// Pending entries due at the clock's now that are not in flight, now marked in flight;
-    /// and the earliest due time of the rest.
-    fn claim_due(&self) -> Result<(Vec<Entry>, Option<Timestamp>), OutboxError> {
-        let now = self.inner.clock.now();
-        let pending = self.pending()?;
-        let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        let mut due = Vec::new();
-        let mut next: Option<Timestamp> = None;
-        for e in pending {
-            if in_flight.contains(&e.notification.id) {
-                continue;
-            }
-            if e.next_attempt <= now {
-                in_flight.insert(e.notification.id.clone());
-                due.push(e);
-            } else {
-                next = Some(next.map_or(e.next_attempt, |n| n.min(e.next_attempt)));
-            }
+    /// [`Outbox::purge_finished`] for a synchronous caller (see [`Outbox::get`]).
+    pub fn purge(&self) -> Result<usize, OutboxError> {
+        now_or_fail(self.purge_finished())
+    }
+
+    /// Claims up to `limit` entries due at the clock's now; and the earliest due time of the
+    /// rest. A fenced claim deposes the outbox.
+    async fn claim_due(&self, limit: usize) -> Result<Claimed, OutboxError> {
+        let claimed = self.inner.store.claim_due(&self.inner.claimer, self.inner.clock.now(), CLAIM_FOR, limit).await;
+        if let Err(OutboxError::Fenced { .. }) = &claimed {
+            self.inner.depose("claim fenced");
         }
-        Ok((due, next))
+        claimed
     }
 
     /// Makes one attempt for every entry due now and waits for them: the worker's step, and a
-    /// deterministic driver for tests with a [`ManualClock`].
+    /// deterministic driver for tests with a [`ManualClock`]. Outcomes dropped as stale are
+    /// left out.
     pub async fn run_due(&self) -> Result<Vec<Outcome>, OutboxError> {
-        let (due, _) = self.claim_due()?;
-        let attempts = due.into_iter().map(|e| attempt(self.inner.clone(), e));
-        Ok(futures::future::join_all(attempts).await)
+        if self.inner.is_deposed() {
+            return Ok(Vec::new());
+        }
+        let claimed = self.claim_due(usize::MAX).await?;
+        let attempts = claimed.due.into_iter().map(|e| attempt(self.inner.clone(), e));
+        Ok(futures::future::join_all(attempts).await.into_iter().flatten().collect())
     }
 
     /// Starts the worker task: resumes pending entries at once, then sends whatever is due.
+    /// It claims at most `concurrency` entries at a time, and stops on its own once deposed.
     pub fn start(&self) -> Worker {
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let outbox = self.clone();
         let handle = tokio::spawn(async move {
             let mut tasks = JoinSet::new();
             loop {
-                let next = match outbox.claim_due() {
-                    Ok((due, next)) => {
-                        for e in due {
-                            tasks.spawn(attempt(outbox.inner.clone(), e));
-                        }
-                        next
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "outbox: cannot read pending notifications");
-                        Some(add(outbox.inner.clock.now(), Duration::from_secs(1)))
-                    }
-                };
                 // Finished attempts are reaped here; their results went out as outcomes.
                 while tasks.try_join_next().is_some() {}
+                if outbox.inner.is_deposed() {
+                    break;
+                }
+                let room = outbox.inner.cfg.concurrency.max(1).saturating_sub(tasks.len());
+                let next = if room == 0 {
+                    // A finishing attempt wakes the loop.
+                    None
+                } else {
+                    match outbox.claim_due(room).await {
+                        Ok(claimed) => {
+                            for e in claimed.due {
+                                tasks.spawn(attempt(outbox.inner.clone(), e));
+                            }
+                            claimed.next
+                        }
+                        Err(OutboxError::Fenced { .. }) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, "outbox: cannot read pending notifications");
+                            Some(add(outbox.inner.clock.now(), Duration::from_secs(1)))
+                        }
+                    }
+                };
                 let wait = next.map_or(Duration::from_secs(60), |t| {
                     let d = t.duration_since(outbox.inner.clock.now());
                     Duration::try_from(d).unwrap_or(Duration::ZERO).min(Duration::from_secs(60))
@@ -616,18 +1023,50 @@ impl Outbox {
     }
 }
 
-/// One attempt for one entry: send, persist the result, report the outcome.
-async fn attempt(inner: Arc<Inner>, mut entry: Entry) -> Outcome {
-    let id = entry.notification.id.clone();
-    // Removes the id from the in-flight set even if this task is cancelled mid-send.
-    struct Release<'a>(&'a Inner, &'a str);
-    impl Drop for Release<'_> {
-        fn drop(&mut self) {
-            self.0.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(self.1);
-            self.0.wake.notify_one();
+/// The answer of `f` if it is ready at once (an in-memory store's), else an error.
+fn now_or_fail<T>(f: impl std::future::Future<Output = Result<T, OutboxError>>) -> Result<T, OutboxError> {
+    f.now_or_never().unwrap_or_else(|| {
+        Err(OutboxError::Store("the outbox's store is on the network: ask it from async code".into()))
+    })
+}
+
+/// Ends an attempt's claim if the attempt did not record a result (cancelled mid-send, or
+/// its result could not be stored), then wakes the worker.
+struct Release {
+    inner: Arc<Inner>,
+    id: String,
+    recorded: bool,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if self.recorded {
+            self.inner.wake.notify_one();
+            return;
+        }
+        let (inner, id) = (self.inner.clone(), std::mem::take(&mut self.id));
+        let release = async move {
+            if let Err(e) = inner.store.release(&inner.claimer, &id).await {
+                tracing::warn!(notification = %id, error = %e, "outbox: cannot release a claim; it runs out by itself");
+            }
+            inner.wake.notify_one();
+        };
+        // Outside a runtime (it is shutting down) nothing is released: the claim runs out.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        // An in-memory store releases at once; one on the network in a task of its own.
+        let mut release = Box::pin(release);
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        if release.poll_unpin(&mut cx).is_pending() {
+            runtime.spawn(release);
         }
     }
-    let _release = Release(&inner, &id);
+}
+
+/// One attempt for one entry: send, persist the result, report the outcome.
+async fn attempt(inner: Arc<Inner>, mut entry: Entry) -> Option<Outcome> {
+    let id = entry.notification.id.clone();
+    // Ends the claim (when no result was recorded) even if this task is cancelled mid-send.
+    let mut release = Release { inner: inner.clone(), id: id.clone(), recorded: false };
 
     // An entry that outlived max_age (e.g. the collector was down for hours) is not sent: a
     // stale page misleads more than it helps. It fails loudly instead.
@@ -636,6 +1075,10 @@ async fn attempt(inner: Arc<Inner>, mut entry: Entry) -> Outcome {
     } else {
         // The semaphore is never closed; if it were, sending without a permit is still right.
         let _permit = inner.limit.acquire().await.ok();
+        if inner.is_deposed() {
+            // Another term owns the outbox now: it sends this one.
+            return None;
+        }
         let n = &entry.notification;
         let channel = inner.channels.read().unwrap_or_else(|p| p.into_inner()).get(&n.channel).cloned();
         Some(match channel {
@@ -677,32 +1120,33 @@ async fn attempt(inner: Arc<Inner>, mut entry: Entry) -> Outcome {
             }
         },
     };
-    let stored = match &status {
+    match &status {
         OutcomeStatus::Delivered { receipt } => {
             entry.state = EntryState::Delivered;
             entry.receipt = Some(receipt.clone());
             entry.finished_at = Some(now);
-            inner.store.finish(&entry)
         }
         OutcomeStatus::Retrying { error, next_attempt } => {
             entry.last_error = Some(error.clone());
             entry.next_attempt = *next_attempt;
-            inner.store.update_pending(&entry)
         }
         OutcomeStatus::Failed { reason } => {
             entry.state = EntryState::Failed;
             entry.last_error = Some(reason.clone());
             entry.finished_at = Some(now);
-            inner.store.finish(&entry)
         }
-    };
-    let stored = match stored {
-        Ok(()) => inner.store.flush().await,
-        Err(e) => Err(e),
-    };
-    if let Err(e) = stored {
+    }
+    match inner.store.record(&inner.claimer, &entry).await {
+        Ok(Recorded::Stored) => release.recorded = true,
+        Ok(Recorded::Stale) | Err(OutboxError::Fenced { .. }) => {
+            // A newer term took the entry over and answers for it; this outcome is dropped.
+            release.recorded = true;
+            tracing::warn!(notification = %id, node = %inner.claimer.node, term = inner.claimer.term, "outbox: the claim went to a newer term, outcome dropped");
+            inner.depose("a result came too late for its claim");
+            return None;
+        }
         // The entry stays as it was in the store: it is attempted again (at-least-once).
-        tracing::error!(notification = %id, error = %e, "outbox: cannot record the attempt");
+        Err(e) => tracing::error!(notification = %id, error = %e, "outbox: cannot record the attempt"),
     }
     let outcome = Outcome {
         notification_id: entry.notification.id.clone(),
@@ -717,7 +1161,7 @@ async fn attempt(inner: Arc<Inner>, mut entry: Entry) -> Outcome {
     if inner.outcomes.send(outcome.clone()).is_err() {
         tracing::debug!(notification = %id, "outcome receiver is gone");
     }
-    outcome
+    Some(outcome)
 }
 
 #[cfg(test)]

@@ -179,9 +179,12 @@ impl Cluster {
 /// stepping down) are in `services::leadership`; this is only what the database says.
 #[async_trait]
 pub trait Lease: Send + Sync {
-    /// With `held = Some(term)`: renews the lease this node holds with `term` (fails to
-    /// `Follower` when it lost it). With `None`: takes the lease if it is free or expired,
-    /// under a new term (the previous term + 1).
+    /// With `held = Some(term)`: renews the lease this node holds with `term` if it has not
+    /// expired (fails to `Follower` when it lost it). With `None`: takes the lease if it is
+    /// free, expired or this node's own already (taken by a request the node gave up on),
+    /// under a new term (the previous term + 1). The caller gives up on a request after
+    /// `ttl`: nothing of it may commit later (dropping a database request does not cancel it
+    /// on the server), so implementations bound their statements by that.
     async fn try_acquire_or_renew(
         &self,
         node: &str,

@@ -6,11 +6,27 @@
 //! advisory lock: a stopped leader (SIGSTOP, a VM pause) keeps its session, and so its lock,
 //! alive (the kernel answers keepalives for it); a lease expires.
 //!
-//! The fence locks the lease row `FOR SHARE`, which conflicts with the `UPDATE` of an acquire,
-//! so a new term is taken only after every open transaction of the old one ended: a stale
-//! commit never interleaves with a new term. An acquire waits at most `lock_timeout` (2 s)
-//! for that, and a transaction of a stopped leader is ended by the server after
-//! `idle_in_transaction_session_timeout` (2 s) idle; leader transactions must stay short.
+//! The fence reads the lease row (holder, term, expiry) without a lock and locks the row of
+//! `pikett_leader_fence` (the current term) `FOR SHARE`; an acquire updates that row too, in
+//! its transaction, so a new term is taken only after every open transaction of the old one
+//! ended: a stale commit never interleaves with a new term. A renewal updates only the lease
+//! row, so the leader's own fenced transactions never hold up its renewals. An acquire waits
+//! at most `lock_timeout` (2 s) for old transactions, and a transaction of a stopped leader
+//! is ended by the server after `idle_in_transaction_session_timeout` (2 s) idle; leader
+//! transactions must stay short.
+//!
+//! Dropping a request does not cancel its statement on the server, which may still commit
+//! after the node gave up on it. So each acquire or renewal is one transaction whose
+//! statements are bounded (`statement_timeout`) by what is left of the ttl (the leadership
+//! task's limit) less a fifth, and which commits only while that fifth is left; an acquire
+//! also takes a lease that is already the node's own (one that committed too late for it),
+//! and a renewal extends only an unexpired lease. Node names must therefore be unique.
+//!
+//! Clocks: the lease's expiry is the database's wall clock. Its host must slew its clock
+//! (NTP's default), never step it: a step forward expires the lease early, while the old
+//! leader's own (monotonic) deadline says it still leads, and another node may take over;
+//! the fence still refuses the old leader's database writes, but not its other side effects
+//! (pages). A step backwards only delays a takeover.
 //!
 //! The session is taken out of its slot for each request and put back only after a success:
 //! a failed or cancelled request (the leadership task bounds each by the ttl) leaves no
@@ -18,7 +34,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio_postgres::{Client, IsolationLevel, Transaction};
@@ -26,12 +42,16 @@ use tokio_postgres::{Client, IsolationLevel, Transaction};
 use super::{PgConnect, PgError, db};
 use crate::store::{Cluster, Lease, LeaseState, NodeInfo, NodeRow, StoreError};
 
+/// Free, expired, or already this node's: taken under the next term.
 const ACQUIRE: &str = "UPDATE pikett_leader_lease SET holder = $1, term = term + 1, \
                        expires_at = now() + $2::bigint * interval '1 millisecond' \
-                       WHERE id = 1 AND (holder IS NULL OR expires_at IS NULL OR expires_at < now()) \
+                       WHERE id = 1 AND (holder IS NULL OR holder = $1 OR expires_at IS NULL OR expires_at < now()) \
                        RETURNING term";
+/// In the acquire's transaction: waits for the open fenced transactions of the old term.
+const ACQUIRE_FENCE: &str = "UPDATE pikett_leader_fence SET term = $1 WHERE id = 1";
+/// `clock_timestamp()`: an expired lease is not renewed, however long the statement waited.
 const RENEW: &str = "UPDATE pikett_leader_lease SET expires_at = now() + $3::bigint * interval '1 millisecond' \
-                     WHERE id = 1 AND holder = $1 AND term = $2 RETURNING term";
+                     WHERE id = 1 AND holder = $1 AND term = $2 AND expires_at > clock_timestamp() RETURNING term";
 const CURRENT_LEADER: &str = "SELECT holder FROM pikett_leader_lease WHERE id = 1 AND expires_at > now()";
 const RELEASE: &str =
     "UPDATE pikett_leader_lease SET holder = NULL, expires_at = NULL WHERE id = 1 AND holder = $1 AND term = $2";
@@ -56,9 +76,13 @@ const READ_NODES: &str = concat!(
     " FROM pikett_collectors ORDER BY node"
 );
 /// `clock_timestamp()`, not `now()`: `now()` is the transaction's start, which may be well
-/// before the fence when it is not the transaction's first statement.
-const FENCE: &str = "SELECT 1 FROM pikett_leader_lease \
-                     WHERE id = 1 AND holder = $1 AND term = $2 AND expires_at > clock_timestamp() FOR SHARE";
+/// before the fence when it is not the transaction's first statement. `f.term` is checked on
+/// the locked row: when an acquire committed while the fence waited for it, the lock is
+/// taken on the new row version, which has the new term (the lease row is then still read
+/// from the fence's snapshot).
+const FENCE: &str = "SELECT 1 FROM pikett_leader_fence f, pikett_leader_lease l \
+                     WHERE f.id = 1 AND l.id = 1 AND f.term = $2 AND l.holder = $1 AND l.term = $2 \
+                     AND l.expires_at > clock_timestamp() FOR SHARE OF f";
 
 /// Fails with [`StoreError::Fenced`] unless `node` holds the lease with `term` right now, and
 /// keeps the lease from changing hands until `tx` ends. Call it in every leader-only
@@ -122,25 +146,45 @@ impl Lease for PgLease {
         ttl: Duration,
         held: Option<i64>,
     ) -> Result<LeaseState, StoreError> {
-        let ttl = millis(ttl);
+        let start = Instant::now();
+        // The leadership task gives up on the request `ttl` after sending it: by then every
+        // statement ended and the commit was sent with a fifth of the ttl to spare.
+        let commit_by = ttl.saturating_sub(ttl / 5);
+        let ttl_ms = millis(ttl);
         self.with(async |client| {
+            let what = if held.is_some() { "renewing the leader lease" } else { "acquiring the leader lease" };
+            let tx = client.transaction().await.map_err(db(what))?;
+            let left = commit_by.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
+            tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", millis(left))).await.map_err(db(what))?;
             let row = match held {
-                Some(term) => {
-                    client.query_opt(RENEW, &[&node, &term, &ttl]).await.map_err(db("renewing the leader lease"))?
+                Some(term) => tx.query_opt(RENEW, &[&node, &term, &ttl_ms]).await.map_err(db(what))?,
+                None => tx.query_opt(ACQUIRE, &[&node, &ttl_ms]).await.map_err(db(what))?,
+            };
+            let state = match row {
+                Some(row) => {
+                    let term: i64 = row.try_get(0).map_err(db(what))?;
+                    if held.is_none() {
+                        tx.execute(ACQUIRE_FENCE, &[&term]).await.map_err(db(what))?;
+                    }
+                    if start.elapsed() >= commit_by {
+                        // Dropping `tx` rolls it back: nothing is taken the task no longer waits for.
+                        return Ok(Err(StoreError::Engine(format!("{what}: no time left to commit within {ttl:?}"))));
+                    }
+                    LeaseState::Leader { term }
                 }
-                None => client.query_opt(ACQUIRE, &[&node, &ttl]).await.map_err(db("acquiring the leader lease"))?,
+                None => {
+                    let leader = tx.query_opt(CURRENT_LEADER, &[]).await.map_err(db(what))?;
+                    let leader = match leader {
+                        Some(row) => row.try_get(0).map_err(db(what))?,
+                        None => None,
+                    };
+                    LeaseState::Follower { leader }
+                }
             };
-            if let Some(row) = row {
-                return Ok(LeaseState::Leader { term: row.try_get(0).map_err(db("reading the lease term"))? });
-            }
-            let leader = client.query_opt(CURRENT_LEADER, &[]).await.map_err(db("reading the leader lease"))?;
-            let leader = match leader {
-                Some(row) => row.try_get(0).map_err(db("reading the leader lease"))?,
-                None => None,
-            };
-            Ok(LeaseState::Follower { leader })
+            tx.commit().await.map_err(db(what))?;
+            Ok(Ok(state))
         })
-        .await
+        .await?
     }
 
     async fn heartbeat(&self, node: &str, info: &NodeInfo) -> Result<(), StoreError> {
@@ -205,7 +249,7 @@ impl Lease for PgLease {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-    use std::time::Instant;
+    use std::time::{Instant, SystemTime};
 
     use super::super::migrate;
     use super::super::testing::fresh_database;
@@ -240,9 +284,42 @@ mod tests {
         }
     }
 
+    /// A session for a fenced transaction that may stay open (idle) as long as a test needs.
+    async fn patient_session(connect: &PgConnect) -> Client {
+        let client = connect.connect().await.unwrap();
+        client.batch_execute("SET idle_in_transaction_session_timeout = 0").await.unwrap();
+        client
+    }
+
+    /// Waits (at most 20 s) until the server process `pid` waits for a lock.
+    async fn until_waiting_for_a_lock(observer: &Client, pid: i32) {
+        let start = Instant::now();
+        loop {
+            let row = observer
+                .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'", &[&pid])
+                .await
+                .unwrap();
+            if row.is_some() {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "{pid} never waited for a lock");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (at most 20 s) until the lease has expired on the database's clock.
+    async fn until_expired(lease: &PgLease) {
+        let start = Instant::now();
+        while lease.cluster().await.unwrap().leader().is_some() {
+            assert!(start.elapsed() < Duration::from_secs(20), "the lease did not expire");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
     async fn three_nodes_started_at_once_elect_exactly_one_leader() {
         let connect = database().await;
+        let ttl = Duration::from_secs(60);
         let leases: Vec<_> = (0..3).map(|_| Arc::new(PgLease::new(connect.clone()))).collect();
         let barrier = Arc::new(tokio::sync::Barrier::new(3));
         let mut runs = Vec::new();
@@ -251,7 +328,7 @@ mod tests {
             runs.push(tokio::spawn(async move {
                 lease.heartbeat(&format!("n{i}"), &NodeInfo::default()).await.unwrap(); // connected
                 barrier.wait().await;
-                lease.try_acquire_or_renew(&format!("n{i}"), Duration::from_secs(2), None).await.unwrap()
+                lease.try_acquire_or_renew(&format!("n{i}"), ttl, None).await.unwrap()
             }));
         }
         let mut states = Vec::new();
@@ -267,9 +344,9 @@ mod tests {
             assert_eq!(*s, LeaseState::Follower { leader: Some(name.clone()) }, "n{i}");
         }
         // The others stay followers while the leader renews.
-        assert_eq!(leases[winner].try_acquire_or_renew(&name, Duration::from_secs(2), Some(1)).await.unwrap(), *state);
+        assert_eq!(leases[winner].try_acquire_or_renew(&name, ttl, Some(1)).await.unwrap(), *state);
         for (i, lease) in leases.iter().enumerate().filter(|(i, _)| *i != winner) {
-            let s = lease.try_acquire_or_renew(&format!("n{i}"), Duration::from_secs(2), None).await.unwrap();
+            let s = lease.try_acquire_or_renew(&format!("n{i}"), ttl, None).await.unwrap();
             assert_eq!(leader_term(&s), None, "n{i}");
         }
     }
@@ -277,7 +354,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_leadership_tasks_agree_on_one_leader() {
         let connect = database().await;
-        let timing = Timing::for_ttl(Duration::from_secs(1));
+        let timing = Timing::for_ttl(Duration::from_secs(5));
         let mut watches = Vec::new();
         for i in 0..3 {
             let lease = Arc::new(PgLease::new(connect.clone()));
@@ -290,31 +367,38 @@ mod tests {
             );
             watches.push(rx);
         }
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        // Sampled for 1.5 ttl: always exactly one leader, always the same with term 1.
-        let mut seen = HashSet::new();
-        for _ in 0..15 {
-            let now: Vec<_> = watches.iter().map(|w| w.borrow().clone()).collect();
-            let leaders: Vec<_> = now
-                .iter()
-                .enumerate()
-                .filter_map(|(i, l)| matches!(l, Leadership::Leader { term: 1 }).then_some(i))
-                .collect();
-            assert_eq!(leaders.len(), 1, "{now:?}");
-            seen.insert(leaders[0]);
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let leaders = || -> Vec<(usize, i64)> {
+            watches.iter().enumerate().filter_map(|(i, w)| w.borrow().leads_now().map(|t| (i, t))).collect()
+        };
+        let start = Instant::now();
+        let first = loop {
+            let now = leaders();
+            assert!(now.len() <= 1, "{now:?}");
+            if let Some(&first) = now.first() {
+                break first;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "nobody leads");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // Sampled for 3 s: never two leaders; the leader and its term do not change (it
+        // renews every second, the lease lasts 5 s).
+        for _ in 0..12 {
+            let now = leaders();
+            assert!(now.len() <= 1 && now.iter().all(|l| *l == first), "{now:?} after {first:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        assert_eq!(seen.len(), 1, "leadership moved: {seen:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_silent_leader_deposes_itself_before_expiry_and_another_takes_over_with_a_higher_term() {
         let connect = database().await;
         let (a, b) = (PgLease::new(connect.clone()), PgLease::new(connect.clone()));
-        let ttl = Duration::from_secs(1);
+        a.heartbeat("a", &NodeInfo::default()).await.unwrap(); // connected
+        let ttl = Duration::from_secs(3);
         let timing = Timing::for_ttl(ttl);
         let mut local_a = Local::new(timing);
         // a acquires; then it stops renewing (as if SIGSTOPped) but keeps its session.
+        let sent_wall = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
         let sent = Instant::now();
         let state = a.try_acquire_or_renew("a", ttl, None).await.unwrap();
         local_a.on_answer(sent, Instant::now(), Some(&state));
@@ -323,16 +407,18 @@ mod tests {
             b.try_acquire_or_renew("b", ttl, None).await.unwrap(),
             LeaseState::Follower { leader: Some("a".into()) }
         );
-        // At a's own deadline, the database still has a's lease, unexpired: a steps down first.
+        // The database's expiry (its clock, here this machine's) is at least a ttl after the
+        // send, a's own deadline a margin less: a steps down first.
+        let cluster = b.cluster().await.unwrap();
+        let sent_ms = i64::try_from(sent_wall.as_millis()).unwrap();
+        assert!(cluster.expires_at_ms.unwrap() >= sent_ms + millis(ttl), "{cluster:?} sent at {sent_ms}");
         let deadline = local_a.deadline().unwrap();
+        assert_eq!(deadline, sent + ttl - timing.margin);
         tokio::time::sleep_until(deadline.into()).await;
         assert!(local_a.tick(Instant::now()), "a deposes itself at its deadline");
         assert_eq!(local_a.held(Instant::now()), None);
-        let cluster = b.cluster().await.unwrap();
-        assert_eq!(cluster.leader(), Some("a"), "the database's lease outlives a's own deadline: {cluster:?}");
-        assert!(cluster.expires_at_ms.unwrap() > cluster.now_ms);
         // b takes over after the expiry, with the next term.
-        let (term_b, at) = acquire_within(&b, "b", ttl, 3 * ttl).await;
+        let (term_b, at) = acquire_within(&b, "b", ttl, Duration::from_secs(30)).await;
         assert_eq!(term_b, term_a + 1);
         println!(
             "takeover {:?} after a's last renewal was sent (ttl {ttl:?}; a stepped down after {:?})",
@@ -351,9 +437,9 @@ mod tests {
     async fn a_transaction_fenced_with_a_stale_term_fails_and_writes_nothing() {
         let connect = database().await;
         let (a, b) = (PgLease::new(connect.clone()), PgLease::new(connect.clone()));
-        let ttl = Duration::from_millis(500);
-        let (term_a, _) = acquire_within(&a, "a", ttl, ttl).await;
-        let (term_b, _) = acquire_within(&b, "b", ttl, 4 * ttl).await;
+        let (short, long) = (Duration::from_secs(1), Duration::from_secs(60));
+        let (term_a, _) = acquire_within(&a, "a", short, Duration::from_secs(20)).await;
+        let (term_b, _) = acquire_within(&b, "b", long, Duration::from_secs(20)).await;
         let mut client = connect.connect().await.unwrap();
         client.batch_execute("CREATE TABLE pages (id int)").await.unwrap();
         // The stale leader writes, then fences: the whole transaction is refused.
@@ -368,7 +454,11 @@ mod tests {
         tx.execute("INSERT INTO pages VALUES (2)", &[]).await.unwrap();
         tx.commit().await.unwrap();
         // b's own lease, once expired, fences b too.
-        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        assert_eq!(
+            b.try_acquire_or_renew("b", short, Some(term_b)).await.unwrap(),
+            LeaseState::Leader { term: term_b }
+        );
+        until_expired(&b).await;
         let tx = client.transaction().await.unwrap();
         assert!(matches!(fence(&tx, "b", term_b).await, Err(StoreError::Fenced { .. })));
         drop(tx);
@@ -381,23 +471,27 @@ mod tests {
     async fn an_acquire_waits_for_an_open_fenced_transaction_of_the_old_term() {
         let connect = database().await;
         let (a, b) = (PgLease::new(connect.clone()), Arc::new(PgLease::new(connect.clone())));
-        let ttl = Duration::from_millis(800);
-        let (term_a, _) = acquire_within(&a, "a", ttl, ttl).await;
-        let mut client = connect.connect().await.unwrap();
+        // b is connected before it tries: what it waits for is the lock, not a connection.
+        b.heartbeat("b", &NodeInfo::default()).await.unwrap();
+        let b_pid = b.backend_pid().await.unwrap();
+        let observer = connect.connect().await.unwrap();
+        let ttl = Duration::from_secs(2);
+        let (term_a, _) = acquire_within(&a, "a", ttl, Duration::from_secs(20)).await;
+        let mut client = patient_session(&connect).await;
         client.batch_execute("CREATE TABLE pages (id int)").await.unwrap();
         let tx = client.transaction().await.unwrap();
         fence(&tx, "a", term_a).await.unwrap();
-        // The lease expires while a's transaction is open (idle under the 2 s idle timeout).
-        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        // The lease expires while a's transaction is open.
+        until_expired(&b).await;
         let acquire = {
             let b = b.clone();
-            tokio::spawn(async move { b.try_acquire_or_renew("b", ttl, None).await })
+            tokio::spawn(async move { b.try_acquire_or_renew("b", Duration::from_secs(30), None).await })
         };
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        until_waiting_for_a_lock(&observer, b_pid).await;
         assert!(!acquire.is_finished(), "the acquire went ahead of an open transaction of the old term");
         tx.execute("INSERT INTO pages VALUES (1)", &[]).await.unwrap();
         tx.commit().await.unwrap();
-        let state = tokio::time::timeout(Duration::from_secs(2), acquire).await.unwrap().unwrap().unwrap();
+        let state = tokio::time::timeout(Duration::from_secs(20), acquire).await.unwrap().unwrap().unwrap();
         assert_eq!(state, LeaseState::Leader { term: term_a + 1 });
         // And a transaction opened by a after that is fenced.
         let tx = client.transaction().await.unwrap();
@@ -405,11 +499,96 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_fenced_transaction_of_the_leader_does_not_hold_up_its_renewal() {
+        let connect = database().await;
+        let a = PgLease::new(connect.clone());
+        let ttl = Duration::from_secs(60);
+        let (term, _) = acquire_within(&a, "a", ttl, Duration::from_secs(20)).await;
+        let mut client = patient_session(&connect).await;
+        let tx = client.transaction().await.unwrap();
+        fence(&tx, "a", term).await.unwrap();
+        // Before the fix, the renewal waited for the transaction until lock_timeout (2 s) and failed.
+        for _ in 0..3 {
+            let renewed = tokio::time::timeout(Duration::from_secs(20), a.try_acquire_or_renew("a", ttl, Some(term)))
+                .await
+                .expect("the renewal answers");
+            assert_eq!(renewed.unwrap(), LeaseState::Leader { term });
+        }
+        // The fenced transaction is still the current term's.
+        fence(&tx, "a", term).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_acquires_its_own_lease_under_the_next_term_and_an_expired_one_is_not_renewed() {
+        let connect = database().await;
+        let a = PgLease::new(connect.clone());
+        let ttl = Duration::from_secs(60);
+        let (term, _) = acquire_within(&a, "a", ttl, Duration::from_secs(20)).await;
+        // An acquire of a's that committed after a gave up on it: a's next acquire takes the
+        // lease under the next term instead of waiting for it to expire.
+        assert_eq!(a.try_acquire_or_renew("a", ttl, None).await.unwrap(), LeaseState::Leader { term: term + 1 });
+        assert_eq!(
+            a.try_acquire_or_renew("a", ttl, Some(term)).await.unwrap(),
+            LeaseState::Follower { leader: Some("a".into()) },
+            "the old term is gone"
+        );
+        // A renewal that reaches the database after the expiry does not bring the lease back.
+        let short = Duration::from_secs(1);
+        assert_eq!(
+            a.try_acquire_or_renew("a", short, Some(term + 1)).await.unwrap(),
+            LeaseState::Leader { term: term + 1 }
+        );
+        until_expired(&a).await;
+        assert_eq!(
+            a.try_acquire_or_renew("a", short, Some(term + 1)).await.unwrap(),
+            LeaseState::Follower { leader: None }
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_acquire_the_node_gave_up_on_never_commits() {
+        let connect = database().await;
+        let (a, b) = (PgLease::new(connect.clone()), PgLease::new(connect.clone()));
+        b.heartbeat("b", &NodeInfo::default()).await.unwrap();
+        let b_pid = b.backend_pid().await.unwrap();
+        let observer = connect.connect().await.unwrap();
+        let (term_a, _) = acquire_within(&a, "a", Duration::from_secs(1), Duration::from_secs(20)).await;
+        let client = patient_session(&connect).await;
+        let mut client = client;
+        let tx = client.transaction().await.unwrap();
+        fence(&tx, "a", term_a).await.unwrap();
+        until_expired(&b).await;
+        // b's acquire waits for a's transaction; b gives up on it after a second (as the
+        // leadership task does after a ttl) and a's transaction ends right after.
+        let ttl = Duration::from_secs(1);
+        let gave_up = tokio::time::timeout(ttl, b.try_acquire_or_renew("b", ttl, None)).await;
+        assert!(!matches!(gave_up, Ok(Ok(LeaseState::Leader { .. }))), "{gave_up:?}");
+        tx.commit().await.unwrap();
+        // Whatever b's server process still does, it does not take the lease for b.
+        let start = Instant::now();
+        loop {
+            let busy = observer
+                .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state <> 'idle'", &[&b_pid])
+                .await
+                .unwrap();
+            if busy.is_none() {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "b's server process is still busy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let cluster = a.cluster().await.unwrap();
+        assert_eq!((cluster.holder.as_deref(), cluster.term), (Some("a"), term_a), "{cluster:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_clean_release_lets_another_node_acquire_at_once() {
         let connect = database().await;
         let (a, b) = (PgLease::new(connect.clone()), PgLease::new(connect.clone()));
         let ttl = Duration::from_secs(60);
-        let (term_a, _) = acquire_within(&a, "a", ttl, ttl).await;
+        let (term_a, _) = acquire_within(&a, "a", ttl, Duration::from_secs(20)).await;
         // A release under a wrong term or by another node changes nothing.
         a.release("a", term_a + 1).await.unwrap();
         b.release("b", term_a).await.unwrap();
@@ -425,7 +604,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stopped_leadership_task_hands_over_before_the_ttl() {
         let connect = database().await;
-        let timing = Timing::for_ttl(Duration::from_secs(10));
+        // Tries every 4 s; the lease lasts 20 s.
+        let timing = Timing::for_ttl(Duration::from_secs(20));
         let (stop_a, stopped_a) = tokio::sync::oneshot::channel::<()>();
         let (mut a, task_a) = crate::services::leadership::spawn(
             Arc::new(PgLease::new(connect.clone())),
@@ -436,7 +616,7 @@ mod tests {
                 let _ = stopped_a.await;
             },
         );
-        tokio::time::timeout(Duration::from_secs(3), a.wait_for(|l| *l == Leadership::Leader { term: 1 }))
+        tokio::time::timeout(Duration::from_secs(20), a.wait_for(|l| l.term() == Some(1)))
             .await
             .expect("a leads")
             .unwrap();
@@ -448,7 +628,7 @@ mod tests {
             std::future::pending(),
         );
         tokio::time::timeout(
-            Duration::from_secs(5),
+            Duration::from_secs(20),
             b.wait_for(|l| *l == Leadership::Follower { leader: Some("a".into()) }),
         )
         .await
@@ -458,8 +638,9 @@ mod tests {
         stop_a.send(()).unwrap();
         task_a.await.unwrap();
         assert_eq!(*a.borrow(), Leadership::Follower { leader: None });
-        // b's next try (every 2 s) takes it: long before the 10 s ttl.
-        tokio::time::timeout(Duration::from_secs(4), b.wait_for(|l| *l == Leadership::Leader { term: 2 }))
+        // b's next try takes it: long before the lease (renewed at most 4 s before the stop)
+        // would have expired.
+        tokio::time::timeout(Duration::from_secs(12), b.wait_for(|l| l.term() == Some(2)))
             .await
             .expect("b takes over before the ttl")
             .unwrap();
@@ -473,17 +654,17 @@ mod tests {
         let info = |addr: &str| NodeInfo { addr: addr.into(), version: "1.2.3".into() };
         a.heartbeat("a", &info("10.0.0.1:7443")).await.unwrap();
         b.heartbeat("b", &info("10.0.0.2:7443")).await.unwrap();
-        let (term, _) = acquire_within(&a, "a", Duration::from_secs(5), Duration::from_secs(1)).await;
+        let (term, _) = acquire_within(&a, "a", Duration::from_secs(60), Duration::from_secs(20)).await;
         let first = b.cluster().await.unwrap();
         assert_eq!((first.leader(), first.term), (Some("a"), term));
         let expires = first.expires_at_ms.unwrap() - first.now_ms;
-        assert!((4_000..=5_000).contains(&expires), "the lease expires in {expires} ms");
+        assert!((30_000..=60_000).contains(&expires), "the lease expires in {expires} ms");
         let names: Vec<_> =
             first.nodes.iter().map(|n| (n.node.as_str(), n.addr.as_str(), n.version.as_str())).collect();
         assert_eq!(names, [("a", "10.0.0.1:7443", "1.2.3"), ("b", "10.0.0.2:7443", "1.2.3")]);
         for n in &first.nodes {
             let at = n.heartbeat_at_ms.unwrap();
-            assert!(at <= first.now_ms && first.now_ms - at < 2_000, "{n:?} at {}", first.now_ms);
+            assert!(at <= first.now_ms && first.now_ms - at < 30_000, "{n:?} at {}", first.now_ms);
             assert_eq!(n.started_at_ms, n.heartbeat_at_ms, "{n:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -499,8 +680,8 @@ mod tests {
     async fn a_lost_session_is_reconnected() {
         let connect = database().await;
         let a = PgLease::new(connect.clone());
-        let ttl = Duration::from_secs(5);
-        let (term, _) = acquire_within(&a, "a", ttl, ttl).await;
+        let ttl = Duration::from_secs(60);
+        let (term, _) = acquire_within(&a, "a", ttl, Duration::from_secs(20)).await;
         let pid = a.backend_pid().await.unwrap();
         let killer = connect.connect().await.unwrap();
         killer.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();

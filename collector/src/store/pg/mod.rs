@@ -42,6 +42,7 @@
 mod conn;
 mod lease;
 mod migrate;
+mod outbox;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
@@ -60,6 +61,7 @@ use tokio_postgres::{Client, IsolationLevel};
 pub use conn::PgConnect;
 pub use lease::{PgLease, fence};
 pub use migrate::{LATEST as SCHEMA_VERSION, Migrated};
+pub use outbox::{OutboxRow, PgOutbox};
 
 use self::tree::{Cut, Journal, PgTree, TreeData};
 use super::{Storage, StoreError, Tree};
