@@ -418,6 +418,7 @@ fn render_status(s: &pb::StatusReply, json: bool) -> anyhow::Result<String> {
             })).collect::<Vec<_>>(),
             "leader": (!s.leader.is_empty()).then_some(&s.leader), "term": s.term,
             "lease_expires": opt_time(s.lease_expires_unix_ms),
+            "cluster_error": (!s.cluster_error.is_empty()).then_some(&s.cluster_error),
         });
         writeln!(out, "{v}")?;
         return Ok(out);
@@ -452,9 +453,14 @@ fn render_status(s: &pb::StatusReply, json: bool) -> anyhow::Result<String> {
 }
 
 /// The "Cluster" section of `pikett status`: the leader and term, then one line per
-/// collector. Heartbeat ages count from the collector's time (`now_unix_ms`).
+/// collector. Heartbeat ages count from the collector's time (`now_unix_ms`). A cluster the
+/// collector could not read ("unavailable", with its reason) is told apart from one it did
+/// not report.
 fn render_cluster(out: &mut String, s: &pb::StatusReply) -> std::fmt::Result {
     writeln!(out)?;
+    if !s.cluster_error.is_empty() {
+        return writeln!(out, "Cluster: unavailable ({})", s.cluster_error);
+    }
     if s.cluster.is_empty() {
         return writeln!(out, "Cluster: not reported (no heartbeat yet, or a collector older than this CLI)");
     }
@@ -715,6 +721,25 @@ mod tests {
         assert_eq!(node["version"], "0.1.0");
         assert_eq!(node["last_heartbeat_unix_ms"], 1_700_000_008_000_i64);
         assert_eq!(node["last_heartbeat"], "2023-11-14T22:13:28Z");
+    }
+
+    #[test]
+    fn status_says_when_the_cluster_is_unavailable() {
+        let s = pb::StatusReply {
+            hosts_up: 3,
+            cluster_error: "cannot read the cluster table: connection refused".into(),
+            ..Default::default()
+        };
+        let out = render_status(&s, false).unwrap();
+        assert!(out.contains("hosts:       3 up"), "{out}");
+        assert!(out.contains("\nCluster: unavailable (cannot read the cluster table: connection refused)\n"), "{out}");
+        assert!(!out.contains("not reported"), "{out}");
+        let v: serde_json::Value = serde_json::from_str(render_status(&s, true).unwrap().trim()).unwrap();
+        assert_eq!(v["cluster_error"], "cannot read the cluster table: connection refused");
+        assert_eq!(v["hosts_up"], 3);
+        let v: serde_json::Value =
+            serde_json::from_str(render_status(&standalone_status(), true).unwrap().trim()).unwrap();
+        assert_eq!(v["cluster_error"], serde_json::Value::Null);
     }
 
     #[test]

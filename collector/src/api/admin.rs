@@ -197,6 +197,40 @@ fn recent_checks(store: &BatchLog, host: &str, check: &str) -> (bool, std::colle
     (false, seen)
 }
 
+/// How long `pikett status` waits for the cluster table before answering without it.
+const CLUSTER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Fills the cluster fields of `reply` from `view`'s lease, read within `timeout`. A failed
+/// or slow read leaves them empty and says why in `cluster_error` (and in the log): hosts,
+/// faults and who is on call matter most during the very database incident that hides the
+/// cluster.
+async fn add_cluster(reply: &mut pb::StatusReply, view: &ClusterView, timeout: Duration) {
+    let cluster = match tokio::time::timeout(timeout, view.lease.cluster()).await {
+        Ok(Ok(cluster)) => cluster,
+        Ok(Err(e)) => return cluster_unavailable(reply, format!("cannot read the cluster table: {e}")),
+        Err(_) => return cluster_unavailable(reply, format!("no answer from the cluster table within {timeout:?}")),
+    };
+    reply.cluster = cluster
+        .nodes
+        .iter()
+        .map(|n| pb::ClusterNode {
+            node: n.node.clone(),
+            addr: n.addr.clone(),
+            role: node_role(&cluster, n, view.ttl, view.standalone).as_str().to_string(),
+            last_heartbeat_unix_ms: n.heartbeat_at_ms.unwrap_or(0),
+            version: n.version.clone(),
+        })
+        .collect();
+    reply.leader = cluster.leader().unwrap_or_default().to_string();
+    reply.term = u64::try_from(cluster.term).unwrap_or(0);
+    reply.lease_expires_unix_ms = cluster.expires_at_ms.unwrap_or(0);
+}
+
+fn cluster_unavailable(reply: &mut pb::StatusReply, reason: String) {
+    tracing::warn!("pikett status without the cluster: {reason}");
+    reply.cluster_error = reason;
+}
+
 impl AdminService {
     /// Makes a staff action durable before it is answered. The engine already changed: if
     /// the flush fails, the collector stops and restarts from the disk, where the action is
@@ -248,24 +282,7 @@ impl Admin for AdminService {
             open_faults.push(pb::SeverityCount { severity: name_of(&sev), count: n });
         }
         let on_call = if !self.pager.has_people() { Vec::new() } else { self.on_call(now) };
-        let view = &self.cluster;
-        let cluster = view
-            .lease
-            .cluster()
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot read the cluster table: {e}")))?;
-        let nodes = cluster
-            .nodes
-            .iter()
-            .map(|n| pb::ClusterNode {
-                node: n.node.clone(),
-                addr: n.addr.clone(),
-                role: node_role(&cluster, n, view.ttl, view.standalone).as_str().to_string(),
-                last_heartbeat_unix_ms: n.heartbeat_at_ms.unwrap_or(0),
-                version: n.version.clone(),
-            })
-            .collect();
-        Ok(Response::new(pb::StatusReply {
+        let mut reply = pb::StatusReply {
             hosts_up: up,
             hosts_down: hosts.len() as u32 - up,
             batches_stored: self.store.batches_stored(),
@@ -276,11 +293,10 @@ impl Admin for AdminService {
             caller: caller.user,
             caller_role: caller.role.as_str().to_string(),
             access: self.access.mode().to_string(),
-            cluster: nodes,
-            leader: cluster.leader().unwrap_or_default().to_string(),
-            term: u64::try_from(cluster.term).unwrap_or(0),
-            lease_expires_unix_ms: cluster.expires_at_ms.unwrap_or(0),
-        }))
+            ..Default::default()
+        };
+        add_cluster(&mut reply, &self.cluster, CLUSTER_READ_TIMEOUT).await;
+        Ok(Response::new(reply))
     }
 
     async fn list_hosts(&self, request: Request<pb::ListHostsRequest>) -> Result<Response<pb::ListHostsReply>, Status> {
@@ -878,5 +894,86 @@ mod tests {
         e.check_result(result(CheckState::Critical, summary, 1), Timestamp::from_second(1_800_000_001).unwrap());
         let f = e.faults(&FaultFilter::default())[0].clone();
         assert_eq!(fault_to_pb(&f).opened_summary, summary);
+    }
+
+    /// A lease whose database is down (`cluster` fails) or hangs (`cluster` never answers).
+    struct BrokenLease {
+        hangs: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::store::Lease for BrokenLease {
+        async fn try_acquire_or_renew(
+            &self,
+            _: &str,
+            _: Duration,
+            _: Option<i64>,
+        ) -> Result<crate::store::LeaseState, crate::store::StoreError> {
+            Err(crate::store::StoreError::Engine("connection refused".into()))
+        }
+        async fn heartbeat(&self, _: &str, _: &crate::store::NodeInfo) -> Result<(), crate::store::StoreError> {
+            Err(crate::store::StoreError::Engine("connection refused".into()))
+        }
+        async fn cluster(&self) -> Result<crate::store::Cluster, crate::store::StoreError> {
+            if self.hangs {
+                std::future::pending::<()>().await;
+            }
+            Err(crate::store::StoreError::Engine("connection refused".into()))
+        }
+        async fn release(&self, _: &str, _: i64) -> Result<(), crate::store::StoreError> {
+            Ok(())
+        }
+    }
+
+    fn status_without_cluster() -> pb::StatusReply {
+        pb::StatusReply {
+            hosts_up: 3,
+            hosts_down: 1,
+            open_faults: vec![pb::SeverityCount { severity: "critical".into(), count: 2 }],
+            on_call: vec![pb::OnCall { role: "primary".into(), person: "alice".into() }],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn status_keeps_the_rest_and_says_why_when_the_cluster_cannot_be_read() {
+        let view = ClusterView {
+            lease: Arc::new(BrokenLease { hangs: false }),
+            ttl: Duration::from_secs(5),
+            standalone: false,
+        };
+        let mut reply = status_without_cluster();
+        add_cluster(&mut reply, &view, CLUSTER_READ_TIMEOUT).await;
+        assert_eq!(reply.cluster_error, "cannot read the cluster table: storage: connection refused");
+        assert_eq!((reply.cluster.len(), reply.leader.as_str(), reply.term), (0, "", 0));
+        let rest = pb::StatusReply { cluster_error: String::new(), ..reply };
+        assert_eq!(rest, status_without_cluster(), "hosts, faults and on-call kept");
+    }
+
+    #[tokio::test]
+    async fn status_does_not_wait_for_a_cluster_table_that_does_not_answer() {
+        let view = ClusterView {
+            lease: Arc::new(BrokenLease { hangs: true }),
+            ttl: Duration::from_secs(5),
+            standalone: false,
+        };
+        let mut reply = status_without_cluster();
+        add_cluster(&mut reply, &view, Duration::from_millis(50)).await;
+        assert_eq!(reply.cluster_error, "no answer from the cluster table within 50ms");
+        assert_eq!(pb::StatusReply { cluster_error: String::new(), ..reply }, status_without_cluster());
+    }
+
+    #[tokio::test]
+    async fn status_shows_the_standalone_cluster() {
+        let lease = Arc::new(crate::services::leadership::StandaloneLease::new());
+        let view = ClusterView { lease: lease.clone(), ttl: Duration::from_secs(5), standalone: true };
+        use crate::store::Lease as _;
+        lease.try_acquire_or_renew("mon-1", Duration::from_secs(5), None).await.unwrap();
+        let info = crate::store::NodeInfo { addr: "0.0.0.0:9740".into(), version: "1".into() };
+        lease.heartbeat("mon-1", &info).await.unwrap();
+        let mut reply = status_without_cluster();
+        add_cluster(&mut reply, &view, CLUSTER_READ_TIMEOUT).await;
+        assert_eq!((reply.cluster_error.as_str(), reply.leader.as_str(), reply.term), ("", "mon-1", 1));
+        assert_eq!((reply.cluster[0].role.as_str(), reply.cluster[0].addr.as_str()), ("standalone", "0.0.0.0:9740"));
     }
 }

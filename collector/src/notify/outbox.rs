@@ -9,8 +9,11 @@
 //! worker claims due entries as a [`Claimer`] (node and lease term) and records a result only
 //! while the claim is still its own; a newer term takes an older term's claims over at once,
 //! so a page in flight when a leader dies is sent again by the next one, with the same key.
-//! A result refused as stale (or a fenced claim) deposes the outbox: its outcome is dropped
-//! and its worker stops ([`Outbox::deposed`]). On one node ([`TreeStore`]) the term is 0.
+//! A result refused as stale (another term holds the claim) or a fenced claim deposes the
+//! outbox: its outcome is dropped and its worker stops ([`Outbox::deposed`]). Every claim has a
+//! token of its own, so a result of an attempt superseded by a later claim of the same term is
+//! dropped quietly (logged, counted) and the worker goes on. On one node ([`TreeStore`]) the
+//! term is 0 and claims never lapse (only a result, a release or a restart ends them).
 //!
 //! Architecture invariant: the outbox knows channels only through [`Channel`]; retry timing is
 //! the pure [`backoff`] / [`after_failure`], over times from an injected [`Clock`].
@@ -227,6 +230,9 @@ pub struct Claimed {
     /// The earliest next attempt of the pending entries this claimer could claim later (a
     /// time at or before `now` when `limit` left some due ones).
     pub next: Option<Timestamp>,
+    /// This claim's token, unique per call: results and releases must show it, so an attempt
+    /// superseded by a later claim of the same term cannot record over it.
+    pub token: u64,
 }
 
 /// The answer of [`OutboxStore::record`].
@@ -234,13 +240,17 @@ pub struct Claimed {
 pub enum Recorded {
     /// The attempt's result is stored, durably, and the claim ended.
     Stored,
-    /// The claim is not the caller's any more (a newer term took it over, or it ended): nothing
-    /// changed. The caller's outcome is dropped, and its worker steps down.
+    /// The claim is not this attempt's any more, but no other term holds it (it ended, or a
+    /// later claim of the same term superseded it): nothing changed. The outcome is dropped
+    /// quietly; the worker goes on.
+    Superseded,
+    /// Another term holds the claim (a newer term took it over): nothing changed. The caller's
+    /// outcome is dropped, and its worker steps down.
     Stale,
 }
 
-/// How long a claim keeps other workers of the same term away from an entry: longer than a
-/// send takes (channels time out well within it). A newer term takes a claim over at once.
+/// How long a claim keeps other workers of the same term away from an entry on a shared store
+/// ([`PgStore`]). A newer term takes a claim over at once. [`TreeStore`] claims never lapse.
 pub const CLAIM_FOR: Duration = Duration::from_secs(120);
 
 /// The outbox's storage, kept behind a trait so the engine can change without touching callers:
@@ -248,9 +258,10 @@ pub const CLAIM_FOR: Duration = Duration::from_secs(120);
 /// Both pass the one suite in `outbox_suite.rs`.
 ///
 /// Claims: a worker claims due entries as a [`Claimer`] until `now + claim_for`, and records a
-/// result only while the claim is still its own (same node and term). A claim of an older term
-/// is taken over at once by a newer term (no page is lost when a leader dies); a claim of the
-/// same term only after it ran out. Times are the claimer's clock: `claim_until` is compared
+/// result only while the claim is still its own (same node, term and token). A claim of an
+/// older term is taken over at once by a newer term (no page is lost when a leader dies); a
+/// claim of the same term only after it ran out ([`PgStore`]; a [`TreeStore`] claim never runs
+/// out). Times are the claimer's clock: `claim_until` is compared
 /// only within one term, that is on one node.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
@@ -276,13 +287,13 @@ pub trait OutboxStore: Send + Sync {
         claim_for: Duration,
         limit: usize,
     ) -> Result<Claimed, OutboxError>;
-    /// Records an attempt's result, durably, if `by` still holds the entry's claim: `entry`
-    /// pending replaces the pending entry (a retry), delivered or failed finishes it. The claim
-    /// ends either way.
-    async fn record(&self, by: &Claimer, entry: &Entry) -> Result<Recorded, OutboxError>;
-    /// Ends `by`'s claim on `id` without a result (an attempt cancelled): the entry is due
-    /// again at once. A claim that is not `by`'s is left alone.
-    async fn release(&self, by: &Claimer, id: &str) -> Result<(), OutboxError>;
+    /// Records an attempt's result, durably, if `by` still holds the entry's claim under
+    /// `token` (from [`Claimed::token`]): `entry` pending replaces the pending entry (a retry),
+    /// delivered or failed finishes it. The claim ends either way.
+    async fn record(&self, by: &Claimer, token: u64, entry: &Entry) -> Result<Recorded, OutboxError>;
+    /// Ends `by`'s claim under `token` on `id` without a result (an attempt cancelled): the
+    /// entry is due again at once. Any other claim is left alone.
+    async fn release(&self, by: &Claimer, token: u64, id: &str) -> Result<(), OutboxError>;
     /// Removes finished entries finished before `before`; returns how many.
     async fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError>;
 }
@@ -311,36 +322,57 @@ impl<S: OutboxStore + ?Sized> OutboxStore for Arc<S> {
     ) -> Result<Claimed, OutboxError> {
         (**self).claim_due(by, now, claim_for, limit).await
     }
-    async fn record(&self, by: &Claimer, entry: &Entry) -> Result<Recorded, OutboxError> {
-        (**self).record(by, entry).await
+    async fn record(&self, by: &Claimer, token: u64, entry: &Entry) -> Result<Recorded, OutboxError> {
+        (**self).record(by, token, entry).await
     }
-    async fn release(&self, by: &Claimer, id: &str) -> Result<(), OutboxError> {
-        (**self).release(by, id).await
+    async fn release(&self, by: &Claimer, token: u64, id: &str) -> Result<(), OutboxError> {
+        (**self).release(by, token, id).await
     }
     async fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError> {
         (**self).purge_finished(before).await
     }
 }
 
-/// Whether `by` may claim an entry whose claim is `held` (claimer and until), at `now`.
-fn claimable(held: Option<&(Claimer, Timestamp)>, by: &Claimer, now: Timestamp) -> bool {
-    match held {
-        None => true,
-        Some((holder, until)) => holder.term < by.term || (holder.term == by.term && *until <= now),
+/// One claim held in a [`TreeStore`]'s memory.
+#[derive(Debug, Clone)]
+struct Held {
+    by: Claimer,
+    token: u64,
+    /// False once a result or a release ended it: kept (until the entry is purged) to tell a
+    /// late result of the same term from one of an older term.
+    live: bool,
+}
+
+/// Whether `by` may claim an entry whose claim is `held` on a [`TreeStore`]: only an older
+/// term's claim is taken over; one of the same term never lapses (the send may still be in
+/// flight), it ends by a result, a release or a restart.
+fn claimable(held: Option<&Held>, by: &Claimer) -> bool {
+    held.is_none_or(|h| !h.live || h.by.term < by.term)
+}
+
+/// What a refused result means: `Stale` (depose) only when another term holds the claim.
+fn refused(holder_term: Option<i64>, by: &Claimer) -> Recorded {
+    match holder_term {
+        Some(term) if term != by.term => Recorded::Stale,
+        _ => Recorded::Superseded,
     }
 }
 
 /// [`OutboxStore`] on the storage tree `outbox`: keys `p/ID` (pending), `d/ID` (finished) and
 /// `bad/KEY` (quarantined), JSON values. Claims live in memory: one node uses the tree, and a
-/// restart starts with no claim (what was in flight is sent again, at-least-once).
+/// restart starts with no claim (what was in flight is sent again, at-least-once). A claim
+/// never lapses: only a result, a release or a restart ends it (an older term's is taken over).
 #[derive(Clone)]
 pub struct TreeStore {
     storage: Arc<dyn Storage>,
     tree: Arc<dyn Tree>,
     /// Serialises the read-check-write sequences (insert-if-new, quarantine) against each other.
     write: Arc<std::sync::Mutex<()>>,
-    /// Claimed entries: by id, the claimer and until when.
-    claims: Arc<Mutex<HashMap<String, (Claimer, Timestamp)>>>,
+    /// Claimed entries: by id, the claimer and the claim's token. Taken before reading the
+    /// pending entries to claim, and held while a result is written.
+    claims: Arc<Mutex<HashMap<String, Held>>>,
+    /// The last claim token handed out.
+    tokens: Arc<std::sync::atomic::AtomicU64>,
 }
 
 const PENDING: &str = "p/";
@@ -369,14 +401,14 @@ impl TreeStore {
     /// Opens (or creates) the tree `outbox` in `storage`.
     pub fn open(storage: Arc<dyn Storage>) -> Result<Self, OutboxError> {
         let tree = storage.tree("outbox").map_err(store_err)?;
-        Ok(TreeStore { storage, tree, write: Arc::default(), claims: Arc::default() })
+        Ok(TreeStore { storage, tree, write: Arc::default(), claims: Arc::default(), tokens: Arc::default() })
     }
 
     fn locked(&self) -> std::sync::MutexGuard<'_, ()> {
         self.write.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Claimer, Timestamp)>> {
+    fn claims(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.claims.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -406,6 +438,12 @@ impl TreeStore {
             // A finished entry we cannot decode still blocks the id; call it failed.
             let state = serde_json::from_slice::<Entry>(&v).map(|e| e.state).unwrap_or(EntryState::Failed);
             return Ok(Some(state));
+        }
+        // A quarantined entry (undecodable, set aside) blocks its id too, as a failed one.
+        for key in [&pending_key, &done_key] {
+            if self.tree.contains_key(format!("{BAD}{key}").as_bytes()).map_err(store_err)? {
+                return Ok(Some(EntryState::Failed));
+            }
         }
         self.tree.insert(pending_key.as_bytes(), value).map_err(store_err)?;
         Ok(None)
@@ -464,8 +502,10 @@ impl TreeStore {
                 old_keys.push(k);
             }
         }
+        let mut claims = self.claims();
         for k in &old_keys {
             self.tree.remove(k).map_err(store_err)?;
+            claims.remove(String::from_utf8_lossy(&k[DONE.len()..]).as_ref());
         }
         Ok(old_keys.len())
     }
@@ -532,12 +572,14 @@ impl OutboxStore for TreeStore {
         claim_for: Duration,
         limit: usize,
     ) -> Result<Claimed, OutboxError> {
-        let pending = self.decodable_pending()?;
+        let _ = claim_for; // Claims on one node never lapse.
+        // The claims first: a result recorded meanwhile (under this lock) is then in the entries.
         let mut claims = self.claims();
+        let pending = self.decodable_pending()?;
         let mut due = Vec::new();
         let mut next: Option<Timestamp> = None;
         for e in pending {
-            if !claimable(claims.get(&e.notification.id), by, now) {
+            if !claimable(claims.get(&e.notification.id), by) {
                 continue;
             }
             if e.next_attempt <= now {
@@ -552,23 +594,23 @@ impl OutboxStore for TreeStore {
             next = Some(next.map_or(at, |n| n.min(at)));
             due.truncate(limit);
         }
-        let until = add(now, claim_for);
+        let token = self.tokens.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         for e in &due {
-            claims.insert(e.notification.id.clone(), (by.clone(), until));
+            claims.insert(e.notification.id.clone(), Held { by: by.clone(), token, live: true });
         }
-        Ok(Claimed { due, next })
+        Ok(Claimed { due, next, token })
     }
 
-    async fn record(&self, by: &Claimer, entry: &Entry) -> Result<Recorded, OutboxError> {
+    async fn record(&self, by: &Claimer, token: u64, entry: &Entry) -> Result<Recorded, OutboxError> {
         let id = &entry.notification.id;
         {
             let mut claims = self.claims();
-            if claims.get(id).is_none_or(|(holder, _)| holder != by) {
-                return Ok(Recorded::Stale);
+            match claims.get_mut(id) {
+                Some(h) if h.live && h.by == *by && h.token == token => h.live = false,
+                other => return Ok(refused(other.map(|h| h.by.term), by)),
             }
-            claims.remove(id);
             if !self.tree.contains_key(format!("{PENDING}{id}").as_bytes()).map_err(store_err)? {
-                return Ok(Recorded::Stale);
+                return Ok(Recorded::Superseded);
             }
             match entry.state {
                 EntryState::Pending => self.update_pending(entry)?,
@@ -579,10 +621,14 @@ impl OutboxStore for TreeStore {
         Ok(Recorded::Stored)
     }
 
-    async fn release(&self, by: &Claimer, id: &str) -> Result<(), OutboxError> {
+    async fn release(&self, by: &Claimer, token: u64, id: &str) -> Result<(), OutboxError> {
         let mut claims = self.claims();
-        if claims.get(id).is_some_and(|(holder, _)| holder == by) {
-            claims.remove(id);
+        if let Some(h) = claims.get_mut(id)
+            && h.live
+            && h.by == *by
+            && h.token == token
+        {
+            h.live = false;
         }
         Ok(())
     }
@@ -612,6 +658,11 @@ fn pg_err(e: StoreError) -> OutboxError {
         StoreError::Fenced { node, term } => OutboxError::Fenced { node, term },
         other => store_err(other),
     }
+}
+
+/// A claim token as the `bigint` column holds it (the same 64 bits).
+fn token_sql(token: u64) -> i64 {
+    i64::from_ne_bytes(token.to_ne_bytes())
 }
 
 fn micros(t: Timestamp) -> i64 {
@@ -685,23 +736,28 @@ impl OutboxStore for PgStore {
         claim_for: Duration,
         limit: usize,
     ) -> Result<Claimed, OutboxError> {
-        let (rows, next) =
-            self.db.claim(&by.node, by.term, micros(now), micros(add(now, claim_for)), limit).await.map_err(pg_err)?;
+        // Random: unique across nodes and restarts without coordination.
+        let token: u64 = rand::random();
+        let (rows, next) = self
+            .db
+            .claim(&by.node, by.term, token_sql(token), micros(now), micros(add(now, claim_for)), limit)
+            .await
+            .map_err(pg_err)?;
         let mut due = decode_rows(&self.db, rows, true).await?;
         due.sort_by(|a, b| (a.next_attempt, &a.notification.id).cmp(&(b.next_attempt, &b.notification.id)));
         let next = next.and_then(|us| Timestamp::from_microsecond(us).ok());
-        Ok(Claimed { due, next })
+        Ok(Claimed { due, next, token })
     }
 
-    async fn record(&self, by: &Claimer, entry: &Entry) -> Result<Recorded, OutboxError> {
-        Ok(match self.db.record(&by.node, by.term, &row_of(entry)?).await.map_err(pg_err)? {
-            true => Recorded::Stored,
-            false => Recorded::Stale,
+    async fn record(&self, by: &Claimer, token: u64, entry: &Entry) -> Result<Recorded, OutboxError> {
+        Ok(match self.db.record(&by.node, by.term, token_sql(token), &row_of(entry)?).await.map_err(pg_err)? {
+            Ok(()) => Recorded::Stored,
+            Err(holder_term) => refused(holder_term, by),
         })
     }
 
-    async fn release(&self, by: &Claimer, id: &str) -> Result<(), OutboxError> {
-        self.db.release(&by.node, by.term, id).await.map_err(pg_err)
+    async fn release(&self, by: &Claimer, token: u64, id: &str) -> Result<(), OutboxError> {
+        self.db.release(&by.node, by.term, token_sql(token), id).await.map_err(pg_err)
     }
 
     async fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError> {
@@ -766,6 +822,8 @@ pub struct OutboxStats {
     pub delivered: std::sync::atomic::AtomicU64,
     pub retried: std::sync::atomic::AtomicU64,
     pub failed: std::sync::atomic::AtomicU64,
+    /// Results dropped because a later claim of the same term superseded the attempt's.
+    pub superseded: std::sync::atomic::AtomicU64,
 }
 
 struct Inner {
@@ -971,7 +1029,8 @@ impl Outbox {
             return Ok(Vec::new());
         }
         let claimed = self.claim_due(usize::MAX).await?;
-        let attempts = claimed.due.into_iter().map(|e| attempt(self.inner.clone(), e));
+        let token = claimed.token;
+        let attempts = claimed.due.into_iter().map(|e| attempt(self.inner.clone(), token, e));
         Ok(futures::future::join_all(attempts).await.into_iter().flatten().collect())
     }
 
@@ -989,14 +1048,20 @@ impl Outbox {
                     break;
                 }
                 let room = outbox.inner.cfg.concurrency.max(1).saturating_sub(tasks.len());
+                // A claim that got nothing waits a little at least: an entry due but locked by
+                // another session's claim (PostgreSQL) must not make the worker spin.
+                let mut floor = Duration::ZERO;
                 let next = if room == 0 {
                     // A finishing attempt wakes the loop.
                     None
                 } else {
                     match outbox.claim_due(room).await {
                         Ok(claimed) => {
+                            if claimed.due.is_empty() {
+                                floor = MIN_WAIT_AFTER_NOTHING;
+                            }
                             for e in claimed.due {
-                                tasks.spawn(attempt(outbox.inner.clone(), e));
+                                tasks.spawn(attempt(outbox.inner.clone(), claimed.token, e));
                             }
                             claimed.next
                         }
@@ -1011,9 +1076,13 @@ impl Outbox {
                     let d = t.duration_since(outbox.inner.clock.now());
                     Duration::try_from(d).unwrap_or(Duration::ZERO).min(Duration::from_secs(60))
                 });
+                let wait = wait.max(floor);
                 tokio::select! {
                     _ = outbox.inner.wake.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
+                    // A finished attempt frees its slot at once (its wake may come before the task
+                    // is reaped, and would leave the slot idle until the next wake).
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                     _ = stop_rx.changed() => break,
                 }
             }
@@ -1022,6 +1091,9 @@ impl Outbox {
         Worker { stop: stop_tx, handle }
     }
 }
+
+/// The worker's least wait after a claim that got nothing.
+const MIN_WAIT_AFTER_NOTHING: Duration = Duration::from_millis(100);
 
 /// The answer of `f` if it is ready at once (an in-memory store's), else an error.
 fn now_or_fail<T>(f: impl std::future::Future<Output = Result<T, OutboxError>>) -> Result<T, OutboxError> {
@@ -1034,6 +1106,7 @@ fn now_or_fail<T>(f: impl std::future::Future<Output = Result<T, OutboxError>>) 
 /// its result could not be stored), then wakes the worker.
 struct Release {
     inner: Arc<Inner>,
+    token: u64,
     id: String,
     recorded: bool,
 }
@@ -1044,9 +1117,9 @@ impl Drop for Release {
             self.inner.wake.notify_one();
             return;
         }
-        let (inner, id) = (self.inner.clone(), std::mem::take(&mut self.id));
+        let (inner, token, id) = (self.inner.clone(), self.token, std::mem::take(&mut self.id));
         let release = async move {
-            if let Err(e) = inner.store.release(&inner.claimer, &id).await {
+            if let Err(e) = inner.store.release(&inner.claimer, token, &id).await {
                 tracing::warn!(notification = %id, error = %e, "outbox: cannot release a claim; it runs out by itself");
             }
             inner.wake.notify_one();
@@ -1063,10 +1136,10 @@ impl Drop for Release {
 }
 
 /// One attempt for one entry: send, persist the result, report the outcome.
-async fn attempt(inner: Arc<Inner>, mut entry: Entry) -> Option<Outcome> {
+async fn attempt(inner: Arc<Inner>, token: u64, mut entry: Entry) -> Option<Outcome> {
     let id = entry.notification.id.clone();
     // Ends the claim (when no result was recorded) even if this task is cancelled mid-send.
-    let mut release = Release { inner: inner.clone(), id: id.clone(), recorded: false };
+    let mut release = Release { inner: inner.clone(), token, id: id.clone(), recorded: false };
 
     // An entry that outlived max_age (e.g. the collector was down for hours) is not sent: a
     // stale page misleads more than it helps. It fails loudly instead.
@@ -1136,8 +1209,15 @@ async fn attempt(inner: Arc<Inner>, mut entry: Entry) -> Option<Outcome> {
             entry.finished_at = Some(now);
         }
     }
-    match inner.store.record(&inner.claimer, &entry).await {
+    match inner.store.record(&inner.claimer, token, &entry).await {
         Ok(Recorded::Stored) => release.recorded = true,
+        Ok(Recorded::Superseded) => {
+            // A later claim of this term sends it (or did): this attempt's outcome is dropped.
+            release.recorded = true;
+            inner.stats.superseded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(notification = %id, node = %inner.claimer.node, term = inner.claimer.term, "outbox: the attempt's claim was superseded, outcome dropped");
+            return None;
+        }
         Ok(Recorded::Stale) | Err(OutboxError::Fenced { .. }) => {
             // A newer term took the entry over and answers for it; this outcome is dropped.
             release.recorded = true;
@@ -1312,6 +1392,130 @@ mod tests {
         assert!(ob.pending().unwrap().is_empty());
         assert!(tree.get(b"p/bad").unwrap().is_none());
         assert_eq!(&tree.get(b"bad/p/bad").unwrap().unwrap()[..], b"{not json");
+    }
+
+    /// A tree that runs a hook once, between reading a scan and handing it out.
+    struct HookTree {
+        inner: Arc<dyn Tree>,
+        hook: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Tree for HookTree {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn contains_key(&self, key: &[u8]) -> Result<bool, StoreError> {
+            self.inner.contains_key(key)
+        }
+        fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
+            self.inner.insert(key, value)
+        }
+        fn remove(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.remove(key)
+        }
+        fn apply(&self, batch: WriteBatch) -> Result<(), StoreError> {
+            self.inner.apply(batch)
+        }
+        fn scan_prefix<'a>(
+            &'a self,
+            prefix: &[u8],
+        ) -> Box<dyn Iterator<Item = Result<crate::store::Entry, StoreError>> + 'a> {
+            let read: Vec<_> = self.inner.scan_prefix(prefix).collect();
+            let hook = self.hook.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+            }
+            Box::new(read.into_iter())
+        }
+    }
+
+    /// A result recorded while a claim reads the pending entries must not let that claim take
+    /// the entry from its stale read (a delivered page sent again).
+    #[tokio::test]
+    async fn a_claim_never_works_from_a_read_older_than_a_result() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(crate::store::SledStorage::open(dir.path(), 1 << 20).unwrap());
+        let tree = Arc::new(HookTree { inner: storage.tree("outbox").unwrap(), hook: Mutex::new(None) });
+        let store = TreeStore {
+            storage,
+            tree: tree.clone(),
+            write: Arc::default(),
+            claims: Arc::default(),
+            tokens: Arc::default(),
+        };
+        let by = Claimer::standalone();
+        let now = t("2026-11-23T03:00:01Z");
+        store.enqueue(&by, &entry("x")).await.unwrap();
+        let first = store.claim_due(&by, now, CLAIM_FOR, 10).await.unwrap();
+        assert_eq!(first.due.len(), 1);
+        let mut done = first.due[0].clone();
+        done.state = EntryState::Delivered;
+        done.attempts = 1;
+        done.finished_at = Some(now);
+        // The result is recorded (on another thread) right after the next claim read the entries.
+        let (recorded_tx, recorded_rx) = std::sync::mpsc::channel();
+        let (store2, done2, token) = (store.clone(), done.clone(), first.token);
+        *tree.hook.lock().unwrap() = Some(Box::new(move || {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let _ = recorded_tx.send(rt.block_on(store2.record(&Claimer::standalone(), token, &done2)).unwrap());
+            });
+            // Gives the result time to go in (it waits for the claim when the claim locks first).
+            let _ = recorded_rx.recv_timeout(Duration::from_secs(1)).map(|r| {
+                assert_eq!(r, Recorded::Stored);
+            });
+        }));
+        let second = store.claim_due(&by, now, CLAIM_FOR, 10).await.unwrap();
+        assert!(second.due.is_empty(), "claimed from a read older than the result: {:?}", second.due);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..50 {
+            if store.get("x").unwrap().unwrap().state == EntryState::Delivered {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(store.get("x").unwrap().unwrap(), done);
+        assert!(store.claim_due(&by, now, CLAIM_FOR, 10).await.unwrap().due.is_empty());
+    }
+
+    /// A channel that delivers at once, from another thread's point of view a moment later.
+    struct Instant;
+
+    #[async_trait]
+    impl super::super::Channel for Instant {
+        fn kind(&self) -> ChannelKind {
+            ChannelKind::Sms
+        }
+        async fn send(&self, _n: &Notification) -> Result<Receipt, ChannelError> {
+            tokio::task::yield_now().await;
+            Ok(Receipt { channel: ChannelKind::Sms, endpoint: "test".into(), detail: "ok".into() })
+        }
+    }
+
+    /// With one slot, every finished attempt must let the next one start at once (not after
+    /// the worker's 60 s idle wait).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_finished_attempt_frees_its_slot_at_once() {
+        let (_dir, store) = sled_store();
+        let channels: ChannelMap =
+            HashMap::from([(ChannelKind::Sms, Arc::new(Instant) as Arc<dyn super::super::Channel>)]);
+        let (ob, mut outcomes) =
+            Outbox::new(store, channels, OutboxConfig { concurrency: 1, ..cfg() }, Arc::new(SystemClock));
+        const N: usize = 300;
+        for i in 0..N {
+            let mut n = crate::notify::sample_notification();
+            n.id = format!("{i}/1");
+            ob.enqueue(n).await.unwrap();
+        }
+        let worker = ob.start();
+        let all = tokio::time::timeout(Duration::from_secs(30), async {
+            for _ in 0..N {
+                outcomes.recv().await.unwrap();
+            }
+        })
+        .await;
+        worker.stop().await;
+        assert!(all.is_ok(), "a free slot sat idle");
     }
 
     #[test]

@@ -23,6 +23,11 @@ pub(crate) trait Engine {
     async fn store(&self) -> Arc<dyn OutboxStore>;
     /// Makes `node` the leader under a term higher than every earlier one.
     async fn lead(&self, node: &str) -> Claimer;
+    /// Whether a claim of a term runs out for that term after its `claim_for` (PostgreSQL);
+    /// on sled it never does, like the old in-memory `in_flight` set.
+    fn claims_lapse(&self) -> bool;
+    /// Makes the stored entry `id` undecodable.
+    async fn corrupt(&self, id: &str);
 }
 
 /// One `#[tokio::test]` per clause in a module `outbox_suite`, each on a fresh store from
@@ -53,6 +58,8 @@ macro_rules! outbox_suite {
             clause!(the_outbox_retries_with_backoff_then_delivers);
             clause!(the_outbox_fails_a_permanent_error_at_once);
             clause!(an_outbox_whose_claim_was_taken_over_drops_its_outcome_and_stops);
+            clause!(a_send_outliving_its_claim_is_not_sent_twice_nor_deposes);
+            clause!(a_quarantined_id_is_refused_as_a_duplicate);
         }
     };
 }
@@ -106,8 +113,9 @@ pub(crate) async fn enqueue_is_idempotent_by_id(engine: &impl Engine) {
     assert_eq!(s.entry("nope").await.unwrap(), None);
     // Finished, the id still blocks a new entry and answers the final state.
     let claimed = s.claim_due(&a, t0(), MINUTE, 10).await.unwrap();
+    let token = claimed.token;
     let e = claimed.due.into_iter().find(|e| e.notification.id == "4/1").unwrap();
-    assert_eq!(s.record(&a, &finished(e, EntryState::Delivered, at(1))).await.unwrap(), Recorded::Stored);
+    assert_eq!(s.record(&a, token, &finished(e, EntryState::Delivered, at(1))).await.unwrap(), Recorded::Stored);
     assert_eq!(s.enqueue(&a, &entry("4/1", t0())).await.unwrap(), Some(EntryState::Delivered));
     assert_eq!(s.entries_with_prefix("4/").await.unwrap().len(), 1, "finished entries are listed too");
     assert_eq!(ids(&s.pending_entries().await.unwrap()), ["42/1"]);
@@ -136,8 +144,15 @@ pub(crate) async fn a_claim_keeps_its_own_term_away_until_it_runs_out(engine: &i
     // Another handle (session) of the same term sees the claim too.
     let other = engine.store().await;
     assert!(other.claim_due(&a, at(59), MINUTE, 10).await.unwrap().due.is_empty());
-    let again = s.claim_due(&a, at(60), MINUTE, 10).await.unwrap();
-    assert_eq!(ids(&again.due), ["x"], "the claim ran out: claimed again");
+    if engine.claims_lapse() {
+        let again = s.claim_due(&a, at(60), MINUTE, 10).await.unwrap();
+        assert_eq!(ids(&again.due), ["x"], "the claim ran out: claimed again");
+    } else {
+        // One node: the send may still be in flight; only a result or a release ends the claim.
+        for secs in [60, 135, 86_400] {
+            assert!(s.claim_due(&a, at(secs), MINUTE, 10).await.unwrap().due.is_empty(), "lapsed at {secs} s");
+        }
+    }
 }
 
 pub(crate) async fn a_newer_term_takes_an_older_claim_over_at_once(engine: &impl Engine) {
@@ -152,8 +167,9 @@ pub(crate) async fn a_newer_term_takes_an_older_claim_over_at_once(engine: &impl
     assert_eq!(ids(&taken.due), ["x"], "no wait for the dead leader's claim");
     assert_eq!(taken.next, Some(at(30)));
     assert!(s.claim_due(&b, at(2), MINUTE, 10).await.unwrap().due.is_empty(), "now b's own claim");
+    let token = taken.token;
     let e = taken.due.into_iter().next().unwrap();
-    assert_eq!(s.record(&b, &finished(e, EntryState::Delivered, at(3))).await.unwrap(), Recorded::Stored);
+    assert_eq!(s.record(&b, token, &finished(e, EntryState::Delivered, at(3))).await.unwrap(), Recorded::Stored);
     assert_eq!(s.entry("x").await.unwrap().unwrap().state, EntryState::Delivered);
 }
 
@@ -161,7 +177,9 @@ pub(crate) async fn a_stale_result_is_refused_and_changes_nothing(engine: &impl 
     let s = engine.store().await;
     let a = engine.lead("a").await;
     s.enqueue(&a, &entry("x", t0())).await.unwrap();
-    let mine = s.claim_due(&a, t0(), MINUTE, 10).await.unwrap().due.into_iter().next().unwrap();
+    let claimed = s.claim_due(&a, t0(), MINUTE, 10).await.unwrap();
+    let token = claimed.token;
+    let mine = claimed.due.into_iter().next().unwrap();
     let b = engine.lead("b").await;
     let theirs = s.claim_due(&b, at(1), MINUTE, 10).await.unwrap().due;
     assert_eq!(ids(&theirs), ["x"]);
@@ -173,48 +191,59 @@ pub(crate) async fn a_stale_result_is_refused_and_changes_nothing(engine: &impl 
         retry.last_error = Some("down".into());
         retry
     }] {
-        assert_eq!(s.record(&a, &stale).await.unwrap(), Recorded::Stale);
+        assert_eq!(s.record(&a, token, &stale).await.unwrap(), Recorded::Stale);
     }
     assert_eq!(s.entry("x").await.unwrap(), before, "a stale result changed the entry");
     // Nor does the stale claimer's release end b's claim.
-    s.release(&a, "x").await.unwrap();
+    s.release(&a, token, "x").await.unwrap();
     assert!(s.claim_due(&b, at(3), MINUTE, 10).await.unwrap().due.is_empty(), "b's claim was ended by a");
     // A result without any claim is stale too.
     let c = engine.lead("c").await;
-    assert_eq!(s.record(&c, &finished(mine, EntryState::Failed, at(4))).await.unwrap(), Recorded::Stale);
+    assert_eq!(s.record(&c, token, &finished(mine, EntryState::Failed, at(4))).await.unwrap(), Recorded::Stale);
     assert_eq!(s.entry("x").await.unwrap(), before);
 }
 
 pub(crate) async fn a_result_ends_the_claim_and_retries_wait_for_their_time(engine: &impl Engine) {
     let (s, a) = (engine.store().await, engine.lead("a").await);
     s.enqueue(&a, &entry("x", t0())).await.unwrap();
-    let mut e = s.claim_due(&a, t0(), MINUTE, 10).await.unwrap().due.into_iter().next().unwrap();
+    let claimed = s.claim_due(&a, t0(), MINUTE, 10).await.unwrap();
+    let token = claimed.token;
+    let mut e = claimed.due.into_iter().next().unwrap();
     e.attempts = 1;
     e.last_error = Some("gateway down".into());
     e.next_attempt = at(5);
-    assert_eq!(s.record(&a, &e).await.unwrap(), Recorded::Stored);
+    assert_eq!(s.record(&a, token, &e).await.unwrap(), Recorded::Stored);
     assert_eq!(s.entry("x").await.unwrap().as_ref(), Some(&e), "the retry is stored");
     assert_eq!(s.pending_entries().await.unwrap(), [e.clone()]);
     let early = s.claim_due(&a, at(1), MINUTE, 10).await.unwrap();
     assert!(early.due.is_empty());
     assert_eq!(early.next, Some(at(5)), "not due before its next attempt");
     // The result ended the claim: due at its time, long before the claim would have run out.
-    let retry = s.claim_due(&a, at(5), MINUTE, 10).await.unwrap().due;
-    assert_eq!(retry, [e.clone()]);
+    let retry = s.claim_due(&a, at(5), MINUTE, 10).await.unwrap();
+    assert_eq!(retry.due, [e.clone()]);
+    assert_ne!(retry.token, token, "every claim has a token of its own");
+    let token = retry.token;
     let mut failed = finished(e, EntryState::Failed, at(6));
     failed.last_error = Some("gave up after 2 attempts".into());
-    assert_eq!(s.record(&a, &failed).await.unwrap(), Recorded::Stored);
+    assert_eq!(s.record(&a, token, &failed).await.unwrap(), Recorded::Stored);
     assert_eq!(s.entry("x").await.unwrap(), Some(failed.clone()));
     assert!(s.pending_entries().await.unwrap().is_empty());
     assert!(s.claim_due(&a, at(600), MINUTE, 10).await.unwrap().due.is_empty(), "finished is never claimed");
-    assert_eq!(s.record(&a, &failed).await.unwrap(), Recorded::Stale, "a finished entry takes no result");
+    assert_eq!(
+        s.record(&a, token, &failed).await.unwrap(),
+        Recorded::Superseded,
+        "a finished entry takes no result, and its own term is not deposed"
+    );
 }
 
 pub(crate) async fn a_released_claim_is_due_again_at_once(engine: &impl Engine) {
     let (s, a) = (engine.store().await, engine.lead("a").await);
     s.enqueue(&a, &entry("x", t0())).await.unwrap();
-    assert_eq!(s.claim_due(&a, t0(), MINUTE, 10).await.unwrap().due.len(), 1);
-    s.release(&a, "x").await.unwrap();
+    let claimed = s.claim_due(&a, t0(), MINUTE, 10).await.unwrap();
+    assert_eq!(claimed.due.len(), 1);
+    s.release(&a, claimed.token + 1, "x").await.unwrap();
+    assert!(s.claim_due(&a, at(1), MINUTE, 10).await.unwrap().due.is_empty(), "another token released it");
+    s.release(&a, claimed.token, "x").await.unwrap();
     assert_eq!(ids(&s.claim_due(&a, at(1), MINUTE, 10).await.unwrap().due), ["x"]);
 }
 
@@ -223,13 +252,14 @@ pub(crate) async fn purge_removes_only_old_finished_entries(engine: &impl Engine
     for id in ["old", "new", "pending"] {
         s.enqueue(&a, &entry(id, t0())).await.unwrap();
     }
-    for e in s.claim_due(&a, t0(), MINUTE, 10).await.unwrap().due {
+    let claimed = s.claim_due(&a, t0(), MINUTE, 10).await.unwrap();
+    for e in claimed.due {
         let when = match e.notification.id.as_str() {
             "old" => at(10),
             "new" => at(100),
             _ => continue,
         };
-        s.record(&a, &finished(e, EntryState::Delivered, when)).await.unwrap();
+        s.record(&a, claimed.token, &finished(e, EntryState::Delivered, when)).await.unwrap();
     }
     assert_eq!(s.purge_finished(at(10)).await.unwrap(), 0, "finished at the cut-off: kept");
     assert_eq!(s.purge_finished(at(50)).await.unwrap(), 1);
@@ -373,6 +403,59 @@ pub(crate) async fn an_outbox_whose_claim_was_taken_over_drops_its_outcome_and_s
     assert_eq!(*old_channel.sent.lock().unwrap(), ["7/1"]);
 }
 
+pub(crate) async fn a_send_outliving_its_claim_is_not_sent_twice_nor_deposes(engine: &impl Engine) {
+    let clock = Arc::new(ManualClock::new(t0()));
+    let store = engine.store().await;
+    let channel = Scripted::new(Vec::new());
+    let a = engine.lead("a").await;
+    let (ob, mut outcomes) =
+        Outbox::claiming_as(store.clone(), channel.map(), OutboxConfig::default(), clock.clone(), a);
+    ob.enqueue(notification("7/1")).await.unwrap();
+    // The first send hangs past CLAIM_FOR (3 SMS gateways x 45 s), meanwhile the worker claims.
+    let (sending_tx, sending_rx) = oneshot::channel();
+    let (go_tx, go_rx) = oneshot::channel();
+    *channel.gate.lock().unwrap() = Some((sending_tx, go_rx));
+    let meanwhile = async {
+        sending_rx.await.unwrap();
+        clock.advance(CLAIM_FOR + Duration::from_secs(15));
+        let again = ob.run_due().await.unwrap();
+        go_tx.send(()).unwrap();
+        again
+    };
+    let (first, again) = tokio::join!(ob.run_due(), meanwhile);
+    let first = first.unwrap();
+    assert!(!*ob.deposed().borrow(), "a worker of the same term is not deposed");
+    let delivered = |o: &[Outcome]| matches!(o, [Outcome { status: OutcomeStatus::Delivered { .. }, .. }]);
+    if engine.claims_lapse() {
+        // PostgreSQL: the claim ran out and was claimed again; the older attempt's result is
+        // refused quietly.
+        assert!(delivered(&again), "{again:?}");
+        assert!(first.is_empty(), "the superseded attempt's outcome is dropped: {first:?}");
+        assert_eq!(ob.stats().superseded.load(std::sync::atomic::Ordering::Relaxed), 1);
+    } else {
+        assert!(again.is_empty(), "claimed again while in flight: {again:?}");
+        assert!(delivered(&first), "{first:?}");
+        assert_eq!(*channel.sent.lock().unwrap(), ["7/1"], "sent twice");
+    }
+    assert_eq!(ob_state(&store, "7/1").await, (EntryState::Delivered, 1));
+    assert!(outcomes.try_recv().is_ok());
+    assert!(outcomes.try_recv().is_err(), "one outcome only");
+    // The worker goes on paging.
+    ob.enqueue(notification("8/1")).await.unwrap();
+    assert!(delivered(&ob.run_due().await.unwrap()));
+}
+
+pub(crate) async fn a_quarantined_id_is_refused_as_a_duplicate(engine: &impl Engine) {
+    let (s, a) = (engine.store().await, engine.lead("a").await);
+    s.enqueue(&a, &entry("bad", t0())).await.unwrap();
+    s.enqueue(&a, &entry("good", t0())).await.unwrap();
+    engine.corrupt("bad").await;
+    assert_eq!(ids(&s.pending_entries().await.unwrap()), ["good"], "set aside");
+    assert_eq!(s.enqueue(&a, &entry("bad", t0())).await.unwrap(), Some(EntryState::Failed));
+    assert_eq!(s.entry("bad").await.unwrap(), None, "nothing new was stored");
+    assert_eq!(ids(&s.claim_due(&a, t0(), MINUTE, 10).await.unwrap().due), ["good"]);
+}
+
 async fn ob_state(store: &Arc<dyn OutboxStore>, id: &str) -> (EntryState, u32) {
     let e = store.entry(id).await.unwrap().unwrap();
     (e.state, e.attempts)
@@ -386,6 +469,7 @@ mod sled {
 
     pub(crate) struct SledEngine {
         _dir: tempfile::TempDir,
+        storage: Arc<dyn crate::store::Storage>,
         store: Arc<TreeStore>,
         terms: AtomicI64,
     }
@@ -398,13 +482,23 @@ mod sled {
         async fn lead(&self, node: &str) -> Claimer {
             Claimer { node: node.into(), term: self.terms.fetch_add(1, Ordering::SeqCst) + 1 }
         }
+
+        fn claims_lapse(&self) -> bool {
+            false
+        }
+
+        async fn corrupt(&self, id: &str) {
+            let tree = self.storage.tree("outbox").unwrap();
+            tree.insert(format!("p/{id}").as_bytes(), b"{not json".to_vec()).unwrap();
+        }
     }
 
     pub(crate) async fn sled_engine() -> SledEngine {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::store::SledStorage::open(dir.path(), 1 << 20).unwrap();
-        let store = Arc::new(TreeStore::open(Arc::new(db)).unwrap());
-        SledEngine { _dir: dir, store, terms: AtomicI64::new(0) }
+        let storage: Arc<dyn crate::store::Storage> = Arc::new(db);
+        let store = Arc::new(TreeStore::open(storage.clone()).unwrap());
+        SledEngine { _dir: dir, storage, store, terms: AtomicI64::new(0) }
     }
 
     outbox_suite!(sled_engine);
@@ -443,6 +537,15 @@ mod pg {
                 }
                 other => panic!("{node} did not acquire: {other:?}"),
             }
+        }
+
+        fn claims_lapse(&self) -> bool {
+            true
+        }
+
+        async fn corrupt(&self, id: &str) {
+            let admin = crate::store::pg::testing::admin_client(&self.url).await;
+            admin.execute("UPDATE pikett_outbox SET entry = '{not json' WHERE id = $1", &[&id]).await.unwrap();
         }
     }
 
@@ -518,6 +621,92 @@ mod pg {
         let mut deposed = old.deposed();
         tokio::time::timeout(Duration::from_secs(5), deposed.wait_for(|d| *d)).await.unwrap().unwrap();
         worker.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_same_term_claim_after_the_lapse_supersedes_the_older_attempt() {
+        let engine = pg_engine().await;
+        let (s, a) = (engine.store().await, engine.lead("a").await);
+        s.enqueue(&a, &entry("x", t0())).await.unwrap();
+        let first = s.claim_due(&a, t0(), MINUTE, 10).await.unwrap();
+        let second = s.claim_due(&a, at(60), MINUTE, 10).await.unwrap();
+        assert_eq!(ids(&second.due), ["x"], "the claim ran out: claimed again");
+        let e = second.due[0].clone();
+        let done = finished(e, EntryState::Delivered, at(61));
+        assert_eq!(s.record(&a, first.token, &done).await.unwrap(), Recorded::Superseded);
+        s.release(&a, first.token, "x").await.unwrap();
+        assert!(s.claim_due(&a, at(61), MINUTE, 10).await.unwrap().due.is_empty(), "the older attempt released it");
+        assert_eq!(s.entry("x").await.unwrap().unwrap().state, EntryState::Pending);
+        assert_eq!(s.record(&a, second.token, &done).await.unwrap(), Recorded::Stored);
+        assert_eq!(
+            s.record(&a, first.token, &done).await.unwrap(),
+            Recorded::Superseded,
+            "after the newer one's result"
+        );
+    }
+
+    /// A store that counts the claims asked of it.
+    struct Counting(Arc<dyn OutboxStore>, std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl OutboxStore for Counting {
+        async fn enqueue(&self, by: &Claimer, entry: &Entry) -> Result<Option<EntryState>, OutboxError> {
+            self.0.enqueue(by, entry).await
+        }
+        async fn entry(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
+            self.0.entry(id).await
+        }
+        async fn entries_with_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError> {
+            self.0.entries_with_prefix(prefix).await
+        }
+        async fn pending_entries(&self) -> Result<Vec<Entry>, OutboxError> {
+            self.0.pending_entries().await
+        }
+        async fn claim_due(
+            &self,
+            by: &Claimer,
+            now: Timestamp,
+            claim_for: Duration,
+            limit: usize,
+        ) -> Result<Claimed, OutboxError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.0.claim_due(by, now, claim_for, limit).await
+        }
+        async fn record(&self, by: &Claimer, token: u64, entry: &Entry) -> Result<Recorded, OutboxError> {
+            self.0.record(by, token, entry).await
+        }
+        async fn release(&self, by: &Claimer, token: u64, id: &str) -> Result<(), OutboxError> {
+            self.0.release(by, token, id).await
+        }
+        async fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError> {
+            self.0.purge_finished(before).await
+        }
+    }
+
+    /// A due row locked by another session's claim is skipped by the claim but still due: the
+    /// worker must not spin on it.
+    #[tokio::test]
+    async fn a_row_locked_elsewhere_does_not_make_the_worker_spin() {
+        let engine = pg_engine().await;
+        let (s, a) = (engine.store().await, engine.lead("a").await);
+        s.enqueue(&a, &entry("x", t0())).await.unwrap();
+        let mut admin = crate::store::pg::testing::admin_client(&engine.url).await;
+        let tx = admin.transaction().await.unwrap();
+        tx.execute("SELECT id FROM pikett_outbox WHERE id = 'x' FOR UPDATE", &[]).await.unwrap();
+        let counting = Arc::new(Counting(s, Default::default()));
+        let (ob, _rx) = Outbox::claiming_as(
+            counting.clone(),
+            Scripted::new(Vec::new()).map(),
+            OutboxConfig::default(),
+            Arc::new(ManualClock::new(at(1))),
+            a,
+        );
+        let worker = ob.start();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        worker.stop().await;
+        let claims = counting.1.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(claims <= 20, "{claims} claims in 1 s");
+        tx.rollback().await.unwrap();
     }
 
     #[tokio::test]

@@ -427,18 +427,22 @@ impl NodeRole {
 pub const STALE_AFTER: u32 = 3;
 
 /// The role of `node` in `cluster` (read at the database's `cluster.now_ms`, with the lease
-/// ttl `ttl`; `standalone` for the embedded setup). A node whose heartbeat is older than
+/// ttl `ttl`; `standalone` for the embedded setup). The embedded setup's only collector is
+/// always [`NodeRole::Standalone`], however old its heartbeat: it leads whatever the table
+/// says (its own task may just be late). Otherwise a node whose heartbeat is older than
 /// [`STALE_AFTER`] ttls (or missing) is stale, unless it holds the unexpired lease: it
 /// renewed within a ttl, so it is alive and leads whatever its heartbeats say.
 pub fn node_role(cluster: &Cluster, node: &NodeRow, ttl: Duration, standalone: bool) -> NodeRole {
+    if standalone {
+        return NodeRole::Standalone;
+    }
     let stale_after = i64::try_from((ttl * STALE_AFTER).as_millis()).unwrap_or(i64::MAX);
     let fresh = node.heartbeat_at_ms.is_some_and(|at| cluster.now_ms.saturating_sub(at) <= stale_after);
     let leads = cluster.leader() == Some(node.node.as_str());
-    match (fresh || leads, standalone, leads) {
-        (false, _, _) => NodeRole::Stale,
-        (true, true, _) => NodeRole::Standalone,
-        (true, false, true) => NodeRole::Leader,
-        (true, false, false) => NodeRole::Follower,
+    match (fresh || leads, leads) {
+        (false, _) => NodeRole::Stale,
+        (true, true) => NodeRole::Leader,
+        (true, false) => NodeRole::Follower,
     }
 }
 
@@ -974,9 +978,10 @@ mod tests {
         let expired = cluster(Some("a"), 99_999);
         assert_eq!(node_role(&expired, &row("a", Some(99_000)), ttl, false), NodeRole::Follower);
         assert_eq!(node_role(&expired, &row("a", Some(80_000)), ttl, false), NodeRole::Stale);
-        // The embedded setup: standalone while it beats, stale when its task stopped.
+        // The embedded setup: always standalone, whatever its heartbeat and lease say.
         assert_eq!(node_role(&c, &row("a", Some(99_000)), ttl, true), NodeRole::Standalone);
-        assert_eq!(node_role(&expired, &row("a", Some(80_000)), ttl, true), NodeRole::Stale);
+        assert_eq!(node_role(&expired, &row("a", Some(80_000)), ttl, true), NodeRole::Standalone);
+        assert_eq!(node_role(&expired, &row("a", None), ttl, true), NodeRole::Standalone);
         assert_eq!(
             ["leader", "follower", "stale", "standalone"],
             [NodeRole::Leader, NodeRole::Follower, NodeRole::Stale, NodeRole::Standalone].map(NodeRole::as_str)

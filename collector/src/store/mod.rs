@@ -126,7 +126,7 @@ pub trait Storage: Send + Sync {
 /// What a node publishes about itself in the cluster table (its heartbeat).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct NodeInfo {
-    /// The address agents and staff reach this node at.
+    /// The node's configured gRPC `listen` address (may be a wildcard such as `0.0.0.0:9740`).
     pub addr: String,
     /// This binary's version.
     pub version: String,
@@ -151,7 +151,8 @@ pub struct NodeRow {
     pub heartbeat_at_ms: Option<i64>,
 }
 
-/// The lease and every node's heartbeat, read in one go; times are the database's clock.
+/// The lease and every node's heartbeat, read in one go; times are the database's clock on
+/// PostgreSQL and the collector's own clock for the standalone (sled) setup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
     /// The lease's holder as written (possibly expired: see [`Cluster::leader`]).

@@ -13,9 +13,12 @@
 //!   the `UPDATE` that claims them, in one statement. Two sessions claiming at once each get
 //!   other rows: a row one locked is skipped by the other, and one it claimed no longer
 //!   qualifies when the other re-reads it.
-//! - Result and release: `… WHERE id = $1 AND claimed_by = $me AND claim_term = $term`, no
-//!   fence needed: a newer term that took the claim over changed those columns, so 0 rows
-//!   means stale and nothing changes. A result ends the claim.
+//! - Result and release: `… WHERE id = $1 AND claimed_by = $me AND claim_term = $term AND
+//!   claim_token = $token`, no fence needed: a newer term that took the claim over, or a later
+//!   claim of the same term (after the claim ran out), changed those columns, so 0 rows means
+//!   refused and nothing changes; the row's `claim_term` then tells which. A result or a
+//!   release ends the claim (`claimed_by` NULL) but keeps `claim_term`, the last term that held
+//!   it, so a late result of an older term is still told apart from its own term's.
 //!
 //! One session per [`PgOutbox`], taken out of its slot for each request and put back only
 //! after a success (like the lease's).
@@ -51,7 +54,7 @@ const PENDING: &str = "SELECT id, entry FROM pikett_outbox WHERE state = 'pendin
 macro_rules! claimable {
     ($term:literal, $now:literal) => {
         concat!(
-            "(claim_term IS NULL OR claim_term < ",
+            "(claimed_by IS NULL OR claim_term < ",
             $term,
             " OR (claim_term = ",
             $term,
@@ -61,24 +64,27 @@ macro_rules! claimable {
         )
     };
 }
-/// $1 node, $2 term, $3 now, $4 claim until, $5 limit.
+/// $1 node, $2 term, $3 now, $4 claim until, $5 limit, $6 claim token.
 const CLAIM: &str = concat!(
     "WITH due AS (SELECT id FROM pikett_outbox WHERE state = 'pending' AND next_attempt_us <= $3 AND ",
     claimable!("$2", "$3"),
     " ORDER BY next_attempt_us, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
-     UPDATE pikett_outbox o SET claimed_by = $1, claim_term = $2, claim_until_us = $4 \
+     UPDATE pikett_outbox o SET claimed_by = $1, claim_term = $2, claim_until_us = $4, claim_token = $6 \
      FROM due WHERE o.id = due.id RETURNING o.id, o.entry"
 );
 /// $1 term, $2 now.
 const NEXT: &str =
     concat!("SELECT min(next_attempt_us) FROM pikett_outbox WHERE state = 'pending' AND ", claimable!("$1", "$2"));
 const RECORD: &str = "UPDATE pikett_outbox SET state = $4, entry = $5, next_attempt_us = $6, finished_at_us = $7, \
-                      claimed_by = NULL, claim_term = NULL, claim_until_us = NULL \
-                      WHERE id = $1 AND claimed_by = $2 AND claim_term = $3 AND state = 'pending'";
-const RELEASE: &str = "UPDATE pikett_outbox SET claimed_by = NULL, claim_term = NULL, claim_until_us = NULL \
-                       WHERE id = $1 AND claimed_by = $2 AND claim_term = $3 AND state = 'pending'";
+                      claimed_by = NULL, claim_until_us = NULL, claim_token = NULL \
+                      WHERE id = $1 AND claimed_by = $2 AND claim_term = $3 AND claim_token = $8 \
+                      AND state = 'pending'";
+const HOLDER: &str = "SELECT claim_term FROM pikett_outbox WHERE id = $1";
+const RELEASE: &str = "UPDATE pikett_outbox SET claimed_by = NULL, claim_until_us = NULL, claim_token = NULL \
+                       WHERE id = $1 AND claimed_by = $2 AND claim_term = $3 AND claim_token = $4 \
+                       AND state = 'pending'";
 const QUARANTINE: &str = "UPDATE pikett_outbox SET state = 'quarantined', claimed_by = NULL, claim_term = NULL, \
-                          claim_until_us = NULL WHERE id = $1 AND state = 'pending'";
+                          claim_until_us = NULL, claim_token = NULL WHERE id = $1 AND state = 'pending'";
 const PURGE: &str = "DELETE FROM pikett_outbox WHERE state IN ('delivered', 'failed') \
                      AND (finished_at_us IS NULL OR finished_at_us < $1)";
 
@@ -182,6 +188,7 @@ impl PgOutbox {
         &self,
         node: &str,
         term: i64,
+        token: i64,
         now_us: i64,
         until_us: i64,
         limit: usize,
@@ -191,7 +198,8 @@ impl PgOutbox {
             let what = "claiming due notifications";
             let tx = client.transaction().await.map_err(db(what))?;
             fence(&tx, node, term).await?;
-            let claimed = tx.query(CLAIM, &[&node, &term, &now_us, &until_us, &limit]).await.map_err(db(what))?;
+            let claimed =
+                tx.query(CLAIM, &[&node, &term, &now_us, &until_us, &limit, &token]).await.map_err(db(what))?;
             let next = tx.query_one(NEXT, &[&term, &now_us]).await.map_err(db(what))?;
             tx.commit().await.map_err(db(what))?;
             let claimed = claimed
@@ -204,26 +212,45 @@ impl PgOutbox {
         .await
     }
 
-    /// Writes an attempt's result if `node` still holds the row's claim under `term`, and ends
-    /// the claim; `false` (nothing changed) when the claim is not its own any more.
-    pub async fn record(&self, node: &str, term: i64, row: &OutboxRow) -> Result<bool, StoreError> {
+    /// Writes an attempt's result if `node` still holds the row's claim under `term` and
+    /// `token`, and ends the claim; when the claim is not its own any more (nothing changed),
+    /// `Err` with the term now holding the row's claim, if any.
+    pub async fn record(
+        &self,
+        node: &str,
+        term: i64,
+        token: i64,
+        row: &OutboxRow,
+    ) -> Result<Result<(), Option<i64>>, StoreError> {
         self.with(async |client| {
+            let what = "recording a notification's attempt";
             let n = client
                 .execute(
                     RECORD,
-                    &[&row.id, &node, &term, &row.state, &row.entry, &row.next_attempt_us, &row.finished_at_us],
+                    &[&row.id, &node, &term, &row.state, &row.entry, &row.next_attempt_us, &row.finished_at_us, &token],
                 )
                 .await
-                .map_err(db("recording a notification's attempt"))?;
-            Ok(n == 1)
+                .map_err(db(what))?;
+            if n == 1 {
+                return Ok(Ok(()));
+            }
+            let holder = client.query_opt(HOLDER, &[&row.id]).await.map_err(db(what))?;
+            let holder: Option<i64> = match holder {
+                Some(r) => r.try_get(0).map_err(db(what))?,
+                None => None,
+            };
+            Ok(Err(holder))
         })
         .await
     }
 
-    /// Ends `node`'s claim under `term` on `id`, if it still holds it.
-    pub async fn release(&self, node: &str, term: i64, id: &str) -> Result<(), StoreError> {
+    /// Ends `node`'s claim under `term` and `token` on `id`, if it still holds it.
+    pub async fn release(&self, node: &str, term: i64, token: i64, id: &str) -> Result<(), StoreError> {
         self.with(async |client| {
-            client.execute(RELEASE, &[&id, &node, &term]).await.map_err(db("releasing a notification's claim"))?;
+            client
+                .execute(RELEASE, &[&id, &node, &term, &token])
+                .await
+                .map_err(db("releasing a notification's claim"))?;
             Ok(())
         })
         .await
