@@ -26,6 +26,7 @@ use tokio_postgres::{Client, Config, NoTls};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::PgError;
+use crate::store::StoreError;
 
 /// The options of every session (PostgreSQL's `options` connection parameter).
 const SESSION_OPTIONS: &str = "-c idle_in_transaction_session_timeout=2s -c statement_timeout=5s -c lock_timeout=2s";
@@ -181,6 +182,44 @@ fn show_host(host: &Host) -> String {
     match host {
         Host::Unix(path) => path.display().to_string(),
         Host::Tcp(name) => name.clone(),
+    }
+}
+
+/// One dedicated session, connected on first use: taken out of its slot for each request and
+/// put back only after a success, so a failed or cancelled request leaves no session behind
+/// and the next request connects anew. The lease and the outbox each hold one.
+pub struct Session {
+    connect: PgConnect,
+    slot: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl Session {
+    pub fn new(connect: PgConnect) -> Session {
+        Session { connect, slot: tokio::sync::Mutex::new(None) }
+    }
+
+    /// Runs `f` on the session, connecting when there is none (or it was lost), and keeps the
+    /// session only when `f` succeeded.
+    pub async fn with<T>(&self, f: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut slot = self.slot.lock().await;
+        let mut client = match slot.take() {
+            Some(client) if !client.is_closed() => client,
+            _ => self.connect.connect().await?,
+        };
+        let out = f(&mut client).await?;
+        if !client.is_closed() {
+            *slot = Some(client);
+        }
+        Ok(out)
+    }
+
+    /// The server process of the current session, if one is open (tests end it to simulate
+    /// a lost link).
+    #[cfg(test)]
+    pub async fn backend_pid(&self) -> Option<i32> {
+        let slot = self.slot.lock().await;
+        let client = slot.as_ref()?;
+        client.query_one("SELECT pg_backend_pid()", &[]).await.ok().map(|r| r.get(0))
     }
 }
 

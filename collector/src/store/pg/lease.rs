@@ -37,9 +37,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio_postgres::{Client, IsolationLevel, Transaction};
+use tokio_postgres::{IsolationLevel, Transaction};
 
-use super::{PgConnect, PgError, db};
+use super::conn::Session;
+use super::{PgConnect, db};
 use crate::store::{Cluster, Lease, LeaseState, NodeInfo, NodeRow, StoreError};
 
 /// Free, expired, or already this node's: taken under the next term.
@@ -98,8 +99,7 @@ pub async fn fence(tx: &Transaction<'_>, node: &str, term: i64) -> Result<(), St
 /// [`Lease`] on PostgreSQL, on a session of its own (the schema is migrated by
 /// `PgStorage::open`).
 pub struct PgLease {
-    connect: PgConnect,
-    session: tokio::sync::Mutex<Option<Client>>,
+    session: Session,
     /// The nodes this lease sent a heartbeat for: the first one sets `started_at`.
     started: Mutex<HashSet<String>>,
 }
@@ -107,30 +107,13 @@ pub struct PgLease {
 impl PgLease {
     /// Connects on first use.
     pub fn new(connect: PgConnect) -> PgLease {
-        PgLease { connect, session: tokio::sync::Mutex::new(None), started: Mutex::new(HashSet::new()) }
+        PgLease { session: Session::new(connect), started: Mutex::new(HashSet::new()) }
     }
 
     /// The server process of the current session (tests end it to simulate a lost link).
     #[cfg(test)]
     pub(crate) async fn backend_pid(&self) -> Option<i32> {
-        let session = self.session.lock().await;
-        let client = session.as_ref()?;
-        client.query_one("SELECT pg_backend_pid()", &[]).await.ok().map(|r| r.get(0))
-    }
-
-    /// Runs `f` on the session, connecting when there is none (or it was lost), and keeps the
-    /// session only when `f` succeeded.
-    async fn with<T>(&self, f: impl AsyncFnOnce(&mut Client) -> Result<T, PgError>) -> Result<T, StoreError> {
-        let mut slot = self.session.lock().await;
-        let mut client = match slot.take() {
-            Some(client) if !client.is_closed() => client,
-            _ => self.connect.connect().await?,
-        };
-        let out = f(&mut client).await?;
-        if !client.is_closed() {
-            *slot = Some(client);
-        }
-        Ok(out)
+        self.session.backend_pid().await
     }
 }
 
@@ -151,98 +134,108 @@ impl Lease for PgLease {
         // statement ended and the commit was sent with a fifth of the ttl to spare.
         let commit_by = ttl.saturating_sub(ttl / 5);
         let ttl_ms = millis(ttl);
-        self.with(async |client| {
-            let what = if held.is_some() { "renewing the leader lease" } else { "acquiring the leader lease" };
-            let tx = client.transaction().await.map_err(db(what))?;
-            let left = commit_by.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
-            tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", millis(left))).await.map_err(db(what))?;
-            let row = match held {
-                Some(term) => tx.query_opt(RENEW, &[&node, &term, &ttl_ms]).await.map_err(db(what))?,
-                None => tx.query_opt(ACQUIRE, &[&node, &ttl_ms]).await.map_err(db(what))?,
-            };
-            let state = match row {
-                Some(row) => {
-                    let term: i64 = row.try_get(0).map_err(db(what))?;
-                    if held.is_none() {
-                        tx.execute(ACQUIRE_FENCE, &[&term]).await.map_err(db(what))?;
+        self.session
+            .with(async |client| {
+                let what = if held.is_some() { "renewing the leader lease" } else { "acquiring the leader lease" };
+                let tx = client.transaction().await.map_err(db(what))?;
+                let left = commit_by.saturating_sub(start.elapsed()).max(Duration::from_millis(1));
+                tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", millis(left))).await.map_err(db(what))?;
+                let row = match held {
+                    Some(term) => tx.query_opt(RENEW, &[&node, &term, &ttl_ms]).await.map_err(db(what))?,
+                    None => tx.query_opt(ACQUIRE, &[&node, &ttl_ms]).await.map_err(db(what))?,
+                };
+                let state = match row {
+                    Some(row) => {
+                        let term: i64 = row.try_get(0).map_err(db(what))?;
+                        if held.is_none() {
+                            tx.execute(ACQUIRE_FENCE, &[&term]).await.map_err(db(what))?;
+                        }
+                        if start.elapsed() >= commit_by {
+                            // Dropping `tx` rolls it back: nothing is taken the task no longer waits for.
+                            return Ok(Err(StoreError::Engine(format!(
+                                "{what}: no time left to commit within {ttl:?}"
+                            ))));
+                        }
+                        LeaseState::Leader { term }
                     }
-                    if start.elapsed() >= commit_by {
-                        // Dropping `tx` rolls it back: nothing is taken the task no longer waits for.
-                        return Ok(Err(StoreError::Engine(format!("{what}: no time left to commit within {ttl:?}"))));
+                    None => {
+                        let leader = tx.query_opt(CURRENT_LEADER, &[]).await.map_err(db(what))?;
+                        let leader = match leader {
+                            Some(row) => row.try_get(0).map_err(db(what))?,
+                            None => None,
+                        };
+                        LeaseState::Follower { leader }
                     }
-                    LeaseState::Leader { term }
-                }
-                None => {
-                    let leader = tx.query_opt(CURRENT_LEADER, &[]).await.map_err(db(what))?;
-                    let leader = match leader {
-                        Some(row) => row.try_get(0).map_err(db(what))?,
-                        None => None,
-                    };
-                    LeaseState::Follower { leader }
-                }
-            };
-            tx.commit().await.map_err(db(what))?;
-            Ok(Ok(state))
-        })
-        .await?
+                };
+                tx.commit().await.map_err(db(what))?;
+                Ok(Ok(state))
+            })
+            .await?
     }
 
     async fn heartbeat(&self, node: &str, info: &NodeInfo) -> Result<(), StoreError> {
         let first = !self.started.lock().unwrap_or_else(PoisonError::into_inner).contains(node);
-        self.with(async |client| {
-            client
-                .execute(HEARTBEAT, &[&node, &info.addr, &info.version, &first])
-                .await
-                .map_err(db("sending the heartbeat"))
-        })
-        .await?;
+        self.session
+            .with(async |client| {
+                client
+                    .execute(HEARTBEAT, &[&node, &info.addr, &info.version, &first])
+                    .await
+                    .map_err(|e| db("sending the heartbeat")(e).into())
+            })
+            .await?;
         self.started.lock().unwrap_or_else(PoisonError::into_inner).insert(node.to_string());
         Ok(())
     }
 
     async fn cluster(&self) -> Result<Cluster, StoreError> {
-        self.with(async |client| {
-            let what = "reading the cluster";
-            // One snapshot: the lease, the nodes and now() agree.
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(db(what))?;
-            let lease = tx.query_one(READ_LEASE, &[]).await.map_err(db(what))?;
-            let nodes = tx.query(READ_NODES, &[]).await.map_err(db(what))?;
-            tx.commit().await.map_err(db(what))?;
-            let nodes = nodes
-                .iter()
-                .map(|r| {
-                    Ok(NodeRow {
-                        node: r.try_get(0)?,
-                        addr: r.try_get(1)?,
-                        version: r.try_get(2)?,
-                        started_at_ms: r.try_get(3)?,
-                        heartbeat_at_ms: r.try_get(4)?,
+        self.session
+            .with(async |client| {
+                let what = "reading the cluster";
+                // One snapshot: the lease, the nodes and now() agree.
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await
+                    .map_err(db(what))?;
+                let lease = tx.query_one(READ_LEASE, &[]).await.map_err(db(what))?;
+                let nodes = tx.query(READ_NODES, &[]).await.map_err(db(what))?;
+                tx.commit().await.map_err(db(what))?;
+                let nodes = nodes
+                    .iter()
+                    .map(|r| {
+                        Ok(NodeRow {
+                            node: r.try_get(0)?,
+                            addr: r.try_get(1)?,
+                            version: r.try_get(2)?,
+                            started_at_ms: r.try_get(3)?,
+                            heartbeat_at_ms: r.try_get(4)?,
+                        })
                     })
+                    .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+                    .map_err(db(what))?;
+                Ok(Cluster {
+                    holder: lease.try_get(0).map_err(db(what))?,
+                    term: lease.try_get(1).map_err(db(what))?,
+                    expires_at_ms: lease.try_get(2).map_err(db(what))?,
+                    now_ms: lease.try_get(3).map_err(db(what))?,
+                    nodes,
                 })
-                .collect::<Result<Vec<_>, tokio_postgres::Error>>()
-                .map_err(db(what))?;
-            Ok(Cluster {
-                holder: lease.try_get(0).map_err(db(what))?,
-                term: lease.try_get(1).map_err(db(what))?,
-                expires_at_ms: lease.try_get(2).map_err(db(what))?,
-                now_ms: lease.try_get(3).map_err(db(what))?,
-                nodes,
             })
-        })
-        .await
+            .await
     }
 
     async fn release(&self, node: &str, term: i64) -> Result<(), StoreError> {
-        self.with(async |client| {
-            client.execute(RELEASE, &[&node, &term]).await.map_err(db("releasing the leader lease")).map(drop)
-        })
-        .await
+        self.session
+            .with(async |client| {
+                client
+                    .execute(RELEASE, &[&node, &term])
+                    .await
+                    .map_err(|e| db("releasing the leader lease")(e).into())
+                    .map(drop)
+            })
+            .await
     }
 }
 
@@ -250,6 +243,7 @@ impl Lease for PgLease {
 mod tests {
     use std::sync::Arc;
     use std::time::{Instant, SystemTime};
+    use tokio_postgres::Client;
 
     use super::super::migrate;
     use super::super::testing::fresh_database;

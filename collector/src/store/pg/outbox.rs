@@ -23,8 +23,7 @@
 //! One session per [`PgOutbox`], taken out of its slot for each request and put back only
 //! after a success (like the lease's).
 
-use tokio_postgres::Client;
-
+use super::conn::Session;
 use super::lease::fence;
 use super::{PgConnect, db};
 use crate::store::StoreError;
@@ -90,68 +89,54 @@ const PURGE: &str = "DELETE FROM pikett_outbox WHERE state IN ('delivered', 'fai
 
 /// The outbox table on one session of its own (the schema is migrated by `PgStorage::open`).
 pub struct PgOutbox {
-    connect: PgConnect,
-    session: tokio::sync::Mutex<Option<Client>>,
+    session: Session,
 }
 
 impl PgOutbox {
     /// Connects on first use.
     pub fn new(connect: PgConnect) -> PgOutbox {
-        PgOutbox { connect, session: tokio::sync::Mutex::new(None) }
-    }
-
-    /// Runs `f` on the session, connecting when there is none (or it was lost), and keeps the
-    /// session only when `f` succeeded.
-    async fn with<T>(&self, f: impl AsyncFnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut slot = self.session.lock().await;
-        let mut client = match slot.take() {
-            Some(client) if !client.is_closed() => client,
-            _ => self.connect.connect().await?,
-        };
-        let out = f(&mut client).await?;
-        if !client.is_closed() {
-            *slot = Some(client);
-        }
-        Ok(out)
+        PgOutbox { session: Session::new(connect) }
     }
 
     /// Inserts `row` as enqueued by `node` under `term` (fenced), unless its id exists: then
     /// the existing row's state, and nothing changed.
     pub async fn insert(&self, node: &str, term: i64, row: &OutboxRow) -> Result<Option<String>, StoreError> {
-        self.with(async |client| {
-            let what = "enqueueing a notification";
-            let tx = client.transaction().await.map_err(db(what))?;
-            fence(&tx, node, term).await?;
-            let n = tx
-                .execute(
-                    INSERT,
-                    &[&row.id, &row.state, &row.entry, &row.next_attempt_us, &row.finished_at_us, &node, &term],
-                )
-                .await
-                .map_err(db(what))?;
-            let existing = if n == 1 {
-                None
-            } else {
-                let state = tx.query_opt(STATE, &[&row.id]).await.map_err(db(what))?;
-                Some(match state {
-                    Some(r) => r.try_get(0).map_err(db(what))?,
-                    // Gone between the two statements (purged): a finished one.
-                    None => "failed".to_string(),
-                })
-            };
-            tx.commit().await.map_err(db(what))?;
-            Ok(existing)
-        })
-        .await
+        self.session
+            .with(async |client| {
+                let what = "enqueueing a notification";
+                let tx = client.transaction().await.map_err(db(what))?;
+                fence(&tx, node, term).await?;
+                let n = tx
+                    .execute(
+                        INSERT,
+                        &[&row.id, &row.state, &row.entry, &row.next_attempt_us, &row.finished_at_us, &node, &term],
+                    )
+                    .await
+                    .map_err(db(what))?;
+                let existing = if n == 1 {
+                    None
+                } else {
+                    let state = tx.query_opt(STATE, &[&row.id]).await.map_err(db(what))?;
+                    Some(match state {
+                        Some(r) => r.try_get(0).map_err(db(what))?,
+                        // Gone between the two statements (purged): a finished one.
+                        None => "failed".to_string(),
+                    })
+                };
+                tx.commit().await.map_err(db(what))?;
+                Ok(existing)
+            })
+            .await
     }
 
     /// The entry of `id` (not quarantined).
     pub async fn get(&self, id: &str) -> Result<Option<String>, StoreError> {
-        self.with(async |client| {
-            let row = client.query_opt(GET, &[&id]).await.map_err(db("reading a notification"))?;
-            Ok(row.map(|r| r.try_get(0)).transpose().map_err(db("reading a notification"))?)
-        })
-        .await
+        self.session
+            .with(async |client| {
+                let row = client.query_opt(GET, &[&id]).await.map_err(db("reading a notification"))?;
+                Ok(row.map(|r| r.try_get(0)).transpose().map_err(db("reading a notification"))?)
+            })
+            .await
     }
 
     /// `(id, entry)` of the rows whose id starts with `prefix` (not quarantined), by id.
@@ -170,15 +155,16 @@ impl PgOutbox {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
         what: &'static str,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        self.with(async |client| {
-            let rows = client.query(sql, params).await.map_err(db(what))?;
-            Ok(rows
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect::<Result<Vec<_>, tokio_postgres::Error>>()
-                .map_err(db(what))?)
-        })
-        .await
+        self.session
+            .with(async |client| {
+                let rows = client.query(sql, params).await.map_err(db(what))?;
+                Ok(rows
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+                    .map_err(db(what))?)
+            })
+            .await
     }
 
     /// Claims for `node` under `term` (fenced), until `until_us`, at most `limit` pending rows
@@ -194,22 +180,23 @@ impl PgOutbox {
         limit: usize,
     ) -> Result<(Vec<(String, String)>, Option<i64>), StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(async |client| {
-            let what = "claiming due notifications";
-            let tx = client.transaction().await.map_err(db(what))?;
-            fence(&tx, node, term).await?;
-            let claimed =
-                tx.query(CLAIM, &[&node, &term, &now_us, &until_us, &limit, &token]).await.map_err(db(what))?;
-            let next = tx.query_one(NEXT, &[&term, &now_us]).await.map_err(db(what))?;
-            tx.commit().await.map_err(db(what))?;
-            let claimed = claimed
-                .iter()
-                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-                .collect::<Result<Vec<_>, tokio_postgres::Error>>()
-                .map_err(db(what))?;
-            Ok((claimed, next.try_get(0).map_err(db(what))?))
-        })
-        .await
+        self.session
+            .with(async |client| {
+                let what = "claiming due notifications";
+                let tx = client.transaction().await.map_err(db(what))?;
+                fence(&tx, node, term).await?;
+                let claimed =
+                    tx.query(CLAIM, &[&node, &term, &now_us, &until_us, &limit, &token]).await.map_err(db(what))?;
+                let next = tx.query_one(NEXT, &[&term, &now_us]).await.map_err(db(what))?;
+                tx.commit().await.map_err(db(what))?;
+                let claimed = claimed
+                    .iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                    .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+                    .map_err(db(what))?;
+                Ok((claimed, next.try_get(0).map_err(db(what))?))
+            })
+            .await
     }
 
     /// Writes an attempt's result if `node` still holds the row's claim under `term` and
@@ -222,55 +209,68 @@ impl PgOutbox {
         token: i64,
         row: &OutboxRow,
     ) -> Result<Result<(), Option<i64>>, StoreError> {
-        self.with(async |client| {
-            let what = "recording a notification's attempt";
-            let n = client
-                .execute(
-                    RECORD,
-                    &[&row.id, &node, &term, &row.state, &row.entry, &row.next_attempt_us, &row.finished_at_us, &token],
-                )
-                .await
-                .map_err(db(what))?;
-            if n == 1 {
-                return Ok(Ok(()));
-            }
-            let holder = client.query_opt(HOLDER, &[&row.id]).await.map_err(db(what))?;
-            let holder: Option<i64> = match holder {
-                Some(r) => r.try_get(0).map_err(db(what))?,
-                None => None,
-            };
-            Ok(Err(holder))
-        })
-        .await
+        self.session
+            .with(async |client| {
+                let what = "recording a notification's attempt";
+                let n = client
+                    .execute(
+                        RECORD,
+                        &[
+                            &row.id,
+                            &node,
+                            &term,
+                            &row.state,
+                            &row.entry,
+                            &row.next_attempt_us,
+                            &row.finished_at_us,
+                            &token,
+                        ],
+                    )
+                    .await
+                    .map_err(db(what))?;
+                if n == 1 {
+                    return Ok(Ok(()));
+                }
+                let holder = client.query_opt(HOLDER, &[&row.id]).await.map_err(db(what))?;
+                let holder: Option<i64> = match holder {
+                    Some(r) => r.try_get(0).map_err(db(what))?,
+                    None => None,
+                };
+                Ok(Err(holder))
+            })
+            .await
     }
 
     /// Ends `node`'s claim under `term` and `token` on `id`, if it still holds it.
     pub async fn release(&self, node: &str, term: i64, token: i64, id: &str) -> Result<(), StoreError> {
-        self.with(async |client| {
-            client
-                .execute(RELEASE, &[&id, &node, &term, &token])
-                .await
-                .map_err(db("releasing a notification's claim"))?;
-            Ok(())
-        })
-        .await
+        self.session
+            .with(async |client| {
+                client
+                    .execute(RELEASE, &[&id, &node, &term, &token])
+                    .await
+                    .map_err(db("releasing a notification's claim"))?;
+                Ok(())
+            })
+            .await
     }
 
     /// Sets an undecodable pending row aside (state `quarantined`, kept for inspection).
     pub async fn quarantine(&self, id: &str) -> Result<(), StoreError> {
-        self.with(async |client| {
-            client.execute(QUARANTINE, &[&id]).await.map_err(db("quarantining a notification"))?;
-            Ok(())
-        })
-        .await
+        self.session
+            .with(async |client| {
+                client.execute(QUARANTINE, &[&id]).await.map_err(db("quarantining a notification"))?;
+                Ok(())
+            })
+            .await
     }
 
     /// Removes finished rows finished before `before_us`; returns how many.
     pub async fn purge_finished(&self, before_us: i64) -> Result<usize, StoreError> {
-        self.with(async |client| {
-            let n = client.execute(PURGE, &[&before_us]).await.map_err(db("purging finished notifications"))?;
-            Ok(usize::try_from(n).unwrap_or(usize::MAX))
-        })
-        .await
+        self.session
+            .with(async |client| {
+                let n = client.execute(PURGE, &[&before_us]).await.map_err(db("purging finished notifications"))?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            })
+            .await
     }
 }
