@@ -98,11 +98,69 @@ pub(crate) fn opt_time(ms: i64) -> serde_json::Value {
     if ms == 0 { serde_json::Value::Null } else { json!(format_time(ms)) }
 }
 
+/// A call the collector refused or failed, with its status kept (for [`leader_redirect`]).
+#[derive(Debug)]
+pub(crate) struct RpcError(pub tonic::Status);
+
+impl std::fmt::Display for RpcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.message())
+    }
+}
+
+impl std::error::Error for RpcError {}
+
 pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", status.message())
+    anyhow::Error::new(RpcError(status))
+}
+
+/// The metadata key a collector that is not the leader names the leader's address in.
+const LEADER_METADATA: &str = "pikett-leader";
+
+/// The URL to ask again when `error` is a follower's "not the leader" answer naming the
+/// leader: `collector`'s scheme with the leader's address (a collector of a cluster answers
+/// staff calls only on the leader, see the collector's `api::leader_gate`).
+pub(crate) fn leader_redirect(collector: &str, error: &anyhow::Error) -> Option<String> {
+    let status = &error.downcast_ref::<RpcError>()?.0;
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let addr = status.metadata().get(LEADER_METADATA)?.to_str().ok()?.trim();
+    if addr.is_empty() || addr.contains('/') {
+        return None;
+    }
+    let scheme = collector.split_once("://").map_or("http", |(scheme, _)| scheme);
+    let url = format!("{scheme}://{addr}");
+    (url.trim_end_matches('/') != collector.trim_end_matches('/')).then_some(url)
 }
 
 pub fn format_time(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map_or_else(|_| "-".into(), |t| t.round(jiff::Unit::Second).map_or(t, |x| x).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_the_leader(addr: Option<&str>) -> anyhow::Error {
+        let mut status = tonic::Status::unavailable("this collector (b) is not the leader");
+        if let Some(addr) = addr {
+            status.metadata_mut().insert(LEADER_METADATA, addr.parse().unwrap());
+        }
+        rpc_error(status)
+    }
+
+    #[test]
+    fn a_followers_answer_names_where_to_ask_again_with_the_same_scheme() {
+        let e = not_the_leader(Some("10.0.0.1:9740"));
+        assert_eq!(e.to_string(), "this collector (b) is not the leader");
+        assert_eq!(leader_redirect("https://c2:9740", &e).as_deref(), Some("https://10.0.0.1:9740"));
+        assert_eq!(leader_redirect("http://127.0.0.1:1", &e).as_deref(), Some("http://10.0.0.1:9740"));
+        // No address, another code, the same collector again, or another error: no redirect.
+        assert_eq!(leader_redirect("https://c2:9740", &not_the_leader(None)), None);
+        assert_eq!(leader_redirect("https://c2:9740", &rpc_error(tonic::Status::permission_denied("no"))), None);
+        assert_eq!(leader_redirect("https://10.0.0.1:9740/", &e), None);
+        assert_eq!(leader_redirect("https://c2:9740", &anyhow::anyhow!("cannot reach")), None);
+    }
 }

@@ -35,7 +35,18 @@ fn main() -> ExitCode {
     let json = args.output == Output::Json;
     let result = rt.block_on(async {
         let mut client = client::Client::connect(&args.collector, args.ca_file.as_deref()).await?;
-        let text = run(&mut client, args.command, json).await?;
+        let text = match run(&mut client, args.command, json).await {
+            // A collector of a cluster that is not the leader names the leader: ask there,
+            // once. Safe to repeat: a follower refuses a staff call before doing anything.
+            Err(e) => match client::leader_redirect(&args.collector, &e) {
+                Some(leader) => {
+                    let mut client = client::Client::connect(&leader, args.ca_file.as_deref()).await?;
+                    run(&mut client, Cli::parse().command, json).await?
+                }
+                None => return Err(e),
+            },
+            Ok(text) => text,
+        };
         print!("{text}");
         anyhow::Ok(())
     });

@@ -99,6 +99,204 @@ pub struct CollectorConfig {
     pub retention: RetentionConfig,
     /// Forwarding of every stored sample to a Prometheus remote-write store (`[remote_write]`).
     pub remote_write: Option<RemoteWriteConfig>,
+    /// Where the collector keeps its state (`[store]`): sled in `data_dir` (the default), or
+    /// a PostgreSQL database shared by several collectors, one of which leads.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// The store engine (`[store] kind`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// sled in `data_dir`: one collector alone.
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by the collectors of a cluster.
+    Postgres,
+}
+
+/// `[store]`: the store engine and, for PostgreSQL, how to reach it and how this collector
+/// takes part in the cluster (docs/design/collector-ha.md, section 3, "Config").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `"sled"` (default) or `"postgres"`.
+    pub kind: StoreKind,
+    /// The database (`postgres://pikett@db.example:5432/pikett`, or libpq's `key=value` form);
+    /// required for postgres, refused for sled. Never with a password: see `password_file`.
+    pub url: Option<String>,
+    /// PEM CA certificate(s) the database's certificate must chain to (TLS). Without it the
+    /// URL must say `sslmode=disable` and name this machine.
+    pub ca_file: Option<PathBuf>,
+    /// A file holding the database password (the URL never does).
+    pub password_file: Option<PathBuf>,
+    /// This collector's name in the cluster; default: the host name.
+    pub node_id: Option<String>,
+    /// `host:port` where agents and the CLI reach this collector's gRPC (staff calls to a
+    /// follower are redirected to the leader's); default: `listen`.
+    pub advertise: Option<String>,
+    /// How long a leader's lease lasts without renewal (2s to 60s): about the failover time.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How long a missing batch holds its host's evaluation before it is skipped (at least 1s).
+    #[serde(with = "humantime_serde")]
+    pub gap_grace: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            kind: StoreKind::Sled,
+            url: None,
+            ca_file: None,
+            password_file: None,
+            node_id: None,
+            advertise: None,
+            lease_ttl: Duration::from_secs(5),
+            gap_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The secret files and the keys naming them.
+    pub fn secret_files(&self) -> Vec<(&'static str, &Path)> {
+        self.password_file.iter().map(|f| ("store.password_file", f.as_path())).collect()
+    }
+
+    /// Problems found without reading any file. The URL itself is checked here only when no
+    /// `ca_file` is given (TLS or not depends on it); otherwise at load, by
+    /// [`CollectorConfig::pg_connect`].
+    fn problems(&self, listen: SocketAddr, remote_write: bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        match self.kind {
+            StoreKind::Sled => {
+                let given: Vec<&str> = [
+                    ("url", self.url.is_some()),
+                    ("ca_file", self.ca_file.is_some()),
+                    ("password_file", self.password_file.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(key, set)| set.then_some(key))
+                .collect();
+                if !given.is_empty() {
+                    problems.push(format!(
+                        "store: {} given, but kind is \"sled\" (the default): set kind = \"postgres\", or remove {}",
+                        given.join(", "),
+                        if given.len() == 1 { "it" } else { "them" }
+                    ));
+                }
+            }
+            StoreKind::Postgres => {
+                match &self.url {
+                    None => {
+                        problems.push("store: kind = \"postgres\" needs url = \"postgres://user@host:5432/db\"".into())
+                    }
+                    Some(url) if url_has_password(url) => problems
+                        .push("store.url: holds a password; put it in a file named by [store] password_file".into()),
+                    Some(url) if self.ca_file.is_none() => {
+                        if let Err(e) = crate::store::pg::PgConnect::new(url, None) {
+                            problems.push(format!("store.url: {e}"));
+                        }
+                    }
+                    Some(_) => {}
+                }
+                if remote_write {
+                    problems.push("remote_write is not supported with [store] kind = \"postgres\" yet".into());
+                }
+                if self.advertise.is_none() && listen.ip().is_unspecified() {
+                    problems.push(format!(
+                        "store.advertise: needed with kind = \"postgres\" when listen = \"{listen}\" (an address \
+                         others cannot reach): give the host:port agents and the CLI reach this collector at"
+                    ));
+                }
+            }
+        }
+        if let Some(node) = &self.node_id
+            && !valid_node_id(node)
+        {
+            problems.push(format!("store.node_id = {node:?}: 1 to 63 letters, digits, '.', '_' or '-'"));
+        }
+        if let Some(addr) = &self.advertise
+            && let Err(e) = check_host_port(addr)
+        {
+            problems.push(format!("store.advertise = {addr:?}: {e}"));
+        }
+        if !(Duration::from_secs(2)..=Duration::from_secs(60)).contains(&self.lease_ttl) {
+            problems.push(format!(
+                "store.lease_ttl = \"{}\": must be 2s to 60s",
+                humantime::format_duration(self.lease_ttl)
+            ));
+        }
+        if self.gap_grace < Duration::from_secs(1) {
+            problems.push(format!(
+                "store.gap_grace = \"{}\": must be at least 1s",
+                humantime::format_duration(self.gap_grace)
+            ));
+        }
+        problems
+    }
+}
+
+/// The password in `[store] password_file`: the file's text without its final line end.
+fn read_password_file(file: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("store.password_file {}: cannot read: {e}", file.display()))?;
+    let password = text.strip_suffix('\n').map(|p| p.strip_suffix('\r').unwrap_or(p)).unwrap_or(&text);
+    if password.is_empty() {
+        return Err(format!("store.password_file {}: is empty", file.display()));
+    }
+    Ok(password.to_string())
+}
+
+/// Whether a libpq URL or `key=value` string carries a password: user info with a `:`, or a
+/// `password` parameter in either form.
+fn url_has_password(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    if let Some(rest) = ["postgresql://", "postgres://"].iter().find_map(|p| lower.strip_prefix(p)) {
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@')
+            && userinfo.contains(':')
+        {
+            return true;
+        }
+    }
+    // `password=` in the query string or as a key of the key=value form (spaces allowed
+    // around the `=` there).
+    lower.match_indices("password").any(|(at, _)| {
+        let before = lower[..at].chars().next_back();
+        let starts_key = before.is_none_or(|c| c.is_whitespace() || c == '?' || c == '&');
+        starts_key && lower[at + "password".len()..].trim_start().starts_with('=')
+    })
+}
+
+/// A node name: 1 to 63 ASCII letters, digits, '.', '_' or '-'.
+fn valid_node_id(name: &str) -> bool {
+    (1..=63).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `host:port`, `[v6]:port` or `ip:port`, with a port from 1 to 65535.
+fn check_host_port(addr: &str) -> Result<(), String> {
+    if let Ok(socket) = addr.parse::<SocketAddr>() {
+        if socket.ip().is_unspecified() || socket.port() == 0 {
+            return Err("an address others cannot reach: give this machine's name or address, and a port".into());
+        }
+        return Ok(());
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err("not host:port".into());
+    };
+    if !port.parse::<u16>().is_ok_and(|p| p != 0) {
+        return Err(format!("port {port:?} is not 1 to 65535"));
+    }
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if !name_ok {
+        return Err(format!("{host:?} is not a host name (letters, digits, '.', '-')"));
+    }
+    Ok(())
 }
 
 /// `[remote_write]`: where and how the collector forwards the samples it stored.
@@ -320,6 +518,20 @@ fn default_store_cache_bytes() -> u64 {
     64 << 20
 }
 
+/// What is wrong with a file holding a secret: unreadable, empty or readable by others.
+fn secret_file_problem(key: &str, file: &Path) -> Option<String> {
+    match (std::fs::read_to_string(file), readable_by_others(file)) {
+        (Err(e), _) => Some(format!("{key} {}: cannot read: {e}", file.display())),
+        (Ok(text), _) if text.trim().is_empty() => Some(format!("{key} {}: is empty", file.display())),
+        (Ok(_), Some(mode)) => Some(format!(
+            "{key} {} is readable by others (mode {mode:o}): run `chmod 600 {}` (or 640 with the service's group)",
+            file.display(),
+            file.display()
+        )),
+        (Ok(_), None) => None,
+    }
+}
+
 /// The file's permission bits when others may read it.
 fn readable_by_others(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
@@ -365,27 +577,19 @@ impl CollectorConfig {
                 ),
             });
         }
+        let invalid = |message| ConfigError::Invalid { path: path.to_owned(), message };
         for (key, file) in config.remote_write.iter().flat_map(RemoteWriteConfig::secret_files) {
-            match (std::fs::read_to_string(file), readable_by_others(file)) {
-                (Err(e), _) => problems.push(ConfigError::Invalid {
-                    path: path.to_owned(),
-                    message: format!("{key} {}: cannot read: {e}", file.display()),
-                }),
-                (Ok(text), _) if text.trim().is_empty() => problems.push(ConfigError::Invalid {
-                    path: path.to_owned(),
-                    message: format!("{key} {}: is empty", file.display()),
-                }),
-                (Ok(_), Some(mode)) => problems.push(ConfigError::Invalid {
-                    path: path.to_owned(),
-                    message: format!(
-                        "{key} {} is readable by others (mode {mode:o}): run `chmod 600 {}` (or 640 with the \
-                         service's group)",
-                        file.display(),
-                        file.display()
-                    ),
-                }),
-                (Ok(_), None) => {}
+            problems.extend(secret_file_problem(key, file).map(invalid));
+        }
+        let store_files: Vec<String> =
+            config.store.secret_files().into_iter().filter_map(|(key, file)| secret_file_problem(key, file)).collect();
+        if store_files.is_empty() {
+            // The URL with the CA and the password, as `serve` builds it.
+            if let Err(message) = config.pg_connect() {
+                problems.push(invalid(message));
             }
+        } else {
+            problems.extend(store_files.into_iter().map(invalid));
         }
         if let Some(tls) = &config.tls {
             for (key, file) in [("tls.key_file", Some(&tls.key_file)), ("tls.ca_key_file", tls.ca_key_file.as_ref())] {
@@ -515,7 +719,54 @@ impl CollectorConfig {
         if let Some(rw) = &self.remote_write {
             problems.extend(rw.problems());
         }
+        problems.extend(self.store.problems(self.listen, self.remote_write.is_some()));
         problems
+    }
+
+    /// How to reach the PostgreSQL store, with its CA and password read from their files;
+    /// `None` for sled. Errors name the key (`store.url: …`, `store.ca_file /path: …`).
+    pub fn pg_connect(&self) -> Result<Option<crate::store::pg::PgConnect>, String> {
+        let store = &self.store;
+        if store.kind != StoreKind::Postgres {
+            return Ok(None);
+        }
+        let Some(url) = &store.url else {
+            return Err("store: kind = \"postgres\" needs url".into());
+        };
+        if url_has_password(url) {
+            return Err("store.url: holds a password; put it in a file named by [store] password_file".into());
+        }
+        let ca_pem = match &store.ca_file {
+            Some(file) => {
+                Some(std::fs::read(file).map_err(|e| format!("store.ca_file {}: cannot read: {e}", file.display()))?)
+            }
+            None => None,
+        };
+        let connect =
+            crate::store::pg::PgConnect::new(url, ca_pem.as_deref()).map_err(|e| match (&store.ca_file, e) {
+                (Some(file), crate::store::pg::PgError::Tls(why)) => format!("store.ca_file {}: {why}", file.display()),
+                (_, e) => format!("store.url: {e}"),
+            })?;
+        match &store.password_file {
+            None => Ok(Some(connect)),
+            Some(file) => Ok(Some(connect.with_password(&read_password_file(file)?))),
+        }
+    }
+
+    /// This collector's name in the cluster: `[store] node_id`, else the host name, else the
+    /// `listen` address.
+    pub fn node_id(&self) -> String {
+        if let Some(node) = &self.store.node_id {
+            return node.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+        if host.is_empty() { self.listen.to_string() } else { host }
+    }
+
+    /// Where agents and the CLI reach this collector's gRPC: `[store] advertise`, else
+    /// `listen`.
+    pub fn advertise(&self) -> String {
+        self.store.advertise.clone().unwrap_or_else(|| self.listen.to_string())
     }
 
     /// The fault engine's validated configuration.
@@ -657,5 +908,220 @@ mod credit_tests {
         let no_fee = "[customers.acme]\ncurrency = \"EUR\"\n";
         let msg = CollectorConfig::parse(Path::new("c.toml"), no_fee).unwrap_err()[0].to_string();
         assert!(msg.contains("customers.acme.currency") && msg.contains("without monthly_fee"), "{msg}");
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    const PG: &str =
+        "[store]\nkind = \"postgres\"\nurl = \"postgres://pikett@127.0.0.1:5432/pikett?sslmode=disable\"\n";
+
+    fn errors(text: &str) -> Vec<String> {
+        match CollectorConfig::parse(Path::new("c.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(errs) => errs.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    fn refused(text: &str, wanted: &str) {
+        let all = errors(text);
+        assert!(all.iter().any(|e| e.starts_with("c.toml: ") && e.contains(wanted)), "wanted {wanted:?} in {all:?}");
+    }
+
+    /// A config file in a private directory, with its secret files.
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn no_section_is_sled_with_the_default_timings() {
+        let c = CollectorConfig::parse(Path::new("c.toml"), "").unwrap();
+        assert_eq!(c.store.kind, StoreKind::Sled);
+        assert_eq!((c.store.lease_ttl, c.store.gap_grace), (Duration::from_secs(5), Duration::from_secs(10)));
+        assert!(c.pg_connect().unwrap().is_none());
+        assert_eq!(c.advertise(), "127.0.0.1:9740");
+        // Sled may still name the node (status shows it).
+        let c = CollectorConfig::parse(Path::new("c.toml"), "[store]\nnode_id = \"col-1\"\n").unwrap();
+        assert_eq!(c.node_id(), "col-1");
+    }
+
+    #[test]
+    fn node_id_defaults_to_the_host_name() {
+        let c = CollectorConfig::default();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
+        let want = if host.is_empty() { c.listen.to_string() } else { host };
+        assert_eq!(c.node_id(), want);
+        assert!(!c.node_id().is_empty());
+    }
+
+    #[test]
+    fn a_full_postgres_section_parses() {
+        let text = "listen = \"127.0.0.1:9740\"\n[store]\nkind = \"postgres\"\n\
+                    url = \"host=/run/postgresql user=pikett dbname=pikett sslmode=disable\"\n\
+                    password_file = \"/etc/pikett/db-password\"\nnode_id = \"col-a.dc1\"\n\
+                    advertise = \"col-a.example:9740\"\nlease_ttl = \"8s\"\ngap_grace = \"15s\"\n";
+        let c = CollectorConfig::parse(Path::new("c.toml"), text).expect("valid");
+        let s = &c.store;
+        assert_eq!(s.kind, StoreKind::Postgres);
+        assert_eq!(s.password_file.as_deref(), Some(Path::new("/etc/pikett/db-password")));
+        assert_eq!((s.node_id.as_deref(), c.node_id()), (Some("col-a.dc1"), "col-a.dc1".to_string()));
+        assert_eq!(c.advertise(), "col-a.example:9740");
+        assert_eq!((s.lease_ttl, s.gap_grace), (Duration::from_secs(8), Duration::from_secs(15)));
+        // The URL form, and an IPv6 advertise address, too.
+        let c = CollectorConfig::parse(Path::new("c.toml"), &format!("{PG}advertise = \"[2001:db8::1]:9740\"\n"))
+            .expect("valid");
+        assert_eq!(c.store.url.as_deref(), Some("postgres://pikett@127.0.0.1:5432/pikett?sslmode=disable"));
+    }
+
+    #[test]
+    fn postgres_needs_a_url_and_sled_takes_none() {
+        refused("[store]\nkind = \"postgres\"\n", "store: kind = \"postgres\" needs url");
+        refused(
+            "[store]\nurl = \"postgres://pikett@127.0.0.1/p?sslmode=disable\"\nca_file = \"/ca.pem\"\n",
+            "store: url, ca_file given, but kind is \"sled\"",
+        );
+        refused(
+            "[store]\nkind = \"sled\"\npassword_file = \"/pw\"\n",
+            "store: password_file given, but kind is \"sled\"",
+        );
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused() {
+        for url in [
+            "postgres://pikett:hunter2@127.0.0.1/p?sslmode=disable",
+            "postgresql://127.0.0.1/p?sslmode=disable&password=hunter2",
+            "host=127.0.0.1 user=pikett password = hunter2 sslmode=disable",
+        ] {
+            let text = format!("[store]\nkind = \"postgres\"\nurl = \"{url}\"\n");
+            refused(&text, "store.url: holds a password; put it in a file named by [store] password_file");
+            // Never echoed back.
+            assert!(errors(&text).iter().all(|e| !e.contains("hunter2")), "{:?}", errors(&text));
+        }
+        assert!(!url_has_password("host=localhost user=password_reader sslmode=disable"));
+        assert!(!url_has_password("postgres://pikett@db.example:5432/p"));
+    }
+
+    #[test]
+    fn the_url_is_checked_as_serve_connects() {
+        // Plain text off loopback and a downgradable sslmode: PgConnect's own reasons.
+        refused(
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://pikett@db.example/p?sslmode=disable\"\n",
+            "store.url: PostgreSQL URL: sslmode=disable is only for loopback or a Unix socket, not db.example",
+        );
+        refused(
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://pikett@db.example/p?sslmode=prefer\"\n",
+            "store.url: PostgreSQL URL: without a CA the connection is not verified",
+        );
+    }
+
+    #[test]
+    fn remote_write_with_postgres_is_refused_for_now() {
+        let text = format!("{PG}[remote_write]\nurl = \"http://127.0.0.1:9090/api/v1/write\"\n");
+        refused(&text, "remote_write is not supported with [store] kind = \"postgres\" yet");
+        // With sled it stays allowed.
+        assert!(errors("[remote_write]\nurl = \"http://127.0.0.1:9090/api/v1/write\"\n").is_empty());
+    }
+
+    #[test]
+    fn bad_names_addresses_and_timings_are_refused() {
+        refused(&format!("{PG}node_id = \"col a\"\n"), "store.node_id = \"col a\": 1 to 63 letters");
+        refused(&format!("{PG}node_id = \"\"\n"), "store.node_id = \"\"");
+        refused(&format!("{PG}node_id = \"{}\"\n", "x".repeat(64)), "store.node_id");
+        assert!(errors(&format!("{PG}node_id = \"{}\"\n", "x".repeat(63))).is_empty());
+        refused(&format!("{PG}advertise = \"col-a.example\"\n"), "store.advertise = \"col-a.example\": not host:port");
+        refused(&format!("{PG}advertise = \"col-a.example:0\"\n"), "port \"0\" is not 1 to 65535");
+        refused(&format!("{PG}advertise = \"http://col-a:9740\"\n"), "is not a host name");
+        refused(
+            &format!("{PG}advertise = \"0.0.0.0:9740\"\n"),
+            "store.advertise = \"0.0.0.0:9740\": an address others",
+        );
+        refused(&format!("{PG}lease_ttl = \"1s\"\n"), "store.lease_ttl = \"1s\": must be 2s to 60s");
+        refused(&format!("{PG}lease_ttl = \"61s\"\n"), "store.lease_ttl = \"1m 1s\": must be 2s to 60s");
+        assert!(errors(&format!("{PG}lease_ttl = \"2s\"\n")).is_empty());
+        assert!(errors(&format!("{PG}lease_ttl = \"60s\"\n")).is_empty());
+        refused(&format!("{PG}gap_grace = \"500ms\"\n"), "store.gap_grace = \"500ms\": must be at least 1s");
+        // A wildcard listen address cannot be given to others.
+        let wildcard = "listen = \"0.0.0.0:9740\"\n[tls]\ncert_file = \"c.pem\"\nkey_file = \"c.key\"\n\
+                        client_ca_file = \"ca.pem\"\n";
+        refused(
+            &format!("{wildcard}{PG}"),
+            "store.advertise: needed with kind = \"postgres\" when listen = \"0.0.0.0:9740\"",
+        );
+        assert!(errors(&format!("{wildcard}{PG}advertise = \"col-a.example:9740\"\n")).is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_name_line_and_column() {
+        let msg = &errors("listen = \"127.0.0.1:9740\"\n\n[store]\nkind = \"postgres\"\nlease_tll = \"5s\"\n")[0];
+        assert!(msg.starts_with("c.toml:5:1: unknown field `lease_tll`"), "{msg}");
+        let msg = &errors("[store]\nkind = \"mysql\"\n")[0];
+        assert!(msg.starts_with("c.toml:2:8: unknown variant `mysql`"), "{msg}");
+    }
+
+    #[test]
+    fn the_password_file_is_read_and_guarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = write(dir.path(), "db-password", "s3cret pw\n", 0o600);
+        let text = format!("{PG}password_file = \"{}\"\n", pw.display());
+        let config = write(dir.path(), "collector.toml", &text, 0o640);
+        let c = CollectorConfig::load(&config).expect("valid");
+        let connect = c.pg_connect().unwrap().expect("postgres");
+        let shown = format!("{connect:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        // The password is the file's text without its line end (spaces kept).
+        assert_eq!(read_password_file(&pw).unwrap(), "s3cret pw");
+        write(dir.path(), "db-password", " p w \r\n", 0o600);
+        assert_eq!(read_password_file(&pw).unwrap(), " p w ");
+        write(dir.path(), "db-password", "no-newline", 0o600);
+        assert_eq!(read_password_file(&pw).unwrap(), "no-newline");
+
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let msg = CollectorConfig::load(&config).unwrap_err()[0].to_string();
+        assert!(msg.contains("store.password_file") && msg.contains("readable by others (mode 644)"), "{msg}");
+        write(dir.path(), "db-password", "\n", 0o600);
+        let msg = CollectorConfig::load(&config).unwrap_err()[0].to_string();
+        assert!(msg.contains("store.password_file") && msg.ends_with("is empty"), "{msg}");
+        std::fs::remove_file(&pw).unwrap();
+        let msg = CollectorConfig::load(&config).unwrap_err()[0].to_string();
+        assert!(msg.contains(&format!("store.password_file {}: cannot read", pw.display())), "{msg}");
+        let err = c.pg_connect().unwrap_err();
+        assert!(err.starts_with(&format!("store.password_file {}: cannot read", pw.display())), "{err}");
+    }
+
+    #[test]
+    fn the_ca_file_is_read_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_path = dir.path().join("db-ca.pem");
+        let text = format!(
+            "[store]\nkind = \"postgres\"\nurl = \"postgres://pikett@db.example:5432/pikett\"\nca_file = \"{}\"\n",
+            ca_path.display()
+        );
+        let config = write(dir.path(), "collector.toml", &text, 0o640);
+        let msg = CollectorConfig::load(&config).unwrap_err()[0].to_string();
+        assert!(msg.contains(&format!("store.ca_file {}: cannot read", ca_path.display())), "{msg}");
+        write(dir.path(), "db-ca.pem", "not pem\n", 0o644);
+        let msg = CollectorConfig::load(&config).unwrap_err()[0].to_string();
+        assert!(
+            msg.contains(&format!("store.ca_file {}: the CA file holds no certificate", ca_path.display())),
+            "{msg}"
+        );
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["db.example".into()]).unwrap().self_signed(&key).unwrap();
+        write(dir.path(), "db-ca.pem", &ca.pem(), 0o644);
+        let c = CollectorConfig::load(&config).expect("valid with a CA");
+        assert!(c.pg_connect().unwrap().is_some());
+        // A CA with sslmode=disable contradicts itself; PgConnect says why, under store.url.
+        let text = text.replace("/pikett\"", "/pikett?sslmode=disable\"");
+        write(dir.path(), "collector.toml", &text, 0o640);
+        let msg = CollectorConfig::load(&config).unwrap_err()[0].to_string();
+        assert!(msg.contains("store.url: PostgreSQL URL: says sslmode=disable, but a CA for TLS is given"), "{msg}");
     }
 }

@@ -1,9 +1,18 @@
-//! `pikett-collector serve`: the wiring. Opens the storage engine and every service on
-//! it (ingest log, fault engine, pager, incidents, patches), starts the group-commit
-//! writer, the gRPC services (with TLS when configured), the HTTP endpoint, and the
-//! clock tick. Nothing here decides anything: it connects the layers.
+//! `pikett-collector serve`: the wiring. Opens the storage engine and the services every
+//! node runs (the ingest log and its group-commit writer, enrollment, staff access, the
+//! leadership task), the gRPC services (with TLS when configured) and the HTTP endpoint;
+//! the services that decide and page are the leader's ([`leader`]), started when this node
+//! leads. Nothing here decides anything: it connects the layers.
+//!
+//! With sled (the embedded default) the one collector leads from the start. On PostgreSQL
+//! every node stores and acknowledges batches; the node that takes the lease opens the
+//! leader's state from the database (fenced by its term), evaluates the stored batches by
+//! cursor (`services::evaluator`), and serves the staff API; the others answer staff calls
+//! with the leader's address (`api::leader_gate`). A leader that loses its lease exits with
+//! status 75 at once: the restart comes back as a follower with nothing stale in memory.
 
-use std::collections::HashMap;
+mod leader;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,32 +23,32 @@ use pikett_proto::v1::enroll_server::EnrollServer;
 use pikett_proto::v1::incidents_server::IncidentsServer;
 use pikett_proto::v1::ingest_server::IngestServer;
 use pikett_proto::v1::reports_server::ReportsServer;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tonic::transport::Server;
-
-use pikett_core::faults::Transition;
-use pikett_core::hosts::{HostStatus, host_status, host_timeout};
 
 use crate::api::access::Access;
 use crate::api::admin::AdminService;
 use crate::api::enroll::EnrollService;
 use crate::api::incidents::IncidentsGrpc;
 use crate::api::ingest::IngestService;
-use crate::config::CollectorConfig;
+use crate::api::leader_gate::{KnownLeader, LeaderSlot};
+use crate::api::reports::ReportsService;
+use crate::config::{CollectorConfig, StoreKind};
 use crate::services::audit::AuditLog;
-use crate::services::batches::BatchLog;
+use crate::services::batches::{BatchLog, BatchStore};
 use crate::services::faults::FaultService;
 use crate::services::identity::IdentityService;
-use crate::services::incidents::IncidentService;
 use crate::services::latest::LatestSamples;
-use crate::services::leadership::{self, ClusterView, StandaloneLease, Timing};
-use crate::services::metrics::{Metrics, ReasonLabel, StatusLabel};
+use crate::services::leadership::{self, ClusterView, Leadership, StandaloneLease, Timing};
+use crate::services::metrics::{Metrics, ReasonLabel};
 use crate::services::pki::Ca;
-use crate::services::retention::Retention;
 use crate::services::staff::StaffTokens;
-use crate::services::writer::spawn_writer;
+use crate::services::writer::{spawn_pg_writer, spawn_writer};
 use crate::store::batch_files::{self, BatchFiles};
-use crate::store::{NodeInfo, SledStorage, Storage};
+use crate::store::pg::{PgBatches, PgConnect, PgLease, PgStorage};
+use crate::store::{Lease, NodeInfo, SledStorage, Storage};
+
+use self::leader::{LeaderContext, LeaderServices};
 
 /// Largest message accepted from an agent (a batch). The agent cuts a batch at 5,000
 /// observations (a few hundred KiB; 2 MiB with long Redfish inventory); 16 MiB leaves
@@ -48,18 +57,104 @@ use crate::store::{NodeInfo, SledStorage, Storage};
 const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Concurrent HTTP/2 streams per connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 32;
-/// The leader lease's ttl (the design's default `lease_ttl`; no `[store]` section yet).
-const LEASE_TTL: Duration = Duration::from_secs(5);
+/// The exit status of a leader that lost its lease (`EX_TEMPFAIL`, as for a storage failure:
+/// systemd restarts it, as a follower).
+pub const EXIT_LEADERSHIP_LOST: i32 = 75;
 
-/// This collector's name in the cluster table: the host name, or the gRPC listen address
-/// when there is none.
-fn node_name(config: &CollectorConfig) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string();
-    if host.is_empty() { config.listen.to_string() } else { host }
+/// The storage engine of this node.
+enum Engine {
+    /// The embedded setup: sled and the batch files in `data_dir`, one collector.
+    Sled { storage: Arc<dyn Storage>, log: Arc<BatchLog> },
+    /// A cluster on PostgreSQL. `storage` holds what every node writes for itself
+    /// (enrollments, the audit log); the leader's state is opened at takeover.
+    Postgres { storage: Arc<PgStorage>, batches: Arc<PgBatches>, connect: Box<PgConnect> },
+}
+
+impl Engine {
+    async fn open(config: &CollectorConfig, node: &str) -> anyhow::Result<Engine> {
+        match config.store.kind {
+            StoreKind::Sled => {
+                let storage: Arc<dyn Storage> =
+                    Arc::new(SledStorage::open_with(&config.data_dir, config.store_cache_bytes, config.store_fsync)?);
+                let files = BatchFiles::open(
+                    &config.data_dir.join(batch_files::DIR),
+                    batch_files::span_for(config.retention.batches),
+                    config.store_fsync,
+                )?;
+                let log = Arc::new(BatchLog::open(storage.clone(), files)?);
+                Ok(Engine::Sled { storage, log })
+            }
+            StoreKind::Postgres => {
+                let connect =
+                    config.pg_connect().map_err(anyhow::Error::msg)?.context("[store] kind = \"postgres\"")?;
+                let storage = Arc::new(open_retrying("the node's storage", || PgStorage::open(connect.clone())).await?);
+                let batches =
+                    Arc::new(open_retrying("the batch store", || PgBatches::open(connect.clone(), node)).await?);
+                batches.spawn_refresh(Duration::from_secs(1));
+                Ok(Engine::Postgres { storage, batches, connect: Box::new(connect) })
+            }
+        }
+    }
+
+    fn storage(&self) -> Arc<dyn Storage> {
+        match self {
+            Engine::Sled { storage, .. } => storage.clone(),
+            Engine::Postgres { storage, .. } => storage.clone(),
+        }
+    }
+
+    fn batches(&self) -> Arc<dyn BatchStore> {
+        match self {
+            Engine::Sled { log, .. } => log.clone(),
+            Engine::Postgres { batches, .. } => batches.clone(),
+        }
+    }
+}
+
+/// How long start-up waits for the database (a collector started with it, or restarted
+/// while it restarts) before it gives up and lets systemd try again.
+const DATABASE_WAIT: Duration = Duration::from_secs(30);
+
+/// Opens `what`, retrying while the database cannot be reached, for up to [`DATABASE_WAIT`].
+async fn open_retrying<T, F: Future<Output = Result<T, crate::store::StoreError>>>(
+    what: &str,
+    mut open: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let started = std::time::Instant::now();
+    loop {
+        match open().await {
+            Ok(opened) => return Ok(opened),
+            Err(e) if started.elapsed() < DATABASE_WAIT => {
+                tracing::warn!(error = %e, "cannot open {what} on PostgreSQL yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("opening {what} on PostgreSQL"))),
+        }
+    }
 }
 
 pub async fn serve(config: CollectorConfig, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     serve_from(config, None, shutdown).await
+}
+
+/// The leader-only interfaces, published when this node leads.
+#[derive(Default)]
+struct Slots {
+    admin: LeaderSlot<AdminServer<AdminService>>,
+    reports: LeaderSlot<ReportsServer<ReportsService>>,
+    incidents: LeaderSlot<IncidentsServer<IncidentsGrpc>>,
+    http: LeaderSlot<axum::Router>,
+    faults: LeaderSlot<Arc<FaultService>>,
+}
+
+impl Slots {
+    fn publish(&self, leader: &LeaderServices) {
+        self.faults.publish(leader.faults.clone());
+        self.http.publish(leader.http.clone());
+        self.reports.publish(leader.reports.clone());
+        self.incidents.publish(leader.incidents.clone());
+        self.admin.publish(leader.admin.clone());
+    }
 }
 
 /// [`serve`], with the file the configuration came from: SIGHUP reloads it
@@ -69,14 +164,10 @@ pub async fn serve_from(
     config_path: Option<std::path::PathBuf>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let storage: Arc<dyn Storage> =
-        Arc::new(SledStorage::open_with(&config.data_dir, config.store_cache_bytes, config.store_fsync)?);
-    let files = BatchFiles::open(
-        &config.data_dir.join(batch_files::DIR),
-        batch_files::span_for(config.retention.batches),
-        config.store_fsync,
-    )?;
-    let store = Arc::new(BatchLog::open(storage.clone(), files)?);
+    let node = config.node_id();
+    let engine = Engine::open(&config, &node).await?;
+    let storage = engine.storage();
+    let batches = engine.batches();
     let identity = Arc::new(IdentityService::open(storage.clone())?);
     let tokens = Arc::new(StaffTokens::open(&config.tokens_path())?);
     let audit = Arc::new(AuditLog::open(storage.clone())?);
@@ -85,8 +176,6 @@ pub async fn serve_from(
         Some((key, cert)) => Some(Arc::new(Ca::load(cert, key)?)),
         None => None,
     };
-    let engine_config = config.engine_config().map_err(anyhow::Error::msg)?;
-    let faults = Arc::new(FaultService::open(storage.as_ref(), engine_config)?);
     let latest = Arc::new(LatestSamples::new(config.max_series_per_host));
     // Stale series go on their own schedule, not only when Prometheus scrapes.
     let (sweep, staleness) = (latest.clone(), config.metrics_staleness.as_millis() as i64);
@@ -98,51 +187,92 @@ pub async fn serve_from(
         }
     });
     let metrics = Arc::new(Metrics::new());
-    let (transitions_tx, mut transitions_rx) = mpsc::unbounded_channel::<Vec<Transition>>();
-    let (pager_tx, pager_rx) = mpsc::unbounded_channel();
-    let pager = crate::services::pager::spawn(&config, storage.clone(), faults.clone(), metrics.clone(), pager_rx)?;
-    let incidents = Arc::new(IncidentService::open(storage.clone(), &config, faults.clone(), pager.clone()).await?);
-    // Fault transitions fan out: to the pager first, then to the incidents.
-    let fan_out = incidents.clone();
-    tokio::spawn(async move {
-        while let Some(batch) = transitions_rx.recv().await {
-            let _ = pager_tx.send(batch.clone());
-            fan_out.on_transitions(&batch).await;
-        }
-    });
-    let patches = Arc::new(crate::services::patches::PatchService::from_config(storage.as_ref(), &config)?);
-    let writer = spawn_writer(
-        store.clone(),
-        faults.clone(),
-        patches.clone(),
-        metrics.clone(),
-        transitions_tx.clone(),
-        config.store_commit_window,
-    );
-    if let Some(rw) = &config.remote_write {
-        crate::remote_write::spawn(rw, config.retention.batches, store.clone(), metrics.clone(), shutdown.clone())?;
-    }
-    crate::services::patches::spawn_evaluator(patches.clone(), faults.clone(), storage.clone(), transitions_tx.clone());
-    let reports = crate::api::reports::ReportsService::new(
-        &config,
-        store.clone(),
-        faults.clone(),
-        patches,
-        access.clone(),
-        pager.clone(),
-    )?;
-    let sla_inputs = reports.sla_inputs();
     let ready = Arc::new(AtomicBool::new(false));
-    let status_links = Arc::new(crate::services::status_links::StatusLinks::open(storage.clone())?);
-    let status_pages = Arc::new(crate::api::status_page::StatusPages {
-        links: status_links.clone(),
-        store: store.clone(),
-        faults: faults.clone(),
-        incidents: incidents.clone(),
-        pager: pager.clone(),
-        sla: sla_inputs.clone(),
-        host_timeout: config.host_timeout,
-    });
+
+    // Leadership: the lease (sled: always this node's) and every node's heartbeat.
+    let (lease, standalone): (Arc<dyn Lease>, bool) = match &engine {
+        Engine::Sled { .. } => (Arc::new(StandaloneLease::new()), true),
+        Engine::Postgres { connect, .. } => (Arc::new(PgLease::new(PgConnect::clone(connect))), false),
+    };
+    let ttl = config.store.lease_ttl;
+    let cluster = ClusterView { lease: lease.clone(), ttl, standalone };
+    let advertise = config.store.advertise.clone().unwrap_or_else(|| config.listen.to_string());
+    let info = NodeInfo { addr: advertise, version: env!("CARGO_PKG_VERSION").to_string() };
+    let mut leadership_stop = shutdown.clone();
+    let (leadership, leadership_task) =
+        leadership::spawn(lease, node.clone(), info, Timing::for_ttl(ttl), async move {
+            let _ = leadership_stop.wait_for(|stop| *stop).await;
+        });
+    let known_leader = spawn_known_leader(cluster.clone(), shutdown.clone());
+    let slots = Arc::new(Slots::default());
+    // The watchdog (WatchdogSec=) is fed while the clock turns: it takes the store and the
+    // fault engine every second, so a deadlock or a hung disk there gets the collector
+    // restarted. A follower has no clock: its leadership task beats instead.
+    let heartbeats = pikett_support::service::Heartbeats::new();
+    let (health, health_service) = tonic_health::server::health_reporter();
+
+    let reloader = Arc::new(std::sync::OnceLock::<Arc<crate::services::reload::Reloader>>::new());
+    let cx = |storage: Arc<dyn Storage>| LeaderContext {
+        config: config.clone(),
+        config_path: config_path.clone(),
+        storage,
+        batches: batches.clone(),
+        metrics: metrics.clone(),
+        access: access.clone(),
+        audit: audit.clone(),
+        identity: identity.clone(),
+        ca: ca.clone(),
+        cluster: cluster.clone(),
+    };
+    let writer = match &engine {
+        Engine::Sled { storage, log } => {
+            // The one collector leads from the start, and evaluates in the writer.
+            let leader = LeaderServices::start(cx(storage.clone())).await?;
+            let writer = spawn_writer(
+                log.clone(),
+                leader.faults.clone(),
+                leader.patches.clone(),
+                metrics.clone(),
+                leader.transitions.clone(),
+                config.store_commit_window,
+            );
+            if let Some(rw) = &config.remote_write {
+                crate::remote_write::spawn(
+                    rw,
+                    config.retention.batches,
+                    log.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                )?;
+            }
+            leader.start_clock(heartbeats.register("clock", Duration::from_secs(3)));
+            slots.publish(&leader);
+            let _ = reloader.set(leader.reloader.clone());
+            health.set_serving::<AdminServer<AdminService>>().await;
+            writer
+        }
+        Engine::Postgres { batches, connect, .. } => {
+            let stored = Arc::new(Notify::new());
+            let writer = spawn_pg_writer(batches.clone(), metrics.clone(), stored.clone());
+            health.set_not_serving::<AdminServer<AdminService>>().await;
+            let takeover = Takeover {
+                connect: PgConnect::clone(connect),
+                batches: batches.clone(),
+                node: node.clone(),
+                gap_grace: config.store.gap_grace,
+                stored,
+                slots: slots.clone(),
+                reloader: reloader.clone(),
+                health: health.clone(),
+                clock_beat: heartbeats.register("clock", Duration::from_secs(3)),
+                metrics: metrics.clone(),
+            };
+            let leader_cx = cx(storage.clone());
+            tokio::spawn(takeover.run(leadership.clone(), leader_cx));
+            writer
+        }
+    };
+    tokio::spawn(reload_on_sighup(reloader.clone(), metrics.clone(), batches.clone()));
 
     let http_listener = tokio::net::TcpListener::bind(config.http_listen)
         .await
@@ -151,14 +281,14 @@ pub async fn serve_from(
         metrics: metrics.clone(),
         ready: ready.clone(),
         latest: latest.clone(),
-        faults: faults.clone(),
+        faults: slots.faults.subscribe(),
         staleness: config.metrics_staleness,
         storage: storage.clone(),
-        batches: store.clone(),
+        batches: batches.clone(),
         data_dir: config.data_dir.clone(),
-        status_pages,
-    })
-    .merge(crate::api::http::receipts_router(pager.receipts(), metrics.clone()));
+        leader_http: slots.http.subscribe(),
+        leadership: leadership.clone(),
+    });
     let mut http_shutdown = shutdown.clone();
     tokio::spawn(async move {
         let r = axum::serve(http_listener, app)
@@ -171,7 +301,7 @@ pub async fn serve_from(
         }
     });
 
-    let mut builder = Server::builder()
+    let builder = Server::builder()
         // One agent needs one stream, the CLI a few: a connection cannot open hundreds.
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -188,7 +318,7 @@ pub async fn serve_from(
     };
     let require_client_cert = config.tls.as_ref().is_some_and(|t| t.client_ca_file.is_some());
     let ingest = IngestService {
-        store: store.clone(),
+        store: batches.clone(),
         identity: identity.clone(),
         writer,
         metrics: metrics.clone(),
@@ -201,102 +331,37 @@ pub async fn serve_from(
         identity: identity.clone(),
         validity: config.tls.as_ref().map_or(Duration::from_secs(90 * 86_400), |t| t.client_cert_validity),
     };
-    let pager_for_retention = pager.clone();
-    let pager_for_reload = pager.clone();
-    let reloader_slot = Arc::new(std::sync::OnceLock::new());
-    // The embedded setup is one collector: always the leader (HA design, step 11). The
-    // task heartbeats, so `pikett status` shows this node with its last heartbeat.
-    let cluster = ClusterView { lease: Arc::new(StandaloneLease::new()), ttl: LEASE_TTL, standalone: true };
-    let admin = AdminService {
-        store: store.clone(),
-        faults: faults.clone(),
-        pager,
-        host_timeout: config.host_timeout,
-        transitions: transitions_tx.clone(),
-        access: access.clone(),
-        identity,
-        ca,
-        reloader: reloader_slot.clone(),
-        status_links,
-        cluster: cluster.clone(),
-    };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listen {}: cannot listen", config.listen))?;
-
-    Retention {
-        config: config.retention.clone(),
-        batches: store.clone(),
-        faults: faults.clone(),
-        pager: pager_for_retention,
-        incidents: incidents.clone(),
-        audit,
-        metrics: metrics.clone(),
-    }
-    .spawn();
-    // The collector's own disk, as faults of its pseudo-host.
-    let (own, dir, tx) = (faults.clone(), config.data_dir.clone(), transitions_tx.clone());
-    let (warn, crit, every) =
-        (config.data_dir_warn_free_percent, config.data_dir_crit_free_percent, config.self_check_interval);
-    let own_store = store.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            let changes = crate::services::self_check::check_disk(&own, &dir, warn, crit, jiff::Timestamp::now());
-            if !changes.is_empty() {
-                if let Err(e) = own_store.flush().await {
-                    crate::services::storage_failure::stop("recording the collector's own disk check", &e);
-                }
-                let _ = tx.send(changes);
-            }
-        }
-    });
-    // The watchdog (WatchdogSec=) is fed while the clock turns: it takes the store and the
-    // fault engine every second, so a deadlock or a hung disk there gets the collector
-    // restarted.
-    let heartbeats = pikett_support::service::Heartbeats::new();
-    let clock_beat = heartbeats.register("clock", Duration::from_secs(3));
-    tokio::spawn(clock_tick(
-        store.clone(),
-        faults.clone(),
-        metrics.clone(),
-        config.host_timeout,
-        transitions_tx,
-        clock_beat,
-    ));
     tokio::spawn(heartbeats.feed_watchdog());
 
-    let reloader =
-        Arc::new(crate::services::reload::Reloader::new(config_path, config.clone(), faults.clone(), pager_for_reload));
-    let _ = reloader_slot.set(reloader.clone());
-    tokio::spawn(reload_on_sighup(reloader.clone(), metrics.clone(), store.clone()));
-
-    let node = node_name(&config);
-    let info = NodeInfo { addr: config.listen.to_string(), version: env!("CARGO_PKG_VERSION").to_string() };
-    let mut leadership_stop = shutdown.clone();
-    let (_leadership, leadership_task) =
-        leadership::spawn(cluster.lease, node, info, Timing::for_ttl(LEASE_TTL), async move {
-            let _ = leadership_stop.wait_for(|stop| *stop).await;
-        });
-
     ready.store(true, Ordering::Release);
-    pikett_support::service::notify_ready(&status_line(&metrics, &store));
-    let (status_metrics, status_store) = (metrics.clone(), store.clone());
+    // The role is shown in a cluster only (the embedded collector always leads).
+    let role = (!standalone).then(|| leadership.clone());
+    pikett_support::service::notify_ready(&status_line(
+        &metrics,
+        batches.as_ref(),
+        role.as_ref().map(|r| r.borrow().clone()).as_ref(),
+    ));
+    let (status_metrics, status_store) = (metrics.clone(), batches.clone());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(10));
         loop {
             every.tick().await;
-            pikett_support::service::notify_status(&status_line(&status_metrics, &status_store));
+            let leadership = role.as_ref().map(|r| r.borrow().clone());
+            pikett_support::service::notify_status(&status_line(
+                &status_metrics,
+                status_store.as_ref(),
+                leadership.as_ref(),
+            ));
         }
     });
-    tracing::info!(listen = %config.listen, http = %config.http_listen, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), "collector serving");
+    tracing::info!(listen = %config.listen, http = %config.http_listen, tls = config.tls.is_some(), data_dir = %config.data_dir.display(), node = %node, store = ?config.store.kind, "collector serving");
     // The standard services other tools expect: grpc.health.v1 (load balancers, grpc-health-probe)
     // and server reflection (grpcurl, Postman) over every pikett service.
-    let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<crate::api::ingest::IngestService>>().await;
-    health.set_serving::<AdminServer<AdminService>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pikett_proto::FILE_DESCRIPTOR_SET)
@@ -305,14 +370,15 @@ pub async fn serve_from(
     // Both versions: grpcurl asks v1 first, many clients (grpcio's) only know v1alpha.
     let reflection_v1 = reflection().build_v1().context("gRPC reflection")?;
     let reflection_v1alpha = reflection().build_v1alpha().context("gRPC reflection")?;
+    let mut builder = builder;
     let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(IngestServer::new(ingest).max_decoding_message_size(MAX_MESSAGE_BYTES))
-        .add_service(AdminServer::new(admin))
-        .add_service(ReportsServer::new(reports))
-        .add_service(IncidentsServer::new(IncidentsGrpc { incidents, access, sla: sla_inputs }))
+        .add_service(slots.admin.gate(&node, known_leader.clone()))
+        .add_service(slots.reports.gate(&node, known_leader.clone()))
+        .add_service(slots.incidents.gate(&node, known_leader))
         .add_service(EnrollServer::new(enroll));
     let mut stopping = shutdown.clone();
     let stop = async move {
@@ -345,20 +411,154 @@ pub async fn serve_from(
     }
     ready.store(false, Ordering::Release);
     // The task saw the signal too: let it give the lease up.
-    if tokio::time::timeout(LEASE_TTL, leadership_task).await.is_err() {
+    if tokio::time::timeout(ttl, leadership_task).await.is_err() {
         tracing::warn!("the leadership task did not stop in time");
     }
-    store.flush().await?;
+    if let Engine::Sled { log, .. } = &engine {
+        log.flush().await?;
+    } else {
+        storage.flush().await?;
+    }
     tracing::info!("collector stopped");
     Ok(())
 }
 
-/// SIGHUP (`systemctl reload`): reloads the configuration file; an invalid one is
-/// refused and logged with every error, the configuration in force stays.
-async fn reload_on_sighup(
-    reloader: Arc<crate::services::reload::Reloader>,
+/// What a node on PostgreSQL does when it is elected: open the leader's state, evaluate the
+/// backlog, then serve as the leader until the lease is lost, and exit then.
+struct Takeover {
+    connect: PgConnect,
+    batches: Arc<PgBatches>,
+    node: String,
+    gap_grace: Duration,
+    /// Notified by the local writer after each commit.
+    stored: Arc<Notify>,
+    slots: Arc<Slots>,
+    reloader: Arc<std::sync::OnceLock<Arc<crate::services::reload::Reloader>>>,
+    health: tonic_health::server::HealthReporter,
+    clock_beat: pikett_support::service::Beat,
     metrics: Arc<Metrics>,
-    store: Arc<BatchLog>,
+}
+
+impl Takeover {
+    async fn run(self, mut leadership: watch::Receiver<Leadership>, mut cx: LeaderContext) {
+        // The clock does not turn on a follower: its beat comes from here until then.
+        let beat = self.clock_beat.clone();
+        let follower_beat = tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                beat.beat();
+            }
+        });
+        let Some(term) = leader::elected(&mut leadership).await else { return };
+        tracing::info!(node = %self.node, term, "this collector leads now: opening the leader's state");
+        // Opened after the lease was taken: the acquire waited for every fenced transaction
+        // of the previous term, so this reads the old leader's last word.
+        let storage = match PgStorage::open(self.connect.clone()).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => lost(&self.node, term, &format!("cannot open the leader's state: {e}")),
+        };
+        storage.fence_with(&self.node, term);
+        cx.storage = storage.clone();
+        let leader = match LeaderServices::start(cx).await {
+            Ok(l) => l,
+            Err(e) => lost(&self.node, term, &format!("cannot start the leader's services: {e:#}")),
+        };
+        let parts = crate::services::evaluator::EvaluatorParts {
+            batches: self.batches.clone(),
+            storage: storage.clone(),
+            faults: leader.faults.clone(),
+            patches: leader.patches.clone(),
+            metrics: self.metrics.clone(),
+            transitions: leader.transitions.clone(),
+            node: self.node.clone(),
+            term,
+            gap_grace: self.gap_grace,
+            wake: self.stored.clone(),
+        };
+        let evaluator = match crate::services::evaluator::Evaluator::open(parts) {
+            Ok(e) => e,
+            Err(e) => lost(&self.node, term, &format!("cannot open the evaluator: {e}")),
+        };
+        let (mut caught_up, _evaluating) = crate::services::evaluator::spawn(evaluator);
+        self.slots.publish(&leader);
+        let _ = self.reloader.set(leader.reloader.clone());
+        self.health.set_serving::<AdminServer<AdminService>>().await;
+        let leading = async {
+            loop {
+                if leadership.borrow_and_update().leads_now() != Some(term) {
+                    return;
+                }
+                // Wakes at the deadline too: a stale watch value is never trusted.
+                let until = match &*leadership.borrow() {
+                    Leadership::Leader { until, .. } => *until,
+                    Leadership::Follower { .. } => return,
+                };
+                tokio::select! {
+                    changed = leadership.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                }
+            }
+        };
+        tokio::pin!(leading);
+        tokio::select! {
+            _ = caught_up.wait_for(|done| *done) => {
+                follower_beat.abort();
+                tracing::info!(node = %self.node, term, "the stored batches are evaluated: the clock starts");
+                leader.start_clock(self.clock_beat.clone());
+            }
+            _ = &mut leading => lost(&self.node, term, "the lease ran out before the backlog was evaluated"),
+        }
+        leading.await;
+        lost(&self.node, term, "the lease was lost");
+    }
+}
+
+/// A leader that lost its lease (or could not take over) exits: whatever it holds in memory
+/// is stale, and its writes are fenced anyway. systemd restarts it as a follower.
+fn lost(node: &str, term: i64, why: &str) -> ! {
+    tracing::error!(node, term, why, "stepping down: exiting so that the restart comes back as a follower");
+    eprintln!("pikett-collector: node {node}, term {term}: {why}; exiting (status {EXIT_LEADERSHIP_LOST})");
+    std::process::exit(EXIT_LEADERSHIP_LOST)
+}
+
+/// Keeps who leads (node and address) for the redirects of a follower, read from the cluster
+/// table every second.
+fn spawn_known_leader(cluster: ClusterView, mut shutdown: watch::Receiver<bool>) -> watch::Receiver<KnownLeader> {
+    let (tx, rx) = watch::channel(KnownLeader::default());
+    if cluster.standalone {
+        return rx;
+    }
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let Ok(Ok(c)) = tokio::time::timeout(Duration::from_secs(2), cluster.lease.cluster()).await else {
+                continue;
+            };
+            let node = c.leader().map(str::to_string);
+            let addr = node.as_deref().and_then(|n| c.nodes.iter().find(|r| r.node == n)).map(|r| r.addr.clone());
+            tx.send_if_modified(|known| {
+                let new = KnownLeader { node, addr };
+                let changed = *known != new;
+                *known = new;
+                changed
+            });
+        }
+    });
+    rx
+}
+
+/// SIGHUP (`systemctl reload`): reloads the configuration file; an invalid one is
+/// refused and logged with every error, the configuration in force stays. A follower has
+/// nothing to reload yet: it reads the file when it takes over.
+async fn reload_on_sighup(
+    reloader: Arc<std::sync::OnceLock<Arc<crate::services::reload::Reloader>>>,
+    metrics: Arc<Metrics>,
+    store: Arc<dyn BatchStore>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -366,6 +566,10 @@ async fn reload_on_sighup(
         return;
     };
     while hup.recv().await.is_some() {
+        let Some(reloader) = reloader.get() else {
+            tracing::info!("SIGHUP on a follower: the configuration is read when this collector takes over");
+            continue;
+        };
         pikett_support::service::notify_reloading();
         match reloader.reload() {
             Ok(r) if r.restart_needed.is_empty() => tracing::info!("configuration reloaded"),
@@ -379,50 +583,20 @@ async fn reload_on_sighup(
                 }
             }
         }
-        pikett_support::service::notify_ready(&status_line(&metrics, &store));
+        pikett_support::service::notify_ready(&status_line(&metrics, store.as_ref(), None));
     }
 }
 
-/// The `STATUS=` line `systemctl status` shows: agents streaming, hosts known.
-fn status_line(metrics: &Metrics, store: &BatchLog) -> String {
-    format!("serving; {} agent streams, {} hosts", metrics.streams.get(), store.active_hosts().len())
+/// The `STATUS=` line `systemctl status` shows: agents streaming, hosts known, the role.
+fn status_line(metrics: &Metrics, store: &dyn BatchStore, leadership: Option<&Leadership>) -> String {
+    let role = match leadership {
+        None => String::new(),
+        Some(Leadership::Leader { .. }) => "; leader".to_string(),
+        Some(Leadership::Follower { leader: Some(l) }) => format!("; follower of {l}"),
+        Some(Leadership::Follower { leader: None }) => "; follower".to_string(),
+    };
+    format!("serving; {} agent streams, {} hosts{role}", metrics.streams.get(), store.active_hosts().len())
 }
 
 /// How long, after SIGTERM, calls other than agent streams may take to finish.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-
-/// The clock's side of the fault engine (host timeouts, maintenance and
-/// silence boundaries) and the host status gauges, once a second.
-async fn clock_tick(
-    store: Arc<BatchLog>,
-    faults: Arc<FaultService>,
-    metrics: Arc<Metrics>,
-    configured_timeout: Option<Duration>,
-    transitions: mpsc::UnboundedSender<Vec<Transition>>,
-    beat: pikett_support::service::Beat,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        // Fault injection (feature `failpoints`, `FAILPOINTS=clock-hang=sleep(600000)`): a
-        // clock loop that hangs, for the watchdog test.
-        #[cfg(feature = "failpoints")]
-        fail::fail_point!("clock-hang");
-        beat.beat();
-        let now = jiff::Timestamp::now();
-        let hosts = store.active_hosts();
-        let timeouts: HashMap<String, Duration> =
-            hosts.iter().map(|h| (h.host_id.clone(), host_timeout(configured_timeout, h))).collect();
-        let changes = faults.tick(now, |h| timeouts.get(h).copied().unwrap_or(Duration::from_secs(90)));
-        if !changes.is_empty() {
-            if let Err(e) = store.flush().await {
-                tracing::error!(error = %e, "cannot flush fault state");
-            }
-            let _ = transitions.send(changes);
-        }
-        let now_ms = now.as_millisecond();
-        let up = hosts.iter().filter(|h| host_status(h, now_ms, configured_timeout) == HostStatus::Up).count();
-        metrics.hosts.get_or_create(&StatusLabel { status: "up".into() }).set(up as i64);
-        metrics.hosts.get_or_create(&StatusLabel { status: "down".into() }).set((hosts.len() - up) as i64);
-    }
-}

@@ -14,7 +14,7 @@ use pikett_core::hosts::{HostStatus, host_status};
 use pikett_core::oncall::{Override, Role};
 
 use crate::api::access::Access;
-use crate::services::batches::BatchLog;
+use crate::services::batches::BatchStore;
 use crate::services::faults::FaultService;
 use crate::services::identity::IdentityService;
 use crate::services::leadership::{ClusterView, node_role};
@@ -23,7 +23,9 @@ use crate::services::pki::Ca;
 use crate::services::staff::Role as StaffRole;
 
 pub struct AdminService {
-    pub store: Arc<BatchLog>,
+    pub store: Arc<dyn BatchStore>,
+    /// The store the fault engine's state lives in: flushed to make a staff action durable.
+    pub storage: Arc<dyn crate::store::Storage>,
     pub faults: Arc<FaultService>,
     pub pager: Arc<Pager>,
     pub host_timeout: Option<Duration>,
@@ -178,14 +180,14 @@ const RELOADED_AT_ONCE: &str =
 
 /// Whether `check` is in one of `host`'s newest stored batches (at most
 /// [`CHECK_LOOKUP_BATCHES`], newest first, stopping at the first sight), and the check names
-/// seen on the way. Blocking: reads the batch files.
-fn recent_checks(store: &BatchLog, host: &str, check: &str) -> (bool, std::collections::BTreeSet<String>) {
+/// seen on the way.
+async fn recent_checks(store: &dyn BatchStore, host: &str, check: &str) -> (bool, std::collections::BTreeSet<String>) {
     use prost::Message as _;
     let mut seen = std::collections::BTreeSet::new();
     let Some(rec) = store.host(host) else { return (false, seen) };
     let first = rec.last_seq.saturating_sub(CHECK_LOOKUP_BATCHES - 1).max(1);
     for seq in (first..=rec.last_seq).rev() {
-        let Ok(Some(bytes)) = store.batch(host, rec.spool_epoch, seq) else { continue };
+        let Ok(Some(bytes)) = store.batch(host, rec.spool_epoch, seq).await else { continue };
         let Ok(batch) = pb::Batch::decode(bytes.as_slice()) else { continue };
         for c in batch.checks {
             if c.name == check {
@@ -236,7 +238,7 @@ impl AdminService {
     /// the flush fails, the collector stops and restarts from the disk, where the action is
     /// not, so the caller's retry does it again.
     async fn durable(&self) -> Result<(), Status> {
-        if let Err(e) = self.store.flush().await {
+        if let Err(e) = self.storage.flush().await {
             crate::services::storage_failure::stop("making a staff action durable", &e);
         }
         Ok(())
@@ -537,9 +539,10 @@ impl Admin for AdminService {
             let who = change.who().to_string();
             let changes = self.faults.with_engine(|e| e.forget_host(&host, &who, now));
             let resolved = changes.iter().filter(|t| t.kind == faults::EventKind::Resolved).count() as u32;
-            if let Err(e) = self.store.remove_host(&host, now.as_millisecond()) {
+            if let Err(e) = self.store.remove_host(&host, now.as_millisecond()).await {
                 crate::services::storage_failure::stop("removing a host", &e);
             }
+            // The host's removal is durable already; the fault engine's forgetting is not.
             self.durable().await?;
             let _ = self.transitions.send(changes);
             tracing::info!(host_id = %host, %who, resolved, "host removed");
@@ -740,10 +743,7 @@ impl AdminService {
         if rule || from_engine.contains(check) {
             return Ok(());
         }
-        let (store, host_id, wanted) = (self.store.clone(), host.to_string(), check.to_string());
-        let (found, mut seen) = tokio::task::spawn_blocking(move || recent_checks(&store, &host_id, &wanted))
-            .await
-            .map_err(|e| Status::internal(format!("looking up the host's checks: {e}")))?;
+        let (found, mut seen) = recent_checks(self.store.as_ref(), host, check).await;
         if found {
             return Ok(());
         }

@@ -1,6 +1,6 @@
-//! The collector's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, the customer status
-//! pages (`/status/<secret>`, [`crate::api::status_page`]) and SMS delivery receipts
-//! (`/receipts/sms/NAME`).
+//! The collector's HTTP endpoint: `/metrics`, `/healthz`, `/readyz`, `/healthz/leader`, and
+//! on the leader the customer status pages (`/status/<secret>`, [`crate::api::status_page`])
+//! and SMS delivery receipts (`/receipts/sms/NAME`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,11 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use std::fmt::Write as _;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::services::faults::FaultService;
 use crate::services::latest::LatestSamples;
@@ -24,47 +26,69 @@ pub struct HttpState {
     /// Set once the store is open and the gRPC port is listening.
     pub ready: Arc<AtomicBool>,
     pub latest: Arc<LatestSamples>,
-    pub faults: Arc<FaultService>,
+    /// The fault engine, once this node leads (its counts are the leader's to export).
+    pub faults: watch::Receiver<Option<Arc<FaultService>>>,
     pub staleness: Duration,
     /// The store (its size on disk) and the data directory (free space), for `/metrics`.
     pub storage: Arc<dyn crate::store::Storage>,
-    /// The ingest log (the size of its batch files).
-    pub batches: Arc<crate::services::batches::BatchLog>,
+    /// The stored batches (the bytes their payloads take).
+    pub batches: Arc<dyn crate::services::batches::BatchStore>,
     pub data_dir: std::path::PathBuf,
-    /// The customer status pages.
-    pub status_pages: Arc<crate::api::status_page::StatusPages>,
+    /// The leader's pages (customer status pages, SMS receipts), once this node leads.
+    pub leader_http: watch::Receiver<Option<Router>>,
+    /// This node's role, for `/healthz/leader`.
+    pub leadership: watch::Receiver<crate::services::leadership::Leadership>,
 }
 
+/// `/metrics`, `/healthz`, `/readyz` and `/healthz/leader` on every node; every other path
+/// goes to the leader's pages, which a node that does not lead answers with 503.
 pub fn router(state: HttpState) -> Router {
-    let status_pages = crate::api::status_page::router(state.status_pages.clone());
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/healthz/leader", get(healthz_leader))
+        .fallback(leader_pages)
         .with_state(state)
-        .merge(status_pages)
+}
+
+/// 200 on the leader, 503 on the other nodes: lets a load balancer in front of a cluster
+/// send customers' status page views and gateways' receipt callbacks to the leader.
+async fn healthz_leader(State(s): State<HttpState>) -> Response {
+    if s.leadership.borrow().leads_now().is_some() {
+        "leader\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n").into_response()
+    }
+}
+
+async fn leader_pages(State(s): State<HttpState>, request: axum::extract::Request) -> Response {
+    let pages = s.leader_http.borrow().clone();
+    match pages {
+        Some(pages) => match tower::ServiceExt::oneshot(pages, request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        },
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "This collector is not the leader of its cluster; its pages are served by the leader.\n",
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     let mut text = prometheus_text(&s.metrics.encode());
-    text.push_str("# HELP pikett_faults Faults by state and severity.\n# TYPE pikett_faults gauge\n");
-    for ((state, severity), n) in s.faults.with_engine(|e| e.counts()) {
-        let state = serde_json::to_value(state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-        let severity =
-            serde_json::to_value(severity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-        let _ = writeln!(text, "pikett_faults{{state=\"{state}\",severity=\"{severity}\"}} {n}");
+    let faults = s.faults.borrow().clone();
+    if let Some(faults) = faults {
+        fault_metrics(&faults, &mut text);
     }
-    let over = s.faults.checks_over_limit.load(std::sync::atomic::Ordering::Relaxed);
-    text.push_str(
-        "# HELP pikett_ingest_checks_over_limit_total Check results ignored because their host reports more \
-         distinct checks than max_checks_per_host.\n# TYPE pikett_ingest_checks_over_limit_total counter\n",
-    );
-    let _ = writeln!(text, "pikett_ingest_checks_over_limit_total {over}");
     if let Ok(size) = s.storage.size_on_disk() {
         text.push_str("# HELP pikett_store_size_bytes Bytes the store's files take on disk.\n");
         text.push_str("# TYPE pikett_store_size_bytes gauge\n");
         let _ = writeln!(text, "pikett_store_size_bytes{{part=\"index\"}} {size}");
-        let _ = writeln!(text, "pikett_store_size_bytes{{part=\"batch_files\"}} {}", s.batches.files_size());
+        let _ = writeln!(text, "pikett_store_size_bytes{{part=\"batch_files\"}} {}", s.batches.payload_bytes());
     }
     if let Ok((free, total)) = crate::services::self_check::free_space(&s.data_dir) {
         text.push_str("# HELP pikett_data_dir_free_bytes Free bytes on the data directory's file system.\n");
@@ -84,6 +108,23 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     let names = crate::services::latest::ExpositionNames::from_exposition(&text);
     s.latest.render(now, s.staleness.as_millis() as i64, &names, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+}
+
+/// The fault engine's gauges and counters (the leader's).
+fn fault_metrics(faults: &FaultService, text: &mut String) {
+    text.push_str("# HELP pikett_faults Faults by state and severity.\n# TYPE pikett_faults gauge\n");
+    for ((state, severity), n) in faults.with_engine(|e| e.counts()) {
+        let state = serde_json::to_value(state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let severity =
+            serde_json::to_value(severity).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let _ = writeln!(text, "pikett_faults{{state=\"{state}\",severity=\"{severity}\"}} {n}");
+    }
+    let over = faults.checks_over_limit.load(std::sync::atomic::Ordering::Relaxed);
+    text.push_str(
+        "# HELP pikett_ingest_checks_over_limit_total Check results ignored because their host reports more \
+         distinct checks than max_checks_per_host.\n# TYPE pikett_ingest_checks_over_limit_total counter\n",
+    );
+    let _ = writeln!(text, "pikett_ingest_checks_over_limit_total {over}");
 }
 
 /// prometheus-client writes OpenMetrics; `/metrics` serves the Prometheus text

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::services::batches::{BatchLog, Sender, Stored, WriteRequest};
+use crate::services::batches::{BatchStore, Sender, Stored, WriteRequest};
 use crate::services::identity::{CertVerdict, IdentityService};
 use crate::services::metrics::{Metrics, ReasonLabel};
 
@@ -26,7 +26,7 @@ const HELLO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 const MAX_CAPABILITIES: usize = 32;
 
 pub struct IngestService {
-    pub store: Arc<BatchLog>,
+    pub store: Arc<dyn BatchStore>,
     pub identity: Arc<IdentityService>,
     pub writer: mpsc::Sender<WriteRequest>,
     pub metrics: Arc<Metrics>,
@@ -191,9 +191,19 @@ impl Ingest for IngestService {
             },
             spool_epoch: hello.spool_epoch,
         });
-        // What is stored from this spool (another epoch's numbers mean nothing to it).
-        let last_seq =
-            self.store.host(&sender.host_id).filter(|h| h.spool_epoch == sender.spool_epoch).map_or(0, |h| h.last_seq);
+        // What is stored from this spool (another epoch's numbers mean nothing to it), read
+        // from the store itself: with collectors sharing one, another may have stored more
+        // since. Unknown, the stream is refused rather than guessed (the agent retries).
+        let last_seq = match self.store.stored_up_to(&sender.host_id, sender.spool_epoch).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                let status = Status::unavailable(format!(
+                    "cannot read what is stored for host {} (spool epoch {}): {e}; retry later",
+                    sender.host_id, sender.spool_epoch
+                ));
+                return Err(reject(&self.metrics, "store_unavailable", status));
+            }
+        };
         tracing::info!(
             host_id = %sender.host_id,
             agent_version = %sender.agent_version,

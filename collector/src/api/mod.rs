@@ -11,6 +11,7 @@ pub mod enroll;
 pub mod http;
 pub mod incidents;
 pub mod ingest;
+pub mod leader_gate;
 pub mod listener;
 pub mod reports;
 pub mod status_page;

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use crate::api::access::Access;
 use crate::config::CollectorConfig;
-use crate::services::batches::BatchLog;
+use crate::services::batches::BatchStore;
 use crate::services::causes::{SlaCauses, cause_name};
 use crate::services::faults::FaultService;
 use crate::services::patches::{self, PatchService};
@@ -41,14 +41,15 @@ pub struct ReportsService {
 impl ReportsService {
     pub fn new(
         config: &CollectorConfig,
-        store: Arc<BatchLog>,
+        store: Arc<dyn BatchStore>,
+        storage: Arc<dyn crate::store::Storage>,
         faults: Arc<FaultService>,
         patches: Arc<PatchService>,
         access: Arc<Access>,
         pager: Arc<crate::services::pager::Pager>,
     ) -> anyhow::Result<ReportsService> {
-        let causes = SlaCauses::open(store.storage().clone())?;
-        let sla = Arc::new(SlaInputs::new(store, faults.clone(), config.retention.faults)?);
+        let causes = SlaCauses::open(storage.clone())?;
+        let sla = Arc::new(SlaInputs::new(store, storage, faults.clone(), config.retention.faults)?);
         Ok(ReportsService { faults, patches, causes, pager, access, sla })
     }
 

@@ -134,6 +134,86 @@ pub struct Outcome {
     pub data_dropped: Option<pikett_core::hosts::DataDropped>,
 }
 
+/// The stored batches and the host registry, as the services other than the writer see them:
+/// one trait, two engines ([`BatchLog`] on sled and the batch files; `store::pg::PgBatches` on
+/// PostgreSQL, shared by every collector of a cluster). Reads of the registry answer from
+/// memory; whatever returns from an `async` method that writes is durable.
+#[async_trait::async_trait]
+pub trait BatchStore: Send + Sync {
+    /// Every host ever seen, by id.
+    fn hosts(&self) -> Vec<HostRecord>;
+    /// The hosts staff have not removed (lists, status, up/down).
+    fn active_hosts(&self) -> Vec<HostRecord> {
+        let mut hosts = self.hosts();
+        hosts.retain(|h| h.removed_ms == 0);
+        hosts
+    }
+    fn host(&self, id: &str) -> Option<HostRecord>;
+    /// Batches in the store now (see [`HostRecord::retained`]).
+    fn batches_retained(&self) -> u64;
+    /// Batches ever stored.
+    fn batches_stored(&self) -> u64;
+    /// Bytes the stored batch payloads take (the batch files; the batches table).
+    fn payload_bytes(&self) -> u64;
+    /// The highest sequence number stored for `host`'s spool `epoch` (0 for none), read
+    /// from the store itself: what the Welcome tells an agent.
+    async fn stored_up_to(&self, host: &str, epoch: u64) -> Result<u64, StoreError> {
+        Ok(self.host(host).filter(|h| h.spool_epoch == epoch).map_or(0, |h| h.last_seq))
+    }
+    /// Marks `host` removed (decommissioned), durably; false when unknown.
+    async fn remove_host(&self, host: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// The stored batch `seq` of `host`'s spool `epoch`, encoded.
+    async fn batch(&self, host: &str, epoch: u64, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Removes stored batches received before `cutoff_ms`, oldest first, at most `max`
+    /// (retention's step), durably; returns how many went.
+    async fn prune_before(&self, cutoff_ms: i64, max: usize) -> Result<usize, StoreError>;
+}
+
+/// Runs blocking store work from async code: on a multi-threaded runtime the worker thread
+/// hands its other tasks on first; a current-thread runtime (tests) just runs it.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+#[async_trait::async_trait]
+impl BatchStore for BatchLog {
+    fn hosts(&self) -> Vec<HostRecord> {
+        BatchLog::hosts(self)
+    }
+    fn host(&self, id: &str) -> Option<HostRecord> {
+        BatchLog::host(self, id)
+    }
+    fn batches_retained(&self) -> u64 {
+        BatchLog::batches_retained(self)
+    }
+    fn batches_stored(&self) -> u64 {
+        BatchLog::batches_stored(self)
+    }
+    fn payload_bytes(&self) -> u64 {
+        self.files_size()
+    }
+    async fn remove_host(&self, host: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let known = BatchLog::remove_host(self, host, now_ms)?;
+        if known {
+            self.flush().await?;
+        }
+        Ok(known)
+    }
+    async fn batch(&self, host: &str, epoch: u64, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        blocking(|| BatchLog::batch(self, host, epoch, seq))
+    }
+    async fn prune_before(&self, cutoff_ms: i64, max: usize) -> Result<usize, StoreError> {
+        let n = blocking(|| BatchLog::prune_before(self, cutoff_ms, max))?;
+        if n > 0 {
+            self.flush().await?;
+        }
+        Ok(n)
+    }
+}
+
 impl BatchLog {
     /// Opens the trees in `storage` and reads the host registry into memory.
     pub fn open(storage: Arc<dyn Storage>, files: BatchFiles) -> Result<BatchLog, BatchLogError> {

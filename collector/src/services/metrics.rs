@@ -52,6 +52,9 @@ pub struct Metrics {
     pub remote_write_dropped_samples_total: Family<ReasonLabel, Counter>,
     pub remote_write_backlog_seconds: Gauge,
     pub remote_write_backlog_batches: Gauge,
+    pub eval_gaps_total: Counter,
+    pub batches_late_total: Counter,
+    pub eval_backlog_batches: Gauge,
 }
 
 impl Metrics {
@@ -81,6 +84,9 @@ impl Metrics {
             remote_write_dropped_samples_total: Family::default(),
             remote_write_backlog_seconds: Gauge::default(),
             remote_write_backlog_batches: Gauge::default(),
+            eval_gaps_total: Counter::default(),
+            batches_late_total: Counter::default(),
+            eval_backlog_batches: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("ingest_batches", "Batches stored", m.batches_total.clone());
@@ -177,6 +183,21 @@ impl Metrics {
             "remote_write_backlog_batches",
             "Stored batches not forwarded yet (counted up to 100000)",
             m.remote_write_backlog_batches.clone(),
+        );
+        registry.register(
+            "eval_gaps",
+            "Gaps in a host's stored batches that the evaluator skipped after gap_grace",
+            m.eval_gaps_total.clone(),
+        );
+        registry.register(
+            "batches_late",
+            "Batches stored after the evaluator had skipped them (never evaluated; expected 0)",
+            m.batches_late_total.clone(),
+        );
+        registry.register(
+            "eval_backlog_batches",
+            "Stored batches the evaluator has not evaluated yet",
+            m.eval_backlog_batches.clone(),
         );
         Metrics { registry, ..m }
     }

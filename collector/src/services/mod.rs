@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod batches;
 pub mod causes;
+pub mod evaluator;
 pub mod faults;
 pub mod identity;
 pub mod incidents;

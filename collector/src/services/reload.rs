@@ -4,7 +4,7 @@
 //! customers, SLA contracts, `[faults]`, `[hosts.*]` and rules. The file is validated
 //! whole first (the same errors as `check-config`, and the channels and fault rules are
 //! built); an invalid file is refused and the configuration in force stays. Keys that
-//! need the process (listening addresses, TLS, data directory, retention, limits) keep
+//! need the process (listening addresses, TLS, data directory, `[store]`, retention, limits) keep
 //! their old values until the next restart, and the reload says which changed.
 //!
 //! Agent streams are untouched; escalations in flight continue at their next step with
@@ -117,5 +117,8 @@ mod tests {
         assert_eq!(restart_needed(&old, &new), ["listen"]);
         let plan_only = parse("listen = \"127.0.0.1:9740\"\n[people.bob]\nsms = \"+4915100000002\"\n");
         assert!(restart_needed(&old, &plan_only).is_empty());
+        let store =
+            parse("listen = \"127.0.0.1:9740\"\n[store]\nlease_ttl = \"8s\"\n[people.bob]\nsms = \"+4915100000002\"\n");
+        assert_eq!(restart_needed(&plan_only, &store), ["store"]);
     }
 }

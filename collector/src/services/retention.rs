@@ -13,12 +13,12 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::config::RetentionConfig;
 use crate::services::audit::AuditLog;
-use crate::services::batches::BatchLog;
+use crate::services::batches::BatchStore;
 use crate::services::faults::FaultService;
 use crate::services::incidents::IncidentService;
 use crate::services::metrics::{Metrics, TreeLabel, WhatLabel};
 use crate::services::pager::Pager;
-use crate::store::StoreError;
+use crate::store::{Storage, StoreError};
 
 /// Records removed per step; between steps ingest gets the store.
 const STEP: usize = 10_000;
@@ -30,7 +30,10 @@ const CLOSED_IN_MEMORY: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct Retention {
     pub config: RetentionConfig,
-    pub batches: Arc<BatchLog>,
+    /// The stored batches (pruned durably by themselves).
+    pub batches: Arc<dyn BatchStore>,
+    /// The store of the other trees: counted, and flushed after a pass that pruned them.
+    pub storage: Arc<dyn Storage>,
     pub faults: Arc<FaultService>,
     pub pager: Arc<Pager>,
     pub incidents: Arc<IncidentService>,
@@ -61,9 +64,7 @@ impl Retention {
     pub async fn pass(&self, now: Timestamp) -> Result<Vec<(&'static str, usize)>, StoreError> {
         let mut removed = Vec::new();
         let cutoff = now.as_millisecond() - self.config.batches.as_millis() as i64;
-        let batches = self.batches.clone();
-        let n = self.steps(move || batches.prune_before(cutoff, STEP)).await?;
-        removed.push(("batches", n));
+        removed.push(("batches", self.prune_batches(cutoff).await?));
 
         let faults_before = before(now, self.config.faults);
         removed.push(("faults", self.faults.with_engine(|e| e.prune(faults_before))));
@@ -91,8 +92,9 @@ impl Retention {
                 tracing::info!(what, removed = n, "retention");
             }
         }
-        if removed.iter().any(|(_, n)| *n > 0) {
-            self.batches.flush().await?;
+        // The batches' pruning is durable already; the other trees' is not.
+        if removed.iter().any(|&(what, n)| what != "batches" && n > 0) {
+            self.storage.flush().await?;
         }
         // Counting reads every record of the small trees: not on a runtime thread.
         let me = self.clone();
@@ -112,7 +114,7 @@ impl Retention {
         let faults: u64 = self.faults.with_engine(|e| e.counts().values().sum());
         set("faults", faults);
         for tree in ["escalations", "incidents", "outbox", "audit"] {
-            set(tree, self.batches.storage().tree(tree)?.count()? as u64);
+            set(tree, self.storage.tree(tree)?.count()? as u64);
         }
         let memory = |what: &str, n: usize| {
             self.metrics.in_memory_records.get_or_create(&WhatLabel { what: what.into() }).set(n as i64);
@@ -121,6 +123,20 @@ impl Retention {
         memory("escalations", self.pager.escalations_in_memory());
         memory("incidents", self.incidents.in_memory());
         Ok(())
+    }
+
+    /// Prunes the batches received before `cutoff_ms` in steps of [`STEP`], yielding between
+    /// them; the total.
+    async fn prune_batches(&self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self.batches.prune_before(cutoff_ms, STEP).await?;
+            total += n;
+            if n < STEP {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Runs `step` on a blocking thread until it removes fewer than [`STEP`]; the total.

@@ -12,10 +12,10 @@ use jiff::Timestamp;
 use pikett_core::faults::{Fault, FaultFilter};
 use pikett_core::sla::{self, Contract, Month};
 
-use crate::services::batches::BatchLog;
+use crate::services::batches::BatchStore;
 use crate::services::causes::{CausesError, SlaCauses};
 use crate::services::faults::FaultService;
-use crate::store::StoreError;
+use crate::store::{Storage, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SlaInputError {
@@ -40,7 +40,7 @@ pub struct CustomerSla {
 }
 
 pub struct SlaInputs {
-    batches: Arc<BatchLog>,
+    batches: Arc<dyn BatchStore>,
     faults: Arc<FaultService>,
     causes: SlaCauses,
     /// `[retention] faults`: months older than this would see no faults.
@@ -49,11 +49,12 @@ pub struct SlaInputs {
 
 impl SlaInputs {
     pub fn new(
-        batches: Arc<BatchLog>,
+        batches: Arc<dyn BatchStore>,
+        storage: Arc<dyn Storage>,
         faults: Arc<FaultService>,
         fault_retention: Duration,
     ) -> Result<SlaInputs, StoreError> {
-        let causes = SlaCauses::open(batches.storage().clone())?;
+        let causes = SlaCauses::open(storage)?;
         Ok(SlaInputs { batches, faults, causes, fault_retention })
     }
 

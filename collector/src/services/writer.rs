@@ -14,10 +14,12 @@ use pikett_core::faults::Transition;
 use tokio::sync::mpsc;
 
 use crate::services::batches::{BatchLog, Outcome, Stored, WriteRequest};
+use crate::services::evaluator::evaluate_request;
 use crate::services::faults::FaultService;
 use crate::services::metrics::Metrics;
 use crate::services::patches::PatchService;
 use crate::store::StoreError;
+use crate::store::pg::PgBatches;
 
 /// Most batches one flush covers.
 const MAX_GROUP: usize = 4096;
@@ -61,17 +63,17 @@ pub fn spawn_writer(
                         if !outcome.stored.evaluate() {
                             continue;
                         }
-                        let (host, customer) = (&req.sender.host_id, &req.sender.customer);
-                        changes.extend(f.ingest(host, customer, &req.batch, now));
-                        if let Some(input) = p.ingest(host, customer, &req.batch, now) {
-                            changes.extend(f.with_engine(|e| e.check_result(input, now)));
-                        }
-                        if let Some((warning, summary)) = &outcome.data_dropped {
-                            changes.extend(f.data_dropped(host, customer, *warning, summary, now));
-                        }
-                        if outcome.stored == Stored::New {
-                            changes.extend(f.series_limit(host, customer, req.series_over_limit, now));
-                        }
+                        changes.extend(evaluate_request(
+                            &f,
+                            &p,
+                            &req.sender.host_id,
+                            &req.sender.customer,
+                            &req.batch,
+                            outcome.data_dropped.as_ref(),
+                            outcome.stored == Stored::New,
+                            req.series_over_limit,
+                            now,
+                        ));
                     }
                 }
                 (group, r, changes)
@@ -153,23 +155,7 @@ fn answer(
             if !changes.is_empty() {
                 let _ = transitions.send(changes);
             }
-            for (req, outcome) in group.into_iter().zip(stored) {
-                match outcome.stored {
-                    Stored::New => {
-                        metrics.batches_total.inc();
-                        metrics.samples_total.inc_by(req.batch.samples.len() as u64);
-                        metrics.agent_dropped_samples_total.inc_by(req.batch.dropped_samples);
-                        metrics.agent_dropped_other_total.inc_by(req.batch.dropped_other);
-                    }
-                    Stored::Duplicate => {
-                        metrics.duplicate_batches_total.inc();
-                    }
-                    Stored::Status => {
-                        metrics.agent_status_messages_total.inc();
-                    }
-                }
-                let _ = req.reply.send(Ok(outcome.stored));
-            }
+            count_and_reply(group, stored, metrics);
         }
         Err(e) => {
             // Nothing of this group is acknowledged; the agents resend it to the restarted
@@ -179,5 +165,74 @@ fn answer(
             }
             crate::services::storage_failure::stop("storing a group of batches", &e);
         }
+    }
+}
+
+/// The writer of a collector on PostgreSQL: stores each group in one transaction
+/// ([`PgBatches::store_group`]) and answers once it committed. It evaluates nothing: the
+/// leader evaluates every stored batch by cursor (`services::evaluator`), woken through
+/// `stored`. A failed commit is answered as an error to every batch of the group (the agents
+/// resend it) and the writer goes on: the database may be back for the next group.
+pub fn spawn_pg_writer(
+    store: Arc<PgBatches>,
+    metrics: Arc<Metrics>,
+    stored: Arc<tokio::sync::Notify>,
+) -> mpsc::Sender<WriteRequest> {
+    let (tx, mut rx) = mpsc::channel::<WriteRequest>(16 * 1024);
+    tokio::spawn(async move {
+        let mut failing_since: Option<Instant> = None;
+        while let Some(first) = rx.recv().await {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(r) => group.push(r),
+                    Err(_) => break,
+                }
+            }
+            let started = Instant::now();
+            let result = store.store_group(&group).await;
+            metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+            match result {
+                Ok(outcomes) => {
+                    if failing_since.take().is_some() {
+                        tracing::info!("storing batches in PostgreSQL works again");
+                    }
+                    stored.notify_one();
+                    count_and_reply(group, outcomes, &metrics);
+                }
+                Err(e) => {
+                    // Logged once per outage, not per group: the agents retry every second.
+                    if failing_since.is_none() {
+                        tracing::error!(error = %e, "cannot store batches in PostgreSQL: acknowledging nothing until it works");
+                        failing_since = Some(started);
+                    }
+                    for req in group {
+                        let _ = req.reply.send(Err(format!("storing the batch: {e}")));
+                    }
+                }
+            }
+        }
+    });
+    tx
+}
+
+/// Counts a stored group in the metrics and answers each request.
+fn count_and_reply(group: Vec<WriteRequest>, outcomes: Vec<Outcome>, metrics: &Metrics) {
+    for (req, outcome) in group.into_iter().zip(outcomes) {
+        match outcome.stored {
+            Stored::New => {
+                metrics.batches_total.inc();
+                metrics.samples_total.inc_by(req.batch.samples.len() as u64);
+                metrics.agent_dropped_samples_total.inc_by(req.batch.dropped_samples);
+                metrics.agent_dropped_other_total.inc_by(req.batch.dropped_other);
+            }
+            Stored::Duplicate => {
+                metrics.duplicate_batches_total.inc();
+            }
+            Stored::Status => {
+                metrics.agent_status_messages_total.inc();
+            }
+        }
+        let _ = req.reply.send(Ok(outcome.stored));
     }
 }

@@ -11,6 +11,8 @@
 //! `Arc<dyn Storage>` and `Arc<dyn Tree>`, never `sled::*`.
 
 pub mod batch_files;
+#[cfg(test)]
+pub(crate) mod batch_suite;
 pub mod pg;
 pub mod sled_store;
 #[cfg(test)]

@@ -32,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use pikett_core::faults::FaultFilter;
 
-use crate::services::batches::BatchLog;
+use crate::services::batches::BatchStore;
 use crate::services::faults::FaultService;
 use crate::services::incidents::IncidentService;
 use crate::services::pager::Pager;
@@ -57,7 +57,7 @@ const CONTENT_SECURITY_POLICY: &str =
 /// What a status page is made from.
 pub struct StatusPages {
     pub links: Arc<StatusLinks>,
-    pub store: Arc<BatchLog>,
+    pub store: Arc<dyn BatchStore>,
     pub faults: Arc<FaultService>,
     pub incidents: Arc<IncidentService>,
     /// Customers and contracts (a reload replaces them).
@@ -310,7 +310,8 @@ mod tests {
         storage.tree("hosts").unwrap().insert(b"web-1", serde_json::to_vec(&rec).unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let files = BatchFiles::open(dir.path(), Duration::from_secs(3600), false).unwrap();
-        let store = Arc::new(BatchLog::open(storage.clone(), files).unwrap());
+        let store: Arc<dyn BatchStore> =
+            Arc::new(crate::services::batches::BatchLog::open(storage.clone(), files).unwrap());
         let faults = Arc::new(FaultService::open(storage.as_ref(), config.engine_config().unwrap()).unwrap());
         let before = now.checked_sub(jiff::SignedDuration::from_hours(1)).unwrap();
         let batch = pb::Batch {
@@ -333,7 +334,9 @@ mod tests {
                 .unwrap();
         let incidents =
             Arc::new(IncidentService::open(storage.clone(), &config, faults.clone(), pager.clone()).await.unwrap());
-        let sla = Arc::new(SlaInputs::new(store.clone(), faults.clone(), Duration::from_secs(400 * 86_400)).unwrap());
+        let sla = Arc::new(
+            SlaInputs::new(store.clone(), storage.clone(), faults.clone(), Duration::from_secs(400 * 86_400)).unwrap(),
+        );
         let pages = Arc::new(StatusPages {
             links: Arc::new(StatusLinks::open(storage.clone()).unwrap()),
             store,

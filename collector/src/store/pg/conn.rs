@@ -116,6 +116,13 @@ impl PgConnect {
         Ok(PgConnect { config, tls })
     }
 
+    /// Sets the password sent to the server (read from a file, never part of the URL). The
+    /// `Debug` form keeps redacting it.
+    pub fn with_password(mut self, password: &str) -> PgConnect {
+        self.config.password(password);
+        self
+    }
+
     /// Opens a session; its connection runs as a task of the current runtime until the
     /// [`Client`] is dropped or the server goes away (then the client reports itself closed).
     pub async fn connect(&self) -> Result<Client, PgError> {
@@ -269,6 +276,14 @@ mod tests {
         assert!(err.contains("PostgreSQL URL"), "{err}");
         let err = PgConnect::new("hostaddr=127.0.0.1 sslmode=disable", None).unwrap_err().to_string();
         assert!(err.contains("names no host: hostaddr= alone"), "{err}");
+    }
+
+    #[test]
+    fn a_password_is_set_and_not_shown() {
+        let c = PgConnect::new("host=localhost sslmode=disable", None).unwrap().with_password("s3cret-pw");
+        assert_eq!(c.config.get_password(), Some(&b"s3cret-pw"[..]));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
     }
 
     #[test]

@@ -37,14 +37,19 @@
 //! Statements carry at most 5,000 rows and 8 MiB of keys and values each (a bigger single row
 //! goes alone), so each stays well inside `statement_timeout`. Tree names are PostgreSQL
 //! `text`, which cannot hold NUL: `tree()` refuses such names rather than fail every flush.
-//! Not yet: the leader fence (design step 6).
+//! A leader's storage is fenced ([`PgStorage::fence_with`]): every flush then first checks, in its
+//! transaction, that the node still holds the leader lease with its term (`lease::fence`), so a
+//! deposed leader's flush fails with [`StoreError::Fenced`] and commits nothing. Storage of a
+//! node that is not the leader stays unfenced (it writes only keys of its own).
 
+mod batches;
 mod conn;
 mod lease;
 mod migrate;
 mod outbox;
-#[cfg(test)]
-pub(crate) mod testing;
+/// A throwaway PostgreSQL for tests (also for the end-to-end tests, feature `pg-testing`).
+#[cfg(any(test, feature = "pg-testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 mod tree;
@@ -58,6 +63,7 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use tokio_postgres::{Client, IsolationLevel};
 
+pub use batches::{Head, PendingBatch, PgBatches};
 pub use conn::PgConnect;
 pub use lease::{PgLease, fence};
 pub use migrate::{LATEST as SCHEMA_VERSION, Migrated};
@@ -146,6 +152,8 @@ struct Inner {
     trees: Mutex<HashMap<String, Arc<TreeData>>>,
     cut: Arc<Cut>,
     size: AtomicU64,
+    /// The leader's (node, term) that every flush must still hold; `None`: unfenced.
+    fence: Mutex<Option<(String, i64)>>,
 }
 
 struct Session {
@@ -169,6 +177,7 @@ impl PgStorage {
                 trees: Mutex::new(trees),
                 cut: Arc::new(Cut::default()),
                 size: AtomicU64::new(size),
+                fence: Mutex::new(None),
             }),
         })
     }
@@ -185,6 +194,13 @@ impl PgStorage {
     #[cfg(test)]
     pub(crate) async fn session_closed(&self) -> bool {
         self.inner.session.lock().await.client.as_ref().is_none_or(Client::is_closed)
+    }
+
+    /// From now on every flush commits only while `node` holds the leader lease with `term`
+    /// (checked in the flush's own transaction); otherwise it fails with
+    /// [`StoreError::Fenced`] and keeps its journal.
+    pub fn fence_with(&self, node: &str, term: i64) {
+        *self.inner.fence.lock().unwrap_or_else(PoisonError::into_inner) = Some((node.to_string(), term));
     }
 
     fn trees(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TreeData>>> {
@@ -238,8 +254,12 @@ struct Changes<'a> {
     del_key: Vec<&'a [u8]>,
 }
 
-/// Writes the copied journals in one transaction.
-async fn write(client: &mut Client, journals: &[(String, Journal)]) -> Result<(), PgError> {
+/// Writes the copied journals in one transaction, fenced by `fence` (node, term) when given.
+async fn write(
+    client: &mut Client,
+    journals: &[(String, Journal)],
+    fence: Option<&(String, i64)>,
+) -> Result<(), StoreError> {
     let mut c = Changes::default();
     for (name, entries) in journals {
         for (key, value) in entries {
@@ -262,6 +282,9 @@ async fn write(client: &mut Client, journals: &[(String, Journal)]) -> Result<()
     let whole = |what| move |source| PgError::Flush { what, rows, bytes, source };
     let tx = client.transaction().await.map_err(whole("starting a flush"))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FLUSH_LOCK]).await.map_err(whole("locking the flush"))?;
+    if let Some((node, term)) = fence {
+        lease::fence(&tx, node, *term).await?;
+    }
     let upsert = "INSERT INTO pikett_kv (tree, key, value) \
                   SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[]) \
                   ON CONFLICT (tree, key) DO UPDATE SET value = excluded.value";
@@ -277,7 +300,8 @@ async fn write(client: &mut Client, journals: &[(String, Journal)]) -> Result<()
             .await
             .map_err(|source| PgError::Flush { what: "flushing removals", rows: r.len(), bytes, source })?;
     }
-    tx.commit().await.map_err(whole("committing a flush"))
+    tx.commit().await.map_err(whole("committing a flush"))?;
+    Ok(())
 }
 
 /// Splits rows of these sizes (bytes of key and value) into statements of at most
@@ -333,7 +357,8 @@ impl Storage for PgStorage {
             Some(client) if !client.is_closed() => client,
             _ => self.inner.connect.connect().await?,
         };
-        let written = write(&mut client, &journals).await;
+        let fence = self.inner.fence.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let written = write(&mut client, &journals, fence.as_ref()).await;
         if !client.is_closed() {
             session.client = Some(client);
         }

@@ -26,10 +26,10 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// The running test server.
-pub(crate) struct TestPg {
-    pub(crate) port: u16,
+pub struct TestPg {
+    pub port: u16,
     /// The CA that signed the server's certificate.
-    pub(crate) ca_pem: String,
+    pub ca_pem: String,
 }
 
 static SERVER: OnceLock<Result<TestPg, String>> = OnceLock::new();
@@ -42,7 +42,7 @@ static CLEANUP: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
 const DIR_PREFIX: &str = "pikett-pg-";
 
 /// The test server, started on first use.
-pub(crate) fn server() -> &'static TestPg {
+pub fn server() -> &'static TestPg {
     match SERVER.get_or_init(start) {
         Ok(pg) => pg,
         Err(e) => panic!("cannot start the test PostgreSQL: {e}"),
@@ -50,7 +50,7 @@ pub(crate) fn server() -> &'static TestPg {
 }
 
 /// A new, empty database on the test server; returns its URL (plain text, loopback).
-pub(crate) async fn fresh_database() -> String {
+pub async fn fresh_database() -> String {
     let pg = server();
     let name = format!("t_{:016x}", rand::random::<u64>());
     let admin = admin_client(&pg.url("postgres")).await;
@@ -59,7 +59,7 @@ pub(crate) async fn fresh_database() -> String {
 }
 
 /// A plain session (no pikett settings) for a test to look behind the engine's back.
-pub(crate) async fn admin_client(url: &str) -> tokio_postgres::Client {
+pub async fn admin_client(url: &str) -> tokio_postgres::Client {
     let config = tokio_postgres::Config::from_str(url).expect("test URL");
     let (client, connection) = config.connect(tokio_postgres::NoTls).await.expect("connecting to the test server");
     tokio::spawn(connection);
@@ -67,7 +67,7 @@ pub(crate) async fn admin_client(url: &str) -> tokio_postgres::Client {
 }
 
 impl TestPg {
-    pub(crate) fn url(&self, database: &str) -> String {
+    pub fn url(&self, database: &str) -> String {
         format!("postgresql://pikett@127.0.0.1:{}/{database}?sslmode=disable", self.port)
     }
 }

@@ -369,3 +369,39 @@ async fn an_unreachable_server_is_named_in_the_error() {
     );
     drop(bound);
 }
+
+/// A leader's storage commits only while its term holds the lease: after another node took
+/// over, its flush fails with `Fenced`, commits nothing, and the new leader's flush goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_flush_commits_only_while_the_term_holds_the_lease() {
+    use crate::store::{Lease, LeaseState};
+    let url = fresh_database().await;
+    let connect = PgConnect::new(&url, None).unwrap();
+    let old = open(&url).await;
+    let lease = PgLease::new(connect.clone());
+    let ttl = Duration::from_secs(1);
+    let LeaseState::Leader { term } = lease.try_acquire_or_renew("a", ttl, None).await.unwrap() else {
+        panic!("a fresh lease is free")
+    };
+    old.fence_with("a", term);
+    let engine = old.tree("engine").unwrap();
+    engine.insert(b"k", b"from a".to_vec()).unwrap();
+    old.flush().await.unwrap();
+
+    // "a" stops renewing; "b" takes over after the expiry.
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    let LeaseState::Leader { term: b_term } = lease.try_acquire_or_renew("b", ttl, None).await.unwrap() else {
+        panic!("an expired lease is free")
+    };
+    assert!(b_term > term);
+    engine.insert(b"k", b"stale write of a".to_vec()).unwrap();
+    let err = old.flush().await.unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { ref node, term: t } if node == "a" && t == term), "{err}");
+
+    let new = open(&url).await;
+    new.fence_with("b", b_term);
+    assert_eq!(new.tree("engine").unwrap().get(b"k").unwrap().as_deref(), Some(&b"from a"[..]));
+    new.tree("engine").unwrap().insert(b"k", b"from b".to_vec()).unwrap();
+    new.flush().await.unwrap();
+    assert_eq!(open(&url).await.tree("engine").unwrap().get(b"k").unwrap().as_deref(), Some(&b"from b"[..]));
+}

@@ -1,0 +1,1235 @@
+//! The leader's evaluator (HA design, section 3 "Evaluator"): feeds every stored batch to the
+//! fault engine and the patch service exactly once, in sequence order per (host, spool epoch).
+//!
+//! With several collectors on one database every node stores what its agents send
+//! (`store::pg::PgBatches`), and only the leader evaluates. It reads by cursor: per (host,
+//! epoch) the last evaluated seq, kept in the tree `eval_cursor` of the leader's own
+//! [`Storage`], the same one that holds the engine's and the patches' state. So one flush
+//! commits the engine's changes together with the cursor advance that caused them: after a
+//! crash or a failover the next leader continues from exactly what the previous one
+//! committed, never evaluating a batch twice nor skipping one (on PostgreSQL that flush is
+//! fenced by the leader's term, so a deposed leader commits nothing).
+//!
+//! A round ([`Evaluator::run_once`]) reads the heads, fetches what is behind each cursor,
+//! decides with [`plan_stream`] (pure) which batches are next, evaluates them with `now` = the
+//! time each was received (a catch-up after a failover is not silence), takes the agent
+//! statuses, advances the cursors, flushes once and only then hands on the transitions.
+//!
+//! Gaps: a missing seq holds its (host, epoch) for `gap_grace` (long enough for any insert in
+//! flight to have committed or aborted), then is skipped and counted
+//! (`pikett_eval_gaps_total`). A skipped seq that is stored after all is never evaluated;
+//! it is counted (`pikett_batches_late_total`, expected 0) while the range is watched.
+//!
+//! Tree `eval_cursor`: host \0 epoch (u64 BE) → last evaluated seq (u64 BE).
+//! Tree `eval_drops`: host → [`DropState`] (JSON), the `agent/data-dropped` state that the
+//! sled writer keeps in the host registry.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use pikett_core::faults::Transition;
+use pikett_core::hosts::{DataDropped, HostRecord};
+use pikett_proto::v1 as pb;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::services::faults::FaultService;
+use crate::services::metrics::Metrics;
+use crate::services::patches::PatchService;
+use crate::store::pg::{Head, PendingBatch, PgBatches};
+use crate::store::{Storage, StoreError, Tree, WriteBatch};
+
+/// Most batches one round evaluates (bounds the time between flushes during a catch-up).
+const ROUND_BATCHES: usize = 4096;
+/// Most batches fetched for one (host, epoch) in one round.
+const STREAM_BATCHES: usize = 512;
+/// Most agent statuses taken in one round.
+const ROUND_STATUSES: usize = 1024;
+/// A round runs at least this often without a wake-up (other nodes' commits).
+const IDLE_ROUND: Duration = Duration::from_millis(200);
+/// How long a skipped range is watched for batches stored late (for the metric only).
+const LATE_WATCH: Duration = Duration::from_secs(300);
+/// Most seqs of one watched range read back in one round.
+const LATE_READ: usize = 256;
+
+/// Where the evaluator reads stored batches: `PgBatches`, or a fake in tests.
+#[async_trait]
+pub trait PendingSource: Send + Sync {
+    /// Every (host, epoch) with its highest stored seq.
+    async fn heads(&self) -> Result<Vec<Head>, StoreError>;
+    /// The stored batches of (host, epoch) with seq above `after_seq`, ascending, at most `limit`.
+    async fn after(
+        &self,
+        host: &str,
+        epoch: u64,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<PendingBatch>, StoreError>;
+    /// Removes and returns at most `limit` agent statuses, oldest first, fenced by the lease.
+    async fn take_statuses(&self, node: &str, term: i64, limit: usize) -> Result<Vec<PendingBatch>, StoreError>;
+}
+
+#[async_trait]
+impl PendingSource for PgBatches {
+    async fn heads(&self) -> Result<Vec<Head>, StoreError> {
+        PgBatches::heads(self).await
+    }
+    async fn after(
+        &self,
+        host: &str,
+        epoch: u64,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<PendingBatch>, StoreError> {
+        PgBatches::after(self, host, epoch, after_seq, limit).await
+    }
+    async fn take_statuses(&self, node: &str, term: i64, limit: usize) -> Result<Vec<PendingBatch>, StoreError> {
+        PgBatches::take_statuses(self, node, term, limit).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pure logic.
+
+/// A (host, epoch) waiting for `missing` since `since` (monotonic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hold {
+    pub missing: u64,
+    pub since: Instant,
+}
+
+/// What to do with one (host, epoch) in this round.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct StreamPlan {
+    /// The seqs to evaluate now, ascending, each once.
+    pub evaluate: Vec<u64>,
+    /// The cursor after them (the last seq evaluated or skipped).
+    pub cursor: u64,
+    /// Ranges of missing seqs given up on (inclusive), each one gap.
+    pub skipped: Vec<(u64, u64)>,
+    /// The gap still waited for, if any.
+    pub hold: Option<Hold>,
+}
+
+/// Decides which of the `fetched` seqs of one (host, epoch) to evaluate now: those strictly
+/// consecutive from `cursor + 1` (a new stream has cursor 0, so it starts at 1). A missing seq
+/// is held until it has been missed for `grace` (`hold` is what the previous round kept),
+/// then skipped. `head` is the highest seq stored: when nothing above the cursor could be
+/// fetched although the head is above it (the batches are gone), that is a gap up to the head,
+/// so the stream never waits forever. Seqs at or below the cursor are never evaluated again;
+/// `fetched` may hold them, duplicates, and any order.
+pub(crate) fn plan_stream(
+    cursor: u64,
+    fetched: &[u64],
+    head: u64,
+    hold: Option<Hold>,
+    now: Instant,
+    grace: Duration,
+) -> StreamPlan {
+    let mut seqs: Vec<u64> = fetched.iter().copied().filter(|&s| s > cursor).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let mut plan = StreamPlan { cursor, ..StreamPlan::default() };
+    // Whether a gap starting at `missing` has been waited for long enough; if not, holds it.
+    let give_up = |missing: u64, plan: &mut StreamPlan| -> bool {
+        match hold {
+            Some(h) if h.missing == missing && now.saturating_duration_since(h.since) >= grace => true,
+            Some(h) if h.missing == missing => {
+                plan.hold = Some(h);
+                false
+            }
+            // A new gap (or another one than last round's): the wait starts now.
+            _ => {
+                plan.hold = Some(Hold { missing, since: now });
+                false
+            }
+        }
+    };
+    for s in seqs {
+        let expected = plan.cursor + 1;
+        if s > expected {
+            if !give_up(expected, &mut plan) {
+                return plan;
+            }
+            plan.skipped.push((expected, s - 1));
+        }
+        plan.evaluate.push(s);
+        plan.cursor = s;
+    }
+    if plan.evaluate.is_empty() && head > plan.cursor && give_up(plan.cursor + 1, &mut plan) {
+        plan.skipped.push((plan.cursor + 1, head));
+        plan.cursor = head;
+    }
+    plan
+}
+
+/// Orders the ready batches of every stream (each already in seq order) and the statuses into
+/// one list by received time, keeping each stream's order: the engine sees time move forward
+/// as far as the streams allow.
+pub(crate) fn merge_by_time(streams: Vec<Vec<PendingBatch>>) -> Vec<PendingBatch> {
+    let total = streams.iter().map(Vec::len).sum();
+    let mut iters: Vec<std::vec::IntoIter<PendingBatch>> = streams.into_iter().map(Vec::into_iter).collect();
+    let mut heads: Vec<Option<PendingBatch>> = iters.iter_mut().map(Iterator::next).collect();
+    let mut queue: BinaryHeap<Reverse<(i64, usize)>> =
+        heads.iter().enumerate().filter_map(|(i, b)| b.as_ref().map(|b| Reverse((b.received_ms, i)))).collect();
+    let mut out = Vec::with_capacity(total);
+    while let Some(Reverse((_, i))) = queue.pop() {
+        if let Some(b) = heads[i].take() {
+            out.push(b);
+        }
+        heads[i] = iters[i].next();
+        if let Some(b) = &heads[i] {
+            queue.push(Reverse((b.received_ms, i)));
+        }
+    }
+    out
+}
+
+/// The `agent/data-dropped` state of one host (the fields of [`HostRecord`] that
+/// [`HostRecord::record_drops`] uses).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DropState {
+    pub dropped_samples: u64,
+    pub dropped_other: u64,
+    pub last_drop_ms: i64,
+}
+
+impl DropState {
+    /// [`HostRecord::record_drops`] on this state, so the decision is exactly the sled writer's.
+    pub fn record(&mut self, samples: u64, other: u64, now_ms: i64) -> Option<DataDropped> {
+        let mut rec = HostRecord {
+            dropped_samples: self.dropped_samples,
+            dropped_other: self.dropped_other,
+            last_drop_ms: self.last_drop_ms,
+            ..HostRecord::default()
+        };
+        let out = rec.record_drops(samples, other, now_ms);
+        *self = DropState {
+            dropped_samples: rec.dropped_samples,
+            dropped_other: rec.dropped_other,
+            last_drop_ms: rec.last_drop_ms,
+        };
+        out
+    }
+}
+
+/// Feeds one stored batch (or agent status) to the fault engine and the patch service: its
+/// checks and samples, its `patches` inventory, its `agent/data-dropped` result and, for a new
+/// batch, `host/too-many-series`. The one place this is decided, for the sled writer and the
+/// evaluator alike. Writes the changed state (not flushed).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn evaluate_request(
+    faults: &FaultService,
+    patches: &PatchService,
+    host: &str,
+    customer: &str,
+    batch: &pb::Batch,
+    data_dropped: Option<&DataDropped>,
+    new_batch: bool,
+    series_over_limit: u64,
+    now: Timestamp,
+) -> Vec<Transition> {
+    let mut changes = faults.ingest(host, customer, batch, now);
+    if let Some(input) = patches.ingest(host, customer, batch, now) {
+        changes.extend(faults.with_engine(|e| e.check_result(input, now)));
+    }
+    if let Some((warning, summary)) = data_dropped {
+        changes.extend(faults.data_dropped(host, customer, *warning, summary, now));
+    }
+    if new_batch {
+        changes.extend(faults.series_limit(host, customer, series_over_limit, now));
+    }
+    changes
+}
+
+fn cursor_key(host: &str, epoch: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(host.len() + 9);
+    k.extend_from_slice(host.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k
+}
+
+fn parse_cursor(k: &[u8], v: &[u8]) -> Option<((String, u64), u64)> {
+    let split = k.len().checked_sub(9)?;
+    if k[split] != 0 {
+        return None;
+    }
+    let host = std::str::from_utf8(&k[..split]).ok()?.to_string();
+    let epoch = u64::from_be_bytes(k[split + 1..].try_into().ok()?);
+    let seq = u64::from_be_bytes(v.try_into().ok()?);
+    Some(((host, epoch), seq))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The evaluator (I/O).
+
+/// What the evaluator needs; see [`Evaluator::open`].
+pub struct EvaluatorParts {
+    pub batches: Arc<dyn PendingSource>,
+    /// The leader's storage (on PostgreSQL fenced by `term`).
+    pub storage: Arc<dyn Storage>,
+    pub faults: Arc<FaultService>,
+    pub patches: Arc<PatchService>,
+    pub metrics: Arc<Metrics>,
+    pub transitions: mpsc::UnboundedSender<Vec<Transition>>,
+    /// This node and its leader term (agent statuses are taken under the lease).
+    pub node: String,
+    pub term: i64,
+    pub gap_grace: Duration,
+    /// Notified after each commit (the local writer, the LISTEN task): run a round now. Use
+    /// `notify_one`, which keeps a permit while a round runs, so no wake-up is lost.
+    pub wake: Arc<Notify>,
+}
+
+type StreamKey = (String, u64);
+
+/// A skipped range watched for batches stored late.
+struct Watch {
+    lo: u64,
+    hi: u64,
+    until: Instant,
+    counted: BTreeSet<u64>,
+}
+
+/// The leader's evaluator: its cursors, drop states and gap holds in memory, mirrored in the
+/// trees of the leader's storage. Built at takeover ([`Evaluator::open`]), driven by [`spawn`].
+pub struct Evaluator {
+    parts: EvaluatorParts,
+    cursor_tree: Arc<dyn Tree>,
+    drops_tree: Arc<dyn Tree>,
+    cursors: HashMap<StreamKey, u64>,
+    holds: HashMap<StreamKey, Hold>,
+    drops: HashMap<String, DropState>,
+    watches: HashMap<StreamKey, Vec<Watch>>,
+    /// The heads read by the last round.
+    last_heads: Vec<Head>,
+    /// Whether the last round left work it could have done (a limit cut it short).
+    more: bool,
+    /// Where in the heads the next round starts (see `run_once`).
+    start: usize,
+}
+
+/// One evaluated round's input for the blocking part.
+struct Work {
+    items: Vec<PendingBatch>,
+    drops: HashMap<String, DropState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum EvalError {
+    #[error("the evaluation task failed: {0}")]
+    Task(String),
+    #[error("eval_drops record of {host}: {source}")]
+    Corrupt { host: String, source: serde_json::Error },
+}
+
+impl From<EvalError> for StoreError {
+    fn from(e: EvalError) -> StoreError {
+        StoreError::Engine(e.to_string())
+    }
+}
+
+impl Evaluator {
+    /// Loads the cursors and the drop states from `parts.storage`.
+    pub fn open(parts: EvaluatorParts) -> Result<Evaluator, StoreError> {
+        let cursor_tree = parts.storage.tree("eval_cursor")?;
+        let drops_tree = parts.storage.tree("eval_drops")?;
+        let mut cursors = HashMap::new();
+        for item in cursor_tree.iter() {
+            let (k, v) = item?;
+            match parse_cursor(&k, &v) {
+                Some((key, seq)) => {
+                    cursors.insert(key, seq);
+                }
+                None => {
+                    return Err(StoreError::Engine(format!(
+                        "eval_cursor: malformed record {}",
+                        String::from_utf8_lossy(&k)
+                    )));
+                }
+            }
+        }
+        let mut drops = HashMap::new();
+        for item in drops_tree.iter() {
+            let (k, v) = item?;
+            let host = String::from_utf8_lossy(&k).into_owned();
+            let state: DropState =
+                serde_json::from_slice(&v).map_err(|source| EvalError::Corrupt { host: host.clone(), source })?;
+            drops.insert(host, state);
+        }
+        tracing::info!(streams = cursors.len(), term = parts.term, "evaluator opened");
+        Ok(Evaluator {
+            parts,
+            cursor_tree,
+            drops_tree,
+            cursors,
+            holds: HashMap::new(),
+            drops,
+            watches: HashMap::new(),
+            last_heads: Vec::new(),
+            more: false,
+            start: 0,
+        })
+    }
+
+    /// The last evaluated (or skipped) seq of `host`'s spool `epoch`; 0 for none.
+    pub fn cursor(&self, host: &str, epoch: u64) -> u64 {
+        self.cursors.get(&(host.to_string(), epoch)).copied().unwrap_or(0)
+    }
+
+    /// Whether every cursor has reached `target`'s seq for its (host, epoch).
+    fn covers(&self, target: &[Head]) -> bool {
+        target.iter().all(|h| self.cursor(&h.host, h.epoch) >= h.last_seq)
+    }
+
+    /// One round at `now` (monotonic: the gap holds); see the module doc. Returns how many
+    /// batches and statuses it evaluated. An error leaves memory ahead of the store: the
+    /// caller stops the process (`storage_failure::stop`).
+    pub async fn run_once(&mut self, now: Instant) -> Result<usize, StoreError> {
+        let source = self.parts.batches.clone();
+        let heads = source.heads().await?;
+        let mut budget = ROUND_BATCHES;
+        let mut streams: Vec<Vec<PendingBatch>> = Vec::new();
+        let mut advanced: Vec<(StreamKey, u64)> = Vec::new();
+        let mut more = false;
+        // A round cut short by its budget resumes at the stream it stopped at, so one far
+        // behind cannot starve the hosts after it.
+        let start = if self.start < heads.len() { self.start } else { 0 };
+        self.start = 0;
+        for i in 0..heads.len() {
+            let at = (start + i) % heads.len();
+            let head = &heads[at];
+            let key = (head.host.clone(), head.epoch);
+            let cursor = self.cursors.get(&key).copied().unwrap_or(0);
+            if head.last_seq <= cursor {
+                continue;
+            }
+            if budget == 0 {
+                more = true;
+                self.start = at;
+                break;
+            }
+            let limit = STREAM_BATCHES.min(budget);
+            let fetched = source.after(&head.host, head.epoch, cursor, limit).await?;
+            let seqs: Vec<u64> = fetched.iter().map(|b| b.seq).collect();
+            let plan =
+                plan_stream(cursor, &seqs, head.last_seq, self.holds.get(&key).copied(), now, self.parts.gap_grace);
+            // A full read leaves more to do at once, unless the stream waits for a gap (then
+            // another round at once would only read the same batches again).
+            if fetched.len() >= limit && plan.hold.is_none() {
+                more = true;
+            }
+            match plan.hold {
+                Some(h) => {
+                    if self.holds.get(&key) != Some(&h) {
+                        tracing::debug!(host = %head.host, epoch = head.epoch, missing = h.missing, "holding for a missing batch");
+                    }
+                    self.holds.insert(key.clone(), h);
+                }
+                None => {
+                    self.holds.remove(&key);
+                }
+            }
+            for &(lo, hi) in &plan.skipped {
+                tracing::warn!(
+                    host = %head.host,
+                    epoch = head.epoch,
+                    from = lo,
+                    to = hi,
+                    "batches missing for longer than gap_grace: skipped, never evaluated"
+                );
+                self.parts.metrics.eval_gaps_total.inc();
+                self.watches.entry(key.clone()).or_default().push(Watch {
+                    lo,
+                    hi,
+                    until: now + LATE_WATCH,
+                    counted: BTreeSet::new(),
+                });
+            }
+            if plan.cursor != cursor {
+                advanced.push((key, plan.cursor));
+            }
+            // Each planned seq once, from the first copy fetched.
+            let mut ready = Vec::with_capacity(plan.evaluate.len());
+            let mut by_seq: HashMap<u64, PendingBatch> = HashMap::with_capacity(fetched.len());
+            for b in fetched {
+                by_seq.entry(b.seq).or_insert(b);
+            }
+            for s in &plan.evaluate {
+                if let Some(b) = by_seq.remove(s) {
+                    ready.push(b);
+                }
+            }
+            budget = budget.saturating_sub(ready.len());
+            if !ready.is_empty() {
+                streams.push(ready);
+            }
+        }
+        let statuses = source.take_statuses(&self.parts.node, self.parts.term, ROUND_STATUSES).await?;
+        if statuses.len() >= ROUND_STATUSES {
+            more = true;
+        }
+        // Each status is a stream of its own: they are independent of each other's order.
+        streams.extend(statuses.into_iter().map(|s| vec![s]));
+        let items = merge_by_time(streams);
+        let evaluated = items.len();
+        self.check_late(now).await?;
+
+        let changes = if items.is_empty() { Vec::new() } else { self.evaluate(items).await? };
+        if !advanced.is_empty() {
+            let mut wb = WriteBatch::default();
+            for ((host, epoch), seq) in &advanced {
+                wb.insert(cursor_key(host, *epoch), seq.to_be_bytes().to_vec());
+            }
+            self.cursor_tree.apply(wb)?;
+            self.cursors.extend(advanced.iter().cloned());
+        }
+        if evaluated > 0 || !advanced.is_empty() {
+            // The engine's changes and the cursors commit together, or not at all.
+            self.parts.storage.flush().await?;
+            if !changes.is_empty() {
+                let _ = self.parts.transitions.send(changes);
+            }
+        }
+        let backlog: u64 = heads.iter().map(|h| h.last_seq.saturating_sub(self.cursor(&h.host, h.epoch))).sum();
+        self.parts.metrics.eval_backlog_batches.set(i64::try_from(backlog).unwrap_or(i64::MAX));
+        self.last_heads = heads;
+        self.more = more;
+        Ok(evaluated)
+    }
+
+    /// Evaluates `items` in order on a blocking thread (the engine is synchronous and CPU-bound)
+    /// and writes the changed drop states; returns the transitions.
+    async fn evaluate(&mut self, items: Vec<PendingBatch>) -> Result<Vec<Transition>, StoreError> {
+        let faults = self.parts.faults.clone();
+        let patches = self.parts.patches.clone();
+        let work = Work { items, drops: std::mem::take(&mut self.drops) };
+        let joined = tokio::task::spawn_blocking(move || {
+            let Work { items, mut drops } = work;
+            let mut changed: HashMap<String, DropState> = HashMap::new();
+            let mut changes = Vec::new();
+            for item in items {
+                let batch = match <pb::Batch as prost::Message>::decode(item.payload.as_slice()) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Stored as received and decoded once already by the receiving node:
+                        // only damage gets here, and it cannot be evaluated.
+                        tracing::error!(host = %item.host, epoch = item.epoch, seq = item.seq, error = %e, "a stored batch does not decode: not evaluated");
+                        continue;
+                    }
+                };
+                let now = Timestamp::from_millisecond(item.received_ms).unwrap_or_else(|_| Timestamp::now());
+                let dropped = if item.status {
+                    None
+                } else {
+                    let state = drops.entry(item.host.clone()).or_default();
+                    let before = *state;
+                    let out = state.record(batch.dropped_samples, batch.dropped_other, item.received_ms);
+                    if *state != before {
+                        changed.insert(item.host.clone(), *state);
+                    }
+                    out
+                };
+                changes.extend(evaluate_request(
+                    &faults,
+                    &patches,
+                    &item.host,
+                    &item.customer,
+                    &batch,
+                    dropped.as_ref(),
+                    !item.status,
+                    item.series_over_limit,
+                    now,
+                ));
+            }
+            (changes, drops, changed)
+        })
+        .await;
+        let (changes, drops, changed) = joined.map_err(|e| EvalError::Task(e.to_string()))?;
+        self.drops = drops;
+        if !changed.is_empty() {
+            let mut wb = WriteBatch::default();
+            for (host, state) in changed {
+                let json = serde_json::to_vec(&state).map_err(|e| StoreError::Engine(e.to_string()))?;
+                wb.insert(host.into_bytes(), json);
+            }
+            self.drops_tree.apply(wb)?;
+        }
+        Ok(changes)
+    }
+
+    /// Counts batches stored in skipped ranges after all (never evaluated) and forgets the
+    /// ranges watched long enough.
+    async fn check_late(&mut self, now: Instant) -> Result<(), StoreError> {
+        if self.watches.is_empty() {
+            return Ok(());
+        }
+        let source = self.parts.batches.clone();
+        for ((host, epoch), watches) in self.watches.iter_mut() {
+            watches.retain(|w| w.until > now);
+            for w in watches.iter_mut() {
+                let found = source.after(host, *epoch, w.lo - 1, LATE_READ).await?;
+                for b in found.iter().filter(|b| b.seq <= w.hi) {
+                    if w.counted.insert(b.seq) {
+                        tracing::warn!(host = %host, epoch = *epoch, seq = b.seq, "a batch was stored after it had been skipped: never evaluated");
+                        self.parts.metrics.batches_late_total.inc();
+                    }
+                }
+            }
+        }
+        self.watches.retain(|_, w| !w.is_empty());
+        Ok(())
+    }
+}
+
+/// Runs rounds: when woken, every [`IDLE_ROUND`], or at once while a round was cut short by
+/// its limits. The returned watch turns `true` once the backlog found by the first round is
+/// evaluated (the leader starts the clock tick only then: ticking earlier would open false
+/// host-down faults for hosts whose batches are still queued). A failed round stops the
+/// process (see `storage_failure`).
+pub fn spawn(mut ev: Evaluator) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+    let (caught_up_tx, caught_up) = watch::channel(false);
+    let handle = tokio::spawn(async move {
+        let wake = ev.parts.wake.clone();
+        let mut target: Option<Vec<Head>> = None;
+        loop {
+            if let Err(e) = ev.run_once(Instant::now()).await {
+                crate::services::storage_failure::stop("evaluating stored batches", &e);
+            }
+            if !*caught_up_tx.borrow() {
+                let target = target.get_or_insert_with(|| ev.last_heads.clone());
+                if ev.covers(target) {
+                    tracing::info!(term = ev.parts.term, "evaluator caught up with the stored batches");
+                    caught_up_tx.send_replace(true);
+                }
+            }
+            if !ev.more {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_ROUND) => {}
+                }
+            }
+        }
+    });
+    (caught_up, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use pikett_core::faults::{EngineConfig, FaultFilter, FaultsConfig, HostDeps};
+    use pikett_core::patchday::PatchPolicy;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::store::SledStorage;
+
+    const GRACE: Duration = Duration::from_secs(10);
+
+    // ---- pure ------------------------------------------------------------------------------
+
+    #[test]
+    fn consecutive_seqs_are_evaluated_and_the_rest_waits() {
+        let t0 = Instant::now();
+        let p = plan_stream(0, &[1, 2, 3], 3, None, t0, GRACE);
+        assert_eq!((p.evaluate, p.cursor, p.hold), (vec![1, 2, 3], 3, None));
+        // 3 visible before 2: only 1 now, 3 waits for 2.
+        let p = plan_stream(0, &[3, 1], 3, None, t0, GRACE);
+        assert_eq!((p.evaluate.clone(), p.cursor), (vec![1], 1));
+        assert_eq!(p.hold, Some(Hold { missing: 2, since: t0 }));
+        let p = plan_stream(1, &[2, 3], 3, p.hold, t0 + Duration::from_millis(5), GRACE);
+        assert_eq!((p.evaluate, p.cursor, p.hold), (vec![2, 3], 3, None));
+        // At or below the cursor, duplicated, unordered: nothing again.
+        let p = plan_stream(3, &[3, 2, 1, 3], 3, None, t0, GRACE);
+        assert_eq!((p.evaluate.len(), p.cursor, p.hold), (0, 3, None));
+        let p = plan_stream(3, &[5, 4, 4, 5], 5, None, t0, GRACE);
+        assert_eq!(p.evaluate, vec![4, 5]);
+    }
+
+    #[test]
+    fn a_gap_is_held_for_the_grace_then_skipped() {
+        let t0 = Instant::now();
+        let p = plan_stream(1, &[4, 5], 5, None, t0, GRACE);
+        assert!(p.evaluate.is_empty());
+        assert_eq!(p.hold, Some(Hold { missing: 2, since: t0 }));
+        // The hold keeps its start; just short of the grace it still waits.
+        let held = plan_stream(1, &[4, 5], 5, p.hold, t0 + GRACE - Duration::from_millis(1), GRACE);
+        assert_eq!((held.evaluate.len(), held.hold), (0, p.hold));
+        let p = plan_stream(1, &[4, 5], 5, p.hold, t0 + GRACE, GRACE);
+        assert_eq!((p.evaluate, p.cursor, p.skipped, p.hold), (vec![4, 5], 5, vec![(2, 3)], None));
+        // A hold for another seq does not count: the wait starts again.
+        let other = Some(Hold { missing: 7, since: t0 });
+        let p = plan_stream(5, &[9], 9, other, t0 + GRACE, GRACE);
+        assert_eq!(p.hold, Some(Hold { missing: 6, since: t0 + GRACE }));
+    }
+
+    #[test]
+    fn a_spool_that_starts_above_one_and_vanished_batches_do_not_wait_forever() {
+        let t0 = Instant::now();
+        // A new epoch whose first batch is 40 (the agent lost its spool state).
+        let p = plan_stream(0, &[40, 41], 41, None, t0, GRACE);
+        assert_eq!(p.hold, Some(Hold { missing: 1, since: t0 }));
+        let p = plan_stream(0, &[40, 41], 41, p.hold, t0 + GRACE, GRACE);
+        assert_eq!((p.evaluate, p.skipped), (vec![40, 41], vec![(1, 39)]));
+        // The head says 9 but nothing above 5 can be read (pruned): held, then up to the head.
+        let p = plan_stream(5, &[], 9, None, t0, GRACE);
+        assert_eq!((p.cursor, p.hold), (5, Some(Hold { missing: 6, since: t0 })));
+        let p = plan_stream(5, &[], 9, p.hold, t0 + GRACE, GRACE);
+        assert_eq!((p.cursor, p.skipped, p.hold), (9, vec![(6, 9)], None));
+    }
+
+    proptest! {
+        /// Seqs 1..=n revealed in any order over rounds, with duplicates and re-reads below
+        /// the cursor, and no grace passing: evaluated exactly once each, in order, and all
+        /// once all are visible.
+        #[test]
+        fn every_seq_once_in_order_without_skips(
+            n in 1u64..40,
+            order in Just(()).prop_perturb(|_, mut rng| rng.random::<u64>()),
+            rounds in 1usize..12,
+        ) {
+            let t0 = Instant::now();
+            let mut seqs: Vec<u64> = (1..=n).collect();
+            // Deterministic shuffle from the drawn seed.
+            let mut state = order | 1;
+            for i in (1..seqs.len()).rev() {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                seqs.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            let per_round = seqs.len().div_ceil(rounds);
+            let mut visible: Vec<u64> = Vec::new();
+            let (mut cursor, mut hold, mut evaluated) = (0u64, None, Vec::new());
+            for (r, chunk) in seqs.chunks(per_round).enumerate() {
+                visible.extend_from_slice(chunk);
+                let mut fetched = visible.clone();
+                fetched.extend_from_slice(&visible); // duplicates
+                let head = visible.iter().copied().max().unwrap_or(0);
+                let p = plan_stream(cursor, &fetched, head, hold, t0 + Duration::from_millis(r as u64), GRACE);
+                prop_assert!(p.skipped.is_empty());
+                evaluated.extend(p.evaluate);
+                cursor = p.cursor;
+                hold = p.hold;
+            }
+            prop_assert_eq!(evaluated, (1..=n).collect::<Vec<_>>());
+            prop_assert_eq!(hold, None);
+        }
+
+        /// With gaps that never fill and time passing: strictly increasing, never at or below
+        /// the cursor, everything visible evaluated eventually, skipped ranges exactly the
+        /// missing seqs.
+        #[test]
+        fn gaps_are_skipped_only_after_the_grace(
+            present in proptest::collection::btree_set(1u64..60, 1..30),
+            step_ms in 500u64..6_000,
+        ) {
+            let t0 = Instant::now();
+            let fetched: Vec<u64> = present.iter().copied().collect();
+            let head = *present.iter().next_back().unwrap_or(&0);
+            let (mut cursor, mut hold, mut evaluated, mut skipped) = (0u64, None::<Hold>, Vec::new(), Vec::new());
+            let mut now = t0;
+            for _ in 0..2_000 {
+                let p = plan_stream(cursor, &fetched, head, hold, now, GRACE);
+                for &(lo, hi) in &p.skipped {
+                    // Only after a hold on exactly that seq for the whole grace.
+                    let h = hold.expect("skipped without a hold");
+                    prop_assert_eq!(h.missing, lo);
+                    prop_assert!(now.duration_since(h.since) >= GRACE);
+                    skipped.extend(lo..=hi);
+                }
+                prop_assert!(p.evaluate.iter().all(|&s| s > cursor));
+                evaluated.extend(p.evaluate);
+                cursor = p.cursor;
+                hold = p.hold;
+                if cursor == head { break; }
+                now += Duration::from_millis(step_ms);
+            }
+            prop_assert_eq!(&evaluated, &fetched);
+            let missing: Vec<u64> = (1..=head).filter(|s| !present.contains(s)).collect();
+            prop_assert_eq!(skipped, missing);
+        }
+    }
+
+    proptest! {
+        /// Whatever the times: every item once, each stream's own order kept.
+        #[test]
+        fn merging_is_a_permutation_that_keeps_stream_order(
+            times in proptest::collection::vec(proptest::collection::vec(0i64..50, 0..8), 0..6),
+        ) {
+            let streams: Vec<Vec<PendingBatch>> = times
+                .iter()
+                .enumerate()
+                .map(|(h, ts)| {
+                    ts.iter()
+                        .enumerate()
+                        .map(|(i, &at)| pending(&format!("h{h}"), 1, i as u64 + 1, at, Vec::new(), 0))
+                        .collect()
+                })
+                .collect();
+            let out = merge_by_time(streams);
+            prop_assert_eq!(out.len(), times.iter().map(Vec::len).sum::<usize>());
+            for (h, ts) in times.iter().enumerate() {
+                let seqs: Vec<u64> = out.iter().filter(|b| b.host == format!("h{h}")).map(|b| b.seq).collect();
+                prop_assert_eq!(seqs, (1..=ts.len() as u64).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    #[test]
+    fn merging_keeps_each_stream_in_order_and_time_forward() {
+        let b = |host: &str, seq: u64, at: i64| PendingBatch {
+            received_ms: at,
+            ..pending(host, 1, seq, at, Vec::new(), 0)
+        };
+        let a = vec![b("a", 1, 10), b("a", 2, 5), b("a", 3, 30)];
+        let c = vec![b("c", 1, 7), b("c", 2, 20)];
+        let out: Vec<(String, u64)> = merge_by_time(vec![a, c]).into_iter().map(|b| (b.host, b.seq)).collect();
+        let names: Vec<(&str, u64)> = out.iter().map(|(h, s)| (h.as_str(), *s)).collect();
+        assert_eq!(names, vec![("c", 1), ("a", 1), ("a", 2), ("c", 2), ("a", 3)]);
+    }
+
+    #[test]
+    fn drop_state_decides_as_the_host_record_does() {
+        let mut rec = HostRecord::default();
+        let mut st = DropState::default();
+        for (samples, other, at) in
+            [(0, 0, 1), (5, 1, 10), (0, 0, 20), (0, 0, 3_600_010), (0, 0, 3_600_011), (2, 0, 4_000_000)]
+        {
+            assert_eq!(st.record(samples, other, at), rec.record_drops(samples, other, at));
+        }
+        assert_eq!((st.dropped_samples, st.dropped_other, st.last_drop_ms), (7, 1, 4_000_000));
+    }
+
+    // ---- the evaluator on a fake source and sled ----------------------------------------------
+
+    fn pending(host: &str, epoch: u64, seq: u64, at: i64, checks: Vec<pb::CheckResult>, dropped: u64) -> PendingBatch {
+        let batch = pb::Batch { seq, checks, dropped_samples: dropped, ..Default::default() };
+        PendingBatch {
+            host: host.into(),
+            customer: "acme".into(),
+            epoch,
+            seq,
+            received_ms: at,
+            payload: prost::Message::encode_to_vec(&batch),
+            series_over_limit: 0,
+            status: false,
+        }
+    }
+
+    const T0_MS: i64 = 1_800_000_000_000;
+
+    /// Batch `seq` of h1/epoch 1: one CRITICAL check `c<seq>` (opens a fault: `for` is 1) and
+    /// one dropped sample (so `eval_drops` counts evaluations).
+    fn numbered(seq: u64) -> PendingBatch {
+        let check = pb::CheckResult::new(format!("c{seq}"), pb::CheckStatus::Critical, "down".into(), T0_MS);
+        pending("h1", 1, seq, T0_MS + seq as i64 * 1000, vec![check], 1)
+    }
+
+    /// Stored batches and statuses; `dup` returns each batch twice, `overlap` re-reads that
+    /// many seqs below the asked one (a source that misbehaves must not cause re-evaluation).
+    #[derive(Default)]
+    struct Fake {
+        state: Mutex<FakeState>,
+    }
+
+    #[derive(Default)]
+    struct FakeState {
+        batches: BTreeMap<(String, u64, u64), PendingBatch>,
+        statuses: Vec<PendingBatch>,
+        dup: bool,
+        overlap: u64,
+    }
+
+    impl Fake {
+        fn put(&self, b: PendingBatch) {
+            let mut s = self.state.lock().unwrap();
+            s.batches.insert((b.host.clone(), b.epoch, b.seq), b);
+        }
+    }
+
+    #[async_trait]
+    impl PendingSource for Fake {
+        async fn heads(&self) -> Result<Vec<Head>, StoreError> {
+            let s = self.state.lock().unwrap();
+            let mut heads: BTreeMap<(String, u64), u64> = BTreeMap::new();
+            for (host, epoch, seq) in s.batches.keys() {
+                let h = heads.entry((host.clone(), *epoch)).or_default();
+                *h = (*h).max(*seq);
+            }
+            Ok(heads.into_iter().map(|((host, epoch), last_seq)| Head { host, epoch, last_seq }).collect())
+        }
+        async fn after(
+            &self,
+            host: &str,
+            epoch: u64,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<PendingBatch>, StoreError> {
+            let s = self.state.lock().unwrap();
+            let from = after.saturating_sub(s.overlap);
+            let mut out = Vec::new();
+            for ((h, e, seq), b) in &s.batches {
+                if h == host && *e == epoch && *seq > from {
+                    out.push(b.clone());
+                    if s.dup {
+                        out.push(b.clone());
+                    }
+                }
+            }
+            out.truncate(limit);
+            Ok(out)
+        }
+        async fn take_statuses(&self, _node: &str, _term: i64, limit: usize) -> Result<Vec<PendingBatch>, StoreError> {
+            let mut s = self.state.lock().unwrap();
+            let n = limit.min(s.statuses.len());
+            Ok(s.statuses.drain(..n).collect())
+        }
+    }
+
+    /// Sled whose flush fails while `fail` is set.
+    struct FlakyStorage {
+        inner: SledStorage,
+        fail: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Storage for FlakyStorage {
+        fn tree(&self, name: &str) -> Result<Arc<dyn Tree>, StoreError> {
+            self.inner.tree(name)
+        }
+        async fn flush(&self) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Engine("disk on fire".into()));
+            }
+            self.inner.flush().await
+        }
+        fn size_on_disk(&self) -> Result<u64, StoreError> {
+            self.inner.size_on_disk()
+        }
+    }
+
+    struct Rig {
+        ev: Evaluator,
+        storage: Arc<FlakyStorage>,
+        faults: Arc<FaultService>,
+        metrics: Arc<Metrics>,
+        transitions: mpsc::UnboundedReceiver<Vec<Transition>>,
+    }
+
+    fn engine_config() -> EngineConfig {
+        EngineConfig::new(FaultsConfig { for_results: 1, ..FaultsConfig::default() }, Vec::new(), HostDeps::default())
+            .unwrap()
+    }
+
+    fn rig(dir: &std::path::Path, source: Arc<dyn PendingSource>) -> Rig {
+        let storage = Arc::new(FlakyStorage {
+            inner: crate::store::sled_store::reopen_for_test(dir),
+            fail: AtomicBool::new(false),
+        });
+        let faults = Arc::new(FaultService::open(storage.as_ref(), engine_config()).unwrap());
+        let patches = Arc::new(PatchService::open(storage.as_ref(), PatchPolicy::default(), BTreeMap::new()).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let (tx, transitions) = mpsc::unbounded_channel();
+        let ev = Evaluator::open(EvaluatorParts {
+            batches: source,
+            storage: storage.clone(),
+            faults: faults.clone(),
+            patches,
+            metrics: metrics.clone(),
+            transitions: tx,
+            node: "n1".into(),
+            term: 1,
+            gap_grace: GRACE,
+            wake: Arc::new(Notify::new()),
+        })
+        .unwrap();
+        Rig { ev, storage, faults, metrics, transitions }
+    }
+
+    /// The checks of h1's `c<seq>` faults, in the order they were opened (ids ascend).
+    fn opened(faults: &FaultService) -> Vec<String> {
+        let mut all = faults.read_engine(|e| {
+            e.faults(&FaultFilter { all: true, ..Default::default() })
+                .into_iter()
+                .map(|f| (f.id, f.check.clone()))
+                .collect::<Vec<_>>()
+        });
+        all.sort_unstable();
+        all.into_iter().map(|(_, c)| c).filter(|c| c.starts_with('c')).collect()
+    }
+
+    fn evaluations(ev: &Evaluator) -> u64 {
+        ev.drops.get("h1").map_or(0, |d| d.dropped_samples)
+    }
+
+    fn names(seqs: &[u64]) -> Vec<String> {
+        seqs.iter().map(|s| format!("c{s}")).collect()
+    }
+
+    #[tokio::test]
+    async fn each_batch_once_despite_duplicates_and_overlapping_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        {
+            let mut s = fake.state.lock().unwrap();
+            s.dup = true;
+            s.overlap = 3;
+        }
+        let mut r = rig(dir.path(), fake.clone());
+        let t0 = Instant::now();
+        for seq in 1..=3 {
+            fake.put(numbered(seq));
+        }
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), 3);
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), 0, "nothing new, nothing evaluated");
+        fake.put(numbered(3)); // stored again (another node): the same key
+        fake.put(numbered(4));
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), 1);
+        assert_eq!(opened(&r.faults), names(&[1, 2, 3, 4]));
+        assert_eq!(evaluations(&r.ev), 4, "a batch was evaluated twice");
+        assert_eq!(r.ev.cursor("h1", 1), 4);
+        let sent: usize = std::iter::from_fn(|| r.transitions.try_recv().ok()).map(|t| t.len()).sum();
+        assert!(sent >= 4, "the opened faults' transitions were not handed on: {sent}");
+    }
+
+    #[tokio::test]
+    async fn out_of_order_commits_are_evaluated_in_seq_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let mut r = rig(dir.path(), fake.clone());
+        let t0 = Instant::now();
+        fake.put(numbered(1));
+        fake.put(numbered(3));
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), 1);
+        assert_eq!(opened(&r.faults), names(&[1]), "3 must wait for 2");
+        fake.put(numbered(2));
+        assert_eq!(r.ev.run_once(t0 + Duration::from_secs(1)).await.unwrap(), 2);
+        assert_eq!(opened(&r.faults), names(&[1, 2, 3]));
+        assert_eq!(r.metrics.eval_gaps_total.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_gap_is_held_for_gap_grace_then_skipped_counted_and_a_late_batch_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let mut r = rig(dir.path(), fake.clone());
+        let t0 = Instant::now();
+        fake.put(numbered(1));
+        fake.put(numbered(3));
+        r.ev.run_once(t0).await.unwrap();
+        assert_eq!(r.ev.run_once(t0 + GRACE - Duration::from_millis(1)).await.unwrap(), 0, "skipped too early");
+        assert_eq!(r.metrics.eval_gaps_total.get(), 0);
+        assert_eq!(r.ev.run_once(t0 + GRACE).await.unwrap(), 1);
+        assert_eq!(opened(&r.faults), names(&[1, 3]));
+        assert_eq!(r.metrics.eval_gaps_total.get(), 1);
+        assert_eq!(r.ev.cursor("h1", 1), 3);
+        // 2 is stored after all: never evaluated, counted once.
+        fake.put(numbered(2));
+        assert_eq!(r.ev.run_once(t0 + GRACE).await.unwrap(), 0);
+        r.ev.run_once(t0 + GRACE).await.unwrap();
+        assert_eq!(opened(&r.faults), names(&[1, 3]));
+        assert_eq!(r.metrics.batches_late_total.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reopened_evaluator_continues_from_its_flushed_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let t0 = Instant::now();
+        {
+            let mut r = rig(dir.path(), fake.clone());
+            fake.put(numbered(1));
+            fake.put(numbered(2));
+            assert_eq!(r.ev.run_once(t0).await.unwrap(), 2);
+        }
+        fake.put(numbered(3));
+        let mut r = rig(dir.path(), fake.clone());
+        assert_eq!(r.ev.cursor("h1", 1), 2);
+        assert_eq!(evaluations(&r.ev), 2, "the drop state was not restored");
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), 1, "re-evaluated after the reopen");
+        assert_eq!(opened(&r.faults), names(&[1, 2, 3]));
+        assert_eq!(evaluations(&r.ev), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_returns_the_error_and_hands_on_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let mut r = rig(dir.path(), fake.clone());
+        fake.put(numbered(1));
+        r.storage.fail.store(true, Ordering::SeqCst);
+        let err = r.ev.run_once(Instant::now()).await.expect_err("the flush failed");
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        assert_eq!(opened(&r.faults), names(&[1]), "the round opened no fault: nothing to hold back");
+        assert!(r.transitions.try_recv().is_err(), "transitions sent although not durable");
+    }
+
+    #[tokio::test]
+    async fn statuses_are_evaluated_with_their_received_time_and_drops_decided() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let mut r = rig(dir.path(), fake.clone());
+        let check = pb::CheckResult::new("disk".into(), pb::CheckStatus::Critical, "full".into(), T0_MS);
+        let status = PendingBatch { status: true, ..pending("h2", 1, 0, T0_MS, vec![check], 0) };
+        fake.state.lock().unwrap().statuses.push(status);
+        fake.put(pending("h1", 1, 1, T0_MS, Vec::new(), 3));
+        assert_eq!(r.ev.run_once(Instant::now()).await.unwrap(), 2);
+        let faults = r.faults.read_engine(|e| {
+            e.faults(&FaultFilter::default())
+                .into_iter()
+                .map(|f| (f.host.clone(), f.check.clone(), f.opened_at))
+                .collect::<Vec<_>>()
+        });
+        let t0 = Timestamp::from_millisecond(T0_MS).unwrap();
+        assert!(faults.contains(&("h2".into(), "disk".into(), t0)), "{faults:?}");
+        assert!(faults.contains(&("h1".into(), pikett_core::hosts::DATA_DROPPED_CHECK.into(), t0)), "{faults:?}");
+    }
+
+    #[tokio::test]
+    async fn a_round_cut_short_resumes_at_the_next_stream_and_a_held_stream_does_not_spin() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        // 12 hosts far behind: one round takes 8 streams' worth (ROUND_BATCHES / STREAM_BATCHES).
+        for h in 0..12 {
+            for seq in 1..=1000 {
+                fake.put(pending(&format!("h{h:02}"), 1, seq, T0_MS + seq as i64, Vec::new(), 0));
+            }
+        }
+        let mut r = rig(dir.path(), fake.clone());
+        let t0 = Instant::now();
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), ROUND_BATCHES);
+        assert!(r.ev.more);
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), ROUND_BATCHES);
+        for h in 0..12 {
+            assert!(r.ev.cursor(&format!("h{h:02}"), 1) > 0, "h{h:02} starved behind the others");
+        }
+        // A stream waiting for seq 2 with a full read behind the gap: no round at once.
+        let fake = Arc::new(Fake::default());
+        fake.put(numbered(1));
+        for seq in 3..=(STREAM_BATCHES as u64 + 10) {
+            fake.put(numbered(seq));
+        }
+        drop(r);
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path(), fake);
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), 1);
+        assert!(!r.ev.more, "a held stream made the evaluator spin");
+    }
+
+    #[tokio::test]
+    async fn the_watch_turns_true_once_the_initial_backlog_is_evaluated() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        // More than one round's worth, so catching up takes several rounds.
+        let n = (ROUND_BATCHES + 100) as u64;
+        for seq in 1..=n {
+            fake.put(pending("h1", 1, seq, T0_MS + seq as i64, Vec::new(), 0));
+        }
+        let r = rig(dir.path(), fake.clone());
+        let metrics = r.metrics.clone();
+        let (mut caught_up, task) = spawn(r.ev);
+        assert!(!*caught_up.borrow());
+        tokio::time::timeout(Duration::from_secs(30), caught_up.wait_for(|c| *c)).await.unwrap().unwrap();
+        assert_eq!(metrics.eval_backlog_batches.get(), 0, "caught up with a backlog left");
+        task.abort();
+        let _ = task.await;
+        drop((r.storage, r.faults));
+        let r = rig(dir.path(), fake);
+        assert_eq!(r.ev.cursor("h1", 1), n);
+    }
+
+    // ---- on PostgreSQL ---------------------------------------------------------------------
+
+    fn request(seq: u64, status: bool) -> crate::services::batches::WriteRequest {
+        let check = pb::CheckResult::new("disk".into(), pb::CheckStatus::Critical, "full".into(), T0_MS);
+        let sender = Arc::new(crate::services::batches::Sender {
+            host_id: "h1".into(),
+            customer: "acme".into(),
+            agent_version: "test".into(),
+            capabilities: Vec::new(),
+            min_interval_ms: 1000,
+            spool_epoch: 7,
+        });
+        let batch = pb::Batch { seq: if status { 0 } else { seq }, checks: vec![check], ..Default::default() };
+        let (reply, _) = tokio::sync::oneshot::channel();
+        crate::services::batches::WriteRequest { sender, batch, status, series_over_limit: 0, reply }
+    }
+
+    /// The `disk` fault of h1: how many there are, and the results of the first.
+    fn disk_faults(faults: &FaultService) -> (usize, u64) {
+        faults.read_engine(|e| {
+            let all = e.faults(&FaultFilter { all: true, ..Default::default() });
+            let disk: Vec<_> = all.into_iter().filter(|f| f.check == "disk").collect();
+            (disk.len(), disk.first().map_or(0, |f| f.results))
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres_overlapping_groups_of_two_nodes_are_evaluated_once_and_the_cursor_survives_a_reopen() {
+        use crate::store::pg::{PgConnect, PgLease, PgStorage, testing};
+        use crate::store::{Lease, LeaseState};
+        let url = testing::fresh_database().await;
+        let connect = PgConnect::new(&url, None).unwrap();
+        let n1 = Arc::new(PgBatches::open(connect.clone(), "n1").await.unwrap());
+        let n2 = Arc::new(PgBatches::open(connect.clone(), "n2").await.unwrap());
+        let lease = PgLease::new(connect.clone());
+        let LeaseState::Leader { term } =
+            lease.try_acquire_or_renew("n1", Duration::from_secs(60), None).await.unwrap()
+        else {
+            panic!("a fresh lease is free")
+        };
+        // The agent's resends reach both nodes: 1..=3 on n1 and 2..=4 on n2, at once; plus a
+        // status on n2.
+        let g1: Vec<_> = (1..=3).map(|s| request(s, false)).collect();
+        let mut g2: Vec<_> = (2..=4).map(|s| request(s, false)).collect();
+        g2.push(request(0, true));
+        let (r1, r2) = tokio::join!(n1.store_group(&g1), n2.store_group(&g2));
+        let new =
+            r1.unwrap().into_iter().chain(r2.unwrap()).filter(|o| o.stored == crate::services::batches::Stored::New);
+        assert_eq!(new.count(), 4, "each batch stored once");
+
+        let open = |storage: Arc<PgStorage>| {
+            storage.fence_with("n1", term);
+            let faults = Arc::new(FaultService::open(storage.as_ref(), engine_config()).unwrap());
+            let patches =
+                Arc::new(PatchService::open(storage.as_ref(), PatchPolicy::default(), BTreeMap::new()).unwrap());
+            let (tx, rx) = mpsc::unbounded_channel();
+            let ev = Evaluator::open(EvaluatorParts {
+                batches: n1.clone(),
+                storage,
+                faults: faults.clone(),
+                patches,
+                metrics: Arc::new(Metrics::new()),
+                transitions: tx,
+                node: "n1".into(),
+                term,
+                gap_grace: GRACE,
+                wake: Arc::new(Notify::new()),
+            })
+            .unwrap();
+            (ev, faults, rx)
+        };
+        let (mut ev, faults, mut rx) = open(Arc::new(PgStorage::open(connect.clone()).await.unwrap()));
+        let t0 = Instant::now();
+        assert_eq!(ev.run_once(t0).await.unwrap(), 5, "4 batches and the status");
+        assert_eq!(ev.run_once(t0).await.unwrap(), 0);
+        assert_eq!(disk_faults(&faults), (1, 5), "one fault, driven by each result once");
+        assert_eq!(ev.cursor("h1", 7), 4);
+        assert!(rx.try_recv().is_ok(), "the opened fault's transition was not handed on");
+        drop((ev, faults));
+
+        // A new leader process on the same database: it continues from the committed cursor.
+        n2.store_group(&[request(5, false)]).await.unwrap();
+        let (mut ev, faults, _rx) = open(Arc::new(PgStorage::open(connect.clone()).await.unwrap()));
+        assert_eq!(ev.cursor("h1", 7), 4);
+        assert_eq!(disk_faults(&faults), (1, 5));
+        assert_eq!(ev.run_once(t0).await.unwrap(), 1, "only the new batch");
+        assert_eq!(disk_faults(&faults), (1, 6));
+    }
+}
