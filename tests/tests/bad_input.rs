@@ -36,6 +36,29 @@ fn config_typo_names_file_line_and_column_and_exits_2() {
 }
 
 #[test]
+fn check_config_checks_the_store_section() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = dir.path().join("collector.toml");
+    let check = |text: &str| {
+        std::fs::write(&collector, text).unwrap();
+        run("pikett-collector", &["--config", collector.to_str().unwrap(), "check-config"])
+    };
+    let out = check("[store]\nkind = \"postgres\"\nurl = \"postgres://pikett:hunter2@127.0.0.1/p?sslmode=disable\"\n");
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("collector.toml: store.url: holds a password") && !err.contains("hunter2"), "{err}");
+    // The password file is read as `serve` reads it.
+    let out = check(
+        "[store]\nkind = \"postgres\"\nurl = \"postgres://pikett@127.0.0.1/p?sslmode=disable\"\npassword_file = \"/nonexistent/pw\"\n",
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("store.password_file /nonexistent/pw: cannot read"), "{err}");
+    let out = check("[store]\nkind = \"postgres\"\nurl = \"postgres://pikett@127.0.0.1/p?sslmode=disable\"\n");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn unwritable_spool_directory_is_a_clear_error_at_start() {
     let dir = tempfile::tempdir().unwrap();
     // A path below a regular file can never be created, even by root.

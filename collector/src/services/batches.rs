@@ -17,9 +17,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use pikett_core::hosts::HostRecord;
-use tokio::sync::oneshot;
 
 use crate::store::batch_files::{BatchFiles, Location};
+pub use crate::store::batch_store::{BatchStore, Outcome, Sender, Stored, WriteRequest};
 use crate::store::{Storage, StoreError, Tree};
 
 #[derive(Debug, thiserror::Error)]
@@ -86,87 +86,6 @@ fn be_u64(bytes: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[..8]);
     u64::from_be_bytes(b)
-}
-
-/// Who sent a batch (from the stream's hello).
-#[derive(Debug, Clone)]
-pub struct Sender {
-    pub host_id: String,
-    pub customer: String,
-    pub agent_version: String,
-    pub capabilities: Vec<String>,
-    pub min_interval_ms: u64,
-    /// The agent's spool identity (`Hello.spool_epoch`).
-    pub spool_epoch: u64,
-}
-
-/// One batch to store, and where to say whether it was new.
-pub struct WriteRequest {
-    pub sender: Arc<Sender>,
-    pub batch: pikett_proto::v1::Batch,
-    /// An `AgentStatus` (checks only, `batch.seq` 0): evaluated, never stored as a batch.
-    pub status: bool,
-    /// Samples of this batch not kept for `/metrics`: the host is at `max_series_per_host`.
-    pub series_over_limit: u64,
-    pub reply: oneshot::Sender<Result<Stored, String>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
-    New,
-    Duplicate,
-    /// An agent's unspooled status: the host was seen, nothing stored.
-    Status,
-}
-
-impl Stored {
-    /// Whether the fault engine evaluates the request.
-    pub fn evaluate(self) -> bool {
-        matches!(self, Stored::New | Stored::Status)
-    }
-}
-
-/// What storing one request did: whether it was new, and the `agent/data-dropped` result
-/// its drop report causes (see [`HostRecord::record_drops`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    pub stored: Stored,
-    pub data_dropped: Option<pikett_core::hosts::DataDropped>,
-}
-
-/// The stored batches and the host registry, as the services other than the writer see them:
-/// one trait, two engines ([`BatchLog`] on sled and the batch files; `store::pg::PgBatches` on
-/// PostgreSQL, shared by every collector of a cluster). Reads of the registry answer from
-/// memory; whatever returns from an `async` method that writes is durable.
-#[async_trait::async_trait]
-pub trait BatchStore: Send + Sync {
-    /// Every host ever seen, by id.
-    fn hosts(&self) -> Vec<HostRecord>;
-    /// The hosts staff have not removed (lists, status, up/down).
-    fn active_hosts(&self) -> Vec<HostRecord> {
-        let mut hosts = self.hosts();
-        hosts.retain(|h| h.removed_ms == 0);
-        hosts
-    }
-    fn host(&self, id: &str) -> Option<HostRecord>;
-    /// Batches in the store now (see [`HostRecord::retained`]).
-    fn batches_retained(&self) -> u64;
-    /// Batches ever stored.
-    fn batches_stored(&self) -> u64;
-    /// Bytes the stored batch payloads take (the batch files; the batches table).
-    fn payload_bytes(&self) -> u64;
-    /// The highest sequence number stored for `host`'s spool `epoch` (0 for none), read
-    /// from the store itself: what the Welcome tells an agent.
-    async fn stored_up_to(&self, host: &str, epoch: u64) -> Result<u64, StoreError> {
-        Ok(self.host(host).filter(|h| h.spool_epoch == epoch).map_or(0, |h| h.last_seq))
-    }
-    /// Marks `host` removed (decommissioned), durably; false when unknown.
-    async fn remove_host(&self, host: &str, now_ms: i64) -> Result<bool, StoreError>;
-    /// The stored batch `seq` of `host`'s spool `epoch`, encoded.
-    async fn batch(&self, host: &str, epoch: u64, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Removes stored batches received before `cutoff_ms`, oldest first, at most `max`
-    /// (retention's step), durably; returns how many went.
-    async fn prune_before(&self, cutoff_ms: i64, max: usize) -> Result<usize, StoreError>;
 }
 
 /// Runs blocking store work from async code: on a multi-threaded runtime the worker thread
@@ -522,6 +441,7 @@ mod tests {
     use super::*;
     use crate::store::SledStorage;
     use pikett_proto::v1 as pb;
+    use tokio::sync::oneshot;
 
     fn request(host: &str, epoch: u64, seq: u64) -> (WriteRequest, oneshot::Receiver<Result<Stored, String>>) {
         let (reply, rx) = oneshot::channel();

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use pikett_proto::v1 as pb;
 use tokio::sync::oneshot;
 
-use crate::services::batches::{BatchStore, Outcome, Sender, Stored, WriteRequest};
+use crate::store::batch_store::{BatchStore, Outcome, Sender, Stored, WriteRequest};
 
 /// An engine under test.
 pub(crate) trait BatchEngine {

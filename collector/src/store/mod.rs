@@ -11,6 +11,7 @@
 //! `Arc<dyn Storage>` and `Arc<dyn Tree>`, never `sled::*`.
 
 pub mod batch_files;
+pub mod batch_store;
 #[cfg(test)]
 pub(crate) mod batch_suite;
 pub mod pg;

@@ -38,8 +38,8 @@ use tokio_postgres::Row;
 use super::conn::Session;
 use super::lease::fence;
 use super::{PgConnect, db, migrate};
-use crate::services::batches::{BatchStore, Outcome, Stored, WriteRequest};
 use crate::store::StoreError;
+use crate::store::batch_store::{BatchStore, Outcome, Stored, WriteRequest};
 
 /// The channel a storing transaction notifies when it stored something to evaluate (a new
 /// batch or a status); the payload is empty: a notification only wakes, the heads are the truth.
