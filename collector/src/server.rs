@@ -223,6 +223,7 @@ pub async fn serve_from(
         identity: identity.clone(),
         ca: ca.clone(),
         cluster: cluster.clone(),
+        leadership: (!standalone).then(|| leadership.clone()),
     };
     let writer = match &engine {
         Engine::Sled { storage, log } => {

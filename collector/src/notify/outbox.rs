@@ -839,9 +839,16 @@ struct Inner {
     /// Set once the store said the claimer's term is over (a stale result, a fenced claim):
     /// the worker stops and nothing more is sent.
     deposed: watch::Sender<bool>,
+    /// Asked right before each send: `false` once this node may no longer page (a leader
+    /// whose lease ran out, noticed at the moment of sending even when the process was
+    /// stopped in between). `None`: always may.
+    send_guard: std::sync::OnceLock<SendGuard>,
     limit: Semaphore,
     stats: OutboxStats,
 }
+
+/// See [`Outbox::guard_sends`].
+pub type SendGuard = Arc<dyn Fn() -> bool + Send + Sync>;
 
 impl Inner {
     fn depose(&self, why: &str) {
@@ -915,10 +922,18 @@ impl Outbox {
             outcomes: tx,
             wake: Notify::new(),
             deposed: watch::Sender::new(false),
+            send_guard: std::sync::OnceLock::new(),
             limit: Semaphore::new(permits),
             stats: OutboxStats::default(),
         };
         (Outbox { inner: Arc::new(inner) }, rx)
+    }
+
+    /// From now on every send first asks `may_send` (right before it goes out); a `false`
+    /// deposes the outbox, which then sends nothing more. For a leader: its lease may have
+    /// run out while the process was stopped, before anything noticed. Set once.
+    pub fn guard_sends(&self, may_send: SendGuard) {
+        let _ = self.inner.send_guard.set(may_send);
     }
 
     /// Turns `true` once the store refused this outbox's term (a stale result or a fenced
@@ -1150,6 +1165,10 @@ async fn attempt(inner: Arc<Inner>, token: u64, mut entry: Entry) -> Option<Outc
         let _permit = inner.limit.acquire().await.ok();
         if inner.is_deposed() {
             // Another term owns the outbox now: it sends this one.
+            return None;
+        }
+        if inner.send_guard.get().is_some_and(|may_send| !may_send()) {
+            inner.depose("this node may no longer send (its leader lease ran out)");
             return None;
         }
         let n = &entry.notification;

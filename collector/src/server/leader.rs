@@ -49,6 +49,9 @@ pub(super) struct LeaderContext {
     pub identity: Arc<IdentityService>,
     pub ca: Option<Arc<Ca>>,
     pub cluster: ClusterView,
+    /// This node's leadership in a cluster (`None` for the embedded collector, which always
+    /// leads): every page checks it right before it goes out.
+    pub leadership: Option<watch::Receiver<crate::services::leadership::Leadership>>,
 }
 
 /// The running leader services, and the interfaces built on them.
@@ -73,12 +76,35 @@ impl LeaderServices {
     /// Opens the leader's services on `cx.storage` and starts their tasks, except the clock
     /// ([`LeaderServices::start_clock`]).
     pub async fn start(cx: LeaderContext) -> anyhow::Result<LeaderServices> {
-        let LeaderContext { config, config_path, storage, batches, metrics, access, audit, identity, ca, cluster } = cx;
+        let LeaderContext {
+            config,
+            config_path,
+            storage,
+            batches,
+            metrics,
+            access,
+            audit,
+            identity,
+            ca,
+            cluster,
+            leadership,
+        } = cx;
         let engine_config = config.engine_config().map_err(anyhow::Error::msg)?;
         let faults = Arc::new(FaultService::open(storage.as_ref(), engine_config)?);
         let (transitions_tx, mut transitions_rx) = mpsc::unbounded_channel::<Vec<Transition>>();
         let (pager_tx, pager_rx) = mpsc::unbounded_channel();
-        let pager = crate::services::pager::spawn(&config, storage.clone(), faults.clone(), metrics.clone(), pager_rx)?;
+        // A leader of a cluster checks its lease right before each page goes out.
+        let send_guard = leadership.map(|leadership| -> crate::notify::outbox::SendGuard {
+            Arc::new(move || leadership.borrow().leads_now().is_some())
+        });
+        let pager = crate::services::pager::spawn_guarded(
+            &config,
+            storage.clone(),
+            faults.clone(),
+            metrics.clone(),
+            pager_rx,
+            send_guard,
+        )?;
         let incidents = Arc::new(IncidentService::open(storage.clone(), &config, faults.clone(), pager.clone()).await?);
         // Fault transitions fan out: to the pager first, then to the incidents.
         let fan_out = incidents.clone();

@@ -115,7 +115,20 @@ pub fn spawn(
     storage: Arc<dyn Storage>,
     faults: Arc<FaultService>,
     metrics: Arc<Metrics>,
+    transitions: mpsc::UnboundedReceiver<Vec<Transition>>,
+) -> anyhow::Result<Arc<Pager>> {
+    spawn_guarded(config, storage, faults, metrics, transitions, None)
+}
+
+/// [`spawn`] for a leader of a cluster: every notification asks `send_guard` right before it
+/// goes out (see [`crate::notify::outbox::Outbox::guard_sends`]).
+pub fn spawn_guarded(
+    config: &CollectorConfig,
+    storage: Arc<dyn Storage>,
+    faults: Arc<FaultService>,
+    metrics: Arc<Metrics>,
     mut transitions: mpsc::UnboundedReceiver<Vec<Transition>>,
+    send_guard: Option<crate::notify::outbox::SendGuard>,
 ) -> anyhow::Result<Arc<Pager>> {
     let tree = storage.tree("escalations")?;
     let mut escalations = BTreeMap::new();
@@ -139,6 +152,9 @@ pub fn spawn(
     let channels = config.channels.build_tracked(Some(&receipts)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let (outbox, mut outcomes) =
         Outbox::new(TreeStore::open(storage.clone())?, channels, config.outbox.clone(), Arc::new(SystemClock));
+    if let Some(guard) = send_guard {
+        outbox.guard_sends(guard);
+    }
     let worker = outbox.start();
     let receipt_worker = receipts.start();
     let pager = Arc::new(Pager {
