@@ -145,6 +145,7 @@ struct Slots {
     incidents: LeaderSlot<IncidentsServer<IncidentsGrpc>>,
     http: LeaderSlot<axum::Router>,
     faults: LeaderSlot<Arc<FaultService>>,
+    enroll: LeaderSlot<EnrollServer<EnrollService>>,
 }
 
 impl Slots {
@@ -211,6 +212,12 @@ pub async fn serve_from(
     let heartbeats = pikett_support::service::Heartbeats::new();
     let (health, health_service) = tonic_health::server::health_reporter();
 
+    // Enrollment writes the one-time tickets: the leader alone enrolls, so a ticket is used once.
+    let enroll = EnrollServer::new(EnrollService {
+        ca: ca.clone(),
+        identity: identity.clone(),
+        validity: config.tls.as_ref().map_or(Duration::from_secs(90 * 86_400), |t| t.client_cert_validity),
+    });
     let reloader = Arc::new(std::sync::OnceLock::<Arc<crate::services::reload::Reloader>>::new());
     let cx = |storage: Arc<dyn Storage>| LeaderContext {
         config: config.clone(),
@@ -248,6 +255,7 @@ pub async fn serve_from(
             }
             leader.start_clock(heartbeats.register("clock", Duration::from_secs(3)));
             slots.publish(&leader);
+            slots.enroll.publish(enroll.clone());
             let _ = reloader.set(leader.reloader.clone());
             health.set_serving::<AdminServer<AdminService>>().await;
             writer
@@ -267,6 +275,7 @@ pub async fn serve_from(
                 health: health.clone(),
                 clock_beat: heartbeats.register("clock", Duration::from_secs(3)),
                 metrics: metrics.clone(),
+                enroll: enroll.clone(),
             };
             let leader_cx = cx(storage.clone());
             tokio::spawn(takeover.run(leadership.clone(), leader_cx));
@@ -327,11 +336,6 @@ pub async fn serve_from(
         latest,
         shutdown: shutdown.clone(),
     };
-    let enroll = EnrollService {
-        ca: ca.clone(),
-        identity: identity.clone(),
-        validity: config.tls.as_ref().map_or(Duration::from_secs(90 * 86_400), |t| t.client_cert_validity),
-    };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -379,8 +383,8 @@ pub async fn serve_from(
         .add_service(IngestServer::new(ingest).max_decoding_message_size(MAX_MESSAGE_BYTES))
         .add_service(slots.admin.gate(&node, known_leader.clone()))
         .add_service(slots.reports.gate(&node, known_leader.clone()))
-        .add_service(slots.incidents.gate(&node, known_leader))
-        .add_service(EnrollServer::new(enroll));
+        .add_service(slots.incidents.gate(&node, known_leader.clone()))
+        .add_service(slots.enroll.gate(&node, known_leader));
     let mut stopping = shutdown.clone();
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
@@ -438,6 +442,7 @@ struct Takeover {
     health: tonic_health::server::HealthReporter,
     clock_beat: pikett_support::service::Beat,
     metrics: Arc<Metrics>,
+    enroll: EnrollServer<EnrollService>,
 }
 
 impl Takeover {
@@ -483,6 +488,7 @@ impl Takeover {
         };
         let (mut caught_up, _evaluating) = crate::services::evaluator::spawn(evaluator);
         self.slots.publish(&leader);
+        self.slots.enroll.publish(self.enroll.clone());
         let _ = self.reloader.set(leader.reloader.clone());
         self.health.set_serving::<AdminServer<AdminService>>().await;
         let leading = async {
