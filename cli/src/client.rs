@@ -114,6 +114,12 @@ pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     anyhow::Error::new(RpcError(status))
 }
 
+/// Whether `addr` (`host:port`) names this machine.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The metadata key a collector that is not the leader names the leader's address in.
 const LEADER_METADATA: &str = "pikett-leader";
 
@@ -130,6 +136,10 @@ pub(crate) fn leader_redirect(collector: &str, error: &anyhow::Error) -> Option<
         return None;
     }
     let scheme = collector.split_once("://").map_or("http", |(scheme, _)| scheme);
+    // The staff token goes along: in plain text only to this machine.
+    if scheme != "https" && !is_loopback(addr) {
+        return None;
+    }
     let url = format!("{scheme}://{addr}");
     (url.trim_end_matches('/') != collector.trim_end_matches('/')).then_some(url)
 }
@@ -156,7 +166,10 @@ mod tests {
         let e = not_the_leader(Some("10.0.0.1:9740"));
         assert_eq!(e.to_string(), "this collector (b) is not the leader");
         assert_eq!(leader_redirect("https://c2:9740", &e).as_deref(), Some("https://10.0.0.1:9740"));
-        assert_eq!(leader_redirect("http://127.0.0.1:1", &e).as_deref(), Some("http://10.0.0.1:9740"));
+        // Plain text only to this machine: the staff token goes along.
+        assert_eq!(leader_redirect("http://127.0.0.1:1", &e), None);
+        let local = not_the_leader(Some("127.0.0.1:9741"));
+        assert_eq!(leader_redirect("http://127.0.0.1:9740", &local).as_deref(), Some("http://127.0.0.1:9741"));
         // No address, another code, the same collector again, or another error: no redirect.
         assert_eq!(leader_redirect("https://c2:9740", &not_the_leader(None)), None);
         assert_eq!(leader_redirect("https://c2:9740", &rpc_error(tonic::Status::permission_denied("no"))), None);

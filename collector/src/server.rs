@@ -146,6 +146,8 @@ struct Slots {
     http: LeaderSlot<axum::Router>,
     faults: LeaderSlot<Arc<FaultService>>,
     enroll: LeaderSlot<EnrollServer<EnrollService>>,
+    /// The leader's state, flushed at a clean stop before the lease is given up.
+    storage: LeaderSlot<Arc<dyn Storage>>,
 }
 
 impl Slots {
@@ -199,10 +201,12 @@ pub async fn serve_from(
     let cluster = ClusterView { lease: lease.clone(), ttl, standalone };
     let advertise = config.store.advertise.clone().unwrap_or_else(|| config.listen.to_string());
     let info = NodeInfo { addr: advertise, version: env!("CARGO_PKG_VERSION").to_string() };
-    let mut leadership_stop = shutdown.clone();
+    // The lease is given up at a clean stop only after the leader's state is flushed (a
+    // flush after the release would be fenced).
+    let (release_tx, mut release_rx) = watch::channel(false);
     let (leadership, leadership_task) =
         leadership::spawn(lease, node.clone(), info, Timing::for_ttl(ttl), async move {
-            let _ = leadership_stop.wait_for(|stop| *stop).await;
+            let _ = release_rx.wait_for(|release| *release).await;
         });
     let known_leader = spawn_known_leader(cluster.clone(), shutdown.clone());
     let slots = Arc::new(Slots::default());
@@ -275,6 +279,8 @@ pub async fn serve_from(
                 health: health.clone(),
                 clock_beat: heartbeats.register("clock", Duration::from_secs(3)),
                 metrics: metrics.clone(),
+                stopping: shutdown.clone(),
+                config_path: config_path.clone(),
                 enroll: enroll.clone(),
             };
             let leader_cx = cx(storage.clone());
@@ -415,14 +421,20 @@ pub async fn serve_from(
         } => tracing::warn!(grace = ?STOP_GRACE, "calls still open after the grace period; closing them"),
     }
     ready.store(false, Ordering::Release);
-    // The task saw the signal too: let it give the lease up.
-    if tokio::time::timeout(ttl, leadership_task).await.is_err() {
-        tracing::warn!("the leadership task did not stop in time");
-    }
     if let Engine::Sled { log, .. } = &engine {
         log.flush().await?;
     } else {
+        if let Some(leader_state) = slots.storage.get()
+            && let Err(e) = leader_state.flush().await
+        {
+            tracing::warn!(error = %e, "cannot flush the leader's state at the stop");
+        }
         storage.flush().await?;
+    }
+    // Then the lease goes, so another collector takes over at once.
+    release_tx.send_replace(true);
+    if tokio::time::timeout(ttl, leadership_task).await.is_err() {
+        tracing::warn!("the leadership task did not stop in time");
     }
     tracing::info!("collector stopped");
     Ok(())
@@ -443,6 +455,10 @@ struct Takeover {
     clock_beat: pikett_support::service::Beat,
     metrics: Arc<Metrics>,
     enroll: EnrollServer<EnrollService>,
+    /// Set at SIGTERM: losing the lease then is the clean stop's release, not a failure.
+    stopping: watch::Receiver<bool>,
+    /// Read again at takeover: the file may have changed (SIGHUP) since this node started.
+    config_path: Option<std::path::PathBuf>,
 }
 
 impl Takeover {
@@ -458,6 +474,16 @@ impl Takeover {
         });
         let Some(term) = leader::elected(&mut leadership).await else { return };
         tracing::info!(node = %self.node, term, "this collector leads now: opening the leader's state");
+        if let Some(path) = &self.config_path {
+            match CollectorConfig::load(path) {
+                Ok(config) => cx.config = config,
+                Err(errors) => {
+                    for e in &errors {
+                        tracing::error!(error = %e, "the configuration file is invalid; leading with the one read at start");
+                    }
+                }
+            }
+        }
         // Opened after the lease was taken: the acquire waited for every fenced transaction
         // of the previous term, so this reads the old leader's last word.
         let storage = match PgStorage::open(self.connect.clone()).await {
@@ -489,6 +515,7 @@ impl Takeover {
         let (mut caught_up, _evaluating) = crate::services::evaluator::spawn(evaluator);
         self.slots.publish(&leader);
         self.slots.enroll.publish(self.enroll.clone());
+        self.slots.storage.publish(storage.clone());
         let _ = self.reloader.set(leader.reloader.clone());
         self.health.set_serving::<AdminServer<AdminService>>().await;
         let leading = async {
@@ -514,10 +541,17 @@ impl Takeover {
                 tracing::info!(node = %self.node, term, "the stored batches are evaluated: the clock starts");
                 leader.start_clock(self.clock_beat.clone());
             }
-            _ = &mut leading => lost(&self.node, term, "the lease ran out before the backlog was evaluated"),
+            _ = &mut leading => self.lost(term, "the lease ran out before the backlog was evaluated"),
         }
         leading.await;
-        lost(&self.node, term, "the lease was lost");
+        self.lost(term, "the lease was lost");
+    }
+
+    /// [`lost`], unless the collector is stopping (then the lease was released on purpose).
+    fn lost(&self, term: i64, why: &str) {
+        if !*self.stopping.borrow() {
+            lost(&self.node, term, why);
+        }
     }
 }
 

@@ -55,7 +55,8 @@ pub fn router(state: HttpState) -> Router {
 /// 200 on the leader, 503 on the other nodes: lets a load balancer in front of a cluster
 /// send customers' status page views and gateways' receipt callbacks to the leader.
 async fn healthz_leader(State(s): State<HttpState>) -> Response {
-    if s.leadership.borrow().leads_now().is_some() {
+    // Leading, and its pages are up (not in the seconds a takeover opens the state).
+    if s.leadership.borrow().leads_now().is_some() && s.leader_http.borrow().is_some() {
         "leader\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n").into_response()

@@ -115,12 +115,6 @@ impl LeaderServices {
             }
         });
         let patches = Arc::new(PatchService::from_config(storage.as_ref(), &config)?);
-        crate::services::patches::spawn_evaluator(
-            patches.clone(),
-            faults.clone(),
-            storage.clone(),
-            transitions_tx.clone(),
-        );
         let reports = ReportsService::new(
             &config,
             batches.clone(),
@@ -188,10 +182,16 @@ impl LeaderServices {
     }
 
     /// Starts the clock's side of the fault engine (host timeouts, maintenance and silence
-    /// boundaries) and the collector's own disk check. On PostgreSQL only once the batches
+    /// boundaries), the patch deadlines and the collector's own disk check. On PostgreSQL only once the batches
     /// stored before the takeover are evaluated: ticking earlier would find hosts silent whose
     /// batches are only waiting.
     pub fn start_clock(&self, beat: pikett_support::service::Beat) {
+        crate::services::patches::spawn_evaluator(
+            self.patches.clone(),
+            self.faults.clone(),
+            self.storage.clone(),
+            self.transitions.clone(),
+        );
         let (own, dir, tx, storage) =
             (self.faults.clone(), self.config.data_dir.clone(), self.transitions.clone(), self.storage.clone());
         let (warn, crit, every) = (

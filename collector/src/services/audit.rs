@@ -43,6 +43,11 @@ impl AuditLog {
     }
 
     /// Removes entries older than `before_ms`, at most `max`; returns how many went.
+    /// Makes removals durable (the log may live in another storage than the caller's).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.storage.flush().await
+    }
+
     pub fn prune_before(&self, before_ms: i64, max: usize) -> Result<usize, StoreError> {
         let mut old = Vec::new();
         for item in self.tree.iter() {

@@ -76,7 +76,12 @@ impl Retention {
 
         let audit = self.audit.clone();
         let audit_before = now.as_millisecond() - self.config.audit.as_millis() as i64;
-        removed.push(("audit", self.steps(move || audit.prune_before(audit_before, STEP)).await?));
+        let audit_removed = self.steps(move || audit.prune_before(audit_before, STEP)).await?;
+        if audit_removed > 0 {
+            // The audit log is the node's own (in a cluster, not in the leader's storage).
+            self.audit.flush().await?;
+        }
+        removed.push(("audit", audit_removed));
         let outbox = match self.pager.purge_outbox() {
             Ok(n) => n,
             Err(e) => {

@@ -23,6 +23,8 @@ use crate::store::pg::PgBatches;
 
 /// Most batches one flush covers.
 const MAX_GROUP: usize = 4096;
+/// Most payload bytes one PostgreSQL group carries (a single larger batch goes alone).
+const MAX_PG_GROUP_BYTES: usize = 8 << 20;
 
 /// Starts the group-commit writer: it takes every request waiting, inserts
 /// them, feeds the new ones to the fault engine (and their `patches` inventory to the patch
@@ -181,11 +183,26 @@ pub fn spawn_pg_writer(
     let (tx, mut rx) = mpsc::channel::<WriteRequest>(16 * 1024);
     tokio::spawn(async move {
         let mut failing_since: Option<Instant> = None;
-        while let Some(first) = rx.recv().await {
+        let mut next: Option<WriteRequest> = None;
+        while let Some(first) = match next.take() {
+            Some(r) => Some(r),
+            None => rx.recv().await,
+        } {
+            // A group is one statement's parameters: bounded in bytes too, so a catch-up after
+            // an outage (many large batches waiting) stays far inside statement_timeout.
+            let mut bytes = prost::Message::encoded_len(&first.batch);
             let mut group = vec![first];
-            while group.len() < MAX_GROUP {
+            while group.len() < MAX_GROUP && bytes < MAX_PG_GROUP_BYTES {
                 match rx.try_recv() {
-                    Ok(r) => group.push(r),
+                    Ok(r) => {
+                        let len = prost::Message::encoded_len(&r.batch);
+                        if bytes + len > MAX_PG_GROUP_BYTES {
+                            next = Some(r);
+                            break;
+                        }
+                        bytes += len;
+                        group.push(r);
+                    }
                     Err(_) => break,
                 }
             }
