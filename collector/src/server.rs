@@ -284,7 +284,18 @@ pub async fn serve_from(
                 enroll: enroll.clone(),
             };
             let leader_cx = cx(storage.clone());
-            tokio::spawn(takeover.run(leadership.clone(), leader_cx));
+            let (takeover_node, takeover_leadership) = (node.clone(), leadership.clone());
+            tokio::spawn(async move {
+                // A panic while taking over would leave a node that renews the lease and
+                // does nothing with it: it steps down instead.
+                let run = tokio::spawn(takeover.run(takeover_leadership.clone(), leader_cx)).await;
+                if let Err(e) = run
+                    && e.is_panic()
+                {
+                    let term = takeover_leadership.borrow().term().unwrap_or(0);
+                    lost(&takeover_node, term, "the takeover task panicked");
+                }
+            });
             writer
         }
     };
