@@ -6,14 +6,28 @@
 //! epoch) the last evaluated seq, kept in the tree `eval_cursor` of the leader's own
 //! [`Storage`], the same one that holds the engine's and the patches' state. So one flush
 //! commits the engine's changes together with the cursor advance that caused them: after a
-//! crash or a failover the next leader continues from exactly what the previous one
-//! committed, never evaluating a batch twice nor skipping one (on PostgreSQL that flush is
-//! fenced by the leader's term, so a deposed leader commits nothing).
+//! crash or a failover the next leader continues from what the previous one committed (on
+//! PostgreSQL that flush is fenced by the leader's term, so a deposed leader commits nothing).
 //!
 //! A round ([`Evaluator::run_once`]) reads the heads, fetches what is behind each cursor,
-//! decides with [`plan_stream`] (pure) which batches are next, evaluates them with `now` = the
-//! time each was received (a catch-up after a failover is not silence), takes the agent
-//! statuses, advances the cursors, flushes once and only then hands on the transitions.
+//! decides with [`plan_stream`] (pure) which batches are next, reads the pending agent
+//! statuses, evaluates them all with `now` = the time each was received (a catch-up after a
+//! failover is not silence), flushes once and only then hands on the transitions.
+//!
+//! Agent statuses (`pikett_agent_status`, no seq) are consumed the same way: the id of each
+//! evaluated status goes into the tree `eval_statuses` with the engine's changes, so a status
+//! read but not committed is read and evaluated again, and one committed never is. Only after
+//! that flush are the rows deleted (fenced by the lease), and only after the delete do their
+//! ids leave the tree (durable with a later flush), which keeps the tree bounded. A crash in
+//! between leaves ids whose rows are gone or still there: both harmless, as a consumed id is
+//! never evaluated again and the next leader deletes the rows first.
+//!
+//! The one window left: other tasks (the clock tick, the pager, a staff action) flush the
+//! same storage at any time. Each batch's cursor (or status id) is written right after that
+//! batch's engine changes, in the same blocking task, so a flush that cuts in commits at most
+//! the batch being evaluated without its cursor. A crash before the evaluator's own flush then
+//! evaluates that one batch again: it repeats one result (one more result of a check, a
+//! dropped count counted twice), never skips one.
 //!
 //! Gaps: a missing seq holds its (host, epoch) for `gap_grace` (long enough for any insert in
 //! flight to have committed or aborted), then is skipped and counted
@@ -23,6 +37,8 @@
 //! Tree `eval_cursor`: host \0 epoch (u64 BE) → last evaluated seq (u64 BE).
 //! Tree `eval_drops`: host → [`DropState`] (JSON), the `agent/data-dropped` state that the
 //! sled writer keeps in the host registry.
+//! Tree `eval_statuses`: status id (u64 BE) → nothing, the consumed agent statuses whose rows
+//! may not be deleted yet.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -46,7 +62,8 @@ use crate::store::{Storage, StoreError, Tree, WriteBatch};
 const ROUND_BATCHES: usize = 4096;
 /// Most batches fetched for one (host, epoch) in one round.
 const STREAM_BATCHES: usize = 512;
-/// Most agent statuses taken in one round.
+/// Most agent statuses evaluated in one round (rare: agents send them only when their spool
+/// cannot take a batch, e.g. a full disk).
 const ROUND_STATUSES: usize = 1024;
 /// A round runs at least this often without a wake-up (other nodes' commits).
 const IDLE_ROUND: Duration = Duration::from_millis(200);
@@ -68,8 +85,10 @@ pub trait PendingSource: Send + Sync {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<PendingBatch>, StoreError>;
-    /// Removes and returns at most `limit` agent statuses, oldest first, fenced by the lease.
-    async fn take_statuses(&self, node: &str, term: i64, limit: usize) -> Result<Vec<PendingBatch>, StoreError>;
+    /// At most `limit` agent statuses, by id, without taking them.
+    async fn read_statuses(&self, limit: usize) -> Result<Vec<PendingBatch>, StoreError>;
+    /// Deletes the agent statuses `ids` (those gone already are ignored), fenced by the lease.
+    async fn delete_statuses(&self, node: &str, term: i64, ids: &[u64]) -> Result<(), StoreError>;
 }
 
 #[async_trait]
@@ -86,8 +105,11 @@ impl PendingSource for PgBatches {
     ) -> Result<Vec<PendingBatch>, StoreError> {
         PgBatches::after(self, host, epoch, after_seq, limit).await
     }
-    async fn take_statuses(&self, node: &str, term: i64, limit: usize) -> Result<Vec<PendingBatch>, StoreError> {
-        PgBatches::take_statuses(self, node, term, limit).await
+    async fn read_statuses(&self, limit: usize) -> Result<Vec<PendingBatch>, StoreError> {
+        PgBatches::read_statuses(self, limit).await
+    }
+    async fn delete_statuses(&self, node: &str, term: i64, ids: &[u64]) -> Result<(), StoreError> {
+        PgBatches::delete_statuses(self, node, term, ids).await
     }
 }
 
@@ -276,7 +298,7 @@ pub struct EvaluatorParts {
     pub patches: Arc<PatchService>,
     pub metrics: Arc<Metrics>,
     pub transitions: mpsc::UnboundedSender<Vec<Transition>>,
-    /// This node and its leader term (agent statuses are taken under the lease).
+    /// This node and its leader term (consumed agent statuses are deleted under the lease).
     pub node: String,
     pub term: i64,
     pub gap_grace: Duration,
@@ -301,7 +323,12 @@ pub struct Evaluator {
     parts: EvaluatorParts,
     cursor_tree: Arc<dyn Tree>,
     drops_tree: Arc<dyn Tree>,
+    status_tree: Arc<dyn Tree>,
     cursors: HashMap<StreamKey, u64>,
+    /// The ids in `eval_statuses`: consumed statuses whose rows may still be there.
+    consumed: BTreeSet<u64>,
+    /// Whether `consumed` holds ids not flushed yet (their rows must stay until they are).
+    unflushed: bool,
     holds: HashMap<StreamKey, Hold>,
     drops: HashMap<String, DropState>,
     watches: HashMap<StreamKey, Vec<Watch>>,
@@ -317,6 +344,9 @@ pub struct Evaluator {
 struct Work {
     items: Vec<PendingBatch>,
     drops: HashMap<String, DropState>,
+    cursor_tree: Arc<dyn Tree>,
+    drops_tree: Arc<dyn Tree>,
+    status_tree: Arc<dyn Tree>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -334,10 +364,11 @@ impl From<EvalError> for StoreError {
 }
 
 impl Evaluator {
-    /// Loads the cursors and the drop states from `parts.storage`.
+    /// Loads the cursors, the drop states and the consumed statuses from `parts.storage`.
     pub fn open(parts: EvaluatorParts) -> Result<Evaluator, StoreError> {
         let cursor_tree = parts.storage.tree("eval_cursor")?;
         let drops_tree = parts.storage.tree("eval_drops")?;
+        let status_tree = parts.storage.tree("eval_statuses")?;
         let mut cursors = HashMap::new();
         for item in cursor_tree.iter() {
             let (k, v) = item?;
@@ -361,12 +392,22 @@ impl Evaluator {
                 serde_json::from_slice(&v).map_err(|source| EvalError::Corrupt { host: host.clone(), source })?;
             drops.insert(host, state);
         }
-        tracing::info!(streams = cursors.len(), term = parts.term, "evaluator opened");
+        let mut consumed = BTreeSet::new();
+        for item in status_tree.iter() {
+            let (k, _) = item?;
+            let id = <[u8; 8]>::try_from(k.as_slice())
+                .map_err(|_| StoreError::Engine(format!("eval_statuses: malformed key of {} bytes", k.len())))?;
+            consumed.insert(u64::from_be_bytes(id));
+        }
+        tracing::info!(streams = cursors.len(), consumed = consumed.len(), term = parts.term, "evaluator opened");
         Ok(Evaluator {
             parts,
             cursor_tree,
             drops_tree,
+            status_tree,
             cursors,
+            consumed,
+            unflushed: false,
             holds: HashMap::new(),
             drops,
             watches: HashMap::new(),
@@ -469,18 +510,23 @@ impl Evaluator {
                 streams.push(ready);
             }
         }
-        let statuses = source.take_statuses(&self.parts.node, self.parts.term, ROUND_STATUSES).await?;
-        if statuses.len() >= ROUND_STATUSES {
+        // Consumed statuses whose rows are still there come first by id (or anywhere, when a
+        // lower id committed late): read past them.
+        let limit = ROUND_STATUSES + self.consumed.len();
+        let read = source.read_statuses(limit).await?;
+        if read.len() >= limit {
             more = true;
         }
         // Each status is a stream of its own: they are independent of each other's order.
-        streams.extend(statuses.into_iter().map(|s| vec![s]));
+        streams.extend(read.into_iter().filter(|s| !self.consumed.contains(&s.id)).map(|s| vec![s]));
         let items = merge_by_time(streams);
         let evaluated = items.len();
         self.check_late(now).await?;
 
+        // Writes each batch's cursor and each status's id right after its changes.
         let changes = if items.is_empty() { Vec::new() } else { self.evaluate(items).await? };
         if !advanced.is_empty() {
+            // The cursors past skipped seqs (those of evaluated batches are written already).
             let mut wb = WriteBatch::default();
             for ((host, epoch), seq) in &advanced {
                 wb.insert(cursor_key(host, *epoch), seq.to_be_bytes().to_vec());
@@ -488,9 +534,11 @@ impl Evaluator {
             self.cursor_tree.apply(wb)?;
             self.cursors.extend(advanced.iter().cloned());
         }
-        if evaluated > 0 || !advanced.is_empty() {
-            // The engine's changes and the cursors commit together, or not at all.
+        if evaluated > 0 || !advanced.is_empty() || self.unflushed {
+            // The engine's changes, the cursors and the consumed status ids commit together
+            // (up to the one batch another task's flush may cut; see the module doc).
             self.parts.storage.flush().await?;
+            self.unflushed = false;
             if !changes.is_empty() {
                 let _ = self.parts.transitions.send(changes);
             }
@@ -499,67 +547,104 @@ impl Evaluator {
         self.parts.metrics.eval_backlog_batches.set(i64::try_from(backlog).unwrap_or(i64::MAX));
         self.last_heads = heads;
         self.more = more;
+        self.delete_consumed().await?;
         Ok(evaluated)
     }
 
-    /// Evaluates `items` in order on a blocking thread (the engine is synchronous and CPU-bound)
-    /// and writes the changed drop states; returns the transitions.
+    /// Evaluates `items` in order on a blocking thread (the engine is synchronous and CPU-bound);
+    /// right after each one's engine changes writes its drop state and its cursor (a batch) or
+    /// consumed id (a status), so a flush of another task commits at most one item's changes
+    /// without them. Returns the transitions.
     async fn evaluate(&mut self, items: Vec<PendingBatch>) -> Result<Vec<Transition>, StoreError> {
         let faults = self.parts.faults.clone();
         let patches = self.parts.patches.clone();
-        let work = Work { items, drops: std::mem::take(&mut self.drops) };
+        let work = Work {
+            items,
+            drops: std::mem::take(&mut self.drops),
+            cursor_tree: self.cursor_tree.clone(),
+            drops_tree: self.drops_tree.clone(),
+            status_tree: self.status_tree.clone(),
+        };
         let joined = tokio::task::spawn_blocking(move || {
-            let Work { items, mut drops } = work;
-            let mut changed: HashMap<String, DropState> = HashMap::new();
+            let Work { items, mut drops, cursor_tree, drops_tree, status_tree } = work;
             let mut changes = Vec::new();
-            for item in items {
-                let batch = match <pb::Batch as prost::Message>::decode(item.payload.as_slice()) {
-                    Ok(b) => b,
-                    Err(e) => {
+            let mut consumed = Vec::new();
+            let each = || -> Result<(), StoreError> {
+                for item in items {
+                    match <pb::Batch as prost::Message>::decode(item.payload.as_slice()) {
+                        Ok(batch) => {
+                            let now =
+                                Timestamp::from_millisecond(item.received_ms).unwrap_or_else(|_| Timestamp::now());
+                            let dropped = if item.status {
+                                None
+                            } else {
+                                let state = drops.entry(item.host.clone()).or_default();
+                                let before = *state;
+                                let out = state.record(batch.dropped_samples, batch.dropped_other, item.received_ms);
+                                if *state != before {
+                                    let json = serde_json::to_vec(state).map_err(|e| StoreError::Engine(e.to_string()))?;
+                                    drops_tree.insert(item.host.as_bytes(), json)?;
+                                }
+                                out
+                            };
+                            changes.extend(evaluate_request(
+                                &faults,
+                                &patches,
+                                &item.host,
+                                &item.customer,
+                                &batch,
+                                dropped.as_ref(),
+                                !item.status,
+                                item.series_over_limit,
+                                now,
+                            ));
+                        }
                         // Stored as received and decoded once already by the receiving node:
-                        // only damage gets here, and it cannot be evaluated.
-                        tracing::error!(host = %item.host, epoch = item.epoch, seq = item.seq, error = %e, "a stored batch does not decode: not evaluated");
-                        continue;
+                        // only damage gets here, and it cannot be evaluated (but is consumed).
+                        Err(e) => {
+                            tracing::error!(host = %item.host, epoch = item.epoch, seq = item.seq, id = item.id, error = %e, "a stored batch or status does not decode: not evaluated");
+                        }
                     }
-                };
-                let now = Timestamp::from_millisecond(item.received_ms).unwrap_or_else(|_| Timestamp::now());
-                let dropped = if item.status {
-                    None
-                } else {
-                    let state = drops.entry(item.host.clone()).or_default();
-                    let before = *state;
-                    let out = state.record(batch.dropped_samples, batch.dropped_other, item.received_ms);
-                    if *state != before {
-                        changed.insert(item.host.clone(), *state);
+                    // After the changes, never before: a flush cutting in between commits
+                    // changes whose batch is evaluated again after a crash (one result
+                    // repeated), never a cursor whose batch was not evaluated (one lost).
+                    if item.status {
+                        status_tree.insert(&item.id.to_be_bytes(), Vec::new())?;
+                        consumed.push(item.id);
+                    } else {
+                        cursor_tree.insert(&cursor_key(&item.host, item.epoch), item.seq.to_be_bytes().to_vec())?;
                     }
-                    out
-                };
-                changes.extend(evaluate_request(
-                    &faults,
-                    &patches,
-                    &item.host,
-                    &item.customer,
-                    &batch,
-                    dropped.as_ref(),
-                    !item.status,
-                    item.series_over_limit,
-                    now,
-                ));
-            }
-            (changes, drops, changed)
+                }
+                Ok(())
+            };
+            let done = each();
+            (done, changes, drops, consumed)
         })
         .await;
-        let (changes, drops, changed) = joined.map_err(|e| EvalError::Task(e.to_string()))?;
+        let (done, changes, drops, consumed) = joined.map_err(|e| EvalError::Task(e.to_string()))?;
         self.drops = drops;
-        if !changed.is_empty() {
-            let mut wb = WriteBatch::default();
-            for (host, state) in changed {
-                let json = serde_json::to_vec(&state).map_err(|e| StoreError::Engine(e.to_string()))?;
-                wb.insert(host.into_bytes(), json);
-            }
-            self.drops_tree.apply(wb)?;
-        }
+        self.unflushed |= !consumed.is_empty();
+        self.consumed.extend(consumed);
+        done?;
         Ok(changes)
+    }
+
+    /// Deletes the rows of the consumed statuses (each id in `eval_statuses` is committed:
+    /// loaded at open, or written before this round's flush), then drops their ids from the
+    /// tree; that removal is durable with a later flush.
+    async fn delete_consumed(&mut self) -> Result<(), StoreError> {
+        if self.consumed.is_empty() || self.unflushed {
+            return Ok(());
+        }
+        let ids: Vec<u64> = self.consumed.iter().copied().collect();
+        self.parts.batches.delete_statuses(&self.parts.node, self.parts.term, &ids).await?;
+        let mut wb = WriteBatch::default();
+        for id in &ids {
+            wb.remove(id.to_be_bytes().to_vec());
+        }
+        self.status_tree.apply(wb)?;
+        self.consumed.clear();
+        Ok(())
     }
 
     /// Counts batches stored in skipped ranges after all (never evaluated) and forgets the
@@ -819,6 +904,7 @@ mod tests {
             payload: prost::Message::encode_to_vec(&batch),
             series_over_limit: 0,
             status: false,
+            id: 0,
         }
     }
 
@@ -842,6 +928,8 @@ mod tests {
     struct FakeState {
         batches: BTreeMap<(String, u64, u64), PendingBatch>,
         statuses: Vec<PendingBatch>,
+        /// `delete_statuses` fails (the rows stay).
+        fail_delete: bool,
         dup: bool,
         overlap: u64,
     }
@@ -885,10 +973,20 @@ mod tests {
             out.truncate(limit);
             Ok(out)
         }
-        async fn take_statuses(&self, _node: &str, _term: i64, limit: usize) -> Result<Vec<PendingBatch>, StoreError> {
+        async fn read_statuses(&self, limit: usize) -> Result<Vec<PendingBatch>, StoreError> {
+            let s = self.state.lock().unwrap();
+            let mut out = s.statuses.clone();
+            out.sort_unstable_by_key(|b| b.id);
+            out.truncate(limit);
+            Ok(out)
+        }
+        async fn delete_statuses(&self, _node: &str, _term: i64, ids: &[u64]) -> Result<(), StoreError> {
             let mut s = self.state.lock().unwrap();
-            let n = limit.min(s.statuses.len());
-            Ok(s.statuses.drain(..n).collect())
+            if s.fail_delete {
+                return Err(StoreError::Engine("database gone".into()));
+            }
+            s.statuses.retain(|b| !ids.contains(&b.id));
+            Ok(())
         }
     }
 
@@ -1076,7 +1174,7 @@ mod tests {
         let fake = Arc::new(Fake::default());
         let mut r = rig(dir.path(), fake.clone());
         let check = pb::CheckResult::new("disk".into(), pb::CheckStatus::Critical, "full".into(), T0_MS);
-        let status = PendingBatch { status: true, ..pending("h2", 1, 0, T0_MS, vec![check], 0) };
+        let status = PendingBatch { status: true, id: 1, ..pending("h2", 1, 0, T0_MS, vec![check], 0) };
         fake.state.lock().unwrap().statuses.push(status);
         fake.put(pending("h1", 1, 1, T0_MS, Vec::new(), 3));
         assert_eq!(r.ev.run_once(Instant::now()).await.unwrap(), 2);
@@ -1089,6 +1187,94 @@ mod tests {
         let t0 = Timestamp::from_millisecond(T0_MS).unwrap();
         assert!(faults.contains(&("h2".into(), "disk".into(), t0)), "{faults:?}");
         assert!(faults.contains(&("h1".into(), pikett_core::hosts::DATA_DROPPED_CHECK.into(), t0)), "{faults:?}");
+    }
+
+    /// Agent status `id` of h1: one CRITICAL `disk` result (each evaluation adds one to the
+    /// fault's results).
+    fn status(id: u64) -> PendingBatch {
+        let check = pb::CheckResult::new("disk".into(), pb::CheckStatus::Critical, "full".into(), T0_MS);
+        PendingBatch { status: true, id, ..pending("h1", 1, 0, T0_MS + id as i64, vec![check], 0) }
+    }
+
+    fn consumed_on_disk(storage: &dyn Storage) -> usize {
+        storage.tree("eval_statuses").unwrap().count().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_status_whose_flush_failed_is_not_deleted_and_is_evaluated_by_the_next_round() {
+        let fake = Arc::new(Fake::default());
+        fake.state.lock().unwrap().statuses.push(status(1));
+        {
+            let dir = tempfile::tempdir().unwrap();
+            let mut r = rig(dir.path(), fake.clone());
+            r.storage.fail.store(true, Ordering::SeqCst);
+            for _ in 0..2 {
+                let err = r.ev.run_once(Instant::now()).await.expect_err("the flush failed");
+                assert!(err.to_string().contains("disk on fire"), "{err}");
+                assert_eq!(fake.state.lock().unwrap().statuses.len(), 1, "deleted before its effect committed");
+            }
+        }
+        // The process stops on the failure; the next leader starts from what was committed
+        // (nothing of that round: here an empty store).
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path(), fake.clone());
+        assert_eq!(r.ev.run_once(Instant::now()).await.unwrap(), 1, "the status was lost");
+        assert_eq!(disk_faults(&r.faults), (1, 1));
+        assert!(fake.state.lock().unwrap().statuses.is_empty(), "consumed but its row left");
+        assert!(r.ev.consumed.is_empty());
+        assert_eq!(consumed_on_disk(r.storage.as_ref()), 0, "the ids of deleted rows stay");
+        assert_eq!(r.ev.run_once(Instant::now()).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_committed_status_is_never_evaluated_again_even_before_its_row_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        {
+            let mut s = fake.state.lock().unwrap();
+            s.statuses.push(status(1));
+            s.fail_delete = true;
+        }
+        {
+            let mut r = rig(dir.path(), fake.clone());
+            let err = r.ev.run_once(Instant::now()).await.expect_err("the delete failed");
+            assert!(err.to_string().contains("database gone"), "{err}");
+            assert!(r.transitions.try_recv().is_ok(), "the committed transitions were not handed on");
+            // Read again while its row is there: not evaluated again.
+            let err = r.ev.run_once(Instant::now()).await.expect_err("the delete failed");
+            assert!(err.to_string().contains("database gone"), "{err}");
+            assert_eq!(disk_faults(&r.faults), (1, 1));
+        }
+        // Reopened (a crash, or the next leader) before the row was deleted, and a new status.
+        {
+            let mut s = fake.state.lock().unwrap();
+            s.fail_delete = false;
+            s.statuses.push(status(2));
+        }
+        let mut r = rig(dir.path(), fake.clone());
+        assert_eq!(r.ev.consumed, BTreeSet::from([1]));
+        assert_eq!(r.ev.run_once(Instant::now()).await.unwrap(), 1, "only the new status");
+        assert_eq!(disk_faults(&r.faults), (1, 2), "status 1 evaluated twice");
+        assert!(fake.state.lock().unwrap().statuses.is_empty(), "consumed rows left");
+        assert!(r.ev.consumed.is_empty());
+        assert_eq!(consumed_on_disk(r.storage.as_ref()), 0, "the ids of deleted rows stay");
+    }
+
+    #[tokio::test]
+    async fn consumed_statuses_whose_rows_stay_do_not_crowd_out_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        {
+            let mut s = fake.state.lock().unwrap();
+            s.statuses.extend((1..=ROUND_STATUSES as u64).map(status));
+            s.fail_delete = true;
+        }
+        let mut r = rig(dir.path(), fake.clone());
+        r.ev.run_once(Instant::now()).await.expect_err("the delete failed");
+        assert!(r.ev.more, "a full read leaves more");
+        fake.state.lock().unwrap().statuses.push(status(ROUND_STATUSES as u64 + 1));
+        r.ev.run_once(Instant::now()).await.expect_err("the delete failed");
+        assert_eq!(disk_faults(&r.faults), (1, ROUND_STATUSES as u64 + 1), "each status once");
     }
 
     #[tokio::test]
@@ -1222,6 +1408,7 @@ mod tests {
         assert_eq!(disk_faults(&faults), (1, 5), "one fault, driven by each result once");
         assert_eq!(ev.cursor("h1", 7), 4);
         assert!(rx.try_recv().is_ok(), "the opened fault's transition was not handed on");
+        assert!(n1.read_statuses(10).await.unwrap().is_empty(), "the consumed status's row is left");
         drop((ev, faults));
 
         // A new leader process on the same database: it continues from the committed cursor.
@@ -1231,5 +1418,62 @@ mod tests {
         assert_eq!(disk_faults(&faults), (1, 5));
         assert_eq!(ev.run_once(t0).await.unwrap(), 1, "only the new batch");
         assert_eq!(disk_faults(&faults), (1, 6));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres_a_status_row_goes_only_after_the_flush_that_consumed_it() {
+        use crate::store::pg::{PgConnect, PgLease, PgStorage, testing};
+        use crate::store::{Lease, LeaseState};
+        let url = testing::fresh_database().await;
+        let connect = PgConnect::new(&url, None).unwrap();
+        let n1 = Arc::new(PgBatches::open(connect.clone(), "n1").await.unwrap());
+        let lease = PgLease::new(connect.clone());
+        let LeaseState::Leader { term } =
+            lease.try_acquire_or_renew("n1", Duration::from_secs(60), None).await.unwrap()
+        else {
+            panic!("a fresh lease is free")
+        };
+        n1.store_group(&[request(0, true)]).await.unwrap();
+        let open = async |fence_term: i64| {
+            let storage = Arc::new(PgStorage::open(connect.clone()).await.unwrap());
+            storage.fence_with("n1", fence_term);
+            let faults = Arc::new(FaultService::open(storage.as_ref(), engine_config()).unwrap());
+            let patches =
+                Arc::new(PatchService::open(storage.as_ref(), PatchPolicy::default(), BTreeMap::new()).unwrap());
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let ev = Evaluator::open(EvaluatorParts {
+                batches: n1.clone(),
+                storage,
+                faults: faults.clone(),
+                patches,
+                metrics: Arc::new(Metrics::new()),
+                transitions: tx,
+                node: "n1".into(),
+                term,
+                gap_grace: GRACE,
+                wake: Arc::new(Notify::new()),
+            })
+            .unwrap();
+            (ev, faults)
+        };
+        let t0 = Instant::now();
+        // A flush that fails (fenced): the row stays.
+        let (mut ev, _faults) = open(term + 1).await;
+        let err = ev.run_once(t0).await.expect_err("fenced");
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        assert_eq!(n1.read_statuses(10).await.unwrap().len(), 1, "deleted before its effect committed");
+        drop(ev);
+        // The next process evaluates it; its row is gone after that round.
+        let (mut ev, faults) = open(term).await;
+        assert_eq!(ev.run_once(t0).await.unwrap(), 1);
+        assert_eq!(disk_faults(&faults), (1, 1));
+        assert!(n1.read_statuses(10).await.unwrap().is_empty(), "the row is left after the round");
+        drop((ev, faults));
+        // Its id may still be committed (the removal waits for a later flush): harmless, and
+        // it goes.
+        let (mut ev, faults) = open(term).await;
+        assert_eq!(ev.run_once(t0).await.unwrap(), 0);
+        assert_eq!(disk_faults(&faults), (1, 1), "evaluated again");
+        assert!(ev.consumed.is_empty());
     }
 }

@@ -150,13 +150,12 @@ const AFTER: &str = concat!(
     ", payload, series_over_limit FROM pikett_batches \
      WHERE host = $1 AND epoch = $2 AND seq > $3 ORDER BY seq LIMIT $4"
 );
-const TAKE_STATUSES: &str = concat!(
-    "DELETE FROM pikett_agent_status WHERE id IN \
-       (SELECT id FROM pikett_agent_status ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED) \
-     RETURNING id, host, customer, epoch, ",
+const READ_STATUSES: &str = concat!(
+    "SELECT id, host, customer, epoch, ",
     ms!("received_at"),
-    ", payload, series_over_limit"
+    ", payload, series_over_limit FROM pikett_agent_status ORDER BY id LIMIT $1"
 );
+const DELETE_STATUSES: &str = "DELETE FROM pikett_agent_status WHERE id = ANY($1::int8[])";
 /// Deletes the oldest batches received before `$1` (Unix ms), at most `$2`, and lowers the
 /// `retained` of their hosts by what went; returns per host the count and the new row.
 const PRUNE: &str = concat!(
@@ -195,6 +194,9 @@ pub struct PendingBatch {
     pub epoch: u64,
     /// The batch's sequence number; 0 for a status.
     pub seq: u64,
+    /// A status's row id in `pikett_agent_status` (ascending in insert order, but a lower id
+    /// may commit later); 0 for a batch.
+    pub id: u64,
     /// When it was stored, Unix ms of the database's clock.
     pub received_ms: i64,
     /// The encoded `pikett.v1.Batch`, as received.
@@ -262,7 +264,7 @@ fn batch_key(row: &Row) -> Result<(String, i64, i64), tokio_postgres::Error> {
     Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
 }
 
-/// A row of [`AFTER`] (host first), or of [`TAKE_STATUSES`] (the id first, no seq).
+/// A row of [`AFTER`] (host first), or of [`READ_STATUSES`] (the id first, no seq).
 fn pending(row: &Row, status: bool) -> Result<PendingBatch, tokio_postgres::Error> {
     let at = usize::from(status);
     Ok(PendingBatch {
@@ -270,6 +272,7 @@ fn pending(row: &Row, status: bool) -> Result<PendingBatch, tokio_postgres::Erro
         customer: row.try_get(at + 1)?,
         epoch: unbig(row.try_get(at + 2)?),
         seq: if status { 0 } else { unbig(row.try_get(3)?) },
+        id: if status { unbig(row.try_get(0)?) } else { 0 },
         received_ms: row.try_get(4)?,
         payload: row.try_get(5)?,
         series_over_limit: unbig(row.try_get(6)?),
@@ -554,26 +557,33 @@ impl PgBatches {
             .await
     }
 
-    /// Deletes and returns at most `limit` agent statuses, oldest first, in a transaction
-    /// fenced by the leader lease ([`StoreError::Fenced`] when `node` no longer leads with
-    /// `term`: then nothing is taken).
-    pub async fn take_statuses(&self, node: &str, term: i64, limit: usize) -> Result<Vec<PendingBatch>, StoreError> {
+    /// At most `limit` agent statuses, by id, without taking them: the evaluator records
+    /// which it consumed in its own storage, in the flush that commits their effect, and only
+    /// then deletes them ([`PgBatches::delete_statuses`]), so none is lost to a crash.
+    pub async fn read_statuses(&self, limit: usize) -> Result<Vec<PendingBatch>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.evaluator
             .with(async |client| {
-                let what = "taking agent statuses from pikett_agent_status";
+                let what = "reading agent statuses from pikett_agent_status";
+                let rows = client.query(READ_STATUSES, &[&limit]).await.map_err(db(what))?;
+                rows.iter().map(|r| pending(r, true)).collect::<Result<Vec<_>, _>>().map_err(|e| db(what)(e).into())
+            })
+            .await
+    }
+
+    /// Deletes the agent statuses `ids` (those gone already are ignored) in a transaction
+    /// fenced by the leader lease ([`StoreError::Fenced`] when `node` no longer leads with
+    /// `term`: then nothing is deleted).
+    pub async fn delete_statuses(&self, node: &str, term: i64, ids: &[u64]) -> Result<(), StoreError> {
+        let ids: Vec<i64> = ids.iter().map(|&id| big(id)).collect();
+        self.evaluator
+            .with(async |client| {
+                let what = "deleting consumed agent statuses from pikett_agent_status";
                 let tx = client.transaction().await.map_err(db(what))?;
                 fence(&tx, node, term).await?;
-                let rows = tx.query(TAKE_STATUSES, &[&limit]).await.map_err(db(what))?;
+                tx.execute(DELETE_STATUSES, &[&ids]).await.map_err(db(what))?;
                 tx.commit().await.map_err(db(what))?;
-                let mut taken = rows
-                    .iter()
-                    .map(|r| Ok((r.try_get::<_, i64>(0)?, pending(r, true)?)))
-                    .collect::<Result<Vec<_>, tokio_postgres::Error>>()
-                    .map_err(db(what))?;
-                // RETURNING has no order.
-                taken.sort_unstable_by_key(|(id, _)| *id);
-                Ok(taken.into_iter().map(|(_, p)| p).collect())
+                Ok(())
             })
             .await
     }
@@ -873,25 +883,34 @@ mod tests {
         assert!(a.after("web1", 7, 5, 10).await.unwrap().is_empty());
         assert!(a.after("web1", 8, 0, 10).await.unwrap().is_empty());
 
-        // Statuses: fenced by the lease, oldest first, taken once.
+        // Statuses: read by id without taking them; deleted fenced by the lease.
         let lease = PgLease::new(PgConnect::new(&url, None).unwrap());
         let term = match lease.try_acquire_or_renew("a", Duration::from_secs(30), None).await.unwrap() {
             LeaseState::Leader { term } => term,
             other => panic!("node a did not acquire: {other:?}"),
         };
-        let err = a.take_statuses("a", term + 1, 10).await.unwrap_err();
-        assert!(matches!(&err, StoreError::Fenced { node, term: t } if node == "a" && *t == term + 1), "{err}");
-        let err = a.take_statuses("b", term, 10).await.unwrap_err();
-        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
-        let first = a.take_statuses("a", term, 1).await.unwrap();
+        let first = a.read_statuses(1).await.unwrap();
         assert_eq!(first.len(), 1, "at most limit");
         assert_eq!((first[0].host.as_str(), first[0].epoch, first[0].seq, first[0].status), ("web1", 9, 0, true));
-        let rest = a.take_statuses("a", term, 10).await.unwrap();
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].host, "db1");
-        let b: pikett_proto::v1::Batch = prost::Message::decode(rest[0].payload.as_slice()).unwrap();
+        let all = a.read_statuses(10).await.unwrap();
+        assert_eq!(all.len(), 2, "reading takes nothing");
+        assert_eq!(all[0], first[0]);
+        assert!(all[0].id < all[1].id, "by id");
+        assert_eq!((all[1].host.as_str(), all[1].seq), ("db1", 0));
+        let b: pikett_proto::v1::Batch = prost::Message::decode(all[1].payload.as_slice()).unwrap();
         assert_eq!(b.created_unix_ms, 42);
-        assert!(a.take_statuses("a", term, 10).await.unwrap().is_empty(), "taken once");
+        let ids = [all[0].id];
+        let err = a.delete_statuses("a", term + 1, &ids).await.unwrap_err();
+        assert!(matches!(&err, StoreError::Fenced { node, term: t } if node == "a" && *t == term + 1), "{err}");
+        let err = a.delete_statuses("b", term, &ids).await.unwrap_err();
+        assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+        assert_eq!(a.read_statuses(10).await.unwrap().len(), 2, "a fenced delete deletes nothing");
+        a.delete_statuses("a", term, &ids).await.unwrap();
+        a.delete_statuses("a", term, &ids).await.unwrap(); // gone already: ignored
+        let rest = a.read_statuses(10).await.unwrap();
+        assert_eq!(rest, vec![all[1].clone()]);
+        a.delete_statuses("a", term, &[rest[0].id]).await.unwrap();
+        assert!(a.read_statuses(10).await.unwrap().is_empty());
     }
 
     /// A group whose session dies mid-transaction (waiting for a row another session
