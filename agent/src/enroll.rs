@@ -4,7 +4,9 @@
 //! the collector's certificate chains to the CA whose fingerprint the ticket carries
 //! (the agent has no CA yet: the ticket is its only trust anchor), stores that CA, then
 //! sends the ticket and a certificate request over TLS verified against it, and stores the
-//! signed certificate. Files go to the paths of the config's `[tls]` section.
+//! signed certificate. Files go to the paths of the config's `[tls]` section. In a cluster of
+//! collectors only the leader enrolls: a follower answers `UNAVAILABLE` naming the leader
+//! ([`leader_redirect`]), where the agent asks once more (the same checks, the same request).
 //!
 //! Renewal: while the agent runs, a task renews the certificate over mutual TLS once a
 //! third of its lifetime is left (new key, same host), and the uplink uses the new files
@@ -201,6 +203,50 @@ fn key_and_request(host: &str) -> anyhow::Result<(rcgen::KeyPair, String)> {
     Ok((key, csr))
 }
 
+/// The metadata key in which a collector that is not its cluster's leader names the leader's
+/// gRPC address (`host:port`), in an `UNAVAILABLE` answer (the collector's
+/// `api::leader_gate::LEADER_METADATA`).
+const LEADER_METADATA: &str = "pikett-leader";
+
+/// The URL to ask again when `status` is a follower's "not the leader" answer naming the
+/// leader: `collector`'s scheme with the leader's address. `None` for any other answer, and
+/// when the named leader is `collector` itself (no loop).
+pub fn leader_redirect(collector: &str, status: &tonic::Status) -> Option<String> {
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let addr = status.metadata().get(LEADER_METADATA)?.to_str().ok()?.trim();
+    if addr.is_empty() || addr.contains('/') {
+        return None;
+    }
+    let scheme = collector.split_once("://").map_or("https", |(scheme, _)| scheme);
+    let url = format!("{scheme}://{addr}");
+    (url.trim_end_matches('/') != collector.trim_end_matches('/')).then_some(url)
+}
+
+/// One enrollment attempt at `collector`: checks its CA against the ticket's `fingerprint`,
+/// stores the CA, and sends the request. `Ok(Err(status))`: the collector answered with a
+/// refusal (the caller decides whether it is a redirect).
+async fn enroll_at(
+    config: &AgentConfig,
+    paths: &Paths<'_>,
+    collector: &str,
+    fingerprint: &str,
+    request: pb::EnrollRequest,
+) -> anyhow::Result<Result<pb::EnrollReply, tonic::Status>> {
+    let server_name = config.tls.as_ref().and_then(|t| t.server_name.as_deref());
+    let ca = fetch_pinned_ca(collector, server_name, fingerprint).await?;
+    write_atomically(paths.ca, pem("CERTIFICATE", &ca).as_bytes(), 0o644)?;
+    let tls = TlsConfig {
+        ca_file: Some(paths.ca.to_owned()),
+        cert_file: None,
+        key_file: None,
+        ..config.tls.clone().unwrap_or_default()
+    };
+    let channel = crate::uplink::connect(collector, Some(&tls)).await.map_err(anyhow::Error::msg)?;
+    Ok(EnrollClient::new(channel).enroll(request).await.map(tonic::Response::into_inner))
+}
+
 /// `pikett-agent enroll`: returns the line to print.
 pub async fn enroll(config: &AgentConfig, collector: &str, ticket: &str) -> anyhow::Result<String> {
     let paths = paths(config.tls.as_ref())?;
@@ -212,22 +258,18 @@ pub async fn enroll(config: &AgentConfig, collector: &str, ticket: &str) -> anyh
             payload.host
         );
     }
-    let server_name = config.tls.as_ref().and_then(|t| t.server_name.as_deref());
-    let ca = fetch_pinned_ca(collector, server_name, &payload.ca_sha256).await?;
-    write_atomically(paths.ca, pem("CERTIFICATE", &ca).as_bytes(), 0o644)?;
     let (key, csr) = key_and_request(&host)?;
-    let tls = TlsConfig {
-        ca_file: Some(paths.ca.to_owned()),
-        cert_file: None,
-        key_file: None,
-        ..config.tls.clone().unwrap_or_default()
-    };
-    let channel = crate::uplink::connect(collector, Some(&tls)).await.map_err(anyhow::Error::msg)?;
-    let reply = EnrollClient::new(channel)
-        .enroll(pb::EnrollRequest { ticket: ticket.trim().to_string(), csr_pem: csr })
-        .await
-        .map_err(|s| anyhow::anyhow!("the collector refused the enrollment: {}", s.message()))?
-        .into_inner();
+    let request = pb::EnrollRequest { ticket: ticket.trim().to_string(), csr_pem: csr };
+    let mut answer = enroll_at(config, &paths, collector, &payload.ca_sha256, request.clone()).await?;
+    // A follower of a cluster does not enroll: it names the leader, asked once in its place
+    // (the same ticket is still unused: the follower refused before looking at it).
+    if let Err(status) = &answer
+        && let Some(leader) = leader_redirect(collector, status)
+    {
+        tracing::info!(collector, leader = %leader, "the collector is not the leader; enrolling at the leader");
+        answer = enroll_at(config, &paths, &leader, &payload.ca_sha256, request).await?;
+    }
+    let reply = answer.map_err(|s| anyhow::anyhow!("the collector refused the enrollment: {}", s.message()))?;
     install_pair(&paths, key.serialize_pem().as_bytes(), reply.certificate_pem.as_bytes())?;
     let until = jiff::Timestamp::from_millisecond(reply.not_after_unix_ms).map(|t| t.to_string()).unwrap_or_default();
     Ok(format!(
@@ -290,7 +332,20 @@ async fn renew(config: &AgentConfig, host: &str, paths: &Paths<'_>) -> anyhow::R
                 continue;
             }
         };
-        match EnrollClient::new(channel).renew(pb::RenewRequest { csr_pem: csr.clone() }).await {
+        let mut answer = EnrollClient::new(channel).renew(pb::RenewRequest { csr_pem: csr.clone() }).await;
+        // A follower of a cluster does not renew either: ask the leader it names, once.
+        if let Err(status) = &answer
+            && let Some(leader) = leader_redirect(url, status)
+        {
+            answer = match crate::uplink::connect(&leader, config.tls.as_ref()).await {
+                Ok(channel) => EnrollClient::new(channel).renew(pb::RenewRequest { csr_pem: csr.clone() }).await,
+                Err(e) => {
+                    last = Some(anyhow::anyhow!("{url} names the leader {leader}: {e}"));
+                    continue;
+                }
+            };
+        }
+        match answer {
             Ok(reply) => {
                 let reply = reply.into_inner();
                 install_pair(paths, key.serialize_pem().as_bytes(), reply.certificate_pem.as_bytes())?;
@@ -307,6 +362,33 @@ async fn renew(config: &AgentConfig, host: &str, paths: &Paths<'_>) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn not_the_leader(addr: Option<&str>) -> tonic::Status {
+        let mut status = tonic::Status::unavailable("this collector (b) is not the leader");
+        if let Some(addr) = addr {
+            status.metadata_mut().insert(LEADER_METADATA, addr.parse().unwrap());
+        }
+        status
+    }
+
+    #[test]
+    fn a_followers_answer_names_the_leader_to_enroll_at_with_the_same_scheme() {
+        let follower = not_the_leader(Some("10.0.0.1:9740"));
+        assert_eq!(leader_redirect("https://c2:9740", &follower).as_deref(), Some("https://10.0.0.1:9740"));
+        assert_eq!(leader_redirect("http://127.0.0.1:1", &follower).as_deref(), Some("http://10.0.0.1:9740"));
+        assert_eq!(
+            leader_redirect("https://c2:9740", &not_the_leader(Some("[2001:db8::1]:9740"))).as_deref(),
+            Some("https://[2001:db8::1]:9740")
+        );
+        // No address, a bad one, another code, or the same collector again: no redirect.
+        assert_eq!(leader_redirect("https://c2:9740", &not_the_leader(None)), None);
+        assert_eq!(leader_redirect("https://c2:9740", &not_the_leader(Some(" "))), None);
+        assert_eq!(leader_redirect("https://c2:9740", &not_the_leader(Some("evil/path"))), None);
+        let mut refused = tonic::Status::permission_denied("this ticket was already used");
+        refused.metadata_mut().insert(LEADER_METADATA, "10.0.0.1:9740".parse().unwrap());
+        assert_eq!(leader_redirect("https://c2:9740", &refused), None);
+        assert_eq!(leader_redirect("https://10.0.0.1:9740/", &follower), None);
+    }
 
     #[test]
     fn renewal_starts_when_a_third_of_the_lifetime_is_left() {

@@ -264,7 +264,25 @@ pub async fn serve_from(
             health.set_serving::<AdminServer<AdminService>>().await;
             writer
         }
-        Engine::Postgres { batches, connect, .. } => {
+        Engine::Postgres { batches, connect, storage: node_storage } => {
+            // Enrollments and revocations are written by the leader: every node reads them
+            // again every 2 s (a revoked certificate is refused everywhere within that).
+            let (refresh_storage, refresh_identity) = (node_storage.clone(), identity.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(IDENTITY_REFRESH);
+                let mut failing = false;
+                loop {
+                    every.tick().await;
+                    match refresh_identities(&refresh_storage, &refresh_identity).await {
+                        Ok(()) => failing = false,
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(error = %e, "cannot read the enrollments again; retrying");
+                        }
+                        Err(_) => {}
+                    }
+                }
+            });
             let stored = Arc::new(Notify::new());
             let writer = spawn_pg_writer(batches.clone(), metrics.clone(), stored.clone());
             health.set_not_serving::<AdminServer<AdminService>>().await;
@@ -282,6 +300,8 @@ pub async fn serve_from(
                 stopping: shutdown.clone(),
                 config_path: config_path.clone(),
                 enroll: enroll.clone(),
+                node_storage: node_storage.clone(),
+                identity: identity.clone(),
             };
             let leader_cx = cx(storage.clone());
             let (takeover_node, takeover_leadership) = (node.clone(), leadership.clone());
@@ -470,6 +490,10 @@ struct Takeover {
     stopping: watch::Receiver<bool>,
     /// Read again at takeover: the file may have changed (SIGHUP) since this node started.
     config_path: Option<std::path::PathBuf>,
+    /// The node's own storage and the enrollments read from it: read again before this node
+    /// enrolls, so it knows the previous leader's last enrollments and used tickets.
+    node_storage: Arc<PgStorage>,
+    identity: Arc<IdentityService>,
 }
 
 impl Takeover {
@@ -525,6 +549,10 @@ impl Takeover {
         };
         let (mut caught_up, _evaluating) = crate::services::evaluator::spawn(evaluator);
         self.slots.publish(&leader);
+        while let Err(e) = refresh_identities(&self.node_storage, &self.identity).await {
+            tracing::warn!(error = %e, "cannot read the enrollments before enrolling; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         self.slots.enroll.publish(self.enroll.clone());
         self.slots.storage.publish(storage.clone());
         let _ = self.reloader.set(leader.reloader.clone());
@@ -564,6 +592,17 @@ impl Takeover {
             lost(&self.node, term, why);
         }
     }
+}
+
+/// How often a node of a cluster reads the enrollments again.
+const IDENTITY_REFRESH: Duration = Duration::from_secs(2);
+
+/// Reads the enrollments and used tickets of every node again.
+async fn refresh_identities(storage: &PgStorage, identity: &IdentityService) -> anyhow::Result<()> {
+    storage.refresh_tree("identities").await?;
+    storage.refresh_tree("tickets_used").await?;
+    identity.reload()?;
+    Ok(())
 }
 
 /// A leader that lost its lease (or could not take over) exits: whatever it holds in memory

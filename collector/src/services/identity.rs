@@ -2,7 +2,10 @@
 //! and the enrollment tickets already used.
 //!
 //! Trees: `identities` (host id → JSON [`Identity`]), `tickets_used` (nonce → JSON
-//! [`UsedTicket`]). Mirrored in memory: every agent stream is checked against it.
+//! [`UsedTicket`]). Mirrored in memory: every agent stream is checked against it. On a
+//! PostgreSQL cluster each collector holds its own copy of both trees: it refreshes them
+//! (`PgStorage::refresh_tree`) and then [`IdentityService::reload`]s the mirror, so a
+//! revocation or a used ticket recorded on one collector reaches the others.
 //!
 //! A host with an identity is accepted only with a certificate issued to it and not
 //! revoked, and its customer is the identity's, whatever the agent says. A host without
@@ -74,6 +77,19 @@ pub struct IdentityService {
     writing: Mutex<()>,
 }
 
+/// Every identity of the tree, by host.
+fn read_identities(tree: &dyn Tree) -> Result<HashMap<String, Identity>, IdentityError> {
+    let mut known = HashMap::new();
+    for item in tree.iter() {
+        let (k, v) = item?;
+        let host = String::from_utf8_lossy(&k).into_owned();
+        let id: Identity =
+            serde_json::from_slice(&v).map_err(|source| IdentityError::Corrupt { host: host.clone(), source })?;
+        known.insert(host, id);
+    }
+    Ok(known)
+}
+
 fn at(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
 }
@@ -82,15 +98,22 @@ impl IdentityService {
     pub fn open(storage: Arc<dyn Storage>) -> Result<IdentityService, IdentityError> {
         let identities = storage.tree("identities")?;
         let used = storage.tree("tickets_used")?;
-        let mut known = HashMap::new();
-        for item in identities.iter() {
-            let (k, v) = item?;
-            let host = String::from_utf8_lossy(&k).into_owned();
-            let id: Identity =
-                serde_json::from_slice(&v).map_err(|source| IdentityError::Corrupt { host: host.clone(), source })?;
-            known.insert(host, id);
-        }
+        let known = read_identities(&*identities)?;
         Ok(IdentityService { storage, identities, used, known: RwLock::new(known), writing: Mutex::new(()) })
+    }
+
+    /// Re-reads the `identities` tree into the in-memory mirror that [`Self::check`] answers
+    /// from. On PostgreSQL, call it after `PgStorage::refresh_tree("identities")`, so a
+    /// revocation or an enrollment made on another collector takes effect here. A corrupt
+    /// record fails the reload and leaves the mirror as it was.
+    pub fn reload(&self) -> Result<(), IdentityError> {
+        // Under the write lock: an enroll, renew or revoke writes the tree and the mirror
+        // together, so a reload cannot read the tree before such a write and then replace
+        // the mirror after it (losing the write from the mirror).
+        let _w = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let known = read_identities(&*self.identities)?;
+        *self.known.write().unwrap_or_else(|p| p.into_inner()) = known;
+        Ok(())
     }
 
     fn put(&self, host: &str, id: &Identity) -> Result<(), IdentityError> {
@@ -248,5 +271,65 @@ mod tests {
         let ids = IdentityService::open(storage).unwrap();
         assert!(matches!(ids.check("web-01", Some("ee"), 1_100), CertVerdict::Accepted { .. }));
         assert!(ids.enroll(&ticket("n1"), &signed("ff", 9_000), 1_200).await.is_err());
+    }
+
+    /// Two services on one storage stand for two collectors: what one writes reaches the
+    /// other's mirror only by `reload`.
+    #[tokio::test]
+    async fn reload_brings_in_what_another_service_wrote() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let (a, b) = (IdentityService::open(storage.clone()).unwrap(), IdentityService::open(storage.clone()).unwrap());
+        a.enroll(&ticket("n1"), &signed("aa", 1_000), 10).await.unwrap();
+        assert_eq!(b.check("web-01", Some("aa"), 500), CertVerdict::Unenrolled, "b has not reloaded yet");
+        b.reload().unwrap();
+        assert_eq!(b.check("web-01", Some("aa"), 500), CertVerdict::Accepted { customer: "acme".into() });
+        a.revoke("web-01", "acme", 600).await.unwrap();
+        assert!(matches!(b.check("web-01", Some("aa"), 700), CertVerdict::Accepted { .. }), "before b reloads");
+        b.reload().unwrap();
+        assert!(matches!(b.check("web-01", Some("aa"), 700), CertVerdict::Refused(r) if r.contains("revoked")));
+        assert!(b.renew("web-01", "aa", &signed("bb", 9_000), 700).await.is_err());
+
+        // A corrupt record fails the reload, names the host, and leaves the mirror as it was.
+        storage.tree("identities").unwrap().insert(b"db-01", b"not json".to_vec()).unwrap();
+        let err = b.reload().unwrap_err();
+        assert!(err.to_string().contains("db-01"), "{err}");
+        assert!(matches!(b.check("web-01", Some("aa"), 700), CertVerdict::Refused(_)));
+    }
+
+    /// Two collectors on one PostgreSQL database, each with its own `PgStorage`: after
+    /// `refresh_tree` and `reload`, a revocation on one is refused on the other, and a ticket
+    /// used on one is refused on the other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_postgres_a_revocation_and_a_used_ticket_reach_the_other_collector() {
+        use crate::store::pg::{PgConnect, PgStorage};
+        let url = crate::store::pg::testing::fresh_database().await;
+        let open = || async { PgStorage::open(PgConnect::new(&url, None).unwrap()).await.unwrap() };
+        let (pa, pb) = (open().await, open().await);
+        let a = IdentityService::open(Arc::new(pa.clone())).unwrap();
+        let b = IdentityService::open(Arc::new(pb.clone())).unwrap();
+        let refresh = async || {
+            pb.refresh_tree("identities").await.unwrap();
+            pb.refresh_tree("tickets_used").await.unwrap();
+            b.reload().unwrap();
+        };
+
+        a.enroll(&ticket("n1"), &signed("aa", 10_000), 10).await.unwrap();
+        refresh().await;
+        assert_eq!(b.check("web-01", Some("aa"), 500), CertVerdict::Accepted { customer: "acme".into() });
+        let again = b.enroll(&ticket("n1"), &signed("bb", 10_000), 20).await.unwrap_err();
+        assert!(matches!(again, IdentityError::TicketUsed { ref host, .. } if host == "web-01"), "{again}");
+
+        a.revoke("web-01", "acme", 600).await.unwrap();
+        assert!(matches!(b.check("web-01", Some("aa"), 700), CertVerdict::Accepted { .. }), "before the refresh");
+        refresh().await;
+        assert!(matches!(b.check("web-01", Some("aa"), 700), CertVerdict::Refused(r) if r.contains("revoked")));
+
+        // The other way round: b enrolls the host again with a new ticket; a sees it.
+        b.enroll(&ticket("n2"), &signed("cc", 10_000), 800).await.unwrap();
+        pa.refresh_tree("identities").await.unwrap();
+        pa.refresh_tree("tickets_used").await.unwrap();
+        a.reload().unwrap();
+        assert!(matches!(a.check("web-01", Some("cc"), 900), CertVerdict::Accepted { .. }));
+        assert!(a.enroll(&ticket("n2"), &signed("dd", 10_000), 900).await.is_err());
     }
 }

@@ -21,6 +21,10 @@
 //! tree, the flush holds its exclusive side while it copies the journals, so one flush commits
 //! a prefix of the write history across all trees, and a `WriteBatch` is never split.
 //!
+//! Another node's flushed writes reach this node's copy only through
+//! [`PgStorage::refresh_tree`] (the trees several nodes must agree on, such as the agents'
+//! identities, are refreshed periodically); this node's unflushed writes survive a refresh.
+//!
 //! The session is re-established by the next flush when it was lost (the journal was kept).
 //! Re-sending a journal is harmless (upserts and deletes of final values; one writer per
 //! tree), so a flush whose COMMIT went through but whose answer was lost is simply repeated;
@@ -93,6 +97,12 @@ pub enum PgError {
         what: &'static str,
         rows: usize,
         bytes: usize,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("PostgreSQL, refreshing tree {tree}: {}", pikett_support::error_chain(source))]
+    Refresh {
+        tree: String,
         #[source]
         source: tokio_postgres::Error,
     },
@@ -203,6 +213,36 @@ impl PgStorage {
         *self.inner.fence.lock().unwrap_or_else(PoisonError::into_inner) = Some((node.to_string(), term));
     }
 
+    /// Re-reads tree `name` from the database and replaces this node's copy with it, so it
+    /// sees what other nodes flushed (a revocation, a used ticket). Keys this node wrote
+    /// and has not flushed keep its own values (they are newer, and the next flush writes
+    /// them). Fit for small trees only: it reads the whole tree.
+    ///
+    /// Holds the session lock, which every flush holds from copying the journals until it
+    /// forgets them: a flush of this node cannot commit and forget a write between the read
+    /// and the replace, so a value this node flushed is never replaced by the older one the
+    /// read saw (nor a removed key brought back).
+    pub async fn refresh_tree(&self, name: &str) -> Result<(), StoreError> {
+        if name.contains('\0') {
+            return Err(PgError::TreeName(name.to_string()).into());
+        }
+        let mut session = self.inner.session.lock().await;
+        let client = match session.client.take() {
+            Some(client) if !client.is_closed() => client,
+            _ => self.inner.connect.connect().await?,
+        };
+        let read = read_tree(&client, name).await;
+        if !client.is_closed() {
+            session.client = Some(client);
+        }
+        let rows = read?;
+        let data =
+            self.trees().entry(name.to_string()).or_insert_with(|| Arc::new(TreeData::new(BTreeMap::new()))).clone();
+        data.refresh(rows);
+        drop(session);
+        Ok(())
+    }
+
     fn trees(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TreeData>>> {
         self.inner.trees.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -234,6 +274,13 @@ async fn load(client: &mut Client) -> Result<HashMap<String, BTreeMap<Vec<u8>, V
     }
     tx.commit().await.map_err(db("loading the trees"))?;
     Ok(trees)
+}
+
+/// The rows of tree `name` (one statement: one snapshot).
+async fn read_tree(client: &Client, name: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, PgError> {
+    let e = |source| PgError::Refresh { tree: name.to_string(), source };
+    let rows = client.query("SELECT key, value FROM pikett_kv WHERE tree = $1", &[&name]).await.map_err(e)?;
+    rows.iter().map(|row| Ok((row.try_get(0).map_err(e)?, row.try_get(1).map_err(e)?))).collect()
 }
 
 async fn database_size(client: &Client) -> Result<u64, PgError> {

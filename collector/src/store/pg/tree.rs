@@ -93,6 +93,21 @@ impl TreeData {
     pub(super) fn forget_journal(&self, upto: u64) {
         self.write().journal.retain(|_, p| p.seq > upto);
     }
+
+    /// Replaces the entries with `rows` (the tree as the database holds it), except the keys
+    /// with journaled writes: those are this node's newer writes, not flushed yet, and win.
+    /// The caller holds the session lock, so no flush forgets a journaled write between the
+    /// read of `rows` and this replace (which would bring back the old value).
+    pub(super) fn refresh(&self, mut rows: BTreeMap<Vec<u8>, Vec<u8>>) {
+        let mut state = self.write();
+        for (key, pending) in &state.journal {
+            match &pending.value {
+                Some(v) => rows.insert(key.clone(), v.clone()),
+                None => rows.remove(key),
+            };
+        }
+        state.map = rows;
+    }
 }
 
 /// A [`Tree`] handle of [`super::PgStorage`].
