@@ -85,6 +85,9 @@ impl Engine {
                 Ok(Engine::Sled { storage, log })
             }
             StoreKind::Postgres => {
+                // Still this node's own directory: staff tokens, the disk self-check.
+                std::fs::create_dir_all(&config.data_dir)
+                    .with_context(|| format!("data_dir {}: cannot create", config.data_dir.display()))?;
                 let connect =
                     config.pg_connect().map_err(anyhow::Error::msg)?.context("[store] kind = \"postgres\"")?;
                 let storage = Arc::new(open_retrying("the node's storage", || PgStorage::open(connect.clone())).await?);

@@ -9,10 +9,14 @@
 //! crash or a failover the next leader continues from what the previous one committed (on
 //! PostgreSQL that flush is fenced by the leader's term, so a deposed leader commits nothing).
 //!
-//! A round ([`Evaluator::run_once`]) reads the heads, fetches what is behind each cursor,
-//! decides with [`plan_stream`] (pure) which batches are next, reads the pending agent
-//! statuses, evaluates them all with `now` = the time each was received (a catch-up after a
-//! failover is not silence), flushes once and only then hands on the transitions.
+//! A round ([`Evaluator::run_once`]) reads the heads, fetches what is behind the cursors of
+//! all streams with work in one query, decides with [`plan_stream`] (pure) which batches are
+//! next, reads the pending agent statuses, evaluates them all with `now` = the time each was
+//! received (a catch-up after a failover is not silence), flushes once and only then hands
+//! on the transitions. Every read of a round comes before it changes anything, so a failed
+//! read (a statement timeout under load) is retried a second later by [`spawn`]; only a
+//! failure once memory may be ahead of the store (evaluating, the flush) or a lost lease
+//! stops the process.
 //!
 //! Agent statuses (`pikett_agent_status`, no seq) are consumed the same way: the id of each
 //! evaluated status goes into the tree `eval_statuses` with the engine's changes, so a status
@@ -32,16 +36,20 @@
 //! Gaps: a missing seq holds its (host, epoch) for `gap_grace` (long enough for any insert in
 //! flight to have committed or aborted), then is skipped and counted
 //! (`pikett_eval_gaps_total`). A skipped seq that is stored after all is never evaluated;
-//! it is counted (`pikett_batches_late_total`, expected 0) while the range is watched.
+//! it is counted (`pikett_batches_late_total`, expected 0) while the range is watched. While a
+//! stream is held only the missing seq's presence is read (no payloads), and watched ranges
+//! are read as seqs only.
 //!
-//! Tree `eval_cursor`: host \0 epoch (u64 BE) → last evaluated seq (u64 BE).
+//! Tree `eval_cursor`: host \0 epoch (u64 BE) → last evaluated seq (u64 BE). A cursor whose
+//! (host, epoch) has no head any more (retention deletes the heads of old epochs once all
+//! their batches are gone) is dropped, at most [`CURSOR_DROPS`] a round.
 //! Tree `eval_drops`: host → [`DropState`] (JSON), the `agent/data-dropped` state that the
 //! sled writer keeps in the host registry.
 //! Tree `eval_statuses`: status id (u64 BE) → nothing, the consumed agent statuses whose rows
 //! may not be deleted yet.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -71,20 +79,27 @@ const IDLE_ROUND: Duration = Duration::from_millis(200);
 const LATE_WATCH: Duration = Duration::from_secs(300);
 /// Most seqs of one watched range read back in one round.
 const LATE_READ: usize = 256;
+/// How long the task waits before it retries a round whose reads failed.
+const READ_RETRY: Duration = Duration::from_secs(1);
+/// Most cursors of vanished (host, epoch) streams dropped in one round.
+const CURSOR_DROPS: usize = 1024;
+
+/// One stream's read: (host, epoch, after seq, at most).
+pub type StreamRead<'a> = (&'a str, u64, u64, usize);
+/// One range of seqs: (host, epoch, lowest, highest), inclusive.
+pub type SeqRange<'a> = (&'a str, u64, u64, u64);
 
 /// Where the evaluator reads stored batches: `PgBatches`, or a fake in tests.
 #[async_trait]
 pub trait PendingSource: Send + Sync {
     /// Every (host, epoch) with its highest stored seq.
     async fn heads(&self) -> Result<Vec<Head>, StoreError>;
-    /// The stored batches of (host, epoch) with seq above `after_seq`, ascending, at most `limit`.
-    async fn after(
-        &self,
-        host: &str,
-        epoch: u64,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<PendingBatch>, StoreError>;
+    /// Per read, the stored batches of its (host, epoch) with seq above its `after`,
+    /// ascending, at most its limit; one list per read, in order, in one round trip.
+    async fn after_many(&self, reads: &[StreamRead<'_>]) -> Result<Vec<Vec<PendingBatch>>, StoreError>;
+    /// Per range, the seqs stored in it, ascending, at most `limit`; one list per range, in
+    /// order, in one round trip, without payloads.
+    async fn seqs_many(&self, ranges: &[SeqRange<'_>], limit: usize) -> Result<Vec<Vec<u64>>, StoreError>;
     /// At most `limit` agent statuses, by id, without taking them.
     async fn read_statuses(&self, limit: usize) -> Result<Vec<PendingBatch>, StoreError>;
     /// Deletes the agent statuses `ids` (those gone already are ignored), fenced by the lease.
@@ -96,14 +111,11 @@ impl PendingSource for PgBatches {
     async fn heads(&self) -> Result<Vec<Head>, StoreError> {
         PgBatches::heads(self).await
     }
-    async fn after(
-        &self,
-        host: &str,
-        epoch: u64,
-        after_seq: u64,
-        limit: usize,
-    ) -> Result<Vec<PendingBatch>, StoreError> {
-        PgBatches::after(self, host, epoch, after_seq, limit).await
+    async fn after_many(&self, reads: &[StreamRead<'_>]) -> Result<Vec<Vec<PendingBatch>>, StoreError> {
+        PgBatches::after_many(self, reads).await
+    }
+    async fn seqs_many(&self, ranges: &[SeqRange<'_>], limit: usize) -> Result<Vec<Vec<u64>>, StoreError> {
+        PgBatches::seqs_many(self, ranges, limit).await
     }
     async fn read_statuses(&self, limit: usize) -> Result<Vec<PendingBatch>, StoreError> {
         PgBatches::read_statuses(self, limit).await
@@ -302,7 +314,8 @@ pub struct EvaluatorParts {
     pub node: String,
     pub term: i64,
     pub gap_grace: Duration,
-    /// Notified after each commit (the local writer, the LISTEN task): run a round now. Use
+    /// Notified after each commit of the local writer: run a round now (other nodes' commits
+    /// are found by the round every [`IDLE_ROUND`]; there is no NOTIFY). Use
     /// `notify_one`, which keeps a permit while a round runs, so no wake-up is lost.
     pub wake: Arc<Notify>,
 }
@@ -338,6 +351,10 @@ pub struct Evaluator {
     more: bool,
     /// Where in the heads the next round starts (see `run_once`).
     start: usize,
+    /// Whether memory may be ahead of the store: set once a round starts changing state,
+    /// cleared by its flush. A round that fails while it is set must stop the process; one
+    /// that failed before (a read) is retried.
+    ahead: bool,
 }
 
 /// One evaluated round's input for the blocking part.
@@ -414,6 +431,7 @@ impl Evaluator {
             last_heads: Vec::new(),
             more: false,
             start: 0,
+            ahead: false,
         })
     }
 
@@ -428,37 +446,97 @@ impl Evaluator {
     }
 
     /// One round at `now` (monotonic: the gap holds); see the module doc. Returns how many
-    /// batches and statuses it evaluated. An error leaves memory ahead of the store: the
-    /// caller stops the process (`storage_failure::stop`).
+    /// batches and statuses it evaluated. Every read comes first, before any state changes:
+    /// an error then leaves memory as it was ([`Evaluator::must_stop`] says false) and the
+    /// round can be retried. An error after that (evaluating, the flush) leaves memory ahead
+    /// of the store: the caller stops the process (`storage_failure::stop`).
     pub async fn run_once(&mut self, now: Instant) -> Result<usize, StoreError> {
         let source = self.parts.batches.clone();
+        let grace = self.parts.gap_grace;
         let heads = source.heads().await?;
+
+        // Streams held for a missing seq within the grace: only whether that seq has come is
+        // read (no payloads); the batches behind the gap are fetched once it has.
+        let held = if self.holds.is_empty() { 0 } else { heads.len() };
+        let waiting: Vec<usize> = (0..held)
+            .filter(|&i| {
+                let head = &heads[i];
+                let key = (head.host.clone(), head.epoch);
+                let cursor = self.cursors.get(&key).copied().unwrap_or(0);
+                head.last_seq > cursor
+                    && self
+                        .holds
+                        .get(&key)
+                        .is_some_and(|h| h.missing == cursor + 1 && now.saturating_duration_since(h.since) < grace)
+            })
+            .collect();
+        let still_missing: HashSet<usize> = if waiting.is_empty() {
+            HashSet::new()
+        } else {
+            let ranges: Vec<SeqRange<'_>> = waiting
+                .iter()
+                .map(|&i| {
+                    let h = &heads[i];
+                    let missing = self.cursor(&h.host, h.epoch) + 1;
+                    (h.host.as_str(), h.epoch, missing, missing)
+                })
+                .collect();
+            let found = source.seqs_many(&ranges, 1).await?;
+            waiting.iter().zip(found).filter(|(_, f)| f.is_empty()).map(|(&i, _)| i).collect()
+        };
+
+        // The streams to fetch, each with its share of the round's budget, from where the last
+        // round cut short.
         let mut budget = ROUND_BATCHES;
-        let mut streams: Vec<Vec<PendingBatch>> = Vec::new();
-        let mut advanced: Vec<(StreamKey, u64)> = Vec::new();
         let mut more = false;
-        // A round cut short by its budget resumes at the stream it stopped at, so one far
-        // behind cannot starve the hosts after it.
+        let mut next_start = 0;
         let start = if self.start < heads.len() { self.start } else { 0 };
-        self.start = 0;
+        let mut picked: Vec<(usize, u64, usize)> = Vec::new();
         for i in 0..heads.len() {
             let at = (start + i) % heads.len();
             let head = &heads[at];
-            let key = (head.host.clone(), head.epoch);
-            let cursor = self.cursors.get(&key).copied().unwrap_or(0);
-            if head.last_seq <= cursor {
+            let cursor = self.cursor(&head.host, head.epoch);
+            if head.last_seq <= cursor || still_missing.contains(&at) {
                 continue;
             }
             if budget == 0 {
                 more = true;
-                self.start = at;
+                next_start = at;
                 break;
             }
+            // Charged what the head says is behind the cursor (all of it, without gaps), so
+            // the streams after it get the rest; a round can pass the budget by the batches
+            // stored since the heads were read.
             let limit = STREAM_BATCHES.min(budget);
-            let fetched = source.after(&head.host, head.epoch, cursor, limit).await?;
+            let behind = usize::try_from(head.last_seq - cursor).unwrap_or(usize::MAX);
+            budget -= limit.min(behind);
+            picked.push((at, cursor, limit));
+        }
+        let reads: Vec<StreamRead<'_>> = picked
+            .iter()
+            .map(|&(at, cursor, limit)| (heads[at].host.as_str(), heads[at].epoch, cursor, limit))
+            .collect();
+        let fetched_all = if reads.is_empty() { Vec::new() } else { source.after_many(&reads).await? };
+        // Consumed statuses whose rows are still there come first by id (or anywhere, when a
+        // lower id committed late): read past them.
+        let status_limit = ROUND_STATUSES + self.consumed.len();
+        let read = source.read_statuses(status_limit).await?;
+        let late = self.read_late(now).await?;
+
+        // From here on, the round changes state.
+        self.ahead = true;
+        self.start = next_start;
+        if read.len() >= status_limit {
+            more = true;
+        }
+        self.count_late(late);
+        let mut streams: Vec<Vec<PendingBatch>> = Vec::new();
+        let mut advanced: Vec<(StreamKey, u64)> = Vec::new();
+        for (&(at, cursor, limit), fetched) in picked.iter().zip(fetched_all) {
+            let head = &heads[at];
+            let key = (head.host.clone(), head.epoch);
             let seqs: Vec<u64> = fetched.iter().map(|b| b.seq).collect();
-            let plan =
-                plan_stream(cursor, &seqs, head.last_seq, self.holds.get(&key).copied(), now, self.parts.gap_grace);
+            let plan = plan_stream(cursor, &seqs, head.last_seq, self.holds.get(&key).copied(), now, grace);
             // A full read leaves more to do at once, unless the stream waits for a gap (then
             // another round at once would only read the same batches again).
             if fetched.len() >= limit && plan.hold.is_none() {
@@ -505,36 +583,37 @@ impl Evaluator {
                     ready.push(b);
                 }
             }
-            budget = budget.saturating_sub(ready.len());
             if !ready.is_empty() {
                 streams.push(ready);
             }
-        }
-        // Consumed statuses whose rows are still there come first by id (or anywhere, when a
-        // lower id committed late): read past them.
-        let limit = ROUND_STATUSES + self.consumed.len();
-        let read = source.read_statuses(limit).await?;
-        if read.len() >= limit {
-            more = true;
         }
         // Each status is a stream of its own: they are independent of each other's order.
         streams.extend(read.into_iter().filter(|s| !self.consumed.contains(&s.id)).map(|s| vec![s]));
         let items = merge_by_time(streams);
         let evaluated = items.len();
-        self.check_late(now).await?;
 
         // Writes each batch's cursor and each status's id right after its changes.
         let changes = if items.is_empty() { Vec::new() } else { self.evaluate(items).await? };
-        if !advanced.is_empty() {
+        // Cursors of streams whose heads retention deleted (old epochs, every batch gone).
+        let vanished = self.vanished(&heads);
+        if !advanced.is_empty() || !vanished.is_empty() {
             // The cursors past skipped seqs (those of evaluated batches are written already).
             let mut wb = WriteBatch::default();
             for ((host, epoch), seq) in &advanced {
                 wb.insert(cursor_key(host, *epoch), seq.to_be_bytes().to_vec());
             }
+            for (host, epoch) in &vanished {
+                wb.remove(cursor_key(host, *epoch));
+            }
             self.cursor_tree.apply(wb)?;
             self.cursors.extend(advanced.iter().cloned());
+            for key in &vanished {
+                self.cursors.remove(key);
+                self.holds.remove(key);
+                self.watches.remove(key);
+            }
         }
-        if evaluated > 0 || !advanced.is_empty() || self.unflushed {
+        if evaluated > 0 || !advanced.is_empty() || !vanished.is_empty() || self.unflushed {
             // The engine's changes, the cursors and the consumed status ids commit together
             // (up to the one batch another task's flush may cut; see the module doc).
             self.parts.storage.flush().await?;
@@ -543,12 +622,32 @@ impl Evaluator {
                 let _ = self.parts.transitions.send(changes);
             }
         }
+        self.ahead = false;
         let backlog: u64 = heads.iter().map(|h| h.last_seq.saturating_sub(self.cursor(&h.host, h.epoch))).sum();
         self.parts.metrics.eval_backlog_batches.set(i64::try_from(backlog).unwrap_or(i64::MAX));
         self.last_heads = heads;
         self.more = more;
         self.delete_consumed().await?;
         Ok(evaluated)
+    }
+
+    /// Whether a failed round must stop the process: memory is ahead of the store (the
+    /// round failed after it began to change state), or the lease is lost. Otherwise (a read,
+    /// or the delete of consumed statuses after the flush) the round can be retried.
+    pub fn must_stop(&self, error: &StoreError) -> bool {
+        self.ahead || matches!(error, StoreError::Fenced { .. })
+    }
+
+    /// At most [`CURSOR_DROPS`] streams with a cursor but no head any more (retention deleted
+    /// the head of an old epoch once every batch of it was gone).
+    fn vanished(&self, heads: &[Head]) -> Vec<StreamKey> {
+        let live: HashSet<(&str, u64)> = heads.iter().map(|h| (h.host.as_str(), h.epoch)).collect();
+        self.cursors
+            .keys()
+            .filter(|(host, epoch)| !live.contains(&(host.as_str(), *epoch)))
+            .take(CURSOR_DROPS)
+            .cloned()
+            .collect()
     }
 
     /// Evaluates `items` in order on a blocking thread (the engine is synchronous and CPU-bound);
@@ -647,43 +746,75 @@ impl Evaluator {
         Ok(())
     }
 
-    /// Counts batches stored in skipped ranges after all (never evaluated) and forgets the
-    /// ranges watched long enough.
-    async fn check_late(&mut self, now: Instant) -> Result<(), StoreError> {
-        if self.watches.is_empty() {
-            return Ok(());
-        }
-        let source = self.parts.batches.clone();
-        for ((host, epoch), watches) in self.watches.iter_mut() {
+    /// Forgets the ranges watched long enough and reads which seqs of the others are stored
+    /// (seqs only, one round trip); changes nothing else.
+    async fn read_late(&mut self, now: Instant) -> Result<Vec<(StreamKey, usize, Vec<u64>)>, StoreError> {
+        for watches in self.watches.values_mut() {
             watches.retain(|w| w.until > now);
-            for w in watches.iter_mut() {
-                let found = source.after(host, *epoch, w.lo - 1, LATE_READ).await?;
-                for b in found.iter().filter(|b| b.seq <= w.hi) {
-                    if w.counted.insert(b.seq) {
-                        tracing::warn!(host = %host, epoch = *epoch, seq = b.seq, "a batch was stored after it had been skipped: never evaluated");
-                        self.parts.metrics.batches_late_total.inc();
-                    }
+        }
+        self.watches.retain(|_, w| !w.is_empty());
+        if self.watches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys: Vec<(StreamKey, usize)> = Vec::new();
+        let mut ranges: Vec<SeqRange<'_>> = Vec::new();
+        for ((host, epoch), watches) in &self.watches {
+            for (i, w) in watches.iter().enumerate() {
+                keys.push(((host.clone(), *epoch), i));
+                ranges.push((host.as_str(), *epoch, w.lo, w.hi));
+            }
+        }
+        let found = self.parts.batches.seqs_many(&ranges, LATE_READ).await?;
+        Ok(keys.into_iter().zip(found).map(|((key, i), seqs)| (key, i, seqs)).collect())
+    }
+
+    /// Counts batches stored in skipped ranges after all (never evaluated), each once.
+    fn count_late(&mut self, late: Vec<(StreamKey, usize, Vec<u64>)>) {
+        for (key, i, seqs) in late {
+            let Some(w) = self.watches.get_mut(&key).and_then(|w| w.get_mut(i)) else { continue };
+            for seq in seqs.into_iter().filter(|&s| s >= w.lo && s <= w.hi) {
+                if w.counted.insert(seq) {
+                    tracing::warn!(host = %key.0, epoch = key.1, seq, "a batch was stored after it had been skipped: never evaluated");
+                    self.parts.metrics.batches_late_total.inc();
                 }
             }
         }
-        self.watches.retain(|_, w| !w.is_empty());
-        Ok(())
     }
 }
 
 /// Runs rounds: when woken, every [`IDLE_ROUND`], or at once while a round was cut short by
 /// its limits. The returned watch turns `true` once the backlog found by the first round is
 /// evaluated (the leader starts the clock tick only then: ticking earlier would open false
-/// host-down faults for hosts whose batches are still queued). A failed round stops the
+/// host-down faults for hosts whose batches are still queued). A round that failed in a read
+/// (a timeout under load, a lost connection) is retried every [`READ_RETRY`], logged once; one
+/// that failed with memory ahead of the store (the flush) or with the lease lost stops the
 /// process (see `storage_failure`).
 pub fn spawn(mut ev: Evaluator) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
     let (caught_up_tx, caught_up) = watch::channel(false);
     let handle = tokio::spawn(async move {
         let wake = ev.parts.wake.clone();
         let mut target: Option<Vec<Head>> = None;
+        let mut failing = false;
         loop {
-            if let Err(e) = ev.run_once(Instant::now()).await {
-                crate::services::storage_failure::stop("evaluating stored batches", &e);
+            match ev.run_once(Instant::now()).await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("the evaluator reads the stored batches again");
+                }
+                Ok(_) => {}
+                Err(e) if ev.must_stop(&e) => {
+                    crate::services::storage_failure::stop("evaluating stored batches", &e);
+                }
+                Err(e) => {
+                    if failing {
+                        tracing::debug!(error = %e, "the evaluator still cannot read the stored batches");
+                    } else {
+                        failing = true;
+                        tracing::warn!(error = %e, "the evaluator cannot read the stored batches; retrying every second");
+                    }
+                    tokio::time::sleep(READ_RETRY).await;
+                    continue;
+                }
             }
             if !*caught_up_tx.borrow() {
                 let target = target.get_or_insert_with(|| ev.last_heads.clone());
@@ -932,6 +1063,10 @@ mod tests {
         fail_delete: bool,
         dup: bool,
         overlap: u64,
+        /// Batches (payloads) handed out by `after_many`.
+        payloads_read: usize,
+        /// How many more `heads` reads fail (a statement timeout under load).
+        fail_heads: usize,
     }
 
     impl Fake {
@@ -944,7 +1079,11 @@ mod tests {
     #[async_trait]
     impl PendingSource for Fake {
         async fn heads(&self) -> Result<Vec<Head>, StoreError> {
-            let s = self.state.lock().unwrap();
+            let mut s = self.state.lock().unwrap();
+            if s.fail_heads > 0 {
+                s.fail_heads -= 1;
+                return Err(StoreError::Engine("canceling statement due to statement timeout".into()));
+            }
             let mut heads: BTreeMap<(String, u64), u64> = BTreeMap::new();
             for (host, epoch, seq) in s.batches.keys() {
                 let h = heads.entry((host.clone(), *epoch)).or_default();
@@ -952,26 +1091,39 @@ mod tests {
             }
             Ok(heads.into_iter().map(|((host, epoch), last_seq)| Head { host, epoch, last_seq }).collect())
         }
-        async fn after(
-            &self,
-            host: &str,
-            epoch: u64,
-            after: u64,
-            limit: usize,
-        ) -> Result<Vec<PendingBatch>, StoreError> {
-            let s = self.state.lock().unwrap();
-            let from = after.saturating_sub(s.overlap);
-            let mut out = Vec::new();
-            for ((h, e, seq), b) in &s.batches {
-                if h == host && *e == epoch && *seq > from {
-                    out.push(b.clone());
-                    if s.dup {
+        async fn after_many(&self, reads: &[StreamRead<'_>]) -> Result<Vec<Vec<PendingBatch>>, StoreError> {
+            let mut s = self.state.lock().unwrap();
+            let mut all = Vec::new();
+            for &(host, epoch, after, limit) in reads {
+                let from = after.saturating_sub(s.overlap);
+                let mut out = Vec::new();
+                for ((h, e, seq), b) in &s.batches {
+                    if h == host && *e == epoch && *seq > from {
                         out.push(b.clone());
+                        if s.dup {
+                            out.push(b.clone());
+                        }
                     }
                 }
+                out.truncate(limit);
+                s.payloads_read += out.len();
+                all.push(out);
             }
-            out.truncate(limit);
-            Ok(out)
+            Ok(all)
+        }
+        async fn seqs_many(&self, ranges: &[SeqRange<'_>], limit: usize) -> Result<Vec<Vec<u64>>, StoreError> {
+            let s = self.state.lock().unwrap();
+            Ok(ranges
+                .iter()
+                .map(|&(host, epoch, lo, hi)| {
+                    s.batches
+                        .keys()
+                        .filter(|(h, e, seq)| h == host && *e == epoch && (lo..=hi).contains(seq))
+                        .map(|k| k.2)
+                        .take(limit)
+                        .collect()
+                })
+                .collect())
         }
         async fn read_statuses(&self, limit: usize) -> Result<Vec<PendingBatch>, StoreError> {
             let s = self.state.lock().unwrap();
@@ -1133,6 +1285,87 @@ mod tests {
         r.ev.run_once(t0 + GRACE).await.unwrap();
         assert_eq!(opened(&r.faults), names(&[1, 3]));
         assert_eq!(r.metrics.batches_late_total.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_held_stream_and_a_watched_range_read_no_payloads_until_something_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let mut r = rig(dir.path(), fake.clone());
+        let t0 = Instant::now();
+        fake.put(numbered(1));
+        for seq in 3..=50 {
+            fake.put(numbered(seq));
+        }
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), 1);
+        let read = |fake: &Fake| std::mem::take(&mut fake.state.lock().unwrap().payloads_read);
+        assert_eq!(read(&fake), 49, "the first round reads what is behind the cursor");
+        for ms in [1, 100, 5_000] {
+            assert_eq!(r.ev.run_once(t0 + Duration::from_millis(ms)).await.unwrap(), 0);
+            assert_eq!(read(&fake), 0, "the held stream's payloads were read again");
+        }
+        // The missing batch comes: all of it is read and evaluated at once.
+        fake.put(numbered(2));
+        assert_eq!(r.ev.run_once(t0 + Duration::from_secs(6)).await.unwrap(), 49);
+        assert_eq!(read(&fake), 49);
+        assert_eq!(r.ev.cursor("h1", 1), 50);
+
+        // A gap skipped after the grace: its range is then watched by seq only.
+        for seq in 60..=70 {
+            fake.put(numbered(seq));
+        }
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(r.ev.run_once(t1).await.unwrap(), 0);
+        assert_eq!(r.ev.run_once(t1 + GRACE).await.unwrap(), 11);
+        read(&fake);
+        fake.put(numbered(55));
+        for _ in 0..3 {
+            assert_eq!(r.ev.run_once(t1 + GRACE).await.unwrap(), 0);
+        }
+        assert_eq!(read(&fake), 0, "a watched range's payloads were read");
+        assert_eq!(r.metrics.batches_late_total.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn failed_reads_are_retried_and_only_a_failure_past_the_reads_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        fake.put(numbered(1));
+        fake.state.lock().unwrap().fail_heads = 2;
+        let mut r = rig(dir.path(), fake.clone());
+        let err = r.ev.run_once(Instant::now()).await.expect_err("the heads read failed");
+        assert!(!r.ev.must_stop(&err), "a failed read stops the leader: {err}");
+        assert!(r.ev.must_stop(&StoreError::Fenced { node: "n1".into(), term: 1 }));
+        // The task retries (on the old code the process exited here).
+        let (mut caught_up, task) = spawn(r.ev);
+        tokio::time::timeout(Duration::from_secs(10), caught_up.wait_for(|c| *c)).await.unwrap().unwrap();
+        task.abort();
+        let _ = task.await;
+        assert_eq!(opened(&r.faults), names(&[1]));
+        // A failed flush leaves memory ahead of the store: that must stop.
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = rig(dir.path(), fake.clone());
+        r.storage.fail.store(true, Ordering::SeqCst);
+        let err = r.ev.run_once(Instant::now()).await.expect_err("the flush failed");
+        assert!(r.ev.must_stop(&err));
+    }
+
+    #[tokio::test]
+    async fn cursors_of_streams_without_a_head_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        fake.put(numbered(1));
+        fake.put(pending("h2", 4, 1, T0_MS, Vec::new(), 0));
+        let mut r = rig(dir.path(), fake.clone());
+        assert_eq!(r.ev.run_once(Instant::now()).await.unwrap(), 2);
+        assert_eq!(r.ev.cursor("h2", 4), 1);
+        // Retention deleted every batch of h2/4 and its head.
+        fake.state.lock().unwrap().batches.retain(|k, _| k.0 != "h2");
+        assert_eq!(r.ev.run_once(Instant::now()).await.unwrap(), 0);
+        assert_eq!((r.ev.cursor("h2", 4), r.ev.cursor("h1", 1)), (0, 1));
+        drop(r);
+        let r = rig(dir.path(), fake);
+        assert_eq!(r.ev.cursors.len(), 1, "the dropped cursor was not flushed");
     }
 
     #[tokio::test]

@@ -18,12 +18,12 @@ pub const EXIT_STORAGE_FAILED: i32 = 75;
 pub fn stop(what: &str, error: &dyn std::fmt::Display) -> ! {
     tracing::error!(
         error = %error,
-        "{what}: storage failed; stopping so that the collector restarts from what is on disk \
-         (check free space and permissions of data_dir)"
+        "{what}: storage failed; stopping so that the collector restarts from what is stored \
+         (check free space and permissions of data_dir, or the database with [store] kind = \"postgres\")"
     );
     eprintln!(
         "pikett-collector: {what}: storage failed: {error}; stopping (exit {EXIT_STORAGE_FAILED}); \
-         check free space and permissions of data_dir"
+         check free space and permissions of data_dir, or the database"
     );
     std::process::exit(EXIT_STORAGE_FAILED)
 }

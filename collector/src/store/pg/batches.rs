@@ -10,7 +10,18 @@
 //!   not deadlock each other. The heads and the hosts rows are raised by SQL arithmetic on the
 //!   row (`+ n`, `greatest`), never read-modify-write in Rust: several nodes update one host.
 //!   COMMIT runs with `synchronous_commit = on`: when the group's answer is Ok it is durable,
-//!   and only then do agents get their acks. A `NOTIFY pikett_batches` wakes the evaluator.
+//!   and only then do agents get their acks. No NOTIFY: it would take a cluster-wide lock at
+//!   COMMIT and serialize every node's commits; the leader polls (every 200 ms) and its own
+//!   writer wakes it.
+//! - Reading for the evaluator: one round trip for many streams ([`PgBatches::after_many`],
+//!   a `LATERAL` read per stream), and seq-only reads for gap and late checks
+//!   ([`PgBatches::seqs_many`]), which touch the primary key, never a payload.
+//! - Retention ([`BatchStore::prune_before`]) deletes the oldest batches and lowers the
+//!   `retained` of their hosts in the same short transaction, locking those host rows in
+//!   `host_id` order first, as the writers do: no deadlock with a writer, and the host rows
+//!   are held only for the update and the COMMIT. Then, each in a statement of its own, the
+//!   statuses left behind and the heads rows of old epochs (no batch left, not the host's
+//!   current epoch, not raised since the cutoff).
 //! - The host registry is mirrored in memory (the trait's synchronous reads). A node updates
 //!   its mirror from what its own writes returned and reloads it every second
 //!   ([`PgBatches::spawn_refresh`]) for what other nodes wrote. Each row carries a `version`
@@ -40,10 +51,6 @@ use super::lease::fence;
 use super::{PgConnect, db, migrate};
 use crate::store::StoreError;
 use crate::store::batch_store::{BatchStore, Outcome, Stored, WriteRequest};
-
-/// The channel a storing transaction notifies when it stored something to evaluate (a new
-/// batch or a status); the payload is empty: a notification only wakes, the heads are the truth.
-pub const NOTIFY_CHANNEL: &str = "pikett_batches";
 
 /// How often [`PgBatches::spawn_refresh`]'s task re-reads the size of the batches table.
 const SIZE_REFRESH: Duration = Duration::from_secs(30);
@@ -150,28 +157,65 @@ const AFTER: &str = concat!(
     ", payload, series_over_limit FROM pikett_batches \
      WHERE host = $1 AND epoch = $2 AND seq > $3 ORDER BY seq LIMIT $4"
 );
+/// [`AFTER`] for many streams at once: per row of the arrays (host, epoch, after, limit) the
+/// batches above `after`, ascending; each row tagged with its array position (from 1).
+const AFTER_MANY: &str = concat!(
+    "SELECT c.i, x.host, x.customer, x.epoch, x.seq, ",
+    ms!("x.received_at"),
+    ", x.payload, x.series_over_limit \
+     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) WITH ORDINALITY AS c(host, epoch, after, lim, i) \
+     CROSS JOIN LATERAL (\
+       SELECT b.host, b.customer, b.epoch, b.seq, b.received_at, b.payload, b.series_over_limit \
+       FROM pikett_batches b WHERE b.host = c.host AND b.epoch = c.epoch AND b.seq > c.after \
+       ORDER BY b.seq LIMIT c.lim) x \
+     ORDER BY c.i, x.seq"
+);
+/// The seqs stored in `lo..=hi` per row of the arrays (host, epoch, lo, hi), at most `$5` per
+/// row, without payloads (the primary key answers); tagged with the array position (from 1).
+const SEQS_MANY: &str = "SELECT c.i, x.seq \
+     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) WITH ORDINALITY AS c(host, epoch, lo, hi, i) \
+     CROSS JOIN LATERAL (\
+       SELECT b.seq FROM pikett_batches b \
+       WHERE b.host = c.host AND b.epoch = c.epoch AND b.seq BETWEEN c.lo AND c.hi \
+       ORDER BY b.seq LIMIT $5) x \
+     ORDER BY c.i, x.seq";
 const READ_STATUSES: &str = concat!(
     "SELECT id, host, customer, epoch, ",
     ms!("received_at"),
     ", payload, series_over_limit FROM pikett_agent_status ORDER BY id LIMIT $1"
 );
 const DELETE_STATUSES: &str = "DELETE FROM pikett_agent_status WHERE id = ANY($1::int8[])";
-/// Deletes the oldest batches received before `$1` (Unix ms), at most `$2`, and lowers the
-/// `retained` of their hosts by what went; returns per host the count and the new row.
-const PRUNE: &str = concat!(
-    "WITH old AS (\
+/// Deletes the oldest batches received before `$1` (Unix ms), at most `$2`; returns per host
+/// how many went, by host.
+const PRUNE_BATCHES: &str = "WITH old AS (\
        SELECT host, epoch, seq FROM pikett_batches \
        WHERE received_at < 'epoch'::timestamptz + $1::bigint * interval '1 millisecond' \
        ORDER BY received_at LIMIT $2), \
      gone AS (\
        DELETE FROM pikett_batches b USING old \
-       WHERE b.host = old.host AND b.epoch = old.epoch AND b.seq = old.seq RETURNING b.host), \
-     per_host AS (SELECT host, count(*) AS n FROM gone GROUP BY host) \
-     UPDATE pikett_hosts h SET retained = greatest(h.retained - p.n, 0), version = h.version + 1 \
-     FROM per_host p WHERE h.host_id = p.host \
+       WHERE b.host = old.host AND b.epoch = old.epoch AND b.seq = old.seq RETURNING b.host) \
+     SELECT host, count(*) FROM gone GROUP BY host ORDER BY host";
+/// Locks the host rows of a retention step in `host_id` order, the writers' order (the
+/// rows of one `UPDATE … FROM` are locked in whatever order its join produces them).
+const LOCK_HOSTS: &str = "SELECT host_id FROM pikett_hosts WHERE host_id = ANY($1::text[]) ORDER BY host_id FOR UPDATE";
+/// Lowers the `retained` of each host `$1[i]` by `$2[i]`; returns the count and the new row.
+const LOWER_RETAINED: &str = concat!(
+    "UPDATE pikett_hosts h SET retained = greatest(h.retained - p.n, 0), version = h.version + 1 \
+     FROM unnest($1::text[], $2::int8[]) AS p(host, n) WHERE h.host_id = p.host \
      RETURNING p.n, ",
     host_cols!()
 );
+/// Deletes at most `$2` heads rows of old epochs: no batch of the (host, epoch) left, not the
+/// host's current epoch (its head is what the Welcome tells the agent), and not raised since
+/// the cutoff `$1`. Locked in key order, the writers' order; a row a writer raises meanwhile
+/// is re-checked (`updated_at`) and stays.
+const PRUNE_HEADS: &str = "DELETE FROM pikett_batch_heads hd USING (\
+       SELECT o.host, o.epoch FROM pikett_batch_heads o \
+       WHERE o.updated_at < 'epoch'::timestamptz + $1::bigint * interval '1 millisecond' \
+         AND NOT EXISTS (SELECT 1 FROM pikett_batches b WHERE b.host = o.host AND b.epoch = o.epoch) \
+         AND NOT EXISTS (SELECT 1 FROM pikett_hosts h WHERE h.host_id = o.host AND h.spool_epoch = o.epoch) \
+       ORDER BY o.host, o.epoch LIMIT $2 FOR UPDATE OF o) d \
+     WHERE hd.host = d.host AND hd.epoch = d.epoch";
 const PRUNE_STATUSES: &str = "DELETE FROM pikett_agent_status WHERE id IN \
        (SELECT id FROM pikett_agent_status \
         WHERE received_at < 'epoch'::timestamptz + $1::bigint * interval '1 millisecond' \
@@ -413,11 +457,6 @@ impl PgBatches {
                     .await
                     .map_err(db("inserting agent statuses into pikett_agent_status"))?;
                 }
-                if !new_keys.is_empty() || !s.host.is_empty() {
-                    tx.execute("SELECT pg_notify($1, '')", &[&NOTIFY_CHANNEL])
-                        .await
-                        .map_err(db("notifying pikett_batches"))?;
-                }
                 tx.commit().await.map_err(db("committing a group of batches"))?;
                 Ok((new_keys, hosts))
             })
@@ -555,6 +594,77 @@ impl PgBatches {
                 rows.iter().map(|r| pending(r, false)).collect::<Result<Vec<_>, _>>().map_err(|e| db(what)(e).into())
             })
             .await
+    }
+
+    /// [`PgBatches::after`] for many streams in one round trip: per `(host, epoch, after,
+    /// limit)` the stored batches above `after`, ascending, at most `limit`; one list per
+    /// read, in the order of `reads`.
+    pub async fn after_many(&self, reads: &[(&str, u64, u64, usize)]) -> Result<Vec<Vec<PendingBatch>>, StoreError> {
+        let mut out: Vec<Vec<PendingBatch>> = reads.iter().map(|_| Vec::new()).collect();
+        if reads.is_empty() {
+            return Ok(out);
+        }
+        let hosts: Vec<&str> = reads.iter().map(|r| r.0).collect();
+        let epochs: Vec<i64> = reads.iter().map(|r| big(r.1)).collect();
+        let after: Vec<i64> = reads.iter().map(|r| big(r.2)).collect();
+        let limits: Vec<i64> = reads.iter().map(|r| i64::try_from(r.3).unwrap_or(i64::MAX)).collect();
+        let rows = self
+            .evaluator
+            .with(async |client| {
+                let what = "reading batches from pikett_batches";
+                Ok(client.query(AFTER_MANY, &[&hosts, &epochs, &after, &limits]).await.map_err(db(what))?)
+            })
+            .await?;
+        for row in &rows {
+            let what = "reading batches from pikett_batches";
+            let i: i64 = row.try_get(0).map_err(db(what))?;
+            let b = PendingBatch {
+                host: row.try_get(1).map_err(db(what))?,
+                customer: row.try_get(2).map_err(db(what))?,
+                epoch: unbig(row.try_get(3).map_err(db(what))?),
+                seq: unbig(row.try_get(4).map_err(db(what))?),
+                id: 0,
+                received_ms: row.try_get(5).map_err(db(what))?,
+                payload: row.try_get(6).map_err(db(what))?,
+                series_over_limit: unbig(row.try_get(7).map_err(db(what))?),
+                status: false,
+            };
+            if let Some(list) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
+                list.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The seqs stored per `(host, epoch, lo, hi)` in `lo..=hi`, ascending, at most `limit`
+    /// per range, in one round trip and without payloads (gap and late checks); one list per
+    /// range, in the order of `ranges`.
+    pub async fn seqs_many(&self, ranges: &[(&str, u64, u64, u64)], limit: usize) -> Result<Vec<Vec<u64>>, StoreError> {
+        let mut out: Vec<Vec<u64>> = ranges.iter().map(|_| Vec::new()).collect();
+        if ranges.is_empty() {
+            return Ok(out);
+        }
+        let hosts: Vec<&str> = ranges.iter().map(|r| r.0).collect();
+        let epochs: Vec<i64> = ranges.iter().map(|r| big(r.1)).collect();
+        let lo: Vec<i64> = ranges.iter().map(|r| big(r.2)).collect();
+        let hi: Vec<i64> = ranges.iter().map(|r| big(r.3)).collect();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .evaluator
+            .with(async |client| {
+                let what = "reading sequence numbers from pikett_batches";
+                Ok(client.query(SEQS_MANY, &[&hosts, &epochs, &lo, &hi, &limit]).await.map_err(db(what))?)
+            })
+            .await?;
+        for row in &rows {
+            let what = "reading sequence numbers from pikett_batches";
+            let i: i64 = row.try_get(0).map_err(db(what))?;
+            let seq: i64 = row.try_get(1).map_err(db(what))?;
+            if let Some(list) = usize::try_from(i - 1).ok().and_then(|i| out.get_mut(i)) {
+                list.push(unbig(seq));
+            }
+        }
+        Ok(out)
     }
 
     /// At most `limit` agent statuses, by id, without taking them: the evaluator records
@@ -726,26 +836,48 @@ impl BatchStore for PgBatches {
             })
             .await
     }
-    /// Also deletes agent statuses received before the cutoff (left when no leader took them).
+    /// Also deletes agent statuses received before the cutoff (left when no leader took them)
+    /// and the heads rows of old epochs whose batches are all gone (see [`PRUNE_HEADS`]).
+    ///
+    /// The batches and the `retained` of their hosts go in one short transaction (so
+    /// `retained` stays exact), the host rows locked in `host_id` order after the delete and
+    /// held only for the update and the COMMIT. The statuses and the heads go in statements
+    /// of their own, so they add nothing to the time the host rows are held.
     async fn prune_before(&self, cutoff_ms: i64, max: usize) -> Result<usize, StoreError> {
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows = self
+        let (removed, rows) = self
             .admin
             .with(async |client| {
-                let tx = client.transaction().await.map_err(db("pruning pikett_batches"))?;
-                let rows = tx.query(PRUNE, &[&cutoff_ms, &max]).await.map_err(db("pruning pikett_batches"))?;
-                tx.execute(PRUNE_STATUSES, &[&cutoff_ms, &max]).await.map_err(db("pruning pikett_agent_status"))?;
+                let what = "pruning pikett_batches";
+                let tx = client.transaction().await.map_err(db(what))?;
+                let gone = tx.query(PRUNE_BATCHES, &[&cutoff_ms, &max]).await.map_err(db(what))?;
+                let mut hosts: Vec<String> = Vec::with_capacity(gone.len());
+                let mut counts: Vec<i64> = Vec::with_capacity(gone.len());
+                for row in &gone {
+                    hosts.push(row.try_get(0).map_err(db(what))?);
+                    counts.push(row.try_get(1).map_err(db(what))?);
+                }
+                let rows = if hosts.is_empty() {
+                    Vec::new()
+                } else {
+                    let what = "lowering retained in pikett_hosts";
+                    tx.execute(LOCK_HOSTS, &[&hosts]).await.map_err(db(what))?;
+                    tx.query(LOWER_RETAINED, &[&hosts, &counts]).await.map_err(db(what))?
+                };
                 tx.commit().await.map_err(db("committing a retention step"))?;
-                Ok(rows)
+                let removed: i64 = counts.iter().sum();
+                Ok((removed, rows))
             })
             .await?;
-        let mut removed = 0usize;
-        for row in &rows {
-            let n: i64 = row.try_get(0).map_err(db("reading a retention step"))?;
-            removed += usize::try_from(n).unwrap_or(0);
-        }
         self.mirror_rows(&rows, 1, false)?;
-        Ok(removed)
+        self.admin
+            .with(async |client| {
+                client.execute(PRUNE_STATUSES, &[&cutoff_ms, &max]).await.map_err(db("pruning pikett_agent_status"))?;
+                client.execute(PRUNE_HEADS, &[&cutoff_ms, &max]).await.map_err(db("pruning pikett_batch_heads"))?;
+                Ok(())
+            })
+            .await?;
+        Ok(usize::try_from(removed).unwrap_or(0))
     }
 }
 
@@ -911,6 +1043,132 @@ mod tests {
         assert_eq!(rest, vec![all[1].clone()]);
         a.delete_statuses("a", term, &[rest[0].id]).await.unwrap();
         assert!(a.read_statuses(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_streams_are_read_in_one_query_and_seqs_without_payloads() {
+        let (a, _b, _url) = two_nodes().await;
+        let mut group: Vec<_> = [1, 2, 3, 5, 6].iter().map(|&seq| request("web1", 7, seq)).collect();
+        group.extend([1, 2].iter().map(|&seq| request("db1", 3, seq)));
+        group.push(request("web1", 9, 1));
+        a.store_group(&group).await.unwrap();
+        let reads = [("web1", 7, 1, 2), ("db1", 3, 0, 10), ("web1", 8, 0, 10), ("web1", 7, 2, 10), ("web1", 9, 1, 5)];
+        let got = a.after_many(&reads).await.unwrap();
+        let seqs: Vec<Vec<u64>> = got.iter().map(|l| l.iter().map(|b| b.seq).collect()).collect();
+        assert_eq!(seqs, [vec![2, 3], vec![1, 2], vec![], vec![3, 5, 6], vec![]], "per read, in order, limited");
+        for (read, list) in reads.iter().zip(&got) {
+            for b in list {
+                assert_eq!((b.host.as_str(), b.epoch), (read.0, read.1));
+                assert_eq!(b.customer, "acme");
+                let batch: pikett_proto::v1::Batch = prost::Message::decode(b.payload.as_slice()).unwrap();
+                assert_eq!(batch.seq, b.seq);
+                assert!(b.received_ms > 0 && !b.status);
+            }
+        }
+        // One read each, as `after` answers it.
+        for &(host, epoch, after, limit) in &reads {
+            let one = a.after(host, epoch, after, limit).await.unwrap();
+            let i = reads.iter().position(|r| *r == (host, epoch, after, limit)).unwrap();
+            assert_eq!(one, got[i]);
+        }
+        assert!(a.after_many(&[]).await.unwrap().is_empty());
+
+        let ranges = [("web1", 7, 4, 4), ("web1", 7, 2, 6), ("db1", 3, 1, 9), ("web1", 7, 1, 100)];
+        let seqs = a.seqs_many(&ranges, 3).await.unwrap();
+        assert_eq!(seqs, [vec![], vec![2, 3, 5], vec![1, 2], vec![1, 2, 3]]);
+        assert!(a.seqs_many(&[], 3).await.unwrap().is_empty());
+    }
+
+    /// Retention locks the host rows in `host_id` order, as a writer does: a writer holding
+    /// one host and then updating those after it is not deadlocked (nor made to wait for the
+    /// retention step, which waits for it). (In hash order, h01 comes after several later
+    /// hosts.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_locks_hosts_in_the_writers_order() {
+        let (a, _b, url) = two_nodes().await;
+        let hosts: Vec<String> = (0..20).map(|i| format!("h{i:02}")).collect();
+        // Stored last first: the rows' physical order is not the key order.
+        for h in hosts.iter().rev() {
+            a.store_group(&[request(h, 7, 1)]).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let cutoff = now_ms();
+        let mut writer = admin_client(&url).await;
+        let observer = admin_client(&url).await;
+        let tx = writer.transaction().await.unwrap();
+        tx.execute("UPDATE pikett_hosts SET version = version + 1 WHERE host_id = 'h01'", &[]).await.unwrap();
+        let prune = {
+            let a = a.clone();
+            tokio::spawn(async move { a.prune_before(cutoff, 1_000).await })
+        };
+        // Until the retention step waits for h01.
+        let start = Instant::now();
+        loop {
+            let waiting: i64 = observer
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND application_name = 'pikett-collector' AND wait_event_type = 'Lock'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "retention never waited for h01");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The rest in host order, as the writer's upsert does: none is held by retention.
+        for h in &hosts[2..] {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [h];
+            let update = tx.execute("UPDATE pikett_hosts SET version = version + 1 WHERE host_id = $1", &params);
+            tokio::time::timeout(Duration::from_millis(500), update)
+                .await
+                .unwrap_or_else(|_| panic!("{h} is held by the retention step"))
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        assert_eq!(prune.await.unwrap().unwrap(), 20);
+        assert_eq!(a.batches_retained(), 0);
+        for h in &hosts {
+            assert_eq!(a.host(h).unwrap().retained, 0, "{h}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_drops_the_heads_of_old_epochs_without_batches() {
+        let (a, _b, url) = two_nodes().await;
+        a.store_group(&[request("web1", 7, 1), request("web1", 7, 2)]).await.unwrap();
+        a.store_group(&[request("db1", 3, 4)]).await.unwrap();
+        // web1 moves to spool 9; db1 stays on 3.
+        a.store_group(&[request("web1", 9, 1)]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let cutoff = now_ms();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // A young batch of the old epoch keeps its head.
+        a.store_group(&[request("web2", 5, 1)]).await.unwrap();
+        a.store_group(&[request("web2", 6, 1)]).await.unwrap();
+        let keys = |heads: Vec<Head>| heads.into_iter().map(|h| (h.host, h.epoch)).collect::<Vec<_>>();
+        let all = keys(a.heads().await.unwrap());
+        assert_eq!(all.len(), 5);
+        // Only some of web1/7 pruned: its head stays while a batch of it is left.
+        let admin = admin_client(&url).await;
+        admin
+            .execute(
+                "UPDATE pikett_batches SET received_at = received_at - interval '1 hour' \
+                 WHERE host = 'web1' AND epoch = 7 AND seq = 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(a.prune_before(cutoff, 1).await.unwrap(), 1);
+        assert_eq!(keys(a.heads().await.unwrap()), all, "a head went with batches left");
+        assert_eq!(a.prune_before(cutoff, 100).await.unwrap(), 3);
+        let want: Vec<(String, u64)> =
+            [("db1", 3), ("web1", 9), ("web2", 5), ("web2", 6)].iter().map(|(h, e)| (h.to_string(), *e)).collect();
+        assert_eq!(keys(a.heads().await.unwrap()), want, "only web1/7: old, empty, not current");
+        assert_eq!(a.stored_up_to("db1", 3).await.unwrap(), 4, "the current epoch's head stays");
     }
 
     /// A group whose session dies mid-transaction (waiting for a row another session

@@ -26,6 +26,8 @@ CREATE INDEX pikett_batches_received_at ON pikett_batches (received_at);
 
 -- The highest sequence number stored per (host, spool epoch), raised with greatest(): what
 -- the Welcome tells an agent, and where the evaluator looks for work.
+-- Retention deletes the rows of old epochs (not the host's current one) once none of their
+-- batches is left and the row was not raised since the cutoff.
 CREATE TABLE pikett_batch_heads (
     host       text        NOT NULL,
     epoch      bigint      NOT NULL,
