@@ -1537,6 +1537,44 @@ mod tests {
         assert!(all.is_ok(), "a free slot sat idle");
     }
 
+    /// A channel that counts what it was asked to send.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl super::super::Channel for Counting {
+        fn kind(&self) -> ChannelKind {
+            ChannelKind::Sms
+        }
+        async fn send(&self, _n: &Notification) -> Result<Receipt, ChannelError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(Receipt { channel: ChannelKind::Sms, endpoint: "test".into(), detail: "ok".into() })
+        }
+    }
+
+    /// A guard that says no (a leader past its lease) stops every send and deposes the
+    /// outbox; the entries stay pending for the next leader.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_send_guard_that_says_no_sends_nothing_and_deposes() {
+        let (_dir, store) = sled_store();
+        let counting = Arc::new(Counting(std::sync::atomic::AtomicUsize::new(0)));
+        let channels: ChannelMap =
+            HashMap::from([(ChannelKind::Sms, counting.clone() as Arc<dyn super::super::Channel>)]);
+        let (ob, _outcomes) = Outbox::new(store, channels, cfg(), Arc::new(SystemClock));
+        let leads = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let guard = leads.clone();
+        ob.guard_sends(Arc::new(move || guard.load(std::sync::atomic::Ordering::SeqCst)));
+        let mut n = crate::notify::sample_notification();
+        n.id = "7/1".into();
+        ob.enqueue(n).await.unwrap();
+        let worker = ob.start();
+        let mut deposed = ob.deposed();
+        tokio::time::timeout(Duration::from_secs(10), deposed.wait_for(|d| *d)).await.unwrap().unwrap();
+        worker.stop().await;
+        assert_eq!(counting.0.load(std::sync::atomic::Ordering::SeqCst), 0, "sent past the guard");
+        let entry = ob.entry("7/1").await.unwrap().expect("still stored");
+        assert_eq!(entry.state, EntryState::Pending, "left for the next leader");
+    }
+
     #[test]
     fn corrupt_entry_is_reported_not_fatal() {
         let (_dir, store) = sled_store();
