@@ -25,7 +25,8 @@ pub(crate) enum BatchKind {
     Host,
 }
 
-/// The simulated agents: `agents` streams to `url`, each sending `samples` samples (and one
+/// The simulated agents: `agents` streams to `url` (several URLs separated by spaces: agent
+/// `i` connects to the `i mod n`-th, so they are split evenly), each sending `samples` samples (and one
 /// check result) every `interval`; over TLS with a client certificate each when `pki` is set.
 pub(crate) struct Load {
     pub url: String,
@@ -91,9 +92,11 @@ pub(crate) async fn connect_agent(
 /// one peer address 16 handshakes under way. Reports the ones that failed.
 pub(crate) async fn connect_all(load: &Load) -> Vec<Stream> {
     let gate = Arc::new(Semaphore::new(if load.pki.is_some() { 8 } else { 64 }));
+    let urls: Vec<&str> = load.url.split_whitespace().collect();
     let mut tasks = Vec::new();
     for id in 0..load.agents {
-        let (url, pki, gate, interval) = (load.url.clone(), load.pki.clone(), gate.clone(), load.interval);
+        let url = urls[id % urls.len()].to_string();
+        let (pki, gate, interval) = (load.pki.clone(), gate.clone(), load.interval);
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let host_id = format!("bench-{id:05}");

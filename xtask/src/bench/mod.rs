@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 mod agent_footprint;
 mod compare;
+mod failover;
 mod load;
 mod paging_checks;
+mod pg;
 mod pki;
 mod prom_target;
 mod series;
@@ -22,27 +24,9 @@ use crate::util::{Killed, build, free_port, proc_usage, target_dir, wait_port};
 
 #[derive(Subcommand)]
 pub enum Which {
-    /// Many simulated agents streaming to a release collector on loopback.
-    Ingest {
-        /// Concurrent agent streams (one connection each).
-        #[arg(long, default_value_t = 2000)]
-        agents: usize,
-        /// Samples per batch.
-        #[arg(long, default_value_t = 100)]
-        samples: usize,
-        /// Milliseconds between two batches of one agent.
-        #[arg(long, default_value_t = 1000)]
-        interval_ms: u64,
-        /// Measured seconds (after every agent is connected).
-        #[arg(long, default_value_t = 20)]
-        seconds: u64,
-        /// Collector-side `[[rules]]` on the samples (the fault engine always runs).
-        #[arg(long, default_value_t = 5)]
-        rules: usize,
-        /// The collector's `store_fsync` (fdatasync after every group commit).
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-        fsync: bool,
-    },
+    /// Many simulated agents streaming to a release collector on loopback (or to several
+    /// sharing a throwaway PostgreSQL: `--store postgres --collectors N`).
+    Ingest(IngestArgs),
     /// Fault opened → first SMS request received, over many faults.
     Paging {
         #[arg(long, default_value_t = 1000)]
@@ -69,14 +53,52 @@ pub enum Which {
     /// The release collector and Prometheus at the same sample rate, one after the other in
     /// one run: CPU per sample, RSS, bytes on disk per sample.
     Compare(compare::Args),
+    /// Collectors sharing a throwaway PostgreSQL: the leader is killed (SIGKILL) again and
+    /// again; the time until another node leads (`/healthz/leader` answers 200).
+    Failover(failover::Args),
+}
+
+#[derive(clap::Args)]
+pub struct IngestArgs {
+    /// Concurrent agent streams (one connection each).
+    #[arg(long, default_value_t = 2000)]
+    agents: usize,
+    /// Samples per batch.
+    #[arg(long, default_value_t = 100)]
+    samples: usize,
+    /// Milliseconds between two batches of one agent.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+    /// Measured seconds (after every agent is connected).
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    /// Collector-side `[[rules]]` on the samples (the fault engine always runs).
+    #[arg(long, default_value_t = 5)]
+    rules: usize,
+    /// The collector's `store_fsync` (fdatasync after every group commit; sled only).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fsync: bool,
+    /// The collectors' store: sled in their data directory, or one throwaway PostgreSQL 15
+    /// (fsync and synchronous_commit on) shared by all of them.
+    #[arg(long, value_enum, default_value_t = StoreKind::Sled)]
+    store: StoreKind,
+    /// Collectors sharing the PostgreSQL database (node_id c1..cN); the agents are split
+    /// evenly across them. Only with `--store postgres`.
+    #[arg(long, default_value_t = 1)]
+    collectors: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Sled,
+    Postgres,
 }
 
 pub fn run(which: Which) -> anyhow::Result<()> {
     raise_nofile();
     match which {
-        Which::Ingest { agents, samples, interval_ms, seconds, rules, fsync } => {
-            ingest(agents, samples, interval_ms, seconds, rules, fsync)
-        }
+        Which::Ingest(args) => ingest(args),
+        Which::Failover(args) => failover::failover(args),
         Which::Agent { seconds } => agent_footprint::agent(seconds),
         Which::Compare(args) => compare::compare(args),
         Which::Soak(args) => soak::soak(args),
@@ -144,14 +166,11 @@ pub(crate) fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-fn ingest(
-    agents: usize,
-    samples: usize,
-    interval_ms: u64,
-    seconds: u64,
-    rules: usize,
-    fsync: bool,
-) -> anyhow::Result<()> {
+fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let IngestArgs { agents, samples, interval_ms, seconds, rules, fsync, store, collectors } = args;
+    if collectors == 0 || (store == StoreKind::Sled && collectors != 1) {
+        bail!("--collectors: 1 with sled (its own store each), 1 or more with --store postgres");
+    }
     let bin = build("release")?;
     // Rules that look at every sample of the benchmark (none fires: values stay below).
     let rules_toml: String = (0..rules)
@@ -162,14 +181,33 @@ fn ingest(
             )
         })
         .collect();
-    let config = format!("store_fsync = {fsync}\n{rules_toml}");
-    let (collector, port, _dir) = start_collector(&bin, "ingest", &config)?;
-    let pid = collector.0.id();
-    let url = format!("http://127.0.0.1:{port}");
+    // Declared before the collectors, so it is dropped (stopped) after them.
+    let pg = match store {
+        StoreKind::Sled => None,
+        StoreKind::Postgres => Some(pg::BenchPg::start()?),
+    };
+    let mut nodes = Vec::new();
+    for i in 1..=collectors {
+        let (name, config) = match &pg {
+            None => ("ingest".to_string(), format!("store_fsync = {fsync}\n{rules_toml}")),
+            Some(pg) => (format!("ingest-pg-c{i}"), format!("{rules_toml}{}", pg.store_toml(&format!("c{i}"), ""))),
+        };
+        let (collector, port, _dir) = start_collector(&bin, &name, &config)?;
+        nodes.push((collector, port));
+    }
+    let pids: Vec<u32> = nodes.iter().map(|(c, _)| c.0.id()).collect();
+    let url = nodes.iter().map(|(_, port)| format!("http://127.0.0.1:{port}")).collect::<Vec<_>>().join(" ");
     let interval = Duration::from_millis(interval_ms);
+    let store_text = match &pg {
+        None => format!("sled, store_fsync {fsync}"),
+        Some(_) => format!(
+            "{collectors} collector(s) on one PostgreSQL 15 (fsync=on, synchronous_commit=on: acks after a durable COMMIT)"
+        ),
+    };
     println!(
-        "bench ingest: {agents} agents × {samples} samples every {interval_ms} ms, {rules} rules, store_fsync {fsync}, {seconds} s measured, collector pid {pid}"
+        "bench ingest: {agents} agents × {samples} samples every {interval_ms} ms, {rules} rules, {store_text}, {seconds} s measured, collector pid(s) {pids:?}"
     );
+    let db_cpu_before = pg.as_ref().map(|pg| pg.cpu_seconds()).transpose()?;
     let load = Load { url, agents, samples, interval, kind: BatchKind::Sensors, pki: None };
     let rt = tokio::runtime::Runtime::new()?;
     let (result, elapsed) = rt.block_on(async {
@@ -180,7 +218,11 @@ fn ingest(
         let measure = (start_at + Duration::from_secs(2), start_at + Duration::from_secs(2 + seconds));
         (drive(&load, streams, start_at, measure).await, measure.1 - measure.0)
     });
-    let (peak_kib, _, cpu) = proc_usage(pid)?;
+    let usage = pids.iter().map(|&pid| proc_usage(pid)).collect::<anyhow::Result<Vec<_>>>()?;
+    let db_cpu = match (&pg, db_cpu_before) {
+        (Some(pg), Some(before)) => Some(pg.cpu_seconds()? - before),
+        _ => None,
+    };
     let LoadResult { connected, acked_batches: acked, latencies_us: lat } = result;
     if connected == 0 {
         bail!("no simulated agent could connect");
@@ -195,8 +237,15 @@ fn ingest(
         percentile(&lat, 0.99),
         percentile(&lat, 1.0)
     );
-    println!("collector peak RSS:      {:.1} MiB", peak_kib as f64 / 1024.0);
-    println!("collector CPU:           {cpu:.1} s over the whole run");
+    for (i, (peak_kib, _, cpu)) in usage.iter().enumerate() {
+        let who = if pg.is_some() { format!("collector c{}", i + 1) } else { "collector".to_string() };
+        println!("{who:<13} peak RSS {:.1} MiB, CPU {cpu:.1} s over the whole run", *peak_kib as f64 / 1024.0);
+    }
+    if let Some(db_cpu) = db_cpu {
+        println!(
+            "PostgreSQL CPU:          {db_cpu:.1} s from the agents' connect to the last ack (all processes of the cluster)"
+        );
+    }
     Ok(())
 }
 
