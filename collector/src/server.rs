@@ -151,6 +151,10 @@ struct Slots {
     enroll: LeaderSlot<EnrollServer<EnrollService>>,
     /// The leader's state, flushed at a clean stop before the lease is given up.
     storage: LeaderSlot<Arc<dyn Storage>>,
+    /// The node's own storage once it leads (fenced): closed at a clean stop like the state.
+    node_storage: LeaderSlot<Arc<PgStorage>>,
+    /// The leader's state as a PostgreSQL storage (to close it at a clean stop).
+    pg_state: LeaderSlot<Arc<PgStorage>>,
 }
 
 impl Slots {
@@ -207,10 +211,16 @@ pub async fn serve_from(
     // The lease is given up at a clean stop only after the leader's state is flushed (a
     // flush after the release would be fenced).
     let (release_tx, mut release_rx) = watch::channel(false);
-    let (leadership, leadership_task) =
-        leadership::spawn(lease, node.clone(), info, Timing::for_ttl(ttl), async move {
+    let (leadership, leadership_task) = leadership::spawn_with(
+        lease,
+        node.clone(),
+        info,
+        Timing::for_ttl(ttl),
+        async move {
             let _ = release_rx.wait_for(|release| *release).await;
-        });
+        },
+        Some(shutdown.clone()),
+    );
     let known_leader = spawn_known_leader(cluster.clone(), shutdown.clone());
     let slots = Arc::new(Slots::default());
     // The watchdog (WatchdogSec=) is fed while the clock turns: it takes the store and the
@@ -226,7 +236,7 @@ pub async fn serve_from(
         validity: config.tls.as_ref().map_or(Duration::from_secs(90 * 86_400), |t| t.client_cert_validity),
     });
     let reloader = Arc::new(std::sync::OnceLock::<Arc<crate::services::reload::Reloader>>::new());
-    let cx = |storage: Arc<dyn Storage>| LeaderContext {
+    let cx = |storage: Arc<dyn Storage>, term: i64, escalate_when: Option<watch::Receiver<bool>>| LeaderContext {
         config: config.clone(),
         config_path: config_path.clone(),
         storage,
@@ -237,12 +247,13 @@ pub async fn serve_from(
         identity: identity.clone(),
         ca: ca.clone(),
         cluster: cluster.clone(),
-        leadership: (!standalone).then(|| leadership.clone()),
+        leadership: (!standalone).then(|| (leadership.clone(), term)),
+        escalate_when,
     };
     let writer = match &engine {
         Engine::Sled { storage, log } => {
             // The one collector leads from the start, and evaluates in the writer.
-            let leader = LeaderServices::start(cx(storage.clone())).await?;
+            let leader = LeaderServices::start(cx(storage.clone(), 0, None)).await?;
             let writer = spawn_writer(
                 log.clone(),
                 leader.faults.clone(),
@@ -306,7 +317,8 @@ pub async fn serve_from(
                 node_storage: node_storage.clone(),
                 identity: identity.clone(),
             };
-            let leader_cx = cx(storage.clone());
+            // The term and the backlog's end are set at takeover.
+            let leader_cx = cx(storage.clone(), 0, None);
             let (takeover_node, takeover_leadership) = (node.clone(), leadership.clone());
             tokio::spawn(async move {
                 // A panic while taking over would leave a node that renews the lease and
@@ -464,6 +476,15 @@ pub async fn serve_from(
             tracing::warn!(error = %e, "cannot flush the leader's state at the stop");
         }
         storage.flush().await?;
+        // The leader's tasks still run until the process ends: from here on their writes are
+        // dropped (as a crash would drop them) instead of failing on the fence of the term
+        // this node is about to give up.
+        if let Engine::Postgres { storage: node_storage, .. } = &engine {
+            node_storage.close_for_writes();
+        }
+        if let Some(leader_state) = slots.pg_state.get() {
+            leader_state.close_for_writes();
+        }
     }
     // Then the lease goes, so another collector takes over at once.
     release_tx.send_replace(true);
@@ -529,7 +550,14 @@ impl Takeover {
             Err(e) => lost(&self.node, term, &format!("cannot open the leader's state: {e}")),
         };
         storage.fence_with(&self.node, term);
+        // Followers never write the node's storage (staff calls and enrollment are the
+        // leader's); from now on this node's writes there hold only while it leads, so a
+        // woken deposed leader cannot undo the next one's revocation.
+        self.node_storage.fence_with(&self.node, term);
         cx.storage = storage.clone();
+        cx.leadership = Some((leadership.clone(), term));
+        let (backlog_done_tx, backlog_done) = watch::channel(false);
+        cx.escalate_when = Some(backlog_done);
         let leader = match LeaderServices::start(cx).await {
             Ok(l) => l,
             Err(e) => lost(&self.node, term, &format!("cannot start the leader's services: {e:#}")),
@@ -550,14 +578,23 @@ impl Takeover {
             Ok(e) => e,
             Err(e) => lost(&self.node, term, &format!("cannot open the evaluator: {e}")),
         };
-        let (mut caught_up, _evaluating) = crate::services::evaluator::spawn(evaluator);
+        let (mut caught_up, mut evaluating) = crate::services::evaluator::spawn(evaluator);
         self.slots.publish(&leader);
-        while let Err(e) = refresh_identities(&self.node_storage, &self.identity).await {
-            tracing::warn!(error = %e, "cannot read the enrollments before enrolling; retrying");
+        // What the previous leader wrote last: enrollments, used tickets, the audit log.
+        while let Err(e) = async {
+            refresh_identities(&self.node_storage, &self.identity).await?;
+            self.node_storage.refresh_tree("audit").await?;
+            anyhow::Ok(())
+        }
+        .await
+        {
+            tracing::warn!(error = %e, "cannot read the enrollments and the audit log before enrolling; retrying");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         self.slots.enroll.publish(self.enroll.clone());
         self.slots.storage.publish(storage.clone());
+        self.slots.node_storage.publish(self.node_storage.clone());
+        self.slots.pg_state.publish(storage.clone());
         let _ = self.reloader.set(leader.reloader.clone());
         self.health.set_serving::<AdminServer<AdminService>>().await;
         let leading = async {
@@ -578,15 +615,23 @@ impl Takeover {
         };
         tokio::pin!(leading);
         tokio::select! {
-            _ = caught_up.wait_for(|done| *done) => {
+            done = caught_up.wait_for(|done| *done) => {
+                if done.is_err() {
+                    // The evaluator ended (a panic): nothing would be evaluated any more.
+                    return self.lost(term, "the evaluator stopped before the backlog was evaluated");
+                }
                 follower_beat.abort();
-                tracing::info!(node = %self.node, term, "the stored batches are evaluated: the clock starts");
+                tracing::info!(node = %self.node, term, "the stored batches are evaluated: the clock and the escalations start");
+                backlog_done_tx.send_replace(true);
                 leader.start_clock(self.clock_beat.clone());
             }
-            _ = &mut leading => self.lost(term, "the lease ran out before the backlog was evaluated"),
+            _ = &mut leading => return self.lost(term, "the lease ran out before the backlog was evaluated"),
+            _ = &mut evaluating => return self.lost(term, "the evaluator stopped"),
         }
-        leading.await;
-        self.lost(term, "the lease was lost");
+        tokio::select! {
+            _ = &mut leading => self.lost(term, "the lease was lost"),
+            _ = &mut evaluating => self.lost(term, "the evaluator stopped"),
+        }
     }
 
     /// [`lost`], unless the collector is stopping (then the lease was released on purpose).

@@ -51,7 +51,10 @@ pub(super) struct LeaderContext {
     pub cluster: ClusterView,
     /// This node's leadership in a cluster (`None` for the embedded collector, which always
     /// leads): every page checks it right before it goes out.
-    pub leadership: Option<watch::Receiver<crate::services::leadership::Leadership>>,
+    pub leadership: Option<(watch::Receiver<crate::services::leadership::Leadership>, i64)>,
+    /// Turns true once the stored batches are evaluated: escalations wait for it (`None`:
+    /// at once, the embedded collector evaluates in its writer).
+    pub escalate_when: Option<watch::Receiver<bool>>,
 }
 
 /// The running leader services, and the interfaces built on them.
@@ -88,14 +91,15 @@ impl LeaderServices {
             ca,
             cluster,
             leadership,
+            escalate_when,
         } = cx;
         let engine_config = config.engine_config().map_err(anyhow::Error::msg)?;
         let faults = Arc::new(FaultService::open(storage.as_ref(), engine_config)?);
         let (transitions_tx, mut transitions_rx) = mpsc::unbounded_channel::<Vec<Transition>>();
         let (pager_tx, pager_rx) = mpsc::unbounded_channel();
         // A leader of a cluster checks its lease right before each page goes out.
-        let send_guard = leadership.map(|leadership| -> crate::notify::outbox::SendGuard {
-            Arc::new(move || leadership.borrow().leads_now().is_some())
+        let send_guard = leadership.map(|(leadership, term)| -> crate::notify::outbox::SendGuard {
+            Arc::new(move || leadership.borrow().leads_now() == Some(term))
         });
         let pager = crate::services::pager::spawn_guarded(
             &config,
@@ -104,6 +108,7 @@ impl LeaderServices {
             metrics.clone(),
             pager_rx,
             send_guard,
+            escalate_when,
         )?;
         let incidents = Arc::new(IncidentService::open(storage.clone(), &config, faults.clone(), pager.clone()).await?);
         // Fault transitions fan out: to the pager first, then to the incidents.

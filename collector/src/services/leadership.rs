@@ -279,8 +279,22 @@ pub fn spawn(
     timing: Timing,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> (watch::Receiver<Leadership>, JoinHandle<()>) {
+    spawn_with(lease, node, info, timing, stop, None)
+}
+
+/// [`spawn`], taking the lease only while `no_acquire` says false: a node that is stopping
+/// keeps renewing a lease it holds (until `stop`) but takes none, so a failover does not land
+/// on a collector about to go away.
+pub fn spawn_with(
+    lease: Arc<dyn Lease>,
+    node: String,
+    info: NodeInfo,
+    timing: Timing,
+    stop: impl Future<Output = ()> + Send + 'static,
+    no_acquire: Option<watch::Receiver<bool>>,
+) -> (watch::Receiver<Leadership>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(Leadership::Follower { leader: None });
-    let task = tokio::spawn(run(lease, node, info, timing, tx, stop));
+    let task = tokio::spawn(run(lease, node, info, timing, tx, stop, no_acquire));
     (rx, task)
 }
 
@@ -344,6 +358,7 @@ async fn run(
     timing: Timing,
     tx: watch::Sender<Leadership>,
     stop: impl Future<Output = ()> + Send + 'static,
+    no_acquire: Option<watch::Receiver<bool>>,
 ) {
     let mut stop: Stop = Box::pin(stop);
     let mut r = Runner { local: Local::new(timing), tx, node: node.clone() };
@@ -354,6 +369,13 @@ async fn run(
         let sent = Instant::now();
         let held = r.local.held(sent);
         r.publish();
+        if held.is_none() && no_acquire.as_ref().is_some_and(|no| *no.borrow()) {
+            // Stopping: no new lease, only the heartbeat.
+            if let Waited::Stopped = r.wait(std::future::pending::<()>(), sent + interval, &mut stop).await {
+                break;
+            }
+            continue;
+        }
         // A request never waits longer than the ttl: by then its answer is useless.
         let answer =
             match r.wait(lease.try_acquire_or_renew(&node, timing.ttl, held), sent + timing.ttl, &mut stop).await {

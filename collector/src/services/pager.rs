@@ -117,11 +117,12 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     transitions: mpsc::UnboundedReceiver<Vec<Transition>>,
 ) -> anyhow::Result<Arc<Pager>> {
-    spawn_guarded(config, storage, faults, metrics, transitions, None)
+    spawn_guarded(config, storage, faults, metrics, transitions, None, None)
 }
 
 /// [`spawn`] for a leader of a cluster: every notification asks `send_guard` right before it
-/// goes out (see [`crate::notify::outbox::Outbox::guard_sends`]).
+/// goes out (see [`crate::notify::outbox::Outbox::guard_sends`]), and escalations start once
+/// `escalate_when` turns true (the backlog of stored batches is evaluated).
 pub fn spawn_guarded(
     config: &CollectorConfig,
     storage: Arc<dyn Storage>,
@@ -129,6 +130,7 @@ pub fn spawn_guarded(
     metrics: Arc<Metrics>,
     mut transitions: mpsc::UnboundedReceiver<Vec<Transition>>,
     send_guard: Option<crate::notify::outbox::SendGuard>,
+    escalate_when: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> anyhow::Result<Arc<Pager>> {
     let tree = storage.tree("escalations")?;
     let mut escalations = BTreeMap::new();
@@ -171,6 +173,12 @@ pub fn spawn_guarded(
     });
     let p = pager.clone();
     tokio::spawn(async move {
+        // A new leader first evaluates the batches stored before it took over: escalating
+        // earlier could page for a fault whose recovery is only waiting to be evaluated.
+        // (Queued notifications go out meanwhile: the outbox worker runs already.)
+        if let Some(mut ready) = escalate_when {
+            let _ = ready.wait_for(|ready| *ready).await;
+        }
         p.catch_up().await;
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -164,6 +164,8 @@ struct Inner {
     size: AtomicU64,
     /// The leader's (node, term) that every flush must still hold; `None`: unfenced.
     fence: Mutex<Option<(String, i64)>>,
+    /// Set by [`PgStorage::close_for_writes`]: flushes do nothing from then on.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 struct Session {
@@ -188,6 +190,7 @@ impl PgStorage {
                 cut: Arc::new(Cut::default()),
                 size: AtomicU64::new(size),
                 fence: Mutex::new(None),
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -241,6 +244,13 @@ impl PgStorage {
         data.refresh(rows);
         drop(session);
         Ok(())
+    }
+
+    /// A clean stop: after the last flush, nothing more is written (a flush returns at once,
+    /// its writes are dropped as a crash would drop them), so the tasks still running while
+    /// the lease is given up cannot fail on the fence of a term that ended on purpose.
+    pub fn close_for_writes(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
     }
 
     fn trees(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<TreeData>>> {
@@ -383,6 +393,9 @@ impl Storage for PgStorage {
 
     async fn flush(&self) -> Result<(), StoreError> {
         let mut session = self.inner.session.lock().await;
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         // The cut: no write is halfway while the journals are copied.
         let (journals, upto) = {
             let _cut = self.inner.cut.exclusive();
