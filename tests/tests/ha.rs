@@ -775,3 +775,33 @@ fn postgres_restarted_under_load() {
     let alice: Vec<&Page> = all.iter().filter(|p| p.fault_id == id && p.to == "alice").collect();
     println!("ha: {} requests to alice for fault {id}", alice.len());
 }
+
+/// SIGTERM of the leader (an upgrade, a planned switchover): it flushes, gives the lease up
+/// and exits 0, and another collector leads at once instead of after the lease's expiry.
+#[test]
+fn a_clean_stop_of_the_leader_hands_over_at_once() {
+    let mut cluster = Cluster::new(|_| String::new());
+    cluster.start_all();
+    let leader = cluster
+        .wait_leader(Duration::from_secs(10), None)
+        .unwrap_or_else(|| panic!("no single leader:\n{}", cluster.logs()));
+    let mut proc = cluster.procs[leader].take().expect("running");
+    let stopped = Instant::now();
+    let code = proc.sigterm(Duration::from_secs(15));
+    let exited = stopped.elapsed();
+    let next = cluster.wait_leader(Duration::from_secs(10), Some(leader));
+    let took = stopped.elapsed();
+    let log = proc.log_text();
+    println!(
+        "ha: SIGTERM of leader c{}: exited {code:?} after {exited:?}; next leader {next:?} after {took:?}",
+        leader + 1
+    );
+    assert_eq!(code, Some(0), "a clean stop is not a failure:\n{}", tail(&log, 30));
+    assert!(log.contains("leader lease released"), "{}", tail(&log, 30));
+    assert!(!log.contains("exiting (status 75)"), "{}", tail(&log, 30));
+    let next = next.unwrap_or_else(|| panic!("nobody took over:\n{}", cluster.logs()));
+    assert_ne!(next, leader);
+    // Released, not expired: an expired lease frees about a lease period after the last
+    // renewal, which the stopping leader kept sending until its release.
+    assert!(took < exited + Duration::from_secs(3), "took over after {took:?} (exit after {exited:?}, ttl {TTL:?})");
+}
