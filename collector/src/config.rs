@@ -229,9 +229,13 @@ impl StoreConfig {
                 humantime::format_duration(self.lease_ttl)
             ));
         }
-        if self.gap_grace < Duration::from_secs(1) {
+        // Longer than statement_timeout + idle_in_transaction_session_timeout (5s + 2s, the
+        // session options of store/pg/conn.rs): an insert in flight when a gap is seen has
+        // committed or aborted before the gap is skipped.
+        if self.gap_grace < Duration::from_secs(8) {
             problems.push(format!(
-                "store.gap_grace = \"{}\": must be at least 1s",
+                "store.gap_grace = \"{}\": must be at least 8s (longer than the database's statement \
+                 timeout 5s + idle-in-transaction timeout 2s, so a batch still being stored is not skipped)",
                 humantime::format_duration(self.gap_grace)
             ));
         }
@@ -1047,7 +1051,9 @@ mod store_tests {
         refused(&format!("{PG}lease_ttl = \"61s\"\n"), "store.lease_ttl = \"1m 1s\": must be 2s to 60s");
         assert!(errors(&format!("{PG}lease_ttl = \"2s\"\n")).is_empty());
         assert!(errors(&format!("{PG}lease_ttl = \"60s\"\n")).is_empty());
-        refused(&format!("{PG}gap_grace = \"500ms\"\n"), "store.gap_grace = \"500ms\": must be at least 1s");
+        refused(&format!("{PG}gap_grace = \"500ms\"\n"), "store.gap_grace = \"500ms\": must be at least 8s");
+        refused(&format!("{PG}gap_grace = \"7s\"\n"), "store.gap_grace = \"7s\": must be at least 8s (longer than");
+        assert!(errors(&format!("{PG}gap_grace = \"8s\"\n")).is_empty());
         // A wildcard listen address cannot be given to others.
         let wildcard = "listen = \"0.0.0.0:9740\"\n[tls]\ncert_file = \"c.pem\"\nkey_file = \"c.key\"\n\
                         client_ca_file = \"ca.pem\"\n";

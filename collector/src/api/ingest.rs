@@ -72,6 +72,22 @@ fn reject(metrics: &Metrics, reason: &str, status: Status) -> Status {
     status
 }
 
+/// Whether batch `seq` breaks the sequence rules of a stream whose last batch was `previous`:
+/// the reason (metric label) and the message. Seqs start at 1, rise on a stream, and fit in
+/// 63 bits: PostgreSQL stores them as `bigint`, and a larger one would be acknowledged but
+/// stored negative, below every cursor, so never evaluated (refused on every backend alike).
+fn sequence_refusal(previous: Option<u64>, seq: u64) -> Option<(&'static str, String)> {
+    match previous {
+        _ if seq == 0 => Some(("seq_zero", "batch with sequence number 0 (they start at 1)".to_string())),
+        _ if seq > i64::MAX as u64 => Some((
+            "seq_too_large",
+            format!("batch with sequence number {seq}: sequence numbers must be at most {} (2^63 - 1)", i64::MAX),
+        )),
+        Some(p) if seq <= p => Some(("seq_backwards", format!("batch {seq} after batch {p} on the same stream"))),
+        _ => None,
+    }
+}
+
 /// A free-form field from an agent, cut to `max` characters of printable text.
 fn bounded(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
@@ -307,13 +323,7 @@ impl Ingest for IngestService {
                     tracing::warn!(host_id = %host_id, ignored = n, "check results with invalid names ignored (control characters, empty, too long)");
                 }
                 let seq = batch.seq;
-                let refusal = match previous {
-                    _ if seq == 0 => Some(("seq_zero", "batch with sequence number 0 (they start at 1)".to_string())),
-                    Some(p) if seq <= p => {
-                        Some(("seq_backwards", format!("batch {seq} after batch {p} on the same stream")))
-                    }
-                    _ => None,
-                };
+                let refusal = sequence_refusal(previous, seq);
                 if let Some((reason, message)) = refusal {
                     let status = Status::invalid_argument(message);
                     let _ = pending_tx.send(Pending::Refuse(reject(&metrics, reason, status))).await;
@@ -364,5 +374,27 @@ impl Ingest for IngestService {
             }
         });
         Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_numbers_start_at_one_rise_and_fit_in_63_bits() {
+        assert_eq!(sequence_refusal(None, 0).map(|r| r.0), Some("seq_zero"));
+        assert_eq!(sequence_refusal(Some(6), 3).map(|r| r.0), Some("seq_backwards"));
+        assert_eq!(sequence_refusal(None, 1), None);
+        assert_eq!(sequence_refusal(Some(1), 4), None, "a gap is allowed");
+        let max = i64::MAX as u64;
+        assert_eq!(sequence_refusal(Some(max - 1), max), None);
+        for seq in [max + 1, u64::MAX] {
+            let (reason, message) = sequence_refusal(None, seq).expect("a seq above 2^63 - 1 was accepted");
+            assert_eq!(reason, "seq_too_large");
+            assert!(message.contains(&seq.to_string()) && message.contains("at most"), "{message}");
+        }
+        // Also after an earlier batch (not reported as a step backwards).
+        assert_eq!(sequence_refusal(Some(max), u64::MAX).map(|r| r.0), Some("seq_too_large"));
     }
 }

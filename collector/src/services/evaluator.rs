@@ -33,6 +33,14 @@
 //! evaluates that one batch again: it repeats one result (one more result of a check, a
 //! dropped count counted twice), never skips one.
 //!
+//! A host's time never goes backwards (each batch and status is evaluated with `now` = its
+//! received time): a status of a host that still has batches unevaluated after the round (a
+//! stream held for a gap, cut by a read limit, or not read) waits, unconsumed, for the round
+//! that evaluates the rest of them, where it is merged with them by time. A host with several
+//! streams behind (the agent started a new spool epoch while batches of the old one are
+//! unread; epochs are random numbers) has one evaluated at a time: the one whose oldest
+//! unevaluated batch was received first, as last read (`Evaluator::stream_roles`).
+//!
 //! Gaps: a missing seq holds its (host, epoch) for `gap_grace` (long enough for any insert in
 //! flight to have committed or aborted), then is skipped and counted
 //! (`pikett_eval_gaps_total`). A skipped seq that is stored after all is never evaluated;
@@ -322,6 +330,15 @@ pub struct EvaluatorParts {
 
 type StreamKey = (String, u64);
 
+/// What a round does with a stream of a host that has several behind (see `stream_roles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Read its first unevaluated batch only, for its received time; evaluate nothing.
+    Learn,
+    /// Neither read nor evaluated: another stream of the host is older.
+    Wait,
+}
+
 /// A skipped range watched for batches stored late.
 struct Watch {
     lo: u64,
@@ -337,7 +354,11 @@ pub struct Evaluator {
     cursor_tree: Arc<dyn Tree>,
     drops_tree: Arc<dyn Tree>,
     status_tree: Arc<dyn Tree>,
-    cursors: HashMap<StreamKey, u64>,
+    /// host → epoch → cursor (by host first, so a lookup by `&str` allocates nothing).
+    cursors: HashMap<String, HashMap<u64, u64>>,
+    /// For hosts with more than one stream behind: per stream, the received time of its
+    /// oldest unevaluated batch, as last read (see `stream_roles`).
+    oldest: HashMap<StreamKey, i64>,
     /// The ids in `eval_statuses`: consumed statuses whose rows may still be there.
     consumed: BTreeSet<u64>,
     /// Whether `consumed` holds ids not flushed yet (their rows must stay until they are).
@@ -345,8 +366,8 @@ pub struct Evaluator {
     holds: HashMap<StreamKey, Hold>,
     drops: HashMap<String, DropState>,
     watches: HashMap<StreamKey, Vec<Watch>>,
-    /// The heads read by the last round.
-    last_heads: Vec<Head>,
+    /// The heads read by the last round that got past its reads (`None` before the first).
+    last_heads: Option<Vec<Head>>,
     /// Whether the last round left work it could have done (a limit cut it short).
     more: bool,
     /// Where in the heads the next round starts (see `run_once`).
@@ -386,12 +407,14 @@ impl Evaluator {
         let cursor_tree = parts.storage.tree("eval_cursor")?;
         let drops_tree = parts.storage.tree("eval_drops")?;
         let status_tree = parts.storage.tree("eval_statuses")?;
-        let mut cursors = HashMap::new();
+        let mut cursors: HashMap<String, HashMap<u64, u64>> = HashMap::new();
+        let mut streams = 0;
         for item in cursor_tree.iter() {
             let (k, v) = item?;
             match parse_cursor(&k, &v) {
-                Some((key, seq)) => {
-                    cursors.insert(key, seq);
+                Some(((host, epoch), seq)) => {
+                    cursors.entry(host).or_default().insert(epoch, seq);
+                    streams += 1;
                 }
                 None => {
                     return Err(StoreError::Engine(format!(
@@ -416,19 +439,20 @@ impl Evaluator {
                 .map_err(|_| StoreError::Engine(format!("eval_statuses: malformed key of {} bytes", k.len())))?;
             consumed.insert(u64::from_be_bytes(id));
         }
-        tracing::info!(streams = cursors.len(), consumed = consumed.len(), term = parts.term, "evaluator opened");
+        tracing::info!(streams, consumed = consumed.len(), term = parts.term, "evaluator opened");
         Ok(Evaluator {
             parts,
             cursor_tree,
             drops_tree,
             status_tree,
             cursors,
+            oldest: HashMap::new(),
             consumed,
             unflushed: false,
             holds: HashMap::new(),
             drops,
             watches: HashMap::new(),
-            last_heads: Vec::new(),
+            last_heads: None,
             more: false,
             start: 0,
             ahead: false,
@@ -437,12 +461,82 @@ impl Evaluator {
 
     /// The last evaluated (or skipped) seq of `host`'s spool `epoch`; 0 for none.
     pub fn cursor(&self, host: &str, epoch: u64) -> u64 {
-        self.cursors.get(&(host.to_string(), epoch)).copied().unwrap_or(0)
+        self.cursors.get(host).and_then(|e| e.get(&epoch)).copied().unwrap_or(0)
     }
 
-    /// Whether every cursor has reached `target`'s seq for its (host, epoch).
+    fn set_cursor(&mut self, host: &str, epoch: u64, seq: u64) {
+        match self.cursors.get_mut(host) {
+            Some(epochs) => {
+                epochs.insert(epoch, seq);
+            }
+            None => {
+                self.cursors.insert(host.to_string(), HashMap::from([(epoch, seq)]));
+            }
+        }
+    }
+
+    fn remove_cursor(&mut self, host: &str, epoch: u64) {
+        if let Some(epochs) = self.cursors.get_mut(host) {
+            epochs.remove(&epoch);
+            if epochs.is_empty() {
+                self.cursors.remove(host);
+            }
+        }
+    }
+
+    /// Whether every cursor has reached `target`'s seq for its (host, epoch), as of the heads
+    /// of the last round that read them. A (host, epoch) whose head is gone counts as reached:
+    /// retention deleted it with every batch of it (it runs during a catch-up too), and its
+    /// cursor was dropped, so nothing of it is left to evaluate (without this, a takeover
+    /// whose first heads held an old epoch could never start its clock).
     fn covers(&self, target: &[Head]) -> bool {
-        target.iter().all(|h| self.cursor(&h.host, h.epoch) >= h.last_seq)
+        let live: HashSet<(&str, u64)> = self.last_heads.iter().flatten().map(|h| (h.host.as_str(), h.epoch)).collect();
+        target
+            .iter()
+            .all(|h| self.cursor(&h.host, h.epoch) >= h.last_seq || !live.contains(&(h.host.as_str(), h.epoch)))
+    }
+
+    /// Which streams of a host with more than one stream behind may be evaluated. A host's
+    /// time must not go backwards (its checks and faults are evaluated with `now` = each
+    /// batch's received time), but spool epochs are random numbers, so which stream is older
+    /// is read from the batches: `oldest` keeps, per stream, the received time of its oldest
+    /// unevaluated batch as last read. While a stream's is unknown, every stream of that host
+    /// without it is read once, one batch (`Learn`), and nothing of the host is evaluated;
+    /// then only the stream with the oldest is (`Wait` for the others, which are not read),
+    /// until it is caught up or another one's next batch is older. A host with one stream
+    /// behind (the usual case) is not restricted.
+    fn stream_roles(&mut self, heads: &[Head]) -> HashMap<usize, Role> {
+        let mut behind: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, h) in heads.iter().enumerate() {
+            if h.last_seq > self.cursor(&h.host, h.epoch) {
+                behind.entry(h.host.as_str()).or_default().push(i);
+            }
+        }
+        let mut roles = HashMap::new();
+        let mut keep: HashSet<StreamKey> = HashSet::new();
+        for streams in behind.values().filter(|v| v.len() > 1) {
+            let known: Vec<(i64, u64, usize)> = streams
+                .iter()
+                .filter_map(|&i| {
+                    let key = (heads[i].host.clone(), heads[i].epoch);
+                    let t = self.oldest.get(&key).copied();
+                    keep.insert(key);
+                    t.map(|t| (t, heads[i].epoch, i))
+                })
+                .collect();
+            if known.len() < streams.len() {
+                for &i in streams {
+                    let role = if known.iter().any(|k| k.2 == i) { Role::Wait } else { Role::Learn };
+                    roles.insert(i, role);
+                }
+            } else if let Some(&(_, _, active)) = known.iter().min() {
+                for &i in streams.iter().filter(|&&i| i != active) {
+                    roles.insert(i, Role::Wait);
+                }
+            }
+        }
+        self.oldest.retain(|k, _| keep.contains(k));
+        roles
     }
 
     /// One round at `now` (monotonic: the gap holds); see the module doc. Returns how many
@@ -461,8 +555,8 @@ impl Evaluator {
         let waiting: Vec<usize> = (0..held)
             .filter(|&i| {
                 let head = &heads[i];
+                let cursor = self.cursor(&head.host, head.epoch);
                 let key = (head.host.clone(), head.epoch);
-                let cursor = self.cursors.get(&key).copied().unwrap_or(0);
                 head.last_seq > cursor
                     && self
                         .holds
@@ -485,6 +579,9 @@ impl Evaluator {
             waiting.iter().zip(found).filter(|(_, f)| f.is_empty()).map(|(&i, _)| i).collect()
         };
 
+        // Hosts with several streams behind: which of them wait (see `stream_roles`).
+        let roles = self.stream_roles(&heads);
+
         // The streams to fetch, each with its share of the round's budget, from where the last
         // round cut short.
         let mut budget = ROUND_BATCHES;
@@ -496,7 +593,8 @@ impl Evaluator {
             let at = (start + i) % heads.len();
             let head = &heads[at];
             let cursor = self.cursor(&head.host, head.epoch);
-            if head.last_seq <= cursor || still_missing.contains(&at) {
+            let role = roles.get(&at).copied();
+            if head.last_seq <= cursor || still_missing.contains(&at) || role == Some(Role::Wait) {
                 continue;
             }
             if budget == 0 {
@@ -507,7 +605,7 @@ impl Evaluator {
             // Charged what the head says is behind the cursor (all of it, without gaps), so
             // the streams after it get the rest; a round can pass the budget by the batches
             // stored since the heads were read.
-            let limit = STREAM_BATCHES.min(budget);
+            let limit = if role == Some(Role::Learn) { 1 } else { STREAM_BATCHES.min(budget) };
             let behind = usize::try_from(head.last_seq - cursor).unwrap_or(usize::MAX);
             budget -= limit.min(behind);
             picked.push((at, cursor, limit));
@@ -526,15 +624,32 @@ impl Evaluator {
         // From here on, the round changes state.
         self.ahead = true;
         self.start = next_start;
-        if read.len() >= status_limit {
-            more = true;
-        }
+        let statuses_full = read.len() >= status_limit;
         self.count_late(late);
+        // Hosts with batches left unevaluated after this round (held for a gap, cut by a
+        // limit, waiting for another stream, or not read): their statuses wait (below).
+        let evaluated_now: HashSet<usize> =
+            picked.iter().map(|p| p.0).filter(|at| !matches!(roles.get(at), Some(Role::Learn))).collect();
+        let mut behind_hosts: HashSet<&str> = heads
+            .iter()
+            .enumerate()
+            .filter(|&(i, h)| !evaluated_now.contains(&i) && h.last_seq > self.cursor(&h.host, h.epoch))
+            .map(|(_, h)| h.host.as_str())
+            .collect();
         let mut streams: Vec<Vec<PendingBatch>> = Vec::new();
         let mut advanced: Vec<(StreamKey, u64)> = Vec::new();
         for (&(at, cursor, limit), fetched) in picked.iter().zip(fetched_all) {
             let head = &heads[at];
             let key = (head.host.clone(), head.epoch);
+            let first_after =
+                |after: u64| fetched.iter().filter(|b| b.seq > after).min_by_key(|b| b.seq).map(|b| b.received_ms);
+            if roles.get(&at) == Some(&Role::Learn) {
+                // Read only to learn its oldest batch's time (none readable: the batches are
+                // gone, first, so its gap is skipped); evaluated from the next round on.
+                self.oldest.insert(key, first_after(cursor).unwrap_or(i64::MIN));
+                more = true;
+                continue;
+            }
             let seqs: Vec<u64> = fetched.iter().map(|b| b.seq).collect();
             let plan = plan_stream(cursor, &seqs, head.last_seq, self.holds.get(&key).copied(), now, grace);
             // A full read leaves more to do at once, unless the stream waits for a gap (then
@@ -569,6 +684,21 @@ impl Evaluator {
                     counted: BTreeSet::new(),
                 });
             }
+            let left_behind = plan.cursor < head.last_seq;
+            if left_behind {
+                behind_hosts.insert(head.host.as_str());
+            }
+            if self.oldest.contains_key(&key) {
+                // The active stream of a host with several behind: its next batch's time (or,
+                // unread, the last one evaluated); forgotten once it is caught up.
+                if left_behind {
+                    let last = plan.evaluate.last().and_then(|s| fetched.iter().find(|b| b.seq == *s));
+                    let t = first_after(plan.cursor).or(last.map(|b| b.received_ms)).unwrap_or(i64::MIN);
+                    self.oldest.insert(key.clone(), t);
+                } else {
+                    self.oldest.remove(&key);
+                }
+            }
             if plan.cursor != cursor {
                 advanced.push((key, plan.cursor));
             }
@@ -587,8 +717,20 @@ impl Evaluator {
                 streams.push(ready);
             }
         }
-        // Each status is a stream of its own: they are independent of each other's order.
-        streams.extend(read.into_iter().filter(|s| !self.consumed.contains(&s.id)).map(|s| vec![s]));
+        // Each status is a stream of its own: they are independent of each other's order. A
+        // status (no seq) of a host with batches left unevaluated waits (not consumed, read
+        // again) until the round that evaluates the rest of that host's streams: there it is
+        // merged with them by received time, so the host's time never goes backwards (a
+        // status received after batches still unread would otherwise come first).
+        let statuses: Vec<PendingBatch> = read
+            .into_iter()
+            .filter(|s| !self.consumed.contains(&s.id) && !behind_hosts.contains(s.host.as_str()))
+            .collect();
+        // A full read leaves more, unless every status in it waits (no round at once then).
+        if statuses_full && !statuses.is_empty() {
+            more = true;
+        }
+        streams.extend(statuses.into_iter().map(|s| vec![s]));
         let items = merge_by_time(streams);
         let evaluated = items.len();
 
@@ -606,11 +748,14 @@ impl Evaluator {
                 wb.remove(cursor_key(host, *epoch));
             }
             self.cursor_tree.apply(wb)?;
-            self.cursors.extend(advanced.iter().cloned());
+            for ((host, epoch), seq) in &advanced {
+                self.set_cursor(host, *epoch, *seq);
+            }
             for key in &vanished {
-                self.cursors.remove(key);
+                self.remove_cursor(&key.0, key.1);
                 self.holds.remove(key);
                 self.watches.remove(key);
+                self.oldest.remove(key);
             }
         }
         if evaluated > 0 || !advanced.is_empty() || !vanished.is_empty() || self.unflushed {
@@ -625,7 +770,7 @@ impl Evaluator {
         self.ahead = false;
         let backlog: u64 = heads.iter().map(|h| h.last_seq.saturating_sub(self.cursor(&h.host, h.epoch))).sum();
         self.parts.metrics.eval_backlog_batches.set(i64::try_from(backlog).unwrap_or(i64::MAX));
-        self.last_heads = heads;
+        self.last_heads = Some(heads);
         self.more = more;
         self.delete_consumed().await?;
         Ok(evaluated)
@@ -643,10 +788,11 @@ impl Evaluator {
     fn vanished(&self, heads: &[Head]) -> Vec<StreamKey> {
         let live: HashSet<(&str, u64)> = heads.iter().map(|h| (h.host.as_str(), h.epoch)).collect();
         self.cursors
-            .keys()
-            .filter(|(host, epoch)| !live.contains(&(host.as_str(), *epoch)))
+            .iter()
+            .flat_map(|(host, epochs)| epochs.keys().map(move |&epoch| (host, epoch)))
+            .filter(|&(host, epoch)| !live.contains(&(host.as_str(), epoch)))
             .take(CURSOR_DROPS)
-            .cloned()
+            .map(|(host, epoch)| (host.clone(), epoch))
             .collect()
     }
 
@@ -796,12 +942,13 @@ pub fn spawn(mut ev: Evaluator) -> (watch::Receiver<bool>, tokio::task::JoinHand
         let mut target: Option<Vec<Head>> = None;
         let mut failing = false;
         loop {
-            match ev.run_once(Instant::now()).await {
+            let retry = match ev.run_once(Instant::now()).await {
                 Ok(_) if failing => {
                     failing = false;
                     tracing::info!("the evaluator reads the stored batches again");
+                    false
                 }
-                Ok(_) => {}
+                Ok(_) => false,
                 Err(e) if ev.must_stop(&e) => {
                     crate::services::storage_failure::stop("evaluating stored batches", &e);
                 }
@@ -812,18 +959,24 @@ pub fn spawn(mut ev: Evaluator) -> (watch::Receiver<bool>, tokio::task::JoinHand
                         failing = true;
                         tracing::warn!(error = %e, "the evaluator cannot read the stored batches; retrying every second");
                     }
-                    tokio::time::sleep(READ_RETRY).await;
-                    continue;
+                    true
                 }
-            }
-            if !*caught_up_tx.borrow() {
-                let target = target.get_or_insert_with(|| ev.last_heads.clone());
+            };
+            // After a failed round too: one whose delete of consumed statuses failed has
+            // committed its cursors all the same. The target is the heads of the first round
+            // that read them.
+            if !*caught_up_tx.borrow()
+                && let Some(heads) = &ev.last_heads
+            {
+                let target = target.get_or_insert_with(|| heads.clone());
                 if ev.covers(target) {
                     tracing::info!(term = ev.parts.term, "evaluator caught up with the stored batches");
                     caught_up_tx.send_replace(true);
                 }
             }
-            if !ev.more {
+            if retry {
+                tokio::time::sleep(READ_RETRY).await;
+            } else if !ev.more {
                 tokio::select! {
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(IDLE_ROUND) => {}
@@ -1365,7 +1518,7 @@ mod tests {
         assert_eq!((r.ev.cursor("h2", 4), r.ev.cursor("h1", 1)), (0, 1));
         drop(r);
         let r = rig(dir.path(), fake);
-        assert_eq!(r.ev.cursors.len(), 1, "the dropped cursor was not flushed");
+        assert_eq!(r.ev.cursors.values().map(HashMap::len).sum::<usize>(), 1, "the dropped cursor was not flushed");
     }
 
     #[tokio::test]
@@ -1397,7 +1550,7 @@ mod tests {
         r.storage.fail.store(true, Ordering::SeqCst);
         let err = r.ev.run_once(Instant::now()).await.expect_err("the flush failed");
         assert!(err.to_string().contains("disk on fire"), "{err}");
-        assert_eq!(opened(&r.faults), names(&[1]), "the round opened no fault: nothing to hold back");
+        assert_eq!(opened(&r.faults), names(&[1]), "the round opened its fault in memory, but its flush failed");
         assert!(r.transitions.try_recv().is_err(), "transitions sent although not durable");
     }
 
@@ -1561,6 +1714,118 @@ mod tests {
         drop((r.storage, r.faults));
         let r = rig(dir.path(), fake);
         assert_eq!(r.ev.cursor("h1", 1), n);
+    }
+
+    #[tokio::test]
+    async fn the_clock_starts_although_retention_pruned_a_stream_of_the_first_heads() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        // An old epoch held for its missing seq 2 when the leader takes over.
+        fake.put(numbered(1));
+        fake.put(numbered(3));
+        let r = rig(dir.path(), fake.clone());
+        let metrics = r.metrics.clone();
+        let (mut caught_up, task) = spawn(r.ev);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while metrics.eval_backlog_batches.get() != 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the first round did not run");
+        assert!(!*caught_up.borrow());
+        // Retention deletes every batch of that epoch, and its head, before the gap is skipped.
+        fake.state.lock().unwrap().batches.clear();
+        let waited = tokio::time::timeout(Duration::from_secs(5), caught_up.wait_for(|c| *c)).await;
+        task.abort();
+        let _ = task.await;
+        assert!(waited.is_ok(), "never caught up: the pruned stream's cursor stays below the target");
+    }
+
+    #[tokio::test]
+    async fn the_clock_starts_although_the_delete_of_consumed_statuses_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        fake.put(numbered(1));
+        {
+            let mut s = fake.state.lock().unwrap();
+            s.statuses.push(PendingBatch { host: "h2".into(), ..status(1) });
+            s.fail_delete = true;
+        }
+        let r = rig(dir.path(), fake.clone());
+        let (mut caught_up, task) = spawn(r.ev);
+        let waited = tokio::time::timeout(Duration::from_secs(5), caught_up.wait_for(|c| *c)).await;
+        task.abort();
+        let _ = task.await;
+        assert!(waited.is_ok(), "never caught up while the delete of consumed statuses fails");
+        assert_eq!(opened(&r.faults), names(&[1]));
+    }
+
+    #[tokio::test]
+    async fn a_status_waits_while_its_host_has_batches_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let mut r = rig(dir.path(), fake.clone());
+        let t0 = Instant::now();
+        // Held for seq 2; the status was received after batch 3.
+        fake.put(numbered(1));
+        fake.put(numbered(3));
+        let late = |id: u64, at: i64| PendingBatch { received_ms: at, ..status(id) };
+        fake.state.lock().unwrap().statuses.push(late(1, T0_MS + 3_500));
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), 1, "the status was evaluated before batch 3");
+        assert_eq!(disk_faults(&r.faults), (0, 0));
+        assert_eq!(fake.state.lock().unwrap().statuses.len(), 1, "a waiting status was consumed");
+        // Seq 2 comes: 2, 3 and the status in one round, by time.
+        fake.put(numbered(2));
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), 3);
+        assert_eq!(disk_faults(&r.faults), (1, 1));
+        assert!(fake.state.lock().unwrap().statuses.is_empty());
+
+        // A backlog longer than one stream's read, all older than a new status.
+        let n = STREAM_BATCHES as u64 + 88;
+        for seq in 4..=n {
+            fake.put(pending("h1", 1, seq, T0_MS + 4_000 + seq as i64, Vec::new(), 0));
+        }
+        fake.state.lock().unwrap().statuses.push(late(2, T0_MS + 1_000_000));
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), STREAM_BATCHES, "the status came before older batches");
+        assert_eq!(disk_faults(&r.faults), (1, 1));
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), (n - 3) as usize - STREAM_BATCHES + 1);
+        assert_eq!(disk_faults(&r.faults), (1, 2));
+        // A status of another host does not wait.
+        fake.put(numbered(n + 2)); // h1 held again
+        fake.state.lock().unwrap().statuses.push(PendingBatch { host: "h2".into(), ..late(3, T0_MS) });
+        assert_eq!(r.ev.run_once(t0).await.unwrap(), 1);
+        assert!(!r.ev.more, "a waiting status made the evaluator spin");
+    }
+
+    #[tokio::test]
+    async fn a_hosts_streams_are_evaluated_oldest_first_so_its_time_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(Fake::default());
+        let mut r = rig(dir.path(), fake.clone());
+        // Epoch 9 (older, held for seq 2), then the agent started a new spool, epoch 4 (the
+        // epochs are random: the lower one is the newer here).
+        let at = |epoch: u64, seq: u64, ms: i64| {
+            let check =
+                pb::CheckResult::new(format!("c{epoch}-{seq}"), pb::CheckStatus::Critical, "down".into(), T0_MS);
+            pending("h1", epoch, seq, T0_MS + ms, vec![check], 0)
+        };
+        fake.put(at(9, 1, 1_000));
+        fake.put(at(9, 3, 3_000));
+        fake.put(at(4, 1, 5_000));
+        fake.put(at(4, 2, 6_000));
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            r.ev.run_once(t0).await.unwrap();
+        }
+        assert_eq!(opened(&r.faults), vec!["c9-1"], "the newer epoch went ahead of the older one's gap");
+        assert!(!r.ev.more, "a waiting stream made the evaluator spin");
+        for _ in 0..4 {
+            r.ev.run_once(t0 + GRACE).await.unwrap();
+        }
+        assert_eq!(opened(&r.faults), vec!["c9-1", "c9-3", "c4-1", "c4-2"]);
+        assert_eq!((r.ev.cursor("h1", 9), r.ev.cursor("h1", 4)), (3, 2));
+        assert!(r.ev.oldest.is_empty());
     }
 
     // ---- on PostgreSQL ---------------------------------------------------------------------
