@@ -1,4 +1,4 @@
-//! The agent's configuration file (`/etc/pikett/agent.toml`), SPEC.md section 2.
+//! The agent's configuration file (`/etc/pikett/agent.toml`), documented in docs/configuration.md.
 //!
 //! An API boundary: key names are public. Unknown keys are errors (a typo
 //! must not silently disable a probe), and every error names the file, line

@@ -1,4 +1,4 @@
-//! What a probe observes: the data model of SPEC.md section 1, as plain data.
+//! What a probe observes: checks, samples, events and inventory, as plain data.
 //!
 //! The serde form of [`Observation`] is the JSON-lines format that
 //! `pikett-agent test` prints (an API boundary: field names are public).

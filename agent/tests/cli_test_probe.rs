@@ -1,4 +1,4 @@
-//! `pikett-agent test --probe NAME` prints the JSON lines of SPEC.md for every
+//! `pikett-agent test --probe NAME` prints the JSON lines of docs/agent-test-output.md for every
 //! probe, run as the real binary against real (local) targets.
 
 #[path = "redfish_support/mod.rs"]

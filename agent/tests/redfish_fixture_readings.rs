@@ -29,7 +29,8 @@ fn num_text(v: f64) -> String {
     if v.fract() == 0.0 { format!("{}", v as i64) } else { format!("{v}") }
 }
 
-/// Expected state, written independently of the probe: SPEC.md's mapping.
+/// Expected state, written independently of the probe: the mapping of docs/agent-test-output.md
+/// (the worse of the threshold state and the sensor's health).
 fn expected_state(reading: Option<f64>, th: &HashMap<&str, Option<f64>>, health: Option<&str>) -> State {
     let health_state = match health {
         Some("Warning") => State::Warning,

@@ -1,4 +1,4 @@
-//! The `[services]` and `[patches]` sections as SPEC.md writes them, parsed from TOML.
+//! The `[services]` and `[patches]` sections as docs/configuration.md writes them, parsed from TOML.
 
 use std::time::Duration;
 

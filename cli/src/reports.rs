@@ -1,7 +1,7 @@
 //! The staff CLI's report commands: `pikett sla report`, `pikett sla classify`, `pikett patches`
 //! (calls to the `Reports` service and their rendering).
 //!
-//! `sla report --format json` prints exactly the JSON lines of SPEC.md 3.4 (one per host, window
+//! `sla report --format json` prints exactly the JSON lines of docs/cli.md (one per host, window
 //! and month; the year view prints all twelve months); the response-time figures appear in the
 //! table only, so the JSON stays one object per host and window. A contract with `credits` adds
 //! one line per month after them, `{"customer", "month", "credit": {…}}` (no `host` key).

@@ -1,4 +1,5 @@
-//! The collector's configuration file (`/etc/pikett/collector.toml`), SPEC.md section 3.
+//! The collector's configuration file (`/etc/pikett/collector.toml`), documented in
+//! docs/configuration.md.
 //!
 //! An API boundary: key names are public; unknown keys are errors naming
 //! file, line and column.
@@ -88,7 +89,7 @@ pub struct CollectorConfig {
     /// Retries of the durable notification outbox.
     #[serde(default)]
     pub outbox: crate::notify::OutboxConfig,
-    /// Patch compliance: `patch_day`, `critical_patch_days`, `timezone` (SPEC.md 3.5).
+    /// Patch compliance: `patch_day`, `critical_patch_days`, `timezone` (docs/configuration.md, `[patches]`).
     #[serde(default)]
     pub patches: pikett_core::patchday::PatchPolicy,
     /// Incident grouping: `[incidents] customer_window = "5m"`.

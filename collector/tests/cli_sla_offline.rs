@@ -1,4 +1,4 @@
-//! `pikett-collector sla` on files: JSON lines with the fields of SPEC.md 3.4,
+//! `pikett-collector sla` on files: the SLA report's JSON lines (docs/cli.md, `sla report`),
 //! and malformed rows reported with their line numbers (exit 2).
 
 use std::process::Command;

@@ -1,4 +1,4 @@
-//! The escalation state machine of one fault: who is paged, on which channel, when (SPEC.md 3.2, 3.3).
+//! The escalation state machine of one fault: who is paged, on which channel, when.
 //!
 //! Pure: no I/O, no clock. The caller (the collector's escalation loop) drives
 //! an [`Escalation`] with the current time:
@@ -15,7 +15,7 @@
 //! The whole state is serde-serializable: store it after every call and
 //! restore it after a restart; it continues exactly where it stopped.
 //!
-//! Rules, where SPEC.md leaves room:
+//! Rules, where the documented behaviour leaves room:
 //! - A critical fault pages the roles in turn (`primary`, `secondary`,
 //!   `management`). A role's person gets a notification per rule, `after` the
 //!   moment that role was paged. The next role is paged `ack_timeout` after the
@@ -251,7 +251,7 @@ pub enum Severity {
 pub enum StartMode {
     /// By severity: critical pages the chain, warning goes to the business-hours queue.
     Normal,
-    /// SPEC.md 3.3: page the whole chain at once, whatever the severity.
+    /// An emergency: page the whole chain at once, whatever the severity.
     Emergency,
 }
 
@@ -623,7 +623,7 @@ impl Escalation {
         out
     }
 
-    /// SPEC.md 3.3: an incident became an emergency: page the whole chain at
+    /// An incident became an emergency: page the whole chain at
     /// once from `now` (also after an ack; not after resolution).
     pub fn escalate_emergency(&mut self, now: Timestamp) {
         if matches!(self.status, Status::Resolved { .. }) {

@@ -1,4 +1,4 @@
-//! Who holds each on-call role at a given instant: people, rotations and overrides (SPEC.md 3.2).
+//! Who holds each on-call role at a given instant: people, rotations and overrides.
 //!
 //! Pure: every function takes the instant it is asked about; nothing here reads
 //! the clock or does I/O. The config structs are the `[people.NAME]` and
@@ -245,7 +245,7 @@ impl Rotation {
     }
 
     /// The member on duty at `at`. Before `start` the rotation is extended
-    /// backwards (so `start` is just one hand-off moment, as SPEC.md says).
+    /// backwards (so `start` is just one hand-off moment, as docs/configuration.md says).
     pub fn member_at(&self, at: Timestamp) -> Option<&str> {
         if self.members.is_empty() {
             return None;

@@ -1,6 +1,7 @@
-//! Patch-day arithmetic (SPEC.md 3.5): the monthly patch day, and a host's compliance from its pending updates.
+//! Patch-day arithmetic (`[patches]` in docs/configuration.md): the monthly patch day, and a host's
+//! compliance from its pending updates.
 //!
-//! Pure: callers pass `now` and the time zone. Rules, with the choices where the spec is silent:
+//! Pure: callers pass `now` and the time zone. Rules, with the choices where the documented behaviour leaves room:
 //! - an update is "available since" the earlier of its release time (when known) and when the
 //!   collector first saw it pending;
 //! - `due`: an update available since before the last patch day (local midnight starting it);

@@ -1,4 +1,4 @@
-//! The on-call config sections of SPEC.md 3.2, read from TOML and driven through the public API.
+//! The on-call config sections of docs/configuration.md, read from TOML and driven through the public API.
 
 use std::collections::BTreeMap;
 

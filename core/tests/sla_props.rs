@@ -6,7 +6,8 @@ use jiff::tz::TimeZone;
 use pikett_core::sla::{Cause, Contract, Maintenance, Month, Outage, ReportRow, compute_month};
 use proptest::prelude::*;
 
-/// The SPEC.md example (covers the whole day, crosses midnight).
+/// The documented contract example, `[sla.gold]` in docs/configuration.md (covers the whole
+/// day, crosses midnight).
 const SPEC_CONTRACT: &str = r#"
 timezone = "Europe/Berlin"
 windows = [

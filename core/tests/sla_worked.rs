@@ -1,7 +1,8 @@
-//! Worked examples of SPEC.md 3.4, each figure checked by hand in the comments.
+//! Worked examples of the SLA arithmetic, each figure checked by hand in the comments.
 //!
-//! Contract: the SPEC.md example (Europe/Berlin; core 07:00–18:00 98%, off 18:00–07:00 90%;
-//! short outage < 5m, 2 per day, 3 per week; notice 7d; caps core 2h, off 7h).
+//! Contract: the documented example, `[sla.gold]` in docs/configuration.md (Europe/Berlin; core
+//! 07:00–18:00 98%, off 18:00–07:00 90%; short outage < 5m, 2 per day, 3 per week; notice 7d;
+//! caps core 2h, off 7h).
 //! Calendar: 2026-03-01 is a Sunday; Berlin is CET (UTC+1) until Sun 2026-03-29 02:00, then
 //! CEST (UTC+2); back to CET on Sun 2026-10-25 03:00.
 

@@ -1,4 +1,4 @@
-//! The delivery guarantee (SPEC.md section 2): with the real binaries over
+//! The delivery guarantee (docs/wire.md, `Ingest.Stream`): with the real binaries over
 //! mutual TLS, SIGKILL of the collector or of the agent loses nothing and
 //! stores nothing twice.
 

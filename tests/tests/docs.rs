@@ -186,8 +186,55 @@ fn the_docs_point_nowhere_outside_the_repository() {
     }
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        for needle in ["SPEC.md", "../shared", "SPEC's", "SPEC section"] {
+        for needle in OUTSIDE_REFERENCES {
             assert!(!text.contains(needle), "{} mentions {needle}", f.display());
         }
     }
+}
+
+/// References to documents that are not part of the repository (a product specification,
+/// files beside the checkout): they dangle for every reader.
+const OUTSIDE_REFERENCES: [&str; 4] = ["SPEC.md", "../shared", "SPEC's", "SPEC section"];
+
+/// Every `.rs`, `.proto` and `.toml` file under `dir`, `target/` left out.
+fn source_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).expect("read source dir").map(|e| e.expect("entry").path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n != "target") {
+                source_files(&p, out);
+            }
+        } else if p.extension().is_some_and(|e| e == "rs" || e == "proto" || e == "toml") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn the_source_points_nowhere_outside_the_repository() {
+    let this_file = root().join("tests/tests/docs.rs");
+    let mut files = Vec::new();
+    for dir in ["agent", "collector", "cli", "core", "proto", "support", "tests", "xtask"] {
+        source_files(&root().join(dir), &mut files);
+    }
+    assert!(files.len() > 100, "the source walk found only {} files", files.len());
+    assert!(files.iter().any(|f| f.extension().is_some_and(|e| e == "proto")), "the source walk found no .proto file");
+    let mut skipped = false;
+    let mut found = Vec::new();
+    for f in files {
+        if f == this_file {
+            skipped = true; // this file names the needles
+            continue;
+        }
+        let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for needle in OUTSIDE_REFERENCES {
+            if text.contains(needle) {
+                found.push(format!("{} mentions {needle}", f.strip_prefix(root()).unwrap_or(&f).display()));
+            }
+        }
+    }
+    assert!(skipped, "the source walk missed {}", this_file.display());
+    assert!(found.is_empty(), "point to docs/ or say it in plain words instead:\n{}", found.join("\n"));
 }

@@ -1,4 +1,4 @@
-//! Incidents and emergencies end to end (SPEC.md 3.3): two hosts of one customer go CRITICAL →
+//! Incidents and emergencies end to end: two hosts of one customer go CRITICAL →
 //! one customer incident; `pikett incident escalate` pages primary, secondary and management
 //! at once with `[Notfall]`; a status update with an ETA reaches the customer's contact; close
 //! needs a root cause and recommendations; the report has the timeline, response times vs the

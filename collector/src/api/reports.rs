@@ -1,8 +1,8 @@
 //! The gRPC `Reports` service: live SLA reports and staff classification of outage causes
-//! (SPEC.md 3.4, stored by `services::causes`), patch compliance (3.5). Access as the admin
+//! (stored by `services::causes`), patch compliance (`[patches]`). Access as the admin
 //! service ([`crate::api::access`]).
 //!
-//! Choices where the spec is silent: the report's hosts are the customer's hosts in the registry
+//! Choices where the documented behaviour leaves room: the report's hosts are the customer's hosts in the registry
 //! (every one gets rows, with or without outages); response-time figures cover the critical
 //! faults of those hosts (any check) opened inside the reported period (contract time zone),
 //! opened → first acknowledgement.

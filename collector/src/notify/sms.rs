@@ -21,7 +21,7 @@ use super::http::{self, BodyTemplate, HeaderTemplates};
 use super::receipts::{GatewayRules, MAX_RECEIPT_BYTES, ReceiptConfig, ReceiptTracker};
 use super::{Channel, ChannelError, ChannelKind, ConfigError, Notification, Receipt};
 
-/// The body of SPEC's example; the default for sms and voice.
+/// The documented default body (docs/configuration.md, `[channels.sms]`) for sms and voice.
 pub const DEFAULT_BODY: &str = r#"{"to": "{{to}}", "text": "{{text}}"}"#;
 
 pub(crate) fn default_body() -> String {

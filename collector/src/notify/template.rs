@@ -181,7 +181,8 @@ fn push_escaped(out: &mut String, value: &str, escape: Escape) {
 }
 
 /// A secret file's content, trimmed. The error names the file, never the content. A file
-/// anyone may read is refused (SPEC section 5: secrets must not be world-readable).
+/// anyone may read is refused (secrets must not be world-readable; docs/configuration.md,
+/// `[channels]`).
 pub fn read_secret(path: &Path) -> Result<String, TemplateError> {
     #[cfg(unix)]
     {

@@ -1,4 +1,4 @@
-//! Staff classification of outage causes (SPEC.md 3.4), read by the live SLA report.
+//! Staff classification of outage causes (`pikett sla classify`), read by the live SLA report.
 //!
 //! Tree `sla_causes`: fault id (big-endian) → JSON [`CauseRecord`] (the classification of the
 //! outages derived from that fault; `none` deletes it). Every change is flushed before it is

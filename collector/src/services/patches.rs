@@ -1,11 +1,12 @@
-//! Patch compliance (SPEC.md 3.5) at the collector: each host's pending updates with their
-//! first-seen times, from the `patches` inventory of stored batches; compliance per host by
-//! [`pikett_core::patchday::classify`]; the synthetic check `patches/critical-overdue` (WARNING while a
-//! Critical security update is pending longer than `critical_patch_days`) fed to the fault engine.
+//! Patch compliance at the collector (`[patches]` in docs/configuration.md, `pikett patches` in
+//! docs/cli.md): each host's pending updates with their first-seen times, from the `patches`
+//! inventory of stored batches; compliance per host by [`pikett_core::patchday::classify`]; the
+//! synthetic check `patches/critical-overdue` (WARNING while a Critical security update is pending
+//! longer than `critical_patch_days`) fed to the fault engine.
 //!
 //! Tree `patches`: host → JSON [`HostPatches`], written with the batch that carried it (same flush).
 //!
-//! Choices where the spec is silent:
+//! Choices (where the documented behaviour leaves room):
 //! - an update is keyed by `package.arch`; its first-seen time is the earliest of the collector's
 //!   first sight, the agent's `first_seen` (clamped to now) and any earlier report's first-seen
 //!   of the same key (a newer version of a still-pending package keeps the old first sight);

@@ -1,11 +1,11 @@
-//! The fault engine (SPEC.md 3.1): check results, samples, host liveness and staff actions in,
+//! The fault engine (`[faults]` in docs/configuration.md): check results, samples, host liveness and staff actions in,
 //! fault transitions out — pure, no I/O, never reads the clock.
 //!
 //! Every call takes `now` and returns the [`Transition`]s it caused. The caller (storage, gRPC,
 //! notification) persists what [`Engine::take_dirty`] reports and pages only on
 //! `Transition::page == true`.
 //!
-//! # Semantics (where SPEC.md is silent, these are the choices)
+//! # Semantics (where the documented behaviour leaves room, these are the choices)
 //!
 //! - **Opening**: a fault opens after `for` consecutive non-OK results (default 2). Its severity
 //!   is the worst state seen while it is open, including the results that opened it: WARNING →

@@ -1,4 +1,4 @@
-//! Incidents and emergencies (SPEC.md 3.3): critical faults grouped per host, or per customer
+//! Incidents and emergencies: critical faults grouped per host, or per customer
 //! when several of its hosts fail within `[incidents] customer_window` (default 5 min).
 //!
 //! - `model.rs` — the incidents as plain data and the grouping (pure, unit-tested).
@@ -8,7 +8,7 @@
 //! The model at its edge (fed with fault transitions, persisted) is the collector's
 //! `services::incidents`; the gRPC service is `api::incidents`.
 //!
-//! Choices where SPEC.md is silent:
+//! Choices (where the documented behaviour leaves room):
 //! - Only critical faults make incidents (a warning that becomes critical joins then).
 //! - An incident never escalated closes by itself once every fault of it is resolved; an
 //!   emergency stays until staff close it with a root cause and recommendations. Closing an

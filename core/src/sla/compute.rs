@@ -1,6 +1,6 @@
 //! The SLA arithmetic: splits outages at window, day and month boundaries and attributes each second to one reason.
 //!
-//! Choices where SPEC.md 3.4 is silent (also in the crate report):
+//! Choices where the documented behaviour leaves room (also in the crate report):
 //! - Window occurrences and outages are both cut at the calendar month's bounds (local
 //!   midnight of the 1st); a window crossing midnight is *selected* by the weekday it starts on.
 //! - Rule 2 takes an outage when any part of it lies inside an announced maintenance within a
@@ -412,7 +412,7 @@ fn bump<K: PartialEq>(ranks: &mut Vec<(K, u32)>, key: K) -> u32 {
     }
 }
 
-/// The attribution of SPEC.md 3.4 for one host and month; `sink(outage, window, reason, seconds)`
+/// The attribution of outages for one host and month; `sink(outage, window, reason, seconds)`
 /// receives every counted or excused second inside the month's windows exactly once.
 fn attribute(
     contract: &Contract,

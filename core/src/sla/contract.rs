@@ -13,7 +13,7 @@ use super::SlaError;
 use super::credits::{CreditTable, CreditTerms};
 pub use crate::calendar::{TimeOfDay, Weekdays};
 
-/// A contract, the keys of one `[sla.NAME]` table (SPEC.md 3.4).
+/// A contract, the keys of one `[sla.NAME]` table (docs/configuration.md).
 ///
 /// Deserializing checks each field; [`Contract::validate`] checks the fields against each
 /// other ([`Contract::from_toml`] does both). Optional keys: `short_outage` (default `0s`: no

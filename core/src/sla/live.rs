@@ -1,6 +1,6 @@
 //! The live collector's SLA input: outages derived from the fault history (pure).
 //!
-//! Choices where SPEC.md 3.4 is silent:
+//! Choices where the documented behaviour leaves room:
 //! - SLA-relevant faults are `host/reachable` faults and faults of the contract's `checks`;
 //!   only while critical: from the opening of a fault that opened critical, or from its
 //!   `severity_raised` entry; to its resolution, or `now` while it is not resolved;

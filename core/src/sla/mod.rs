@@ -1,12 +1,13 @@
-//! SLA accounting (SPEC.md 3.4): contracts, outages and maintenance in, per host and window availability out.
+//! SLA accounting (`[sla.NAME]` in docs/configuration.md): contracts, outages and maintenance in,
+//! per host and window availability out.
 //!
 //! Everything here is pure: no I/O (the offline command reads its files in the collector),
 //! and the clock is never read — callers pass every time in. The live collector derives
 //! [`Outage`]s from its fault history (merging overlapping faults with [`merge_overlapping`]),
 //! the offline command reads them from CSV ([`offline`]); both end in [`Ledger`].
 //!
-//! Attribution of one outage, in order (see [`compute`] for the details chosen where the spec
-//! is silent):
+//! Attribution of one outage, in order (see [`compute`] for the details chosen where the
+//! documented behaviour leaves room):
 //! 1. cause force majeure / customer → all of it excused under that reason;
 //! 2. parts inside an announced maintenance → excused while the window's monthly cap lasts,
 //!    the excess counts;
@@ -153,7 +154,7 @@ impl ExcusedSeconds {
     }
 }
 
-/// One host and window in one month: the JSON line of SPEC.md 3.4, field for field.
+/// One host and window in one month: the SLA report's JSON line (docs/cli.md), field for field.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReportRow {
     pub host: String,

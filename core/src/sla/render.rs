@@ -81,7 +81,7 @@ pub fn render_table(rows: &[ReportRow]) -> String {
     table(&header, &cells, 3)
 }
 
-/// One JSON object per line (SPEC.md 3.4 `--output json`).
+/// One JSON object per line (`--output json`; the SLA report's JSON lines in docs/cli.md).
 pub fn render_json_lines(rows: &[ReportRow]) -> String {
     let mut out = String::new();
     for r in rows {

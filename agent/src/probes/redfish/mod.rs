@@ -67,7 +67,7 @@ pub enum ExpandMode {
     Off,
 }
 
-/// The `[redfish]` config section (SPEC.md section 2).
+/// The `[redfish]` config section (docs/configuration.md).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedfishConfig {
