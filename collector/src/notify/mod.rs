@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use email::{EmailChannel, EmailConfig};
 pub use outbox::{
     Claimed, Claimer, Clock, Enqueued, Entry, EntryState, ManualClock, Outbox, OutboxConfig, OutboxError, OutboxStore,
-    Outcome, OutcomeStatus, PgStore, Recorded, SystemClock, TreeStore, Worker,
+    Outcome, OutcomeStatus, Recorded, SystemClock, TreeStore, Worker,
 };
 pub use receipts::{DeliveryReport, DeliveryState, ReceiptConfig, ReceiptTracker};
 pub use sms::{SmsChannel, SmsConfig};

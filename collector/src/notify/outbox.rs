@@ -5,15 +5,15 @@
 //! after restart, with the same idempotency key, so gateways and mail servers can drop the
 //! duplicate. Finished entries are kept for `keep_done` to refuse re-enqueueing the same key.
 //!
-//! Several collector nodes can share one outbox ([`PgStore`]): only the leader sends. Its
-//! worker claims due entries as a [`Claimer`] (node and lease term) and records a result only
-//! while the claim is still its own; a newer term takes an older term's claims over at once,
-//! so a page in flight when a leader dies is sent again by the next one, with the same key.
-//! A result refused as stale (another term holds the claim) or a fenced claim deposes the
-//! outbox: its outcome is dropped and its worker stops ([`Outbox::deposed`]). Every claim has a
-//! token of its own, so a result of an attempt superseded by a later claim of the same term is
-//! dropped quietly (logged, counted) and the worker goes on. On one node ([`TreeStore`]) the
-//! term is 0 and claims never lapse (only a result, a release or a restart ends them).
+//! The worker claims due entries as a [`Claimer`] (node and term; [`Claimer::standalone`] on one
+//! node, term 0) and records a result only while the claim is still its own. Every claim has a
+//! token of its own, so a result of an attempt superseded by a later claim is dropped quietly
+//! (logged, counted) and the worker goes on; claims never lapse (only a result, a release or a
+//! restart ends them). A store that refuses the claimer's term, or a send guard that says no
+//! ([`Outbox::guard_sends`]: a cluster's leader past its lease), deposes the outbox: its worker
+//! stops and nothing more is sent ([`Outbox::deposed`]). In a cluster the outbox is a tree of
+//! the leader's state (fenced flushes), so a new leader sends what the old one left pending,
+//! with the same key.
 //!
 //! Architecture invariant: the outbox knows channels only through [`Channel`]; retry timing is
 //! the pure [`backoff`] / [`after_failure`], over times from an injected [`Clock`].
@@ -30,8 +30,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use super::{ChannelError, ChannelKind, ChannelMap, Notification, NotificationKind, Receipt};
-use crate::store::pg::{OutboxRow, PgConnect, PgOutbox};
-use crate::store::{Storage, StoreError, Tree, WriteBatch};
+use crate::store::{Storage, Tree, WriteBatch};
 
 /// The source of "now" for retry timing, so tests and simulations can drive time.
 pub trait Clock: Send + Sync {
@@ -249,19 +248,18 @@ pub enum Recorded {
     Stale,
 }
 
-/// How long a claim keeps other workers of the same term away from an entry on a shared store
-/// ([`PgStore`]). A newer term takes a claim over at once. [`TreeStore`] claims never lapse.
+/// How long a claim keeps other workers of the same term away from an entry, on a store whose
+/// claims lapse. A newer term takes a claim over at once. [`TreeStore`] claims never lapse.
 pub const CLAIM_FOR: Duration = Duration::from_secs(120);
 
 /// The outbox's storage, kept behind a trait so the engine can change without touching callers:
-/// [`TreeStore`] (sled, one node) and [`PgStore`] (PostgreSQL, shared by the collector nodes).
-/// Both pass the one suite in `outbox_suite.rs`.
+/// [`TreeStore`], on the tree `outbox` of any [`Storage`] (sled; in a cluster the leader's
+/// fenced PostgreSQL state). The contract is the suite in `outbox_suite.rs`.
 ///
 /// Claims: a worker claims due entries as a [`Claimer`] until `now + claim_for`, and records a
 /// result only while the claim is still its own (same node, term and token). A claim of an
 /// older term is taken over at once by a newer term (no page is lost when a leader dies); a
-/// claim of the same term only after it ran out ([`PgStore`]; a [`TreeStore`] claim never runs
-/// out). Times are the claimer's clock: `claim_until` is compared
+/// claim of the same term only after it ran out (a [`TreeStore`] claim never runs out). Times are the claimer's clock: `claim_until` is compared
 /// only within one term, that is on one node.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
@@ -381,6 +379,14 @@ const BAD: &str = "bad/";
 
 fn store_err(e: impl std::fmt::Display) -> OutboxError {
     OutboxError::Store(e.to_string())
+}
+
+/// A flush of a leader's storage refused by the fence is the outbox's `Fenced`: it deposes.
+fn flush_err(e: crate::store::StoreError) -> OutboxError {
+    match e {
+        crate::store::StoreError::Fenced { node, term } => OutboxError::Fenced { node, term },
+        e => store_err(e),
+    }
 }
 
 fn encode(entry: &Entry) -> Result<Vec<u8>, OutboxError> {
@@ -549,7 +555,7 @@ impl OutboxStore for TreeStore {
         if let Some(state) = self.insert_new(entry)? {
             return Ok(Some(state));
         }
-        self.storage.flush().await.map_err(store_err)?;
+        self.storage.flush().await.map_err(flush_err)?;
         Ok(None)
     }
 
@@ -617,7 +623,7 @@ impl OutboxStore for TreeStore {
                 EntryState::Delivered | EntryState::Failed => self.finish(entry)?,
             }
         }
-        self.storage.flush().await.map_err(store_err)?;
+        self.storage.flush().await.map_err(flush_err)?;
         Ok(Recorded::Stored)
     }
 
@@ -635,133 +641,6 @@ impl OutboxStore for TreeStore {
 
     async fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError> {
         TreeStore::purge_finished(self, before)
-    }
-}
-
-/// [`OutboxStore`] on PostgreSQL (the table `pikett_outbox`, see `store::pg::outbox`), shared
-/// by every collector node: claims and enqueues are fenced by the leader lease, results count
-/// only while the claim is the caller's. Entries are the same JSON as [`TreeStore`]'s.
-pub struct PgStore {
-    db: PgOutbox,
-}
-
-impl PgStore {
-    /// The outbox on the database `connect` reaches (its schema migrated by `PgStorage::open`);
-    /// connects on first use, on a session of its own.
-    pub fn new(connect: PgConnect) -> Self {
-        PgStore { db: PgOutbox::new(connect) }
-    }
-}
-
-fn pg_err(e: StoreError) -> OutboxError {
-    match e {
-        StoreError::Fenced { node, term } => OutboxError::Fenced { node, term },
-        other => store_err(other),
-    }
-}
-
-/// A claim token as the `bigint` column holds it (the same 64 bits).
-fn token_sql(token: u64) -> i64 {
-    i64::from_ne_bytes(token.to_ne_bytes())
-}
-
-fn micros(t: Timestamp) -> i64 {
-    t.as_microsecond()
-}
-
-fn state_name(state: EntryState) -> &'static str {
-    match state {
-        EntryState::Pending => "pending",
-        EntryState::Delivered => "delivered",
-        EntryState::Failed => "failed",
-    }
-}
-
-fn row_of(entry: &Entry) -> Result<OutboxRow, OutboxError> {
-    Ok(OutboxRow {
-        id: entry.notification.id.clone(),
-        state: state_name(entry.state),
-        entry: serde_json::to_string(entry).map_err(store_err)?,
-        next_attempt_us: micros(entry.next_attempt),
-        finished_at_us: entry.finished_at.map(micros),
-    })
-}
-
-/// Decodes rows `(id, JSON)`; undecodable ones are logged and set aside when `quarantine`.
-async fn decode_rows(db: &PgOutbox, rows: Vec<(String, String)>, quarantine: bool) -> Result<Vec<Entry>, OutboxError> {
-    let mut out = Vec::with_capacity(rows.len());
-    for (id, json) in rows {
-        match decode(id.as_bytes(), json.as_bytes()) {
-            Ok(e) => out.push(e),
-            Err(e) if quarantine => {
-                log_undecodable(&e);
-                db.quarantine(&id).await.map_err(pg_err)?;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
-}
-
-#[async_trait]
-impl OutboxStore for PgStore {
-    async fn enqueue(&self, by: &Claimer, entry: &Entry) -> Result<Option<EntryState>, OutboxError> {
-        let existing = self.db.insert(&by.node, by.term, &row_of(entry)?).await.map_err(pg_err)?;
-        Ok(existing.map(|state| match state.as_str() {
-            "pending" => EntryState::Pending,
-            "delivered" => EntryState::Delivered,
-            _ => EntryState::Failed,
-        }))
-    }
-
-    async fn entry(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
-        match self.db.get(id).await.map_err(pg_err)? {
-            Some(json) => decode(id.as_bytes(), json.as_bytes()).map(Some),
-            None => Ok(None),
-        }
-    }
-
-    async fn entries_with_prefix(&self, prefix: &str) -> Result<Vec<Entry>, OutboxError> {
-        decode_rows(&self.db, self.db.with_prefix(prefix).await.map_err(pg_err)?, false).await
-    }
-
-    async fn pending_entries(&self) -> Result<Vec<Entry>, OutboxError> {
-        decode_rows(&self.db, self.db.pending().await.map_err(pg_err)?, true).await
-    }
-
-    async fn claim_due(
-        &self,
-        by: &Claimer,
-        now: Timestamp,
-        claim_for: Duration,
-        limit: usize,
-    ) -> Result<Claimed, OutboxError> {
-        // Random: unique across nodes and restarts without coordination.
-        let token: u64 = rand::random();
-        let (rows, next) = self
-            .db
-            .claim(&by.node, by.term, token_sql(token), micros(now), micros(add(now, claim_for)), limit)
-            .await
-            .map_err(pg_err)?;
-        let mut due = decode_rows(&self.db, rows, true).await?;
-        due.sort_by(|a, b| (a.next_attempt, &a.notification.id).cmp(&(b.next_attempt, &b.notification.id)));
-        let next = next.and_then(|us| Timestamp::from_microsecond(us).ok());
-        Ok(Claimed { due, next, token })
-    }
-
-    async fn record(&self, by: &Claimer, token: u64, entry: &Entry) -> Result<Recorded, OutboxError> {
-        Ok(match self.db.record(&by.node, by.term, token_sql(token), &row_of(entry)?).await.map_err(pg_err)? {
-            Ok(()) => Recorded::Stored,
-            Err(holder_term) => refused(holder_term, by),
-        })
-    }
-
-    async fn release(&self, by: &Claimer, token: u64, id: &str) -> Result<(), OutboxError> {
-        self.db.release(&by.node, by.term, token_sql(token), id).await.map_err(pg_err)
-    }
-
-    async fn purge_finished(&self, before: Timestamp) -> Result<usize, OutboxError> {
-        self.db.purge_finished(micros(before)).await.map_err(pg_err)
     }
 }
 
@@ -989,8 +868,8 @@ impl Outbox {
     }
 
     /// [`Outbox::entry`] for a synchronous caller. It answers when the store answers without
-    /// waiting ([`TreeStore`]); a store on the network ([`PgStore`]) fails, and its callers
-    /// must use the async form. So do [`Outbox::with_id_prefix`], [`Outbox::pending`] and
+    /// waiting ([`TreeStore`] does); a store that would wait fails, and its callers must use
+    /// the async form. So do [`Outbox::with_id_prefix`], [`Outbox::pending`] and
     /// [`Outbox::purge`].
     pub fn get(&self, id: &str) -> Result<Option<Entry>, OutboxError> {
         now_or_fail(self.entry(id))
@@ -1266,6 +1145,7 @@ async fn attempt(inner: Arc<Inner>, token: u64, mut entry: Entry) -> Option<Outc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
 
     fn cfg() -> OutboxConfig {
         OutboxConfig::default()

@@ -24,8 +24,7 @@ struct Migration {
 const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "kv", sql: include_str!("migrations/0001_kv.sql") },
     Migration { version: 2, name: "cluster", sql: include_str!("migrations/0002_cluster.sql") },
-    Migration { version: 3, name: "outbox", sql: include_str!("migrations/0003_outbox.sql") },
-    Migration { version: 4, name: "batches", sql: include_str!("migrations/0004_batches.sql") },
+    Migration { version: 3, name: "batches", sql: include_str!("migrations/0003_batches.sql") },
 ];
 
 /// The advisory lock key of schema changes ("pikett" in ASCII).

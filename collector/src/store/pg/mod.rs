@@ -50,7 +50,6 @@ mod batches;
 mod conn;
 mod lease;
 mod migrate;
-mod outbox;
 /// A throwaway PostgreSQL for tests (also for the end-to-end tests, feature `pg-testing`).
 #[cfg(any(test, feature = "pg-testing"))]
 pub mod testing;
@@ -71,7 +70,6 @@ pub use batches::{Head, PendingBatch, PgBatches};
 pub use conn::PgConnect;
 pub use lease::{PgLease, fence};
 pub use migrate::{LATEST as SCHEMA_VERSION, Migrated};
-pub use outbox::{OutboxRow, PgOutbox};
 
 use self::tree::{Cut, Journal, PgTree, TreeData};
 use super::{Storage, StoreError, Tree};
