@@ -24,5 +24,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["proto"],
         )?;
+    // The collector's side of the ingest stream: the same messages, but a batch is read into
+    // `received::ReceivedBatch` (its bytes kept, its samples read in place) instead of
+    // `v1::Batch`. Every other type is the one generated above.
+    let rx = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("rx");
+    std::fs::create_dir_all(&rx)?;
+    let mut config = tonic_prost_build::configure().out_dir(&rx).build_client(false).build_server(true);
+    for name in [
+        "AgentStatus",
+        "CollectorMessage",
+        "Hello",
+        "Welcome",
+        "Ack",
+        "CheckState",
+        "CheckStatus",
+        "CheckResult",
+        "Sample",
+        "Event",
+        "Inventory",
+    ] {
+        config = config.extern_path(format!(".pikett.v1.{name}"), format!("crate::v1::{name}"));
+    }
+    config
+        .extern_path(".pikett.v1.Batch", "crate::received::ReceivedBatch")
+        .compile_protos(&["proto/pikett/v1/ingest.proto"], &["proto"])?;
     Ok(())
 }

@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use pikett_proto::rx::ingest_server::IngestServer;
 use pikett_proto::v1::admin_server::AdminServer;
 use pikett_proto::v1::enroll_server::EnrollServer;
 use pikett_proto::v1::incidents_server::IncidentsServer;
-use pikett_proto::v1::ingest_server::IngestServer;
 use pikett_proto::v1::reports_server::ReportsServer;
 use tokio::sync::{Notify, watch};
 use tonic::transport::Server;

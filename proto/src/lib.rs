@@ -10,6 +10,14 @@ pub mod v1 {
     tonic::include_proto!("pikett.v1");
 }
 
+/// The collector's side of the ingest stream: `v1`'s `AgentMessage` and `Ingest` server,
+/// with a batch read into a [`received::ReceivedBatch`].
+pub mod rx {
+    include!(concat!(env!("OUT_DIR"), "/rx/pikett.v1.rs"));
+}
+
+pub mod received;
+
 /// Sent in `Hello.protocol_version`; the collector rejects versions it does not know.
 /// Version 2: `CheckResult.status` carries the state and its zero value is refused.
 pub const PROTOCOL_VERSION: u32 = 2;

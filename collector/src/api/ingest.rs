@@ -7,8 +7,10 @@
 
 use std::sync::Arc;
 
+use pikett_proto::received::ReceivedBatch;
+use pikett_proto::rx;
+use pikett_proto::rx::ingest_server::Ingest;
 use pikett_proto::v1 as pb;
-use pikett_proto::v1::ingest_server::Ingest;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -99,7 +101,7 @@ impl Ingest for IngestService {
 
     async fn stream(
         &self,
-        request: Request<Streaming<pb::AgentMessage>>,
+        request: Request<Streaming<rx::AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let peer_cert = request.peer_certs().and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
         let peer_cn = peer_cert.as_deref().and_then(crate::services::pki::common_name);
@@ -122,7 +124,7 @@ impl Ingest for IngestService {
             }
         };
         let hello = match first {
-            Some(pb::AgentMessage { body: Some(pb::agent_message::Body::Hello(h)) }) => h,
+            Some(rx::AgentMessage { body: Some(rx::agent_message::Body::Hello(h)) }) => h,
             _ => {
                 return Err(reject(
                     &self.metrics,
@@ -275,8 +277,8 @@ impl Ingest for IngestService {
                     }
                 };
                 let checks = match &msg.body {
-                    Some(pb::agent_message::Body::Batch(b)) => &b.checks[..],
-                    Some(pb::agent_message::Body::Status(s)) => &s.checks[..],
+                    Some(rx::agent_message::Body::Batch(b)) => &b.head().checks[..],
+                    Some(rx::agent_message::Body::Status(s)) => &s.checks[..],
                     _ => &[],
                 };
                 if let Some(message) = missing_status(version, checks) {
@@ -285,12 +287,13 @@ impl Ingest for IngestService {
                     break;
                 }
                 let batch = match msg.body {
-                    Some(pb::agent_message::Body::Batch(batch)) => batch,
-                    Some(pb::agent_message::Body::Status(status)) => {
+                    Some(rx::agent_message::Body::Batch(batch)) => batch,
+                    Some(rx::agent_message::Body::Status(status)) => {
                         // Not spooled, not acknowledged: evaluated with the next group.
                         tracing::warn!(host_id = %host_id, checks = ?status.checks.iter().map(|c| (&c.name, &c.summary)).collect::<Vec<_>>(), "agent reports trouble it cannot spool");
                         let (reply, _) = oneshot::channel();
-                        let batch = pb::Batch { checks: status.checks, ..Default::default() };
+                        let batch =
+                            ReceivedBatch::from_batch(&pb::Batch { checks: status.checks, ..Default::default() });
                         let req =
                             WriteRequest { sender: sender.clone(), batch, status: true, series_over_limit: 0, reply };
                         if writer.send(req).await.is_err() {
@@ -298,7 +301,7 @@ impl Ingest for IngestService {
                         }
                         continue;
                     }
-                    Some(pb::agent_message::Body::Hello(_)) => {
+                    Some(rx::agent_message::Body::Hello(_)) => {
                         let status = Status::invalid_argument("a second hello on one stream");
                         let _ = pending_tx.send(Pending::Refuse(reject(&metrics, "second_hello", status))).await;
                         break;
@@ -315,14 +318,20 @@ impl Ingest for IngestService {
                     break;
                 }
                 let mut batch = batch;
-                let before = batch.checks.len();
-                batch.checks.retain(|c| pikett_core::faults::valid_check_name(&c.name));
-                if batch.checks.len() < before {
-                    let n = (before - batch.checks.len()) as u64;
+                let refused = match batch.retain_checks(|c| pikett_core::faults::valid_check_name(&c.name)) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let status = Status::invalid_argument(format!("batch {}: {e}", batch.head().seq));
+                        let _ = pending_tx.send(Pending::Refuse(reject(&metrics, "malformed_batch", status))).await;
+                        break;
+                    }
+                };
+                if refused > 0 {
+                    let n = refused as u64;
                     metrics.invalid_checks_total.inc_by(n);
                     tracing::warn!(host_id = %host_id, ignored = n, "check results with invalid names ignored (control characters, empty, too long)");
                 }
-                let seq = batch.seq;
+                let seq = batch.head().seq;
                 let refusal = sequence_refusal(previous, seq);
                 if let Some((reason, message)) = refusal {
                     let status = Status::invalid_argument(message);
@@ -336,7 +345,7 @@ impl Ingest for IngestService {
                 previous = Some(seq);
                 let (reply, rx) = oneshot::channel();
                 let now_ms = jiff::Timestamp::now().as_millisecond();
-                let series_over_limit = latest.update(&sender.host_id, &sender.customer, &batch.samples, now_ms);
+                let series_over_limit = latest.update(&sender.host_id, &sender.customer, &batch, now_ms);
                 let req = WriteRequest { sender: sender.clone(), batch, status: false, series_over_limit, reply };
                 if writer.send(req).await.is_err() || pending_tx.send(Pending::Batch(seq, rx)).await.is_err() {
                     break;

@@ -424,7 +424,8 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let batch = pb::Batch { seq, samples, ..Default::default() };
+        let batch =
+            pikett_proto::received::ReceivedBatch::from_batch(&pb::Batch { seq, samples, ..Default::default() });
         let (reply, _) = tokio::sync::oneshot::channel();
         log.apply(&[WriteRequest { sender, batch, status: false, series_over_limit: 0, reply }], at_ms).unwrap();
     }

@@ -65,7 +65,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use pikett_core::faults::Transition;
 use pikett_core::hosts::{DataDropped, HostRecord};
-use pikett_proto::v1 as pb;
+use pikett_proto::received::ReceivedBatch;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::services::faults::FaultService;
@@ -268,14 +268,14 @@ pub(crate) fn evaluate_request(
     patches: &PatchService,
     host: &str,
     customer: &str,
-    batch: &pb::Batch,
+    batch: &ReceivedBatch,
     data_dropped: Option<&DataDropped>,
     new_batch: bool,
     series_over_limit: u64,
     now: Timestamp,
 ) -> Vec<Transition> {
     let mut changes = faults.ingest(host, customer, batch, now);
-    if let Some(input) = patches.ingest(host, customer, batch, now) {
+    if let Some(input) = patches.ingest(host, customer, batch.head(), now) {
         changes.extend(faults.with_engine(|e| e.check_result(input, now)));
     }
     if let Some((warning, summary)) = data_dropped {
@@ -816,7 +816,7 @@ impl Evaluator {
             let mut consumed = Vec::new();
             let each = || -> Result<(), StoreError> {
                 for item in items {
-                    match <pb::Batch as prost::Message>::decode(item.payload.as_slice()) {
+                    match <ReceivedBatch as prost::Message>::decode(item.payload.as_slice()) {
                         Ok(batch) => {
                             let now =
                                 Timestamp::from_millisecond(item.received_ms).unwrap_or_else(|_| Timestamp::now());
@@ -825,7 +825,8 @@ impl Evaluator {
                             } else {
                                 let state = drops.entry(item.host.clone()).or_default();
                                 let before = *state;
-                                let out = state.record(batch.dropped_samples, batch.dropped_other, item.received_ms);
+                                let head = batch.head();
+                                let out = state.record(head.dropped_samples, head.dropped_other, item.received_ms);
                                 if *state != before {
                                     let json = serde_json::to_vec(state).map_err(|e| StoreError::Engine(e.to_string()))?;
                                     drops_tree.insert(item.host.as_bytes(), json)?;
@@ -999,6 +1000,7 @@ mod tests {
 
     use super::*;
     use crate::store::SledStorage;
+    use pikett_proto::v1 as pb;
 
     const GRACE: Duration = Duration::from_secs(10);
 
@@ -1841,6 +1843,7 @@ mod tests {
             spool_epoch: 7,
         });
         let batch = pb::Batch { seq: if status { 0 } else { seq }, checks: vec![check], ..Default::default() };
+        let batch = ReceivedBatch::from_batch(&batch);
         let (reply, _) = tokio::sync::oneshot::channel();
         crate::services::batches::WriteRequest { sender, batch, status, series_over_limit: 0, reply }
     }

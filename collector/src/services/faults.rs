@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
+use pikett_proto::received::ReceivedBatch;
 use pikett_proto::v1 as pb;
 
 use pikett_core::faults::{
@@ -133,14 +134,14 @@ impl FaultService {
     }
 
     /// Feeds one newly stored batch to the engine and writes the changed records (not flushed).
-    pub fn ingest(&self, host: &str, customer: &str, batch: &pb::Batch, now: Timestamp) -> Vec<Transition> {
+    pub fn ingest(&self, host: &str, customer: &str, batch: &ReceivedBatch, now: Timestamp) -> Vec<Transition> {
         let mut engine = self.lock();
         let mut out = engine.host_seen(host, customer, now);
         let limit = engine.config().faults.max_checks_per_host as usize;
         let mut seen = self.checks_seen.lock().unwrap_or_else(|p| p.into_inner());
         let (names, over) = seen.entry(host.to_string()).or_default();
         let mut ignored = 0u64;
-        for c in &batch.checks {
+        for c in &batch.head().checks {
             if limit > 0 && !names.contains(&c.name) {
                 if names.len() >= limit {
                     ignored += 1;
@@ -188,11 +189,11 @@ impl FaultService {
         if !engine.config().rules.is_empty() {
             let config = engine.shared_config();
             let mut host_has_state: Option<bool> = None;
-            for s in &batch.samples {
+            for s in batch.samples() {
                 // Most samples fire no rule and change nothing: decide that without allocating.
-                let label = |k: &str| s.labels.get(k).map(String::as_str);
+                let label = |k: &str| s.labels.get(k);
                 let fires =
-                    config.rules.iter().any(|r| r.selects_with(&s.name, label) && r.condition(s.value) == Some(true));
+                    config.rules.iter().any(|r| r.selects_with(s.name, label) && r.condition(s.value) == Some(true));
                 if !fires && !*host_has_state.get_or_insert_with(|| engine.has_rule_state(host)) {
                     continue;
                 }
@@ -202,8 +203,8 @@ impl FaultService {
                 let input = SampleInput {
                     host: host.to_string(),
                     customer: customer.to_string(),
-                    name: s.name.clone(),
-                    labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    name: s.name.to_string(),
+                    labels: s.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
                     value: s.value,
                     time: ts(s.time_unix_ms, now),
                 };
@@ -348,8 +349,8 @@ mod tests {
     use crate::store::SledStorage;
     use pikett_core::faults::{FaultFilter, FaultState, FaultsConfig, HostDeps, Rule};
 
-    fn sample(value: f64) -> pb::Batch {
-        pb::Batch {
+    fn sample(value: f64) -> ReceivedBatch {
+        ReceivedBatch::from_batch(&pb::Batch {
             samples: vec![pb::Sample {
                 name: "temp".into(),
                 labels: [("sensor".to_string(), "CPU1".to_string())].into_iter().collect(),
@@ -357,7 +358,7 @@ mod tests {
                 ..Default::default()
             }],
             ..Default::default()
-        }
+        })
     }
 
     #[tokio::test]

@@ -297,7 +297,12 @@ mod tests {
     async fn feed_until(svc: &IncidentService, state: pb::CheckStatus, at: &mut i64, kind: EventKind) -> Transition {
         for _ in 0..10 {
             *at += 10;
-            let out = svc.faults.ingest("web-1", "acme", &result(state, t(*at)), t(*at));
+            let out = svc.faults.ingest(
+                "web-1",
+                "acme",
+                &pikett_proto::received::ReceivedBatch::from_batch(&result(state, t(*at))),
+                t(*at),
+            );
             svc.on_transitions(&out).await;
             if let Some(tr) = out.into_iter().find(|tr| tr.kind == kind) {
                 return tr;

@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, RwLock};
 
-use pikett_proto::v1 as pb;
+use pikett_proto::received::{Labels, ReceivedBatch};
 
 struct Latest {
     value: f64,
@@ -35,7 +35,7 @@ struct SeriesKey {
 /// without allocating. Hashes exactly like the [`SeriesKey`] it stands for.
 struct SampleKey<'a> {
     name: &'a str,
-    labels: &'a BTreeMap<String, String>,
+    labels: Labels<'a>,
 }
 
 impl Hash for SeriesKey {
@@ -46,7 +46,7 @@ impl Hash for SeriesKey {
 
 impl Hash for SampleKey<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_series(state, self.name, self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())), self.labels.len());
+        hash_series(state, self.name, self.labels.iter(), self.labels.len());
     }
 }
 
@@ -71,7 +71,7 @@ impl SampleKey<'_> {
     fn to_owned(&self) -> SeriesKey {
         SeriesKey {
             name: self.name.to_string(),
-            labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            labels: self.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
 }
@@ -209,8 +209,8 @@ impl LatestSamples {
 
     /// Records the samples' values; returns how many were not kept because the host is at
     /// its series limit (new series only: known ones are always updated).
-    pub fn update(&self, host: &str, customer: &str, samples: &[pb::Sample], now_ms: i64) -> u64 {
-        if samples.is_empty() {
+    pub fn update(&self, host: &str, customer: &str, batch: &ReceivedBatch, now_ms: i64) -> u64 {
+        if batch.sample_count() == 0 {
             return 0;
         }
         if !self.hosts.read().unwrap_or_else(|p| p.into_inner()).contains_key(host) {
@@ -223,9 +223,9 @@ impl LatestSamples {
             customer.clone_into(&mut h.customer);
         }
         let mut dropped = 0;
-        for s in samples {
-            // Labels arrive in key order (a `BTreeMap`), so the borrowed key is the series'.
-            let key = SampleKey { name: &s.name, labels: &s.labels };
+        for s in batch.samples() {
+            // A received sample's labels read in key order, so the borrowed key is the series'.
+            let key = SampleKey { name: s.name, labels: s.labels };
             let latest = Latest { value: s.value, at_ms: now_ms };
             if let Some(known) = h.series.get_mut(&key) {
                 *known = latest;
@@ -295,6 +295,12 @@ fn fmt_value(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pikett_proto::v1 as pb;
+
+    /// A received batch of `samples`.
+    fn rb(samples: &[pb::Sample]) -> ReceivedBatch {
+        ReceivedBatch::from_batch(&pb::Batch { samples: samples.to_vec(), ..Default::default() })
+    }
 
     #[test]
     fn stale_series_are_dropped_and_labels_escaped() {
@@ -305,8 +311,8 @@ mod tests {
             value: v,
             ..Default::default()
         };
-        l.update("web-1", "acme", &[s("pikett_redfish_temperature_celsius", 40.0)], 1_000);
-        l.update("web-1", "acme", &[s("pikett_other", 1.0)], 10_000);
+        l.update("web-1", "acme", &rb(&[s("pikett_redfish_temperature_celsius", 40.0)]), 1_000);
+        l.update("web-1", "acme", &rb(&[s("pikett_other", 1.0)]), 10_000);
         let mut out = String::new();
         l.render(10_500, 5_000, &ExpositionNames::default(), &mut out);
         assert!(out.contains("pikett_other{host=\"web-1\",customer=\"acme\",sensor=\"CPU1 \\\"Temp\\\"\"} 1"), "{out}");
@@ -347,17 +353,17 @@ mod tests {
             ..Default::default()
         };
         let (root, var) = ([("mount", "/"), ("fs", "ext4")], [("mount", "/var"), ("fs", "ext4")]);
-        assert_eq!(l.update("web-1", "acme", &[s(&root, 0.1), s(&var, 0.2)], 1_000), 0);
+        assert_eq!(l.update("web-1", "acme", &rb(&[s(&root, 0.1), s(&var, 0.2)]), 1_000), 0);
         // Labels given in another order are the same series; the limit (3) is never reached.
         let root_reordered = [("fs", "ext4"), ("mount", "/")];
         for i in 0..10 {
-            assert_eq!(l.update("web-1", "acme", &[s(&root_reordered, i as f64), s(&var, 0.3)], 2_000 + i), 0);
+            assert_eq!(l.update("web-1", "acme", &rb(&[s(&root_reordered, i as f64), s(&var, 0.3)]), 2_000 + i), 0);
         }
         let hosts = l.hosts.read().unwrap();
         let h = hosts["web-1"].lock().unwrap();
         assert_eq!(h.series.len(), 2);
-        let labels: BTreeMap<String, String> = root.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let key = SampleKey { name: "pikett_host_fs_used_ratio", labels: &labels };
+        let one = rb(&[s(&root, 0.0)]);
+        let key = SampleKey { name: "pikett_host_fs_used_ratio", labels: one.samples().next().unwrap().labels };
         assert_eq!(h.series.get(&key).map(|l| (l.value, l.at_ms)), Some((9.0, 2_009)));
         use std::hash::BuildHasher as _;
         let hasher = h.series.hasher();
@@ -368,9 +374,9 @@ mod tests {
     fn series_are_capped_per_host_and_swept_without_a_scrape() {
         let l = LatestSamples::new(2);
         let s = |name: &str| pb::Sample { name: name.into(), value: 1.0, ..Default::default() };
-        assert_eq!(l.update("web-1", "acme", &[s("a"), s("b"), s("c")], 1_000), 1);
-        assert_eq!(l.update("web-1", "acme", &[s("a"), s("b")], 2_000), 0, "known series are always updated");
-        assert_eq!(l.update("web-2", "acme", &[s("c")], 2_000), 0, "the limit is per host");
+        assert_eq!(l.update("web-1", "acme", &rb(&[s("a"), s("b"), s("c")]), 1_000), 1);
+        assert_eq!(l.update("web-1", "acme", &rb(&[s("a"), s("b")]), 2_000), 0, "known series are always updated");
+        assert_eq!(l.update("web-2", "acme", &rb(&[s("c")]), 2_000), 0, "the limit is per host");
         assert_eq!(l.over_limit.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert_eq!(l.sweep(2_500, 1_000), 0);
         assert_eq!(l.sweep(10_000, 1_000), 3);

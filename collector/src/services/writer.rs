@@ -190,12 +190,12 @@ pub fn spawn_pg_writer(
         } {
             // A group is one statement's parameters: bounded in bytes too, so a catch-up after
             // an outage (many large batches waiting) stays far inside statement_timeout.
-            let mut bytes = prost::Message::encoded_len(&first.batch);
+            let mut bytes = first.batch.bytes().len();
             let mut group = vec![first];
             while group.len() < MAX_GROUP && bytes < MAX_PG_GROUP_BYTES {
                 match rx.try_recv() {
                     Ok(r) => {
-                        let len = prost::Message::encoded_len(&r.batch);
+                        let len = r.batch.bytes().len();
                         if bytes + len > MAX_PG_GROUP_BYTES {
                             next = Some(r);
                             break;
@@ -239,9 +239,10 @@ fn count_and_reply(group: Vec<WriteRequest>, outcomes: Vec<Outcome>, metrics: &M
         match outcome.stored {
             Stored::New => {
                 metrics.batches_total.inc();
-                metrics.samples_total.inc_by(req.batch.samples.len() as u64);
-                metrics.agent_dropped_samples_total.inc_by(req.batch.dropped_samples);
-                metrics.agent_dropped_other_total.inc_by(req.batch.dropped_other);
+                let head = req.batch.head();
+                metrics.samples_total.inc_by(req.batch.sample_count() as u64);
+                metrics.agent_dropped_samples_total.inc_by(head.dropped_samples);
+                metrics.agent_dropped_other_total.inc_by(head.dropped_other);
             }
             Stored::Duplicate => {
                 metrics.duplicate_batches_total.inc();

@@ -25,7 +25,9 @@ pub struct Sender {
 /// One batch to store, and where to say whether it was new.
 pub struct WriteRequest {
     pub sender: Arc<Sender>,
-    pub batch: pikett_proto::v1::Batch,
+    /// The batch as received: stored as its bytes, evaluated from its decoded fields and
+    /// its samples read in place.
+    pub batch: pikett_proto::received::ReceivedBatch,
     /// An `AgentStatus` (checks only, `batch.seq` 0): evaluated, never stored as a batch.
     pub status: bool,
     /// Samples of this batch not kept for `/metrics`: the host is at `max_series_per_host`.

@@ -76,6 +76,7 @@ pub(crate) fn request(host: &str, epoch: u64, seq: u64) -> WriteRequest {
 
 pub(crate) fn with_sender(sender: Arc<Sender>, batch: pb::Batch) -> WriteRequest {
     let (reply, _) = oneshot::channel();
+    let batch = pikett_proto::received::ReceivedBatch::from_batch(&batch);
     WriteRequest { sender, batch, status: false, series_over_limit: 0, reply }
 }
 
@@ -153,8 +154,8 @@ pub(crate) async fn the_host_registry_follows_what_is_stored(e: &impl BatchEngin
     let s = e.store();
     let before = now_ms();
     let mut first = request("web1", 7, 1);
-    first.batch.dropped_samples = 40;
-    first.batch.dropped_other = 2;
+    first.batch.modify(|b| b.dropped_samples = 40).unwrap();
+    first.batch.modify(|b| b.dropped_other = 2).unwrap();
     e.store_group(&[first, request("web1", 7, 3), request("web1", 7, 2)]).await;
     let rec = s.host("web1").unwrap();
     let after = now_ms();

@@ -82,6 +82,15 @@ pub trait Tree: Send + Sync {
     fn iter<'a>(&'a self) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a> {
         self.scan_prefix(&[])
     }
+    /// The last entry whose key starts with `prefix` (this default reads them all; sled
+    /// seeks to it).
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let mut last = None;
+        for item in self.scan_prefix(prefix) {
+            last = Some(item?);
+        }
+        Ok(last)
+    }
 }
 
 /// Removes the entries under `prefix` for which `gone(key, value)` holds, at most `max`,

@@ -40,6 +40,11 @@ pub struct Args {
     /// build (to compare two builds on the same machine in one sitting).
     #[arg(long)]
     bin_dir: Option<std::path::PathBuf>,
+    /// Samples in each simulated agent's batch (one batch per agent and second, so
+    /// `rate / samples_per_batch` agents). 100 is a host probe's round; 1000 gives the
+    /// collector requests as large as Prometheus' scrapes of 1,000 series.
+    #[arg(long, default_value_t = 100)]
+    samples_per_batch: u64,
     /// A line added to the collector's configuration, e.g. `--collector-toml
     /// 'store_commit_window = "20ms"'` (repeatable; top-level keys only).
     #[arg(long)]
@@ -47,8 +52,8 @@ pub struct Args {
 }
 
 pub fn compare(args: Args) -> anyhow::Result<()> {
-    if args.rate == 0 || args.seconds == 0 {
-        bail!("--rate and --seconds must be positive");
+    if args.rate == 0 || args.seconds == 0 || args.samples_per_batch == 0 {
+        bail!("--rate, --seconds and --samples-per-batch must be positive");
     }
     if !args.collector_only {
         ensure_package("prometheus", PROMETHEUS)?;
@@ -168,10 +173,10 @@ fn sleep_until(t: Instant) {
     std::thread::sleep(t.saturating_duration_since(Instant::now()));
 }
 
-/// The collector fed by simulated agents: `rate / 100` agents with a batch of about 100 host
-/// series every second.
+/// The collector fed by simulated agents: `rate / samples_per_batch` agents with a batch of
+/// that many host series every second.
 fn collector_side(bin: &Path, args: &Args) -> anyhow::Result<Side> {
-    let agents = (args.rate / 100).max(1) as usize;
+    let agents = (args.rate / args.samples_per_batch).max(1) as usize;
     let samples = (args.rate as usize / agents).max(1);
     let pki =
         if args.tls { Some(Arc::new(BenchPki::new(&target_dir().join("bench").join("compare-pki"))?)) } else { None };

@@ -324,7 +324,7 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..5 {
-            faults.ingest("web-1", "acme", &batch, before);
+            faults.ingest("web-1", "acme", &pikett_proto::received::ReceivedBatch::from_batch(&batch), before);
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         // The pager's loop runs for the test's life.

@@ -371,7 +371,9 @@ impl PgBatches {
         // sorted by key: two writers then lock rows in the same order.
         let mut first_of_key: HashMap<(&str, i64, i64), usize> = HashMap::new();
         for (i, req) in group.iter().enumerate().filter(|(_, r)| !r.status) {
-            first_of_key.entry((&req.sender.host_id, big(req.sender.spool_epoch), big(req.batch.seq))).or_insert(i);
+            first_of_key
+                .entry((&req.sender.host_id, big(req.sender.spool_epoch), big(req.batch.head().seq)))
+                .or_insert(i);
         }
         let mut keys: Vec<_> = first_of_key.iter().map(|(k, i)| (*k, *i)).collect();
         keys.sort_unstable();
@@ -382,7 +384,7 @@ impl PgBatches {
             b.epoch.push(epoch);
             b.seq.push(seq);
             b.customer.push(&req.sender.customer);
-            b.payload.push(prost::Message::encode_to_vec(&req.batch));
+            b.payload.push(req.batch.bytes().to_vec());
             b.series_over_limit.push(big(req.series_over_limit));
         }
         let mut s = StatusColumns::default();
@@ -390,7 +392,7 @@ impl PgBatches {
             s.host.push(&req.sender.host_id);
             s.customer.push(&req.sender.customer);
             s.epoch.push(big(req.sender.spool_epoch));
-            s.payload.push(prost::Message::encode_to_vec(&req.batch));
+            s.payload.push(req.batch.bytes().to_vec());
             s.series_over_limit.push(big(req.series_over_limit));
         }
         let node = self.node.as_str();
@@ -420,12 +422,12 @@ impl PgBatches {
                         && first_of_key.get(&(
                             req.sender.host_id.as_str(),
                             big(req.sender.spool_epoch),
-                            big(req.batch.seq),
+                            big(req.batch.head().seq),
                         )) == Some(&i)
                         && new_keys.contains(&(
                             req.sender.host_id.clone(),
                             big(req.sender.spool_epoch),
-                            big(req.batch.seq),
+                            big(req.batch.head().seq),
                         ))
                 };
                 let h = host_columns(group, is_new);
@@ -465,7 +467,7 @@ impl PgBatches {
             .iter()
             .enumerate()
             .map(|(i, req)| {
-                let key = (req.sender.host_id.as_str(), big(req.sender.spool_epoch), big(req.batch.seq));
+                let key = (req.sender.host_id.as_str(), big(req.sender.spool_epoch), big(req.batch.head().seq));
                 let stored = if req.status {
                     Stored::Status
                 } else if first_of_key.get(&key) == Some(&i) && new_keys.contains(&(key.0.to_string(), key.1, key.2)) {
@@ -762,9 +764,9 @@ fn host_columns<'a>(group: &'a [WriteRequest], is_new: impl Fn(usize, &WriteRequ
             c.last_seq = 0;
         }
         c.new += 1;
-        c.last_seq = c.last_seq.max(req.batch.seq);
-        c.dropped_samples += req.batch.dropped_samples;
-        c.dropped_other += req.batch.dropped_other;
+        c.last_seq = c.last_seq.max(req.batch.head().seq);
+        c.dropped_samples += req.batch.head().dropped_samples;
+        c.dropped_other += req.batch.head().dropped_other;
     }
     let mut h = HostColumns::default();
     for (host, c) in per_host {
@@ -964,7 +966,7 @@ mod tests {
                     // Two batches per group; node a the odd numbers, node b the even ones.
                     let seqs = [4 * g + odd, 4 * g + odd + 2];
                     let mut group: Vec<_> = seqs.iter().map(|&seq| request("web1", 7, seq)).collect();
-                    group[0].batch.dropped_samples = 1;
+                    group[0].batch.modify(|b| b.dropped_samples = 1).unwrap();
                     let out = s.store_group(&group).await.unwrap();
                     assert_eq!(stored(&out), [Stored::New; 2]);
                 }
@@ -990,7 +992,7 @@ mod tests {
         group.push(request("db1", 3, 8));
         group.push(status("web1", 9));
         let mut second = status("db1", 3);
-        second.batch.created_unix_ms = 42;
+        second.batch.modify(|b| b.created_unix_ms = 42).unwrap();
         group.push(second);
         a.store_group(&group).await.unwrap();
         let heads = a.heads().await.unwrap();
