@@ -80,8 +80,9 @@ fn text(raw: &[u8], span: Span) -> &str {
     // SAFETY: every span in `samples` and `labels` was checked to be UTF-8 by `string` when it
     // was read, and the bytes it covers never change after: `raw` is private and only appended
     // to while decoding, a failed field is cut off together with the spans read from it
-    // (`merge_field`, `read_sample`), and every other change replaces the whole batch.
-    // Checking again on every read was a tenth of the latest-value table's time.
+    // (`merge_field`, `read_sample`; bytes left by a failed key or head field are covered by no
+    // span), and every other change replaces the whole batch.
+    // Checking again on every read cost about 8 % of the collector's CPU at 100 samples a batch.
     unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
