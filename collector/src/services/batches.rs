@@ -316,8 +316,9 @@ impl BatchLog {
     /// count: sled may make an index entry durable before the flush that syncs its payload,
     /// so after a power loss an unacknowledged batch can be indexed without its bytes; its
     /// resend is stored again instead of being answered as a duplicate.
-    fn find(&self, host: &str, epoch: u64, seq: u64) -> Result<Found, StoreError> {
-        if self.legacy_empty && seq > self.index_max(host, epoch)? {
+    /// `hint`: the host record's `last_seq` when `epoch` is its epoch, else 0.
+    fn find(&self, host: &str, epoch: u64, seq: u64, hint: u64) -> Result<Found, StoreError> {
+        if self.legacy_empty && seq > self.index_max(host, epoch, hint)? {
             return Ok(Found::No);
         }
         let key = batch_key(host, epoch, seq);
@@ -342,8 +343,10 @@ impl BatchLog {
         Ok(if legacy { Found::Stored } else { Found::No })
     }
 
-    /// The highest sequence number `index` holds for `host`'s spool `epoch` (0: none).
-    fn index_max(&self, host: &str, epoch: u64) -> Result<u64, StoreError> {
+    /// At least the highest sequence number `index` holds for `host`'s spool `epoch` (0:
+    /// none): the host record's `last_seq` for its epoch, or a higher one the index holds
+    /// (indexed just before a crash, never acknowledged), found by reading forward from it.
+    fn index_max(&self, host: &str, epoch: u64, hint: u64) -> Result<u64, StoreError> {
         let mut known = self.index_max.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(&(e, max)) = known.get(host)
             && e == epoch
@@ -353,9 +356,10 @@ impl BatchLog {
         let mut prefix = host.as_bytes().to_vec();
         prefix.push(0);
         prefix.extend_from_slice(&epoch.to_be_bytes());
-        let max = match self.index.last_with_prefix(&prefix)? {
-            Some((k, _)) if k.len() == prefix.len() + 8 => be_u64(&k[prefix.len()..]),
-            _ => 0,
+        let from = batch_key(host, epoch, hint.saturating_add(1));
+        let max = match self.index.last_with_prefix_from(&prefix, &from)? {
+            Some((k, _)) if k.len() == prefix.len() + 8 => be_u64(&k[prefix.len()..]).max(hint),
+            _ => hint,
         };
         known.insert(host.to_string(), (epoch, max));
         Ok(max)
@@ -380,7 +384,8 @@ impl BatchLog {
         let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
         for req in group {
             let (host, epoch, seq) = (&req.sender.host_id, req.sender.spool_epoch, req.batch.head().seq);
-            let found = if req.status { Found::No } else { self.find(host, epoch, seq)? };
+            let hint = hosts.get(host.as_str()).filter(|r| r.spool_epoch == epoch).map_or(0, |r| r.last_seq);
+            let found = if req.status { Found::No } else { self.find(host, epoch, seq, hint)? };
             let stored = if req.status {
                 Stored::Status
             } else if found == Found::Stored {
@@ -712,17 +717,17 @@ mod tests {
             apply(&log, &[(8, 1), (7, 2), (7, 5), (8, 1), (8, 2)]),
             vec![Stored::New, Stored::Duplicate, Stored::New, Stored::Duplicate, Stored::New]
         );
-        // Entries the host record does not count (indexed just before a crash, never
-        // acknowledged): still found, whatever the record says.
-        let (mut r, _) = request("web1", 7, 9);
-        r.batch.modify(|b| b.created_unix_ms = 1).unwrap();
-        log.apply(&[r], 2_000).unwrap();
-        let mut rec = log.host("web1").unwrap();
-        rec.last_seq = 0;
-        log.hosts.write().unwrap().insert("web1".into(), rec);
+        // An entry the host record does not count (indexed just before a crash that lost the
+        // record's write, never acknowledged): still found, whatever the record says.
+        log.apply(&[request("web1", 7, 9).0], 2_000).unwrap();
+        let counters = storage.tree("host_counters").unwrap();
+        let before = counters.get(b"web1").unwrap().unwrap();
+        log.apply(&[request("web1", 7, 10).0], 2_100).unwrap();
+        counters.insert(b"web1", before).unwrap();
         drop(log);
         let log = reopen();
-        assert_eq!(apply(&log, &[(7, 6), (7, 9)]), vec![Stored::New, Stored::Duplicate]);
+        assert_eq!(log.host("web1").unwrap().last_seq, 9);
+        assert_eq!(apply(&log, &[(7, 6), (7, 10), (7, 11)]), vec![Stored::New, Stored::Duplicate, Stored::New]);
     }
 
     #[test]

@@ -82,12 +82,16 @@ pub trait Tree: Send + Sync {
     fn iter<'a>(&'a self) -> Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a> {
         self.scan_prefix(&[])
     }
-    /// The last entry whose key starts with `prefix` (this default reads them all; sled
-    /// seeks to it).
-    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {
+    /// The last entry whose key starts with `prefix` and is at least `from` (this default
+    /// reads the whole prefix; sled starts at `from`). Forward only: sled's reverse iteration
+    /// links a 1 MiB constant into the binary.
+    fn last_with_prefix_from(&self, prefix: &[u8], from: &[u8]) -> Result<Option<Entry>, StoreError> {
         let mut last = None;
         for item in self.scan_prefix(prefix) {
-            last = Some(item?);
+            let item = item?;
+            if item.0.as_slice() >= from {
+                last = Some(item);
+            }
         }
         Ok(last)
     }

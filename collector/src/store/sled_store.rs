@@ -129,8 +129,15 @@ impl Tree for SledTree {
         Box::new(self.0.scan_prefix(prefix).map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine_err)))
     }
 
-    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<Entry>, StoreError> {
-        let last = self.0.scan_prefix(prefix).next_back().transpose().map_err(engine_err)?;
+    fn last_with_prefix_from(&self, prefix: &[u8], from: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let mut last = None;
+        for item in self.0.range(from..) {
+            let (k, v) = item.map_err(engine_err)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            last = Some((k, v));
+        }
         Ok(last.map(|(k, v)| (k.to_vec(), v.to_vec())))
     }
 }
