@@ -16,9 +16,11 @@ use std::time::Duration;
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
+
+use crate::api::read_ahead::ReadAhead;
 
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 pub const MAX_PENDING_PER_PEER: usize = 16;
@@ -115,7 +117,7 @@ pub fn accept(
     listener: TcpListener,
     config: rustls::ServerConfig,
     on_refused: impl Fn(&'static str) + Send + Sync + 'static,
-) -> mpsc::Receiver<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> mpsc::Receiver<Result<TlsStream<ReadAhead>, std::io::Error>> {
     let (tx, rx) = mpsc::channel(256);
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let pending = Arc::new(Mutex::new(Pending::default()));
@@ -139,7 +141,7 @@ pub fn accept(
             let _ = tcp.set_nodelay(true);
             let (acceptor, tx, on_refused) = (acceptor.clone(), tx.clone(), on_refused.clone());
             tokio::spawn(async move {
-                let done = tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await;
+                let done = tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(ReadAhead::new(tcp))).await;
                 drop(slot);
                 match done {
                     Ok(Ok(tls)) => {

@@ -13,5 +13,6 @@ pub mod incidents;
 pub mod ingest;
 pub mod leader_gate;
 pub mod listener;
+pub mod read_ahead;
 pub mod reports;
 pub mod status_page;

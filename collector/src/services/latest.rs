@@ -14,77 +14,88 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, RwLock};
+use std::hash::BuildHasher as _;
+use std::sync::{Arc, Mutex, RwLock};
 
 use pikett_proto::received::{Labels, ReceivedBatch};
 
-struct Latest {
+/// Separates the name from a label, and one label from the next, in a [`Series`] key.
+const LABEL_START: u8 = 0xFF;
+/// Separates a label's key from its value. Neither byte occurs in UTF-8, so a key reads
+/// back unambiguously.
+const LABEL_VALUE: u8 = 0xFE;
+
+/// Appends a series' identity to `out`: the name, then each label (in key order) as
+/// `0xFF key 0xFE value`.
+fn encode_key(name: &str, labels: Labels<'_>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(name.as_bytes());
+    for (k, v) in labels.iter() {
+        out.push(LABEL_START);
+        out.extend_from_slice(k.as_bytes());
+        out.push(LABEL_VALUE);
+        out.extend_from_slice(v.as_bytes());
+    }
+}
+
+/// A series' name or a label's key or value, read back from a key.
+type Text<'a> = std::borrow::Cow<'a, str>;
+
+/// A series' name and labels, read back from its key.
+fn decode_key(key: &[u8]) -> (Text<'_>, Vec<(Text<'_>, Text<'_>)>) {
+    let mut parts = key.split(|&b| b == LABEL_START);
+    let name = String::from_utf8_lossy(parts.next().unwrap_or_default());
+    let labels = parts
+        .map(|label| {
+            let mut kv = label.splitn(2, |&b| b == LABEL_VALUE);
+            let k = String::from_utf8_lossy(kv.next().unwrap_or_default());
+            (k, String::from_utf8_lossy(kv.next().unwrap_or_default()))
+        })
+        .collect();
+    (name, labels)
+}
+
+/// One series of a host: its identity as one byte string (one allocation, compared with one
+/// `memcmp`), and its latest value.
+struct Series {
+    hash: u64,
+    key: Box<[u8]>,
     value: f64,
     at_ms: i64,
-}
-
-/// A series' identity: the metric name and its labels in key order.
-#[derive(PartialEq, Eq)]
-struct SeriesKey {
-    name: String,
-    labels: Vec<(String, String)>,
-}
-
-/// The identity of an incoming sample, borrowed from it: a known series is found and updated
-/// without allocating. Hashes exactly like the [`SeriesKey`] it stands for.
-struct SampleKey<'a> {
-    name: &'a str,
-    labels: Labels<'a>,
-}
-
-impl Hash for SeriesKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_series(state, &self.name, self.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())), self.labels.len());
-    }
-}
-
-impl Hash for SampleKey<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        hash_series(state, self.name, self.labels.iter(), self.labels.len());
-    }
-}
-
-fn hash_series<'a, H: Hasher>(state: &mut H, name: &str, labels: impl Iterator<Item = (&'a str, &'a str)>, n: usize) {
-    name.hash(state);
-    n.hash(state);
-    for (k, v) in labels {
-        k.hash(state);
-        v.hash(state);
-    }
-}
-
-impl hashbrown::Equivalent<SeriesKey> for SampleKey<'_> {
-    fn equivalent(&self, key: &SeriesKey) -> bool {
-        self.name == key.name
-            && self.labels.len() == key.labels.len()
-            && self.labels.iter().zip(&key.labels).all(|((k, v), (kk, vv))| k == kk && v == vv)
-    }
-}
-
-impl SampleKey<'_> {
-    fn to_owned(&self) -> SeriesKey {
-        SeriesKey {
-            name: self.name.to_string(),
-            labels: self.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        }
-    }
 }
 
 #[derive(Default)]
 struct HostSeries {
     customer: String,
-    /// Series → latest value.
-    series: hashbrown::HashMap<SeriesKey, Latest>,
+    series: Vec<Series>,
+    /// Positions in `series`, by key.
+    index: hashbrown::HashTable<u32>,
+    /// The position in `series` of each sample of the host's last batch: a host sends the
+    /// same series in the same order every time, so the next batch's i-th sample is checked
+    /// there first, without hashing.
+    last_order: Vec<u32>,
+}
+
+impl HostSeries {
+    /// Drops the series `keep` refuses, and rebuilds the lookups.
+    fn retain(&mut self, keep: impl FnMut(&Series) -> bool) {
+        let before = self.series.len();
+        self.series.retain(keep);
+        if self.series.len() != before {
+            let HostSeries { series, index, last_order, .. } = self;
+            index.clear();
+            for (i, s) in series.iter().enumerate() {
+                index.insert_unique(s.hash, i as u32, |&p| series[p as usize].hash);
+            }
+            last_order.clear();
+        }
+    }
 }
 
 pub struct LatestSamples {
-    hosts: RwLock<HashMap<String, Mutex<HostSeries>>>,
+    hosts: RwLock<HashMap<String, Arc<Mutex<HostSeries>>>>,
+    /// Hashes every series key, of every host.
+    hasher: hashbrown::DefaultHashBuilder,
     /// Series one host may have at most (`max_series_per_host`; 0: no limit).
     max_series: usize,
     /// Samples not kept because their host was at its limit.
@@ -171,7 +182,12 @@ fn escape_label_value(v: &str) -> String {
 
 impl LatestSamples {
     pub fn new(max_series: usize) -> LatestSamples {
-        LatestSamples { hosts: RwLock::default(), max_series, over_limit: std::sync::atomic::AtomicU64::new(0) }
+        LatestSamples {
+            hosts: RwLock::default(),
+            hasher: Default::default(),
+            max_series,
+            over_limit: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     /// The series limit per host.
@@ -184,16 +200,13 @@ impl LatestSamples {
     pub fn sweep(&self, now_ms: i64, staleness_ms: i64) -> usize {
         let mut removed = 0;
         let mut empty = Vec::new();
-        {
-            let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
-            for (host, entry) in hosts.iter() {
-                let mut h = entry.lock().unwrap_or_else(|p| p.into_inner());
-                let before = h.series.len();
-                h.series.retain(|_, l| now_ms - l.at_ms <= staleness_ms);
-                removed += before - h.series.len();
-                if h.series.is_empty() {
-                    empty.push(host.clone());
-                }
+        for (host, entry) in self.snapshot() {
+            let mut h = entry.lock().unwrap_or_else(|p| p.into_inner());
+            let before = h.series.len();
+            h.retain(|s| now_ms - s.at_ms <= staleness_ms);
+            removed += before - h.series.len();
+            if h.series.is_empty() {
+                empty.push(host);
             }
         }
         if !empty.is_empty() {
@@ -207,36 +220,64 @@ impl LatestSamples {
         removed
     }
 
+    /// Every host's entry, taken under a short read lock: a sweep or a scrape going through
+    /// them does not hold up a new host's first batch (a waiting writer would hold up every
+    /// other ingest task's read too).
+    fn snapshot(&self) -> Vec<(String, Arc<Mutex<HostSeries>>)> {
+        let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
+        hosts.iter().map(|(host, entry)| (host.clone(), entry.clone())).collect()
+    }
+
     /// Records the samples' values; returns how many were not kept because the host is at
     /// its series limit (new series only: known ones are always updated).
     pub fn update(&self, host: &str, customer: &str, batch: &ReceivedBatch, now_ms: i64) -> u64 {
         if batch.sample_count() == 0 {
             return 0;
         }
-        if !self.hosts.read().unwrap_or_else(|p| p.into_inner()).contains_key(host) {
-            self.hosts.write().unwrap_or_else(|p| p.into_inner()).entry(host.to_string()).or_default();
-        }
-        let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
-        let Some(entry) = hosts.get(host) else { return 0 };
+        let entry = self.hosts.read().unwrap_or_else(|p| p.into_inner()).get(host).cloned();
+        let entry = match entry {
+            Some(e) => e,
+            None => self.hosts.write().unwrap_or_else(|p| p.into_inner()).entry(host.to_string()).or_default().clone(),
+        };
         let mut h = entry.lock().unwrap_or_else(|p| p.into_inner());
         if h.customer != customer {
             customer.clone_into(&mut h.customer);
         }
+        let HostSeries { series, index, last_order, .. } = &mut *h;
+        let mut key = Vec::with_capacity(128);
         let mut dropped = 0;
-        for s in batch.samples() {
-            // A received sample's labels read in key order, so the borrowed key is the series'.
-            let key = SampleKey { name: s.name, labels: s.labels };
-            let latest = Latest { value: s.value, at_ms: now_ms };
-            if let Some(known) = h.series.get_mut(&key) {
-                *known = latest;
-                continue;
+        for (i, s) in batch.samples().enumerate() {
+            encode_key(s.name, s.labels, &mut key);
+            let at = last_order.get(i).copied().filter(|&p| series.get(p as usize).is_some_and(|k| *k.key == *key));
+            let at = at.or_else(|| {
+                let hash = self.hasher.hash_one(&key[..]);
+                index.find(hash, |&p| *series[p as usize].key == *key).copied()
+            });
+            let at = match at {
+                Some(p) => {
+                    let known = &mut series[p as usize];
+                    (known.value, known.at_ms) = (s.value, now_ms);
+                    p
+                }
+                None if self.max_series > 0 && series.len() >= self.max_series => {
+                    dropped += 1;
+                    continue;
+                }
+                None => {
+                    let hash = self.hasher.hash_one(&key[..]);
+                    let p = series.len() as u32;
+                    series.push(Series { hash, key: key.as_slice().into(), value: s.value, at_ms: now_ms });
+                    index.insert_unique(hash, p, |&q| series[q as usize].hash);
+                    p
+                }
+            };
+            if last_order.len() <= i {
+                last_order.resize(i + 1, u32::MAX);
             }
-            if self.max_series > 0 && h.series.len() >= self.max_series {
-                dropped += 1;
-                continue;
-            }
-            h.series.insert(key.to_owned(), latest);
+            last_order[i] = at;
         }
+        // Only a hint, checked on use: a sample left out keeps its slot's old position.
+        last_order.truncate(batch.sample_count());
         if dropped > 0 {
             self.over_limit.fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
         }
@@ -247,25 +288,21 @@ impl LatestSamples {
     /// name), with the names `names` allows.
     pub fn render(&self, now_ms: i64, staleness_ms: i64, names: &ExpositionNames, out: &mut String) {
         let mut families: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-        let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
-        for (host, entry) in hosts.iter() {
+        for (host, entry) in self.snapshot() {
             let mut h = entry.lock().unwrap_or_else(|p| p.into_inner());
-            h.series.retain(|_, l| now_ms - l.at_ms <= staleness_ms);
-            for (SeriesKey { name, labels }, latest) in &h.series {
+            h.retain(|s| now_ms - s.at_ms <= staleness_ms);
+            let (host, customer) = (escape_label_value(&host), escape_label_value(&h.customer));
+            for s in &h.series {
+                let (name, labels) = decode_key(&s.key);
                 let mut series = String::new();
-                let metric = names.metric(name);
-                let _ = write!(
-                    series,
-                    "{metric}{{host=\"{}\",customer=\"{}\"",
-                    escape_label_value(host),
-                    escape_label_value(&h.customer)
-                );
-                let keys = names.labels(labels.iter().map(|(k, _)| k.as_str()));
-                for (k, (_, v)) in keys.iter().zip(labels) {
+                let metric = names.metric(&name);
+                let _ = write!(series, "{metric}{{host=\"{host}\",customer=\"{customer}\"");
+                let keys = names.labels(labels.iter().map(|(k, _)| k.as_ref()));
+                for (k, (_, v)) in keys.iter().zip(&labels) {
                     let _ = write!(series, ",{k}=\"{}\"", escape_label_value(v));
                 }
                 series.push('}');
-                families.entry(metric).or_default().push((series, fmt_value(latest.value)));
+                families.entry(metric).or_default().push((series, fmt_value(s.value)));
             }
         }
         for (name, mut lines) in families {
@@ -359,15 +396,82 @@ mod tests {
         for i in 0..10 {
             assert_eq!(l.update("web-1", "acme", &rb(&[s(&root_reordered, i as f64), s(&var, 0.3)]), 2_000 + i), 0);
         }
-        let hosts = l.hosts.read().unwrap();
-        let h = hosts["web-1"].lock().unwrap();
-        assert_eq!(h.series.len(), 2);
-        let one = rb(&[s(&root, 0.0)]);
-        let key = SampleKey { name: "pikett_host_fs_used_ratio", labels: one.samples().next().unwrap().labels };
-        assert_eq!(h.series.get(&key).map(|l| (l.value, l.at_ms)), Some((9.0, 2_009)));
-        use std::hash::BuildHasher as _;
-        let hasher = h.series.hasher();
-        assert_eq!(hasher.hash_one(&key), hasher.hash_one(key.to_owned()), "borrowed and owned keys hash alike");
+        assert_eq!(l.series_of("web-1").len(), 2);
+        // Labels read back in key order.
+        let root: Vec<(String, String)> = root_reordered.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(l.series_of("web-1").get(&("pikett_host_fs_used_ratio".to_string(), root)), Some(&(9.0, 2_009)));
+    }
+
+    type Model = BTreeMap<(String, Vec<(String, String)>), (f64, i64)>;
+
+    impl LatestSamples {
+        /// A host's series as (name, labels) → (value, at).
+        fn series_of(&self, host: &str) -> Model {
+            let Some(entry) = self.hosts.read().unwrap().get(host).cloned() else { return Model::new() };
+            let h = entry.lock().unwrap();
+            assert_eq!(h.index.len(), h.series.len(), "index and series disagree");
+            h.series
+                .iter()
+                .map(|s| {
+                    let (name, labels) = decode_key(&s.key);
+                    let labels = labels.into_iter().map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+                    ((name.into_owned(), labels), (s.value, s.at_ms))
+                })
+                .collect()
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever order a host's series come in from batch to batch (the order hint right,
+        /// wrong or stale after a sweep), each series holds its last value, and a full host
+        /// keeps what it has.
+        #[test]
+        fn the_table_holds_each_series_last_value_in_any_order(
+            batches in proptest::collection::vec(
+                (proptest::collection::vec((0usize..12, -5.0f64..5.0), 0..10), proptest::bool::ANY),
+                1..30,
+            ),
+            limit in 0usize..8,
+        ) {
+            // Twelve series: names and label values that share prefixes and bytes.
+            let series = |i: usize| -> (String, Vec<(String, String)>) {
+                let name = ["a", "ab", "a_b"][i % 3].to_string();
+                let labels = match i / 3 {
+                    0 => vec![],
+                    1 => vec![("k".to_string(), "v".to_string())],
+                    2 => vec![("k".to_string(), "vk".to_string())],
+                    _ => vec![("k".to_string(), "v".to_string()), ("kv".to_string(), "".to_string())],
+                };
+                (name, labels)
+            };
+            let l = LatestSamples::new(limit);
+            let mut model = Model::new();
+            for (t, (samples, sweep)) in batches.iter().enumerate() {
+                let now = 1_000 * (t as i64 + 1);
+                if *sweep {
+                    l.sweep(now, 2_500);
+                    model.retain(|_, (_, at)| now - *at <= 2_500);
+                }
+                let batch: Vec<pb::Sample> = samples
+                    .iter()
+                    .map(|&(i, v)| {
+                        let (name, labels) = series(i);
+                        pb::Sample { name, labels: labels.into_iter().collect(), value: v, ..Default::default() }
+                    })
+                    .collect();
+                let mut dropped = 0;
+                for &(i, v) in samples {
+                    let key = series(i);
+                    if model.contains_key(&key) || limit == 0 || model.len() < limit {
+                        model.insert(key, (v, now));
+                    } else {
+                        dropped += 1;
+                    }
+                }
+                proptest::prop_assert_eq!(l.update("h", "c", &rb(&batch), now), dropped);
+                proptest::prop_assert_eq!(l.series_of("h"), model.clone());
+            }
+        }
     }
 
     #[test]
