@@ -5,6 +5,7 @@
 //! must be the certificate's subject common name: an agent cannot report for
 //! another host.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use pikett_proto::received::ReceivedBatch;
@@ -40,12 +41,33 @@ pub struct IngestService {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
-/// What the acker answers next, in the order the batches came.
-enum Pending {
-    /// A batch handed to the writer, and where its result comes.
-    Batch(u64, oneshot::Receiver<Result<Stored, String>>),
-    /// The stream broke the sequence rules: end it with this status.
+/// Batches one stream may have with the writer, unanswered, before it reads no more.
+const MAX_PENDING: usize = 256;
+
+/// Why a stream's reading ended.
+enum End {
+    /// The agent closed it, or it broke: answer what is pending.
+    Finished,
+    /// Answer what is pending, then refuse with this status.
     Refuse(Status),
+    /// The agent no longer takes answers.
+    Gone,
+}
+
+/// Sends the answer for batch `seq`: its ack once durable, or an error that ends the stream.
+/// `Err` when the stream is over.
+async fn answer(
+    out_tx: &mpsc::Sender<Result<pb::CollectorMessage, Status>>,
+    seq: u64,
+    reply: Result<Result<Stored, String>, oneshot::error::RecvError>,
+) -> Result<(), ()> {
+    let msg = match reply {
+        Ok(Ok(_)) => Ok(pb::CollectorMessage { body: Some(pb::collector_message::Body::Ack(pb::Ack { seq })) }),
+        Ok(Err(e)) => Err(Status::unavailable(format!("cannot store batch {seq}: {e}"))),
+        Err(_) => Err(Status::unavailable("the collector is shutting down")),
+    };
+    let failed = msg.is_err();
+    if out_tx.send(msg).await.is_err() || failed { Err(()) } else { Ok(()) }
 }
 
 /// Counts a stream as connected for as long as it lives.
@@ -235,8 +257,8 @@ impl Ingest for IngestService {
         let _ =
             out_tx.send(Ok(pb::CollectorMessage { body: Some(pb::collector_message::Body::Welcome(welcome)) })).await;
 
-        // Reader: batches → writer. Acker: durable replies → acks, in order.
-        let (pending_tx, mut pending_rx) = mpsc::channel::<Pending>(256);
+        // One task per stream: batches → writer, and durable replies → acks, in order (a
+        // task of its own for the acks cost a wake-up more per batch).
         let writer = self.writer.clone();
         let latest = self.latest.clone();
         self.metrics.streams.inc();
@@ -251,29 +273,49 @@ impl Ingest for IngestService {
             // The sequence rules of one stream (ingest.proto): no second hello, no seq 0,
             // increasing numbers. A gap is allowed (the agent dropped batches) but logged.
             let mut previous: Option<u64> = None;
-            loop {
+            // Fault injection (feature `failpoints`, `FAILPOINTS=ingest-hold-acks=return`): a
+            // collector that accepts streams and stores batches but never acknowledges them.
+            #[cfg(feature = "failpoints")]
+            let hold_acks = fail::eval("ingest-hold-acks", |_| ()).is_some();
+            #[cfg(not(feature = "failpoints"))]
+            let hold_acks = false;
+            // Batches handed to the writer, oldest first, with their durable replies to come.
+            let mut pending: VecDeque<(u64, oneshot::Receiver<Result<Stored, String>>)> = VecDeque::new();
+            let end = loop {
+                let (answer_next, read_next) = (!hold_acks && !pending.is_empty(), pending.len() < MAX_PENDING);
                 let next = tokio::select! {
-                    next = inbound.message() => next,
+                    biased;
+                    reply = async {
+                        match pending.front_mut() {
+                            Some((_, reply)) => reply.await,
+                            None => std::future::pending().await,
+                        }
+                    }, if answer_next => {
+                        let Some((seq, _)) = pending.pop_front() else { continue };
+                        match answer(&out_tx, seq, reply).await {
+                            Ok(()) => continue,
+                            Err(()) => break End::Gone,
+                        }
+                    }
+                    next = inbound.message(), if read_next => next,
                     _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => {
                         // What was read is still answered; then the agent is told to go.
                         let status = Status::unavailable("the collector is shutting down; reconnect later");
-                        let _ = pending_tx.send(Pending::Refuse(status)).await;
                         tracing::info!(host_id = %host_id, "collector shutting down: stream ended");
-                        break;
+                        break End::Refuse(status);
                     }
                 };
                 let msg = match next {
                     Ok(Some(m)) => m,
-                    Ok(None) => break,
+                    Ok(None) => break End::Finished,
                     // A message over the size limit: tell the agent why (after the answers to
                     // the batches before it), instead of just ending the stream.
                     Err(e) if e.code() == tonic::Code::OutOfRange => {
-                        let _ = pending_tx.send(Pending::Refuse(reject(&metrics, "message_too_large", e))).await;
-                        break;
+                        break End::Refuse(reject(&metrics, "message_too_large", e));
                     }
                     Err(e) => {
                         tracing::info!(host_id = %host_id, error = %e, "agent stream ended");
-                        break;
+                        break End::Finished;
                     }
                 };
                 let checks = match &msg.body {
@@ -283,8 +325,7 @@ impl Ingest for IngestService {
                 };
                 if let Some(message) = missing_status(version, checks) {
                     let status = Status::invalid_argument(message);
-                    let _ = pending_tx.send(Pending::Refuse(reject(&metrics, "check_without_status", status))).await;
-                    break;
+                    break End::Refuse(reject(&metrics, "check_without_status", status));
                 }
                 let batch = match msg.body {
                     Some(rx::agent_message::Body::Batch(batch)) => batch,
@@ -297,14 +338,13 @@ impl Ingest for IngestService {
                         let req =
                             WriteRequest { sender: sender.clone(), batch, status: true, series_over_limit: 0, reply };
                         if writer.send(req).await.is_err() {
-                            break;
+                            break End::Finished;
                         }
                         continue;
                     }
                     Some(rx::agent_message::Body::Hello(_)) => {
                         let status = Status::invalid_argument("a second hello on one stream");
-                        let _ = pending_tx.send(Pending::Refuse(reject(&metrics, "second_hello", status))).await;
-                        break;
+                        break End::Refuse(reject(&metrics, "second_hello", status));
                     }
                     None => continue,
                 };
@@ -314,16 +354,14 @@ impl Ingest for IngestService {
                     && (require_client_cert || why.contains("revoked"))
                 {
                     let status = Status::permission_denied(why);
-                    let _ = pending_tx.send(Pending::Refuse(reject(&metrics, "certificate_refused", status))).await;
-                    break;
+                    break End::Refuse(reject(&metrics, "certificate_refused", status));
                 }
                 let mut batch = batch;
                 let refused = match batch.retain_checks(|c| pikett_core::faults::valid_check_name(&c.name)) {
                     Ok(n) => n,
                     Err(e) => {
                         let status = Status::invalid_argument(format!("batch {}: {e}", batch.head().seq));
-                        let _ = pending_tx.send(Pending::Refuse(reject(&metrics, "malformed_batch", status))).await;
-                        break;
+                        break End::Refuse(reject(&metrics, "malformed_batch", status));
                     }
                 };
                 if refused > 0 {
@@ -335,8 +373,7 @@ impl Ingest for IngestService {
                 let refusal = sequence_refusal(previous, seq);
                 if let Some((reason, message)) = refusal {
                     let status = Status::invalid_argument(message);
-                    let _ = pending_tx.send(Pending::Refuse(reject(&metrics, reason, status))).await;
-                    break;
+                    break End::Refuse(reject(&metrics, reason, status));
                 }
                 if let Some(p) = previous.filter(|p| seq > p + 1) {
                     metrics.sequence_gaps_total.inc();
@@ -347,39 +384,26 @@ impl Ingest for IngestService {
                 let now_ms = jiff::Timestamp::now().as_millisecond();
                 let series_over_limit = latest.update(&sender.host_id, &sender.customer, &batch, now_ms);
                 let req = WriteRequest { sender: sender.clone(), batch, status: false, series_over_limit, reply };
-                if writer.send(req).await.is_err() || pending_tx.send(Pending::Batch(seq, rx)).await.is_err() {
-                    break;
+                if writer.send(req).await.is_err() {
+                    break End::Finished;
+                }
+                pending.push_back((seq, rx));
+            };
+            if matches!(end, End::Gone) || hold_acks {
+                // `out_tx` lives until here: a held stream stays open until the agent goes.
+                if hold_acks {
+                    let _ = out_tx.closed().await;
+                }
+                return;
+            }
+            // What was read is answered, then a refusal says why the stream ends.
+            for (seq, reply) in pending {
+                if answer(&out_tx, seq, reply.await).await.is_err() {
+                    return;
                 }
             }
-        });
-        tokio::spawn(async move {
-            // Fault injection (feature `failpoints`, `FAILPOINTS=ingest-hold-acks=return`): a
-            // collector that accepts streams and stores batches but never acknowledges them.
-            #[cfg(feature = "failpoints")]
-            if fail::eval("ingest-hold-acks", |_| ()).is_some() {
-                // `out_tx` stays alive in this task, so the stream stays open.
-                std::future::pending::<()>().await;
-            }
-            while let Some(pending) = pending_rx.recv().await {
-                // A refusal comes after the answers to every batch before it.
-                let (seq, rx) = match pending {
-                    Pending::Batch(seq, rx) => (seq, rx),
-                    Pending::Refuse(status) => {
-                        let _ = out_tx.send(Err(status)).await;
-                        break;
-                    }
-                };
-                let msg = match rx.await {
-                    Ok(Ok(_)) => {
-                        Ok(pb::CollectorMessage { body: Some(pb::collector_message::Body::Ack(pb::Ack { seq })) })
-                    }
-                    Ok(Err(e)) => Err(Status::unavailable(format!("cannot store batch {seq}: {e}"))),
-                    Err(_) => Err(Status::unavailable("the collector is shutting down")),
-                };
-                let failed = msg.is_err();
-                if out_tx.send(msg).await.is_err() || failed {
-                    break;
-                }
+            if let End::Refuse(status) = end {
+                let _ = out_tx.send(Err(status)).await;
             }
         });
         Ok(Response::new(ReceiverStream::new(out_rx)))
