@@ -297,13 +297,13 @@ impl Ingest for IngestService {
                             Err(()) => break End::Gone,
                         }
                     }
-                    next = inbound.message(), if read_next => next,
                     _ = async { shutdown.wait_for(|stop| *stop).await.map(|_| ()) } => {
                         // What was read is still answered; then the agent is told to go.
                         let status = Status::unavailable("the collector is shutting down; reconnect later");
                         tracing::info!(host_id = %host_id, "collector shutting down: stream ended");
                         break End::Refuse(status);
                     }
+                    next = inbound.message(), if read_next => next,
                 };
                 let msg = match next {
                     Ok(Some(m)) => m,

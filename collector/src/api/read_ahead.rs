@@ -40,6 +40,9 @@ impl AsyncRead for ReadAhead {
             if out.remaining() >= READ_AHEAD {
                 return Pin::new(&mut this.tcp).poll_read(cx, out);
             }
+            // Allocated once the socket has something (as far as tokio knows), not for
+            // every poll that finds it empty.
+            ready!(this.tcp.poll_read_ready(cx))?;
             let mut buf = BytesMut::with_capacity(READ_AHEAD);
             if ready!(tokio_util::io::poll_read_buf(Pin::new(&mut this.tcp), cx, &mut buf))? == 0 {
                 return Poll::Ready(Ok(()));

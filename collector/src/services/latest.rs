@@ -234,11 +234,17 @@ impl LatestSamples {
         if batch.sample_count() == 0 {
             return 0;
         }
-        let entry = self.hosts.read().unwrap_or_else(|p| p.into_inner()).get(host).cloned();
-        let entry = match entry {
-            Some(e) => e,
-            None => self.hosts.write().unwrap_or_else(|p| p.into_inner()).entry(host.to_string()).or_default().clone(),
+        // Held while updating: a sweep removes a host (under the write lock) only while no
+        // batch of it is being recorded, so none goes into an entry no longer in the table.
+        let hosts = loop {
+            let hosts = self.hosts.read().unwrap_or_else(|p| p.into_inner());
+            if hosts.contains_key(host) {
+                break hosts;
+            }
+            drop(hosts);
+            self.hosts.write().unwrap_or_else(|p| p.into_inner()).entry(host.to_string()).or_default();
         };
+        let Some(entry) = hosts.get(host) else { return 0 };
         let mut h = entry.lock().unwrap_or_else(|p| p.into_inner());
         if h.customer != customer {
             customer.clone_into(&mut h.customer);
