@@ -277,13 +277,17 @@ impl LatestSamples {
                     p
                 }
             };
-            if last_order.len() <= i {
-                last_order.resize(i + 1, u32::MAX);
+            // At most one hint per series: a batch repeating a series many times (a 16 MiB
+            // message holds millions of tiny samples) must not leave a hint per sample behind.
+            if i < series.len() {
+                if last_order.len() <= i {
+                    last_order.resize(i + 1, u32::MAX);
+                }
+                last_order[i] = at;
             }
-            last_order[i] = at;
         }
         // Only a hint, checked on use: a sample left out keeps its slot's old position.
-        last_order.truncate(batch.sample_count());
+        last_order.truncate(batch.sample_count().min(series.len()));
         if dropped > 0 {
             self.over_limit.fetch_add(dropped, std::sync::atomic::Ordering::Relaxed);
         }
@@ -478,6 +482,17 @@ mod tests {
                 proptest::prop_assert_eq!(l.series_of("h"), model.clone());
             }
         }
+    }
+
+    #[test]
+    fn a_batch_repeating_one_series_leaves_no_hint_per_sample() {
+        let l = LatestSamples::default();
+        let one = pb::Sample { name: "pikett_x".into(), value: 1.0, ..Default::default() };
+        l.update("web-1", "acme", &rb(&vec![one; 10_000]), 1_000);
+        let entry = l.hosts.read().unwrap().get("web-1").cloned().unwrap();
+        let h = entry.lock().unwrap();
+        assert_eq!(h.series.len(), 1);
+        assert!(h.last_order.len() <= h.series.len(), "{} hints kept for one series", h.last_order.len());
     }
 
     #[test]
