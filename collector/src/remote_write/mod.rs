@@ -443,8 +443,8 @@ mod tests {
         let log = Arc::new(BatchLog::open(storage.clone(), files).unwrap());
         store(&log, "web1", 1, 3, 1_000); // older than max_backlog
         store(&log, "web1", 2, 0, 50_000); // checks only
-        store(&log, "web2", 1, 2, 60_000);
         store(&log, "web1", 3, 2, 60_000);
+        store(&log, "web2", 1, 2, 60_000); // same millisecond, later group: after it
         store(&log, "web1", 4, 5, 70_000); // more than the limit: alone
         let reader = Reader {
             log: log.clone(),

@@ -1,12 +1,14 @@
 //! Where forwarding stands in the ingest log, and reading the log from there.
 //!
 //! The log's arrival-order index, the tree `batch_by_time` (`services::batches`), has keys
-//! `received_ms (i64, big-endian) ++ host ++ 0x00 ++ epoch (u64 BE) ++ seq (u64 BE)`.
-//! Within one process `received_ms` never decreases from one group commit to the next, but
-//! the batches of one group share it and are inserted one by one, in any key order. So a
-//! position is the last millisecond reached plus the batches of that millisecond already
-//! forwarded: a batch is after the position when its millisecond is later, or equal and the
-//! batch is not among them. That stays exact while a group is still being inserted.
+//! that start with `received_ms (i64, big-endian)`; an entry lists the batch keys
+//! (`host ++ 0x00 ++ epoch (u64 BE) ++ seq (u64 BE)`) received then: a group entry those of
+//! one group commit, an older batch entry one ([`arrivals`]). Within one process
+//! `received_ms` never decreases from one group commit to the next, but several groups can
+//! share a millisecond. So a position is the last millisecond reached plus the batches of
+//! that millisecond already forwarded: a batch is after the position when its millisecond is
+//! later, or equal and the batch is not among them. That stays exact while more groups of
+//! the millisecond are still being written.
 //!
 //! [`Tree`] offers prefix scans only; the keys after a millisecond are the union of a few
 //! thousand prefixes (each byte of the millisecond, each larger value), scanned lazily in
@@ -14,6 +16,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::services::batches::arrivals;
 use crate::store::{Entry, StoreError, Tree};
 
 /// The key of the forwarding position in the tree `remote_write`.
@@ -36,11 +39,6 @@ pub struct LogEntry {
 }
 
 impl LogEntry {
-    pub fn parse(key: &[u8]) -> Option<LogEntry> {
-        let ms = i64::from_be_bytes(key.get(..8)?.try_into().ok()?);
-        Some(LogEntry { received_ms: ms, batch_key: key[8..].to_vec() })
-    }
-
     /// (host, spool epoch, seq).
     pub fn batch(&self) -> Option<(String, u64, u64)> {
         let k = &self.batch_key;
@@ -113,15 +111,19 @@ pub fn entries_after<'a>(
             p
         })
     });
-    std::iter::once(ms.to_vec()).chain(later).flat_map(move |prefix| by_time.scan_prefix(&prefix)).filter_map(
-        move |item: Result<Entry, StoreError>| match item {
-            Err(e) => Some(Err(e)),
-            Ok((k, _)) => match LogEntry::parse(&k) {
-                Some(e) if e.received_ms == pos.ms && pos.done.contains(&e.batch_key) => None,
-                Some(e) => Some(Ok(e)),
-                // Not a key of this index: nothing to forward.
-                None => None,
-            },
+    std::iter::once(ms.to_vec()).chain(later).flat_map(move |prefix| by_time.scan_prefix(&prefix)).flat_map(
+        move |item: Result<Entry, StoreError>| {
+            let entries: Vec<Result<LogEntry, StoreError>> = match item {
+                Err(e) => vec![Err(e)],
+                // Not an entry of this index: nothing to forward.
+                Ok((k, v)) => arrivals(&k, &v).map_or_else(Vec::new, |(received_ms, keys)| {
+                    keys.into_iter()
+                        .filter(|key| received_ms != pos.ms || !pos.done.contains(key))
+                        .map(|batch_key| Ok(LogEntry { received_ms, batch_key }))
+                        .collect()
+                }),
+            };
+            entries
         },
     )
 }
@@ -174,6 +176,29 @@ mod tests {
         assert_eq!(back, pos);
         assert!(Position::decode(b"\x02junk").is_none());
         assert!(Position::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 9, 1]).is_none(), "a cut key is corrupt");
+    }
+
+    #[test]
+    fn group_entries_are_read_batch_by_batch_after_the_older_entries_per_batch() {
+        use crate::services::batches::{encode_batch_keys, group_key};
+        let storage = SledStorage::temporary().unwrap();
+        let tree = storage.tree("batch_by_time").unwrap();
+        let batch = |host: &str, seq: u64| key(0, host, seq)[8..].to_vec();
+        // An earlier version's entries per batch, then groups (two share a millisecond).
+        tree.insert(&key(256, "a", 1), Vec::new()).unwrap();
+        tree.insert(&group_key(256, 0), encode_batch_keys([batch("c", 2).as_slice(), batch("b", 3).as_slice()]))
+            .unwrap();
+        tree.insert(&group_key(300, 1), encode_batch_keys([batch("a", 4).as_slice()])).unwrap();
+        let mut pos = Position::at(0);
+        let all = after(tree.as_ref(), &pos);
+        assert_eq!(all.iter().map(|e| e.2).collect::<Vec<_>>(), [2, 3, 1, 4], "{all:?}");
+        // Forwarded up to "c" 2 in the group; then another group of the same millisecond.
+        for e in entries_after(tree.as_ref(), &pos.clone()).take(1) {
+            pos.advance(&e.unwrap());
+        }
+        tree.insert(&group_key(256, 2), encode_batch_keys([batch("d", 5).as_slice()])).unwrap();
+        let rest = after(tree.as_ref(), &pos);
+        assert_eq!(rest.iter().map(|e| (e.0, e.2)).collect::<Vec<_>>(), [(256, 3), (256, 5), (256, 1), (300, 4)]);
     }
 
     #[test]

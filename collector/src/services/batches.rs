@@ -3,15 +3,24 @@
 //! Batches: the payload (encoded `pikett.v1.Batch`, as received) in the batch files
 //! ([`BatchFiles`]: one file per time span, deleted whole by retention), and its place in
 //! the tree `batch_index` (host_id, 0x00, spool epoch big-endian, seq big-endian →
-//! [`Location`]); the tree `batch_by_time` holds the same keys in arrival order
-//! (arrival time, key), for retention. The tree `batches` holds what versions before the batch files stored in
+//! [`Location`]); the tree `batch_by_time` lists the same keys in arrival order, for
+//! retention and remote write: one entry per group commit (arrival time, 0x00, entry number
+//! → the group's batch keys, at most 256 per entry), or, written by earlier versions, one
+//! per batch (arrival time, key → nothing); [`arrivals`] reads both. The tree `batches` holds what versions before the batch files stored in
 //! sled itself (same keys → the payload; from before epochs: host_id, 0x00, seq, read as
-//! epoch 0): read and pruned, never written. The host registry is two trees: `hosts`
-//! (host_id → JSON [`HostRecord`]), written when a host is new or what describes it changes
-//! (customer, agent version, capabilities, interval), and `host_counters` (host_id → the
-//! record's counters and times in 81 bytes, [`encode_counters`]), written with every batch and
-//! read over the JSON's copy of them. A batch rewrote the whole JSON record before: about
-//! 350 bytes of sled log per batch, serialized, for the ten numbers that change.
+//! epoch 0): read and pruned, never written.
+//!
+//! The host registry is three trees: `hosts` (host_id → JSON [`HostRecord`]), written when a
+//! host is new or what describes it changes (customer, agent version, capabilities,
+//! interval); `host_counters` (host_id → the record's counters and times in 81 bytes,
+//! [`encode_counters`]), read over the JSON's copy of them; and `host_counters_journal`
+//! (entry number → the counters of the hosts one group changed, [`encode_journal_entry`]).
+//! Each group writes one journal entry (per 128 hosts) instead of one record per host; every
+//! 10 s a checkpoint writes the counters changed since to `host_counters` and removes the
+//! entries the checkpoint before it covered. At open the journal is replayed over
+//! `host_counters`, newest counters winning ([`replay_journal`]). A batch rewrote the whole
+//! JSON record once (about 350 bytes of sled log per batch), then one counters record per
+//! batch: each sled record is a measurable share of the CPU per sample.
 //!
 //! A batch is identified by (host, spool epoch, seq): an agent whose spool was wiped comes
 //! back with a new epoch and sequence numbers from 1, which are new batches, not duplicates.
@@ -51,14 +60,20 @@ pub struct BatchLog {
     /// it held" stays "not in it".
     index_max: std::sync::Mutex<HashMap<String, (u64, u64)>>,
     hosts_tree: Arc<dyn Tree>,
-    /// Each host's counters and times (see the module doc).
+    /// Each host's counters and times as of the last checkpoint (see the module doc).
     counters_tree: Arc<dyn Tree>,
+    /// The counters of the hosts each group changed, since the checkpoint before the last.
+    journal_tree: Arc<dyn Tree>,
+    journal: std::sync::Mutex<CountersJournal>,
     /// The host registry, mirrored in memory (read by every admin call).
     hosts: RwLock<HashMap<String, HostRecord>>,
     /// The newest arrival time given to a batch: arrival times never go back, even when
     /// the clock does, so readers of `by_time` that keep a position (remote write) never
     /// find a new batch sorted before what they have read.
     newest_received_ms: std::sync::atomic::AtomicI64,
+    /// The number of the next group entry of `by_time`: above every group entry's number at
+    /// the newest arrival time found at open, so no entry is written over.
+    next_group_entry: std::sync::atomic::AtomicU64,
 }
 
 fn batch_key(host: &str, epoch: u64, seq: u64) -> Vec<u8> {
@@ -79,12 +94,63 @@ fn legacy_batch_key(host: &str, seq: u64) -> Vec<u8> {
     k
 }
 
-/// A key of `batch_by_time`: arrival time (Unix ms, big-endian) then the batch key.
+/// A batch entry of `batch_by_time` (written by versions before group entries): arrival
+/// time (Unix ms, big-endian) then the batch key, to nothing.
 fn time_key(received_ms: i64, batch_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + batch_key.len());
     k.extend_from_slice(&received_ms.to_be_bytes());
     k.extend_from_slice(batch_key);
     k
+}
+
+/// The byte after the millisecond that marks a group entry of `batch_by_time`. A batch key
+/// starts with its host id, which is never empty and never holds 0x00, so the two layouts
+/// cannot be mistaken for each other.
+const GROUP_MARK: u8 = 0;
+const GROUP_KEY_LEN: usize = 8 + 1 + 8;
+/// Most batch keys one group entry lists: a group of 4,096 batches is 16 entries of about
+/// 10 KiB, each far below what sled keeps inline.
+const KEYS_PER_GROUP_ENTRY: usize = 256;
+
+/// A group entry's key: arrival time, [`GROUP_MARK`], then the entry's number (unique for
+/// the millisecond: see [`BatchLog::next_group_entry`]).
+pub(crate) fn group_key(received_ms: i64, n: u64) -> [u8; GROUP_KEY_LEN] {
+    let mut k = [0u8; GROUP_KEY_LEN];
+    k[..8].copy_from_slice(&received_ms.to_be_bytes());
+    k[8] = GROUP_MARK;
+    k[9..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// A group entry's value: each batch key as its length (u16, big-endian) and its bytes.
+pub(crate) fn encode_batch_keys<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut v = Vec::new();
+    for k in keys {
+        // Host ids are bounded at ingest (253 bytes), so a batch key fits a u16.
+        v.extend_from_slice(&(k.len() as u16).to_be_bytes());
+        v.extend_from_slice(k);
+    }
+    v
+}
+
+/// One entry of `batch_by_time` in either layout: its arrival time and the batch keys it
+/// lists (one for a batch entry); `None` when it is neither.
+pub(crate) fn arrivals(key: &[u8], value: &[u8]) -> Option<(i64, Vec<Vec<u8>>)> {
+    let ms = i64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    match key.get(8) {
+        Some(&GROUP_MARK) if key.len() == GROUP_KEY_LEN => {
+            let mut keys = Vec::new();
+            let mut rest = value;
+            while !rest.is_empty() {
+                let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+                keys.push(rest.get(2..2 + len)?.to_vec());
+                rest = &rest[2 + len..];
+            }
+            Some((ms, keys))
+        }
+        Some(_) => Some((ms, vec![key[8..].to_vec()])),
+        None => None,
+    }
 }
 
 /// The layout version of a `host_counters` value.
@@ -131,6 +197,114 @@ fn decode_counters(r: &mut HostRecord, v: &[u8]) -> bool {
     r.removed_ms = n(8) as i64;
     r.retained = n(9);
     true
+}
+
+/// Applies the counters' journal over the checkpoint in `hosts`: an entry's counters
+/// replace a host's when they are newer, by when the host was last seen, then by batches
+/// received (both only grow). So entries older than the checkpoint, or than what retention
+/// and removals wrote to it directly, change nothing, and the order of replay does not matter.
+/// The hosts it changed are written by the first checkpoint.
+fn replay_journal(tree: &dyn Tree, hosts: &mut HashMap<String, HostRecord>) -> Result<CountersJournal, StoreError> {
+    let mut journal =
+        CountersJournal { next: 0, oldest: 0, covered_below: 0, dirty: Default::default(), last_checkpoint_ms: None };
+    let mut first = None;
+    for item in tree.iter() {
+        let (k, v) = item?;
+        let Ok(n) = <[u8; 8]>::try_from(k.as_slice()).map(u64::from_be_bytes) else {
+            tracing::warn!(len = k.len(), "ignoring a host_counters_journal entry with a key of an unknown layout");
+            continue;
+        };
+        first.get_or_insert(n);
+        journal.next = n.saturating_add(1);
+        let Some(entries) = decode_journal_entry(&v) else {
+            tracing::warn!(entry = n, len = v.len(), "ignoring a host_counters_journal entry of an unknown layout");
+            continue;
+        };
+        for (host, counters) in entries {
+            let rec =
+                hosts.entry(host.clone()).or_insert_with(|| HostRecord { host_id: host.clone(), ..Default::default() });
+            let mut counted = rec.clone();
+            if decode_counters(&mut counted, counters)
+                && (counted.last_seen_ms, counted.batches) > (rec.last_seen_ms, rec.batches)
+            {
+                *rec = counted;
+                journal.dirty.insert(host);
+            }
+        }
+    }
+    journal.oldest = first.unwrap_or(0);
+    journal.covered_below = journal.oldest;
+    Ok(journal)
+}
+
+/// The arrival time new groups start from and the number of the next group entry, for a
+/// log whose hosts were last seen at `newest_seen`: an entry newer than that (its group
+/// became durable, its hosts' counters did not) moves both on.
+fn newest_arrival(by_time: &dyn Tree, newest_seen: i64) -> Result<(i64, u64), StoreError> {
+    let Some((last, _)) = by_time.last_with_prefix_from(&[], &newest_seen.to_be_bytes())? else {
+        return Ok((newest_seen, 0));
+    };
+    let Some(ms) = last.get(..8).map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes"))) else {
+        return Ok((newest_seen, 0));
+    };
+    let newest = newest_seen.max(ms);
+    let mut prefix = newest.to_be_bytes().to_vec();
+    prefix.push(GROUP_MARK);
+    let next = match by_time.last_with_prefix_from(&prefix, &prefix)? {
+        Some((k, _)) if k.len() == GROUP_KEY_LEN => be_u64(&k[9..]).saturating_add(1),
+        _ => 0,
+    };
+    Ok((newest, next))
+}
+
+/// How often every host's counters changed since the last time are written to
+/// `host_counters`; in between, each group writes the counters it changed to the journal.
+const COUNTERS_CHECKPOINT_MS: i64 = 10_000;
+/// Most hosts one journal entry holds (at most about 43 KiB, far below what sled keeps
+/// inline).
+const HOSTS_PER_JOURNAL_ENTRY: usize = 128;
+
+/// Where the counters' journal stands (guarded by its own lock, taken only under the host
+/// registry's write lock).
+#[derive(Debug)]
+struct CountersJournal {
+    /// The number of the next entry.
+    next: u64,
+    /// The oldest entry the tree may still hold.
+    oldest: u64,
+    /// Entries below this number are covered by the last checkpoint. The next checkpoint
+    /// removes them: by then the flush that made the last one durable has long completed.
+    covered_below: u64,
+    /// The hosts whose counters changed since the last checkpoint.
+    dirty: std::collections::HashSet<String>,
+    /// When the last checkpoint was written (`None`: not yet since open).
+    last_checkpoint_ms: Option<i64>,
+}
+
+/// A journal entry's value: per host, its id's length (u16, big-endian), the id, and its
+/// [`encode_counters`] value.
+fn encode_journal_entry<'a>(hosts: impl IntoIterator<Item = (&'a str, &'a HostRecord)>) -> Vec<u8> {
+    let mut v = Vec::new();
+    for (id, rec) in hosts {
+        v.extend_from_slice(&(id.len() as u16).to_be_bytes());
+        v.extend_from_slice(id.as_bytes());
+        v.extend_from_slice(&encode_counters(rec));
+    }
+    v
+}
+
+/// The (host id, counters value) pairs of a journal entry; `None` when it is not one.
+fn decode_journal_entry(v: &[u8]) -> Option<Vec<(String, &[u8])>> {
+    let mut out = Vec::new();
+    let mut rest = v;
+    while !rest.is_empty() {
+        let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+        let id = std::str::from_utf8(rest.get(2..2 + len)?).ok()?.to_string();
+        let counters = rest.get(2 + len..2 + len + COUNTERS_LEN)?;
+        out.push((id, counters));
+        rest = &rest[2 + len + COUNTERS_LEN..];
+    }
+    Some(out)
 }
 
 /// What [`BatchLog::find`] found.
@@ -225,7 +399,10 @@ impl BatchLog {
                 *rec = counted;
             }
         }
-        let newest_received_ms = hosts.values().map(|h| h.last_seen_ms).max().unwrap_or(0).into();
+        let journal_tree = storage.tree("host_counters_journal")?;
+        let journal = replay_journal(journal_tree.as_ref(), &mut hosts)?;
+        let newest_seen = hosts.values().map(|h| h.last_seen_ms).max().unwrap_or(0);
+        let (newest_received_ms, next_group_entry) = newest_arrival(by_time.as_ref(), newest_seen)?;
         let legacy_empty = legacy.iter().next().transpose()?.is_none();
         Ok(BatchLog {
             storage,
@@ -237,8 +414,11 @@ impl BatchLog {
             index_max: Default::default(),
             hosts_tree,
             counters_tree,
+            journal_tree,
+            journal: std::sync::Mutex::new(journal),
             hosts: RwLock::new(hosts),
-            newest_received_ms,
+            newest_received_ms: newest_received_ms.into(),
+            next_group_entry: next_group_entry.into(),
         })
     }
 
@@ -333,7 +513,7 @@ impl BatchLog {
                 "a stored batch's payload is missing or damaged (written just before a power loss?): storing the resent copy"
             );
             if let Some(loc) = Location::decode(&v) {
-                self.by_time.remove(&time_key(loc.received_ms, &key))?;
+                self.forget_arrival(loc.received_ms, &key)?;
             }
             self.index.remove(&key)?;
             return Ok(Found::Damaged);
@@ -341,6 +521,32 @@ impl BatchLog {
         let legacy = self.legacy.contains_key(&key)?
             || (epoch == 0 && self.legacy.contains_key(&legacy_batch_key(host, seq))?);
         Ok(if legacy { Found::Stored } else { Found::No })
+    }
+
+    /// Removes `key` from `by_time`'s entries of `received_ms` (its resent copy is listed
+    /// again where it arrives, and retention must not remove that copy's index entry with
+    /// the first one's). Rare: a payload lost in a power loss.
+    fn forget_arrival(&self, received_ms: i64, key: &[u8]) -> Result<(), StoreError> {
+        self.by_time.remove(&time_key(received_ms, key))?;
+        let mut prefix = received_ms.to_be_bytes().to_vec();
+        prefix.push(GROUP_MARK);
+        let mut rewrites = Vec::new();
+        for item in self.by_time.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            if let Some((_, keys)) = arrivals(&k, &v)
+                && keys.iter().any(|listed| listed == key)
+            {
+                let kept: Vec<&[u8]> = keys.iter().map(Vec::as_slice).filter(|listed| *listed != key).collect();
+                rewrites.push((k, (!kept.is_empty()).then(|| encode_batch_keys(kept))));
+            }
+        }
+        for (k, v) in rewrites {
+            match v {
+                Some(v) => self.by_time.insert(&k, v)?,
+                None => drop(self.by_time.remove(&k)?),
+            }
+        }
+        Ok(())
     }
 
     /// At least the highest sequence number `index` holds for `host`'s spool `epoch` (0:
@@ -381,23 +587,34 @@ impl BatchLog {
         let mut results = Vec::with_capacity(group.len());
         // The changed hosts, and whether their JSON must be written too.
         let mut changed: HashMap<String, bool> = HashMap::new();
+        // The batches stored, indexed only after the group's entries in `by_time` are
+        // written: a crash in between then leaves an arrival entry without its index entry
+        // (harmless: retention finds nothing to remove), never an index entry retention
+        // cannot find. `in_group`: their keys, so a copy resent within the group is a
+        // duplicate.
+        let mut arrived: Vec<(Vec<u8>, Location)> = Vec::new();
+        let mut in_group: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
         let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
         for req in group {
             let (host, epoch, seq) = (&req.sender.host_id, req.sender.spool_epoch, req.batch.head().seq);
             let hint = hosts.get(host.as_str()).filter(|r| r.spool_epoch == epoch).map_or(0, |r| r.last_seq);
-            let found = if req.status { Found::No } else { self.find(host, epoch, seq, hint)? };
-            let stored = if req.status {
-                Stored::Status
-            } else if found == Found::Stored {
-                Stored::Duplicate
-            } else {
-                let key = batch_key(host, epoch, seq);
-                // Stored as received: no decode into owned samples, no encode again.
-                let loc = self.files.append(req.batch.bytes(), now_ms)?;
-                self.index.insert(&key, loc.encode())?;
-                self.indexed(host, epoch, seq);
-                self.by_time.insert(&time_key(loc.received_ms, &key), Vec::new())?;
-                Stored::New
+            let key = (!req.status).then(|| batch_key(host, epoch, seq));
+            let found = match &key {
+                None => Found::No,
+                Some(k) if in_group.contains(k) => Found::Stored,
+                Some(_) => self.find(host, epoch, seq, hint)?,
+            };
+            let stored = match key {
+                None => Stored::Status,
+                Some(_) if found == Found::Stored => Stored::Duplicate,
+                Some(key) => {
+                    // Stored as received: no decode into owned samples, no encode again.
+                    let loc = self.files.append(req.batch.bytes(), now_ms)?;
+                    self.indexed(host, epoch, seq);
+                    in_group.insert(key.clone());
+                    arrived.push((key, loc));
+                    Stored::New
+                }
             };
             let mut is_new = false;
             let rec = hosts.entry(req.sender.host_id.clone()).or_insert_with(|| {
@@ -448,18 +665,63 @@ impl BatchLog {
             *changed.entry(rec.host_id.clone()).or_default() |= describe;
             results.push(Outcome { stored, data_dropped });
         }
+        // One arrival entry per group (per 256 batches), not per batch: a sled record per
+        // batch was a measurable share of the CPU per sample. All received at `now_ms`.
+        for chunk in arrived.chunks(KEYS_PER_GROUP_ENTRY) {
+            let n = self.next_group_entry.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.by_time.insert(&group_key(now_ms, n), encode_batch_keys(chunk.iter().map(|(k, _)| k.as_slice())))?;
+        }
+        for (key, loc) in &arrived {
+            self.index.insert(key, loc.encode())?;
+        }
         // Written under the lock: retention updates the same records. The JSON first, so a
         // host's counters are never durable without it.
+        // The counters go to the journal, one entry per group (per 128 hosts), not one record
+        // per host and batch; every 10 s a checkpoint writes them per host.
+        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<String> = Vec::with_capacity(changed.len());
         for (id, describe) in changed {
             let Some(rec) = hosts.get(&id) else { continue };
             if describe {
                 let json = serde_json::to_vec(rec).expect("a HostRecord always serializes");
                 self.hosts_tree.insert(id.as_bytes(), json)?;
             }
-            self.counters_tree.insert(id.as_bytes(), encode_counters(rec))?;
+            ids.push(id);
         }
+        for chunk in ids.chunks(HOSTS_PER_JOURNAL_ENTRY) {
+            let entry = encode_journal_entry(chunk.iter().filter_map(|id| Some((id.as_str(), hosts.get(id)?))));
+            self.journal_tree.insert(&journal.next.to_be_bytes(), entry)?;
+            journal.next += 1;
+        }
+        journal.dirty.extend(ids);
+        if journal.last_checkpoint_ms.is_none_or(|last| now_ms - last >= COUNTERS_CHECKPOINT_MS) {
+            self.checkpoint(&hosts, &mut journal, now_ms)?;
+        }
+        drop(journal);
         drop(hosts);
         Ok(results)
+    }
+
+    /// Writes the counters of every host changed since the last checkpoint to
+    /// `host_counters`, and removes the journal entries the checkpoint before covered.
+    fn checkpoint(
+        &self,
+        hosts: &HashMap<String, HostRecord>,
+        journal: &mut CountersJournal,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        for n in journal.oldest..journal.covered_below {
+            self.journal_tree.remove(&n.to_be_bytes())?;
+        }
+        journal.oldest = journal.covered_below;
+        for id in journal.dirty.drain() {
+            if let Some(rec) = hosts.get(&id) {
+                self.counters_tree.insert(id.as_bytes(), encode_counters(rec))?;
+            }
+        }
+        journal.covered_below = journal.next;
+        journal.last_checkpoint_ms = Some(now_ms);
+        Ok(())
     }
 
     /// Removes stored batches received before `cutoff_ms` (from before the batch files:
@@ -470,26 +732,41 @@ impl BatchLog {
         // `batch_by_time` runs in arrival order across every host and epoch.
         let mut gone: HashMap<String, u64> = HashMap::new();
         let mut removed = 0;
+        // Whole entries: a group entry lists up to 256 batches, so a step may pass `max` by
+        // as many.
         let mut old = Vec::new();
+        let mut listed = 0;
         for item in self.by_time.iter() {
-            if old.len() >= max {
+            if listed >= max {
                 break;
             }
-            let (k, _) = item?;
-            if k.len() < 8 || i64::from_be_bytes(k[..8].try_into().expect("8 bytes")) >= cutoff_ms {
-                break;
+            let (k, v) = item?;
+            match arrivals(&k, &v) {
+                Some((ms, _)) if ms >= cutoff_ms => break,
+                Some((_, keys)) => {
+                    listed += keys.len().max(1);
+                    old.push((k, keys));
+                }
+                // Not an entry of either layout (none is written): removed, nothing listed.
+                None => {
+                    listed += 1;
+                    old.push((k, Vec::new()));
+                }
             }
-            old.push(k);
         }
-        for k in &old {
-            let key = &k[8..];
-            self.index.remove(key)?;
+        for (k, keys) in &old {
+            for key in keys {
+                // Counted only where an index entry went: a group's arrival entry can outlive
+                // a crash that took its index entries (see `apply`).
+                if self.index.remove(key)?.is_some()
+                    && let Some(end) = key.iter().position(|&b| b == 0)
+                {
+                    *gone.entry(String::from_utf8_lossy(&key[..end]).into_owned()).or_default() += 1;
+                }
+            }
             self.by_time.remove(k)?;
-            if let Some(end) = key.iter().position(|&b| b == 0) {
-                *gone.entry(String::from_utf8_lossy(&key[..end]).into_owned()).or_default() += 1;
-            }
+            removed += keys.len().max(1);
         }
-        removed += old.len();
         if removed < max {
             removed += self.prune_legacy(cutoff_ms, max - removed)?;
         }
@@ -720,14 +997,85 @@ mod tests {
         // An entry the host record does not count (indexed just before a crash that lost the
         // record's write, never acknowledged): still found, whatever the record says.
         log.apply(&[request("web1", 7, 9).0], 2_000).unwrap();
-        let counters = storage.tree("host_counters").unwrap();
-        let before = counters.get(b"web1").unwrap().unwrap();
+        let before = counters_state(&storage);
         log.apply(&[request("web1", 7, 10).0], 2_100).unwrap();
-        counters.insert(b"web1", before).unwrap();
+        restore_counters(&storage, before);
         drop(log);
         let log = reopen();
         assert_eq!(log.host("web1").unwrap().last_seq, 9);
         assert_eq!(apply(&log, &[(7, 6), (7, 10), (7, 11)]), vec![Stored::New, Stored::Duplicate, Stored::New]);
+    }
+
+    #[test]
+    fn host_counters_are_journaled_per_group_checkpointed_every_10_s_and_replayed_at_open() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let reopen = || {
+            let files = BatchFiles::open(dir.path(), std::time::Duration::from_secs(1), true).unwrap();
+            BatchLog::open(storage.clone(), files).unwrap()
+        };
+        let group = |seq: u64, hosts: std::ops::Range<usize>| -> Vec<WriteRequest> {
+            hosts.map(|h| request(&format!("h{h:03}"), 7, seq).0).collect()
+        };
+        let (counters, journal) =
+            (storage.tree("host_counters").unwrap(), storage.tree("host_counters_journal").unwrap());
+        let last_seq_checkpointed = |host: &str| {
+            let mut rec = HostRecord::default();
+            assert!(decode_counters(&mut rec, &counters.get(host.as_bytes()).unwrap().unwrap()));
+            rec.last_seq
+        };
+        let log = reopen();
+        // The first group after open writes a checkpoint; 300 hosts are three journal entries.
+        log.apply(&group(1, 0..300), 1_000).unwrap();
+        assert_eq!((journal.count().unwrap(), counters.count().unwrap()), (3, 300));
+        // Within 10 s: the journal only.
+        log.apply(&group(2, 0..300), 2_000).unwrap();
+        assert_eq!(journal.count().unwrap(), 6);
+        assert_eq!(last_seq_checkpointed("h000"), 1, "a host's counters were written per batch");
+        let expected = log.hosts();
+        assert_eq!(expected[0].last_seq, 2);
+        drop(log);
+        let log = reopen();
+        assert_eq!(log.hosts(), expected, "the journal was not replayed");
+        // The first checkpoint after open writes what the replay changed; the entries it covers
+        // go with the checkpoint after it.
+        log.apply(&group(3, 0..1), 3_000).unwrap();
+        assert_eq!(last_seq_checkpointed("h299"), 2);
+        assert_eq!(journal.count().unwrap(), 7);
+        log.apply(&group(3, 1..2), 12_999).unwrap();
+        assert_eq!(journal.count().unwrap(), 8, "a checkpoint before 10 s");
+        log.apply(&group(3, 2..3), 13_000).unwrap();
+        assert_eq!(journal.count().unwrap(), 2, "covered entries were kept");
+        assert_eq!(last_seq_checkpointed("h001"), 3);
+        let expected = log.hosts();
+        drop(log);
+        assert_eq!(reopen().hosts(), expected);
+    }
+
+    #[test]
+    fn a_journal_entry_older_than_the_checkpoint_or_of_an_unknown_layout_changes_nothing() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let (log, _dir) = open(storage.clone());
+        log.apply(&[request("web1", 7, 1).0], 1_000).unwrap();
+        let journal = storage.tree("host_counters_journal").unwrap();
+        let stale = journal.get(&0u64.to_be_bytes()).unwrap().unwrap();
+        log.apply(&[request("web1", 7, 2).0], 1_000).unwrap();
+        log.apply(&[request("web1", 7, 3).0], 2_000).unwrap();
+        // Retention writes the checkpoint directly: fewer retained, the same last seen and
+        // batches as the journal's last entry, which must not undo it.
+        assert_eq!(log.prune_before(1_001, 10).unwrap(), 2);
+        let expected = log.host("web1").unwrap();
+        assert_eq!((expected.batches, expected.retained, expected.last_seq), (3, 1, 3));
+        assert_eq!(journal.count().unwrap(), 3);
+        drop(log);
+        // An older entry under a later number, and entries of no known layout.
+        journal.insert(&5u64.to_be_bytes(), stale).unwrap();
+        journal.insert(&6u64.to_be_bytes(), vec![0, 4, b'w', b'e', b'b', b'1', 1]).unwrap();
+        journal.insert(b"not a number", vec![1]).unwrap();
+        let (log, _dir) = open(storage);
+        assert_eq!(log.host("web1").unwrap(), expected);
+        assert_eq!(apply(&log, &[(7, 4)]), vec![Stored::New]);
+        assert!(journal.get(&7u64.to_be_bytes()).unwrap().is_some(), "the next entry is not after the last");
     }
 
     #[test]
@@ -804,6 +1152,101 @@ mod tests {
         assert_eq!((rec.batches, rec.retained), (1, 1), "counted twice");
         assert_eq!(log.prune_before(i64::MAX, 100).unwrap(), 1, "one entry in arrival order, not two");
         assert_eq!(log.batches_retained(), 0);
+    }
+
+    /// Every entry of the host counters' trees (the checkpoint and the journal).
+    fn counters_state(storage: &Arc<dyn Storage>) -> Vec<(&'static str, Vec<crate::store::Entry>)> {
+        ["host_counters", "host_counters_journal"]
+            .into_iter()
+            .map(|name| (name, storage.tree(name).unwrap().iter().map(Result::unwrap).collect()))
+            .collect()
+    }
+
+    /// Puts the host counters' trees back as `state` had them: a crash lost what came after.
+    fn restore_counters(storage: &Arc<dyn Storage>, state: Vec<(&'static str, Vec<crate::store::Entry>)>) {
+        for (name, entries) in state {
+            let tree = storage.tree(name).unwrap();
+            for (k, _) in tree.iter().map(Result::unwrap).collect::<Vec<_>>() {
+                tree.remove(&k).unwrap();
+            }
+            for (k, v) in entries {
+                tree.insert(&k, v).unwrap();
+            }
+        }
+    }
+
+    /// `batch_by_time`'s entries, read as retention and remote write read them.
+    fn arrival_entries(storage: &Arc<dyn Storage>) -> Vec<(i64, Vec<u64>)> {
+        let tree = storage.tree("batch_by_time").unwrap();
+        tree.iter()
+            .map(|item| {
+                let (k, v) = item.unwrap();
+                let (ms, keys) = arrivals(&k, &v).expect("an entry of either layout");
+                (ms, keys.iter().map(|k| be_u64(&k[k.len() - 8..])).collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_group_is_one_arrival_entry_per_256_batches_and_both_layouts_are_pruned() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let (log, _dir) = open(storage.clone());
+        let by_time = storage.tree("batch_by_time").unwrap();
+        // Two batches as an earlier version stored them: an arrival entry per batch.
+        log.apply(&[request("web1", 7, 401).0, request("web1", 7, 402).0], 500).unwrap();
+        by_time.remove(&group_key(500, 0)).unwrap().expect("the group's entry");
+        for seq in [401, 402] {
+            by_time.insert(&time_key(500, &batch_key("web1", 7, seq)), Vec::new()).unwrap();
+        }
+        let group: Vec<(u64, u64)> = (1..=300).map(|seq| (7, seq)).collect();
+        assert_eq!(apply(&log, &group), vec![Stored::New; 300]);
+        let entries = arrival_entries(&storage);
+        let sizes: Vec<_> = entries.iter().map(|(ms, keys)| (*ms, keys.len())).collect();
+        assert_eq!(sizes, [(500, 1), (500, 1), (1_000, 256), (1_000, 44)]);
+        assert_eq!(entries[2..].iter().flat_map(|(_, k)| k.clone()).collect::<Vec<_>>(), (1..=300).collect::<Vec<_>>());
+        // A group entry whose index entries a crash took (written first, see `apply`).
+        by_time.insert(&group_key(600, 0), encode_batch_keys([batch_key("web1", 7, 500).as_slice()])).unwrap();
+        assert_eq!(arrival_entries(&storage)[..3], [(500, vec![401]), (500, vec![402]), (600, vec![500])]);
+        assert_eq!(log.batches_retained(), 302);
+        // Steps of whole entries: a step may pass `max` by one entry's batches.
+        assert_eq!(log.prune_before(2_000, 3).unwrap(), 3);
+        assert_eq!(log.batches_retained(), 300, "a batch without an index entry was counted as removed");
+        assert_eq!(log.prune_before(2_000, 3).unwrap(), 256);
+        assert_eq!(log.prune_before(2_000, 100).unwrap(), 44);
+        assert_eq!(log.batches_retained(), 0);
+        assert!(arrival_entries(&storage).is_empty());
+        assert!(log.stored_seqs("web1").unwrap().is_empty());
+    }
+
+    #[test]
+    fn group_entries_are_never_written_over_across_a_reopen_even_ahead_of_the_hosts_counters() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let reopen = || {
+            let files = BatchFiles::open(dir.path(), std::time::Duration::from_secs(1), true).unwrap();
+            BatchLog::open(storage.clone(), files).unwrap()
+        };
+        let log = reopen();
+        log.apply(&[request("web1", 7, 1).0], 1_000).unwrap();
+        let before = counters_state(&storage);
+        log.apply(&[request("web1", 7, 2).0], 5_000).unwrap();
+        // A crash kept the group's entry but not the host's counters (last seen at 1 s).
+        restore_counters(&storage, before);
+        drop(log);
+        let log = reopen();
+        // The clock is back at 2 s: the batch still arrives at 5 s, in an entry of its own.
+        log.apply(&[request("web1", 7, 3).0], 2_000).unwrap();
+        assert_eq!(arrival_entries(&storage), [(1_000, vec![1]), (5_000, vec![2]), (5_000, vec![3])]);
+        assert_eq!(log.host("web1").unwrap().last_seen_ms, 5_000);
+        drop(log);
+        // A fresh log: its first entry of 5 s is number 0; a reopen goes on from 1.
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let (log, _dir) = open(storage.clone());
+        log.apply(&[request("web1", 7, 1).0], 5_000).unwrap();
+        drop(log);
+        let (log, _dir) = open(storage.clone());
+        log.apply(&[request("web1", 7, 2).0], 5_000).unwrap();
+        assert_eq!(arrival_entries(&storage), [(5_000, vec![1]), (5_000, vec![2])], "an entry was written over");
     }
 
     #[test]
