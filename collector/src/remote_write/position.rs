@@ -30,7 +30,7 @@ pub struct Position {
     pub done: BTreeSet<Vec<u8>>,
 }
 
-/// One entry of `batch_by_time`, taken apart.
+/// One batch listed in `batch_by_time` (a group entry lists several), taken apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
     pub received_ms: i64,

@@ -10,17 +10,12 @@
 //! sled itself (same keys → the payload; from before epochs: host_id, 0x00, seq, read as
 //! epoch 0): read and pruned, never written.
 //!
-//! The host registry is three trees: `hosts` (host_id → JSON [`HostRecord`]), written when a
+//! The host registry is two trees: `hosts` (host_id → JSON [`HostRecord`]), written when a
 //! host is new or what describes it changes (customer, agent version, capabilities,
-//! interval); `host_counters` (host_id → the record's counters and times in 81 bytes,
-//! [`encode_counters`]), read over the JSON's copy of them; and `host_counters_journal`
-//! (entry number → the counters of the hosts one group changed, [`encode_journal_entry`]).
-//! Each group writes one journal entry (per 128 hosts) instead of one record per host; every
-//! 10 s a checkpoint writes the counters changed since to `host_counters` and removes the
-//! entries the checkpoint before it covered. At open the journal is replayed over
-//! `host_counters`, newest counters winning ([`replay_journal`]). A batch rewrote the whole
-//! JSON record once (about 350 bytes of sled log per batch), then one counters record per
-//! batch: each sled record is a measurable share of the CPU per sample.
+//! interval), and `host_counters` (host_id → the record's counters and times in 81 bytes,
+//! [`encode_counters`]), written with every batch and read over the JSON's copy of them. A
+//! batch rewrote the whole JSON record before: about 350 bytes of sled log per batch,
+//! serialized, for the ten numbers that change.
 //!
 //! A batch is identified by (host, spool epoch, seq): an agent whose spool was wiped comes
 //! back with a new epoch and sequence numbers from 1, which are new batches, not duplicates.
@@ -60,11 +55,8 @@ pub struct BatchLog {
     /// it held" stays "not in it".
     index_max: std::sync::Mutex<HashMap<String, (u64, u64)>>,
     hosts_tree: Arc<dyn Tree>,
-    /// Each host's counters and times as of the last checkpoint (see the module doc).
+    /// Each host's counters and times (see the module doc).
     counters_tree: Arc<dyn Tree>,
-    /// The counters of the hosts each group changed, since the checkpoint before the last.
-    journal_tree: Arc<dyn Tree>,
-    journal: std::sync::Mutex<CountersJournal>,
     /// The host registry, mirrored in memory (read by every admin call).
     hosts: RwLock<HashMap<String, HostRecord>>,
     /// The newest arrival time given to a batch: arrival times never go back, even when
@@ -134,23 +126,30 @@ pub(crate) fn encode_batch_keys<'a>(keys: impl IntoIterator<Item = &'a [u8]>) ->
 }
 
 /// One entry of `batch_by_time` in either layout: its arrival time and the batch keys it
-/// lists (one for a batch entry); `None` when it is neither.
+/// lists (one for a batch entry); `None` when its key is too short to hold a time. A group
+/// entry whose list is cut or damaged yields the keys before the damage (logged).
 pub(crate) fn arrivals(key: &[u8], value: &[u8]) -> Option<(i64, Vec<Vec<u8>>)> {
     let ms = i64::from_be_bytes(key.get(..8)?.try_into().ok()?);
-    match key.get(8) {
-        Some(&GROUP_MARK) if key.len() == GROUP_KEY_LEN => {
-            let mut keys = Vec::new();
-            let mut rest = value;
-            while !rest.is_empty() {
-                let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-                keys.push(rest.get(2..2 + len)?.to_vec());
-                rest = &rest[2 + len..];
-            }
-            Some((ms, keys))
-        }
-        Some(_) => Some((ms, vec![key[8..].to_vec()])),
-        None => None,
+    if key.get(8) != Some(&GROUP_MARK) {
+        return Some((ms, vec![key[8..].to_vec()]));
     }
+    let mut keys = Vec::new();
+    let mut rest = value;
+    while !rest.is_empty() {
+        let Some(len) = rest.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize) else { break };
+        let Some(listed) = rest.get(2..2 + len) else { break };
+        keys.push(listed.to_vec());
+        rest = &rest[2 + len..];
+    }
+    if !rest.is_empty() || key.len() != GROUP_KEY_LEN {
+        tracing::warn!(
+            received_ms = ms,
+            len = value.len(),
+            read = keys.len(),
+            "batch_by_time: a damaged group entry; reading the batch keys before the damage"
+        );
+    }
+    Some((ms, keys))
 }
 
 /// The layout version of a `host_counters` value.
@@ -199,44 +198,6 @@ fn decode_counters(r: &mut HostRecord, v: &[u8]) -> bool {
     true
 }
 
-/// Applies the counters' journal over the checkpoint in `hosts`: an entry's counters
-/// replace a host's when they are newer, by when the host was last seen, then by batches
-/// received (both only grow). So entries older than the checkpoint, or than what retention
-/// and removals wrote to it directly, change nothing, and the order of replay does not matter.
-/// The hosts it changed are written by the first checkpoint.
-fn replay_journal(tree: &dyn Tree, hosts: &mut HashMap<String, HostRecord>) -> Result<CountersJournal, StoreError> {
-    let mut journal =
-        CountersJournal { next: 0, oldest: 0, covered_below: 0, dirty: Default::default(), last_checkpoint_ms: None };
-    let mut first = None;
-    for item in tree.iter() {
-        let (k, v) = item?;
-        let Ok(n) = <[u8; 8]>::try_from(k.as_slice()).map(u64::from_be_bytes) else {
-            tracing::warn!(len = k.len(), "ignoring a host_counters_journal entry with a key of an unknown layout");
-            continue;
-        };
-        first.get_or_insert(n);
-        journal.next = n.saturating_add(1);
-        let Some(entries) = decode_journal_entry(&v) else {
-            tracing::warn!(entry = n, len = v.len(), "ignoring a host_counters_journal entry of an unknown layout");
-            continue;
-        };
-        for (host, counters) in entries {
-            let rec =
-                hosts.entry(host.clone()).or_insert_with(|| HostRecord { host_id: host.clone(), ..Default::default() });
-            let mut counted = rec.clone();
-            if decode_counters(&mut counted, counters)
-                && (counted.last_seen_ms, counted.batches) > (rec.last_seen_ms, rec.batches)
-            {
-                *rec = counted;
-                journal.dirty.insert(host);
-            }
-        }
-    }
-    journal.oldest = first.unwrap_or(0);
-    journal.covered_below = journal.oldest;
-    Ok(journal)
-}
-
 /// The arrival time new groups start from and the number of the next group entry, for a
 /// log whose hosts were last seen at `newest_seen`: an entry newer than that (its group
 /// became durable, its hosts' counters did not) moves both on.
@@ -257,56 +218,6 @@ fn newest_arrival(by_time: &dyn Tree, newest_seen: i64) -> Result<(i64, u64), St
     Ok((newest, next))
 }
 
-/// How often every host's counters changed since the last time are written to
-/// `host_counters`; in between, each group writes the counters it changed to the journal.
-const COUNTERS_CHECKPOINT_MS: i64 = 10_000;
-/// Most hosts one journal entry holds (at most about 43 KiB, far below what sled keeps
-/// inline).
-const HOSTS_PER_JOURNAL_ENTRY: usize = 128;
-
-/// Where the counters' journal stands (guarded by its own lock, taken only under the host
-/// registry's write lock).
-#[derive(Debug)]
-struct CountersJournal {
-    /// The number of the next entry.
-    next: u64,
-    /// The oldest entry the tree may still hold.
-    oldest: u64,
-    /// Entries below this number are covered by the last checkpoint. The next checkpoint
-    /// removes them: by then the flush that made the last one durable has long completed.
-    covered_below: u64,
-    /// The hosts whose counters changed since the last checkpoint.
-    dirty: std::collections::HashSet<String>,
-    /// When the last checkpoint was written (`None`: not yet since open).
-    last_checkpoint_ms: Option<i64>,
-}
-
-/// A journal entry's value: per host, its id's length (u16, big-endian), the id, and its
-/// [`encode_counters`] value.
-fn encode_journal_entry<'a>(hosts: impl IntoIterator<Item = (&'a str, &'a HostRecord)>) -> Vec<u8> {
-    let mut v = Vec::new();
-    for (id, rec) in hosts {
-        v.extend_from_slice(&(id.len() as u16).to_be_bytes());
-        v.extend_from_slice(id.as_bytes());
-        v.extend_from_slice(&encode_counters(rec));
-    }
-    v
-}
-
-/// The (host id, counters value) pairs of a journal entry; `None` when it is not one.
-fn decode_journal_entry(v: &[u8]) -> Option<Vec<(String, &[u8])>> {
-    let mut out = Vec::new();
-    let mut rest = v;
-    while !rest.is_empty() {
-        let len = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?) as usize;
-        let id = std::str::from_utf8(rest.get(2..2 + len)?).ok()?.to_string();
-        let counters = rest.get(2 + len..2 + len + COUNTERS_LEN)?;
-        out.push((id, counters));
-        rest = &rest[2 + len + COUNTERS_LEN..];
-    }
-    Some(out)
-}
-
 /// What [`BatchLog::find`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Found {
@@ -314,6 +225,9 @@ enum Found {
     Stored,
     /// Indexed, but its payload is not intact (the entry was removed).
     Damaged,
+    /// Indexed, but not counted by its host's record: its group did not complete before a
+    /// crash (the entry was removed).
+    Uncounted,
 }
 
 fn be_u64(bytes: &[u8]) -> u64 {
@@ -399,8 +313,6 @@ impl BatchLog {
                 *rec = counted;
             }
         }
-        let journal_tree = storage.tree("host_counters_journal")?;
-        let journal = replay_journal(journal_tree.as_ref(), &mut hosts)?;
         let newest_seen = hosts.values().map(|h| h.last_seen_ms).max().unwrap_or(0);
         let (newest_received_ms, next_group_entry) = newest_arrival(by_time.as_ref(), newest_seen)?;
         let legacy_empty = legacy.iter().next().transpose()?.is_none();
@@ -414,8 +326,6 @@ impl BatchLog {
             index_max: Default::default(),
             hosts_tree,
             counters_tree,
-            journal_tree,
-            journal: std::sync::Mutex::new(journal),
             hosts: RwLock::new(hosts),
             newest_received_ms: newest_received_ms.into(),
             next_group_entry: next_group_entry.into(),
@@ -492,31 +402,47 @@ impl BatchLog {
         Ok(out)
     }
 
-    /// Whether the batch is stored. An index entry whose payload is not intact does not
-    /// count: sled may make an index entry durable before the flush that syncs its payload,
-    /// so after a power loss an unacknowledged batch can be indexed without its bytes; its
-    /// resend is stored again instead of being answered as a duplicate.
-    /// `hint`: the host record's `last_seq` when `epoch` is its epoch, else 0.
-    fn find(&self, host: &str, epoch: u64, seq: u64, hint: u64) -> Result<Found, StoreError> {
-        if self.legacy_empty && seq > self.index_max(host, epoch, hint)? {
+    /// Whether the batch is stored. An index entry does not count when
+    /// - its payload is not intact: sled may make an index entry durable before the flush
+    ///   that syncs its payload, so after a power loss an unacknowledged batch can be indexed
+    ///   without its bytes ([`Found::Damaged`]);
+    /// - the host record does not count it: a crash kept the entry but lost the writes of
+    ///   its group made after it (the arrival entry, the counters, the fault engine's), so
+    ///   it was never acknowledged nor evaluated ([`Found::Uncounted`]).
+    ///
+    /// Either way the resend is stored again instead of being answered as a duplicate.
+    /// `counted`: the host record's `last_seq` when `epoch` is its epoch (0 for a host not
+    /// known), `None` when the record is of another epoch.
+    fn find(&self, host: &str, epoch: u64, seq: u64, counted: Option<u64>) -> Result<Found, StoreError> {
+        if self.legacy_empty && seq > self.index_max(host, epoch, counted.unwrap_or(0))? {
             return Ok(Found::No);
         }
         let key = batch_key(host, epoch, seq);
         if let Some(v) = self.index.get(&key)? {
-            if let Some(loc) = Location::decode(&v)
-                && self.files.verify(&loc)
-            {
+            let loc = Location::decode(&v);
+            let found = if counted.is_some_and(|last| seq > last) {
+                Found::Uncounted
+            } else if loc.is_some_and(|loc| self.files.verify(&loc)) {
                 return Ok(Found::Stored);
+            } else {
+                Found::Damaged
+            };
+            if found == Found::Damaged {
+                tracing::warn!(
+                    host_id = %host, epoch, seq,
+                    "a stored batch's payload is missing or damaged (written just before a power loss?): storing the resent copy"
+                );
+            } else {
+                tracing::info!(
+                    host_id = %host, epoch, seq,
+                    "a batch indexed before a crash was never acknowledged: storing the resent copy"
+                );
             }
-            tracing::warn!(
-                host_id = %host, epoch, seq,
-                "a stored batch's payload is missing or damaged (written just before a power loss?): storing the resent copy"
-            );
-            if let Some(loc) = Location::decode(&v) {
+            if let Some(loc) = loc {
                 self.forget_arrival(loc.received_ms, &key)?;
             }
             self.index.remove(&key)?;
-            return Ok(Found::Damaged);
+            return Ok(found);
         }
         let legacy = self.legacy.contains_key(&key)?
             || (epoch == 0 && self.legacy.contains_key(&legacy_batch_key(host, seq))?);
@@ -587,34 +513,29 @@ impl BatchLog {
         let mut results = Vec::with_capacity(group.len());
         // The changed hosts, and whether their JSON must be written too.
         let mut changed: HashMap<String, bool> = HashMap::new();
-        // The batches stored, indexed only after the group's entries in `by_time` are
-        // written: a crash in between then leaves an arrival entry without its index entry
-        // (harmless: retention finds nothing to remove), never an index entry retention
-        // cannot find. `in_group`: their keys, so a copy resent within the group is a
-        // duplicate.
-        let mut arrived: Vec<(Vec<u8>, Location)> = Vec::new();
-        let mut in_group: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+        // The keys of the batches stored, for the group's entries in `by_time` (written after
+        // the index entries: a reader of `by_time` finds every batch it lists).
+        let mut arrived: Vec<Vec<u8>> = Vec::new();
         let mut hosts = self.hosts.write().unwrap_or_else(|p| p.into_inner());
         for req in group {
             let (host, epoch, seq) = (&req.sender.host_id, req.sender.spool_epoch, req.batch.head().seq);
-            let hint = hosts.get(host.as_str()).filter(|r| r.spool_epoch == epoch).map_or(0, |r| r.last_seq);
-            let key = (!req.status).then(|| batch_key(host, epoch, seq));
-            let found = match &key {
-                None => Found::No,
-                Some(k) if in_group.contains(k) => Found::Stored,
-                Some(_) => self.find(host, epoch, seq, hint)?,
+            let counted = match hosts.get(host.as_str()) {
+                None => Some(0),
+                Some(r) => (r.spool_epoch == epoch).then_some(r.last_seq),
             };
-            let stored = match key {
-                None => Stored::Status,
-                Some(_) if found == Found::Stored => Stored::Duplicate,
-                Some(key) => {
-                    // Stored as received: no decode into owned samples, no encode again.
-                    let loc = self.files.append(req.batch.bytes(), now_ms)?;
-                    self.indexed(host, epoch, seq);
-                    in_group.insert(key.clone());
-                    arrived.push((key, loc));
-                    Stored::New
-                }
+            let found = if req.status { Found::No } else { self.find(host, epoch, seq, counted)? };
+            let stored = if req.status {
+                Stored::Status
+            } else if found == Found::Stored {
+                Stored::Duplicate
+            } else {
+                let key = batch_key(host, epoch, seq);
+                // Stored as received: no decode into owned samples, no encode again.
+                let loc = self.files.append(req.batch.bytes(), now_ms)?;
+                self.index.insert(&key, loc.encode())?;
+                self.indexed(host, epoch, seq);
+                arrived.push(key);
+                Stored::New
             };
             let mut is_new = false;
             let rec = hosts.entry(req.sender.host_id.clone()).or_insert_with(|| {
@@ -669,59 +590,20 @@ impl BatchLog {
         // batch was a measurable share of the CPU per sample. All received at `now_ms`.
         for chunk in arrived.chunks(KEYS_PER_GROUP_ENTRY) {
             let n = self.next_group_entry.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            self.by_time.insert(&group_key(now_ms, n), encode_batch_keys(chunk.iter().map(|(k, _)| k.as_slice())))?;
-        }
-        for (key, loc) in &arrived {
-            self.index.insert(key, loc.encode())?;
+            self.by_time.insert(&group_key(now_ms, n), encode_batch_keys(chunk.iter().map(Vec::as_slice)))?;
         }
         // Written under the lock: retention updates the same records. The JSON first, so a
         // host's counters are never durable without it.
-        // The counters go to the journal, one entry per group (per 128 hosts), not one record
-        // per host and batch; every 10 s a checkpoint writes them per host.
-        let mut journal = self.journal.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ids: Vec<String> = Vec::with_capacity(changed.len());
         for (id, describe) in changed {
             let Some(rec) = hosts.get(&id) else { continue };
             if describe {
                 let json = serde_json::to_vec(rec).expect("a HostRecord always serializes");
                 self.hosts_tree.insert(id.as_bytes(), json)?;
             }
-            ids.push(id);
+            self.counters_tree.insert(id.as_bytes(), encode_counters(rec))?;
         }
-        for chunk in ids.chunks(HOSTS_PER_JOURNAL_ENTRY) {
-            let entry = encode_journal_entry(chunk.iter().filter_map(|id| Some((id.as_str(), hosts.get(id)?))));
-            self.journal_tree.insert(&journal.next.to_be_bytes(), entry)?;
-            journal.next += 1;
-        }
-        journal.dirty.extend(ids);
-        if journal.last_checkpoint_ms.is_none_or(|last| now_ms - last >= COUNTERS_CHECKPOINT_MS) {
-            self.checkpoint(&hosts, &mut journal, now_ms)?;
-        }
-        drop(journal);
         drop(hosts);
         Ok(results)
-    }
-
-    /// Writes the counters of every host changed since the last checkpoint to
-    /// `host_counters`, and removes the journal entries the checkpoint before covered.
-    fn checkpoint(
-        &self,
-        hosts: &HashMap<String, HostRecord>,
-        journal: &mut CountersJournal,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        for n in journal.oldest..journal.covered_below {
-            self.journal_tree.remove(&n.to_be_bytes())?;
-        }
-        journal.oldest = journal.covered_below;
-        for id in journal.dirty.drain() {
-            if let Some(rec) = hosts.get(&id) {
-                self.counters_tree.insert(id.as_bytes(), encode_counters(rec))?;
-            }
-        }
-        journal.covered_below = journal.next;
-        journal.last_checkpoint_ms = Some(now_ms);
-        Ok(())
     }
 
     /// Removes stored batches received before `cutoff_ms` (from before the batch files:
@@ -743,24 +625,29 @@ impl BatchLog {
             let (k, v) = item?;
             match arrivals(&k, &v) {
                 Some((ms, _)) if ms >= cutoff_ms => break,
-                Some((_, keys)) => {
+                Some((ms, keys)) => {
                     listed += keys.len().max(1);
-                    old.push((k, keys));
+                    old.push((k, ms, keys));
                 }
-                // Not an entry of either layout (none is written): removed, nothing listed.
+                // A key too short to hold a time (never written): it sorts first; removed.
                 None => {
+                    tracing::warn!(len = k.len(), "batch_by_time: removing an entry of no known layout");
                     listed += 1;
-                    old.push((k, Vec::new()));
+                    old.push((k, i64::MIN, Vec::new()));
                 }
             }
         }
-        for (k, keys) in &old {
+        for (k, ms, keys) in &old {
             for key in keys {
-                // Counted only where an index entry went: a group's arrival entry can outlive
-                // a crash that took its index entries (see `apply`).
-                if self.index.remove(key)?.is_some()
-                    && let Some(end) = key.iter().position(|&b| b == 0)
-                {
+                // Only the copy that arrived then: a batch stored again later (its first copy
+                // damaged or uncounted, see `find`) keeps its index entry until its own
+                // arrival entry is old.
+                let Some(v) = self.index.get(key)? else { continue };
+                if Location::decode(&v).is_some_and(|loc| loc.received_ms > *ms) {
+                    continue;
+                }
+                self.index.remove(key)?;
+                if let Some(end) = key.iter().position(|&b| b == 0) {
                     *gone.entry(String::from_utf8_lossy(&key[..end]).into_owned()).or_default() += 1;
                 }
             }
@@ -995,7 +882,8 @@ mod tests {
             vec![Stored::New, Stored::Duplicate, Stored::New, Stored::Duplicate, Stored::New]
         );
         // An entry the host record does not count (indexed just before a crash that lost the
-        // record's write, never acknowledged): still found, whatever the record says.
+        // record's write, never acknowledged nor evaluated): still found above the record's
+        // highest, and its resend is stored again, counted once, listed in arrival order once.
         log.apply(&[request("web1", 7, 9).0], 2_000).unwrap();
         let before = counters_state(&storage);
         log.apply(&[request("web1", 7, 10).0], 2_100).unwrap();
@@ -1003,79 +891,29 @@ mod tests {
         drop(log);
         let log = reopen();
         assert_eq!(log.host("web1").unwrap().last_seq, 9);
-        assert_eq!(apply(&log, &[(7, 6), (7, 10), (7, 11)]), vec![Stored::New, Stored::Duplicate, Stored::New]);
+        assert_eq!(
+            apply(&log, &[(7, 6), (7, 10), (7, 11), (7, 10)]),
+            vec![Stored::New, Stored::New, Stored::New, Stored::Duplicate]
+        );
+        let rec = log.host("web1").unwrap();
+        assert_eq!((rec.batches, rec.retained, rec.last_seq), (11, 11, 11));
+        let listed: Vec<u64> = arrival_entries(&storage).into_iter().flat_map(|(_, seqs)| seqs).collect();
+        assert_eq!(listed.iter().filter(|&&s| s == 10).count(), 1, "{listed:?}");
+        assert_eq!(log.prune_before(i64::MAX, 100).unwrap(), 11);
+        assert_eq!(log.batches_retained(), 0);
+        assert!(log.stored_seqs("web1").unwrap().is_empty());
     }
 
     #[test]
-    fn host_counters_are_journaled_per_group_checkpointed_every_10_s_and_replayed_at_open() {
-        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
-        let dir = tempfile::tempdir().unwrap();
-        let reopen = || {
-            let files = BatchFiles::open(dir.path(), std::time::Duration::from_secs(1), true).unwrap();
-            BatchLog::open(storage.clone(), files).unwrap()
-        };
-        let group = |seq: u64, hosts: std::ops::Range<usize>| -> Vec<WriteRequest> {
-            hosts.map(|h| request(&format!("h{h:03}"), 7, seq).0).collect()
-        };
-        let (counters, journal) =
-            (storage.tree("host_counters").unwrap(), storage.tree("host_counters_journal").unwrap());
-        let last_seq_checkpointed = |host: &str| {
-            let mut rec = HostRecord::default();
-            assert!(decode_counters(&mut rec, &counters.get(host.as_bytes()).unwrap().unwrap()));
-            rec.last_seq
-        };
-        let log = reopen();
-        // The first group after open writes a checkpoint; 300 hosts are three journal entries.
-        log.apply(&group(1, 0..300), 1_000).unwrap();
-        assert_eq!((journal.count().unwrap(), counters.count().unwrap()), (3, 300));
-        // Within 10 s: the journal only.
-        log.apply(&group(2, 0..300), 2_000).unwrap();
-        assert_eq!(journal.count().unwrap(), 6);
-        assert_eq!(last_seq_checkpointed("h000"), 1, "a host's counters were written per batch");
-        let expected = log.hosts();
-        assert_eq!(expected[0].last_seq, 2);
-        drop(log);
-        let log = reopen();
-        assert_eq!(log.hosts(), expected, "the journal was not replayed");
-        // The first checkpoint after open writes what the replay changed; the entries it covers
-        // go with the checkpoint after it.
-        log.apply(&group(3, 0..1), 3_000).unwrap();
-        assert_eq!(last_seq_checkpointed("h299"), 2);
-        assert_eq!(journal.count().unwrap(), 7);
-        log.apply(&group(3, 1..2), 12_999).unwrap();
-        assert_eq!(journal.count().unwrap(), 8, "a checkpoint before 10 s");
-        log.apply(&group(3, 2..3), 13_000).unwrap();
-        assert_eq!(journal.count().unwrap(), 2, "covered entries were kept");
-        assert_eq!(last_seq_checkpointed("h001"), 3);
-        let expected = log.hosts();
-        drop(log);
-        assert_eq!(reopen().hosts(), expected);
-    }
-
-    #[test]
-    fn a_journal_entry_older_than_the_checkpoint_or_of_an_unknown_layout_changes_nothing() {
-        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
-        let (log, _dir) = open(storage.clone());
-        log.apply(&[request("web1", 7, 1).0], 1_000).unwrap();
-        let journal = storage.tree("host_counters_journal").unwrap();
-        let stale = journal.get(&0u64.to_be_bytes()).unwrap().unwrap();
-        log.apply(&[request("web1", 7, 2).0], 1_000).unwrap();
-        log.apply(&[request("web1", 7, 3).0], 2_000).unwrap();
-        // Retention writes the checkpoint directly: fewer retained, the same last seen and
-        // batches as the journal's last entry, which must not undo it.
-        assert_eq!(log.prune_before(1_001, 10).unwrap(), 2);
-        let expected = log.host("web1").unwrap();
-        assert_eq!((expected.batches, expected.retained, expected.last_seq), (3, 1, 3));
-        assert_eq!(journal.count().unwrap(), 3);
-        drop(log);
-        // An older entry under a later number, and entries of no known layout.
-        journal.insert(&5u64.to_be_bytes(), stale).unwrap();
-        journal.insert(&6u64.to_be_bytes(), vec![0, 4, b'w', b'e', b'b', b'1', 1]).unwrap();
-        journal.insert(b"not a number", vec![1]).unwrap();
-        let (log, _dir) = open(storage);
-        assert_eq!(log.host("web1").unwrap(), expected);
-        assert_eq!(apply(&log, &[(7, 4)]), vec![Stored::New]);
-        assert!(journal.get(&7u64.to_be_bytes()).unwrap().is_some(), "the next entry is not after the last");
+    fn a_damaged_group_entry_yields_the_batch_keys_before_the_damage() {
+        let keys = [batch_key("web1", 7, 1), batch_key("web2", 7, 2)];
+        let mut value = encode_batch_keys(keys.iter().map(Vec::as_slice));
+        assert_eq!(arrivals(&group_key(5, 0), &value), Some((5, keys.to_vec())));
+        value.truncate(value.len() - 3);
+        assert_eq!(arrivals(&group_key(5, 0), &value), Some((5, keys[..1].to_vec())));
+        assert_eq!(arrivals(&group_key(5, 0), &[0xff]), Some((5, Vec::new())));
+        assert_eq!(arrivals(&time_key(5, &keys[1]), &[]), Some((5, vec![keys[1].clone()])));
+        assert_eq!(arrivals(&[0, 1, 2], &[]), None);
     }
 
     #[test]
@@ -1154,24 +992,19 @@ mod tests {
         assert_eq!(log.batches_retained(), 0);
     }
 
-    /// Every entry of the host counters' trees (the checkpoint and the journal).
-    fn counters_state(storage: &Arc<dyn Storage>) -> Vec<(&'static str, Vec<crate::store::Entry>)> {
-        ["host_counters", "host_counters_journal"]
-            .into_iter()
-            .map(|name| (name, storage.tree(name).unwrap().iter().map(Result::unwrap).collect()))
-            .collect()
+    /// Every entry of the host counters' tree.
+    fn counters_state(storage: &Arc<dyn Storage>) -> Vec<crate::store::Entry> {
+        storage.tree("host_counters").unwrap().iter().map(Result::unwrap).collect()
     }
 
-    /// Puts the host counters' trees back as `state` had them: a crash lost what came after.
-    fn restore_counters(storage: &Arc<dyn Storage>, state: Vec<(&'static str, Vec<crate::store::Entry>)>) {
-        for (name, entries) in state {
-            let tree = storage.tree(name).unwrap();
-            for (k, _) in tree.iter().map(Result::unwrap).collect::<Vec<_>>() {
-                tree.remove(&k).unwrap();
-            }
-            for (k, v) in entries {
-                tree.insert(&k, v).unwrap();
-            }
+    /// Puts the host counters back as `state` had them: a crash lost what came after.
+    fn restore_counters(storage: &Arc<dyn Storage>, state: Vec<crate::store::Entry>) {
+        let tree = storage.tree("host_counters").unwrap();
+        for (k, _) in tree.iter().map(Result::unwrap).collect::<Vec<_>>() {
+            tree.remove(&k).unwrap();
+        }
+        for (k, v) in state {
+            tree.insert(&k, v).unwrap();
         }
     }
 
@@ -1215,6 +1048,33 @@ mod tests {
         assert_eq!(log.prune_before(2_000, 100).unwrap(), 44);
         assert_eq!(log.batches_retained(), 0);
         assert!(arrival_entries(&storage).is_empty());
+        assert!(log.stored_seqs("web1").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batch_stored_again_leaves_its_group_and_is_pruned_only_with_its_own_arrival() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let (log, dir) = open(storage.clone());
+        assert_eq!(apply(&log, &[(7, 1), (7, 2)]), vec![Stored::New; 2]);
+        // A power loss damaged the payload of 1 only.
+        let index = storage.tree("batch_index").unwrap();
+        let loc = Location::decode(&index.get(&batch_key("web1", 7, 1)).unwrap().unwrap()).unwrap();
+        let file = std::fs::read_dir(dir.path()).unwrap().next().unwrap().unwrap().path();
+        std::os::unix::fs::FileExt::write_at(
+            &std::fs::OpenOptions::new().write(true).open(file).unwrap(),
+            b"XXXX",
+            loc.offset,
+        )
+        .unwrap();
+        log.apply(&[request("web1", 7, 1).0], 3_000).unwrap();
+        assert_eq!(arrival_entries(&storage), [(1_000, vec![2]), (3_000, vec![1])]);
+        // An arrival entry still listing it (as if written again by an older version).
+        let by_time = storage.tree("batch_by_time").unwrap();
+        by_time.insert(&time_key(1_000, &batch_key("web1", 7, 1)), Vec::new()).unwrap();
+        assert_eq!(log.prune_before(2_000, 100).unwrap(), 2);
+        assert_eq!(log.stored_seqs("web1").unwrap(), vec![(7, 1)], "the copy of 3 s went with the entry of 1 s");
+        assert_eq!(log.batches_retained(), 1);
+        assert_eq!(log.prune_before(4_000, 100).unwrap(), 1);
         assert!(log.stored_seqs("web1").unwrap().is_empty());
     }
 
