@@ -726,7 +726,7 @@ impl BatchLog {
             storage.flush_blocking()
         })
         .await
-        .map_err(|e| StoreError::Engine(format!("syncing the batch files and the store: {e}")))?
+        .map_err(|e| StoreError::from_join("syncing the batch files and the store", e))?
     }
 }
 

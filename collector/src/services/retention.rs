@@ -53,8 +53,11 @@ impl Retention {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = self.pass(Timestamp::now()).await {
-                    crate::services::storage_failure::stop("pruning old data", &e);
+                match self.pass(Timestamp::now()).await {
+                    Ok(_) => {}
+                    // The runtime is shutting down (e.g. a start that failed after this began).
+                    Err(StoreError::Stopping(_)) => return,
+                    Err(e) => crate::services::storage_failure::stop("pruning old data", &e),
                 }
             }
         });
@@ -105,7 +108,7 @@ impl Retention {
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.count())
             .await
-            .map_err(|e| StoreError::Engine(format!("retention count: {e}")))??;
+            .map_err(|e| StoreError::from_join("retention count", e))??;
         Ok(removed)
     }
 
@@ -155,7 +158,7 @@ impl Retention {
             let s = step.clone();
             let n = tokio::task::spawn_blocking(move || s())
                 .await
-                .map_err(|e| StoreError::Engine(format!("retention step: {e}")))??;
+                .map_err(|e| StoreError::from_join("retention step", e))??;
             total += n;
             if n < STEP {
                 return Ok(total);

@@ -165,7 +165,11 @@ fn answer(
             for req in group {
                 let _ = req.reply.send(Err(e.to_string()));
             }
-            crate::services::storage_failure::stop("storing a group of batches", &e);
+            // A flush cancelled by the runtime's shutdown is no storage failure: the
+            // collector is stopping anyway, and nothing of the group was acknowledged.
+            if !matches!(e, StoreError::Stopping(_)) {
+                crate::services::storage_failure::stop("storing a group of batches", &e);
+            }
         }
     }
 }

@@ -36,6 +36,22 @@ pub enum StoreError {
     /// A leader-only write under a term that no longer holds the lease (see [`Lease`]).
     #[error("fenced: node {node} no longer holds the leader lease of term {term}")]
     Fenced { node: String, term: i64 },
+    /// A blocking storage task was cancelled: the runtime is shutting down (a failed start,
+    /// or the end of a stop). Not a storage failure.
+    #[error("storage: {0}: cancelled, the collector is stopping")]
+    Stopping(String),
+}
+
+impl StoreError {
+    /// The error of a blocking storage task (`what`) that did not return: cancelled by the
+    /// runtime's shutdown ([`StoreError::Stopping`]) or panicked.
+    pub fn from_join(what: &str, e: tokio::task::JoinError) -> StoreError {
+        if e.is_cancelled() {
+            StoreError::Stopping(what.to_string())
+        } else {
+            StoreError::Engine(format!("{what}: {e}"))
+        }
+    }
 }
 
 /// One key/value pair read from a [`Tree`].
@@ -216,4 +232,22 @@ pub trait Lease: Send + Sync {
     /// another node takes over without waiting for the expiry. The term stays: the next
     /// holder's is higher.
     async fn release(&self, node: &str, term: i64) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[tokio::test]
+    async fn a_cancelled_storage_task_is_stopping_and_a_panicked_one_a_failure() {
+        let pending = tokio::spawn(std::future::pending::<()>());
+        pending.abort();
+        let cancelled = pending.await.unwrap_err();
+        assert!(
+            matches!(StoreError::from_join("retention step", cancelled), StoreError::Stopping(what) if what == "retention step")
+        );
+        let panicked = tokio::task::spawn_blocking(|| panic!("boom")).await.unwrap_err();
+        let e = StoreError::from_join("retention step", panicked);
+        assert!(matches!(e, StoreError::Engine(_)) && e.to_string().contains("retention step"), "{e}");
+    }
 }
