@@ -49,11 +49,16 @@ pub struct Args {
     /// 'store_commit_window = "20ms"'` (repeatable; top-level keys only).
     #[arg(long)]
     collector_toml: Vec<String>,
+    /// Rounds of both sides, alternating (collector, Prometheus, collector, …), each on a
+    /// fresh data directory: the table shows each side's median round by CPU per sample,
+    /// so a spell of load on the machine weighs on both sides alike.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
 }
 
 pub fn compare(args: Args) -> anyhow::Result<()> {
-    if args.rate == 0 || args.seconds == 0 || args.samples_per_batch == 0 {
-        bail!("--rate, --seconds and --samples-per-batch must be positive");
+    if args.rate == 0 || args.seconds == 0 || args.samples_per_batch == 0 || args.rounds == 0 {
+        bail!("--rate, --seconds, --samples-per-batch and --rounds must be positive");
     }
     if !args.collector_only {
         ensure_package("prometheus", PROMETHEUS)?;
@@ -62,10 +67,33 @@ pub fn compare(args: Args) -> anyhow::Result<()> {
         Some(dir) => dir.clone(),
         None => build("release")?,
     };
-    let collector = collector_side(&bin, &args)?;
-    let prometheus = if args.collector_only { None } else { Some(prometheus_side(&args)?) };
-    print_table(&args, &collector, prometheus.as_ref());
+    let (mut collector, mut prometheus) = (Vec::new(), Vec::new());
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            println!("round {round} of {}", args.rounds);
+        }
+        collector.push(collector_side(&bin, &args)?);
+        if !args.collector_only {
+            prometheus.push(prometheus_side(&args)?);
+        }
+    }
+    if args.rounds > 1 {
+        println!();
+        println!("µs CPU per sample by round (collector / Prometheus):");
+        for (i, c) in collector.iter().enumerate() {
+            let p = prometheus.get(i).map_or(String::new(), |p| format!(" / {:.2}", p.us_per_sample()));
+            println!("  round {}: {:.2}{p}", i + 1, c.us_per_sample());
+        }
+    }
+    print_table(&args, median(&collector), (!prometheus.is_empty()).then(|| median(&prometheus)));
     Ok(())
+}
+
+/// The side's round with the median CPU per sample (the lower middle of an even count).
+fn median(rounds: &[Side]) -> &Side {
+    let mut sorted: Vec<&Side> = rounds.iter().collect();
+    sorted.sort_by(|a, b| a.us_per_sample().total_cmp(&b.us_per_sample()));
+    sorted[(sorted.len() - 1) / 2]
 }
 
 /// What one side did over its measured window.
@@ -367,8 +395,11 @@ fn print_table(args: &Args, c: &Side, p: Option<&Side>) {
     ];
     println!();
     println!(
-        "requested: {} samples/s for each side, {} s measured after {} s warm-up",
-        args.rate, args.seconds, args.warmup
+        "requested: {} samples/s for each side, {} s measured after {} s warm-up{}",
+        args.rate,
+        args.seconds,
+        args.warmup,
+        if args.rounds > 1 { format!("; each side's median of {} rounds", args.rounds) } else { String::new() }
     );
     match p {
         Some(p) => println!("{:<28} {:>22} {:>22} {:>18}", "", c.name, p.name, "Prometheus ÷ pikett"),
