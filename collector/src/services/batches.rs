@@ -758,6 +758,15 @@ mod tests {
         (BatchLog::open(storage, files).unwrap(), dir)
     }
 
+    /// Opens a log on `storage` with its batch files in `dir` (1 s spans), as often as a
+    /// test reopens it.
+    fn opener<'a>(storage: &'a Arc<dyn Storage>, dir: &'a std::path::Path) -> impl Fn() -> BatchLog + 'a {
+        move || {
+            let files = BatchFiles::open(dir, std::time::Duration::from_secs(1), true).unwrap();
+            BatchLog::open(storage.clone(), files).unwrap()
+        }
+    }
+
     fn apply(log: &BatchLog, batches: &[(u64, u64)]) -> Vec<Stored> {
         let group: Vec<WriteRequest> = batches.iter().map(|(e, s)| request("web1", *e, *s).0).collect();
         log.apply(&group, 1_000).unwrap().into_iter().map(|o| o.stored).collect()
@@ -868,10 +877,7 @@ mod tests {
     fn a_batch_above_the_highest_indexed_is_new_and_the_highest_is_read_again_per_epoch_and_reopen() {
         let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
         let dir = tempfile::tempdir().unwrap();
-        let reopen = || {
-            let files = BatchFiles::open(dir.path(), std::time::Duration::from_secs(1), true).unwrap();
-            BatchLog::open(storage.clone(), files).unwrap()
-        };
+        let reopen = opener(&storage, dir.path());
         let log = reopen();
         assert_eq!(apply(&log, &[(7, 1), (7, 2), (7, 3)]), vec![Stored::New; 3]);
         drop(log);
@@ -1082,10 +1088,7 @@ mod tests {
     fn group_entries_are_never_written_over_across_a_reopen_even_ahead_of_the_hosts_counters() {
         let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
         let dir = tempfile::tempdir().unwrap();
-        let reopen = || {
-            let files = BatchFiles::open(dir.path(), std::time::Duration::from_secs(1), true).unwrap();
-            BatchLog::open(storage.clone(), files).unwrap()
-        };
+        let reopen = opener(&storage, dir.path());
         let log = reopen();
         log.apply(&[request("web1", 7, 1).0], 1_000).unwrap();
         let before = counters_state(&storage);
