@@ -328,8 +328,8 @@ impl Message for ReceivedBatch {
         if field_start == 0 {
             // The first field: what follows is this batch (inside another message, at most
             // what is left of that one). Copied field by field, its bytes never outgrow what
-            // came, so one allocation holds them.
-            self.raw.reserve(buf.remaining());
+            // came, so one allocation holds them (and this field's key, already read).
+            self.raw.reserve(buf.remaining() + 10);
         }
         encode_key(tag, wire_type, &mut self.raw);
         let value_start = self.raw.len();
@@ -363,9 +363,12 @@ impl Message for ReceivedBatch {
                         // Room for as many more as would fit in what is left, if they were like
                         // the first (a host's samples are much alike): growing one at a time
                         // cost a quarter of the decode.
-                        let more = buf.remaining() / (end - field_start);
+                        // Bounded by the bytes left, so a tiny first sample cannot make a message
+                        // reserve many times its size.
+                        let left = buf.remaining();
+                        let more = (left / (end - field_start)).min(left / 32);
                         self.samples.reserve(more);
-                        self.labels.reserve(more * self.labels.len());
+                        self.labels.reserve((more * self.labels.len()).min(left / 16));
                     }
                     return Ok(());
                 }
@@ -550,6 +553,21 @@ mod tests {
         encode_key(20, WireType::EndGroup, &mut outer);
         let r = ReceivedBatch::decode(outer.as_slice()).unwrap();
         assert_eq!(r.to_batch().unwrap(), v1::Batch::decode(outer.as_slice()).unwrap());
+    }
+
+    #[test]
+    fn a_tiny_first_sample_cannot_make_a_batch_reserve_many_times_its_size() {
+        // An empty sample (2 bytes), then 1 MiB of an unknown field.
+        let mut raw = vec![0x22, 0x00];
+        encode_key(99, WireType::LengthDelimited, &mut raw);
+        prost::encoding::encode_varint(1 << 20, &mut raw);
+        raw.resize(raw.len() + (1 << 20), b'x');
+        let r = ReceivedBatch::decode(raw.as_slice()).unwrap();
+        assert_eq!(r.sample_count(), 1);
+        let reserved = r.samples.capacity() * std::mem::size_of::<SampleAt>()
+            + r.labels.capacity() * std::mem::size_of::<Label>()
+            + r.raw.capacity();
+        assert!(reserved <= 5 * raw.len() / 2, "{reserved} bytes reserved for a message of {}", raw.len());
     }
 
     #[test]

@@ -406,21 +406,35 @@ impl BatchLog {
     /// - its payload is not intact: sled may make an index entry durable before the flush
     ///   that syncs its payload, so after a power loss an unacknowledged batch can be indexed
     ///   without its bytes ([`Found::Damaged`]);
-    /// - the host record does not count it: a crash kept the entry but lost the writes of
-    ///   its group made after it (the arrival entry, the counters, the fault engine's), so
-    ///   it was never acknowledged nor evaluated ([`Found::Uncounted`]).
+    /// - no arrival entry lists it, or the host record does not count it: a crash kept the
+    ///   entry but lost the writes of its group made after it (the arrival entry, the
+    ///   counters, the fault engine's), so it was never acknowledged nor evaluated
+    ///   ([`Found::Uncounted`]). The arrival entry tells for any epoch and order; the record's
+    ///   highest sequence number also for an arrival entry kept without the counters.
     ///
     /// Either way the resend is stored again instead of being answered as a duplicate.
     /// `counted`: the host record's `last_seq` when `epoch` is its epoch (0 for a host not
     /// known), `None` when the record is of another epoch.
-    fn find(&self, host: &str, epoch: u64, seq: u64, counted: Option<u64>) -> Result<Found, StoreError> {
+    /// `in_group`: the keys stored earlier in the group being applied (listed at its end).
+    fn find(
+        &self,
+        host: &str,
+        epoch: u64,
+        seq: u64,
+        counted: Option<u64>,
+        in_group: &[Vec<u8>],
+    ) -> Result<Found, StoreError> {
         if self.legacy_empty && seq > self.index_max(host, epoch, counted.unwrap_or(0))? {
             return Ok(Found::No);
         }
         let key = batch_key(host, epoch, seq);
         if let Some(v) = self.index.get(&key)? {
             let loc = Location::decode(&v);
-            let found = if counted.is_some_and(|last| seq > last) {
+            let listed = match loc {
+                Some(loc) => in_group.contains(&key) || self.listed_at(loc.received_ms, &key)?,
+                None => true,
+            };
+            let found = if !listed || counted.is_some_and(|last| seq > last) {
                 Found::Uncounted
             } else if loc.is_some_and(|loc| self.files.verify(&loc)) {
                 return Ok(Found::Stored);
@@ -447,6 +461,23 @@ impl BatchLog {
         let legacy = self.legacy.contains_key(&key)?
             || (epoch == 0 && self.legacy.contains_key(&legacy_batch_key(host, seq))?);
         Ok(if legacy { Found::Stored } else { Found::No })
+    }
+
+    /// Whether an entry of `by_time` at `received_ms` lists `key` (read for a batch found in
+    /// the index: a resend, rare).
+    fn listed_at(&self, received_ms: i64, key: &[u8]) -> Result<bool, StoreError> {
+        if self.by_time.contains_key(&time_key(received_ms, key))? {
+            return Ok(true);
+        }
+        let mut prefix = received_ms.to_be_bytes().to_vec();
+        prefix.push(GROUP_MARK);
+        for item in self.by_time.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            if arrivals(&k, &v).is_some_and(|(_, keys)| keys.iter().any(|listed| listed == key)) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Removes `key` from `by_time`'s entries of `received_ms` (its resent copy is listed
@@ -523,7 +554,7 @@ impl BatchLog {
                 None => Some(0),
                 Some(r) => (r.spool_epoch == epoch).then_some(r.last_seq),
             };
-            let found = if req.status { Found::No } else { self.find(host, epoch, seq, counted)? };
+            let found = if req.status { Found::No } else { self.find(host, epoch, seq, counted, &arrived)? };
             let stored = if req.status {
                 Stored::Status
             } else if found == Found::Stored {
@@ -1081,6 +1112,36 @@ mod tests {
         assert_eq!(log.stored_seqs("web1").unwrap(), vec![(7, 1)], "the copy of 3 s went with the entry of 1 s");
         assert_eq!(log.batches_retained(), 1);
         assert_eq!(log.prune_before(4_000, 100).unwrap(), 1);
+        assert!(log.stored_seqs("web1").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_batch_indexed_but_never_listed_is_stored_again_in_a_new_epoch_or_below_the_highest() {
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::temporary().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let reopen = opener(&storage, dir.path());
+        let log = reopen();
+        log.apply(&[request("web1", 7, 7).0], 1_000).unwrap();
+        let before = counters_state(&storage);
+        // Two groups a crash cut short after their index entries: one below the highest
+        // sequence number, one the first of a new spool.
+        log.apply(&[request("web1", 7, 5).0], 2_000).unwrap();
+        log.apply(&[request("web1", 9, 1).0], 3_000).unwrap();
+        drop(log);
+        let by_time = storage.tree("batch_by_time").unwrap();
+        for (k, _) in by_time.iter().map(Result::unwrap).collect::<Vec<_>>() {
+            if arrivals(&k, &[]).unwrap().0 >= 2_000 {
+                by_time.remove(&k).unwrap();
+            }
+        }
+        restore_counters(&storage, before);
+        let log = reopen();
+        assert_eq!(log.host("web1").unwrap().spool_epoch, 7);
+        assert_eq!(apply(&log, &[(7, 5), (9, 1), (9, 1)]), vec![Stored::New, Stored::New, Stored::Duplicate]);
+        let rec = log.host("web1").unwrap();
+        assert_eq!((rec.batches, rec.retained, rec.spool_epoch, rec.last_seq), (3, 3, 9, 1));
+        assert_eq!(log.prune_before(i64::MAX, 100).unwrap(), 3);
+        assert_eq!(log.batches_retained(), 0);
         assert!(log.stored_seqs("web1").unwrap().is_empty());
     }
 

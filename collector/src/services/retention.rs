@@ -56,7 +56,10 @@ impl Retention {
                 match self.pass(Timestamp::now()).await {
                     Ok(_) => {}
                     // The runtime is shutting down (e.g. a start that failed after this began).
-                    Err(StoreError::Stopping(_)) => return,
+                    Err(StoreError::Stopping(what)) => {
+                        tracing::debug!(what, "retention: the collector is stopping");
+                        return;
+                    }
                     Err(e) => crate::services::storage_failure::stop("pruning old data", &e),
                 }
             }

@@ -135,6 +135,9 @@ async fn complete(
         for Applied { group, result, changes, started } in ready {
             let result = match (result, &flushed) {
                 (Ok(r), Ok(())) => Ok(r),
+                // Each group gets its own copy of the flush's error; a flush cancelled by the
+                // runtime's shutdown stays that (see `answer`).
+                (Ok(_), Err(StoreError::Stopping(what))) => Err(StoreError::Stopping(what.clone())),
                 (Ok(_), Err(e)) => Err(StoreError::Engine(e.to_string())),
                 (Err(e), _) => Err(e),
             };

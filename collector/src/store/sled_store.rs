@@ -68,7 +68,7 @@ impl Storage for SledStorage {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.flush_blocking())
             .await
-            .map_err(|e| StoreError::Engine(e.to_string()))?
+            .map_err(|e| StoreError::from_join("flushing the store", e))?
     }
 
     fn flush_blocking(&self) -> Result<(), StoreError> {
