@@ -362,9 +362,8 @@ impl Message for ReceivedBatch {
                     if self.samples.len() == 1 {
                         // Room for as many more as would fit in what is left, if they were like
                         // the first (a host's samples are much alike): growing one at a time
-                        // cost a quarter of the decode.
-                        // Bounded by the bytes left, so a tiny first sample cannot make a message
-                        // reserve many times its size.
+                        // cost a quarter of the decode. Bounded by the bytes left, so a tiny
+                        // first sample cannot make a message reserve many times its size.
                         let left = buf.remaining();
                         let more = (left / (end - field_start)).min(left / 32);
                         self.samples.reserve(more);

@@ -163,6 +163,15 @@ fn every_fault_opened_across_collector_crashes_is_paged_once_per_key() {
             assert!(keys.contains(key), "seed {seed}: new key {key} after a settled restart");
         }
     }
+    // Nothing of the agent's lost or counted twice across the kills: its batches are
+    // numbered 1, 2, … in one spool, so the host's record counts exactly as many as the
+    // highest it stored (a batch indexed before a kill but never acknowledged is stored
+    // again on resend and counted once; one acknowledged is a duplicate).
+    let hosts = json_lines(&collector.pikett(&["hosts", "--output", "json"], &ca).stdout);
+    let host = hosts.iter().find(|h| h["host_id"] == "crash-01").expect("the host is registered");
+    assert_eq!(host["spool_resets"], 0, "seed {seed}: {host}");
+    assert!(host["last_seq"].as_u64().unwrap() >= rounds as u64, "seed {seed}: {host}");
+    assert_eq!(host["batches"], host["last_seq"], "seed {seed}: batches lost or counted twice: {host}");
     for id in ids.values() {
         let shown = json_lines(&collector.pikett(&["fault", "show", &id.to_string(), "--output", "json"], &ca).stdout);
         let timeline = shown[0]["timeline"].as_array().unwrap();

@@ -218,6 +218,9 @@ fn newest_arrival(by_time: &dyn Tree, newest_seen: i64) -> Result<(i64, u64), St
     Ok((newest, next))
 }
 
+/// A group entry of `batch_by_time`: its key and the batch keys it lists.
+type GroupEntry = (Vec<u8>, Vec<Vec<u8>>);
+
 /// What [`BatchLog::find`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Found {
@@ -466,44 +469,40 @@ impl BatchLog {
     /// Whether an entry of `by_time` at `received_ms` lists `key` (read for a batch found in
     /// the index: a resend, rare).
     fn listed_at(&self, received_ms: i64, key: &[u8]) -> Result<bool, StoreError> {
-        if self.by_time.contains_key(&time_key(received_ms, key))? {
-            return Ok(true);
-        }
-        let mut prefix = received_ms.to_be_bytes().to_vec();
-        prefix.push(GROUP_MARK);
-        for item in self.by_time.scan_prefix(&prefix) {
-            let (k, v) = item?;
-            if arrivals(&k, &v).is_some_and(|(_, keys)| keys.iter().any(|listed| listed == key)) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        Ok(self.by_time.contains_key(&time_key(received_ms, key))?
+            || !self.group_entries_listing(received_ms, key)?.is_empty())
     }
 
     /// Removes `key` from `by_time`'s entries of `received_ms` (its resent copy is listed
     /// again where it arrives, and retention must not remove that copy's index entry with
-    /// the first one's). Rare: a payload lost in a power loss.
+    /// the first one's). Rare: a payload lost in a power loss, a group cut short by a crash.
     fn forget_arrival(&self, received_ms: i64, key: &[u8]) -> Result<(), StoreError> {
         self.by_time.remove(&time_key(received_ms, key))?;
+        for (k, keys) in self.group_entries_listing(received_ms, key)? {
+            let kept: Vec<&[u8]> = keys.iter().map(Vec::as_slice).filter(|listed| *listed != key).collect();
+            if kept.is_empty() {
+                self.by_time.remove(&k)?;
+            } else {
+                self.by_time.insert(&k, encode_batch_keys(kept))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The group entries of `by_time` at `received_ms` that list `key`, with all they list.
+    fn group_entries_listing(&self, received_ms: i64, key: &[u8]) -> Result<Vec<GroupEntry>, StoreError> {
         let mut prefix = received_ms.to_be_bytes().to_vec();
         prefix.push(GROUP_MARK);
-        let mut rewrites = Vec::new();
+        let mut found = Vec::new();
         for item in self.by_time.scan_prefix(&prefix) {
             let (k, v) = item?;
             if let Some((_, keys)) = arrivals(&k, &v)
                 && keys.iter().any(|listed| listed == key)
             {
-                let kept: Vec<&[u8]> = keys.iter().map(Vec::as_slice).filter(|listed| *listed != key).collect();
-                rewrites.push((k, (!kept.is_empty()).then(|| encode_batch_keys(kept))));
+                found.push((k, keys));
             }
         }
-        for (k, v) in rewrites {
-            match v {
-                Some(v) => self.by_time.insert(&k, v)?,
-                None => drop(self.by_time.remove(&k)?),
-            }
-        }
-        Ok(())
+        Ok(found)
     }
 
     /// At least the highest sequence number `index` holds for `host`'s spool `epoch` (0:
